@@ -1,0 +1,1 @@
+"""llamaherd control plane and the `llamaherd` command line."""

@@ -1,0 +1,130 @@
+"""The `llamaherd` command. Each subcommand imports only what it needs, so a worker node
+runs `llamaherd worker` without the control plane's dependencies."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from worker.cli import add_worker_parser
+
+if TYPE_CHECKING:
+    from worker.client import WorkerClient
+
+DEFAULT_WORKER = "127.0.0.1:50051"
+
+
+def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "generate",
+        help="stream a completion from a worker",
+        description="Stream a completion (or, with --chat, a chat reply) from a worker.",
+    )
+    parser.add_argument("prompt", help="the prompt (with --chat: the user message)")
+    parser.add_argument("--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})")
+    parser.add_argument("--model", help="model alias (default: the worker's first ready model)")
+    parser.add_argument("--chat", action="store_true", help="send the prompt as a chat message")
+    parser.add_argument("--max-tokens", type=int, default=128, help="default: 128")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: the worker's, 0.8)")
+    parser.add_argument("--seed", type=int, help="fixed seed for reproducible sampling")
+    parser.set_defaults(run=_run_generate)
+
+
+def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser("models", help="list the models a worker hosts")
+    parser.add_argument("--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})")
+    parser.set_defaults(run=_run_models)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import grpc
+    from llamaherd.v1 import generation_pb2 as gen_pb
+
+    from worker.client import WorkerClient
+
+    sampling = gen_pb.SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+    )
+    with WorkerClient(args.worker) as client:
+        try:
+            model = args.model or _first_ready_model(client)
+            chunks = (
+                client.chat(model, [("user", args.prompt)], sampling)
+                if args.chat
+                else client.generate(model, args.prompt, sampling)
+            )
+            for chunk in chunks:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                if chunk.finish_reason:
+                    t = chunk.timings
+                    print(
+                        f"\n[{chunk.usage.completion_tokens} tokens, "
+                        f"{gen_pb.FinishReason.Name(chunk.finish_reason).removeprefix('FINISH_REASON_').lower()}, "
+                        f"first token {t.time_to_first_token_ms:.0f} ms, "
+                        f"{t.decode_tokens_per_second:.1f} tokens/s]",
+                        file=sys.stderr,
+                    )
+        except grpc.RpcError as exc:
+            print(f"\nllamaherd generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                print(f"is a worker running at {args.worker}? start one with `make run`", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _first_ready_model(client: WorkerClient) -> str:
+    from llamaherd.v1 import worker_pb2 as pb
+
+    for info in client.list_models():
+        if info.state == pb.MODEL_STATE_READY:
+            return str(info.alias)
+    raise SystemExit("llamaherd generate: the worker has no ready model; pass --model")
+
+
+def _run_models(args: argparse.Namespace) -> int:
+    import grpc
+    from llamaherd.v1 import worker_pb2 as pb
+
+    from worker.client import WorkerClient
+
+    with WorkerClient(args.worker, timeout=10) as client:
+        try:
+            models = client.list_models()
+        except grpc.RpcError as exc:
+            print(f"llamaherd models: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(f"{'ALIAS':24} {'STATE':10} {'ARCH':10} {'N_CTX':>6} {'QUEUED':>6}  PATH / ERROR")
+    for m in models:
+        state = pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower()
+        detail = m.error or m.spec.path
+        print(f"{m.alias:24} {state:10} {m.architecture:10} {m.spec.n_ctx:>6} {m.queued_requests:>6}  {detail}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llamaherd",
+        description="Distributed inference for edge clusters of Jetson boards and PCs.",
+    )
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    add_worker_parser(subparsers)
+    _add_generate_parser(subparsers)
+    _add_models_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    code: int = args.run(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""llamaherd worker: the data plane that hosts GGUF models on one node and serves them over gRPC."""

@@ -1,0 +1,54 @@
+"""A small synchronous client of the Worker API, for the CLI, benchmarks and tools."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+from llamaherd.v1 import generation_pb2 as gen_pb
+from llamaherd.v1 import worker_pb2 as pb
+from llamaherd.v1 import worker_pb2_grpc
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+class WorkerClient:
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = worker_pb2_grpc.WorkerStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+
+    def generate(
+        self, model: str, prompt: str, sampling: gen_pb.SamplingParams | None = None
+    ) -> Iterator[gen_pb.GenerationChunk]:
+        request = gen_pb.GenerateRequest(model=model, prompt=prompt, sampling=sampling)
+        yield from self.stub.Generate(request, timeout=self.timeout)
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[tuple[str, str]],
+        sampling: gen_pb.SamplingParams | None = None,
+    ) -> Iterator[gen_pb.GenerationChunk]:
+        request = gen_pb.ChatRequest(
+            model=model,
+            messages=[gen_pb.ChatMessage(role=r, content=c) for r, c in messages],
+            sampling=sampling,
+        )
+        yield from self.stub.Chat(request, timeout=self.timeout)

@@ -1,0 +1,198 @@
+"""Typed, frozen settings of a worker process and of each model it hosts.
+
+Built once at start from (lowest to highest precedence) the defaults below, a YAML/JSON
+config file, LLAMAHERD_* environment variables and command-line flags, then passed down.
+The same ModelConfig validates a config-file entry and a LoadModel request, so the two can
+never disagree about what a valid model is.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+
+from worker.errors import InvalidArgument
+
+ENV_PREFIX = "LLAMAHERD_"
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+BUILTIN_PREFIX = "builtin:"
+
+
+class FlashAttention(str, enum.Enum):
+    AUTO = "auto"  # llama.cpp decides per backend (its default)
+    ON = "on"
+    OFF = "off"
+
+
+class Pooling(str, enum.Enum):
+    MEAN = "mean"
+    CLS = "cls"
+    LAST = "last"
+
+
+def default_threads() -> int:
+    """Physical cores: llama.cpp decodes no faster with hyper-threads and often slower."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+class ModelConfig(BaseModel):
+    """How to load one model (an entry under `models:`, or a LoadModel request)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alias: str = Field(pattern=ALIAS_PATTERN, description="name clients use to pick the model")
+    path: str = Field(
+        min_length=1,
+        description=f"GGUF file, or '{BUILTIN_PREFIX}gemma-3-270m' for the embedded model",
+    )
+    n_ctx: int = Field(4096, ge=0, le=1 << 20, description="context tokens; 0 = training context")
+    n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
+    n_threads: int = Field(default_factory=default_threads, ge=1, le=1024)
+    n_threads_batch: int | None = Field(None, ge=1, le=1024, description="default: n_threads")
+    n_batch: int = Field(512, ge=1, le=1 << 16, description="tokens per prompt-processing step")
+    flash_attn: FlashAttention = Field(FlashAttention.AUTO, description="flash attention")
+    chat_format: str | None = Field(None, description="llama.cpp built-in chat template name")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF")
+    embedding: bool = Field(False, description="serve embeddings instead of generation")
+    pooling: Pooling = Field(Pooling.MEAN, description="embedding pooling")
+    max_queue: int = Field(64, ge=0, le=1 << 20, description="requests waiting per model")
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.path.startswith(BUILTIN_PREFIX)
+
+    @property
+    def threads_batch(self) -> int:
+        return self.n_threads_batch or self.n_threads
+
+
+class WorkerSettings(BaseModel):
+    """Everything a worker process needs to know, fixed for its lifetime."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address to listen on (loopback unless set)")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one")
+    models: tuple[ModelConfig, ...] = Field(
+        (), description="models loaded at start; none = the embedded default model"
+    )
+    model_dirs: tuple[Path, ...] = Field(
+        (Path("~/.cache/llamaherd/models"),),
+        description="directories LoadModel may read GGUF files from (config-file models are "
+        "trusted wherever they are)",
+    )
+    memory_reserve: ByteSize = Field(
+        ByteSize(512 * 1024**2),
+        description="memory kept free for the OS and the worker itself, e.g. '1GiB'",
+    )
+    memory_limit: ByteSize | None = Field(
+        None, description="cap on what models may use in total; default: all RAM minus reserve"
+    )
+    shutdown_grace_s: float = Field(
+        5.0, ge=0, le=600, description="seconds in-flight requests get to finish on shutdown"
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    @field_validator("model_dirs")
+    @classmethod
+    def _expand_dirs(cls, dirs: tuple[Path, ...]) -> tuple[Path, ...]:
+        return tuple(Path(os.path.expanduser(d)).resolve() for d in dirs)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, level: str) -> str:
+        upper = level.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+        return upper
+
+    @field_validator("models")
+    @classmethod
+    def _unique_aliases(cls, models: tuple[ModelConfig, ...]) -> tuple[ModelConfig, ...]:
+        seen: set[str] = set()
+        for model in models:
+            if model.alias in seen:
+                raise ValueError(f"two models share the alias {model.alias!r}")
+            seen.add(model.alias)
+        return models
+
+
+class ConfigError(Exception):
+    """The worker cannot start with this configuration; the message says what to fix."""
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Reads a YAML or JSON config file; relative model paths are taken from its folder."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings at the top level")
+    base = path.resolve().parent
+    for entry in data.get("models") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            entry["path"] = _resolve_model_path(entry["path"], base)
+    return data
+
+
+def _resolve_model_path(raw: str, base: Path) -> str:
+    if raw.startswith(BUILTIN_PREFIX):
+        return raw
+    expanded = Path(os.path.expanduser(raw))
+    return str(expanded if expanded.is_absolute() else base / expanded)
+
+
+def env_overrides(fields: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """LLAMAHERD_<FIELD> for each scalar setting (lists come from the config file)."""
+    found: dict[str, str] = {}
+    for name in fields:
+        value = environ.get(ENV_PREFIX + name.upper())
+        if value is not None:
+            found[name] = value
+    return found
+
+
+def build_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> WorkerSettings:
+    """Layers defaults < config file < environment < flags and validates the result."""
+    data: dict[str, Any] = read_config_file(config_file) if config_file else {}
+    scalar_fields = {n: f for n, f in WorkerSettings.model_fields.items() if n != "models"}
+    data.update(env_overrides(scalar_fields, os.environ if environ is None else environ))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return WorkerSettings.model_validate(data)
+    except ValidationError as exc:
+        source = f" (config file {config_file})" if config_file else ""
+        raise ConfigError(f"invalid worker settings{source}:\n{describe(exc)}") from exc
+
+
+def parse_model_config(data: Mapping[str, Any]) -> ModelConfig:
+    """Validates a model description from a client; refusals name the offending field."""
+    try:
+        return ModelConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid model spec: {describe(exc, sep='; ')}") from exc
+
+
+def describe(exc: ValidationError, sep: str = "\n") -> str:
+    """pydantic's errors as `field.path: message` lines."""
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        parts.append(f"{where}: {err['msg']}")
+    return sep.join(parts)

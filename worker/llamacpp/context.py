@@ -1,0 +1,133 @@
+"""A llama.cpp inference context: KV cache, compute buffers and one reusable batch.
+
+Not thread-safe: exactly one thread (the model's engine thread) may use a context.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from llama_cpp import llama_cpp as C
+
+from worker.config import FlashAttention, Pooling
+from worker.errors import Internal, ModelLoadFailed
+from worker.llamacpp import log
+from worker.llamacpp.model import LlamaModel
+
+_POOLING = {
+    Pooling.MEAN: C.LLAMA_POOLING_TYPE_MEAN,
+    Pooling.CLS: C.LLAMA_POOLING_TYPE_CLS,
+    Pooling.LAST: C.LLAMA_POOLING_TYPE_LAST,
+}
+_FLASH_ATTN = {
+    FlashAttention.AUTO: C.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    FlashAttention.ON: C.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    FlashAttention.OFF: C.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+_DECODE_ERRORS = {
+    1: "no free KV cache slot (the context is full)",
+    2: "aborted",
+    -1: "invalid batch",
+}
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    n_ctx: int
+    n_batch: int
+    n_threads: int
+    n_threads_batch: int
+    n_seq_max: int = 1
+    embedding: bool = False
+    pooling: Pooling = Pooling.MEAN
+    flash_attn: FlashAttention = FlashAttention.AUTO
+
+
+class DecodeError(Internal):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"llama_decode failed with {code}: {_DECODE_ERRORS.get(code, 'error')}")
+        self.code = code
+
+
+class LlamaContext:
+    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+        cparams = C.llama_context_default_params()
+        cparams.n_ctx = params.n_ctx
+        cparams.n_batch = params.n_batch
+        # One micro-batch per batch: the memory estimate (worker.memory) assumes it.
+        cparams.n_ubatch = params.n_batch
+        cparams.n_seq_max = params.n_seq_max
+        cparams.n_threads = params.n_threads
+        cparams.n_threads_batch = params.n_threads_batch
+        # Full-size sliding-window caches: any cached prefix can be reused, and the KV size is
+        # n_ctx cells on every layer, which the memory estimate relies on.
+        cparams.swa_full = True
+        cparams.no_perf = True
+        cparams.flash_attn_type = _FLASH_ATTN[params.flash_attn]
+        cparams.embeddings = params.embedding
+        if params.embedding:
+            cparams.pooling_type = _POOLING[params.pooling]
+        with log.capture() as lines:
+            ptr = C.llama_init_from_model(model.ptr, cparams)
+        if not ptr:
+            raise ModelLoadFailed(
+                "llama.cpp could not create a context for "
+                f"{model.path}: {log.reason(lines, 'no reason given')}"
+            )
+        self._ptr = ptr
+        self._memory = C.llama_get_memory(ptr)
+        self.model = model
+        self.n_ctx: int = C.llama_n_ctx(ptr)
+        self.n_batch: int = C.llama_n_batch(ptr)
+        self._batch = C.llama_batch_init(self.n_batch, 0, params.n_seq_max)
+        self._embedding = params.embedding
+
+    @property
+    def ptr(self) -> ctypes.c_void_p:
+        return self._ptr
+
+    def close(self) -> None:
+        if self._ptr is not None:
+            C.llama_batch_free(self._batch)
+            C.llama_free(self._ptr)
+            self._ptr = None
+
+    def decode(self, tokens: Sequence[int], start_pos: int, seq_id: int = 0, all_logits: bool = False) -> None:
+        """Runs `tokens` (at most n_batch) at positions start_pos.. of sequence `seq_id`.
+
+        Logits are kept for the last token only, unless all_logits (embedding pooling needs
+        every position).
+        """
+        n = len(tokens)
+        if not 0 < n <= self.n_batch:
+            raise ValueError(f"decode takes 1..{self.n_batch} tokens, got {n}")
+        batch = self._batch
+        for i, token in enumerate(tokens):
+            batch.token[i] = token
+            batch.pos[i] = start_pos + i
+            batch.n_seq_id[i] = 1
+            batch.seq_id[i][0] = seq_id
+            batch.logits[i] = all_logits
+        batch.logits[n - 1] = True
+        batch.n_tokens = n
+        if self.model.encoder_only:
+            rc = C.llama_encode(self._ptr, batch)
+        else:
+            rc = C.llama_decode(self._ptr, batch)
+        if rc != 0:
+            raise DecodeError(rc)
+
+    def remove(self, seq_id: int, start: int, end: int = -1) -> bool:
+        """Drops cached positions [start, end) of a sequence; False if the cache cannot."""
+        return bool(C.llama_memory_seq_rm(self._memory, seq_id, start, end))
+
+    def clear(self) -> None:
+        C.llama_memory_clear(self._memory, True)
+
+    def sequence_embedding(self, seq_id: int = 0) -> list[float]:
+        ptr = C.llama_get_embeddings_seq(self._ptr, seq_id)
+        if not ptr:
+            raise Internal("llama.cpp returned no pooled embedding for the sequence")
+        return list(ptr[: self.model.n_embd_out])

@@ -1,0 +1,87 @@
+"""A per-request llama.cpp sampler chain built from SamplingParams and an optional grammar.
+
+Chain order follows llama.cpp's defaults: logit bias, penalties, grammar, then top-k, top-p,
+min-p, temperature and a seeded draw (or greedy at temperature 0). The grammar goes before
+the truncating samplers so that they choose among tokens the grammar allows.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+
+from llama_cpp import llama_cpp as C
+
+from worker.errors import InvalidArgument
+from worker.llamacpp import log
+from worker.llamacpp.context import LlamaContext
+from worker.llamacpp.model import LlamaModel
+from worker.sampling import SamplingParams, check_token_ids
+
+
+class Sampler:
+    """Owns one llama_sampler chain. Built on any thread; then used by one thread at a time."""
+
+    def __init__(self, model: LlamaModel, params: SamplingParams, grammar: str | None, n_ctx: int) -> None:
+        check_token_ids("sampling.logit_bias", [t for t, _ in params.logit_bias], model.n_vocab)
+        chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
+        self._chain = chain
+        try:
+            self._build(model, params, grammar, n_ctx)
+        except BaseException:
+            self.close()
+            raise
+        self.seed = params.seed
+
+    def _add(self, sampler: ctypes.c_void_p) -> None:
+        C.llama_sampler_chain_add(self._chain, sampler)
+
+    def _build(self, model: LlamaModel, p: SamplingParams, grammar: str | None, n_ctx: int) -> None:
+        if p.logit_bias:
+            biases = (C.llama_logit_bias * len(p.logit_bias))()
+            for i, (token, bias) in enumerate(p.logit_bias):
+                biases[i].token = token
+                biases[i].bias = bias
+            self._add(C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), biases))
+        if p.penalised:
+            last_n = n_ctx if p.repeat_last_n == -1 else p.repeat_last_n
+            self._add(
+                C.llama_sampler_init_penalties(
+                    model.n_vocab, last_n, p.repeat_penalty, p.frequency_penalty, p.presence_penalty
+                )
+            )
+        if grammar is not None:
+            self._add(compile_grammar(model, grammar))
+        if p.greedy:
+            self._add(C.llama_sampler_init_greedy())
+            return
+        if p.top_k > 0:
+            self._add(C.llama_sampler_init_top_k(p.top_k))
+        self._add(C.llama_sampler_init_top_p(p.top_p, 1))
+        self._add(C.llama_sampler_init_min_p(p.min_p, 1))
+        self._add(C.llama_sampler_init_temp(p.temperature))
+        seed = p.seed if p.seed is not None else random.getrandbits(32) % 0xFFFFFFFF
+        self._add(C.llama_sampler_init_dist(seed))
+
+    def sample(self, context: LlamaContext, index: int = -1) -> int:
+        """Draws the next token from the logits at `index` and advances the chain's state."""
+        token: int = C.llama_sampler_sample(self._chain, context.ptr, index)
+        return token
+
+    def close(self) -> None:
+        if self._chain is not None:
+            C.llama_sampler_free(self._chain)
+            self._chain = None
+
+
+def compile_grammar(model: LlamaModel, grammar: str) -> ctypes.c_void_p:
+    """Parses a GBNF grammar with llama.cpp itself, so what it accepts is exactly what runs."""
+    if not grammar.strip():
+        raise InvalidArgument("constraint.grammar is empty")
+    with log.capture() as lines:
+        sampler = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+    if not sampler:
+        raise InvalidArgument(
+            f"constraint.grammar is not valid GBNF: {log.reason(lines, 'llama.cpp rejected it')}"
+        )
+    return sampler

@@ -1,0 +1,215 @@
+"""The models a worker hosts, by alias, and their loading and unloading.
+
+A load is checked in order, cheapest first, and refused at the first problem: alias in use,
+path outside the allowed directories, missing file, not a complete GGUF, does not fit in
+memory (estimated from the metadata, before llama.cpp is asked), llama.cpp refuses it.
+Nothing a load does can disturb the models already serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker import builtin_models
+from worker.config import ModelConfig, WorkerSettings
+from worker.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    WorkerError,
+)
+from worker.gguf import read_gguf
+from worker.hosted import HostedModel, ModelFacts
+from worker.memory import MemoryBudget, MemoryEstimate, ModelShape, estimate_memory
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    alias: str
+    config: ModelConfig
+    state: ModelState
+    error: str = ""
+    architecture: str = ""
+    file_bytes: int = 0
+    n_ctx_train: int = 0
+    estimate: MemoryEstimate | None = None
+    chat_template_source: str = ""
+    queued: int = 0
+    active: int = 0
+
+
+@dataclass
+class _Entry:
+    config: ModelConfig
+    state: ModelState
+    hosted: HostedModel | None = None
+    facts: ModelFacts | None = None
+    error: str = ""
+
+
+class ModelRegistry:
+    def __init__(self, settings: WorkerSettings, budget: MemoryBudget) -> None:
+        self._settings = settings
+        self._budget = budget
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+
+    # ---- lookups ---------------------------------------------------------------------
+    @contextmanager
+    def lease(self, alias: str) -> Iterator[HostedModel]:
+        """The model called `alias`, kept alive (not unloaded under us) inside the block."""
+        with self.get(alias).lease() as hosted:
+            yield hosted
+
+    def get(self, alias: str) -> HostedModel:
+        if not alias:
+            raise InvalidArgument("model is empty: name the alias of a loaded model")
+        with self._lock:
+            entry = self._entries.get(alias)
+            if entry is None:
+                ready = [a for a, e in self._entries.items() if e.state is ModelState.READY]
+                raise ModelNotFound(alias, ready)
+            if entry.state is ModelState.READY and entry.hosted is not None:
+                return entry.hosted
+            if entry.state is ModelState.FAILED:
+                raise FailedPrecondition(f"model {alias!r} failed to load: {entry.error}")
+            raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
+
+    def list(self) -> list[ModelInfo]:
+        with self._lock:
+            return [self._info(alias, e) for alias, e in sorted(self._entries.items())]
+
+    def info(self, alias: str) -> ModelInfo:
+        with self._lock:
+            return self._info(alias, self._entries[alias])
+
+    @staticmethod
+    def _info(alias: str, entry: _Entry) -> ModelInfo:
+        facts, hosted = entry.facts, entry.hosted
+        return ModelInfo(
+            alias=alias,
+            config=entry.config,
+            state=entry.state,
+            error=entry.error,
+            architecture=facts.gguf.architecture if facts else "",
+            file_bytes=facts.gguf.file_bytes if facts else 0,
+            n_ctx_train=int(facts.gguf.arch_value("context_length", 0) or 0) if facts else 0,
+            estimate=facts.estimate if facts else None,
+            chat_template_source=hosted.template.source if hosted and hosted.template else "",
+            queued=hosted.engine.queued if hosted else 0,
+            active=hosted.engine.active if hosted else 0,
+        )
+
+    # ---- loading ---------------------------------------------------------------------
+    async def load(self, config: ModelConfig, trusted: bool = False) -> ModelInfo:
+        """Loads a model. `trusted` (config-file models) skips the model_dirs check."""
+        with self._lock:
+            existing = self._entries.get(config.alias)
+            if existing is not None and existing.state is not ModelState.FAILED:
+                raise AlreadyExists(
+                    f"a model with alias {config.alias!r} is already {existing.state.value}; "
+                    "unload it first or choose another alias"
+                )
+            self._entries[config.alias] = _Entry(config, ModelState.LOADING)
+        try:
+            # Shielded: a client that gives up on LoadModel must not leave a half-loaded model.
+            hosted = await asyncio.shield(asyncio.to_thread(self._load_blocking, config, trusted))
+        except BaseException:
+            with self._lock:
+                self._entries.pop(config.alias, None)
+            raise
+        with self._lock:
+            self._entries[config.alias] = _Entry(config, ModelState.READY, hosted, hosted.facts)
+        log.info("model %s ready (%s)", config.alias, hosted.facts.path)
+        return self.info(config.alias)
+
+    async def load_configured(self, configs: tuple[ModelConfig, ...]) -> None:
+        """Loads the config file's models; one that fails is kept as FAILED, the rest serve."""
+        for config in configs:
+            try:
+                await self.load(config, trusted=True)
+            except WorkerError as exc:
+                log.error("model %s failed to load: %s", config.alias, exc.message)
+                with self._lock:
+                    self._entries[config.alias] = _Entry(
+                        config, ModelState.FAILED, error=exc.message
+                    )
+
+    def _load_blocking(self, config: ModelConfig, trusted: bool) -> HostedModel:
+        path = self._locate(config, trusted)
+        gguf = read_gguf(path)
+        shape = ModelShape.from_gguf(gguf)
+        n_ctx = config.n_ctx or shape.n_ctx_train
+        if n_ctx <= 0:
+            raise InvalidArgument(f"n_ctx is 0 (use the model's) but {path} declares no context length")
+        estimate = estimate_memory(gguf, shape, n_ctx, config.n_batch, config.embedding)
+        self._budget.reserve(config.alias, estimate)
+        try:
+            return HostedModel(config, ModelFacts(path, gguf, estimate, n_ctx))
+        except BaseException:
+            self._budget.release(config.alias)
+            raise
+
+    def _locate(self, config: ModelConfig, trusted: bool) -> Path:
+        if config.is_builtin:
+            return builtin_models.resolve(config.path)
+        path = Path(os.path.expanduser(config.path))
+        if not path.is_absolute():
+            raise InvalidArgument(f"model path {config.path!r} must be absolute")
+        real = path.resolve()
+        if not trusted and not any(real.is_relative_to(d) for d in self._settings.model_dirs):
+            allowed = ", ".join(str(d) for d in self._settings.model_dirs) or "none"
+            raise PermissionDenied(
+                f"{path} is outside the directories this worker may load models from "
+                f"({allowed}); add its directory to model_dirs in the worker's config"
+            )
+        if not real.exists():
+            raise NotFound(f"model file {path} does not exist")
+        return real
+
+    # ---- unloading -------------------------------------------------------------------
+    async def unload(self, alias: str, reason: str | None = None) -> None:
+        with self._lock:
+            entry = self._entries.get(alias)
+            if entry is None:
+                raise ModelNotFound(alias, self._entries)
+            if entry.state is ModelState.FAILED:
+                del self._entries[alias]
+                return
+            if entry.state is not ModelState.READY or entry.hosted is None:
+                raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
+            entry.state = ModelState.UNLOADING
+            hosted = entry.hosted
+        reason = reason or f"model {alias!r} was unloaded"
+        await asyncio.shield(asyncio.to_thread(hosted.close, reason))
+        with self._lock:
+            self._entries.pop(alias, None)
+        self._budget.release(alias)
+        log.info("model %s unloaded", alias)
+
+    async def close_all(self) -> None:
+        with self._lock:
+            aliases = [a for a, e in self._entries.items() if e.state is ModelState.READY]
+        for alias in aliases:
+            await self.unload(alias, "the worker is shutting down")

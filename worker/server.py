@@ -1,0 +1,112 @@
+"""Assembles and runs a worker: gRPC server, health, reflection, models, clean shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+import psutil
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from llamaherd.v1 import worker_pb2, worker_pb2_grpc
+
+from worker.builtin_models import default_model_config
+from worker.config import ConfigError, WorkerSettings
+from worker.grpc_errors import ErrorInterceptor
+from worker.llamacpp import ensure_backend
+from worker.memory import MemoryBudget, format_bytes
+from worker.registry import ModelRegistry, ModelState
+from worker.servicer import WorkerServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# Responses (embeddings of many long inputs) can exceed gRPC's 4 MB default.
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+def listen_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+def memory_budget(settings: WorkerSettings) -> MemoryBudget:
+    total = psutil.virtual_memory().total
+    limit = settings.memory_limit or total - settings.memory_reserve
+    return MemoryBudget(
+        limit_bytes=int(limit),
+        reserve_bytes=int(settings.memory_reserve),
+        available=lambda: psutil.virtual_memory().available,
+    )
+
+
+class WorkerServer:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.budget = memory_budget(settings)
+        self.registry = ModelRegistry(settings, self.budget)
+        self.health = health.aio.HealthServicer()
+        self._server = aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(self.registry), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+
+    async def start(self) -> None:
+        ensure_backend()
+        address = listen_address(self.settings.host, self.settings.port)
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on {address}: {exc}") from exc
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {address}: address in use or not local")
+        if self.settings.host not in LOOPBACK:
+            log.warning(
+                "listening on %s beyond loopback: the Worker API has no authentication, "
+                "so restrict who can reach this port",
+                self.settings.host,
+            )
+        await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self._server.start()
+        log.info(
+            "worker listening on %s (memory for models: %s)",
+            listen_address(self.settings.host, self.port),
+            format_bytes(self.budget.free_bytes()),
+        )
+        await self.registry.load_configured(self.settings.models or (default_model_config(),))
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        ready = [i.alias for i in self.registry.list() if i.state is ModelState.READY]
+        log.info("worker serving models: %s", ", ".join(ready) or "none")
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(self.settings.shutdown_grace_s)
+        await self.registry.close_all()
+        log.info("worker stopped")
+
+
+async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None = None) -> None:
+    """Runs a worker until SIGINT or SIGTERM."""
+    server = WorkerServer(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    if on_ready is not None:
+        on_ready(server.port)
+    await stop.wait()
+    log.info("shutting down (in-flight requests get %.0f s)", settings.shutdown_grace_s)
+    await server.stop()
+
