@@ -1,0 +1,94 @@
+"""Starts the real `llamaherd worker` as a separate process, the way an operator would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+LLAMAHERD = str(Path(sys.executable).parent / "llamaherd")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_worker(
+    workdir: Path,
+    config: dict[str, Any] | None,
+    *args: str,
+    ready_timeout: float = 120.0,
+    name: str = "worker",
+) -> WorkerProcess:
+    """Runs `llamaherd worker` on a free loopback port; returns once health says SERVING."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    command = [LLAMAHERD, "worker", "--port", str(port), *args]
+    if config is not None:
+        config_path = workdir / f"{name}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        command += ["--config", str(config_path)]
+    log_path = workdir / f"{name}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    worker = WorkerProcess(process, f"127.0.0.1:{port}", log_path)
+    try:
+        wait_serving(worker, ready_timeout)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def wait_serving(worker: WorkerProcess, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(worker.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not worker.alive():
+                raise RuntimeError(f"worker exited with {worker.process.returncode}:\n{worker.log_tail()}")
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"worker not serving after {timeout} s:\n{worker.log_tail()}")
