@@ -8,6 +8,7 @@ recomputing them. Cancellation is checked between prompt chunks and between toke
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import threading
@@ -98,6 +99,12 @@ class ModelEngine:
         self._cond = threading.Condition()
         # Tokens whose keys and values sit in sequence 0 of the KV cache, in order.
         self._cached: list[int] = []
+        # The last prompt and the logits its final token produced. llama.cpp's results depend
+        # on how a prompt is split into batches, so re-running only the final token of a
+        # cached prompt could pick a different first token; restoring these logits makes an
+        # identical request give identical output.
+        self._memo_prompt: list[int] = []
+        self._memo_logits = (ctypes.c_float * model.n_vocab)()
         self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
         self._thread.start()
 
@@ -123,6 +130,15 @@ class ModelEngine:
                 )
             self._waiting.append(job)
             self._cond.notify()
+
+    def withdraw(self, job: Job) -> None:
+        """Takes a job that has not started out of the queue (its client went away)."""
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # already running or finished: the engine thread releases it
+        job.release()
 
     def close(self, reason: str, timeout: float | None = None) -> bool:
         """Fails waiting jobs, stops the running one at its next token, joins the thread."""
@@ -182,16 +198,23 @@ class ModelEngine:
     def _forget_cache(self) -> None:
         self._ctx.clear()
         self._cached.clear()
+        self._memo_prompt = []
 
     def _reuse_prefix(self, prompt: list[int]) -> int:
         """Keeps the cached tokens this prompt starts with; returns how many."""
-        # The last prompt token always runs again: its logits are what we sample from.
-        keep = min(common_prefix(self._cached, prompt), len(prompt) - 1)
+        common = common_prefix(self._cached, prompt)
+        repeat = common == len(prompt) and prompt == self._memo_prompt
+        # Otherwise the last prompt token runs again: its logits are what we sample from.
+        keep = common if repeat else min(common, len(prompt) - 1)
         if keep < len(self._cached):
             if not self._ctx.remove(0, keep):
                 self._forget_cache()
                 return 0
             del self._cached[keep:]
+        if keep < len(self._memo_prompt):  # part of the memo's prompt is about to be recomputed
+            self._memo_prompt = []
+        if repeat:
+            self._ctx.restore_logits(self._memo_logits)
         return keep
 
     def _prefill(self, job: GenerationJob, start: int) -> None:
@@ -205,7 +228,10 @@ class ModelEngine:
     def _generate(self, job: GenerationJob) -> None:
         started = self._clock()
         reused = self._reuse_prefix(job.prompt)
-        self._prefill(job, reused)
+        if reused < len(job.prompt):
+            self._prefill(job, reused)
+            self._ctx.copy_logits(self._memo_logits)
+            self._memo_prompt = job.prompt
         prefilled = self._clock()
 
         text = TextStream(job.stop)

@@ -104,19 +104,18 @@ def estimate_kv_cache(shape: ModelShape, n_ctx: int, n_seq: int = 1) -> int:
 
 
 def estimate_compute(shape: ModelShape, n_ubatch: int, n_ctx: int, embedding: bool) -> int:
-    """Peak of llama.cpp's compute buffer for one micro-batch, plus the logits output buffer.
+    """Peak of llama.cpp's compute buffer for one micro-batch, plus its output buffer.
 
     The peak is the largest of three points in the graph: the logits of the whole
-    micro-batch (dominant for large vocabularies), the attention scores over the context
-    (no flash attention), and the feed-forward activations. Embedding contexts keep the
-    pooled vectors instead of the logits.
+    micro-batch (dominant for large vocabularies; decoder models compute them even in an
+    embedding context), the attention scores over the context (no flash attention), and
+    the feed-forward activations. Embedding contexts also keep a pooled vector per token.
     """
     logits = n_ubatch * (shape.n_vocab + 2 * shape.n_embd)
     attention = n_ubatch * (shape.n_head * kv_cells(n_ctx) + 3 * shape.n_embd)
     ffn = n_ubatch * (2 * shape.n_ff + 2 * shape.n_embd)
-    peak = max(ffn, attention) if embedding else max(logits, attention, ffn)
-    output = n_ubatch * shape.n_embd if embedding else shape.n_vocab
-    return (peak + output) * FLOAT_BYTES
+    output = shape.n_vocab + (n_ubatch * shape.n_embd if embedding else 0)
+    return (max(logits, attention, ffn) + output) * FLOAT_BYTES
 
 
 def estimate_memory(

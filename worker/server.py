@@ -25,10 +25,13 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-# Responses (embeddings of many long inputs) can exceed gRPC's 4 MB default.
 SERVER_OPTIONS = [
+    # Responses (embeddings of many long inputs) can exceed gRPC's 4 MB default.
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # gRPC binds with SO_REUSEPORT by default: a second worker on the same port would start
+    # "successfully" and silently share the traffic. Refuse instead.
+    ("grpc.so_reuseport", 0),
 ]
 
 

@@ -52,6 +52,7 @@ async def _run(hosted: HostedModel, job: Job, stream: EventStream[T]) -> AsyncIt
             yield event
     finally:
         stream.cancel()
+        hosted.engine.withdraw(job)
 
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]

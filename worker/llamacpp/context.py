@@ -119,6 +119,14 @@ class LlamaContext:
         if rc != 0:
             raise DecodeError(rc)
 
+    def copy_logits(self, dest: ctypes.Array[ctypes.c_float]) -> None:
+        """Copies the logits of the last decoded token into `dest` (n_vocab floats)."""
+        ctypes.memmove(dest, C.llama_get_logits_ith(self._ptr, -1), ctypes.sizeof(dest))
+
+    def restore_logits(self, source: ctypes.Array[ctypes.c_float]) -> None:
+        """Puts saved logits where the next sample reads them, instead of decoding again."""
+        ctypes.memmove(C.llama_get_logits_ith(self._ptr, -1), source, ctypes.sizeof(source))
+
     def remove(self, seq_id: int, start: int, end: int = -1) -> bool:
         """Drops cached positions [start, end) of a sequence; False if the cache cannot."""
         return bool(C.llama_memory_seq_rm(self._memory, seq_id, start, end))

@@ -13,7 +13,7 @@ import random
 from llama_cpp import llama_cpp as C
 
 from worker.errors import InvalidArgument
-from worker.llamacpp import log
+from worker.gbnf import diagnose
 from worker.llamacpp.context import LlamaContext
 from worker.llamacpp.model import LlamaModel
 from worker.sampling import SamplingParams, check_token_ids
@@ -78,10 +78,8 @@ def compile_grammar(model: LlamaModel, grammar: str) -> ctypes.c_void_p:
     """Parses a GBNF grammar with llama.cpp itself, so what it accepts is exactly what runs."""
     if not grammar.strip():
         raise InvalidArgument("constraint.grammar is empty")
-    with log.capture() as lines:
-        sampler = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
+    sampler = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
     if not sampler:
-        raise InvalidArgument(
-            f"constraint.grammar is not valid GBNF: {log.reason(lines, 'llama.cpp rejected it')}"
-        )
+        why = diagnose(grammar) or "llama.cpp could not parse it (see llama.cpp's grammars/README.md)"
+        raise InvalidArgument(f"constraint.grammar is not valid GBNF: {why}")
     return sampler
