@@ -23,7 +23,9 @@ def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
         description="Stream a completion (or, with --chat, a chat reply) from a worker.",
     )
     parser.add_argument("prompt", help="the prompt (with --chat: the user message)")
-    parser.add_argument("--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})")
+    parser.add_argument(
+        "--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})"
+    )
     parser.add_argument("--model", help="model alias (default: the worker's first ready model)")
     parser.add_argument("--chat", action="store_true", help="send the prompt as a chat message")
     parser.add_argument("--max-tokens", type=int, default=128, help="default: 128")
@@ -34,7 +36,9 @@ def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("models", help="list the models a worker hosts")
-    parser.add_argument("--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})")
+    parser.add_argument(
+        "--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})"
+    )
     parser.set_defaults(run=_run_models)
 
 
@@ -60,9 +64,10 @@ def _run_generate(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 if chunk.finish_reason:
                     t = chunk.timings
+                    reason = gen_pb.FinishReason.Name(chunk.finish_reason)
                     print(
                         f"\n[{chunk.usage.completion_tokens} tokens, "
-                        f"{gen_pb.FinishReason.Name(chunk.finish_reason).removeprefix('FINISH_REASON_').lower()}, "
+                        f"{reason.removeprefix('FINISH_REASON_').lower()}, "
                         f"first token {t.time_to_first_token_ms:.0f} ms, "
                         f"{t.decode_tokens_per_second:.1f} tokens/s]",
                         file=sys.stderr,
@@ -70,7 +75,10 @@ def _run_generate(args: argparse.Namespace) -> int:
         except grpc.RpcError as exc:
             print(f"\nllamaherd generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                print(f"is a worker running at {args.worker}? start one with `make run`", file=sys.stderr)
+                print(
+                    f"is a worker running at {args.worker}? start one with `make run`",
+                    file=sys.stderr,
+                )
             return 1
     return 0
 
@@ -100,7 +108,8 @@ def _run_models(args: argparse.Namespace) -> int:
     for m in models:
         state = pb.ModelState.Name(m.state).removeprefix("MODEL_STATE_").lower()
         detail = m.error or m.spec.path
-        print(f"{m.alias:24} {state:10} {m.architecture:10} {m.spec.n_ctx:>6} {m.queued_requests:>6}  {detail}")
+        row = f"{m.alias:24} {state:10} {m.architecture:10} {m.spec.n_ctx:>6}"
+        print(f"{row} {m.queued_requests:>6}  {detail}")
     return 0
 
 

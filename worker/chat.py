@@ -34,7 +34,10 @@ MAX_MESSAGES = 4096
 
 
 class ChatTemplate(Protocol):
-    source: str
+    @property
+    def source(self) -> str:
+        """Where the template came from: config, chat_format:<name>, gguf or fallback:<name>."""
+        ...
 
     def render(self, messages: Sequence[ChatMessage]) -> str: ...
 
@@ -64,7 +67,9 @@ class BuiltinTemplate:
             buf = ctypes.create_string_buffer(size)
             n = C.llama_chat_apply_template(self.name.encode(), chat, len(encoded), True, buf, size)
             if n < 0:
-                raise InvalidArgument(f"the {self.name!r} chat template could not render these messages")
+                raise InvalidArgument(
+                    f"the {self.name!r} chat template could not render these messages"
+                )
             if n <= size:
                 return buf.raw[:n].decode("utf-8", errors="replace")
             size = n

@@ -16,7 +16,9 @@ from worker.config import ConfigError, WorkerSettings, build_settings
 
 
 def add_settings_flags(
-    parser: argparse.ArgumentParser, model: type[BaseModel], skip: set[str] = frozenset()  # type: ignore[assignment]
+    parser: argparse.ArgumentParser,
+    model: type[BaseModel],
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> None:
     """One --flag per field of `model`; help text and defaults come from the field itself.
 
@@ -45,9 +47,11 @@ def add_settings_flags(
                 help=help_text + "; repeat for several",
             )  # fmt: skip
         elif annotation is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         else:
-            kind = annotation if annotation in (int, float) else str
+            kind: type = annotation if annotation in (int, float) else str  # type: ignore[assignment]
             parser.add_argument(flag, type=kind, default=None, metavar=name.upper(), help=help_text)
 
 
@@ -59,7 +63,9 @@ def add_worker_parser(subparsers: Any) -> None:
         "(the llamaherd.v1.Worker service, health checks and reflection). With no models "
         "configured it serves the embedded Gemma 3 270M model.",
     )
-    parser.add_argument("--config", type=Path, help="YAML or JSON settings file (see deploy/worker.example.yaml)")
+    parser.add_argument(
+        "--config", type=Path, help="YAML or JSON settings file (see deploy/worker.example.yaml)"
+    )
     parser.add_argument(
         "--model", dest="model_paths", action="append", type=Path, metavar="GGUF",
         help="serve this GGUF file (alias: its file name without .gguf); repeat for several; "
@@ -70,7 +76,10 @@ def add_worker_parser(subparsers: Any) -> None:
 
 
 def _models_from_flags(paths: list[Path] | None) -> list[dict[str, str]]:
-    return [{"alias": p.name.removesuffix(".gguf"), "path": str(p.expanduser().resolve())} for p in paths or []]
+    return [
+        {"alias": p.name.removesuffix(".gguf"), "path": str(p.expanduser().resolve())}
+        for p in paths or []
+    ]
 
 
 def run_worker(args: argparse.Namespace) -> int:

@@ -305,5 +305,7 @@ def _timings(
         decode_ms=decode_s * 1e3,
         total_ms=(ended - arrived) * 1e3,
         prompt_tokens_per_second=prompt_computed / prompt_s if prompt_s > 0 else 0.0,
-        decode_tokens_per_second=(generated - 1) / decode_s if generated > 1 and decode_s > 0 else 0.0,
+        decode_tokens_per_second=(generated - 1) / decode_s
+        if generated > 1 and decode_s > 0
+        else 0.0,
     )

@@ -42,7 +42,7 @@ def diagnose(grammar: str) -> str | None:
     code = _strip_literals(grammar)
     defined = set(re.findall(r"([A-Za-z0-9_-]+)\s*::=", code))
     if not defined:
-        return "it defines no rules (a rule looks like: root ::= \"yes\" | \"no\")"
+        return 'it defines no rules (a rule looks like: root ::= "yes" | "no")'
     if "root" not in defined:
         return f"it has no `root` rule to start from (rules defined: {', '.join(sorted(defined))})"
     used = {w for w in _WORD.findall(re.sub(r"::=", " ", code)) if not w.isdigit()}

@@ -49,7 +49,9 @@ class Constraint:
             raise InvalidArgument(f"constraint.json_schema is not valid JSON: {exc}") from exc
         try:
             grammar: str = json_schema_to_gbnf(self.text)
-        except Exception as exc:  # the converter raises bare Exceptions on schemas it cannot express
+        except (
+            Exception
+        ) as exc:  # the converter raises bare Exceptions on schemas it cannot express
             raise InvalidArgument(f"constraint.json_schema cannot be enforced: {exc}") from exc
         return grammar
 

@@ -49,7 +49,9 @@ async def _abort(context: aio.ServicerContext, method: str, exc: Exception) -> N
         await context.abort(CODES[exc.kind], exc.message)
     incident = uuid.uuid4().hex[:12]
     log.error("%s failed (incident %s)", method, incident, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method} (incident {incident})")
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in {method} (incident {incident})"
+    )
 
 
 def _wrap_unary(method: str, behavior: Unary) -> Unary:

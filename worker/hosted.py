@@ -110,7 +110,9 @@ class HostedModel:
         self.model.close()
 
     # ---- requests --------------------------------------------------------------------
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         return self.model.tokenize(text, add_special, parse_special)
 
     def pieces(self, tokens: Sequence[int]) -> list[bytes]:
@@ -183,7 +185,9 @@ class HostedModel:
                 "with embedding: true"
             )
         if not 1 <= len(inputs) <= MAX_EMBED_INPUTS:
-            raise InvalidArgument(f"inputs must hold 1 to {MAX_EMBED_INPUTS} texts, got {len(inputs)}")
+            raise InvalidArgument(
+                f"inputs must hold 1 to {MAX_EMBED_INPUTS} texts, got {len(inputs)}"
+            )
         limit = min(self.context.n_batch, self.n_ctx)
         tokenized = []
         for i, text in enumerate(inputs):

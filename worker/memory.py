@@ -17,6 +17,10 @@ from worker.errors import InvalidModelFile, ResourceExhausted
 from worker.gguf import GGUFFile
 
 KV_CELL_PADDING = 256
+# llama.cpp's compile-time limits (src/llama-hparams.h). It aborts the whole process, rather
+# than failing the load, on a file that declares more.
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 1024
 KV_BYTES_PER_ELEMENT = 2  # f16 K and V
 FLOAT_BYTES = 4
 MiB = 1024**2
@@ -53,6 +57,17 @@ class ModelShape:
             return value
 
         n_layer = required("block_count")
+        if n_layer > LLAMA_MAX_LAYERS:
+            raise InvalidModelFile(
+                f"{gguf.path} declares {n_layer} layers; llama.cpp supports at most "
+                f"{LLAMA_MAX_LAYERS}"
+            )
+        experts = gguf.arch_value("expert_count", 0)
+        if isinstance(experts, int) and experts > LLAMA_MAX_EXPERTS:
+            raise InvalidModelFile(
+                f"{gguf.path} declares {experts} experts; llama.cpp supports at most "
+                f"{LLAMA_MAX_EXPERTS}"
+            )
         n_embd = required("embedding_length")
         n_head = required("attention.head_count")
         n_head_kv = _per_layer(gguf.arch_value("attention.head_count_kv", n_head), n_layer)
@@ -141,9 +156,7 @@ class MemoryBudget:
     would each see the same free memory.
     """
 
-    def __init__(
-        self, limit_bytes: int, reserve_bytes: int, available: Callable[[], int]
-    ) -> None:
+    def __init__(self, limit_bytes: int, reserve_bytes: int, available: Callable[[], int]) -> None:
         self._limit = limit_bytes
         self._reserve = reserve_bytes
         self._available = available  # injected: psutil in the worker, a fixed figure in tests

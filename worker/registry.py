@@ -162,7 +162,9 @@ class ModelRegistry:
         shape = ModelShape.from_gguf(gguf)
         n_ctx = config.n_ctx or shape.n_ctx_train
         if n_ctx <= 0:
-            raise InvalidArgument(f"n_ctx is 0 (use the model's) but {path} declares no context length")
+            raise InvalidArgument(
+                f"n_ctx is 0 (use the model's) but {path} declares no context length"
+            )
         estimate = estimate_memory(gguf, shape, n_ctx, config.n_batch, config.embedding)
         self._budget.reserve(config.alias, estimate)
         try:

@@ -41,7 +41,11 @@ class SamplingParams:
 
     @property
     def penalised(self) -> bool:
-        return (self.repeat_penalty, self.presence_penalty, self.frequency_penalty) != (1.0, 0.0, 0.0)
+        return (self.repeat_penalty, self.presence_penalty, self.frequency_penalty) != (
+            1.0,
+            0.0,
+            0.0,
+        )
 
     @classmethod
     def create(cls, **given: Any) -> SamplingParams:
@@ -73,9 +77,7 @@ class SamplingParams:
             _in_range("max_tokens", self.max_tokens, 1, 1 << 24)
 
 
-def _in_range(
-    name: str, value: float, low: float, high: float, low_open: bool = False
-) -> None:
+def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidArgument(f"sampling.{name} must be a finite number, got {value}")
     too_low = value <= low if low_open else value < low
@@ -100,7 +102,9 @@ def _stop_strings(stop: Sequence[str]) -> tuple[str, ...]:
     return stops
 
 
-def _logit_bias(bias: Mapping[int, float] | Sequence[tuple[int, float]]) -> tuple[tuple[int, float], ...]:
+def _logit_bias(
+    bias: Mapping[int, float] | Sequence[tuple[int, float]],
+) -> tuple[tuple[int, float], ...]:
     pairs = tuple(bias.items()) if isinstance(bias, Mapping) else tuple(bias)
     if len(pairs) > MAX_LOGIT_BIAS:
         raise InvalidArgument(
@@ -119,5 +123,6 @@ def check_token_ids(where: str, tokens: Sequence[int], n_vocab: int) -> None:
     for i, token in enumerate(tokens):
         if not 0 <= token < n_vocab:
             raise InvalidArgument(
-                f"{where}[{i}] = {token} is not a token of this model (vocabulary: 0..{n_vocab - 1})"
+                f"{where}[{i}] = {token} is not a token of this model "
+                f"(vocabulary: 0..{n_vocab - 1})"
             )

@@ -112,4 +112,3 @@ async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None
     await stop.wait()
     log.info("shutting down (in-flight requests get %.0f s)", settings.shutdown_grace_s)
     await server.stop()
-

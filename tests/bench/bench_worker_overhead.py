@@ -32,7 +32,7 @@ from support.worker_process import start_worker  # noqa: E402
 from worker.builtin_models import resolve  # noqa: E402
 from worker.client import WorkerClient  # noqa: E402
 
-WORDS = "amber basil cedar delta ember fjord grove harbor iris juniper kestrel lagoon meadow".split()
+WORDS = "amber basil cedar delta ember fjord grove harbor iris juniper kestrel lagoon".split()
 
 
 @dataclass
@@ -89,11 +89,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--prompt-words", type=int, default=40, help="prompt length (about 1.3 tokens a word)")
+    parser.add_argument(
+        "--prompt-words", type=int, default=40, help="prompt length (about 1.3 tokens a word)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--n-ctx", type=int, default=2048)
-    parser.add_argument("--flash-attn", choices=["on", "off"], default="off",
-                        help="the same on both sides (llama-cpp-python's default is off)")  # fmt: skip
+    parser.add_argument(
+        "--flash-attn", choices=["on", "off"], default="off",
+        help="the same on both sides (llama-cpp-python's default: off)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench"))
     args = parser.parse_args()
 
@@ -121,8 +125,10 @@ def main() -> int:
             run_worker(client, model, prompt_for(-1, args.prompt_words), 8)
             for r in range(args.rounds):
                 prompt = prompt_for(r, args.prompt_words)
-                pair = [("direct", lambda p=prompt: run_direct(llm, p, args.max_tokens)),
-                        ("worker", lambda p=prompt: run_worker(client, model, p, args.max_tokens))]  # fmt: skip
+                pair = [
+                    ("direct", lambda p=prompt: run_direct(llm, p, args.max_tokens)),
+                    ("worker", lambda p=prompt: run_worker(client, model, p, args.max_tokens)),
+                ]
                 if r % 2:
                     pair.reverse()
                 for name, fn in pair:

@@ -3,6 +3,7 @@ fast and the malformed-file cases. The real-model cases use the embedded Gemma."
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,13 +34,27 @@ def write_gguf(
     writer.add_token_list([f"t{i}" for i in range(vocab_size)])
     for key, value in (extra_uint32 or {}).items():
         writer.add_uint32(key, value)
-    for name, array in (tensors or {"token_embd.weight": np.zeros((vocab_size, embedding_length), np.float32)}).items():
+    for name, array in (
+        tensors or {"token_embd.weight": np.zeros((vocab_size, embedding_length), np.float32)}
+    ).items():
         writer.add_tensor(name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def patch_uint32(path: Path, key: str, value: int) -> None:
+    """Overwrites the value of a uint32 metadata entry in place (a corrupt-file maker)."""
+    data = bytearray(path.read_bytes()[: 16 * 2**20])
+    encoded = key.encode()
+    at = data.index(struct.pack("<Q", len(encoded)) + encoded) + 8 + len(encoded)
+    (value_type,) = struct.unpack_from("<I", data, at)
+    assert value_type == 4, f"{key} is not a uint32"
+    with path.open("r+b") as f:
+        f.seek(at + 4)
+        f.write(struct.pack("<I", value))
 
 
 def truncated_copy(source: Path, dest: Path, keep_fraction: float = 0.5) -> Path:

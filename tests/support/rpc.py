@@ -41,7 +41,10 @@ def generate(
     **sampling: Any,
 ) -> Completion:
     request = gen_pb.GenerateRequest(
-        model=model, prompt=prompt, sampling=gen_pb.SamplingParams(**sampling), constraint=constraint
+        model=model,
+        prompt=prompt,
+        sampling=gen_pb.SamplingParams(**sampling),
+        constraint=constraint,
     )
     return collect(stub.Generate(request, timeout=TIMEOUT))
 

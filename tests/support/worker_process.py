@@ -83,7 +83,9 @@ def wait_serving(worker: WorkerProcess, timeout: float) -> None:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if not worker.alive():
-                raise RuntimeError(f"worker exited with {worker.process.returncode}:\n{worker.log_tail()}")
+                raise RuntimeError(
+                    f"worker exited with {worker.process.returncode}:\n{worker.log_tail()}"
+                )
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:

@@ -9,10 +9,15 @@ every other thread of a server. Everything that touches a raw pointer lives in t
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from llama_cpp import llama_cpp as C
 
 from worker.llamacpp import log
+
+# A raw llama.cpp pointer (model, context, vocab, sampler). The ctypes bindings are untyped,
+# and nothing outside this package may hold one.
+Handle = Any
 
 _backend_lock = threading.Lock()
 _backend_ready = False

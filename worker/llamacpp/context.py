@@ -13,7 +13,7 @@ from llama_cpp import llama_cpp as C
 
 from worker.config import FlashAttention, Pooling
 from worker.errors import Internal, ModelLoadFailed
-from worker.llamacpp import log
+from worker.llamacpp import Handle, log
 from worker.llamacpp.model import LlamaModel
 
 _POOLING = {
@@ -85,7 +85,7 @@ class LlamaContext:
         self._embedding = params.embedding
 
     @property
-    def ptr(self) -> ctypes.c_void_p:
+    def ptr(self) -> Handle:
         return self._ptr
 
     def close(self) -> None:
@@ -94,7 +94,9 @@ class LlamaContext:
             C.llama_free(self._ptr)
             self._ptr = None
 
-    def decode(self, tokens: Sequence[int], start_pos: int, seq_id: int = 0, all_logits: bool = False) -> None:
+    def decode(
+        self, tokens: Sequence[int], start_pos: int, seq_id: int = 0, all_logits: bool = False
+    ) -> None:
         """Runs `tokens` (at most n_batch) at positions start_pos.. of sequence `seq_id`.
 
         Logits are kept for the last token only, unless all_logits (embedding pooling needs

@@ -49,9 +49,9 @@ def _on_log(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
     if not line:
         return
     lvl: int = _local.level
-    sink: list[str] | None = getattr(_local, "capture", None)
+    sink: list[tuple[int, str]] | None = getattr(_local, "capture", None)
     if sink is not None and lvl >= logging.INFO:
-        sink.append(line)
+        sink.append((lvl, line))
     logger.log(lvl, "%s", line)
 
 
@@ -65,10 +65,10 @@ def install() -> None:
 
 
 @contextmanager
-def capture() -> Iterator[list[str]]:
-    """Collects llama.cpp warnings and errors logged by this thread inside the block."""
+def capture() -> Iterator[list[tuple[int, str]]]:
+    """Collects llama.cpp warnings and errors (level, line) logged by this thread in the block."""
     previous = getattr(_local, "capture", None)
-    lines: list[str] = []
+    lines: list[tuple[int, str]] = []
     _local.capture = lines
     try:
         yield lines
@@ -76,7 +76,10 @@ def capture() -> Iterator[list[str]]:
         _local.capture = previous
 
 
-def reason(lines: list[str], default: str) -> str:
-    """The most telling captured lines, for an error message."""
-    errors = [line.split(": ", 1)[-1] if ": " in line else line for line in lines]
-    return "; ".join(errors[-3:]) if errors else default
+def reason(lines: list[tuple[int, str]], default: str) -> str:
+    """The errors among the captured lines (warnings if there are none), for a message."""
+    errors = [line for level, line in lines if level >= logging.ERROR]
+    chosen = errors or [line for _, line in lines]
+    # Drop llama.cpp's "function_name: " prefixes; keep at most the last three lines.
+    texts = [line.split(": ", 1)[-1] for line in chosen[-3:]]
+    return "; ".join(dict.fromkeys(texts)) if texts else default

@@ -14,7 +14,7 @@ from pathlib import Path
 from llama_cpp import llama_cpp as C
 
 from worker.errors import ModelLoadFailed
-from worker.llamacpp import ensure_backend, log
+from worker.llamacpp import Handle, ensure_backend, log
 
 _ALL_LAYERS = 0x7FFFFFFF
 
@@ -47,7 +47,7 @@ class LlamaModel:
         self.n_params: int = C.llama_model_n_params(ptr)
 
     @property
-    def ptr(self) -> ctypes.c_void_p:
+    def ptr(self) -> Handle:
         if self._ptr is None:
             raise RuntimeError("model is closed")
         return self._ptr
@@ -57,13 +57,17 @@ class LlamaModel:
             C.llama_model_free(self._ptr)
             self._ptr = None
 
-    def tokenize(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+    def tokenize(
+        self, text: str, add_special: bool = True, parse_special: bool = True
+    ) -> list[int]:
         raw = text.encode("utf-8")
         # Every byte is at most one token (byte fallback), plus the special tokens added.
         capacity = len(raw) + 8
         while True:
             buf = (C.llama_token * capacity)()
-            n = C.llama_tokenize(self._vocab, raw, len(raw), buf, capacity, add_special, parse_special)
+            n = C.llama_tokenize(
+                self._vocab, raw, len(raw), buf, capacity, add_special, parse_special
+            )
             if n >= 0:
                 return list(buf[:n])
             capacity = -n
@@ -91,7 +95,7 @@ class LlamaModel:
         return text.decode("utf-8", errors="replace")
 
     @property
-    def vocab(self) -> ctypes.c_void_p:
+    def vocab(self) -> Handle:
         return self._vocab
 
     def meta(self, key: str) -> str | None:

@@ -7,13 +7,13 @@ the truncating samplers so that they choose among tokens the grammar allows.
 
 from __future__ import annotations
 
-import ctypes
 import random
 
 from llama_cpp import llama_cpp as C
 
 from worker.errors import InvalidArgument
 from worker.gbnf import diagnose
+from worker.llamacpp import Handle
 from worker.llamacpp.context import LlamaContext
 from worker.llamacpp.model import LlamaModel
 from worker.sampling import SamplingParams, check_token_ids
@@ -22,7 +22,9 @@ from worker.sampling import SamplingParams, check_token_ids
 class Sampler:
     """Owns one llama_sampler chain. Built on any thread; then used by one thread at a time."""
 
-    def __init__(self, model: LlamaModel, params: SamplingParams, grammar: str | None, n_ctx: int) -> None:
+    def __init__(
+        self, model: LlamaModel, params: SamplingParams, grammar: str | None, n_ctx: int
+    ) -> None:
         check_token_ids("sampling.logit_bias", [t for t, _ in params.logit_bias], model.n_vocab)
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         self._chain = chain
@@ -33,15 +35,14 @@ class Sampler:
             raise
         self.seed = params.seed
 
-    def _add(self, sampler: ctypes.c_void_p) -> None:
+    def _add(self, sampler: Handle) -> None:
         C.llama_sampler_chain_add(self._chain, sampler)
 
     def _build(self, model: LlamaModel, p: SamplingParams, grammar: str | None, n_ctx: int) -> None:
         if p.logit_bias:
-            biases = (C.llama_logit_bias * len(p.logit_bias))()
-            for i, (token, bias) in enumerate(p.logit_bias):
-                biases[i].token = token
-                biases[i].bias = bias
+            biases = (C.llama_logit_bias * len(p.logit_bias))(
+                *(C.llama_logit_bias(token, bias) for token, bias in p.logit_bias)
+            )
             self._add(C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), biases))
         if p.penalised:
             last_n = n_ctx if p.repeat_last_n == -1 else p.repeat_last_n
@@ -74,12 +75,14 @@ class Sampler:
             self._chain = None
 
 
-def compile_grammar(model: LlamaModel, grammar: str) -> ctypes.c_void_p:
+def compile_grammar(model: LlamaModel, grammar: str) -> Handle:
     """Parses a GBNF grammar with llama.cpp itself, so what it accepts is exactly what runs."""
     if not grammar.strip():
         raise InvalidArgument("constraint.grammar is empty")
     sampler = C.llama_sampler_init_grammar(model.vocab, grammar.encode("utf-8"), b"root")
     if not sampler:
-        why = diagnose(grammar) or "llama.cpp could not parse it (see llama.cpp's grammars/README.md)"
+        why = (
+            diagnose(grammar) or "llama.cpp could not parse it (see llama.cpp's grammars/README.md)"
+        )
         raise InvalidArgument(f"constraint.grammar is not valid GBNF: {why}")
     return sampler

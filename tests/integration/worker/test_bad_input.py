@@ -13,7 +13,10 @@ from support.rpc import TIMEOUT, generate, rpc_error
 
 def _generate(stub, prompt="Hello", constraint=None, model=GEMMA, **sampling):
     request = gen_pb.GenerateRequest(
-        model=model, prompt=prompt, sampling=gen_pb.SamplingParams(**sampling), constraint=constraint
+        model=model,
+        prompt=prompt,
+        sampling=gen_pb.SamplingParams(**sampling),
+        constraint=constraint,
     )
     return lambda: stub.Generate(request, timeout=TIMEOUT)
 
@@ -21,7 +24,10 @@ def _generate(stub, prompt="Hello", constraint=None, model=GEMMA, **sampling):
 @pytest.fixture(autouse=True)
 def _still_serving_afterwards(stub):
     yield
-    assert generate(stub, GEMMA, "Hello", temperature=0, max_tokens=2).final.usage.completion_tokens == 2
+    assert (
+        generate(stub, GEMMA, "Hello", temperature=0, max_tokens=2).final.usage.completion_tokens
+        == 2
+    )
 
 
 def test_unknown_model_is_not_found_and_lists_the_loaded_ones(stub):
@@ -85,7 +91,9 @@ def test_logit_bias_for_a_token_outside_the_vocabulary(stub):
 
 
 def test_invalid_grammar_reports_llama_cpp_reason(stub):
-    err = rpc_error(_generate(stub, constraint=gen_pb.OutputConstraint(grammar="root ::= undefined_rule")))
+    err = rpc_error(
+        _generate(stub, constraint=gen_pb.OutputConstraint(grammar="root ::= undefined_rule"))
+    )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "constraint.grammar" in err.details()
     assert "undefined_rule" in err.details()
@@ -123,7 +131,9 @@ def test_generate_on_an_embedding_model_is_a_failed_precondition(stub):
 
 
 def test_embed_on_a_generation_model_is_a_failed_precondition(stub):
-    err = rpc_error(lambda: stub.Embed(gen_pb.EmbedRequest(model=GEMMA, inputs=["hi"]), timeout=TIMEOUT))
+    err = rpc_error(
+        lambda: stub.Embed(gen_pb.EmbedRequest(model=GEMMA, inputs=["hi"]), timeout=TIMEOUT)
+    )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "embedding: true" in err.details()
 

@@ -21,7 +21,16 @@ def test_default_worker_serves_gemma_and_generate_streams_from_it(tmp_path):
         assert "gemma-3-270m" in listed.stdout
         assert "ready" in listed.stdout
 
-        out = _run("generate", "--worker", worker.address, "--temperature", "0", "--max-tokens", "12", "Once upon a time")
+        out = _run(
+            "generate",
+            "--worker",
+            worker.address,
+            "--temperature",
+            "0",
+            "--max-tokens",
+            "12",
+            "Once upon a time",
+        )
         assert out.returncode == 0, out.stderr
         assert len(out.stdout.strip()) > 10
         assert "[12 tokens, length" in out.stderr
@@ -61,7 +70,11 @@ def test_port_in_use_exits_with_the_problem():
 
 
 def test_second_worker_on_the_same_port_is_refused(tmp_path):
-    first = start_worker(tmp_path, {"models": [{"alias": "a", "path": "builtin:gemma-3-270m", "n_ctx": 256}]}, name="first")
+    first = start_worker(
+        tmp_path,
+        {"models": [{"alias": "a", "path": "builtin:gemma-3-270m", "n_ctx": 256}]},
+        name="first",
+    )
     try:
         port = first.address.rsplit(":", 1)[1]
         out = _run("worker", "--port", port, timeout=60)

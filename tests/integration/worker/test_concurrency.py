@@ -65,11 +65,15 @@ def test_mixed_concurrent_calls(stub):
 
 def test_full_queue_is_refused_at_once(stub):
     stub.LoadModel(
-        pb.LoadModelRequest(spec=pb.ModelSpec(alias="gemma-q1", path="builtin:gemma-3-270m", n_ctx=512, max_queue=1)),
+        pb.LoadModelRequest(
+            spec=pb.ModelSpec(alias="gemma-q1", path="builtin:gemma-3-270m", n_ctx=512, max_queue=1)
+        ),
         timeout=TIMEOUT,
     )
     long = gen_pb.GenerateRequest(
-        model="gemma-q1", prompt="Once", sampling=gen_pb.SamplingParams(temperature=0, max_tokens=400)
+        model="gemma-q1",
+        prompt="Once",
+        sampling=gen_pb.SamplingParams(temperature=0, max_tokens=400),
     )
     try:
         running = stub.Generate(long, timeout=TIMEOUT)
@@ -88,7 +92,9 @@ def test_full_queue_is_refused_at_once(stub):
 def _wait_queued(stub, alias: str, n: int, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        models = {m.alias: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models}
+        models = {
+            m.alias: m for m in stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models
+        }
         if models[alias].queued_requests == n:
             return True
         time.sleep(0.02)
@@ -99,7 +105,14 @@ def _wait_queued(stub, alias: str, n: int, timeout: float = 5.0) -> bool:
 def test_many_streams_all_complete(stub, n):
     with ThreadPoolExecutor(n) as pool:
         finals = list(
-            pool.map(lambda i: generate(stub, GEMMA, f"Count to {i}:", temperature=0.7, seed=i, max_tokens=6).final, range(n))
+            pool.map(
+                lambda i: (
+                    generate(
+                        stub, GEMMA, f"Count to {i}:", temperature=0.7, seed=i, max_tokens=6
+                    ).final
+                ),
+                range(n),
+            )
         )
     assert all(f.usage.completion_tokens >= 1 for f in finals)
     assert max(f.timings.queue_ms for f in finals) > 0

@@ -32,7 +32,13 @@ def _reported(caplog, pattern: re.Pattern[str]) -> float:
 
 @pytest.mark.parametrize(
     ("n_ctx", "n_batch", "embedding"),
-    [(512, 512, False), (1000, 128, False), (4096, 512, False), (32768, 256, False), (2048, 512, True)],
+    [
+        (512, 512, False),
+        (1000, 128, False),
+        (4096, 512, False),
+        (32768, 256, False),
+        (2048, 512, True),
+    ],
 )
 def test_estimate_matches_what_llama_cpp_allocates(caplog, gemma, n_ctx, n_batch, embedding):
     model, shape = gemma

@@ -11,7 +11,7 @@ import pytest
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
-from support.gguf_files import truncated_copy, write_gguf
+from support.gguf_files import patch_uint32, truncated_copy, write_gguf
 from support.models import GEMMA, GEMMA_EMBED
 from support.rpc import TIMEOUT, generate, rpc_error
 from support.worker_process import start_worker
@@ -24,11 +24,16 @@ def _load(stub, **spec):
 
 
 def _states(stub) -> dict[str, int]:
-    return {m.alias: m.state for m in stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models}
+    return {
+        m.alias: m.state for m in stub.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models
+    }
 
 
 def _gemma_still_generates(stub) -> None:
-    assert generate(stub, GEMMA, "Hello", temperature=0, max_tokens=2).final.usage.completion_tokens == 2
+    assert (
+        generate(stub, GEMMA, "Hello", temperature=0, max_tokens=2).final.usage.completion_tokens
+        == 2
+    )
 
 
 def test_configured_models_are_listed_ready_with_their_estimates(stub, gemma_path):
@@ -79,7 +84,10 @@ def test_unloading_an_unknown_model_is_not_found(stub):
         ({"alias": "x", "path": ""}, "spec.path is empty"),
         ({"alias": "x", "path": GEMMA_BUILTIN, "n_gpu_layers": -2}, "n_gpu_layers"),
         ({"alias": "x", "path": GEMMA_BUILTIN, "pooling": "median"}, "pooling"),
-        ({"alias": "x", "path": GEMMA_BUILTIN, "chat_format": "klingon"}, "not a llama.cpp built-in"),
+        (
+            {"alias": "x", "path": GEMMA_BUILTIN, "chat_format": "klingon"},
+            "not a llama.cpp built-in",
+        ),
         ({"alias": "x", "path": "relative/model.gguf"}, "must be absolute"),
         ({"alias": "x", "path": "builtin:nonexistent"}, "no built-in model"),
     ],
@@ -132,8 +140,21 @@ def test_unknown_architecture_is_refused_with_llama_cpp_reason(stub, models_dir)
     path = write_gguf(models_dir / "bogus.gguf", "bogus-arch")
     err = rpc_error(lambda: _load(stub, alias="bogus", path=str(path)))
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "unknown model architecture: 'bogus-arch'" in err.details()
+    assert err.details().endswith("unknown model architecture: 'bogus-arch'; failed to load model")
     assert "bogus" not in _states(stub)
+    _gemma_still_generates(stub)
+
+
+@pytest.mark.parametrize("layers", [0, 1000])
+def test_layer_count_that_would_abort_llama_cpp_is_refused(stub, models_dir, gemma_path, layers):
+    """Found by fuzzing: llama.cpp aborts the process (not the load) on these counts."""
+    path = models_dir / f"gemma-{layers}-layers.gguf"
+    shutil.copy(gemma_path, path)
+    patch_uint32(path, "gemma3.block_count", layers)
+    err = rpc_error(lambda: _load(stub, alias="layers", path=str(path)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "gemma3.block_count" in err.details() or "declares 1000 layers" in err.details()
+    path.unlink()
     _gemma_still_generates(stub)
 
 
@@ -206,7 +227,12 @@ def test_memory_limit_refuses_a_second_model_before_llama_cpp_runs(tmp_path, gem
             # llama.cpp was never asked to load it: its loader logs each file it opens (at DEBUG).
             log = worker.log_path.read_text()
             assert log.count("llama_model_loader: loaded meta data") == 1
-            assert generate(capped, "small", "Hi", temperature=0, max_tokens=2).final.usage.completion_tokens == 2
+            assert (
+                generate(
+                    capped, "small", "Hi", temperature=0, max_tokens=2
+                ).final.usage.completion_tokens
+                == 2
+            )
     finally:
         assert worker.stop() == 0
 
@@ -225,13 +251,21 @@ def test_configured_model_that_fails_is_listed_failed_and_others_serve(tmp_path,
     try:
         with grpc.insecure_channel(worker.address) as channel:
             partial = worker_pb2_grpc.WorkerStub(channel)
-            models = {m.alias: m for m in partial.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models}
+            models = {
+                m.alias: m
+                for m in partial.ListModels(pb.ListModelsRequest(), timeout=TIMEOUT).models
+            }
             assert models["broken"].state == pb.MODEL_STATE_FAILED
             assert "not a valid GGUF" in models["broken"].error
             assert models["good"].state == pb.MODEL_STATE_READY
             err = rpc_error(lambda: generate(partial, "broken", "Hi", max_tokens=1))
             assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert "failed to load" in err.details()
-            assert generate(partial, "good", "Hi", temperature=0, max_tokens=2).final.usage.completion_tokens == 2
+            assert (
+                generate(
+                    partial, "good", "Hi", temperature=0, max_tokens=2
+                ).final.usage.completion_tokens
+                == 2
+            )
     finally:
         assert worker.stop() == 0

@@ -18,7 +18,9 @@ def test_tokenize_adds_bos_and_round_trips(stub):
 
 def test_tokenize_without_special_tokens(stub):
     with_bos = stub.Tokenize(gen_pb.TokenizeRequest(model=GEMMA, text="hi")).tokens
-    without = stub.Tokenize(gen_pb.TokenizeRequest(model=GEMMA, text="hi", add_special=False)).tokens
+    without = stub.Tokenize(
+        gen_pb.TokenizeRequest(model=GEMMA, text="hi", add_special=False)
+    ).tokens
     assert list(with_bos) == [BOS, *without]
 
 
@@ -33,6 +35,8 @@ def test_special_tokens_written_as_text(stub):
 
 
 def test_pieces_are_the_bytes_of_each_token(stub):
-    reply = stub.Tokenize(gen_pb.TokenizeRequest(model=GEMMA, text="ab ✓", add_special=False, with_pieces=True))
+    reply = stub.Tokenize(
+        gen_pb.TokenizeRequest(model=GEMMA, text="ab ✓", add_special=False, with_pieces=True)
+    )
     assert len(reply.pieces) == len(reply.tokens)
     assert b"".join(reply.pieces).decode() == "ab ✓"
