@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import enum
 import os
+import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psutil
 import yaml
@@ -99,11 +101,43 @@ class WorkerSettings(BaseModel):
         5.0, ge=0, le=600, description="seconds in-flight requests get to finish on shutdown"
     )
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    coordinator: str | None = Field(
+        None, description="HOST:PORT of a coordinator to register with and heartbeat to"
+    )
+    advertise_address: str | None = Field(
+        None,
+        description="HOST:PORT the coordinator's gateways use to reach this worker "
+        "(default: host:port, or this machine's address when host is 0.0.0.0)",
+    )
+    node_id: str | None = Field(
+        None, pattern=ALIAS_PATTERN, description="stable node name (default: HOSTNAME:PORT)"
+    )
+    labels: tuple[str, ...] = Field(
+        (), description="labels placement can match, e.g. jetson, orin-agx, gpu"
+    )
+    heartbeat_interval_s: float = Field(
+        1.0, gt=0, le=60, description="seconds between reports to the coordinator"
+    )
 
     @field_validator("model_dirs")
     @classmethod
     def _expand_dirs(cls, dirs: tuple[Path, ...]) -> tuple[Path, ...]:
         return tuple(Path(os.path.expanduser(d)).resolve() for d in dirs)
+
+    @field_validator("coordinator", "advertise_address")
+    @classmethod
+    def _host_port(cls, address: str | None) -> str | None:
+        if address is not None:
+            split_host_port(address)
+        return address
+
+    @field_validator("labels")
+    @classmethod
+    def _label_names(cls, labels: tuple[str, ...]) -> tuple[str, ...]:
+        for label in labels:
+            if not re.fullmatch(ALIAS_PATTERN, label):
+                raise ValueError(f"label {label!r} must match {ALIAS_PATTERN}")
+        return tuple(sorted(set(labels)))
 
     @field_validator("log_level")
     @classmethod
@@ -122,6 +156,19 @@ class WorkerSettings(BaseModel):
                 raise ValueError(f"two models share the alias {model.alias!r}")
             seen.add(model.alias)
         return models
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """'host:port' or '[v6]:port' into its parts; ValueError names what is wrong."""
+    host, sep, port = address.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT (e.g. 127.0.0.1:50050)")
+    return host, int(port)
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 class ConfigError(Exception):
@@ -154,11 +201,13 @@ def _resolve_model_path(raw: str, base: Path) -> str:
     return str(expanded if expanded.is_absolute() else base / expanded)
 
 
-def env_overrides(fields: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
-    """LLAMAHERD_<FIELD> for each scalar setting (lists come from the config file)."""
+def env_overrides(
+    fields: Mapping[str, Any], environ: Mapping[str, str], prefix: str = ENV_PREFIX
+) -> dict[str, str]:
+    """<prefix><FIELD> for each of `fields` that the environment sets."""
     found: dict[str, str] = {}
     for name in fields:
-        value = environ.get(ENV_PREFIX + name.upper())
+        value = environ.get(prefix + name.upper())
         if value is not None:
             found[name] = value
     return found
@@ -170,15 +219,36 @@ def build_settings(
     overrides: Mapping[str, Any] | None = None,
 ) -> WorkerSettings:
     """Layers defaults < config file < environment < flags and validates the result."""
+    return layered_settings(WorkerSettings, ENV_PREFIX, config_file, environ, overrides)
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
+
+
+def layered_settings(
+    model: type[SettingsT],
+    env_prefix: str,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SettingsT:
+    """Any process's settings: defaults < config file < <env_prefix><FIELD> < flags.
+
+    Only scalar fields come from the environment; lists (models, labels) from the file or
+    repeatable flags.
+    """
     data: dict[str, Any] = read_config_file(config_file) if config_file else {}
-    scalar_fields = {n: f for n, f in WorkerSettings.model_fields.items() if n != "models"}
-    data.update(env_overrides(scalar_fields, os.environ if environ is None else environ))
+    scalar_fields = {
+        n: f for n, f in model.model_fields.items() if typing.get_origin(f.annotation) is not tuple
+    }
+    env = os.environ if environ is None else environ
+    data.update(env_overrides(scalar_fields, env, env_prefix))
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return WorkerSettings.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         source = f" (config file {config_file})" if config_file else ""
-        raise ConfigError(f"invalid worker settings{source}:\n{describe(exc)}") from exc
+        raise ConfigError(f"invalid settings{source}:\n{describe(exc)}") from exc
 
 
 def parse_model_config(data: Mapping[str, Any]) -> ModelConfig:

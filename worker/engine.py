@@ -105,6 +105,7 @@ class ModelEngine:
         # identical request give identical output.
         self._memo_prompt: list[int] = []
         self._memo_logits = (ctypes.c_float * model.n_vocab)()
+        self.rates = RateTracker()
         self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
         self._thread.start()
 
@@ -270,6 +271,7 @@ class ModelEngine:
             job.arrived, started, prefilled, first_at, ended, len(job.prompt) - reused, generated
         )
         usage = Usage(len(job.prompt), generated, reused)
+        self.rates.record(timings, generated, len(job.prompt) - reused)
         job.stream.emit(Finished(tail, tuple(pending), finish, usage, timings))
 
     def _embed(self, job: EmbeddingJob) -> None:
@@ -285,6 +287,32 @@ class ModelEngine:
             vectors.append(tuple(vector))
         self._forget_cache()
         job.stream.emit(EmbeddingResult(tuple(vectors), sum(len(t) for t in job.inputs)))
+
+
+class RateTracker:
+    """Recent decode and prefill speeds of one engine, for the coordinator's routing.
+
+    An exponentially weighted mean over finished generations, ignoring ones too short to
+    measure: a node's speed for a model is what routing learns its capability from.
+    """
+
+    MIN_TOKENS = 8
+    WEIGHT = 0.3  # of the newest sample; about the last five generations dominate
+
+    def __init__(self) -> None:
+        self.decode_tps = 0.0
+        self.prompt_tps = 0.0
+        self.completed = 0
+
+    def record(self, timings: Timings, generated: int, prompt_computed: int) -> None:
+        self.completed += 1
+        if generated >= self.MIN_TOKENS and timings.decode_tokens_per_second > 0:
+            self.decode_tps = self._mix(self.decode_tps, timings.decode_tokens_per_second)
+        if prompt_computed >= self.MIN_TOKENS and timings.prompt_tokens_per_second > 0:
+            self.prompt_tps = self._mix(self.prompt_tps, timings.prompt_tokens_per_second)
+
+    def _mix(self, old: float, new: float) -> float:
+        return new if old == 0 else old + self.WEIGHT * (new - old)
 
 
 def _timings(

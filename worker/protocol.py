@@ -122,9 +122,7 @@ def model_config_to_proto(config: ModelConfig) -> pb.ModelSpec:
     )
 
 
-def _estimate_to_proto(estimate: MemoryEstimate | None) -> pb.MemoryEstimate | None:
-    if estimate is None:
-        return None
+def estimate_to_proto(estimate: MemoryEstimate) -> pb.MemoryEstimate:
     return pb.MemoryEstimate(
         weights_bytes=estimate.weights_bytes,
         kv_cache_bytes=estimate.kv_cache_bytes,
@@ -142,7 +140,7 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         architecture=info.architecture,
         file_bytes=info.file_bytes,
         n_ctx_train=info.n_ctx_train,
-        memory=_estimate_to_proto(info.estimate),
+        memory=estimate_to_proto(info.estimate) if info.estimate else None,
         chat_template_source=info.chat_template_source,
         queued_requests=info.queued,
         active_requests=info.active,

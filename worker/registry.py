@@ -13,7 +13,7 @@ import enum
 import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +57,9 @@ class ModelInfo:
     chat_template_source: str = ""
     queued: int = 0
     active: int = 0
+    decode_tps: float = 0.0
+    prompt_tps: float = 0.0
+    completed: int = 0
 
 
 @dataclass
@@ -74,6 +77,15 @@ class ModelRegistry:
         self._budget = budget
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Calls `listener` (on the event loop) whenever a model's state changes."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     # ---- lookups ---------------------------------------------------------------------
     @contextmanager
@@ -119,6 +131,9 @@ class ModelRegistry:
             chat_template_source=hosted.template.source if hosted and hosted.template else "",
             queued=hosted.engine.queued if hosted else 0,
             active=hosted.engine.active if hosted else 0,
+            decode_tps=hosted.engine.rates.decode_tps if hosted else 0.0,
+            prompt_tps=hosted.engine.rates.prompt_tps if hosted else 0.0,
+            completed=hosted.engine.rates.completed if hosted else 0,
         )
 
     # ---- loading ---------------------------------------------------------------------
@@ -132,15 +147,18 @@ class ModelRegistry:
                     "unload it first or choose another alias"
                 )
             self._entries[config.alias] = _Entry(config, ModelState.LOADING)
+        self._changed()
         try:
             # Shielded: a client that gives up on LoadModel must not leave a half-loaded model.
             hosted = await asyncio.shield(asyncio.to_thread(self._load_blocking, config, trusted))
         except BaseException:
             with self._lock:
                 self._entries.pop(config.alias, None)
+            self._changed()
             raise
         with self._lock:
             self._entries[config.alias] = _Entry(config, ModelState.READY, hosted, hosted.facts)
+        self._changed()
         log.info("model %s ready (%s)", config.alias, hosted.facts.path)
         return self.info(config.alias)
 
@@ -155,8 +173,14 @@ class ModelRegistry:
                     self._entries[config.alias] = _Entry(
                         config, ModelState.FAILED, error=exc.message
                     )
+                self._changed()
 
-    def _load_blocking(self, config: ModelConfig, trusted: bool) -> HostedModel:
+    async def estimate(self, config: ModelConfig) -> MemoryEstimate:
+        """What loading `config` would need, checked as a load checks it; loads nothing."""
+        facts = await asyncio.to_thread(self._inspect, config, False)
+        return facts.estimate
+
+    def _inspect(self, config: ModelConfig, trusted: bool) -> ModelFacts:
         path = self._locate(config, trusted)
         gguf = read_gguf(path)
         shape = ModelShape.from_gguf(gguf)
@@ -166,9 +190,13 @@ class ModelRegistry:
                 f"n_ctx is 0 (use the model's) but {path} declares no context length"
             )
         estimate = estimate_memory(gguf, shape, n_ctx, config.n_batch, config.embedding)
-        self._budget.reserve(config.alias, estimate)
+        return ModelFacts(path, gguf, estimate, n_ctx)
+
+    def _load_blocking(self, config: ModelConfig, trusted: bool) -> HostedModel:
+        facts = self._inspect(config, trusted)
+        self._budget.reserve(config.alias, facts.estimate)
         try:
-            return HostedModel(config, ModelFacts(path, gguf, estimate, n_ctx))
+            return HostedModel(config, facts)
         except BaseException:
             self._budget.release(config.alias)
             raise
@@ -196,18 +224,22 @@ class ModelRegistry:
             entry = self._entries.get(alias)
             if entry is None:
                 raise ModelNotFound(alias, self._entries)
+            hosted = entry.hosted
             if entry.state is ModelState.FAILED:
                 del self._entries[alias]
-                return
-            if entry.state is not ModelState.READY or entry.hosted is None:
+            elif entry.state is not ModelState.READY or hosted is None:
                 raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
-            entry.state = ModelState.UNLOADING
-            hosted = entry.hosted
+            else:
+                entry.state = ModelState.UNLOADING
+        self._changed()
+        if hosted is None:  # a FAILED entry holds nothing to free
+            return
         reason = reason or f"model {alias!r} was unloaded"
         await asyncio.shield(asyncio.to_thread(hosted.close, reason))
         with self._lock:
             self._entries.pop(alias, None)
         self._budget.release(alias)
+        self._changed()
         log.info("model %s unloaded", alias)
 
     async def close_all(self) -> None:

@@ -14,9 +14,11 @@ from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import worker_pb2, worker_pb2_grpc
 
 from worker.builtin_models import default_model_config
-from worker.config import ConfigError, WorkerSettings
+from worker.config import ConfigError, ModelConfig, WorkerSettings, join_host_port
 from worker.grpc_errors import ErrorInterceptor
-from worker.llamacpp import ensure_backend
+from worker.hardware import detect
+from worker.heartbeat import CoordinatorLink
+from worker.llamacpp import ensure_backend, supports_rpc, system_info
 from worker.memory import MemoryBudget, format_bytes
 from worker.registry import ModelRegistry, ModelState
 from worker.servicer import WorkerServicer
@@ -33,10 +35,6 @@ SERVER_OPTIONS = [
     # "successfully" and silently share the traffic. Refuse instead.
     ("grpc.so_reuseport", 0),
 ]
-
-
-def listen_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
 
 def memory_budget(settings: WorkerSettings) -> MemoryBudget:
@@ -62,10 +60,12 @@ class WorkerServer:
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         self.port = 0
+        self.link: CoordinatorLink | None = None
+        self._link_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         ensure_backend()
-        address = listen_address(self.settings.host, self.settings.port)
+        address = join_host_port(self.settings.host, self.settings.port)
         try:
             self.port = self._server.add_insecure_port(address)
         except RuntimeError as exc:
@@ -83,16 +83,33 @@ class WorkerServer:
         await self._server.start()
         log.info(
             "worker listening on %s (memory for models: %s)",
-            listen_address(self.settings.host, self.port),
+            join_host_port(self.settings.host, self.port),
             format_bytes(self.budget.free_bytes()),
         )
-        await self.registry.load_configured(self.settings.models or (default_model_config(),))
+        if self.settings.coordinator:
+            hardware = detect(system_info(), rpc=supports_rpc())
+            self.link = CoordinatorLink(
+                self.settings, self.registry, self.budget, hardware, self.port
+            )
+            self._link_task = asyncio.create_task(self.link.run(), name="coordinator-link")
+        await self.registry.load_configured(self._initial_models())
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         ready = [i.alias for i in self.registry.list() if i.state is ModelState.READY]
         log.info("worker serving models: %s", ", ".join(ready) or "none")
 
+    def _initial_models(self) -> tuple[ModelConfig, ...]:
+        """The configured models; with none, the embedded default, unless a coordinator
+        decides what this node serves."""
+        if self.settings.models or self.settings.coordinator:
+            return self.settings.models
+        return (default_model_config(),)
+
     async def stop(self) -> None:
+        if self._link_task is not None:
+            # Closing the heartbeat stream first takes the node out of routing at once.
+            self._link_task.cancel()
+            await asyncio.gather(self._link_task, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s)
         await self.registry.close_all()

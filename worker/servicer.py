@@ -73,6 +73,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         info = await self._registry.load(config)
         return pb.LoadModelResponse(model=protocol.model_info_to_proto(info))
 
+    async def EstimateModel(
+        self, request: pb.LoadModelRequest, context: aio.ServicerContext
+    ) -> pb.MemoryEstimate:
+        estimate = await self._registry.estimate(protocol.model_config_from_proto(request.spec))
+        return protocol.estimate_to_proto(estimate)
+
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: aio.ServicerContext
     ) -> pb.UnloadModelResponse:

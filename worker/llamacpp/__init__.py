@@ -37,3 +37,8 @@ def system_info() -> str:
     ensure_backend()
     info: bytes = C.llama_print_system_info()
     return info.decode("utf-8", errors="replace").strip()
+
+
+def supports_rpc() -> bool:
+    """Whether this llama.cpp build has the ggml RPC backend (layer pipelining needs it)."""
+    return bool(C.llama_supports_rpc())
