@@ -1,0 +1,132 @@
+"""The worker registry: the Coordinator gRPC service that receives heartbeats, keeps the
+ClusterState, and lets readers wait for the next change.
+
+Plain asyncio; the Ray actor that hosts it (orchestrator.runtime) only forwards calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+from grpc import aio
+from llamaherd.v1 import cluster_pb2 as cl_pb
+from llamaherd.v1 import cluster_pb2_grpc
+
+from orchestrator.cluster.reports import BadReport, node_from_report
+from orchestrator.cluster.state import ClusterState, NodeConflict
+from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
+from worker.config import join_host_port
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        heartbeat_interval_s: float,
+        down_after_s: float,
+        forget_after_s: float,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._interval = heartbeat_interval_s
+        self._state = ClusterState(down_after_s, forget_after_s)
+        self._clock = clock
+        self._changed = asyncio.Event()  # replaced by a fresh one at every change
+        self._streams = itertools.count(1)
+        self._server: aio.Server | None = None
+        self._expiry: asyncio.Task[None] | None = None
+        self.port = 0
+
+    # ---- lifetime --------------------------------------------------------------------
+    async def start(self, host: str, port: int) -> int:
+        self._server = aio.server(options=[("grpc.so_reuseport", 0)])
+        cluster_pb2_grpc.add_CoordinatorServicer_to_server(self, self._server)
+        address = join_host_port(host, port)
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise OSError(f"the worker registry cannot listen on {address}: {exc}") from exc
+        await self._server.start()
+        self._expiry = asyncio.create_task(self._expire_loop(), name="registry-expiry")
+        log.info("worker registry listening on %s", join_host_port(host, self.port))
+        return self.port
+
+    async def stop(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
+        if self._server is not None:
+            await self._server.stop(0.5)
+
+    # ---- readers ---------------------------------------------------------------------
+    def snapshot(self) -> ClusterSnapshot:
+        return self._state.snapshot(self._clock())
+
+    async def snapshot_after(self, version: int, timeout_s: float) -> ClusterSnapshot:
+        """The next snapshot whose version differs from `version` (a restarted registry counts
+        from zero again), or the current one after `timeout_s`."""
+        deadline = self._clock() + timeout_s
+        while self._state.version == version:
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+        return self.snapshot()
+
+    def set_problems(self, problems: tuple[PlacementProblem, ...]) -> None:
+        self._state.set_problems(problems)
+        self._notify()
+
+    # ---- the Coordinator service -------------------------------------------------------
+    async def Heartbeat(
+        self, requests: AsyncIterator[cl_pb.NodeReport], context: aio.ServicerContext
+    ) -> AsyncIterator[cl_pb.HeartbeatReply]:
+        stream = next(self._streams)
+        node_id: NodeId | None = None
+        reason = "heartbeat stream closed"
+        try:
+            async for report in requests:
+                try:
+                    node = node_from_report(report, self._clock())
+                    self._state.report(node, stream)
+                except (BadReport, NodeConflict) as exc:
+                    log.warning("refused a report from %s: %s", context.peer(), exc)
+                    yield cl_pb.HeartbeatReply(error=str(exc))
+                    return
+                if node_id is None:
+                    node_id = node.node_id
+                    log.info(
+                        "node %s registered from %s (%s, %d models)",
+                        node_id, node.address, node.hardware.kind, len(node.replicas),
+                    )  # fmt: skip
+                    yield cl_pb.HeartbeatReply(heartbeat_interval_s=self._interval)
+                self._notify()
+        except aio.AioRpcError as exc:
+            reason = f"heartbeat stream broke ({exc.code().name})"
+        finally:
+            if node_id is not None:
+                log.info("node %s left routing: %s", node_id, reason)
+                self._state.disconnected(node_id, stream, self._clock(), reason)
+                self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _expire_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(self._interval, 0.5))
+            if self._state.expire(self._clock()):
+                for node in self.snapshot().nodes:
+                    if not node.up:
+                        log.debug("node %s is down: %s", node.node_id, node.down_reason)
+                self._notify()

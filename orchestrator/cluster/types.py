@@ -1,0 +1,108 @@
+"""What the control plane knows about the cluster, as plain frozen values.
+
+Built from worker heartbeats (orchestrator.cluster.reports) and read by routing, placement
+and the status APIs. No protobuf and no Ray here: these values are what the pure decision
+functions take, and they pickle cheaply between Ray actors.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+NodeId = NewType("NodeId", str)
+
+
+class ReplicaState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Hardware:
+    kind: str  # jetson-orin, x86-cuda, aarch64-cuda, x86-cpu, aarch64-cpu
+    model: str = ""
+    cpu_cores: int = 0
+    memory_total: int = 0
+    gpu_memory_total: int = 0
+    backends: tuple[str, ...] = ()
+    labels: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One model on one node, as that node last reported it."""
+
+    alias: str
+    state: ReplicaState
+    path: str = ""
+    embedding: bool = False
+    n_ctx: int = 0
+    architecture: str = ""
+    memory_bytes: int = 0  # the worker's estimate for it (weights + KV cache + compute)
+    queued: int = 0
+    active: int = 0
+    max_queue: int = 64  # the worker's default; reports always carry the real value
+    slots_total: int = 1
+    slots_busy: int = 0
+    decode_tps: float = 0.0  # recent per-sequence decode rate; 0 = not measured yet
+    prompt_tps: float = 0.0
+    completed: int = 0
+    error: str = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ReplicaState.READY
+
+    @property
+    def load(self) -> int:
+        """Requests the node holds for this model: waiting plus running."""
+        return self.queued + self.active
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: NodeId
+    address: str  # host:port of the node's Worker service
+    hardware: Hardware
+    replicas: tuple[Replica, ...] = ()
+    memory_free: int = 0
+    up: bool = True
+    down_reason: str = ""
+    last_report: float = 0.0  # clock time of the last heartbeat
+    version: str = ""
+
+    def replica(self, alias: str) -> Replica | None:
+        for replica in self.replicas:
+            if replica.alias == alias:
+                return replica
+        return None
+
+
+@dataclass(frozen=True)
+class PlacementProblem:
+    alias: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ClusterSnapshot:
+    """The whole cluster at one moment. `version` grows with every change."""
+
+    version: int = 0
+    taken_at: float = 0.0
+    nodes: tuple[Node, ...] = ()
+    problems: tuple[PlacementProblem, ...] = field(default=())
+
+    def node(self, node_id: NodeId) -> Node | None:
+        for node in self.nodes:
+            if node.node_id == node_id:
+                return node
+        return None
+
+    @property
+    def up_nodes(self) -> tuple[Node, ...]:
+        return tuple(n for n in self.nodes if n.up)

@@ -1,0 +1,211 @@
+"""Which nodes may serve a request for a model now, and why each other node may not.
+
+A pure filter over a ClusterSnapshot: the gateway passes the snapshot, the clock reading,
+its own in-flight counts and the nodes that already failed this request; it gets back the
+eligible candidates and a Rejection for every other node. The rejections are what a client
+reads when nothing can serve it, so each one names its cause precisely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from orchestrator.cluster.types import (
+    ClusterSnapshot,
+    Hardware,
+    Node,
+    NodeId,
+    Replica,
+    ReplicaState,
+)
+
+if TYPE_CHECKING:  # policies import Candidate from here: avoid the import cycle at run time
+    from orchestrator.routing.policies import RoutingPolicy
+
+Task = Literal["generate", "embed"]
+ALREADY_FAILED = "already failed this request"
+NOT_LOADED = "model not loaded"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A node that holds the model READY and can take one more request for it."""
+
+    node_id: NodeId
+    address: str
+    hardware: Hardware
+    replica: Replica
+    inflight: int = 0  # requests this gateway is relaying to that node for that model now
+    report_age_s: float = 0.0  # how old the node's figures are
+
+    @property
+    def load(self) -> int:
+        """Requests the node holds for the model, the best we know.
+
+        The reported load is up to a heartbeat stale but covers every gateway; the local
+        count is fresh but covers this gateway only. Either is a lower bound, so take the
+        larger.
+        """
+        return max(self.replica.load, self.inflight)
+
+    @property
+    def load_per_slot(self) -> float:
+        """Load spread over the replica's decoding slots (1 until the engine batches)."""
+        return self.load / max(self.replica.slots_total, 1)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A node that cannot take the request, and why."""
+
+    node_id: NodeId
+    reason: str
+
+
+class UnknownModel(Exception):
+    """No node reports the model in any state: the client named a model nobody serves."""
+
+    def __init__(self, alias: str, available: list[str]) -> None:
+        self.alias = alias
+        self.available = available  # sorted aliases some node reports, in any state
+        listed = ", ".join(available) if available else "none"
+        super().__init__(f"model {alias!r} is not served; models: {listed}")
+
+
+class NoCandidate(Exception):
+    """Some node knows the model, but none can take this request now."""
+
+    def __init__(self, alias: str, rejections: tuple[Rejection, ...]) -> None:
+        self.alias = alias
+        self.rejections = rejections
+        reasons = "; ".join(f"{r.node_id}: {r.reason}" for r in rejections) or "no workers"
+        super().__init__(f"no worker can serve model {alias!r} now: {reasons}")
+
+
+def candidates_for(
+    snapshot: ClusterSnapshot,
+    alias: str,
+    *,
+    now: float,
+    inflight: Mapping[tuple[NodeId, str], int] | None = None,
+    exclude: Collection[NodeId] = (),
+    task: Task | None = None,
+) -> tuple[list[Candidate], list[Rejection]]:
+    """Splits the snapshot's nodes into candidates for `alias` and rejections.
+
+    `now` is on the clock of the snapshot's report times. `inflight` holds this gateway's
+    running requests per (node, alias); `exclude` the nodes that already failed this
+    request; `task` the kind of replica wanted (None: either). Both lists follow node id
+    order, so the same inputs always give the same outputs.
+    """
+    counts = inflight or {}
+    candidates: list[Candidate] = []
+    rejections: list[Rejection] = []
+    for node in sorted(snapshot.nodes, key=lambda n: n.node_id):
+        local = counts.get((node.node_id, alias), 0)
+        reason = _rejection_reason(node, alias, now=now, inflight=local, exclude=exclude, task=task)
+        if reason is not None:
+            rejections.append(Rejection(node.node_id, reason))
+            continue
+        replica = node.replica(alias)
+        assert replica is not None  # _rejection_reason refuses nodes without it
+        candidates.append(
+            Candidate(
+                node_id=node.node_id,
+                address=node.address,
+                hardware=node.hardware,
+                replica=replica,
+                inflight=local,
+                report_age_s=now - node.last_report,
+            )
+        )
+    return candidates, rejections
+
+
+def route(
+    snapshot: ClusterSnapshot,
+    alias: str,
+    *,
+    now: float,
+    policy: RoutingPolicy,
+    inflight: Mapping[tuple[NodeId, str], int] | None = None,
+    exclude: Collection[NodeId] = (),
+    task: Task | None = None,
+) -> Candidate:
+    """The candidate `policy` picks for one request for `alias`.
+
+    Raises UnknownModel when no node reports the alias at all (a wrong name, most likely)
+    and NoCandidate, with every node's reason, when nodes know it but none can serve now.
+    """
+    if not any(node.replica(alias) is not None for node in snapshot.nodes):
+        raise UnknownModel(alias, known_aliases(snapshot))
+    candidates, rejections = candidates_for(
+        snapshot, alias, now=now, inflight=inflight, exclude=exclude, task=task
+    )
+    if not candidates:
+        raise NoCandidate(alias, tuple(rejections))
+    return policy.choose(alias, candidates)
+
+
+def known_aliases(snapshot: ClusterSnapshot) -> list[str]:
+    """Every alias some node reports, in any state, down nodes included, sorted."""
+    return sorted({r.alias for node in snapshot.nodes for r in node.replicas})
+
+
+def _rejection_reason(
+    node: Node,
+    alias: str,
+    *,
+    now: float,
+    inflight: int,
+    exclude: Collection[NodeId],
+    task: Task | None,
+) -> str | None:
+    """Why `node` cannot take a request for `alias`, or None when it can.
+
+    Checks run from the node outward to the replica: a down node's last report says
+    nothing reliable about its models, and a node that failed this request is not retried
+    whatever it reports.
+    """
+    if not node.up:
+        return "down: " + (node.down_reason or f"last report {now - node.last_report:.1f} s ago")
+    if node.node_id in exclude:
+        return ALREADY_FAILED
+    replica = node.replica(alias)
+    if replica is None:
+        return NOT_LOADED
+    # The kind first: it is permanent, while loading or a full queue will pass.
+    if task == "generate" and replica.embedding:
+        return "serves embeddings only"
+    if task == "embed" and not replica.embedding:
+        return "serves generation, not embeddings"
+    if replica.state is ReplicaState.LOADING:
+        return "model loading"
+    if replica.state is ReplicaState.UNLOADING:
+        return "model unloading"
+    if replica.state is ReplicaState.FAILED:
+        return "model failed to load: " + (replica.error or "no error reported")
+    return _overload_reason(replica, inflight)
+
+
+def _overload_reason(replica: Replica, inflight: int) -> str | None:
+    """Why the worker would refuse one more request for this replica, or None.
+
+    The worker refuses a request when the model is busy (every slot running or someone
+    already waiting) and `max_queue` requests wait. So max_queue 0 means "no waiting",
+    not "no limit": a busy replica is full. This gateway's own in-flight count adds a
+    fresher lower bound on the waiting line than the last heartbeat: of `inflight`
+    requests at the node, at most `slots_total` run.
+    """
+    slots = max(replica.slots_total, 1)
+    load = max(replica.load, inflight)
+    waiting = max(replica.queued, load - slots)
+    busy = waiting > 0 or load >= slots
+    if not busy or waiting < replica.max_queue:
+        return None
+    if replica.max_queue == 0:
+        return "overloaded: busy, and max_queue 0 lets no request wait"
+    noun = "request" if waiting == 1 else "requests"
+    return f"overloaded: {waiting} {noun} waiting (max_queue {replica.max_queue})"

@@ -1,0 +1,148 @@
+"""Routing policies: given the eligible candidates for one request, pick one.
+
+A policy sees only candidates (orchestrator.routing.candidates has already dropped the
+nodes that cannot serve) and never does I/O; randomness comes in as an injected
+random.Random so a seeded generator replays the same choices. Pick one by name with
+make_policy (the names are orchestrator.config.ROUTING_POLICIES).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from orchestrator.routing.candidates import Candidate
+
+# Scores within this relative distance are ties: float rounding must not decide a route.
+TIE_REL_TOL = 1e-9
+
+
+class RoutingPolicy(Protocol):
+    """Chooses the candidate for one request. `candidates` is never empty.
+
+    A policy may keep small state of its own (a round-robin cursor, say); the gateway
+    calls it from one event loop, so it needs no lock.
+    """
+
+    name: str
+
+    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate: ...
+
+
+class RoundRobin:
+    """Takes the candidates in turn, in node id order, separately for each model.
+
+    The cursor is the node served last rather than an index, so when a node drops out
+    or joins, the rotation carries on from where it was: each remaining node still gets
+    its turn, and none gets two in a row because the list shifted under an index.
+    """
+
+    name = "round-robin"
+
+    def __init__(self) -> None:
+        self._last: dict[str, str] = {}  # alias -> node id chosen last
+
+    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+        ordered = sorted(candidates, key=lambda c: c.node_id)
+        last = self._last.get(alias)
+        chosen = next((c for c in ordered if last is None or c.node_id > last), ordered[0])
+        self._last[alias] = chosen.node_id
+        return chosen
+
+
+class LeastLoaded:
+    """The candidate with the fewest requests per slot; ties are broken at random."""
+
+    name = "least-loaded"
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+        return _lowest(candidates, lambda c: c.load_per_slot, self._rng)
+
+
+class PowerOfTwoChoices:
+    """Two distinct candidates at random, and the less loaded (per slot) of the pair.
+
+    Nearly as good as least-loaded with fresh figures, and better with stale ones: many
+    gateways reading the same heartbeat do not all pile onto the one node that looked
+    idle. The most loaded candidate of three or more is never chosen, since any pair
+    that holds it holds a less loaded one too.
+    """
+
+    name = "power-of-two"
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+        if len(candidates) == 1:
+            return candidates[0]
+        pair = self._rng.sample(list(candidates), 2)
+        return _lowest(pair, lambda c: c.load_per_slot, self._rng)
+
+
+class LeastExpectedLatency:
+    """The candidate expected to start streaming this request's tokens soonest (default).
+
+    Model: a replica with `slots_total` slots decodes each sequence at `decode_tps`
+    tokens/s, and holds `load` requests. A new request of T tokens waits for about
+    load/slots requests ahead of it in its slot, each taking about T/rate, then runs for
+    T/rate itself:
+
+        expected seconds ~ (load_per_slot + 1) * T / rate
+
+    T is the same on every node, so the score is (load_per_slot + 1) / rate. This is how
+    hardware capability enters routing: a Jetson Orin AGX that reports 3x the tokens/s of
+    a Nano takes about 3x the load before the Nano gets a request (an idle Nano scores
+    1/r, the AGX with load L scores (L + 1)/3r: the AGX wins while L < 2, ties at 2).
+
+    A replica that has not measured its rate yet (decode_tps 0) is given the median rate
+    of the measured candidates, or 1.0 when none is measured, so a new node neither
+    attracts all traffic nor starves before it has served anything. Ties go at random.
+    """
+
+    name = "least-expected-latency"
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+
+    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+        measured = [c.replica.decode_tps for c in candidates if c.replica.decode_tps > 0]
+        default_rate = statistics.median(measured) if measured else 1.0
+
+        def expected_s(candidate: Candidate) -> float:
+            rate = candidate.replica.decode_tps
+            return (candidate.load_per_slot + 1) / (rate if rate > 0 else default_rate)
+
+        return _lowest(candidates, expected_s, self._rng)
+
+
+def _lowest(
+    candidates: Sequence[Candidate], score: Callable[[Candidate], float], rng: random.Random
+) -> Candidate:
+    """The candidate with the lowest score; among (nearly) equal ones, one at random."""
+    scored = [(score(c), c) for c in candidates]
+    best = min(s for s, _ in scored)
+    tied = [c for s, c in scored if math.isclose(s, best, rel_tol=TIE_REL_TOL)]
+    return tied[0] if len(tied) == 1 else rng.choice(tied)
+
+
+POLICIES: dict[str, Callable[[random.Random], RoutingPolicy]] = {
+    LeastExpectedLatency.name: LeastExpectedLatency,
+    PowerOfTwoChoices.name: PowerOfTwoChoices,
+    LeastLoaded.name: LeastLoaded,
+    RoundRobin.name: lambda _rng: RoundRobin(),
+}
+
+
+def make_policy(name: str, rng: random.Random) -> RoutingPolicy:
+    """The policy called `name`, drawing its random choices from `rng`."""
+    factory = POLICIES.get(name)
+    if factory is None:
+        raise ValueError(f"unknown routing policy {name!r}; choose one of {', '.join(POLICIES)}")
+    return factory(rng)

@@ -1,0 +1,332 @@
+"""The placement planner: where catalog models go, what gets unloaded, and why not."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
+from orchestrator.config import CatalogEntry
+from orchestrator.placement.planner import Load, Plan, Unload, estimates_needed, plan
+from tests.unit.orchestrator.factories import GiB, entry, node, replica
+
+MiB = 1024**2
+
+
+def everywhere(
+    catalog: Sequence[CatalogEntry], nodes: Sequence[Node], need: int = GiB
+) -> dict[tuple[str, NodeId], int | str]:
+    """The same estimate for every (entry, node) pair."""
+    return {(e.alias, n.node_id): need for e in catalog for n in nodes}
+
+
+def loads(result: Plan) -> list[tuple[str, str]]:
+    return [(load.node_id, load.entry.alias) for load in result.loads]
+
+
+def unloads(result: Plan) -> list[tuple[str, str]]:
+    return [(u.node_id, u.alias) for u in result.unloads]
+
+
+# ---- Plan ---------------------------------------------------------------------------------
+
+
+def test_empty_plan() -> None:
+    assert Plan().empty
+    assert not Plan(problems=(PlacementProblem("m", "x"),)).empty
+    assert not Plan(unloads=(Unload(NodeId("a"), "m"),)).empty
+
+
+def test_satisfied_catalog_plans_nothing() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [node("a", replica("m")), node("b")]
+    assert plan(catalog, nodes, everywhere(catalog, nodes)).empty
+
+
+# ---- placing ------------------------------------------------------------------------------
+
+
+def test_places_on_the_node_with_the_most_memory_left() -> None:
+    catalog = [entry("m")]
+    nodes = [node("a", memory_free=4 * GiB), node("b", memory_free=6 * GiB), node("c")]
+    result = plan(catalog, nodes, everywhere(catalog, nodes))
+    assert result.loads == (Load(NodeId("c"), catalog[0]),)
+    assert result.problems == ()
+
+
+def test_most_left_after_the_load_not_most_free_before() -> None:
+    # b has more free memory, but the model is bigger there (a larger context on a GPU
+    # node, say): a keeps more after the load.
+    catalog = [entry("m")]
+    nodes = [node("a", memory_free=5 * GiB), node("b", memory_free=6 * GiB)]
+    estimates = {("m", NodeId("a")): 1 * GiB, ("m", NodeId("b")): 3 * GiB}
+    assert loads(plan(catalog, nodes, estimates)) == [("a", "m")]
+
+
+def test_ties_go_to_the_lower_node_id() -> None:
+    catalog = [entry("m", replicas=2)]
+    nodes = [node("c"), node("b"), node("a")]
+    assert loads(plan(catalog, nodes, everywhere(catalog, nodes))) == [("a", "m"), ("b", "m")]
+
+
+def test_places_only_the_missing_replicas() -> None:
+    catalog = [entry("m", replicas=3)]
+    nodes = [node("a", replica("m")), node("b", replica("m", ReplicaState.LOADING)), node("c")]
+    assert loads(plan(catalog, nodes, everywhere(catalog, nodes))) == [("c", "m")]
+
+
+def test_respects_labels() -> None:
+    catalog = [entry("m", labels=("jetson", "gpu"))]
+    nodes = [
+        node("pc", memory_free=64 * GiB, labels=("gpu",)),
+        node("orin", memory_free=4 * GiB, labels=("jetson", "gpu", "orin")),
+    ]
+    assert loads(plan(catalog, nodes, everywhere(catalog, nodes))) == [("orin", "m")]
+
+
+def test_memory_short_is_refused_with_the_figures() -> None:
+    catalog = [entry("m")]
+    nodes = [node("a", memory_free=int(2.4 * GiB))]
+    result = plan(catalog, nodes, {("m", NodeId("a")): int(3.1 * GiB)})
+    assert result.loads == ()
+    assert result.problems == (
+        PlacementProblem("m", "placed 0 of 1 replica; a: needs 3.10 GiB, has 2.40 GiB free"),
+    )
+
+
+def test_a_model_that_exactly_fits_is_placed() -> None:
+    catalog = [entry("m")]
+    nodes = [node("a", memory_free=GiB)]
+    assert loads(plan(catalog, nodes, {("m", NodeId("a")): GiB})) == [("a", "m")]
+
+
+def test_free_memory_is_charged_across_entries_in_one_plan() -> None:
+    # Each alone fits on a (the freer node); after big goes there, small fits only on b.
+    catalog = [entry("big"), entry("small"), entry("third")]
+    nodes = [node("a", memory_free=6 * GiB), node("b", memory_free=2 * GiB)]
+    estimates: dict[tuple[str, NodeId], int | str] = {
+        ("big", NodeId("a")): 5 * GiB,
+        ("big", NodeId("b")): 5 * GiB,
+        ("small", NodeId("a")): 1536 * MiB,
+        ("small", NodeId("b")): 1536 * MiB,
+        ("third", NodeId("a")): 1 * GiB,
+        ("third", NodeId("b")): 1 * GiB,
+    }
+    result = plan(catalog, nodes, estimates)
+    assert loads(result) == [("a", "big"), ("b", "small"), ("a", "third")]
+    assert result.problems == ()
+
+
+def test_charged_memory_shows_in_the_refusal() -> None:
+    catalog = [entry("big"), entry("next")]
+    nodes = [node("a", memory_free=4 * GiB)]
+    estimates: dict[tuple[str, NodeId], int | str] = {
+        ("big", NodeId("a")): 3 * GiB,
+        ("next", NodeId("a")): 2 * GiB,
+    }
+    result = plan(catalog, nodes, estimates)
+    assert loads(result) == [("a", "big")]
+    assert result.problems == (
+        PlacementProblem("next", "placed 0 of 1 replica; a: needs 2.00 GiB, has 1.00 GiB free"),
+    )
+
+
+def test_shortfall_explains_every_node() -> None:
+    catalog = [entry("m", replicas=3, labels=("jetson",))]
+    nodes = [
+        node("node-a", labels=()),
+        node("node-b", labels=("jetson",), memory_free=int(2.4 * GiB)),
+        node("node-c", labels=("jetson",)),
+        node("node-d", replica("m"), labels=("jetson",)),
+        node("node-e", labels=("jetson",)),
+        node(
+            "node-f", replica("m", ReplicaState.FAILED, error="out of memory"), labels=("jetson",)
+        ),
+        node("node-g", replica("m", ReplicaState.UNLOADING), labels=("jetson",)),
+        node("node-h", labels=("jetson",)),
+    ]
+    estimates: dict[tuple[str, NodeId], int | str] = {
+        ("m", NodeId("node-b")): int(3.1 * GiB),
+        ("m", NodeId("node-c")): "cannot estimate: model file /x.gguf does not exist",
+        ("m", NodeId("node-e")): GiB,
+        # node-h: the controller has no estimate for it yet
+    }
+    result = plan(catalog, nodes, estimates)
+    assert loads(result) == [("node-e", "m")]
+    assert result.problems == (
+        PlacementProblem(
+            "m",
+            "placed 2 of 3 replicas; node-a: lacks labels jetson; "
+            "node-b: needs 3.10 GiB, has 2.40 GiB free; "
+            "node-c: cannot estimate: model file /x.gguf does not exist; "
+            "node-d: already holds it; node-f: failed there: out of memory; "
+            "node-g: still unloading it; node-h: no memory estimate yet",
+        ),
+    )
+
+
+def test_lacking_several_labels_lists_them_sorted() -> None:
+    catalog = [entry("m", labels=("orin", "gpu", "jetson"))]
+    nodes = [node("a", labels=("gpu",))]
+    (problem,) = plan(catalog, nodes, {}).problems
+    assert problem.reason == "placed 0 of 1 replica; a: lacks labels jetson, orin"
+
+
+def test_skips_a_node_where_the_model_failed() -> None:
+    catalog = [entry("m")]
+    nodes = [
+        node("a", replica("m", ReplicaState.FAILED, error="bad magic"), memory_free=64 * GiB),
+        node("b"),
+    ]
+    result = plan(catalog, nodes, everywhere(catalog, nodes))
+    assert loads(result) == [("b", "m")]
+    assert result.problems == ()
+
+
+def test_a_failed_replica_does_not_count_as_held() -> None:
+    catalog = [entry("m")]
+    nodes = [node("a", replica("m", ReplicaState.FAILED, error="bad magic"))]
+    result = plan(catalog, nodes, {})
+    assert result.problems == (
+        PlacementProblem("m", "placed 0 of 1 replica; a: failed there: bad magic"),
+    )
+
+
+def test_down_nodes_are_ignored() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [
+        node("a", replica("m"), up=False, memory_free=64 * GiB),  # its replica does not count
+        node("b"),
+        node("c", up=False, memory_free=64 * GiB),
+    ]
+    result = plan(catalog, nodes, everywhere(catalog, nodes))
+    assert loads(result) == [("b", "m")]
+    assert result.unloads == ()
+
+
+def test_no_worker_up() -> None:
+    catalog = [entry("m", replicas=2)]
+    result = plan(catalog, [node("a", up=False)], {})
+    assert result.problems == (PlacementProblem("m", "placed 0 of 2 replicas; no worker is up"),)
+
+
+def test_problems_follow_catalog_order() -> None:
+    catalog = [entry("z"), entry("a")]
+    result = plan(catalog, [], {})
+    assert [p.alias for p in result.problems] == ["z", "a"]
+
+
+# ---- unloading ----------------------------------------------------------------------------
+
+
+def test_unloads_extras_least_loaded_first() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [
+        node("a", replica("m", queued=2, active=1)),
+        node("b", replica("m", active=1)),
+        node("c", replica("m", queued=1, active=1)),
+    ]
+    assert unloads(plan(catalog, nodes, {})) == [("b", "m"), ("c", "m")]
+
+
+def test_unload_ties_go_to_the_higher_node_id() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [node("a", replica("m")), node("c", replica("m")), node("b", replica("m"))]
+    assert unloads(plan(catalog, nodes, {})) == [("c", "m"), ("b", "m")]
+
+
+def test_never_unloads_a_loading_replica() -> None:
+    catalog = [entry("m", replicas=0)]
+    nodes = [node("a", replica("m", ReplicaState.LOADING)), node("b", replica("m"))]
+    assert unloads(plan(catalog, nodes, {})) == [("b", "m")]
+
+
+def test_a_loading_replica_does_not_push_out_a_ready_one() -> None:
+    # One wanted, one serving, one still loading: keep the serving one until the other is
+    # ready (it may fail), then drop the less loaded of the two.
+    catalog = [entry("m", replicas=1)]
+    loading = [node("a", replica("m", active=1)), node("b", replica("m", ReplicaState.LOADING))]
+    assert plan(catalog, loading, {}).empty
+    ready = [node("a", replica("m", active=1)), node("b", replica("m"))]
+    assert unloads(plan(catalog, ready, {})) == [("b", "m")]
+
+
+def test_replicas_zero_unloads_all_ready_replicas() -> None:
+    catalog = [entry("m", replicas=0)]
+    nodes = [node("a", replica("m")), node("b", replica("m", active=1)), node("c")]
+    result = plan(catalog, nodes, {})
+    assert unloads(result) == [("a", "m"), ("b", "m")]
+    assert result.loads == ()
+    assert result.problems == ()
+
+
+def test_never_touches_models_outside_the_catalog() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [
+        node("a", replica("m"), replica("operator-model"), replica("x", ReplicaState.FAILED)),
+        node("b", replica("operator-model")),
+    ]
+    result = plan(catalog, nodes, everywhere(catalog, nodes))
+    assert result.empty
+
+
+def test_unloads_of_several_entries_follow_catalog_order() -> None:
+    catalog = [entry("z", replicas=0), entry("a", replicas=0)]
+    nodes = [node("n", replica("a"), replica("z"))]
+    assert unloads(plan(catalog, nodes, {})) == [("n", "z"), ("n", "a")]
+
+
+# ---- determinism and estimates_needed -----------------------------------------------------
+
+
+def test_same_input_same_plan_whatever_the_node_order() -> None:
+    catalog = [entry("m", replicas=2), entry("e", replicas=1), entry("x", replicas=0)]
+    nodes = [
+        node("c", replica("x")),
+        node("a", memory_free=3 * GiB),
+        node("b", replica("x"), memory_free=3 * GiB),
+        node("d", memory_free=GiB // 2),
+    ]
+    estimates = everywhere(catalog, nodes)
+    first = plan(catalog, nodes, estimates)
+    assert plan(catalog, list(reversed(nodes)), estimates) == first
+    assert loads(first) == [("c", "m"), ("a", "m"), ("c", "e")]
+    assert unloads(first) == [("c", "x"), ("b", "x")]
+
+
+def test_estimates_needed_only_asks_for_what_plan_reads() -> None:
+    catalog = [
+        entry("satisfied"),
+        entry("short", replicas=2),
+        entry("gpu-only", labels=("gpu",)),
+        entry("surplus", replicas=0),
+    ]
+    nodes = [
+        node("a", replica("satisfied"), replica("short"), replica("surplus")),
+        node("b", replica("short", ReplicaState.FAILED, error="x"), labels=("gpu",)),
+        node("c"),
+        node("d", up=False, labels=("gpu",)),
+    ]
+    needed = [(e.alias, n) for e, n in estimates_needed(catalog, nodes)]
+    assert needed == [("short", "c"), ("gpu-only", "b")]
+
+
+def test_estimates_needed_is_empty_for_a_healthy_cluster() -> None:
+    catalog = [entry("m", replicas=2)]
+    nodes = [node("a", replica("m")), node("b", replica("m", ReplicaState.LOADING)), node("c")]
+    assert estimates_needed(catalog, nodes) == []
+
+
+def test_plan_with_just_the_needed_estimates_places_everything_it_can() -> None:
+    catalog = [entry("short", replicas=2), entry("gpu-only", labels=("gpu",))]
+    nodes = [node("a", replica("short")), node("b", labels=("gpu",)), node("c")]
+    estimates = {(e.alias, n): GiB for e, n in estimates_needed(catalog, nodes)}
+    result = plan(catalog, nodes, estimates)
+    assert loads(result) == [("b", "short"), ("b", "gpu-only")]
+    assert result.problems == ()
+
+
+def test_actions_are_loads_then_unloads() -> None:
+    catalog = [entry("x", replicas=0), entry("m")]
+    nodes = [node("a", replica("x"))]
+    result = plan(catalog, nodes, everywhere(catalog, nodes))
+    assert result.actions == (Load(NodeId("a"), catalog[1]), Unload(NodeId("a"), "x"))
