@@ -1,0 +1,94 @@
+"""Optional API key on both front doors: `Authorization: Bearer <key>` (what OpenAI clients
+send as their api_key). Health checks stay open so load balancers can probe.
+
+Keys are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from orchestrator.gateway.errors import http_status, openai_envelope
+from worker.errors import PermissionDenied
+
+OPEN_HTTP_PATHS = {"/health"}
+OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+def _authorized(header: str | None, key: str) -> bool:
+    if not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[7:].encode(), key.encode())
+
+
+def _refusal(header: str | None) -> PermissionDenied:
+    if not header:
+        return PermissionDenied("this gateway requires an API key: Authorization: Bearer <key>")
+    return PermissionDenied("the API key is not valid")
+
+
+class HttpApiKey:
+    """ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers streams)."""
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self._app = app
+        self._key = key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_HTTP_PATHS:
+            headers = dict(scope["headers"])
+            raw = headers.get(b"authorization")
+            header = raw.decode("latin-1") if raw is not None else None
+            if not _authorized(header, self._key):
+                error = _refusal(header)
+                status = 401 if header is None else http_status(error)
+                response = JSONResponse(openai_envelope(error), status_code=status)
+                await response(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+class GrpcApiKey(aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, key: str) -> None:
+        self._key = key
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith(OPEN_GRPC_PREFIXES):
+            return await continuation(details)
+        header = dict(details.invocation_metadata or ()).get("authorization")
+        if _authorized(header, self._key):
+            return await continuation(details)
+        message = _refusal(header).message
+        code = grpc.StatusCode.UNAUTHENTICATED
+
+        async def deny(request: Any, context: aio.ServicerContext) -> None:
+            await context.abort(code, message)
+
+        handler = await continuation(details)
+        if handler is not None and handler.unary_stream is not None:
+
+            async def deny_stream(request: Any, context: aio.ServicerContext) -> Any:
+                await context.abort(code, message)
+                yield  # pragma: no cover - abort raises
+
+            return grpc.unary_stream_rpc_method_handler(
+                deny_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            deny,
+            request_deserializer=handler.request_deserializer if handler else None,
+            response_serializer=handler.response_serializer if handler else None,
+        )

@@ -1,0 +1,83 @@
+"""The Inference gRPC service: requests relayed unchanged to a worker, status from the view."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from grpc import aio
+from llamaherd.v1 import generation_pb2 as gen_pb
+from llamaherd.v1 import inference_pb2 as inf_pb
+from llamaherd.v1 import inference_pb2_grpc
+
+from orchestrator.cluster.types import NodeId
+from orchestrator.gateway import views
+from orchestrator.gateway.router import Router
+from worker.errors import InvalidArgument
+from worker.grpc_errors import REQUEST_ID_KEY, request_id
+
+NODE_KEY = "x-llamaherd-node"
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[misc]
+    def __init__(self, router: Router) -> None:
+        self._router = router
+
+    async def Generate(
+        self, request: gen_pb.GenerateRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[gen_pb.GenerationChunk]:
+        _require_model(request.model)
+        metadata = ((REQUEST_ID_KEY, request_id(context)),)
+        chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]] = self._router.stream(
+            request.model, lambda stub: stub.Generate(request, metadata=metadata)
+        )
+        async for chunk in _with_node_header(chunks, context):
+            yield chunk
+
+    async def Chat(
+        self, request: gen_pb.ChatRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[gen_pb.GenerationChunk]:
+        _require_model(request.model)
+        metadata = ((REQUEST_ID_KEY, request_id(context)),)
+        chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]] = self._router.stream(
+            request.model, lambda stub: stub.Chat(request, metadata=metadata)
+        )
+        async for chunk in _with_node_header(chunks, context):
+            yield chunk
+
+    async def Embed(
+        self, request: gen_pb.EmbedRequest, context: aio.ServicerContext
+    ) -> gen_pb.EmbedResponse:
+        _require_model(request.model)
+        metadata = ((REQUEST_ID_KEY, request_id(context)),)
+        response, node = await self._router.unary(
+            request.model, "embed", lambda stub: stub.Embed(request, metadata=metadata)
+        )
+        await context.send_initial_metadata(((NODE_KEY, node),))
+        return response
+
+    async def ListModels(
+        self, request: inf_pb.ListClusterModelsRequest, context: aio.ServicerContext
+    ) -> inf_pb.ListClusterModelsResponse:
+        return views.cluster_models(self._router.snapshot)
+
+    async def ClusterStatus(
+        self, request: inf_pb.ClusterStatusRequest, context: aio.ServicerContext
+    ) -> inf_pb.ClusterStatusResponse:
+        return views.cluster_status(self._router)
+
+
+def _require_model(alias: str) -> None:
+    if not alias:
+        raise InvalidArgument("model is empty: name a model alias (see ListModels)")
+
+
+async def _with_node_header(
+    chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]], context: aio.ServicerContext
+) -> AsyncIterator[gen_pb.GenerationChunk]:
+    """The chunks, telling the client in the initial metadata which node serves it."""
+    first = True
+    async for node, chunk in chunks:
+        if first:
+            first = False
+            await context.send_initial_metadata(((NODE_KEY, node),))
+        yield chunk

@@ -1,0 +1,228 @@
+"""A gateway's routing: its view of the cluster, its own in-flight counts, and the relay
+that sends a request to a worker and retries it elsewhere while nothing has been streamed.
+
+The view is a ClusterSnapshot pushed from the registry; routing a request reads it and
+calls the routing policy, all in this process: no Ray call, no network hop before the
+request reaches its worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import Any, Literal, TypeVar
+
+import grpc
+from grpc import aio
+from llamaherd.v1 import worker_pb2_grpc
+
+from orchestrator.cluster.types import ClusterSnapshot, NodeId
+from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed, from_worker_status
+from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
+from orchestrator.routing.policies import RoutingPolicy
+from orchestrator.worker_channels import WorkerChannels
+from worker.errors import Unavailable, WorkerError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Task = Literal["generate", "embed"]
+Clock = Callable[[], float]
+
+# Worker refusals that say nothing about the request itself: another replica may serve it.
+RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,  # worker gone, or the model is unloading there
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # that replica's queue is full
+    grpc.StatusCode.NOT_FOUND,  # unloaded since the view was taken
+    grpc.StatusCode.FAILED_PRECONDITION,  # failed there
+}
+SUSPECT_S = 2.0  # how long a worker that just failed a call is avoided
+
+
+class Router:
+    def __init__(
+        self,
+        policy: RoutingPolicy,
+        channels: WorkerChannels,
+        retries: int,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.channels = channels
+        self.retries = retries
+        self._clock = clock
+        self.snapshot = ClusterSnapshot()
+        self._snapshot_at = clock()
+        self.inflight: Counter[tuple[NodeId, str]] = Counter()
+        self._suspects: dict[NodeId, float] = {}
+        # Running calls per node, so a node that leaves the view fails its streams at once.
+        self._calls: dict[NodeId, set[aio.Call]] = {}
+        self._dropped: dict[aio.Call, str] = {}
+
+    # ---- the view ----------------------------------------------------------------------
+    def update(self, snapshot: ClusterSnapshot) -> None:
+        was_up = {n.node_id for n in self.snapshot.nodes if n.up}
+        self.snapshot = snapshot
+        self._snapshot_at = self._clock()
+        for node in snapshot.nodes:
+            if node.node_id in was_up and not node.up:
+                self._fail_calls(node.node_id, f"worker {node.node_id} left: {node.down_reason}")
+
+    def state_clock(self) -> float:
+        """Now, on the registry's clock (the one the snapshot's report times use)."""
+        return self.snapshot.taken_at + (self._clock() - self._snapshot_at)
+
+    def inflight_to(self, node_id: NodeId) -> int:
+        return sum(n for (node, _), n in self.inflight.items() if node == node_id)
+
+    # ---- choosing ----------------------------------------------------------------------
+    def choose(self, alias: str, task: Task, exclude: set[NodeId]) -> Candidate:
+        now = self._clock()
+        suspects = {n for n, until in self._suspects.items() if until > now}
+        try:
+            try:
+                return self._route(alias, task, exclude | suspects)
+            except NoCandidate:
+                if not suspects - exclude:
+                    raise
+                return self._route(alias, task, exclude)  # a suspect beats no one
+        except UnknownModel as exc:
+            problem = next((p for p in self.snapshot.problems if p.alias == alias), None)
+            if problem is not None:
+                raise Unavailable(f"model {alias!r} is not placed: {problem.reason}") from None
+            raise ModelNotServed(alias, list(exc.available)) from None
+        except NoCandidate as exc:
+            raise Unavailable(str(exc)) from None
+
+    def not_served(self, alias: str) -> WorkerError:
+        """The error for a model no node serves, listing the ones that are served."""
+        served = {r.alias for n in self.snapshot.up_nodes for r in n.replicas if r.ready}
+        return ModelNotServed(alias, sorted(served))
+
+    def _route(self, alias: str, task: Task, exclude: set[NodeId]) -> Candidate:
+        return route(
+            self.snapshot, alias, now=self.state_clock(), policy=self.policy,
+            inflight=self.inflight, exclude=exclude, task=task,
+        )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _tracked(self, candidate: Candidate, call: aio.Call) -> Iterator[None]:
+        key = (candidate.node_id, candidate.replica.alias)
+        self.inflight[key] += 1
+        self._calls.setdefault(candidate.node_id, set()).add(call)
+        try:
+            yield
+        finally:
+            self.inflight[key] -= 1
+            if self.inflight[key] <= 0:
+                del self.inflight[key]
+            self._calls[candidate.node_id].discard(call)
+            self._dropped.pop(call, None)
+
+    def _fail_calls(self, node_id: NodeId, reason: str) -> None:
+        for call in self._calls.get(node_id, ()):
+            self._dropped[call] = reason
+            call.cancel()
+
+    def _suspect(self, node_id: NodeId) -> None:
+        self._suspects[node_id] = self._clock() + SUSPECT_S
+
+    # ---- relaying ----------------------------------------------------------------------
+    async def stream(
+        self,
+        alias: str,
+        open_call: Callable[[worker_pb2_grpc.WorkerStub], aio.UnaryStreamCall],
+    ) -> AsyncGenerator[tuple[NodeId, Any], None]:
+        """Relays a server-streaming call from a worker holding `alias`, yielding each
+        message with the node that produced it.
+
+        Until the first message arrives, a retryable failure moves the request to another
+        replica (at most `retries` times); after it, a failure ends the stream with
+        UpstreamFailed, since the client already holds part of an answer.
+        """
+        exclude: set[NodeId] = set()
+        last_error: WorkerError | None = None
+        for _ in range(self.retries + 1):
+            candidate = self._choose_or_last(alias, "generate", exclude, last_error)
+            call = open_call(self.channels.stub(candidate.address))
+            streamed = False
+            with self._tracked(candidate, call):
+                try:
+                    async for message in call:
+                        streamed = True
+                        yield candidate.node_id, message
+                    return
+                except aio.AioRpcError as exc:
+                    error = self._upstream_error(candidate, exc, streamed)
+                    if streamed or exc.code() not in RETRYABLE:
+                        raise error from None
+                    last_error = error
+                except asyncio.CancelledError:
+                    reason = self._dropped.get(call)
+                    if reason is None:
+                        raise  # our own client went away
+                    if streamed:
+                        raise UpstreamFailed(f"{reason}; the reply is incomplete") from None
+                    last_error = Unavailable(reason)
+                finally:
+                    call.cancel()
+            exclude.add(candidate.node_id)
+        assert last_error is not None
+        raise last_error
+
+    async def unary(
+        self,
+        alias: str,
+        task: Task,
+        call: Callable[[worker_pb2_grpc.WorkerStub], Awaitable[T]],
+    ) -> tuple[T, NodeId]:
+        """A unary call to a worker holding `alias`, retried elsewhere on retryable errors."""
+        exclude: set[NodeId] = set()
+        last_error: WorkerError | None = None
+        for _ in range(self.retries + 1):
+            candidate = self._choose_or_last(alias, task, exclude, last_error)
+            key = (candidate.node_id, candidate.replica.alias)
+            self.inflight[key] += 1
+            try:
+                return await call(self.channels.stub(candidate.address)), candidate.node_id
+            except aio.AioRpcError as exc:
+                error = self._upstream_error(candidate, exc, streamed=False)
+                if exc.code() not in RETRYABLE:
+                    raise error from None
+                last_error = error
+            finally:
+                self.inflight[key] -= 1
+                if self.inflight[key] <= 0:
+                    del self.inflight[key]
+            exclude.add(candidate.node_id)
+        assert last_error is not None
+        raise last_error
+
+    def _choose_or_last(
+        self, alias: str, task: Task, exclude: set[NodeId], last_error: WorkerError | None
+    ) -> Candidate:
+        try:
+            return self.choose(alias, task, exclude)
+        except WorkerError:
+            # After a failed attempt, that failure explains more than "no other replica".
+            if last_error is not None:
+                raise last_error from None
+            raise
+
+    def _upstream_error(
+        self, candidate: Candidate, exc: aio.AioRpcError, streamed: bool
+    ) -> WorkerError:
+        node = candidate.node_id
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            self._suspect(node)
+        if streamed:
+            log.warning("worker %s failed mid-stream: %s", node, exc.details())
+            return UpstreamFailed(
+                f"worker {node} failed while streaming ({exc.code().name}: {exc.details()}); "
+                "the reply is incomplete"
+            )
+        return from_worker_status(exc.code(), exc.details(), node)

@@ -1,0 +1,161 @@
+"""One gateway process: the OpenAI HTTP API and the gRPC Inference API over one Router,
+kept current by a loop that waits for each new snapshot of the cluster.
+
+Ray starts one of these per Ray node (orchestrator.runtime); nothing here imports Ray, the
+snapshot source is any coroutine function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+import uvicorn
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from llamaherd.v1 import inference_pb2, inference_pb2_grpc
+from starlette.types import ASGIApp
+
+from orchestrator.cluster.types import ClusterSnapshot
+from orchestrator.config import CoordinatorSettings
+from orchestrator.gateway.auth import GrpcApiKey, HttpApiKey
+from orchestrator.gateway.grpc_api import InferenceServicer
+from orchestrator.gateway.http_api import build_app
+from orchestrator.gateway.router import Router
+from orchestrator.routing.policies import make_policy
+from orchestrator.worker_channels import WorkerChannels
+from worker.config import join_host_port
+from worker.grpc_errors import ErrorInterceptor
+
+log = logging.getLogger(__name__)
+
+SnapshotSource = Callable[[int], Awaitable[ClusterSnapshot]]
+SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+class Gateway:
+    def __init__(self, settings: CoordinatorSettings, snapshots: SnapshotSource) -> None:
+        self.settings = settings
+        self._snapshots = snapshots
+        self.channels = WorkerChannels()
+        self.router = Router(
+            make_policy(settings.routing_policy, random.Random()), self.channels, settings.retries
+        )
+        self._shared_ports = settings.gateways_per_node > 1
+        key = settings.api_key.get_secret_value() if settings.api_key else None
+        interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor()]
+        if key:
+            interceptors.insert(0, GrpcApiKey(key))
+        self._api_key = key
+        self._grpc = aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.so_reuseport", int(self._shared_ports)),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ],
+        )
+        inference_pb2_grpc.add_InferenceServicer_to_server(
+            InferenceServicer(self.router), self._grpc
+        )
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._grpc)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
+        )
+        self._http: uvicorn.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.http_port = self.grpc_port = 0
+
+    async def start(self) -> tuple[int, int]:
+        """Binds both APIs and starts following the cluster; returns (http_port, grpc_port)."""
+        host = self.settings.gateway_host
+        sock = self._bind_http(host, self.settings.http_port)
+        self.http_port = sock.getsockname()[1]
+        address = join_host_port(host, self.settings.grpc_port)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(address)
+        except RuntimeError as exc:
+            sock.close()
+            raise OSError(f"the gateway cannot listen on {address} (gRPC): {exc}") from exc
+        await self._grpc.start()
+        created = int(time.time())
+        app: ASGIApp = build_app(self.router, created)
+        if self._api_key:
+            app = HttpApiKey(app, self._api_key)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        self._http = uvicorn.Server(config)
+        self._tasks = [
+            asyncio.create_task(self._http.serve(sockets=[sock]), name="gateway-http"),
+            asyncio.create_task(self._follow_cluster(), name="gateway-view"),
+        ]
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "gateway serving HTTP on %s and gRPC on %s",
+            join_host_port(host, self.http_port), join_host_port(host, self.grpc_port),
+        )  # fmt: skip
+        return self.http_port, self.grpc_port
+
+    async def stop(self) -> None:
+        await self._health.enter_graceful_shutdown()
+        if self._http is not None:
+            self._http.should_exit = True
+        await self._grpc.stop(1.0)
+        for task in self._tasks:
+            if task.get_name() == "gateway-view":
+                task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tasks)
+        await self.channels.close()
+
+    def _bind_http(self, host: str, port: int) -> socket.socket:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self._shared_ports:
+            # Several gateways on one node share the port; the kernel spreads connections.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(
+                f"the gateway cannot listen on {join_host_port(host, port)} (HTTP): "
+                f"{exc.strerror}; is another llamaherd or server using it? set http_port"
+            ) from None
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+
+    async def _follow_cluster(self) -> None:
+        version = -1
+        failures = 0
+        while True:
+            try:
+                snapshot = await self._snapshots(version)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the registry restarting: keep the last view, retry
+                if failures == 0:
+                    log.warning("cannot read the cluster state (%s); keeping the last view", exc)
+                failures += 1
+                await asyncio.sleep(min(0.2 * failures, 2.0))
+                continue
+            failures = 0
+            if snapshot.version != version:
+                self.router.update(snapshot)
+                await self.channels.keep_only(n.address for n in snapshot.nodes)
+                version = snapshot.version
