@@ -1,7 +1,7 @@
 # The two commands a newcomer needs are `make run` and `make test`; each sets itself up.
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
-EXTRAS  ?= dev,default-model
+EXTRAS  ?= dev,default-model,coordinator
 STAMP   := $(VENV)/.llamaherd-setup
 PROTOS  := $(wildcard protos/llamaherd/v1/*.proto)
 STUBS   := $(PROTOS:.proto=_pb2.py)
@@ -21,10 +21,10 @@ $(STAMP): pyproject.toml setup.py deploy/setup-venv.sh deploy/llama-cpp/cmake-ar
 $(STUBS) &: $(PROTOS) $(STAMP)
 	$(PY) protos/build_stubs.py
 
-run: setup  ## start a worker serving the default Gemma model on 127.0.0.1:50051
-	$(VENV)/bin/llamaherd worker $(ARGS)
+run: setup  ## a local cluster: Ray, coordinator, gateway on 127.0.0.1:8000, two workers
+	$(VENV)/bin/llamaherd up $(ARGS)
 
-test: setup  ## the whole suite: unit tests, then the real worker over gRPC
+test: setup  ## the whole suite: unit tests, then real workers, Ray and gateways on loopback
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: setup

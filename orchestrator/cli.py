@@ -8,10 +8,16 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from orchestrator.launch import add_coordinator_parser, add_up_parser
 from worker.cli import add_worker_parser
 
 if TYPE_CHECKING:
+    from llamaherd.v1 import generation_pb2 as gen_pb
+
+    from orchestrator.client import GatewayClient
     from worker.client import WorkerClient
+
+DEFAULT_GATEWAY = "127.0.0.1:8001"
 
 DEFAULT_WORKER = "127.0.0.1:50051"
 
@@ -63,15 +69,7 @@ def _run_generate(args: argparse.Namespace) -> int:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
                 if chunk.finish_reason:
-                    t = chunk.timings
-                    reason = gen_pb.FinishReason.Name(chunk.finish_reason)
-                    print(
-                        f"\n[{chunk.usage.completion_tokens} tokens, "
-                        f"{reason.removeprefix('FINISH_REASON_').lower()}, "
-                        f"first token {t.time_to_first_token_ms:.0f} ms, "
-                        f"{t.decode_tokens_per_second:.1f} tokens/s]",
-                        file=sys.stderr,
-                    )
+                    _print_summary(chunk)
         except grpc.RpcError as exc:
             print(f"\nllamaherd generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
             if exc.code() == grpc.StatusCode.UNAVAILABLE:
@@ -81,6 +79,20 @@ def _run_generate(args: argparse.Namespace) -> int:
                 )
             return 1
     return 0
+
+
+def _print_summary(chunk: gen_pb.GenerationChunk) -> None:
+    from llamaherd.v1 import generation_pb2 as gen_pb
+
+    t = chunk.timings
+    reason = gen_pb.FinishReason.Name(chunk.finish_reason)
+    print(
+        f"\n[{chunk.usage.completion_tokens} tokens, "
+        f"{reason.removeprefix('FINISH_REASON_').lower()}, "
+        f"first token {t.time_to_first_token_ms:.0f} ms, "
+        f"{t.decode_tokens_per_second:.1f} tokens/s]",
+        file=sys.stderr,
+    )
 
 
 def _first_ready_model(client: WorkerClient) -> str:
@@ -113,13 +125,98 @@ def _run_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_status_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "status", help="nodes, models and load of a cluster, as its gateway sees them"
+    )
+    parser.add_argument(
+        "--gateway", default=DEFAULT_GATEWAY,
+        help=f"a gateway's gRPC address (default: {DEFAULT_GATEWAY})",
+    )  # fmt: skip
+    parser.set_defaults(run=_run_status)
+
+
+def _add_chat_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "chat",
+        help="stream a chat reply through a cluster's gateway",
+        description="Send one user message to a model of the cluster and stream the reply.",
+    )
+    parser.add_argument("prompt", help="the user message")
+    parser.add_argument("--model", help="model alias (default: the cluster's first model)")
+    parser.add_argument(
+        "--gateway", default=DEFAULT_GATEWAY,
+        help=f"a gateway's gRPC address (default: {DEFAULT_GATEWAY})",
+    )  # fmt: skip
+    parser.add_argument("--system", help="a system message to send first")
+    parser.add_argument("--max-tokens", type=int, default=256, help="default: 256")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
+    parser.add_argument("--seed", type=int, help="fixed seed for reproducible sampling")
+    parser.set_defaults(run=_run_chat)
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    import grpc
+
+    from orchestrator.client import GatewayClient
+    from orchestrator.status_table import render_status
+
+    with GatewayClient(args.gateway, timeout=10) as client:
+        try:
+            status = client.status()
+        except grpc.RpcError as exc:
+            print(f"llamaherd status: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                print(f"is a gateway running at {args.gateway}? start a cluster with "
+                      "`make run` (llamaherd up)", file=sys.stderr)  # fmt: skip
+            return 1
+    print(render_status(status))
+    return 0
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    import grpc
+    from llamaherd.v1 import generation_pb2 as gen_pb
+
+    from orchestrator.client import GatewayClient
+
+    sampling = gen_pb.SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+    )
+    messages = [("system", args.system)] if args.system else []
+    messages.append(("user", args.prompt))
+    with GatewayClient(args.gateway) as client:
+        try:
+            model = args.model or _first_cluster_model(client)
+            for chunk in client.chat(model, messages, sampling):
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+                if chunk.finish_reason:
+                    _print_summary(chunk)
+        except grpc.RpcError as exc:
+            print(f"\nllamaherd chat: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def _first_cluster_model(client: GatewayClient) -> str:
+    for model in client.models():
+        if not model.embedding:
+            return str(model.alias)
+    raise SystemExit("llamaherd chat: the cluster serves no chat model yet; pass --model")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamaherd",
         description="Distributed inference for edge clusters of Jetson boards and PCs.",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    add_up_parser(subparsers)
+    add_coordinator_parser(subparsers)
     add_worker_parser(subparsers)
+    _add_status_parser(subparsers)
+    _add_chat_parser(subparsers)
     _add_generate_parser(subparsers)
     _add_models_parser(subparsers)
     return parser

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from worker.builtin_models import DEFAULT_MODEL
 from worker.config import (
@@ -93,6 +93,11 @@ class CoordinatorSettings(BaseModel):
     )
     placement_interval_s: float = Field(
         2.0, gt=0, le=600, description="seconds between catalog reconciliations"
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="require 'Authorization: Bearer <key>' on both APIs (better set through "
+        "LLAMAHERD_COORDINATOR_API_KEY than on the command line)",
     )
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto or HOST:6379); default: start one"

@@ -91,7 +91,8 @@ class PlacementController:
         problems = tuple(sorted(result.problems, key=lambda p: p.alias))
         if problems != self._published:
             for problem in problems:
-                log.warning("model %s: %s", problem.alias, problem.reason)
+                # INFO: while workers start up, shortfalls come and go; status shows them.
+                log.info("model %s: %s", problem.alias, problem.reason)
             await self._publish(problems)
             self._published = problems
 

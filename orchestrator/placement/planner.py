@@ -171,6 +171,9 @@ def _shortfall(
     if not up:
         return f"placed {placed} of {entry.replicas} {noun}; no worker is up"
     reasons = "; ".join(f"{node_id}: {reason}" for node_id, reason in sorted(refusals.items()))
+    if not reasons:  # every up node took a replica: there are just too few of them
+        workers = "worker is" if len(up) == 1 else "workers are"
+        reasons = f"only {len(up)} {workers} up"
     return f"placed {placed} of {entry.replicas} {noun}; {reasons}"
 
 

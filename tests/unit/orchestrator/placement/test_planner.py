@@ -330,3 +330,8 @@ def test_actions_are_loads_then_unloads() -> None:
     nodes = [node("a", replica("x"))]
     result = plan(catalog, nodes, everywhere(catalog, nodes))
     assert result.actions == (Load(NodeId("a"), catalog[1]), Unload(NodeId("a"), "x"))
+
+
+def test_too_few_workers_is_said_plainly() -> None:
+    (problem,) = plan([entry("m", replicas=3)], [node("a")], {("m", NodeId("a")): GiB}).problems
+    assert problem.reason == "placed 1 of 3 replicas; only 1 worker is up"

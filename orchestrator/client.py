@@ -1,0 +1,62 @@
+"""A small synchronous client of a gateway's gRPC Inference API, for the CLI and tools."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+from llamaherd.v1 import generation_pb2 as gen_pb
+from llamaherd.v1 import inference_pb2 as inf_pb
+from llamaherd.v1 import inference_pb2_grpc
+
+DEFAULT_GATEWAY = "127.0.0.1:8001"
+
+
+class GatewayClient:
+    def __init__(self, address: str = DEFAULT_GATEWAY, timeout: float | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address)
+        self.stub = inference_pb2_grpc.InferenceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GatewayClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def status(self) -> inf_pb.ClusterStatusResponse:
+        return self.stub.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=self.timeout)
+
+    def models(self) -> list[inf_pb.ClusterModel]:
+        reply = self.stub.ListModels(inf_pb.ListClusterModelsRequest(), timeout=self.timeout)
+        return list(reply.models)
+
+    def ready_replicas(self) -> dict[str, int]:
+        """Ready replicas by alias; empty while the gateway is unreachable."""
+        try:
+            return {m.alias: m.ready_replicas for m in self.models()}
+        except grpc.RpcError:
+            return {}
+
+    def placement_problems(self) -> list[tuple[str, str]]:
+        try:
+            return [(p.alias, p.reason) for p in self.status().placement_problems]
+        except grpc.RpcError:
+            return []
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[tuple[str, str]],
+        sampling: gen_pb.SamplingParams | None = None,
+    ) -> Iterator[gen_pb.GenerationChunk]:
+        request = gen_pb.ChatRequest(
+            model=model,
+            messages=[gen_pb.ChatMessage(role=r, content=c) for r, c in messages],
+            sampling=sampling,
+        )
+        yield from self.stub.Chat(request)
