@@ -1,0 +1,125 @@
+"""Faults in a cluster of its own: a worker killed mid-stream, a coordinator restarted."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from llamaherd.v1 import generation_pb2 as gen_pb
+from llamaherd.v1 import inference_pb2_grpc
+from support.cluster import ready_replicas, start_coordinator, start_node, wait_for
+from support.models import GEMMA
+
+CATALOG = [
+    {"alias": GEMMA, "path": "builtin:gemma-3-270m", "replicas": 2, "n_ctx": 1024,
+     "n_threads": 1},
+]  # fmt: skip
+LONG = gen_pb.SamplingParams(temperature=0, max_tokens=600)
+SHORT = gen_pb.SamplingParams(temperature=0, max_tokens=8)
+
+
+@pytest.fixture
+def small_cluster(tmp_path) -> Iterator[tuple]:
+    coordinator = start_coordinator(tmp_path, CATALOG)
+    workers = {}
+    try:
+        for name in ("worker-a", "worker-b"):
+            workers[name] = start_node(tmp_path, coordinator, name)
+        wait_for(
+            lambda: ready_replicas(coordinator).get(GEMMA) == set(workers), 120, "two replicas"
+        )
+        yield coordinator, workers
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        coordinator.stop()
+
+
+def _generate(stub, sampling=SHORT) -> str:
+    call = stub.Generate(gen_pb.GenerateRequest(model=GEMMA, prompt="Hi", sampling=sampling))
+    list(call)
+    return dict(call.initial_metadata())["x-llamaherd-node"]
+
+
+def test_killed_worker_fails_its_stream_promptly_and_leaves_routing(small_cluster):
+    coordinator, workers = small_cluster
+    with grpc.insecure_channel(coordinator.gateway) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        call = stub.Generate(gen_pb.GenerateRequest(model=GEMMA, prompt="Count:", sampling=LONG))
+        stream = iter(call)
+        next(stream)
+        victim = dict(call.initial_metadata())["x-llamaherd-node"]
+        survivor = next(n for n in workers if n != victim)
+
+        workers[victim].process.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            for _ in stream:
+                pass
+        assert time.monotonic() - killed_at < 5, "the client must learn of the failure promptly"
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert victim in err.value.details() and "incomplete" in err.value.details()
+
+        # Requests keep succeeding, on the survivor, right away.
+        for _ in range(4):
+            assert _generate(stub) == survivor
+
+        def victim_down() -> bool:
+            nodes = {n.node_id: n for n in coordinator.status().nodes}
+            return not nodes[victim].up
+
+        wait_for(victim_down, 5, f"{victim} to leave routing")
+
+
+def test_hung_worker_leaves_routing_after_missed_heartbeats(small_cluster):
+    coordinator, workers = small_cluster
+    with grpc.insecure_channel(coordinator.gateway) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        workers["worker-a"].process.send_signal(signal.SIGSTOP)
+        try:
+            stopped_at = time.monotonic()
+            status = wait_for(
+                lambda: next(
+                    (n for n in coordinator.status().nodes if n.node_id == "worker-a" and not n.up),
+                    None,
+                ),
+                10,
+                "worker-a to be marked down",
+            )
+            assert time.monotonic() - stopped_at < 6
+            assert "no heartbeat" in status.down_reason
+            for _ in range(3):
+                assert _generate(stub) == "worker-b"
+        finally:
+            workers["worker-a"].process.send_signal(signal.SIGCONT)
+        # Back from the pause, it heartbeats again and rejoins.
+        wait_for(lambda: ready_replicas(coordinator).get(GEMMA) == {"worker-a", "worker-b"},
+                 10, "worker-a to rejoin")  # fmt: skip
+
+
+def test_coordinator_restart_is_recovered_by_re_registration(small_cluster, tmp_path):
+    coordinator, workers = small_cluster
+    coordinator.stop(signal.SIGKILL)
+    coordinator.wait_ports_closed()
+    restarted = start_coordinator(tmp_path, CATALOG, ports=coordinator.ports(), name="restarted")
+    try:
+        wait_for(
+            lambda: ready_replicas(restarted).get(GEMMA) == set(workers),
+            30,
+            "the workers to register with the new coordinator",
+        )
+        with grpc.insecure_channel(restarted.gateway) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            assert _generate(stub) in workers
+        # Placement found the models already loaded: nothing was loaded twice.
+        status = restarted.status()
+        for node in status.nodes:
+            assert [m.info.alias for m in node.models] == [GEMMA]
+        log = restarted.log_tail(lines=500)
+        assert "node worker-a registered" in log and "node worker-b registered" in log
+        assert "loading gemma" not in log
+    finally:
+        assert restarted.stop() == 0, restarted.log_tail()

@@ -1,0 +1,183 @@
+"""Starts the real `llamaherd coordinator` (its own local Ray, registry, placement and
+gateway) and real workers that register with it, each a separate process on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llamaherd.v1 import inference_pb2 as inf_pb
+from llamaherd.v1 import inference_pb2_grpc
+from support.worker_process import LLAMAHERD, WorkerProcess, free_port, start_worker
+
+T = TypeVar("T")
+
+# Fast failure detection keeps the fault tests short; the defaults are 1 s and 3 s.
+TIMINGS = ["--heartbeat-interval-s", "0.5", "--down-after-s", "2", "--placement-interval-s", "0.5"]
+
+
+@dataclass
+class Coordinator:
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    registry_port: int
+    http_port: int
+    grpc_port: int
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def registry(self) -> str:
+        return f"127.0.0.1:{self.registry_port}"
+
+    @property
+    def gateway(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1"
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def log_tail(self, lines: int = 80) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.alive():
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+    def ports(self) -> tuple[int, int, int]:
+        return (self.registry_port, self.http_port, self.grpc_port)
+
+    def wait_ports_closed(self, timeout: float = 30.0) -> None:
+        """After a kill: waits until nothing of it (its Ray actors live in other processes)
+        still accepts connections, so a successor really starts from nothing."""
+        wait_for(
+            lambda: not any(_accepts(port) for port in self.ports()),
+            timeout,
+            f"the ports {self.ports()} of the killed coordinator to close",
+        )
+
+    def status(self) -> inf_pb.ClusterStatusResponse:
+        with grpc.insecure_channel(self.gateway) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            return stub.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=5)
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_coordinator(
+    workdir: Path,
+    catalog: list[dict[str, Any]],
+    *args: str,
+    ports: tuple[int, int, int] | None = None,
+    ready_timeout: float = 120.0,
+    name: str = "coordinator",
+) -> Coordinator:
+    """Runs `llamaherd coordinator` on free loopback ports; returns once its gateway serves."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = workdir / f"{name}.yaml"
+    config.write_text(yaml.safe_dump({"models": catalog}))
+    registry, http, grpc_port = ports or (free_port(), free_port(), free_port())
+    command = [
+        LLAMAHERD, "coordinator", "--config", str(config), "--registry-port", str(registry),
+        "--http-port", str(http), "--grpc-port", str(grpc_port), *TIMINGS, *args,
+    ]  # fmt: skip
+    log_path = workdir / f"{name}.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    coordinator = Coordinator(process, log_path, registry, http, grpc_port, list(args))
+    try:
+        _wait_gateway(coordinator, ready_timeout)
+    except BaseException:
+        coordinator.stop(signal.SIGKILL)
+        raise
+    return coordinator
+
+
+def _wait_gateway(coordinator: Coordinator, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(coordinator.gateway) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if not coordinator.alive():
+                raise RuntimeError(
+                    f"coordinator exited with {coordinator.process.returncode}:\n"
+                    f"{coordinator.log_tail()}"
+                )
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"gateway not serving after {timeout} s:\n{coordinator.log_tail()}")
+
+
+def start_node(
+    workdir: Path,
+    coordinator: Coordinator,
+    node_id: str,
+    *args: str,
+    config: dict[str, Any] | None = None,
+) -> WorkerProcess:
+    """A worker that registers with `coordinator` as `node_id`."""
+    return start_worker(
+        workdir, config, "--coordinator", coordinator.registry, "--node-id", node_id,
+        "--heartbeat-interval-s", "0.5", *args, name=node_id,
+    )  # fmt: skip
+
+
+def wait_for(check: Callable[[], T | None], timeout: float, what: str) -> T:
+    """Polls `check` until it returns something truthy; fails naming `what`."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except grpc.RpcError as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.2)
+    raise TimeoutError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def ready_replicas(coordinator: Coordinator) -> dict[str, set[str]]:
+    """Nodes holding a ready replica, by alias, as the gateway sees them."""
+    found: dict[str, set[str]] = {}
+    for node in coordinator.status().nodes:
+        if not node.up:
+            continue
+        for load in node.models:
+            if load.info.state == 2:  # MODEL_STATE_READY
+                found.setdefault(load.info.alias, set()).add(node.node_id)
+    return found
