@@ -19,6 +19,7 @@ from worker.config import (
     ModelConfig,
     Pooling,
     layered_settings,
+    log_level_name,
 )
 
 ENV_PREFIX = "LLAMAHERD_COORDINATOR_"
@@ -118,10 +119,7 @@ class CoordinatorSettings(BaseModel):
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, level: str) -> str:
-        upper = level.upper()
-        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-        return upper
+        return log_level_name(level)
 
     @field_validator("models")
     @classmethod

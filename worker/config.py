@@ -142,10 +142,7 @@ class WorkerSettings(BaseModel):
     @field_validator("log_level")
     @classmethod
     def _known_level(cls, level: str) -> str:
-        upper = level.upper()
-        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
-            raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-        return upper
+        return log_level_name(level)
 
     @field_validator("models")
     @classmethod
@@ -156,6 +153,13 @@ class WorkerSettings(BaseModel):
                 raise ValueError(f"two models share the alias {model.alias!r}")
             seen.add(model.alias)
         return models
+
+
+def log_level_name(level: str) -> str:
+    upper = level.upper()
+    if upper not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"log_level must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+    return upper
 
 
 def split_host_port(address: str) -> tuple[str, int]:

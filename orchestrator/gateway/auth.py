@@ -15,7 +15,7 @@ from grpc import aio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from orchestrator.gateway.errors import http_status, openai_envelope
+from orchestrator.gateway.errors import openai_envelope
 from worker.errors import PermissionDenied
 
 OPEN_HTTP_PATHS = {"/health"}
@@ -47,9 +47,10 @@ class HttpApiKey:
             raw = headers.get(b"authorization")
             header = raw.decode("latin-1") if raw is not None else None
             if not _authorized(header, self._key):
-                error = _refusal(header)
-                status = 401 if header is None else http_status(error)
-                response = JSONResponse(openai_envelope(error), status_code=status)
+                # 401 with OpenAI's code either way, so clients raise AuthenticationError.
+                body = openai_envelope(_refusal(header))
+                body["error"]["code"] = "invalid_api_key"
+                response = JSONResponse(body, status_code=401)
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)

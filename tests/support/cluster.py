@@ -15,10 +15,9 @@ from typing import Any, TypeVar
 
 import grpc
 import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
-from support.worker_process import LLAMAHERD, WorkerProcess, free_port, start_worker
+from support.worker_process import LLAMAHERD, WorkerProcess, free_port, start_worker, wait_health
 
 T = TypeVar("T")
 
@@ -97,6 +96,7 @@ def start_coordinator(
     ports: tuple[int, int, int] | None = None,
     ready_timeout: float = 120.0,
     name: str = "coordinator",
+    env: dict[str, str] | None = None,
 ) -> Coordinator:
     """Runs `llamaherd coordinator` on free loopback ports; returns once its gateway serves."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -108,38 +108,20 @@ def start_coordinator(
         "--http-port", str(http), "--grpc-port", str(grpc_port), *TIMINGS, *args,
     ]  # fmt: skip
     log_path = workdir / f"{name}.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command, stdout=log, stderr=subprocess.STDOUT, env=environ, start_new_session=True
         )
     coordinator = Coordinator(process, log_path, registry, http, grpc_port, list(args))
     try:
-        _wait_gateway(coordinator, ready_timeout)
+        wait_health(
+            coordinator.gateway, process, coordinator.log_tail, "coordinator", ready_timeout
+        )
     except BaseException:
         coordinator.stop(signal.SIGKILL)
         raise
     return coordinator
-
-
-def _wait_gateway(coordinator: Coordinator, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(coordinator.gateway) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if not coordinator.alive():
-                raise RuntimeError(
-                    f"coordinator exited with {coordinator.process.returncode}:\n"
-                    f"{coordinator.log_tail()}"
-                )
-            try:
-                reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.2)
-    raise TimeoutError(f"gateway not serving after {timeout} s:\n{coordinator.log_tail()}")
 
 
 def start_node(

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,14 +79,24 @@ def start_worker(
 
 
 def wait_serving(worker: WorkerProcess, timeout: float) -> None:
+    wait_health(worker.address, worker.process, worker.log_tail, "worker", timeout)
+
+
+def wait_health(
+    address: str,
+    process: subprocess.Popen[bytes],
+    log_tail: Callable[[], str],
+    what: str,
+    timeout: float,
+) -> None:
+    """Polls the gRPC health service at `address` until SERVING; fails at once, with the
+    log, if the process exits first."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(worker.address) as channel:
+    with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
-            if not worker.alive():
-                raise RuntimeError(
-                    f"worker exited with {worker.process.returncode}:\n{worker.log_tail()}"
-                )
+            if process.poll() is not None:
+                raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_tail()}")
             try:
                 reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -93,4 +104,4 @@ def wait_serving(worker: WorkerProcess, timeout: float) -> None:
             except grpc.RpcError:
                 pass
             time.sleep(0.1)
-    raise TimeoutError(f"worker not serving after {timeout} s:\n{worker.log_tail()}")
+    raise TimeoutError(f"{what} not serving after {timeout} s:\n{log_tail()}")
