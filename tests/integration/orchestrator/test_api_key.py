@@ -43,7 +43,8 @@ def test_missing_key_says_how_to_send_one_and_health_stays_open(guarded):
     refused = httpx.post(f"{root}/v1/chat/completions", json={}, timeout=10)
     assert refused.status_code == 401
     assert "Authorization: Bearer" in refused.json()["error"]["message"]
-    assert httpx.get(f"{root}/health", timeout=10).status_code == 200
+    health = httpx.get(f"{root}/health", timeout=10)  # open, and honest: nothing is placed
+    assert health.status_code == 503 and health.json()["status"] == "no_models"
 
 
 def test_grpc_calls_need_the_key_in_metadata(guarded):
