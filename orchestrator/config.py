@@ -50,6 +50,7 @@ class CatalogEntry(BaseModel):
     embedding: bool | None = None
     pooling: Pooling | None = None
     max_queue: int | None = None
+    n_parallel: int | None = None
 
     @model_validator(mode="after")
     def _valid_for_workers(self) -> CatalogEntry:

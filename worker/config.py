@@ -64,7 +64,14 @@ class ModelConfig(BaseModel):
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF")
     embedding: bool = Field(False, description="serve embeddings instead of generation")
     pooling: Pooling = Field(Pooling.MEAN, description="embedding pooling")
-    max_queue: int = Field(64, ge=0, le=1 << 20, description="requests waiting per model")
+    n_parallel: int = Field(
+        0, ge=0, le=64,
+        description="sequence slots decoded together (continuous batching), each with n_ctx "
+        "tokens of KV cache; 0 = as many as memory allows, up to 4",
+    )  # fmt: skip
+    max_queue: int = Field(
+        64, ge=0, le=1 << 20, description="requests waiting for a free slot, per model"
+    )
 
     @property
     def is_builtin(self) -> bool:

@@ -1,9 +1,13 @@
-"""Runs one model's requests on a thread of its own, first come, first served.
+"""Runs one model's requests on a thread of its own, decoding them together in one batch.
 
-One request decodes at a time on a single llama.cpp sequence; the others wait in a bounded
-FIFO. Between requests the KV cache keeps the last prompt and completion, so a request that
-starts with the same tokens (the next turn of a chat, a shared system prompt) skips
-recomputing them. Cancellation is checked between prompt chunks and between tokens.
+The model's context has N sequence slots (continuous batching, as llama-server's parallel
+slots): a request waits in a bounded FIFO until a slot is free, then joins the running
+batch at the next step. Each step decodes one token for every generating slot plus as much
+of the waiting prompts as the batch has room for (chunked prefill), then samples each
+sequence with its own sampler and streams its text to its own client. A finished or
+cancelled request frees its slot at once; its tokens stay in the slot's KV cache, so a later
+request that starts the same way (the next chat turn, a shared system prompt) skips
+recomputing them. Cancellation and shutdown are checked at every step.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from worker.generation import (
 from worker.llamacpp.context import LlamaContext
 from worker.llamacpp.model import LlamaModel
 from worker.llamacpp.sampler import Sampler
+from worker.slots import SlotView, choose_slot
 from worker.streams import EventStream
 from worker.textstream import TextStream
 
@@ -67,16 +72,44 @@ class EmbeddingJob:
 Job = GenerationJob | EmbeddingJob
 
 
+@dataclass
+class _Generation:
+    """A request in progress in a slot."""
+
+    job: GenerationJob
+    order: int  # admission order: prompts are prefilled first come, first served
+    started: float
+    reused: int  # prompt tokens found in the slot's cache
+    fed: int  # prompt tokens in the cache so far
+    text: TextStream
+    pending: list[int] = field(default_factory=list)  # sampled, not yet sent as text
+    generated: int = 0
+    prefilled: float = 0.0
+    first_at: float | None = None
+    next_token: int | None = None  # sampled, to be decoded at the next step
+
+
+class _Slot:
+    """One llama.cpp sequence and what its share of the KV cache holds."""
+
+    def __init__(self, seq_id: int, n_vocab: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose keys and values are in the cache, in order
+        # The last prompt prefilled here and the logits its final token produced. llama.cpp's
+        # results depend on how a prompt is split into batches, so re-running only the final
+        # token of a cached prompt could pick a different first token; sampling from these
+        # logits instead makes an identical request give identical output.
+        self.memo_prompt: list[int] = []
+        self.memo_logits = (ctypes.c_float * n_vocab)()
+        self.last_used = 0
+        self.run: _Generation | None = None
+
+    def view(self) -> SlotView:
+        return SlotView(self.seq_id, self.cached, self.last_used)
+
+
 class _Cancelled(Exception):
     """The client went away: stop quietly, nobody is listening."""
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class ModelEngine:
@@ -94,17 +127,12 @@ class ModelEngine:
         self._max_queue = max_queue
         self._clock = clock
         self._waiting: deque[Job] = deque()
-        self._active: Job | None = None
+        self._slots = [_Slot(i, model.n_vocab) for i in range(context.n_seq)]
+        self._embedding: EmbeddingJob | None = None
         self._closing: str | None = None
         self._cond = threading.Condition()
-        # Tokens whose keys and values sit in sequence 0 of the KV cache, in order.
-        self._cached: list[int] = []
-        # The last prompt and the logits its final token produced. llama.cpp's results depend
-        # on how a prompt is split into batches, so re-running only the final token of a
-        # cached prompt could pick a different first token; restoring these logits makes an
-        # identical request give identical output.
-        self._memo_prompt: list[int] = []
-        self._memo_logits = (ctypes.c_float * model.n_vocab)()
+        self._steps = 0
+        self._admitted = 0
         self.rates = RateTracker()
         self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
         self._thread.start()
@@ -116,18 +144,27 @@ class ModelEngine:
 
     @property
     def active(self) -> int:
-        return 0 if self._active is None else 1
+        return sum(s.run is not None for s in self._slots) + (self._embedding is not None)
+
+    @property
+    def slots_total(self) -> int:
+        return len(self._slots)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(len(s.cached) for s in self._slots)
 
     def submit(self, job: Job) -> None:
         """Queues a job, or refuses at once when the model is closing or its queue is full."""
         with self._cond:
             if self._closing is not None:
                 raise Unavailable(self._closing)
-            busy = self._active is not None or bool(self._waiting)
-            if busy and len(self._waiting) >= self._max_queue:
+            full = self.active >= len(self._slots) or bool(self._waiting)
+            if full and len(self._waiting) >= self._max_queue:
                 raise ResourceExhausted(
-                    f"model {self.name!r} already has {len(self._waiting)} requests waiting "
-                    f"(max_queue={self._max_queue}); retry later or raise max_queue"
+                    f"model {self.name!r} has all {len(self._slots)} slots busy and "
+                    f"{len(self._waiting)} requests waiting (max_queue={self._max_queue}); "
+                    "retry later or raise max_queue or n_parallel"
                 )
             self._waiting.append(job)
             self._cond.notify()
@@ -142,7 +179,7 @@ class ModelEngine:
         job.release()
 
     def close(self, reason: str, timeout: float | None = None) -> bool:
-        """Fails waiting jobs, stops the running one at its next token, joins the thread."""
+        """Fails waiting jobs, stops the running ones at the next step, joins the thread."""
         with self._cond:
             self._closing = reason
             dropped = list(self._waiting)
@@ -158,37 +195,194 @@ class ModelEngine:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._waiting and self._closing is None:
+                while not self._waiting and not self._busy() and self._closing is None:
                     self._cond.wait()
-                if not self._waiting:
+                if self._closing is not None and not self._busy():
                     return
-                job = self._waiting.popleft()
-                self._active = job
-            try:
-                self._serve(job)
-            finally:
-                job.release()
-                with self._cond:
-                    self._active = None
+                admitted = self._admit_locked()
+            for job, slot in admitted:
+                self._start(job, slot)
+            if self._busy():
+                self._step()
 
-    def _serve(self, job: Job) -> None:
+    def _busy(self) -> bool:
+        return any(s.run is not None for s in self._slots)
+
+    def _admit_locked(self) -> list[tuple[Job, _Slot]]:
+        """Moves waiting jobs, first come first served, into idle slots."""
+        admitted: list[tuple[Job, _Slot]] = []
+        while self._waiting and self._closing is None:
+            taken = {slot.seq_id for _, slot in admitted}
+            idle = [s for s in self._slots if s.run is None and s.seq_id not in taken]
+            if not idle:
+                break
+            job = self._waiting[0]
+            if isinstance(job, EmbeddingJob):
+                if admitted or self._busy():
+                    break  # embeddings use the whole context: they wait for it to drain
+                admitted.append((self._waiting.popleft(), idle[0]))
+                break
+            seq_id, _ = choose_slot([s.view() for s in idle], job.prompt)
+            admitted.append((self._waiting.popleft(), self._slots[seq_id]))
+        return admitted
+
+    def _start(self, job: Job, slot: _Slot) -> None:
+        if isinstance(job, EmbeddingJob):
+            self._embedding = job
+            try:
+                self._serve_embedding(job)
+            finally:
+                self._embedding = None
+                job.release()
+            return
+        self._admitted += 1
+        run = _Generation(job, self._admitted, self._clock(), 0, 0, TextStream(job.stop))
+        slot.run = run
         try:
-            if isinstance(job, GenerationJob):
-                self._generate(job)
-            else:
-                self._embed(job)
-            job.stream.close()
-        except _Cancelled:
-            log.debug("request %s cancelled by the client", job.request_id)
-            job.stream.close()
-        except WorkerError as exc:
-            # A decode that failed half-way leaves the cache in an unknown state.
-            self._forget_cache()
-            job.stream.fail(exc)
-        except Exception as exc:  # the engine thread must outlive any one request
-            log.exception("request %s failed in the engine of %s", job.request_id, self.name)
-            self._forget_cache()
-            job.stream.fail(Internal(f"request {job.request_id} failed: {exc}"))
+            run.reused = run.fed = self._reuse_prefix(slot, job.prompt)
+            if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
+                run.prefilled = self._clock()
+                self._on_token(slot, job.sampler.sample_from(slot.memo_logits))
+        except Exception as exc:
+            self._fail(slot, exc)
+
+    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> int:
+        """Keeps the cached tokens this prompt starts with; returns how many."""
+        _, common = choose_slot([slot.view()], prompt)
+        repeat = common == len(prompt) and prompt == slot.memo_prompt
+        # Otherwise the last prompt token runs again: its logits are what we sample from.
+        keep = common if repeat else min(common, len(prompt) - 1)
+        if keep < len(slot.cached):
+            if not self._ctx.remove(slot.seq_id, keep):
+                self._forget(slot)
+                return 0
+            del slot.cached[keep:]
+        if keep < len(slot.memo_prompt):  # part of the memo's prompt is about to be recomputed
+            slot.memo_prompt = []
+        return keep
+
+    def _forget(self, slot: _Slot) -> None:
+        self._ctx.remove(slot.seq_id, 0)
+        slot.cached.clear()
+        slot.memo_prompt = []
+
+    def _step(self) -> None:
+        """One decode of every generating slot's next token and of waiting prompt chunks."""
+        self._steps += 1
+        for slot in self._slots:
+            if slot.run is not None:
+                try:
+                    self._check(slot.run.job)
+                except _Cancelled:
+                    log.debug("request %s cancelled by the client", slot.run.job.request_id)
+                    self._end(slot)
+                except WorkerError as exc:
+                    self._fail(slot, exc)
+        decoding = [s for s in self._slots if s.run is not None and s.run.next_token is not None]
+        prefilling = sorted(
+            (s for s in self._slots if s.run is not None and s.run.next_token is None),
+            key=lambda s: s.run.order if s.run is not None else 0,
+        )
+        entries: list[tuple[_Slot, list[int], int | None]] = []
+        for slot in decoding:
+            assert slot.run is not None and slot.run.next_token is not None
+            token = [slot.run.next_token]
+            entries.append((slot, token, self._ctx.add(token, len(slot.cached), slot.seq_id, True)))
+        for slot in prefilling:
+            assert slot.run is not None
+            room = self._ctx.batch_room
+            if room == 0:
+                break
+            prompt, fed = slot.run.job.prompt, slot.run.fed
+            chunk = prompt[fed : fed + room]
+            last = fed + len(chunk) == len(prompt)
+            index = self._ctx.add(chunk, fed, slot.seq_id, last)
+            entries.append((slot, chunk, index if last else None))
+        if not entries:
+            return
+        try:
+            self._ctx.run()
+        except Exception as exc:
+            # A failed decode leaves the batch's sequences in an unknown state.
+            for slot, _, _ in entries:
+                self._fail(slot, exc)
+            return
+        for slot, tokens, logits_at in entries:
+            run = slot.run
+            assert run is not None
+            slot.cached.extend(tokens)
+            try:
+                if run.next_token is not None:
+                    run.next_token = None
+                    assert logits_at is not None
+                    self._on_token(slot, run.job.sampler.sample(self._ctx, logits_at))
+                    continue
+                run.fed += len(tokens)
+                if logits_at is not None:  # the prompt is in: sample its first token
+                    run.prefilled = self._clock()
+                    self._ctx.copy_logits(slot.memo_logits, logits_at)
+                    slot.memo_prompt = run.job.prompt
+                    self._on_token(slot, run.job.sampler.sample(self._ctx, logits_at))
+            except Exception as exc:
+                self._fail(slot, exc)
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        run = slot.run
+        assert run is not None
+        job = run.job
+        if run.first_at is None:
+            run.first_at = self._clock()
+        if self._model.is_eog(token):
+            self._finish(slot, FinishReason.STOP, run.text.finish())
+            return
+        run.generated += 1
+        run.pending.append(token)
+        piece = run.text.feed(self._model.piece(token))
+        if run.text.stopped:
+            self._finish(slot, FinishReason.STOP, piece)
+        elif run.generated >= job.max_tokens:
+            self._finish(slot, FinishReason.LENGTH, piece + run.text.finish())
+        else:
+            if piece:
+                job.stream.emit(TextDelta(piece, tuple(run.pending)))
+                run.pending = []
+            run.next_token = token
+
+    def _finish(self, slot: _Slot, finish: FinishReason, tail: str) -> None:
+        run = slot.run
+        assert run is not None and run.first_at is not None
+        ended = self._clock()
+        computed = len(run.job.prompt) - run.reused
+        timings = _timings(
+            run.job.arrived, run.started, run.prefilled, run.first_at, ended, computed,
+            run.generated,
+        )  # fmt: skip
+        self.rates.record(timings, run.generated, computed)
+        usage = Usage(len(run.job.prompt), run.generated, run.reused)
+        run.job.stream.emit(Finished(tail, tuple(run.pending), finish, usage, timings))
+        self._end(slot)
+
+    def _end(self, slot: _Slot) -> None:
+        run = slot.run
+        assert run is not None
+        run.job.stream.close()
+        run.job.release()
+        slot.run = None
+        slot.last_used = self._steps
+
+    def _fail(self, slot: _Slot, exc: Exception) -> None:
+        run = slot.run
+        assert run is not None
+        if not isinstance(exc, WorkerError):
+            log.error(
+                "request %s failed in the engine of %s", run.job.request_id, self.name,
+                exc_info=exc,
+            )  # fmt: skip
+            exc = Internal(f"request {run.job.request_id} failed: {exc}")
+        self._forget(slot)
+        run.job.stream.fail(exc)
+        run.job.release()
+        slot.run = None
 
     def _check(self, job: Job) -> None:
         if self._closing is not None:
@@ -196,97 +390,32 @@ class ModelEngine:
         if job.stream.cancelled:
             raise _Cancelled
 
-    def _forget_cache(self) -> None:
-        self._ctx.clear()
-        self._cached.clear()
-        self._memo_prompt = []
-
-    def _reuse_prefix(self, prompt: list[int]) -> int:
-        """Keeps the cached tokens this prompt starts with; returns how many."""
-        common = common_prefix(self._cached, prompt)
-        repeat = common == len(prompt) and prompt == self._memo_prompt
-        # Otherwise the last prompt token runs again: its logits are what we sample from.
-        keep = common if repeat else min(common, len(prompt) - 1)
-        if keep < len(self._cached):
-            if not self._ctx.remove(0, keep):
-                self._forget_cache()
-                return 0
-            del self._cached[keep:]
-        if keep < len(self._memo_prompt):  # part of the memo's prompt is about to be recomputed
-            self._memo_prompt = []
-        if repeat:
-            self._ctx.restore_logits(self._memo_logits)
-        return keep
-
-    def _prefill(self, job: GenerationJob, start: int) -> None:
-        prompt, step = job.prompt, self._ctx.n_batch
-        for i in range(start, len(prompt), step):
-            self._check(job)
-            chunk = prompt[i : i + step]
-            self._ctx.decode(chunk, i)
-            self._cached.extend(chunk)
-
-    def _generate(self, job: GenerationJob) -> None:
-        started = self._clock()
-        reused = self._reuse_prefix(job.prompt)
-        if reused < len(job.prompt):
-            self._prefill(job, reused)
-            self._ctx.copy_logits(self._memo_logits)
-            self._memo_prompt = job.prompt
-        prefilled = self._clock()
-
-        text = TextStream(job.stop)
-        pending: list[int] = []
-        generated = 0
-        first_at: float | None = None
-        finish = FinishReason.LENGTH
-        while True:
-            token = job.sampler.sample(self._ctx)
-            if first_at is None:
-                first_at = self._clock()
-            if self._model.is_eog(token):
-                finish = FinishReason.STOP
-                tail = text.finish()
-                break
-            generated += 1
-            pending.append(token)
-            piece = text.feed(self._model.piece(token))
-            if text.stopped:
-                finish = FinishReason.STOP
-                tail = piece
-                break
-            if generated >= job.max_tokens:
-                tail = piece + text.finish()
-                break
-            if piece:
-                job.stream.emit(TextDelta(piece, tuple(pending)))
-                pending = []
-            self._check(job)
-            self._ctx.decode([token], len(self._cached))
-            self._cached.append(token)
-
-        ended = self._clock()
-        assert first_at is not None  # the loop samples at least once
-        timings = _timings(
-            job.arrived, started, prefilled, first_at, ended, len(job.prompt) - reused, generated
-        )
-        usage = Usage(len(job.prompt), generated, reused)
-        self.rates.record(timings, generated, len(job.prompt) - reused)
-        job.stream.emit(Finished(tail, tuple(pending), finish, usage, timings))
-
-    def _embed(self, job: EmbeddingJob) -> None:
-        vectors = []
-        for tokens in job.inputs:
-            self._check(job)
-            self._forget_cache()
-            self._ctx.decode(tokens, 0, all_logits=True)
-            vector = self._ctx.sequence_embedding(0)
-            if job.normalize:
-                norm = math.sqrt(sum(v * v for v in vector)) or 1.0
-                vector = [v / norm for v in vector]
-            vectors.append(tuple(vector))
-        self._forget_cache()
-        job.stream.emit(EmbeddingResult(tuple(vectors), sum(len(t) for t in job.inputs)))
+    def _serve_embedding(self, job: EmbeddingJob) -> None:
+        try:
+            vectors = []
+            for tokens in job.inputs:
+                self._check(job)
+                self._ctx.clear()
+                self._ctx.decode(tokens, 0, all_logits=True)
+                vector = self._ctx.sequence_embedding(0)
+                if job.normalize:
+                    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+                    vector = [v / norm for v in vector]
+                vectors.append(tuple(vector))
+            job.stream.emit(EmbeddingResult(tuple(vectors), sum(len(t) for t in job.inputs)))
+            job.stream.close()
+        except _Cancelled:
+            job.stream.close()
+        except WorkerError as exc:
+            job.stream.fail(exc)
+        except Exception as exc:
+            log.exception("request %s failed in the engine of %s", job.request_id, self.name)
+            job.stream.fail(Internal(f"request {job.request_id} failed: {exc}"))
+        finally:
+            self._ctx.clear()
+            for slot in self._slots:
+                slot.cached.clear()
+                slot.memo_prompt = []
 
 
 class RateTracker:

@@ -102,8 +102,7 @@ class CoordinatorLink:
             models.append(
                 cl_pb.ModelLoad(
                     info=protocol.model_info_to_proto(info),
-                    # One sequence at a time until the engine batches (slots come with it).
-                    slots_total=1,
+                    slots_total=info.slots_total,
                     slots_busy=info.active,
                     decode_tokens_per_second=info.decode_tps,
                     prompt_tokens_per_second=info.prompt_tps,

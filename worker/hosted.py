@@ -37,7 +37,8 @@ class ModelFacts:
     path: Path
     gguf: GGUFFile
     estimate: MemoryEstimate
-    n_ctx: int  # as requested, 0 resolved to the training context
+    n_ctx: int  # per slot, as requested; 0 resolved to the training context
+    n_parallel: int = 1  # slots, resolved from the config (0 = sized from memory)
 
 
 class HostedModel:
@@ -49,7 +50,8 @@ class HostedModel:
             self.context = LlamaContext(
                 self.model,
                 ContextParams(
-                    n_ctx=facts.n_ctx,
+                    n_ctx=facts.n_ctx * facts.n_parallel,
+                    n_seq_max=facts.n_parallel,
                     n_batch=config.n_batch,
                     n_threads=config.n_threads,
                     n_threads_batch=config.threads_batch,
@@ -82,7 +84,8 @@ class HostedModel:
 
     @property
     def n_ctx(self) -> int:
-        return self.context.n_ctx
+        """What one request may fill: prompt and completion."""
+        return self.context.n_ctx_seq
 
     # ---- lifetime --------------------------------------------------------------------
     @contextmanager

@@ -118,7 +118,9 @@ def estimate_kv_cache(shape: ModelShape, n_ctx: int, n_seq: int = 1) -> int:
     return kv_cells(n_ctx) * n_seq * per_cell * KV_BYTES_PER_ELEMENT
 
 
-def estimate_compute(shape: ModelShape, n_ubatch: int, n_ctx: int, embedding: bool) -> int:
+def estimate_compute(
+    shape: ModelShape, n_ubatch: int, n_ctx: int, embedding: bool, n_seq: int = 1
+) -> int:
     """Peak of llama.cpp's compute buffer for one micro-batch, plus its output buffer.
 
     The peak is the largest of three points in the graph: the logits of the whole
@@ -129,17 +131,24 @@ def estimate_compute(shape: ModelShape, n_ubatch: int, n_ctx: int, embedding: bo
     logits = n_ubatch * (shape.n_vocab + 2 * shape.n_embd)
     attention = n_ubatch * (shape.n_head * kv_cells(n_ctx) + 3 * shape.n_embd)
     ffn = n_ubatch * (2 * shape.n_ff + 2 * shape.n_embd)
-    output = shape.n_vocab + (n_ubatch * shape.n_embd if embedding else 0)
+    # The output buffer holds logits for at least one token per sequence.
+    output = shape.n_vocab * n_seq + (n_ubatch * shape.n_embd if embedding else 0)
     return (max(logits, attention, ffn) + output) * FLOAT_BYTES
 
 
 def estimate_memory(
-    gguf: GGUFFile, shape: ModelShape, n_ctx: int, n_batch: int, embedding: bool = False
+    gguf: GGUFFile,
+    shape: ModelShape,
+    n_ctx: int,
+    n_batch: int,
+    embedding: bool = False,
+    n_seq: int = 1,
 ) -> MemoryEstimate:
+    """For a context of `n_seq` slots with `n_ctx` tokens of KV cache each."""
     return MemoryEstimate(
         weights_bytes=gguf.tensor_bytes,
-        kv_cache_bytes=estimate_kv_cache(shape, n_ctx),
-        compute_bytes=estimate_compute(shape, n_batch, n_ctx, embedding),
+        kv_cache_bytes=estimate_kv_cache(shape, n_ctx, n_seq),
+        compute_bytes=estimate_compute(shape, n_batch, n_ctx, embedding, n_seq),
     )
 
 

@@ -119,6 +119,7 @@ def model_config_to_proto(config: ModelConfig) -> pb.ModelSpec:
         pooling=config.pooling.value,
         max_queue=config.max_queue,
         flash_attn=config.flash_attn.value,
+        n_parallel=config.n_parallel,
     )
 
 
@@ -144,4 +145,9 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         chat_template_source=info.chat_template_source,
         queued_requests=info.queued,
         active_requests=info.active,
+        slots_total=info.slots_total,
+        cached_tokens=info.cached_tokens,
+        decode_tokens_per_second=info.decode_tps,
+        prompt_tokens_per_second=info.prompt_tps,
+        completed_requests=info.completed,
     )

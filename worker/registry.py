@@ -35,6 +35,9 @@ from worker.hosted import HostedModel, ModelFacts
 from worker.memory import MemoryBudget, MemoryEstimate, ModelShape, estimate_memory
 
 log = logging.getLogger(__name__)
+# Slots a model gets when its config leaves n_parallel at 0, memory permitting; as
+# llama-server's automatic choice.
+AUTO_PARALLEL = 4
 
 
 class ModelState(enum.Enum):
@@ -57,6 +60,8 @@ class ModelInfo:
     chat_template_source: str = ""
     queued: int = 0
     active: int = 0
+    slots_total: int = 0
+    cached_tokens: int = 0
     decode_tps: float = 0.0
     prompt_tps: float = 0.0
     completed: int = 0
@@ -131,6 +136,8 @@ class ModelRegistry:
             chat_template_source=hosted.template.source if hosted and hosted.template else "",
             queued=hosted.engine.queued if hosted else 0,
             active=hosted.engine.active if hosted else 0,
+            slots_total=hosted.engine.slots_total if hosted else 0,
+            cached_tokens=hosted.engine.cached_tokens if hosted else 0,
             decode_tps=hosted.engine.rates.decode_tps if hosted else 0.0,
             prompt_tps=hosted.engine.rates.prompt_tps if hosted else 0.0,
             completed=hosted.engine.rates.completed if hosted else 0,
@@ -189,8 +196,18 @@ class ModelRegistry:
             raise InvalidArgument(
                 f"n_ctx is 0 (use the model's) but {path} declares no context length"
             )
-        estimate = estimate_memory(gguf, shape, n_ctx, config.n_batch, config.embedding)
-        return ModelFacts(path, gguf, estimate, n_ctx)
+        n_parallel = config.n_parallel or (1 if config.embedding else AUTO_PARALLEL)
+        while True:
+            estimate = estimate_memory(
+                gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel
+            )
+            # Auto sizing: fewer slots rather than a refusal, down to one.
+            if config.n_parallel or n_parallel == 1:
+                break
+            if estimate.total_bytes <= self._budget.free_bytes():
+                break
+            n_parallel //= 2
+        return ModelFacts(path, gguf, estimate, n_ctx, n_parallel)
 
     def _load_blocking(self, config: ModelConfig, trusted: bool) -> HostedModel:
         facts = self._inspect(config, trusted)

@@ -59,6 +59,9 @@ class LlamaContext:
         # One micro-batch per batch: the memory estimate (worker.memory) assumes it.
         cparams.n_ubatch = params.n_batch
         cparams.n_seq_max = params.n_seq_max
+        # One KV stream per sequence, each n_ctx / n_seq_max cells: every slot can always
+        # hold a full-length request, whatever the others do (as llama-server with -np N).
+        cparams.kv_unified = False
         cparams.n_threads = params.n_threads
         cparams.n_threads_batch = params.n_threads_batch
         # Full-size sliding-window caches: any cached prefix can be reused, and the KV size is
@@ -80,8 +83,11 @@ class LlamaContext:
         self._memory = C.llama_get_memory(ptr)
         self.model = model
         self.n_ctx: int = C.llama_n_ctx(ptr)
+        self.n_seq: int = C.llama_n_seq_max(ptr)
+        self.n_ctx_seq: int = C.llama_n_ctx_seq(ptr)  # cells each sequence may fill
         self.n_batch: int = C.llama_n_batch(ptr)
-        self._batch = C.llama_batch_init(self.n_batch, 0, params.n_seq_max)
+        self._batch = C.llama_batch_init(self.n_batch, 0, 1)
+        self._pending = 0  # tokens added to the batch since the last decode
         self._embedding = params.embedding
 
     @property
@@ -94,26 +100,34 @@ class LlamaContext:
             C.llama_free(self._ptr)
             self._ptr = None
 
-    def decode(
-        self, tokens: Sequence[int], start_pos: int, seq_id: int = 0, all_logits: bool = False
-    ) -> None:
-        """Runs `tokens` (at most n_batch) at positions start_pos.. of sequence `seq_id`.
+    @property
+    def batch_room(self) -> int:
+        return self.n_batch - self._pending
 
-        Logits are kept for the last token only, unless all_logits (embedding pooling needs
-        every position).
-        """
-        n = len(tokens)
-        if not 0 < n <= self.n_batch:
-            raise ValueError(f"decode takes 1..{self.n_batch} tokens, got {n}")
+    def add(self, tokens: Sequence[int], start_pos: int, seq_id: int, logits: bool) -> int:
+        """Appends `tokens` at positions start_pos.. of sequence `seq_id` to the next batch;
+        returns the batch index of the last one, whose logits are kept if `logits`."""
+        n, at = len(tokens), self._pending
+        if not 0 < n <= self.n_batch - at:
+            raise ValueError(f"batch has room for {self.n_batch - at} tokens, got {n}")
         batch = self._batch
         for i, token in enumerate(tokens):
-            batch.token[i] = token
-            batch.pos[i] = start_pos + i
-            batch.n_seq_id[i] = 1
-            batch.seq_id[i][0] = seq_id
-            batch.logits[i] = all_logits
-        batch.logits[n - 1] = True
-        batch.n_tokens = n
+            batch.token[at + i] = token
+            batch.pos[at + i] = start_pos + i
+            batch.n_seq_id[at + i] = 1
+            batch.seq_id[at + i][0] = seq_id
+            batch.logits[at + i] = False
+        batch.logits[at + n - 1] = logits
+        self._pending = at + n
+        return at + n - 1
+
+    def run(self, all_logits: bool = False) -> None:
+        """Decodes the batch built with add(); the sequences' caches grow by its tokens."""
+        batch = self._batch
+        batch.n_tokens, self._pending = self._pending, 0
+        if all_logits:
+            for i in range(batch.n_tokens):
+                batch.logits[i] = True
         if self.model.encoder_only:
             rc = C.llama_encode(self._ptr, batch)
         else:
@@ -121,13 +135,18 @@ class LlamaContext:
         if rc != 0:
             raise DecodeError(rc)
 
-    def copy_logits(self, dest: ctypes.Array[ctypes.c_float]) -> None:
-        """Copies the logits of the last decoded token into `dest` (n_vocab floats)."""
-        ctypes.memmove(dest, C.llama_get_logits_ith(self._ptr, -1), ctypes.sizeof(dest))
+    def decode(
+        self, tokens: Sequence[int], start_pos: int, seq_id: int = 0, all_logits: bool = False
+    ) -> None:
+        """Runs `tokens` (at most n_batch) of one sequence at once; logits for the last one
+        (or, with all_logits, every one, which embedding pooling needs)."""
+        self._pending = 0
+        self.add(tokens, start_pos, seq_id, logits=True)
+        self.run(all_logits)
 
-    def restore_logits(self, source: ctypes.Array[ctypes.c_float]) -> None:
-        """Puts saved logits where the next sample reads them, instead of decoding again."""
-        ctypes.memmove(C.llama_get_logits_ith(self._ptr, -1), source, ctypes.sizeof(source))
+    def copy_logits(self, dest: ctypes.Array[ctypes.c_float], index: int = -1) -> None:
+        """Copies the logits of batch position `index` of the last decode into `dest`."""
+        ctypes.memmove(dest, C.llama_get_logits_ith(self._ptr, index), ctypes.sizeof(dest))
 
     def remove(self, seq_id: int, start: int, end: int = -1) -> bool:
         """Drops cached positions [start, end) of a sequence; False if the cache cannot."""

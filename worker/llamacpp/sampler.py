@@ -7,16 +7,21 @@ the truncating samplers so that they choose among tokens the grammar allows.
 
 from __future__ import annotations
 
+import ctypes
 import random
 
+import numpy as np
 from llama_cpp import llama_cpp as C
 
-from worker.errors import InvalidArgument
+from worker.errors import Internal, InvalidArgument
 from worker.gbnf import diagnose
 from worker.llamacpp import Handle
 from worker.llamacpp.context import LlamaContext
 from worker.llamacpp.model import LlamaModel
 from worker.sampling import SamplingParams, check_token_ids
+
+# llama_token_data: {int32 id; float logit; float p}
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
 class Sampler:
@@ -67,6 +72,28 @@ class Sampler:
     def sample(self, context: LlamaContext, index: int = -1) -> int:
         """Draws the next token from the logits at `index` and advances the chain's state."""
         token: int = C.llama_sampler_sample(self._chain, context.ptr, index)
+        return token
+
+    def sample_from(self, logits: ctypes.Array[ctypes.c_float]) -> int:
+        """As sample(), from saved logits (one per vocabulary entry) instead of a context's
+        last decode: what llama_sampler_sample does, with the candidates built here."""
+        n = len(logits)
+        candidates = np.empty(n, dtype=_TOKEN_DATA)
+        candidates["id"] = np.arange(n, dtype=np.int32)
+        candidates["logit"] = np.ctypeslib.as_array(logits)
+        candidates["p"] = 0.0
+        array = C.llama_token_data_array(
+            data=candidates.ctypes.data_as(C.llama_token_data_p),
+            size=n,
+            selected=-1,
+            sorted=False,
+        )
+        C.llama_sampler_apply(self._chain, ctypes.byref(array))
+        if not 0 <= array.selected < array.size:
+            raise Internal("the sampler chain selected no token")
+        # Samplers may point `data` elsewhere (their own sorted copy): read through it.
+        token = int(array.data[array.selected].id)
+        C.llama_sampler_accept(self._chain, token)
         return token
 
     def close(self) -> None:
