@@ -42,9 +42,7 @@ def _reported(caplog, pattern: re.Pattern[str]) -> float:
         (4096, 512, False, 8),
     ],
 )
-def test_estimate_matches_what_llama_cpp_allocates(
-    caplog, gemma, n_ctx, n_batch, embedding, n_seq
-):
+def test_estimate_matches_what_llama_cpp_allocates(caplog, gemma, n_ctx, n_batch, embedding, n_seq):
     model, shape = gemma
     caplog.set_level(logging.DEBUG, logger="llama.cpp")
     params = ContextParams(
