@@ -52,7 +52,7 @@ class Candidate:
 
     @property
     def load_per_slot(self) -> float:
-        """Load spread over the replica's decoding slots (1 until the engine batches)."""
+        """Load spread over the replica's decoding slots."""
         return self.load / max(self.replica.slots_total, 1)
 
 
