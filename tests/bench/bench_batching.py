@@ -206,7 +206,7 @@ def start_llama_cpp_server(
         [str(python), "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
          "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
          "--n_threads_batch", str(threads), "--n_batch", "512", "--flash_attn", "false",
-         "--verbose", "false"],
+         "--verbose", "false", "--interrupt_requests", "false"],
         log,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -285,7 +285,8 @@ def main() -> int:
         servers.append(start_llama_server(args.workdir, args.llama_server, model, args.slots,
                                           args.n_ctx, args.threads))  # fmt: skip
         if args.lcs_python:
-            # One sequence at a time by design: a context for one request of the same size.
+            # One sequence at a time by design: a context for one request of the same size;
+            # by default it aborts a running request when the next arrives: queue instead.
             servers.append(start_llama_cpp_server(args.workdir, args.lcs_python, model,
                                                   args.n_ctx, args.threads))  # fmt: skip
         for server in servers:  # warm-up: page cache, graphs, connections
