@@ -18,7 +18,15 @@ from typing import Any, TypeVar
 
 import psutil
 import yaml
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from worker.errors import InvalidArgument
 
@@ -72,6 +80,15 @@ class ModelConfig(BaseModel):
     max_queue: int = Field(
         64, ge=0, le=1 << 20, description="requests waiting for a free slot, per model"
     )
+
+    @model_validator(mode="after")
+    def _a_token_per_slot(self) -> ModelConfig:
+        if self.n_parallel > self.n_batch:
+            raise ValueError(
+                f"n_parallel ({self.n_parallel}) cannot exceed n_batch ({self.n_batch}): "
+                "every decode step carries one token for each slot"
+            )
+        return self
 
     @property
     def is_builtin(self) -> bool:

@@ -203,7 +203,12 @@ class ModelEngine:
             for job, slot in admitted:
                 self._start(job, slot)
             if self._busy():
-                self._step()
+                try:
+                    self._step()
+                except Exception as exc:  # the engine thread must outlive any one step
+                    for slot in self._slots:
+                        if slot.run is not None:
+                            self._fail(slot, exc)
 
     def _busy(self) -> bool:
         return any(s.run is not None for s in self._slots)
@@ -286,6 +291,8 @@ class ModelEngine:
         entries: list[tuple[_Slot, list[int], int | None]] = []
         for slot in decoding:
             assert slot.run is not None and slot.run.next_token is not None
+            if self._ctx.batch_room == 0:  # n_batch >= n_parallel is enforced; defensive
+                break
             token = [slot.run.next_token]
             entries.append((slot, token, self._ctx.add(token, len(slot.cached), slot.seq_id, True)))
         for slot in prefilling:

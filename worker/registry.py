@@ -196,7 +196,9 @@ class ModelRegistry:
             raise InvalidArgument(
                 f"n_ctx is 0 (use the model's) but {path} declares no context length"
             )
-        n_parallel = config.n_parallel or (1 if config.embedding else AUTO_PARALLEL)
+        n_parallel = config.n_parallel or (
+            1 if config.embedding else min(AUTO_PARALLEL, config.n_batch)
+        )
         while True:
             estimate = estimate_memory(
                 gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel

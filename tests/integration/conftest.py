@@ -25,7 +25,15 @@ def worker(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
     config = {
         "model_dirs": [str(models_dir)],
         "models": [
-            {"alias": GEMMA, "path": "builtin:gemma-3-270m", "n_ctx": N_CTX, "n_batch": 256},
+            # One slot, so that a second request waits: the queue and cancel tests need
+            # that. Batching has models of its own in worker/test_batching.py.
+            {
+                "alias": GEMMA,
+                "path": "builtin:gemma-3-270m",
+                "n_ctx": N_CTX,
+                "n_batch": 256,
+                "n_parallel": 1,
+            },
             {"alias": GEMMA_EMBED, "path": "builtin:gemma-3-270m", "n_ctx": 512, "embedding": True},
         ],
     }

@@ -126,6 +126,12 @@ def test_model_config_defaults_and_derived_values():
     assert ModelConfig(alias="m", path="/m.gguf", n_threads_batch=5).threads_batch == 5
 
 
+def test_each_slot_needs_room_for_a_token_in_the_batch():
+    with pytest.raises(ValueError, match=r"n_parallel \(8\) cannot exceed n_batch \(4\)"):
+        ModelConfig(alias="m", path="/m.gguf", n_parallel=8, n_batch=4)
+    assert ModelConfig(alias="m", path="/m.gguf", n_parallel=4, n_batch=4).n_parallel == 4
+
+
 def test_load_requests_are_refused_with_every_bad_field_named():
     with pytest.raises(InvalidArgument) as info:
         parse_model_config({"alias": "", "path": "/m.gguf", "n_batch": 0, "extra": 1})
