@@ -9,24 +9,15 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
 
+from worker.client import ChannelClient
+
 DEFAULT_GATEWAY = "127.0.0.1:8001"
 
 
-class GatewayClient:
+class GatewayClient(ChannelClient):
     def __init__(self, address: str = DEFAULT_GATEWAY, timeout: float | None = None) -> None:
-        self.address = address
-        self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        super().__init__(address, timeout)
         self.stub = inference_pb2_grpc.InferenceStub(self._channel)
-
-    def close(self) -> None:
-        self._channel.close()
-
-    def __enter__(self) -> GatewayClient:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
 
     def status(self) -> inf_pb.ClusterStatusResponse:
         return self.stub.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=self.timeout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import TypeVar
 
 import grpc
 from llamaherd.v1 import generation_pb2 as gen_pb
@@ -12,21 +13,31 @@ from llamaherd.v1 import worker_pb2_grpc
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
 
-class WorkerClient:
+_C = TypeVar("_C", bound="ChannelClient")
+
+
+class ChannelClient:
+    """Owns one insecure channel to `address`; a context manager that closes it."""
+
     def __init__(self, address: str, timeout: float | None = None) -> None:
         self.address = address
         self.timeout = timeout
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = worker_pb2_grpc.WorkerStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> WorkerClient:
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class WorkerClient(ChannelClient):
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        super().__init__(address, timeout)
+        self.stub = worker_pb2_grpc.WorkerStub(self._channel)
 
     def wait_ready(self, timeout: float) -> None:
         grpc.channel_ready_future(self._channel).result(timeout=timeout)

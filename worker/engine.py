@@ -200,8 +200,8 @@ class ModelEngine:
                 if self._closing is not None and not self._busy():
                     return
                 admitted = self._admit_locked()
-            for job, slot in admitted:
-                self._start(job, slot)
+            for job, slot, shared in admitted:
+                self._start(job, slot, shared)
             if self._busy():
                 try:
                     self._step()
@@ -213,11 +213,12 @@ class ModelEngine:
     def _busy(self) -> bool:
         return any(s.run is not None for s in self._slots)
 
-    def _admit_locked(self) -> list[tuple[Job, _Slot]]:
-        """Moves waiting jobs, first come first served, into idle slots."""
-        admitted: list[tuple[Job, _Slot]] = []
+    def _admit_locked(self) -> list[tuple[Job, _Slot, int]]:
+        """Moves waiting jobs, first come first served, into idle slots; with each, how many
+        of the slot's cached tokens its prompt shares."""
+        admitted: list[tuple[Job, _Slot, int]] = []
         while self._waiting and self._closing is None:
-            taken = {slot.seq_id for _, slot in admitted}
+            taken = {slot.seq_id for _, slot, _ in admitted}
             idle = [s for s in self._slots if s.run is None and s.seq_id not in taken]
             if not idle:
                 break
@@ -225,13 +226,13 @@ class ModelEngine:
             if isinstance(job, EmbeddingJob):
                 if admitted or self._busy():
                     break  # embeddings use the whole context: they wait for it to drain
-                admitted.append((self._waiting.popleft(), idle[0]))
+                admitted.append((self._waiting.popleft(), idle[0], 0))
                 break
-            seq_id, _ = choose_slot([s.view() for s in idle], job.prompt)
-            admitted.append((self._waiting.popleft(), self._slots[seq_id]))
+            seq_id, shared = choose_slot([s.view() for s in idle], job.prompt)
+            admitted.append((self._waiting.popleft(), self._slots[seq_id], shared))
         return admitted
 
-    def _start(self, job: Job, slot: _Slot) -> None:
+    def _start(self, job: Job, slot: _Slot, shared: int) -> None:
         if isinstance(job, EmbeddingJob):
             self._embedding = job
             try:
@@ -244,19 +245,19 @@ class ModelEngine:
         run = _Generation(job, self._admitted, self._clock(), 0, 0, TextStream(job.stop))
         slot.run = run
         try:
-            run.reused = run.fed = self._reuse_prefix(slot, job.prompt)
+            run.reused = run.fed = self._reuse_prefix(slot, job.prompt, shared)
             if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
                 run.prefilled = self._clock()
                 self._on_token(slot, job.sampler.sample_from(slot.memo_logits))
         except Exception as exc:
             self._fail(slot, exc)
 
-    def _reuse_prefix(self, slot: _Slot, prompt: list[int]) -> int:
-        """Keeps the cached tokens this prompt starts with; returns how many."""
-        _, common = choose_slot([slot.view()], prompt)
-        repeat = common == len(prompt) and prompt == slot.memo_prompt
+    def _reuse_prefix(self, slot: _Slot, prompt: list[int], shared: int) -> int:
+        """Keeps the `shared` cached tokens this prompt starts with, but for its last token
+        unless the prompt is the slot's memo; returns how many were kept."""
+        repeat = shared == len(prompt) and prompt == slot.memo_prompt
         # Otherwise the last prompt token runs again: its logits are what we sample from.
-        keep = common if repeat else min(common, len(prompt) - 1)
+        keep = shared if repeat else min(shared, len(prompt) - 1)
         if keep < len(slot.cached):
             if not self._ctx.remove(slot.seq_id, keep):
                 self._forget(slot)

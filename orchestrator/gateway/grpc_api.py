@@ -25,21 +25,26 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
     async def Generate(
         self, request: gen_pb.GenerateRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
-        _require_model(request.model)
-        metadata = ((REQUEST_ID_KEY, request_id(context)),)
-        chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]] = self._router.stream(
-            request.model, lambda stub: stub.Generate(request, metadata=metadata)
-        )
-        async for chunk in _with_node_header(chunks, context):
+        async for chunk in self._relay(request, "Generate", context):
             yield chunk
 
     async def Chat(
         self, request: gen_pb.ChatRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
+        async for chunk in self._relay(request, "Chat", context):
+            yield chunk
+
+    async def _relay(
+        self,
+        request: gen_pb.GenerateRequest | gen_pb.ChatRequest,
+        method: str,
+        context: aio.ServicerContext,
+    ) -> AsyncIterator[gen_pb.GenerationChunk]:
+        """The worker's stream for the same method, with the serving node in the header."""
         _require_model(request.model)
         metadata = ((REQUEST_ID_KEY, request_id(context)),)
         chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]] = self._router.stream(
-            request.model, lambda stub: stub.Chat(request, metadata=metadata)
+            request.model, lambda stub: getattr(stub, method)(request, metadata=metadata)
         )
         async for chunk in _with_node_header(chunks, context):
             yield chunk

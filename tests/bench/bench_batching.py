@@ -153,9 +153,26 @@ def _wait_http(url: str, process: subprocess.Popen[bytes], log: Path, timeout: f
     raise TimeoutError(f"{url} not ready:\n{log.read_text()[-3000:]}")
 
 
-def _spawn(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _start_http(
+    command: Callable[[int], list[str]], log: Path, ready_path: str
+) -> tuple[subprocess.Popen[bytes], httpx.Client]:
+    """Starts an HTTP server on a free loopback port; returns it and a client, once ready."""
+    port = free_port()
     with log.open("wb") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command(port), stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    _wait_http(f"{base}{ready_path}", process, log, 120)
+    return process, httpx.Client(base_url=base, timeout=600,
+                                 limits=httpx.Limits(max_connections=64))  # fmt: skip
+
+
+def _stopper(process: subprocess.Popen[bytes], http: httpx.Client) -> Callable[[], None]:
+    def stop() -> None:
+        http.close()
+        process.terminate()
+        process.wait(30)
+
+    return stop
 
 
 def _sse(http: httpx.Client, path: str, body: dict[str, object]) -> Iterator[dict[str, object]]:
@@ -169,17 +186,15 @@ def _sse(http: httpx.Client, path: str, body: dict[str, object]) -> Iterator[dic
 def start_llama_server(
     workdir: Path, binary: Path, model: Path, slots: int, n_ctx: int, threads: int
 ) -> Server:
-    port = free_port()
-    log = workdir / "llama-server.log"
-    process = _spawn(
-        [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
-         "-np", str(slots), "-c", str(n_ctx * slots), "-t", str(threads), "-tb", str(threads),
-         "-b", "512", "-ub", "512", "-fa", "off", "--no-webui"],
-        log,
+    process, http = _start_http(
+        lambda port: [
+            str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
+            "-np", str(slots), "-c", str(n_ctx * slots), "-t", str(threads),
+            "-tb", str(threads), "-b", "512", "-ub", "512", "-fa", "off", "--no-webui",
+        ],
+        workdir / "llama-server.log",
+        "/health",
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    _wait_http(f"{base}/health", process, log, 120)
-    http = httpx.Client(base_url=base, timeout=600, limits=httpx.Limits(max_connections=64))
 
     def run(prompt: str, max_tokens: int) -> Stream:
         body = {"prompt": prompt, "n_predict": max_tokens, "temperature": 0, "stream": True,
@@ -189,29 +204,23 @@ def start_llama_server(
         return _timed(((str(e.get("content", "")), 0 if e.get("stop") else 1) for e in events),
                       started)  # fmt: skip
 
-    def stop() -> None:
-        http.close()
-        process.terminate()
-        process.wait(30)
-
-    return Server("llama-server", run, stop)
+    return Server("llama-server", run, _stopper(process, http))
 
 
 def start_llama_cpp_server(
     workdir: Path, python: Path, model: Path, n_ctx: int, threads: int
 ) -> Server:
-    port = free_port()
-    log = workdir / "llama_cpp_server.log"
-    process = _spawn(
-        [str(python), "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-         "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-         "--n_threads_batch", str(threads), "--n_batch", "512", "--flash_attn", "false",
-         "--verbose", "false", "--interrupt_requests", "false"],
-        log,
+    process, http = _start_http(
+        lambda port: [
+            str(python), "-m", "llama_cpp.server", "--model", str(model),
+            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx),
+            "--n_threads", str(threads), "--n_threads_batch", str(threads),
+            "--n_batch", "512", "--flash_attn", "false", "--verbose", "false",
+            "--interrupt_requests", "false",
+        ],
+        workdir / "llama_cpp_server.log",
+        "/v1/models",
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    _wait_http(f"{base}/v1/models", process, log, 120)
-    http = httpx.Client(base_url=base, timeout=600, limits=httpx.Limits(max_connections=64))
 
     def run(prompt: str, max_tokens: int) -> Stream:
         body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
@@ -227,12 +236,7 @@ def start_llama_cpp_server(
 
         return _timed(pieces(), started)
 
-    def stop() -> None:
-        http.close()
-        process.terminate()
-        process.wait(30)
-
-    return Server("llama_cpp.server", run, stop)
+    return Server("llama_cpp.server", run, _stopper(process, http))
 
 
 # ---- measurement ------------------------------------------------------------------------
