@@ -64,7 +64,8 @@ class GpuSample:
     clocks: tuple[Clock, ...] = ()
     # Active reasons the clocks are held down, snake_case: "sw_power_cap", "hw_slowdown",
     # "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
-    # "sync_boost", "display_clock_setting"; "thermal:<zone>"/"power:<rail>" on Jetson.
+    # "sync_boost", "display_clock_setting" (NVML). On Jetson they are derived from limits,
+    # not reported by the hardware: "thermal:<zone>" at its max, "power:<rail>" at its warn.
     # Idle and user-set application clocks are not throttling and are not listed.
     throttle_reasons: tuple[str, ...] = ()
 
@@ -101,17 +102,18 @@ class JetsonSample:
     emc_hertz: float | None
     gpu_shared_bytes: int  # RAM the GPU holds now (NvMap)
     temperatures: tuple[Temperature, ...]  # every online thermal zone
-    power_rails: tuple[PowerRail, ...]  # every online INA3221 rail
+    power_rails: tuple[PowerRail, ...]  # every online rail jtop reports (INA3221, INA238, ...)
     power_total_watts: float | None  # board input (VDD_IN) where measured, else rail sum
     fans: tuple[Fan, ...]
 
 
 @dataclass(frozen=True)
 class NodeSample:
-    """One moment of one node: host always; GPUs and Jetson where a source provides them."""
+    """One moment of one node: host always (None only if psutil itself failed this time);
+    GPUs and Jetson where a source provides them."""
 
     taken_at: float  # unix time
-    host: HostSample
+    host: HostSample | None
     gpus: tuple[GpuSample, ...] = ()
     jetson: JetsonSample | None = None
     sources: tuple[str, ...] = field(default=())  # which sources contributed: host, nvml, jetson

@@ -1,0 +1,481 @@
+"""The Jetson source against recorded jtop client shapes (tests/support/fake_jtop.py): the
+normalised samples of two boards, derived throttling, the skip reasons, a dying client and
+closing. Expected numbers are worked out by hand from the fixture files."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from support.fake_jtop import FakeJtop, JtopException, failing_opener, load_fixture
+
+from worker.telemetry.jetson import JetsonSource
+from worker.telemetry.samples import Clock, Fan, GpuSample, PowerRail, Temperature
+from worker.telemetry.source import SourceError
+
+KB = 1024
+
+
+@pytest.fixture
+def tegra_release(tmp_path: Path) -> Path:
+    path = tmp_path / "nv_tegra_release"
+    path.write_text("# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64")
+    return path
+
+
+def _opened(fake: FakeJtop, tegra_release: Path, interval_s: float = 1.0) -> JetsonSource:
+    source = JetsonSource(interval_s, open_jtop=fake.opener, tegra_release=tegra_release)
+    probe = source.probe()
+    assert probe.available, probe.reason
+    return source
+
+
+def _skip_reason(source: JetsonSource) -> str:
+    probe = source.probe()
+    assert not probe.available
+    return probe.reason
+
+
+# -- normalised samples: AGX Orin 64GB ---------------------------------------------------------
+
+
+def test_agx_orin_gpu_is_the_unified_ram_in_base_units(tegra_release):
+    reading = _opened(FakeJtop.from_fixture("agx-orin-64gb"), tegra_release).sample()
+
+    assert reading.host is None
+    assert reading.gpus == (
+        GpuSample(
+            index=0,
+            name="Orin (nvgpu)",
+            unified=True,
+            compute_capability="8.7",
+            memory_total_bytes=64284896 * KB,
+            memory_used_bytes=15470788 * KB,  # MemTotal - MemFree - Buffers - Cached
+            memory_free_bytes=(64284896 - 15470788) * KB,  # page cache counts as free
+            utilization_ratio=96.3 / 100,
+            temperature_celsius=61.437,
+            power_watts=17.032,  # VDD_GPU_SOC, 17032 mW
+            power_limit_watts=None,
+            clocks=(Clock("gpu", 1300500 * 1e3),),
+            throttle_reasons=(),  # 81900 mA limits, far above any rail; no zone has a max
+        ),
+    )
+
+
+def test_agx_orin_jetson_sample(tegra_release):
+    jetson = _opened(FakeJtop.from_fixture("agx-orin-64gb"), tegra_release).sample().jetson
+
+    assert jetson is not None
+    assert (jetson.model, jetson.module, jetson.soc, jetson.cuda_arch) == (
+        "NVIDIA Jetson AGX Orin Developer Kit",
+        "NVIDIA Jetson AGX Orin (64GB ram)",
+        "tegra234",
+        "8.7",
+    )
+    assert (jetson.l4t, jetson.jetpack) == ("36.4.3", "6.2")
+    assert (jetson.nvpmodel, jetson.jetson_clocks) == ("MAXN", False)
+    assert jetson.emc_utilization_ratio == 0.38
+    assert jetson.emc_hertz == 3_199_000_000.0
+    assert jetson.gpu_shared_bytes == 11534336 * KB
+    assert jetson.temperatures == (
+        Temperature("cpu", 58.281),
+        Temperature("cv0", 55.156),
+        Temperature("cv1", 54.968),
+        Temperature("cv2", 55.468),
+        Temperature("gpu", 61.437),
+        Temperature("soc0", 55.75),
+        Temperature("soc1", 56.187),
+        Temperature("soc2", 54.906),
+        Temperature("tj", 61.437),
+    )
+    assert jetson.power_rails == (
+        PowerRail("VDDQ_VDD2_1V8AO", watts=2.751, average_watts=2.73, volts=4.984, amps=0.552),
+        PowerRail("VDD_CPU_CV", watts=2.056, average_watts=2.104, volts=4.992, amps=0.412),
+        PowerRail("VDD_GPU_SOC", watts=17.032, average_watts=16.89, volts=4.992, amps=3.412),
+        PowerRail("VIN_SYS_5V0", watts=4.985, average_watts=4.96, volts=4.976, amps=1.002),
+    )
+    # No VDD_IN on this board: jtop's 'tot' is the sum of the rails, 2751+2056+17032+4985 mW.
+    assert jetson.power_total_watts == 26.824
+    assert jetson.fans == (Fan("pwmfan0", pytest.approx(106 / 255), 2244.0),)
+
+
+# -- normalised samples: Orin Nano 8GB ---------------------------------------------------------
+
+
+def test_orin_nano_gpu_has_no_power_of_its_own(tegra_release):
+    (gpu,) = _opened(FakeJtop.from_fixture("orin-nano-8gb"), tegra_release).sample().gpus
+
+    assert gpu == GpuSample(
+        index=0,
+        name="Orin (nvgpu)",
+        unified=True,
+        compute_capability="8.7",
+        memory_total_bytes=7790128 * KB,
+        memory_used_bytes=(7790128 - 1231076 - 18420 - 2460312) * KB,
+        memory_free_bytes=(1231076 + 18420 + 2460312) * KB,
+        utilization_ratio=0.875,
+        temperature_celsius=53.468,
+        power_watts=None,  # VDD_CPU_GPU_CV feeds the CPU and CV too
+        clocks=(Clock("gpu", 612_000_000.0),),
+    )
+
+
+def test_orin_nano_jetson_sample(tegra_release):
+    jetson = _opened(FakeJtop.from_fixture("orin-nano-8gb"), tegra_release).sample().jetson
+
+    assert jetson is not None
+    assert jetson.module == "NVIDIA Jetson Orin Nano (Developer kit)"
+    assert (jetson.nvpmodel, jetson.jetson_clocks) == ("15W", True)
+    assert (jetson.emc_utilization_ratio, jetson.emc_hertz) == (0.47, 2_133_000_000.0)
+    assert jetson.gpu_shared_bytes == 2742272 * KB
+    # cv0..cv2 read -256 (offline) on a board without DLA and are left out.
+    assert [t.sensor for t in jetson.temperatures] == ["cpu", "gpu", "soc0", "soc1", "soc2", "tj"]
+    assert jetson.temperatures[0] == Temperature("cpu", 52.156)
+    # VDD_IN lives in jtop's 'tot'; it is listed first, as the measured board input.
+    assert jetson.power_rails == (
+        PowerRail("VDD_IN", watts=8.5, average_watts=8.42, volts=5.048, amps=1.684),
+        PowerRail("VDD_CPU_GPU_CV", watts=2.999, average_watts=2.96, volts=5.032, amps=0.596),
+        PowerRail("VDD_SOC", watts=1.957, average_watts=1.941, volts=5.032, amps=0.389),
+    )
+    assert jetson.power_total_watts == 8.5
+    assert jetson.fans == (Fan("pwmfan0", pytest.approx(77 / 255), 1482.0),)
+
+
+def test_samples_follow_the_service(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    source = _opened(fake, tegra_release)
+    source.sample()
+
+    fake.fixture["gpu"]["gpu"]["status"]["load"] = 12.0
+    fake.fixture["memory"]["RAM"]["used"] = 7_000_000
+    fake.fixture["jetson_clocks"]["enabled"] = False
+    fake.fixture["nvpmodel"] = {"name": "MAXN_SUPER", "id": 2}
+    reading = source.sample()
+
+    assert reading.gpus[0].utilization_ratio == 0.12
+    assert reading.gpus[0].memory_free_bytes == (7790128 - 7_000_000) * KB
+    assert reading.jetson is not None
+    assert (reading.jetson.jetson_clocks, reading.jetson.nvpmodel) == (False, "MAXN_SUPER")
+
+
+# -- what a board may lack ---------------------------------------------------------------------
+
+
+def test_missing_readings_are_none_not_zero(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    del fake.fixture["memory"]["EMC"]
+    fake.fixture["power"] = {}  # no INA3221 found
+    fake.fixture["fan"] = {}
+    fake.fixture["nvpmodel"] = None
+    fake.fixture["jetson_clocks"] = None
+    del fake.fixture["gpu"]["gpu"]["status"]["load"]
+    fake.fixture["temperature"]["gpu"] = {"temp": -256.0, "online": False}
+
+    reading = _opened(fake, tegra_release).sample()
+
+    gpu, jetson = reading.gpus[0], reading.jetson
+    assert jetson is not None
+    assert (gpu.utilization_ratio, gpu.temperature_celsius, gpu.power_watts) == (None, None, None)
+    assert (jetson.emc_utilization_ratio, jetson.emc_hertz) == (None, None)
+    assert (jetson.power_rails, jetson.power_total_watts, jetson.fans) == ((), None, ())
+    assert (jetson.nvpmodel, jetson.jetson_clocks) == (None, None)
+
+
+def test_unreadable_emc_and_unreadable_rails_are_not_readings(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    fake.fixture["memory"]["EMC"] = {}  # jtop's answer when the activity monitor is unreadable
+    # Every rail unreadable: jtop drops them and still sums nothing into 'tot'.
+    fake.fixture["power"] = {"rail": {}, "tot": {"power": 0, "avg": 0}}
+
+    jetson = _opened(fake, tegra_release).sample().jetson
+
+    assert jetson is not None
+    assert (jetson.emc_utilization_ratio, jetson.emc_hertz) == (None, None)
+    assert (jetson.power_rails, jetson.power_total_watts) == ((), None)
+
+
+def test_emc_without_a_readable_rate_is_no_reading(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    # jtop's placeholder rate of 1 kHz, and the activity counter divided by it.
+    fake.fixture["memory"]["EMC"] = {"cur": 1, "val": 1215000, "online": True}
+
+    jetson = _opened(fake, tegra_release).sample().jetson
+
+    assert jetson is not None
+    assert (jetson.emc_utilization_ratio, jetson.emc_hertz) == (None, None)
+
+
+def test_a_gpu_not_yet_found_by_the_service_still_reports_the_memory(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    fake.fixture["gpu"] = {}
+
+    (gpu,) = _opened(fake, tegra_release).sample().gpus
+
+    assert gpu.name == "Orin (nvgpu)" and gpu.memory_total_bytes == 7790128 * KB
+    assert (gpu.utilization_ratio, gpu.clocks) == (None, ())
+
+
+def test_unknown_soc_names_the_gpu_by_jtops_key(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    fake.fixture["board"]["hardware"]["SoC"] = "tegra999"
+
+    (gpu,) = _opened(fake, tegra_release).sample().gpus
+
+    assert gpu.name == "gpu"
+
+
+def test_jetpack_5_upper_case_gpu_zone_is_the_gpu_temperature(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    zones = fake.fixture["temperature"]
+    zones["GPU"] = zones.pop("gpu")
+
+    (gpu,) = _opened(fake, tegra_release).sample().gpus
+
+    assert gpu.temperature_celsius == 53.468
+
+
+def test_thor_nvml_gpu_clock_power_and_temperature(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    fake.fixture["board"]["hardware"].update({"SoC": "tegra264", "CUDA Arch BIN": "11.0"})
+    del fake.fixture["temperature"]["gpu"]
+    thor = {
+        "type": "integrated",
+        "status": {
+            "load": 64.0,
+            "3d_scaling": None,
+            "railgate": None,
+            "tpc_pg_mask": None,
+            "temperature": 57,
+            "power_draw": 38.25,
+            "power_limit": 120.0,
+        },
+        "freq": {"governor": "nvhost_podgov", "cur": 1575, "max": 1575, "min": 0},
+        "power_control": "nvml",
+    }
+    fake.fixture["gpu"] = {"Thor": thor}
+    source = _opened(fake, tegra_release)
+
+    (gpu,) = source.sample().gpus
+
+    assert (gpu.name, gpu.compute_capability) == ("NVIDIA Thor", "11.0")
+    assert gpu.clocks == (Clock("gpu", 1575e6),)  # NVML's MHz
+    assert (gpu.temperature_celsius, gpu.power_watts, gpu.power_limit_watts) == (57.0, 38.25, 120.0)
+
+    thor["freq"]["GPC"] = [1574400]  # devfreq's kHz, when the node exists
+    assert source.sample().gpus[0].clocks == (Clock("gpu", 1574400e3),)
+
+
+# -- fans --------------------------------------------------------------------------------------
+
+
+def test_a_fan_with_two_channels_gives_two_fans_and_rpm_only_where_measured(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    fake.fixture["fan"] = {"pwmfan": {"speed": [50.0, 100.0], "rpm": [2600], "profile": "manual"}}
+
+    jetson = _opened(fake, tegra_release).sample().jetson
+
+    assert jetson is not None
+    assert jetson.fans == (Fan("pwmfan0", 0.5, 2600.0), Fan("pwmfan1", 1.0, None))
+
+
+# -- throttling derived from limits ------------------------------------------------------------
+
+
+def test_a_rail_at_its_warning_current_is_power_throttling(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+    fake.fixture["power"]["rail"]["VDD_GPU_SOC"]["curr"] = 81900  # == warn
+    fake.fixture["power"]["rail"]["VDD_CPU_CV"]["curr"] = 81899  # just below
+
+    assert source.sample().gpus[0].throttle_reasons == ("power:VDD_GPU_SOC",)
+
+
+def test_the_board_input_counts_too_and_rails_without_limits_never_do(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    source = _opened(fake, tegra_release)
+    fake.fixture["power"]["rail"]["VDD_SOC"]["curr"] = 99999  # no 'warn' on this board
+    assert source.sample().gpus[0].throttle_reasons == ()
+
+    fake.fixture["power"]["tot"]["warn"] = 1600  # VDD_IN draws 1684 mA
+    assert source.sample().gpus[0].throttle_reasons == ("power:VDD_IN",)
+
+
+def test_a_zone_at_its_max_is_thermal_throttling(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    zones = fake.fixture["temperature"]
+    # hwmon sensors are the ones jtop gives limits; an unreadable limit reads -256.
+    zones["nvme Composite"] = {"temp": 81.85, "max": 81.85, "crit": 84.85, "online": True}
+    zones["nvme Sensor 1"] = {"temp": 70.85, "max": 80.0, "crit": -256, "online": True}
+    zones["tmp451 local"] = {"temp": 45.0, "max": -256, "crit": -256, "online": True}
+    zones["nvme Sensor 2"] = {"temp": -256, "max": -256, "crit": -256, "online": False}
+
+    (gpu,) = _opened(fake, tegra_release).sample().gpus
+
+    assert gpu.throttle_reasons == ("thermal:nvme Composite",)
+
+
+# -- skips -------------------------------------------------------------------------------------
+
+
+def test_not_a_jetson_without_tegra_release(tmp_path):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    missing = tmp_path / "nv_tegra_release"
+
+    reason = _skip_reason(JetsonSource(open_jtop=fake.opener, tegra_release=missing))
+
+    assert reason == f"not a Jetson (no {missing})"
+    assert fake.start_calls == 0
+
+
+def test_missing_jetson_stats_says_what_to_install(tegra_release):
+    opener = failing_opener(ImportError("No module named 'jtop'"))
+
+    reason = _skip_reason(JetsonSource(open_jtop=opener, tegra_release=tegra_release))
+
+    assert "pip install 'llamaherd[jetson]'" in reason
+    assert "jtop.service" in reason and "No module named 'jtop'" in reason
+
+
+def test_default_opener_without_jetson_stats_skips(tegra_release, monkeypatch):
+    monkeypatch.setitem(sys.modules, "jtop", None)  # makes `import jtop` raise ImportError
+
+    reason = _skip_reason(JetsonSource(tegra_release=tegra_release))
+
+    assert "pip install 'llamaherd[jetson]'" in reason
+
+
+def test_service_not_running_gives_the_librarys_message_and_the_fix(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb", service_running=False)
+
+    reason = _skip_reason(JetsonSource(open_jtop=fake.opener, tegra_release=tegra_release))
+
+    assert "The jtop.service is not active. Please run: sudo jtop --install-service" in reason
+    assert "sudo systemctl enable --now jtop.service" in reason
+    assert "\n" not in reason
+
+
+def test_version_mismatch_and_socket_errors_skip_too(tegra_release):
+    mismatch = JtopException("Mismatch version jtop service: [4.2.0] and client: [7.2.2]")
+    denied = PermissionError(13, "Permission denied")
+
+    for error in (mismatch, denied):
+        reason = _skip_reason(
+            JetsonSource(open_jtop=failing_opener(error), tegra_release=tegra_release)
+        )
+        assert str(error) in reason and "sudo systemctl enable --now jtop.service" in reason
+
+
+def test_probe_does_not_raise_on_the_unexpected(tegra_release):
+    broken = failing_opener(RuntimeError("boom"))
+    assert "RuntimeError: boom" in _skip_reason(
+        JetsonSource(open_jtop=broken, tegra_release=tegra_release)
+    )
+
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    del fake.fixture["board"]["hardware"]
+    reason = _skip_reason(JetsonSource(open_jtop=fake.opener, tegra_release=tegra_release))
+    assert "KeyError" in reason
+    assert fake.close_calls == 1  # the half-open client is not left running
+
+
+def test_the_interval_reaches_the_client(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    _opened(fake, tegra_release, interval_s=0.5)
+    assert fake.requested_interval == 0.5
+
+
+# -- failures and closing ----------------------------------------------------------------------
+
+
+def test_a_client_whose_service_went_away_raises_source_error(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+    source.sample()
+
+    fake.die()  # the figures stay readable, as in the real client
+
+    with pytest.raises(SourceError, match="jtop stopped: JtopException: Lost connection"):
+        source.sample()
+    with pytest.raises(SourceError):
+        source.sample()
+
+
+def test_a_client_whose_thread_ended_without_an_error_raises_source_error(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+
+    fake.stop_quietly()
+
+    with pytest.raises(SourceError, match="reader thread has ended"):
+        source.sample()
+
+
+def test_a_failing_read_raises_source_error(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+    del fake.fixture["memory"]["RAM"]
+
+    with pytest.raises(SourceError, match="jtop readings failed: KeyError: 'RAM'"):
+        source.sample()
+
+
+def test_sample_before_probe_raises_source_error():
+    with pytest.raises(SourceError, match="not open"):
+        JetsonSource(open_jtop=FakeJtop.from_fixture("agx-orin-64gb").opener).sample()
+
+
+def test_close_closes_the_client_once_and_sampling_then_fails(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+
+    source.close()
+    source.close()
+
+    assert fake.close_calls == 1
+    with pytest.raises(SourceError):
+        source.sample()
+
+
+def test_close_never_raises(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+
+    def failing_close() -> None:
+        raise JtopException("already closed")
+
+    fake.close = failing_close  # type: ignore[method-assign]
+    source.close()
+    JetsonSource(tegra_release=tegra_release).close()  # never opened
+
+    with pytest.raises(SourceError, match="not open"):
+        source.sample()
+
+
+def test_probing_again_closes_the_previous_client(tegra_release):
+    first, second = FakeJtop.from_fixture("agx-orin-64gb"), FakeJtop.from_fixture("orin-nano-8gb")
+    clients = iter([first, second])
+
+    def opener(interval: float) -> FakeJtop:
+        return next(clients).opener(interval)
+
+    source = JetsonSource(open_jtop=opener, tegra_release=tegra_release)
+
+    assert source.probe().available and source.probe().available
+
+    assert first.close_calls == 1
+    assert source.sample().jetson is not None
+    assert source.sample().jetson.module == "NVIDIA Jetson Orin Nano (Developer kit)"
+
+
+def test_fixtures_are_consistent():
+    for name in ("agx-orin-64gb", "orin-nano-8gb"):
+        data = load_fixture(name)
+        ram = data["memory"]["RAM"]
+        assert 0 < ram["used"] <= ram["tot"] and ram["shared"] <= ram["used"]
+        rails = [*data["power"]["rail"].values()]
+        if "name" in data["power"]["tot"]:
+            rails.append(data["power"]["tot"])
+        for rail in rails:  # jtop computes power as int(volt * curr / 1000)
+            assert rail["power"] == int(rail["volt"] * (float(rail["curr"]) / 1000))
+        assert "jetson-stats 7.2.2" in data["_about"]

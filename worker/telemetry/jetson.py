@@ -1,0 +1,404 @@
+"""The Jetson source: the integrated GPU, the unified RAM it allocates from, EMC, power rails,
+thermal zones, fans and power mode of an NVIDIA Jetson, read through jetson-stats' `jtop`
+client. jtop itself reads nothing: it connects to jetson-stats' root service (jtop.service)
+over a socket, and a thread of the client copies the service's latest figures every interval.
+
+Units as jtop gives them (jetson-stats 7.x): memory in kB, frequencies in kHz, EMC and GPU load
+in percent, rails in mV/mA/mW, temperatures in Celsius with -256 for a zone it cannot read,
+fan speed in percent. Everything leaves here in base units (see samples.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from worker.telemetry.samples import (
+    Clock,
+    Fan,
+    GpuSample,
+    JetsonSample,
+    PowerRail,
+    Temperature,
+)
+from worker.telemetry.source import Probe, Reading, SourceError, TelemetrySource
+
+TEGRA_RELEASE = Path("/etc/nv_tegra_release")
+SERVICE_HINT = "sudo systemctl enable --now jtop.service"
+KIB = 1024
+OFFLINE_CELSIUS = -256.0  # jtop's reading for a zone (or a limit) it could not read
+
+# CUDA's name for each SoC's GPU, as llama.cpp logs it and as NVML names it where the BSP
+# ships NVML (JetPack 6+): the same board then shows the same GPU name whichever source
+# read it. jtop only knows the devfreq node's name ("gpu", "ga10b"), which says little.
+CUDA_DEVICE_NAMES = {
+    "tegra264": "NVIDIA Thor",
+    "tegra234": "Orin (nvgpu)",
+    "tegra194": "Xavier",
+    "tegra186": "NVIDIA Tegra X2",
+    "tegra210": "NVIDIA Tegra X1",
+}
+
+OpenJtop = Callable[[float], Any]
+Row = tuple[str, Any]  # (name, jtop's dict for it)
+
+
+def default_open_jtop(interval_s: float) -> Any:
+    """Connects a jtop client to jtop.service; raises ImportError without jetson-stats and
+    jtop.JtopException when the service is not running or its version differs."""
+    import jtop  # here, not at the top: only Jetsons have jetson-stats
+
+    client = jtop.jtop(interval=interval_s)
+    client.start()
+    return client
+
+
+@dataclass(frozen=True)
+class _Board:
+    """What does not change while the board runs (jtop's board['hardware'])."""
+
+    model: str
+    module: str
+    soc: str
+    cuda_arch: str
+    l4t: str
+    jetpack: str
+
+
+class JetsonSource(TelemetrySource):
+    """Normalises one jtop client's figures into a GpuSample for the integrated GPU and a
+    JetsonSample for the rest.
+
+    - GPU name: CUDA's name for the SoC (CUDA_DEVICE_NAMES, e.g. "Orin (nvgpu)"), else the
+      key jtop files the GPU under (its devfreq node's name, or NVML's on Thor).
+    - GPU memory: the unified RAM. jtop's RAM "used" is MemTotal - MemFree - Buffers -
+      Cached, so buffers and page cache, which the kernel gives back when CUDA allocates, are
+      free: memory_free = total - used (a GGUF that was just read sits in page cache and
+      would otherwise look like memory the GPU cannot have).
+    - GPU power: the GPU's own rail where the board has one (VDD_GPU_SOC on AGX Orin, which
+      also feeds the SoC; GPU on AGX Xavier; POM_5V_GPU on Nano); None where the GPU shares a
+      rail with the CPU (VDD_CPU_GPU_CV on Orin Nano/NX), as that rail cannot be split.
+    - Throttling: jtop reports no throttle state, so throttle_reasons holds what its figures
+      show: "thermal:<zone>" for an online zone at or above its 'max' (jtop has limits only
+      for hwmon sensors, not for the SoC's thermal zones, so BPMP's own thermal throttling
+      stays invisible) and "power:<rail>" for a rail whose current is at or above its 'warn'
+      limit (the INA3221 over-current warning, where the kernel exposes it).
+    - power_total_watts: jtop's 'tot': the measured board input (VDD_IN, POM_5V_IN, VIN)
+      where the board has one, else jtop's sum of the rails (AGX Orin: the module's rails,
+      which miss the carrier board). A measured input is also listed as a rail.
+    - Fans: one Fan per PWM channel, named "<fan><channel>" like jtop's stats ("pwmfan0").
+
+    A reading jtop lacks is None, never 0. Once the client's thread has died (jtop.service
+    stopped or restarted) every sample() raises SourceError; jtop offers no reconnection.
+    """
+
+    name = "jetson"
+
+    def __init__(
+        self,
+        interval_s: float = 1.0,
+        open_jtop: OpenJtop | None = None,
+        tegra_release: Path = TEGRA_RELEASE,
+    ) -> None:
+        self._interval = interval_s
+        self._open = open_jtop if open_jtop is not None else default_open_jtop
+        self._tegra_release = tegra_release
+        self._client: Any = None
+        self._board: _Board | None = None
+
+    def probe(self) -> Probe:
+        if not self._tegra_release.exists():
+            return Probe.skip(f"not a Jetson (no {self._tegra_release})")
+        self.close()
+        try:
+            client = self._open(self._interval)
+        except ImportError as exc:
+            return Probe.skip(
+                f"jetson-stats is not installed ({_describe(exc)}): "
+                f"pip install 'llamaherd[jetson]' and make sure jtop.service runs "
+                f"({SERVICE_HINT})"
+            )
+        except Exception as exc:  # the library's JtopException, OSError, anything: never raise
+            return Probe.skip(_start_failure(exc))
+        try:
+            # Read once: board['hardware'] is fixed, and reading `board` waits for jtop's
+            # library scan (nvcc, dpkg), which belongs here rather than in every sample.
+            board = _read_board(client.board)
+        except Exception as exc:
+            _close_quietly(client)
+            return Probe.skip(f"jtop answered but its board is unreadable: {_describe(exc)}")
+        self._client, self._board = client, board
+        return Probe.ok()
+
+    def sample(self) -> Reading:
+        client, board = self._client, self._board
+        if client is None or board is None:
+            raise SourceError("jtop is not open (probe() did not succeed, or close() was called)")
+        _check_alive(client)
+        try:
+            gpu, jetson = _read(client, board)
+        except Exception as exc:
+            raise SourceError(f"jtop readings failed: {_describe(exc)}") from exc
+        return Reading(gpus=(gpu,), jetson=jetson)
+
+    def close(self) -> None:
+        client, self._client, self._board = self._client, None, None
+        if client is not None:
+            _close_quietly(client)
+
+
+def _start_failure(exc: Exception) -> str:
+    # JtopException is matched by name: jtop may be importable only inside the opener.
+    if type(exc).__name__ == "JtopException" or isinstance(exc, OSError):
+        return f"jtop cannot reach jtop.service: {_describe(exc)} (start it: {SERVICE_HINT})"
+    return f"jtop failed to start: {_describe(exc)} (check jtop.service: {SERVICE_HINT})"
+
+
+def _check_alive(client: Any) -> None:
+    """jtop keeps serving its last figures after its thread died, so reading alone would
+    report a dead service's numbers as current."""
+    try:
+        running = client.ok(spin=True)  # spin: do not wait for the next update
+    except Exception as exc:  # ok() re-raises whatever ended the thread
+        raise SourceError(f"jtop stopped: {_describe(exc)}") from exc
+    if not running or not client.is_alive():
+        raise SourceError("jtop stopped: its reader thread has ended (is jtop.service running?)")
+
+
+def _close_quietly(client: Any) -> None:
+    # Best effort: the service keeps nothing of ours, so a failing close loses nothing.
+    with contextlib.suppress(Exception):
+        client.close()
+
+
+def _describe(exc: BaseException) -> str:
+    # jtop's messages span lines ("...Please run:\nsudo jtop --install-service").
+    message = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+
+
+def _read_board(board: Any) -> _Board:
+    hardware = board["hardware"]
+    return _Board(
+        model=str(hardware.get("Model", "")),
+        module=str(hardware.get("Module", "")),
+        soc=str(hardware.get("SoC", "")),
+        cuda_arch=str(hardware.get("CUDA Arch BIN", "")),
+        l4t=str(hardware.get("L4T", "")),
+        jetpack=str(hardware.get("Jetpack", "")),
+    )
+
+
+# -- one reading -----------------------------------------------------------------------------
+
+
+def _read(client: Any, board: _Board) -> tuple[GpuSample, JetsonSample]:
+    memory = client.memory
+    ram = memory["RAM"]
+    total, used = int(ram["tot"]) * KIB, int(ram["used"]) * KIB
+    gpu_key, gpu = _integrated_gpu(client.gpu)
+    status = gpu.get("status") or {}
+    zones = client.temperature
+    power = client.power or {}
+    rails = _rails(power)
+    emc_ratio, emc_hertz = _emc(memory.get("EMC"))
+    gpu_sample = GpuSample(
+        index=0,
+        name=CUDA_DEVICE_NAMES.get(board.soc, gpu_key or "Jetson GPU"),
+        unified=True,
+        compute_capability=board.cuda_arch,
+        memory_total_bytes=total,
+        memory_used_bytes=used,
+        memory_free_bytes=max(total - used, 0),
+        utilization_ratio=_ratio(status.get("load")),
+        temperature_celsius=_gpu_temperature(zones, status),
+        power_watts=_gpu_power(rails, status),
+        # Only Thor's NVML path knows a GPU limit; elsewhere the budget is the nvpmodel mode.
+        power_limit_watts=_number(status.get("power_limit")),
+        clocks=_gpu_clocks(gpu),
+        throttle_reasons=_throttle_reasons(zones, rails),
+    )
+    jetson = JetsonSample(
+        model=board.model,
+        module=board.module,
+        soc=board.soc,
+        cuda_arch=board.cuda_arch,
+        l4t=board.l4t,
+        jetpack=board.jetpack,
+        nvpmodel=_nvpmodel_name(client.nvpmodel),
+        jetson_clocks=None if client.jetson_clocks is None else bool(client.jetson_clocks),
+        emc_utilization_ratio=emc_ratio,
+        emc_hertz=emc_hertz,
+        gpu_shared_bytes=int(ram.get("shared", 0)) * KIB,
+        temperatures=tuple(Temperature(name, c) for name, c in _online_zones(zones)),
+        power_rails=tuple(_power_rail(name, rail) for name, rail in rails),
+        power_total_watts=_power_total(power, rails),
+        fans=_fans(client.fan),
+    )
+    return gpu_sample, jetson
+
+
+def _integrated_gpu(gpus: Any) -> tuple[str, Any]:
+    """jtop files GPUs by name; a Jetson has one, integrated (none while the service has
+    not found the devfreq node yet)."""
+    entries = list(gpus.items())
+    for key, gpu in entries:
+        if gpu.get("type") == "integrated":
+            return str(key), gpu
+    return (str(entries[0][0]), entries[0][1]) if entries else ("", {})
+
+
+def _gpu_clocks(gpu: Any) -> tuple[Clock, ...]:
+    hertz = _gpu_hertz(gpu)
+    return (Clock("gpu", hertz),) if hertz is not None else ()
+
+
+def _gpu_hertz(gpu: Any) -> float | None:
+    freq = gpu.get("freq") or {}
+    if gpu.get("power_control") == "nvml":
+        # Thor (NVML path): 'cur' is NVML's SM clock in MHz, or 0 when NVML has none, and
+        # 'GPC' holds the devfreq clock in kHz when the node exists.
+        gpc = freq.get("GPC") or []
+        khz = _number(gpc[0]) if gpc else None
+        if khz:
+            return khz * 1e3
+        mhz = _number(freq.get("cur"))
+        return mhz * 1e6 if mhz else None
+    khz = _number(freq.get("cur"))
+    return khz * 1e3 if khz else None
+
+
+def _gpu_temperature(zones: Any, status: Any) -> float | None:
+    for name, celsius in _online_zones(zones):
+        if name.lower() == "gpu":  # "gpu" on JetPack 6, "GPU" on JetPack 5
+            return celsius
+    return _number(status.get("temperature"))  # Thor's NVML path
+
+
+def _gpu_power(rails: list[Row], status: Any) -> float | None:
+    draw = _number(status.get("power_draw"))  # Thor's NVML path, already in watts
+    if draw is not None:
+        return draw
+    for name, rail in rails:
+        upper = name.upper()
+        if "GPU" in upper and "CPU" not in upper:
+            return _milli(rail.get("power"))
+    return None
+
+
+def _emc(emc: Any) -> tuple[float | None, float | None]:
+    if not emc:  # absent, or {} when the activity monitor is unreadable
+        return None, None
+    khz = _number(emc.get("cur"))
+    # jtop starts 'cur' at 1 kHz and keeps it when the rate file is unreadable; 'val' was then
+    # divided by that placeholder too.
+    if khz is None or khz <= 1:
+        return None, None
+    return _ratio(emc.get("val")), khz * 1e3
+
+
+def _online_zones(zones: Any) -> list[tuple[str, float]]:
+    found = []
+    for name, zone in zones.items():
+        celsius = _zone_celsius(zone)
+        if celsius is not None:
+            found.append((str(name), celsius))
+    return found
+
+
+def _zone_celsius(zone: Any) -> float | None:
+    celsius = _number(zone.get("temp"))
+    if not zone.get("online", True) or celsius is None or celsius <= OFFLINE_CELSIUS:
+        return None
+    return celsius
+
+
+def _rails(power: Any) -> list[Row]:
+    """Every online rail, the board input first. jtop moves VDD_IN (POM_5V_IN, VIN) out of
+    'rail' into 'tot' and names it there; an unnamed 'tot' is only jtop's sum, not a rail."""
+    total = power.get("tot") or {}
+    named_total = [(str(total["name"]), total)] if "name" in total else []
+    rows = [*named_total, *((str(n), r) for n, r in (power.get("rail") or {}).items())]
+    return [(n, r) for n, r in rows if r.get("online", True) and _milli(r.get("power")) is not None]
+
+
+def _power_rail(name: str, rail: Any) -> PowerRail:
+    return PowerRail(
+        name=name,
+        watts=float(rail["power"]) / 1e3,
+        average_watts=_milli(rail.get("avg")),
+        volts=_milli(rail.get("volt")),
+        amps=_milli(rail.get("curr")),
+    )
+
+
+def _power_total(power: Any, rails: list[Row]) -> float | None:
+    total = power.get("tot") or {}
+    # With every rail unreadable jtop still sums nothing into {'power': 0}: not a reading.
+    if "name" not in total and not rails:
+        return None
+    return _milli(total.get("power"))
+
+
+def _throttle_reasons(zones: Any, rails: list[Row]) -> tuple[str, ...]:
+    reasons = []
+    for name, zone in zones.items():
+        celsius, limit = _zone_celsius(zone), _number(zone.get("max"))
+        # jtop adds 'max' to every hwmon sensor and reads -256 where the file is missing.
+        if celsius is not None and _over(celsius, limit, floor=OFFLINE_CELSIUS):
+            reasons.append(f"thermal:{name}")
+    for name, rail in rails:
+        amps = _number(rail.get("curr"))
+        if amps is not None and _over(amps, _number(rail.get("warn")), floor=0.0):
+            reasons.append(f"power:{name}")
+    return tuple(reasons)
+
+
+def _over(value: float, limit: float | None, floor: float) -> bool:
+    return limit is not None and limit > floor and value >= limit
+
+
+def _fans(fans: Any) -> tuple[Fan, ...]:
+    found = []
+    for name, fan in fans.items():
+        rpms = list(fan.get("rpm") or [])
+        for channel, speed in enumerate(fan.get("speed") or []):
+            ratio = _ratio(speed)
+            if ratio is None:
+                continue
+            rpm = _number(rpms[channel]) if channel < len(rpms) else None
+            found.append(Fan(f"{name}{channel}", ratio, rpm))
+    return tuple(found)
+
+
+def _nvpmodel_name(model: Any) -> str | None:
+    if model is None:  # the board has no nvpmodel
+        return None
+    try:
+        return str(model.name)
+    except (KeyError, TypeError):  # jtop holds no current mode (`nvpmodel -q` failed)
+        return None
+
+
+# -- units -----------------------------------------------------------------------------------
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _milli(value: Any) -> float | None:
+    number = _number(value)
+    return number / 1e3 if number is not None else None
+
+
+def _ratio(percent: Any) -> float | None:
+    """Percent to 0..1; clamped because jtop's EMC figure is an integer quotient of two
+    counters that can overshoot at a frequency change."""
+    number = _number(percent)
+    return min(max(number / 100.0, 0.0), 1.0) if number is not None else None
