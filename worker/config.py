@@ -33,6 +33,7 @@ from worker.errors import InvalidArgument
 ENV_PREFIX = "LLAMAHERD_"
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 BUILTIN_PREFIX = "builtin:"
+METRICS_PORT_OFFSET = 1000
 
 
 class FlashAttention(str, enum.Enum):
@@ -113,6 +114,7 @@ class WorkerSettings(BaseModel):
         (Path("~/.cache/llamaherd/models"),),
         description="directories LoadModel may read GGUF files from (config-file models are "
         "trusted wherever they are)",
+        validate_default=True,  # the default has a ~ to expand too
     )
     memory_reserve: ByteSize = Field(
         ByteSize(512 * 1024**2),
@@ -142,6 +144,21 @@ class WorkerSettings(BaseModel):
     heartbeat_interval_s: float = Field(
         1.0, gt=0, le=60, description="seconds between reports to the coordinator"
     )
+    telemetry_interval_s: float = Field(
+        1.0, ge=0.1, le=60,
+        description="seconds between telemetry samples (each goes to the coordinator at once)",
+    )  # fmt: skip
+    metrics: bool = Field(True, description="serve Prometheus metrics over HTTP at /metrics")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="port of /metrics, on the worker's host; default: the gRPC port + 1000 "
+        "(a free one when the gRPC port is 0); 0 = a free port",
+    )  # fmt: skip
+    reference_speed: bool = Field(
+        True,
+        description="measure the reference model's decode rate at start so the coordinator "
+        "can rank nodes by speed (a few seconds, once per llama.cpp build and hardware)",
+    )
 
     @field_validator("model_dirs")
     @classmethod
@@ -154,6 +171,22 @@ class WorkerSettings(BaseModel):
         if address is not None:
             split_host_port(address)
         return address
+
+    @property
+    def metrics_listen_port(self) -> int:
+        """The /metrics port before binding: explicit, else next to the gRPC port."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return 0 if self.port == 0 else self.port + METRICS_PORT_OFFSET
+
+    @model_validator(mode="after")
+    def _metrics_port_in_range(self) -> WorkerSettings:
+        if self.metrics and self.metrics_port is None and self.port + METRICS_PORT_OFFSET > 65535:
+            raise ValueError(
+                f"metrics_port: the default (port + {METRICS_PORT_OFFSET}) is beyond 65535; "
+                "set metrics_port"
+            )
+        return self
 
     @field_validator("labels")
     @classmethod

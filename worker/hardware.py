@@ -1,32 +1,47 @@
-"""What kind of machine a worker runs on, as the coordinator needs it for placement and
-routing: the node's kind, memory and llama.cpp backends, detected once at start.
+"""A worker's capability profile, as the coordinator needs it for placement and routing:
+the node's kind, memory, GPUs, llama.cpp backends and CPU features, detected once at start,
+plus its measured reference speed (worker.reference_speed).
 
-Live readings (temperatures, power, GPU utilisation) belong to telemetry; this is only the
-fixed description of the node.
+Live readings (temperatures, power, GPU utilisation) belong to telemetry; this is the fixed
+description of the node, completed from the first telemetry sample (GPU names and memory).
 """
 
 from __future__ import annotations
 
 import platform
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from worker.telemetry.samples import NodeSample
+
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 _BACKEND = re.compile(r"(?:^|\|\s)([A-Za-z][A-Za-z0-9_]*) : ")
+_FEATURE = re.compile(r"([A-Z][A-Z0-9_]*) = 1")
 
 
 @dataclass(frozen=True)
 class HardwareInfo:
-    kind: str
-    model: str
-    cpu_cores: int
-    memory_total: int
-    gpu_memory_total: int
-    backends: tuple[str, ...]
+    kind: str  # jetson-orin, jetson, x86-cuda, aarch64-cuda, x86-cpu, aarch64-cpu
+    model: str = ""  # the board's or the CPU's name
+    cpu_cores: int = 0  # physical
+    memory_total: int = 0  # system RAM (on Jetson: shared with the GPU)
+    gpu_memory_total: int = 0  # discrete GPU memory, all GPUs; 0 where memory is unified
+    backends: tuple[str, ...] = ()  # llama.cpp backends compiled in: CPU, CUDA, RPC, ...
+    unified_memory: bool = False
+    compute_capability: str = ""
+    cpu_features: tuple[str, ...] = ()
+    gpus: tuple[str, ...] = ()
+    jetson_module: str = ""
+    jetpack: str = ""
+    l4t: str = ""
+    reference_decode_tps: float = 0.0
+    telemetry_sources: tuple[str, ...] = ()
+    telemetry_skipped: tuple[str, ...] = ()
 
 
 def backends_from_system_info(info: str, rpc: bool) -> tuple[str, ...]:
@@ -35,6 +50,19 @@ def backends_from_system_info(info: str, rpc: bool) -> tuple[str, ...]:
     if rpc and "RPC" not in names:
         names.append("RPC")
     return tuple(names)
+
+
+def cpu_features_from_system_info(info: str) -> tuple[str, ...]:
+    """What llama.cpp's CPU backend was built to use (`... | CPU : AVX2 = 1 | FMA = 1 | ...`)."""
+    features: list[str] = []
+    section = ""
+    for entry in info.split("|"):
+        if " : " in entry:
+            section, entry = (part.strip() for part in entry.split(" : ", 1))
+        found = _FEATURE.fullmatch(entry.strip())
+        if section == "CPU" and found:
+            features.append(found.group(1))
+    return tuple(dict.fromkeys(features))
 
 
 def node_kind(machine: str, jetson_model: str | None, backends: tuple[str, ...]) -> str:
@@ -69,16 +97,33 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def detect(system_info: str, rpc: bool) -> HardwareInfo:
+def detect(
+    system_info: str,
+    rpc: bool,
+    sample: NodeSample | None = None,
+    sources: Sequence[str] = (),
+    skipped: Sequence[str] = (),
+) -> HardwareInfo:
     backends = backends_from_system_info(system_info, rpc)
     board = jetson_model()
+    gpus = sample.gpus if sample is not None else ()
+    jetson = sample.jetson if sample is not None else None
+    unified = jetson is not None or any(g.unified for g in gpus)
     return HardwareInfo(
         kind=node_kind(platform.machine(), board, backends),
         model=board or cpu_model(),
         cpu_cores=psutil.cpu_count(logical=False) or psutil.cpu_count() or 1,
         memory_total=psutil.virtual_memory().total,
-        # Discrete GPU memory comes with NVML telemetry; until then CUDA nodes report 0 and
-        # placement uses system memory, which is right for Jetson's unified memory.
-        gpu_memory_total=0,
+        # Jetson GPUs allocate from RAM: placement counts system memory there, not twice.
+        gpu_memory_total=sum(g.memory_total_bytes for g in gpus if not g.unified),
         backends=backends,
+        unified_memory=unified,
+        compute_capability=next((g.compute_capability for g in gpus if g.compute_capability), ""),
+        cpu_features=cpu_features_from_system_info(system_info),
+        gpus=tuple(g.name for g in gpus),
+        jetson_module=jetson.module if jetson else "",
+        jetpack=jetson.jetpack if jetson else "",
+        l4t=jetson.l4t if jetson else "",
+        telemetry_sources=tuple(sources),
+        telemetry_skipped=tuple(skipped),
     )

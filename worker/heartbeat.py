@@ -25,6 +25,8 @@ from worker.config import WorkerSettings, join_host_port, split_host_port
 from worker.hardware import HardwareInfo
 from worker.memory import MemoryBudget
 from worker.registry import ModelRegistry
+from worker.telemetry.sampler import TelemetrySampler
+from worker.telemetry.wire import hardware_to_proto, sample_to_proto
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class CoordinatorLink:
         budget: MemoryBudget,
         hardware: HardwareInfo,
         port: int,
+        sampler: TelemetrySampler | None = None,
     ) -> None:
         assert settings.coordinator is not None
         self._target = settings.coordinator
@@ -78,18 +81,14 @@ class CoordinatorLink:
         self._interval = settings.heartbeat_interval_s
         self.node_id = settings.node_id or default_node_id(port)
         self.address = advertised_address(settings, port)
-        self._hardware = cl_pb.Hardware(
-            kind=hardware.kind,
-            model=hardware.model,
-            cpu_cores=hardware.cpu_cores,
-            memory_total_bytes=hardware.memory_total,
-            gpu_memory_total_bytes=hardware.gpu_memory_total,
-            backends=hardware.backends,
-            labels=settings.labels,
-        )
+        self._hardware = hardware_to_proto(hardware, settings.labels)
+        self._sampler = sampler
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         registry.on_change(self.nudge)
+        if sampler is not None:
+            # Each fresh sample goes out at once rather than up to an interval later.
+            sampler.on_sample(lambda _sample: self.nudge())
         self.registered = asyncio.Event()
 
     def nudge(self) -> None:
@@ -109,6 +108,7 @@ class CoordinatorLink:
                     completed_requests=info.completed,
                 )
             )
+        sample = self._sampler.latest if self._sampler is not None else None
         return cl_pb.NodeReport(
             node_id=self.node_id,
             address=self.address,
@@ -117,6 +117,7 @@ class CoordinatorLink:
             memory_free_bytes=max(0, self._budget.free_bytes()),
             sequence=sequence,
             version=VERSION,
+            telemetry=sample_to_proto(sample) if sample is not None else None,
         )
 
     async def run(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 from collections.abc import Callable
@@ -14,14 +15,24 @@ from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import worker_pb2, worker_pb2_grpc
 
 from worker.builtin_models import default_model_config
-from worker.config import ConfigError, ModelConfig, WorkerSettings, join_host_port
+from worker.config import (
+    ConfigError,
+    ModelConfig,
+    WorkerSettings,
+    default_threads,
+    join_host_port,
+)
+from worker.errors import WorkerError
 from worker.grpc_errors import ErrorInterceptor
-from worker.hardware import detect
+from worker.hardware import HardwareInfo, cpu_model, detect
 from worker.heartbeat import CoordinatorLink
 from worker.llamacpp import ensure_backend, supports_rpc, system_info
 from worker.memory import MemoryBudget, format_bytes
+from worker.metrics import MetricsServer, WorkerCollector
+from worker.reference_speed import cache_key, default_cache_dir, gpu_layers_for, reference_speed
 from worker.registry import ModelRegistry, ModelState
 from worker.servicer import WorkerServicer
+from worker.telemetry.sampler import TelemetrySampler, start_sampler
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +73,9 @@ class WorkerServer:
         self.port = 0
         self.link: CoordinatorLink | None = None
         self._link_task: asyncio.Task[None] | None = None
+        self.sampler: TelemetrySampler | None = None
+        self.hardware: HardwareInfo | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
         ensure_backend()
@@ -86,10 +100,25 @@ class WorkerServer:
             join_host_port(self.settings.host, self.port),
             format_bytes(self.budget.free_bytes()),
         )
+        sampler = await asyncio.to_thread(
+            start_sampler, self.settings.model_dirs, self.settings.telemetry_interval_s
+        )
+        self.sampler = sampler
+        hardware = detect(
+            system_info(), supports_rpc(), sampler.latest,
+            sampler.selection.names, sampler.selection.skipped,
+        )  # fmt: skip
+        if self.settings.reference_speed:
+            hardware = await asyncio.to_thread(_with_reference_speed, hardware)
+        self.hardware = hardware
+        if self.settings.metrics:
+            self.metrics = MetricsServer(
+                WorkerCollector(sampler, self.registry, self.budget, lambda: hardware)
+            )
+            self.metrics.start(self.settings.host, self.settings.metrics_listen_port)
         if self.settings.coordinator:
-            hardware = detect(system_info(), rpc=supports_rpc())
             self.link = CoordinatorLink(
-                self.settings, self.registry, self.budget, hardware, self.port
+                self.settings, self.registry, self.budget, hardware, self.port, sampler
             )
             self._link_task = asyncio.create_task(self.link.run(), name="coordinator-link")
         await self.registry.load_configured(self._initial_models())
@@ -113,7 +142,25 @@ class WorkerServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s)
         await self.registry.close_all()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.sampler is not None:
+            self.sampler.stop()
         log.info("worker stopped")
+
+
+def _with_reference_speed(hardware: HardwareInfo) -> HardwareInfo:
+    """The profile with its measured speed, or as it is when the figure cannot be had (the
+    coordinator then ranks this node by its models' own rates once it serves)."""
+    threads = default_threads()
+    layers = gpu_layers_for(hardware.backends)
+    key = cache_key(system_info(), cpu_model(), hardware.gpus, threads, layers)
+    try:
+        speed = reference_speed(default_cache_dir(), key, threads, layers)
+    except (WorkerError, OSError) as exc:
+        log.warning("reference speed not measured: %s", exc)
+        return hardware
+    return dataclasses.replace(hardware, reference_decode_tps=speed.decode_tps)
 
 
 async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None = None) -> None:

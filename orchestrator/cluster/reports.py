@@ -13,6 +13,12 @@ from llamaherd.v1 import worker_pb2 as w_pb
 
 from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState
 from worker.config import ALIAS_PATTERN, split_host_port
+from worker.telemetry.wire import (
+    hardware_fields,
+    hardware_to_proto,
+    sample_from_proto,
+    sample_to_proto,
+)
 
 STATES = {
     w_pb.MODEL_STATE_LOADING: ReplicaState.LOADING,
@@ -38,19 +44,12 @@ def node_from_report(report: cl_pb.NodeReport, now: float) -> Node:
     return Node(
         node_id=NodeId(report.node_id),
         address=report.address,
-        hardware=Hardware(
-            kind=hw.kind or "unknown",
-            model=hw.model,
-            cpu_cores=hw.cpu_cores,
-            memory_total=hw.memory_total_bytes,
-            gpu_memory_total=hw.gpu_memory_total_bytes,
-            backends=tuple(hw.backends),
-            labels=frozenset(hw.labels),
-        ),
+        hardware=Hardware(**hardware_fields(hw), labels=frozenset(hw.labels)),
         replicas=tuple(replica_from_proto(m) for m in report.models),
         memory_free=report.memory_free_bytes,
         last_report=now,
         version=report.version,
+        telemetry=sample_from_proto(report.telemetry) if report.HasField("telemetry") else None,
     )
 
 
@@ -103,23 +102,15 @@ def replica_to_proto(replica: Replica) -> cl_pb.ModelLoad:
 
 
 def node_to_proto(node: Node, now: float, inflight: int) -> inf_pb.NodeStatus:
-    hw = node.hardware
     return inf_pb.NodeStatus(
         node_id=node.node_id,
         address=node.address,
         up=node.up,
         down_reason=node.down_reason,
         seconds_since_report=max(0.0, now - node.last_report),
-        hardware=cl_pb.Hardware(
-            kind=hw.kind,
-            model=hw.model,
-            cpu_cores=hw.cpu_cores,
-            memory_total_bytes=hw.memory_total,
-            gpu_memory_total_bytes=hw.gpu_memory_total,
-            backends=hw.backends,
-            labels=sorted(hw.labels),
-        ),
+        hardware=hardware_to_proto(node.hardware, node.hardware.labels),
         models=[replica_to_proto(r) for r in node.replicas],
         memory_free_bytes=node.memory_free,
         gateway_inflight=inflight,
+        telemetry=sample_to_proto(node.telemetry) if node.telemetry is not None else None,
     )

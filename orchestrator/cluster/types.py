@@ -11,6 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
+from worker.hardware import HardwareInfo
+from worker.telemetry.samples import NodeSample
+
 NodeId = NewType("NodeId", str)
 
 
@@ -22,13 +25,9 @@ class ReplicaState(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class Hardware:
-    kind: str  # jetson-orin, x86-cuda, aarch64-cuda, x86-cpu, aarch64-cpu
-    model: str = ""
-    cpu_cores: int = 0
-    memory_total: int = 0
-    gpu_memory_total: int = 0
-    backends: tuple[str, ...] = ()
+class Hardware(HardwareInfo):
+    """A node's capability profile as its worker reported it, with its operator labels."""
+
     labels: frozenset[str] = frozenset()
 
 
@@ -74,6 +73,7 @@ class Node:
     down_reason: str = ""
     last_report: float = 0.0  # clock time of the last heartbeat
     version: str = ""
+    telemetry: NodeSample | None = None  # the latest sample the node sent
 
     def replica(self, alias: str) -> Replica | None:
         for replica in self.replicas:

@@ -1,5 +1,5 @@
 """The OpenAI-compatible HTTP API: /v1/chat/completions, /v1/completions, /v1/embeddings,
-/v1/models, plus /health and /v1/cluster for dashboards.
+/v1/models, plus /health, /v1/cluster for dashboards and /metrics (Prometheus, every node).
 
 Routes translate (orchestrator.gateway.openai_schema) and relay through the Router; errors
 are turned into OpenAI's envelope in one handler. A streamed request waits for its first
@@ -18,6 +18,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from llamaherd.v1 import generation_pb2 as gen_pb
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -27,6 +28,7 @@ from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway import views
 from orchestrator.gateway.errors import BadRequest, http_status, openai_envelope
+from orchestrator.gateway.metrics import cluster_metrics
 from orchestrator.gateway.router import Router
 from worker.errors import Internal, WorkerError
 
@@ -48,6 +50,7 @@ def build_app(router: Router, created_unix_s: int) -> Starlette:
             Route("/v1/models/{model:path}", api.model, methods=["GET"]),
             Route("/v1/cluster", api.cluster, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
+            Route("/metrics", api.metrics, methods=["GET"]),
         ],
         exception_handlers={
             WorkerError: _error_response,
@@ -105,6 +108,9 @@ class OpenAIRoutes:
         ready = self._models().models
         body = {"status": "ok" if ready else "no_models", "models": [m.alias for m in ready]}
         return JSONResponse(body, status_code=200 if ready else 503)
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(cluster_metrics(self._router), media_type=CONTENT_TYPE_LATEST)
 
     def _models(self) -> Any:
         return views.cluster_models(self._router.snapshot, self._created)

@@ -31,6 +31,7 @@ class WorkerProcess:
     process: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    metrics_url: str = ""  # Prometheus endpoint; "" with --no-metrics
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -61,6 +62,11 @@ def start_worker(
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     command = [LLAMAHERD, "worker", "--port", str(port), *args]
+    metrics_url = ""
+    if "--no-metrics" not in args and "--metrics-port" not in args:
+        metrics_port = free_port()
+        command += ["--metrics-port", str(metrics_port)]
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     if config is not None:
         config_path = workdir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -69,7 +75,7 @@ def start_worker(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    worker = WorkerProcess(process, f"127.0.0.1:{port}", log_path)
+    worker = WorkerProcess(process, f"127.0.0.1:{port}", log_path, metrics_url)
     try:
         wait_serving(worker, ready_timeout)
     except BaseException:

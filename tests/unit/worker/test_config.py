@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +156,10 @@ def test_host_port_round_trips(address, parts):
 def test_bad_host_port_is_refused(address):
     with pytest.raises(ValueError, match="is not HOST:PORT"):
         split_host_port(address)
+
+
+def test_the_default_model_dir_is_expanded() -> None:
+    # Unexpanded, "~/..." matched no real path, so LoadModel refused files inside it.
+    (directory,) = build_settings(environ={}).model_dirs
+    assert directory.is_absolute() and "~" not in str(directory)
+    assert directory == Path("~/.cache/llamaherd/models").expanduser().resolve()

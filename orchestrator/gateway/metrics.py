@@ -1,0 +1,86 @@
+"""The gateway's `/metrics`: every node of the cluster in Prometheus format, one `node` label.
+
+The same metric families a worker exports about itself (worker.telemetry.prometheus), built
+from the heartbeats the coordinator keeps, so one scrape of any gateway covers the cluster,
+including nodes whose own /metrics port is not reachable from the monitoring host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from orchestrator.cluster.types import Node, Replica
+from orchestrator.gateway.router import Router
+from worker.telemetry.prometheus import (
+    MetricSet,
+    ModelGauges,
+    NodeFacts,
+    add_models,
+    add_node_facts,
+    add_node_sample,
+)
+
+
+def replica_gauges(replica: Replica) -> ModelGauges:
+    return ModelGauges(
+        alias=replica.alias,
+        state=replica.state.value,
+        slots_total=replica.slots_total,
+        slots_busy=replica.slots_busy,
+        queued=replica.queued,
+        active=replica.active,
+        completed=replica.completed,
+        decode_tps=replica.decode_tps,
+        prompt_tps=replica.prompt_tps,
+        memory_bytes=replica.memory_bytes,
+    )
+
+
+def node_facts(node: Node) -> NodeFacts:
+    hw = node.hardware
+    return NodeFacts(
+        kind=hw.kind,
+        model=hw.model,
+        backends=hw.backends,
+        unified_memory=hw.unified_memory,
+        compute_capability=hw.compute_capability,
+        reference_decode_tps=hw.reference_decode_tps,
+        memory_free_for_models=node.memory_free,
+    )
+
+
+def cluster_metrics(router: Router) -> bytes:
+    """The Prometheus text exposition of the whole cluster as this gateway sees it now."""
+    metrics = MetricSet(base_labels=("node",))
+    now = router.state_clock()
+    for node in router.snapshot.nodes:
+        base = (node.node_id,)
+        metrics.gauge("node_up", "1 while the node heartbeats and takes requests",
+                      int(node.up), base)  # fmt: skip
+        metrics.gauge("node_seconds_since_report", "Age of the node's latest heartbeat",
+                      max(0.0, now - node.last_report), base)  # fmt: skip
+        metrics.gauge("gateway_requests_inflight", "Requests this gateway relays to the node now",
+                      router.inflight_to(node.node_id), base)  # fmt: skip
+        add_node_facts(metrics, node_facts(node), base)
+        if node.telemetry is not None:
+            add_node_sample(metrics, node.telemetry, base)
+        add_models(metrics, (replica_gauges(r) for r in node.replicas), base)
+    return render(metrics.families())
+
+
+class _Families(Collector):
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def render(families: Iterable[Metric]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(families))
+    return bytes(generate_latest(registry))
