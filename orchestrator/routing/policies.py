@@ -101,9 +101,12 @@ class LeastExpectedLatency:
     a Nano takes about 3x the load before the Nano gets a request (an idle Nano scores
     1/r, the AGX with load L scores (L + 1)/3r: the AGX wins while L < 2, ties at 2).
 
-    A replica that has not measured its rate yet (decode_tps 0) is given the median rate
-    of the measured candidates, or 1.0 when none is measured, so a new node neither
-    attracts all traffic nor starves before it has served anything. Ties go at random.
+    A replica that has not measured its rate yet (decode_tps 0) is estimated from its node's
+    reference speed (the same small model measured on every node at start): scaled by how
+    this model's measured rates compare with their nodes' reference speeds elsewhere, or, if
+    no candidate has measured it, by the reference speeds alone. A replica with neither
+    gets the median of the others, or 1.0, so a new node neither attracts all traffic nor
+    starves before it has served anything. Ties go at random.
     """
 
     name = "least-expected-latency"
@@ -112,14 +115,33 @@ class LeastExpectedLatency:
         self._rng = rng
 
     def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
-        measured = [c.replica.decode_tps for c in candidates if c.replica.decode_tps > 0]
-        default_rate = statistics.median(measured) if measured else 1.0
+        rates = expected_rates(candidates)
+        by_node = {c.node_id: rate for c, rate in zip(candidates, rates, strict=True)}
+        return _lowest(candidates, lambda c: (c.load_per_slot + 1) / by_node[c.node_id], self._rng)
 
-        def expected_s(candidate: Candidate) -> float:
-            rate = candidate.replica.decode_tps
-            return (candidate.load_per_slot + 1) / (rate if rate > 0 else default_rate)
 
-        return _lowest(candidates, expected_s, self._rng)
+def expected_rates(candidates: Sequence[Candidate]) -> list[float]:
+    """Each candidate's per-sequence decode rate for the model: measured, else estimated."""
+    measured = [c.replica.decode_tps for c in candidates]
+    reference = [c.hardware.reference_decode_tps for c in candidates]
+    ratios = [m / r for m, r in zip(measured, reference, strict=True) if m > 0 and r > 0]
+    if ratios:
+        scale: float | None = statistics.median(ratios)
+    else:
+        # With no measured rate at all, reference speeds compare nodes on their own; with
+        # measured rates but no reference to relate them to, they cannot be mixed.
+        scale = None if any(m > 0 for m in measured) else 1.0
+    rates: list[float | None] = []
+    for m, r in zip(measured, reference, strict=True):
+        if m > 0:
+            rates.append(m)
+        elif r > 0 and scale is not None:
+            rates.append(r * scale)
+        else:
+            rates.append(None)
+    known = [r for r in rates if r is not None]
+    fallback = statistics.median(known) if known else 1.0
+    return [r if r is not None else fallback for r in rates]
 
 
 def _lowest(

@@ -178,6 +178,28 @@ def test_lel_with_nothing_measured_is_least_loaded() -> None:
     assert set(picks(LeastExpectedLatency(random.Random(0)), cands, 20)) == {"b"}
 
 
+def test_lel_ranks_unmeasured_nodes_by_their_reference_speed() -> None:
+    # Nobody has served the model yet: the node measured 3x faster at start goes first,
+    # and takes about 3x the load before the slower one gets a request.
+    policy = LeastExpectedLatency(random.Random(1))
+    fresh = [candidate("agx", reference_tps=180.0), candidate("nano", reference_tps=60.0)]
+    assert policy.choose("m", fresh).node_id == "agx"
+    loaded = [candidate("agx", load=3, reference_tps=180.0), candidate("nano", reference_tps=60.0)]
+    assert policy.choose("m", loaded).node_id == "nano"  # 4/180 > 1/60
+
+
+def test_lel_scales_reference_speed_by_what_the_model_runs_at_elsewhere() -> None:
+    # The Nano serves this model at 1/3 of its reference speed (20 of 60), so a new AGX
+    # (reference 180) is expected at 60 tok/s: with one request it still beats the idle
+    # Nano (2/60 < 1/20); with three it does not (4/60 > 1/20).
+    policy = LeastExpectedLatency(random.Random(3))
+    nano = candidate("nano", decode_tps=20.0, reference_tps=60.0)
+    agx_1 = candidate("agx", load=1, reference_tps=180.0)
+    agx_3 = candidate("agx", load=3, reference_tps=180.0)
+    assert policy.choose("m", [nano, agx_1]).node_id == "agx"
+    assert policy.choose("m", [nano, agx_3]).node_id == "nano"
+
+
 def test_lel_counts_slots() -> None:
     # Same speed per sequence; 3 requests over 4 slots wait less than 1 on one slot.
     cands = [
