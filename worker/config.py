@@ -34,6 +34,7 @@ ENV_PREFIX = "LLAMAHERD_"
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 BUILTIN_PREFIX = "builtin:"
 METRICS_PORT_OFFSET = 1000
+RPC_MAX_SERVERS = 16  # GGML_RPC_MAX_SERVERS in ggml-rpc.h
 
 
 class FlashAttention(str, enum.Enum):
@@ -81,6 +82,16 @@ class ModelConfig(BaseModel):
     max_queue: int = Field(
         64, ge=0, le=1 << 20, description="requests waiting for a free slot, per model"
     )
+    rpc_servers: tuple[str, ...] = Field(
+        (), max_length=RPC_MAX_SERVERS,
+        description="HOST:PORT of ggml RPC servers lent by other nodes; the model's last "
+        "n_gpu_layers layers are split over them (it then runs in a child process)",
+    )  # fmt: skip
+    tensor_split: tuple[float, ...] = Field(
+        (), max_length=RPC_MAX_SERVERS + 16,
+        description="share of the offloaded layers per device, RPC servers first "
+        "(llama.cpp's --tensor-split)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _a_token_per_slot(self) -> ModelConfig:
@@ -90,6 +101,31 @@ class ModelConfig(BaseModel):
                 "every decode step carries one token for each slot"
             )
         return self
+
+    @field_validator("rpc_servers")
+    @classmethod
+    def _endpoints(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
+        for server in servers:
+            try:
+                split_host_port(server)
+            except ValueError as exc:
+                raise ValueError(f"rpc_servers entry: {exc}") from None
+        if len(set(servers)) != len(servers):
+            raise ValueError("rpc_servers lists a server twice")
+        return servers
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _shares(cls, shares: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (s >= 0 and s < float("inf")) for s in shares):
+            raise ValueError("tensor_split shares must be finite and not negative")
+        if shares and sum(shares) <= 0:
+            raise ValueError("tensor_split must give some device a positive share")
+        return shares
+
+    @property
+    def is_split(self) -> bool:
+        return bool(self.rpc_servers)
 
     @property
     def is_builtin(self) -> bool:
@@ -158,6 +194,11 @@ class WorkerSettings(BaseModel):
         True,
         description="measure the reference model's decode rate at start so the coordinator "
         "can rank nodes by speed (a few seconds, once per llama.cpp build and hardware)",
+    )
+    split_child: bool = Field(
+        False,
+        description="internal: this process is the child a worker starts to host one split "
+        "model (models with rpc_servers load here rather than in a further child)",
     )
 
     @field_validator("model_dirs")

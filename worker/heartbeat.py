@@ -25,6 +25,7 @@ from worker.config import WorkerSettings, join_host_port, split_host_port
 from worker.hardware import HardwareInfo
 from worker.memory import MemoryBudget
 from worker.registry import ModelRegistry
+from worker.split.lender import Lease, RpcLender
 from worker.telemetry.sampler import TelemetrySampler
 from worker.telemetry.wire import hardware_to_proto, sample_to_proto
 
@@ -73,6 +74,7 @@ class CoordinatorLink:
         hardware: HardwareInfo,
         port: int,
         sampler: TelemetrySampler | None = None,
+        lender: RpcLender | None = None,
     ) -> None:
         assert settings.coordinator is not None
         self._target = settings.coordinator
@@ -83,9 +85,12 @@ class CoordinatorLink:
         self.address = advertised_address(settings, port)
         self._hardware = hardware_to_proto(hardware, settings.labels)
         self._sampler = sampler
+        self._lender = lender
         self._changed = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         registry.on_change(self.nudge)
+        if lender is not None:
+            lender.on_change(self.nudge)
         if sampler is not None:
             # Each fresh sample goes out at once rather than up to an interval later.
             sampler.on_sample(lambda _sample: self.nudge())
@@ -118,7 +123,11 @@ class CoordinatorLink:
             sequence=sequence,
             version=VERSION,
             telemetry=sample_to_proto(sample) if sample is not None else None,
+            rpc_servers=[protocol.lease_to_proto(lease) for lease in self.leases()],
         )
+
+    def leases(self) -> list[Lease]:
+        return self._lender.leases() if self._lender is not None else []
 
     async def run(self) -> None:
         """Keeps the link up until cancelled; logs each outage once, not every retry."""

@@ -20,6 +20,7 @@ from worker.engine import EmbeddingJob, GenerationJob, ModelEngine
 from worker.errors import FailedPrecondition, InvalidArgument, Unavailable
 from worker.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
 from worker.gguf import GGUFFile
+from worker.llamacpp import rpc
 from worker.llamacpp.context import ContextParams, LlamaContext
 from worker.llamacpp.model import LlamaModel
 from worker.llamacpp.sampler import Sampler
@@ -45,7 +46,11 @@ class HostedModel:
     def __init__(self, config: ModelConfig, facts: ModelFacts) -> None:
         self.config = config
         self.facts = facts
-        self.model = LlamaModel(facts.path, config.n_gpu_layers)
+        if config.is_split:
+            # Only in a split model's child process (worker.split.runner): ggml aborts the
+            # process that holds the RPC connections when one of them fails.
+            rpc.use_servers(list(config.rpc_servers))
+        self.model = LlamaModel(facts.path, config.n_gpu_layers, config.tensor_split)
         try:
             self.context = LlamaContext(
                 self.model,

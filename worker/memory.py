@@ -9,7 +9,10 @@ Tests compare these figures with the sizes llama.cpp itself reports.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,10 +105,29 @@ class MemoryEstimate:
     weights_bytes: int
     kv_cache_bytes: int
     compute_bytes: int
+    # What one repeating layer adds to the device holding it (the largest layer), and the
+    # compute buffer of a device that holds layers but not the output: for layer splits.
+    n_layers: int = 0
+    layer_weights_bytes: int = 0
+    layer_kv_cache_bytes: int = 0
+    layer_compute_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
         return self.weights_bytes + self.kv_cache_bytes + self.compute_bytes
+
+    @property
+    def layer_bytes(self) -> int:
+        return self.layer_weights_bytes + self.layer_kv_cache_bytes
+
+    def without_layers(self, n: int) -> MemoryEstimate:
+        """What is left on this node when `n` layers live on other nodes' devices."""
+        n = max(0, min(n, self.n_layers))
+        return dataclasses.replace(
+            self,
+            weights_bytes=max(0, self.weights_bytes - n * self.layer_weights_bytes),
+            kv_cache_bytes=max(0, self.kv_cache_bytes - n * self.layer_kv_cache_bytes),
+        )
 
 
 def kv_cells(n_ctx: int) -> int:
@@ -128,12 +150,10 @@ def estimate_compute(
     embedding context), the attention scores over the context (no flash attention), and
     the feed-forward activations. Embedding contexts also keep a pooled vector per token.
     """
-    logits = n_ubatch * (shape.n_vocab + 2 * shape.n_embd)
-    attention = n_ubatch * (shape.n_head * kv_cells(n_ctx) + 3 * shape.n_embd)
-    ffn = n_ubatch * (2 * shape.n_ff + 2 * shape.n_embd)
+    logits = n_ubatch * (shape.n_vocab + 2 * shape.n_embd) * FLOAT_BYTES
     # The output buffer holds logits for at least one token per sequence.
     output = shape.n_vocab * n_seq + (n_ubatch * shape.n_embd if embedding else 0)
-    return (max(logits, attention, ffn) + output) * FLOAT_BYTES
+    return max(logits, _layer_compute(shape, n_ubatch, n_ctx)) + output * FLOAT_BYTES
 
 
 def estimate_memory(
@@ -145,11 +165,38 @@ def estimate_memory(
     n_seq: int = 1,
 ) -> MemoryEstimate:
     """For a context of `n_seq` slots with `n_ctx` tokens of KV cache each."""
+    kv = estimate_kv_cache(shape, n_ctx, n_seq)
+    per_layer = _layer_weights(gguf)
     return MemoryEstimate(
         weights_bytes=gguf.tensor_bytes,
-        kv_cache_bytes=estimate_kv_cache(shape, n_ctx, n_seq),
+        kv_cache_bytes=kv,
         compute_bytes=estimate_compute(shape, n_batch, n_ctx, embedding, n_seq),
+        n_layers=shape.n_layer,
+        layer_weights_bytes=max(per_layer.values(), default=0),
+        # Layers' caches differ only by their KV heads; the largest bounds any of them.
+        layer_kv_cache_bytes=-(-kv * max(shape.n_head_kv) // max(1, sum(shape.n_head_kv))),
+        layer_compute_bytes=_layer_compute(shape, n_batch, n_ctx),
     )
+
+
+_BLOCK = re.compile(r"blk\.(\d+)\.")
+
+
+def _layer_weights(gguf: GGUFFile) -> Counter[int]:
+    per_layer: Counter[int] = Counter()
+    for tensor in gguf.tensors:
+        match = _BLOCK.match(tensor.name)
+        if match:
+            per_layer[int(match.group(1))] += tensor.n_bytes
+    return per_layer
+
+
+def _layer_compute(shape: ModelShape, n_ubatch: int, n_ctx: int) -> int:
+    """A device's compute buffer when it holds layers but not the logits: the larger of
+    attention scores and feed-forward activations of one micro-batch."""
+    attention = n_ubatch * (shape.n_head * kv_cells(n_ctx) + 3 * shape.n_embd)
+    ffn = n_ubatch * (2 * shape.n_ff + 2 * shape.n_embd)
+    return max(attention, ffn) * FLOAT_BYTES
 
 
 def format_bytes(n: int) -> str:
@@ -187,17 +234,24 @@ class MemoryBudget:
         return max(0, min(host_free, budget_free))
 
     def reserve(self, owner: str, estimate: MemoryEstimate) -> None:
-        need = estimate.total_bytes
+        what = (
+            f"model {owner!r} needs about {format_bytes(estimate.total_bytes)} "
+            f"(weights {format_bytes(estimate.weights_bytes)}, KV cache "
+            f"{format_bytes(estimate.kv_cache_bytes)}, compute "
+            f"{format_bytes(estimate.compute_bytes)})"
+        )
+        self._take(owner, estimate.total_bytes, what, "lower n_ctx or n_batch, ")
+
+    def reserve_bytes(self, owner: str, need: int, purpose: str) -> None:
+        self._take(owner, need, f"{purpose} needs {format_bytes(need)}", "")
+
+    def _take(self, owner: str, need: int, what: str, advice: str) -> None:
         with self._lock:
             free = self._free_locked()
             if need > free:
                 raise ResourceExhausted(
-                    f"model {owner!r} needs about {format_bytes(need)} "
-                    f"(weights {format_bytes(estimate.weights_bytes)}, KV cache "
-                    f"{format_bytes(estimate.kv_cache_bytes)}, compute "
-                    f"{format_bytes(estimate.compute_bytes)}) but this worker has "
-                    f"{format_bytes(free)} free; lower n_ctx or n_batch, unload a model, "
-                    "or raise memory_limit"
+                    f"{what} but this worker has {format_bytes(free)} free; "
+                    f"{advice}unload a model, or raise memory_limit"
                 )
             self._reserved[owner] = need
 

@@ -23,6 +23,7 @@ from worker.generation import (
 from worker.memory import MemoryEstimate
 from worker.registry import ModelInfo, ModelState
 from worker.sampling import SamplingParams
+from worker.split.lender import Lease
 
 _OPTIONAL_SAMPLING = (
     "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
@@ -120,6 +121,8 @@ def model_config_to_proto(config: ModelConfig) -> pb.ModelSpec:
         max_queue=config.max_queue,
         flash_attn=config.flash_attn.value,
         n_parallel=config.n_parallel,
+        rpc_servers=config.rpc_servers,
+        tensor_split=config.tensor_split,
     )
 
 
@@ -129,6 +132,10 @@ def estimate_to_proto(estimate: MemoryEstimate) -> pb.MemoryEstimate:
         kv_cache_bytes=estimate.kv_cache_bytes,
         compute_bytes=estimate.compute_bytes,
         total_bytes=estimate.total_bytes,
+        n_layers=estimate.n_layers,
+        layer_weights_bytes=estimate.layer_weights_bytes,
+        layer_kv_cache_bytes=estimate.layer_kv_cache_bytes,
+        layer_compute_bytes=estimate.layer_compute_bytes,
     )
 
 
@@ -150,4 +157,17 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         decode_tokens_per_second=info.decode_tps,
         prompt_tokens_per_second=info.prompt_tps,
         completed_requests=info.completed,
+    )
+
+
+def lease_to_proto(lease: Lease, memory_free: int = 0) -> pb.RpcServerInfo:
+    return pb.RpcServerInfo(
+        lease_id=lease.lease_id,
+        endpoint=lease.endpoint,
+        head_host=lease.head_host,
+        device=lease.device,
+        reserved_bytes=lease.reserved_bytes,
+        memory_free_bytes=memory_free,
+        running=lease.running,
+        error=lease.error,
     )

@@ -33,6 +33,9 @@ from worker.errors import (
 from worker.gguf import read_gguf
 from worker.hosted import HostedModel, ModelFacts
 from worker.memory import MemoryBudget, MemoryEstimate, ModelShape, estimate_memory
+from worker.split.runner import SplitModel
+
+Hosted = HostedModel | SplitModel
 
 log = logging.getLogger(__name__)
 # Slots a model gets when its config leaves n_parallel at 0, memory permitting; as
@@ -71,9 +74,10 @@ class ModelInfo:
 class _Entry:
     config: ModelConfig
     state: ModelState
-    hosted: HostedModel | None = None
+    hosted: Hosted | None = None
     facts: ModelFacts | None = None
     error: str = ""
+    lost: bool = False  # FAILED while serving (a split model's helper), not at load
 
 
 class ModelRegistry:
@@ -94,12 +98,12 @@ class ModelRegistry:
 
     # ---- lookups ---------------------------------------------------------------------
     @contextmanager
-    def lease(self, alias: str) -> Iterator[HostedModel]:
+    def lease(self, alias: str) -> Iterator[Hosted]:
         """The model called `alias`, kept alive (not unloaded under us) inside the block."""
         with self.get(alias).lease() as hosted:
             yield hosted
 
-    def get(self, alias: str) -> HostedModel:
+    def get(self, alias: str) -> Hosted:
         if not alias:
             raise InvalidArgument("model is empty: name the alias of a loaded model")
         with self._lock:
@@ -109,6 +113,8 @@ class ModelRegistry:
                 raise ModelNotFound(alias, ready)
             if entry.state is ModelState.READY and entry.hosted is not None:
                 return entry.hosted
+            if entry.state is ModelState.FAILED and entry.lost:
+                raise Unavailable(f"{entry.error}; the coordinator re-plans it")
             if entry.state is ModelState.FAILED:
                 raise FailedPrecondition(f"model {alias!r} failed to load: {entry.error}")
             raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
@@ -155,9 +161,16 @@ class ModelRegistry:
                 )
             self._entries[config.alias] = _Entry(config, ModelState.LOADING)
         self._changed()
+        if existing is not None and isinstance(existing.hosted, SplitModel):
+            await existing.hosted.close("replaced by a new load")  # lost; its child remains
         try:
             # Shielded: a client that gives up on LoadModel must not leave a half-loaded model.
-            hosted = await asyncio.shield(asyncio.to_thread(self._load_blocking, config, trusted))
+            if config.is_split and not self._settings.split_child:
+                hosted: Hosted = await asyncio.shield(self._load_split(config, trusted))
+            else:
+                hosted = await asyncio.shield(
+                    asyncio.to_thread(self._load_blocking, config, trusted)
+                )
         except BaseException:
             with self._lock:
                 self._entries.pop(config.alias, None)
@@ -187,6 +200,27 @@ class ModelRegistry:
         facts = await asyncio.to_thread(self._inspect, config, False)
         return facts.estimate
 
+    async def _load_split(self, config: ModelConfig, trusted: bool) -> SplitModel:
+        facts = await asyncio.to_thread(self._inspect, config, trusted)
+        self._budget.reserve(config.alias, facts.estimate)
+        try:
+            return await SplitModel.start(
+                config, facts, self._settings, lambda reason: self._lost(config.alias, reason)
+            )
+        except BaseException:
+            self._budget.release(config.alias)
+            raise
+
+    def _lost(self, alias: str, reason: str) -> None:
+        """A serving model broke (a split model's helper failed): FAILED, memory freed."""
+        with self._lock:
+            entry = self._entries.get(alias)
+            if entry is None or entry.state is not ModelState.READY:
+                return
+            entry.state, entry.error, entry.lost = ModelState.FAILED, reason, True
+        self._budget.release(alias)
+        self._changed()
+
     def _inspect(self, config: ModelConfig, trusted: bool) -> ModelFacts:
         path = self._locate(config, trusted)
         gguf = read_gguf(path)
@@ -202,7 +236,7 @@ class ModelRegistry:
         while True:
             estimate = estimate_memory(
                 gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel
-            )
+            ).without_layers(layers_on_rpc(config, shape.n_layer))
             # Auto sizing: fewer slots rather than a refusal, down to one.
             if config.n_parallel or n_parallel == 1:
                 break
@@ -245,24 +279,47 @@ class ModelRegistry:
                 raise ModelNotFound(alias, self._entries)
             hosted = entry.hosted
             if entry.state is ModelState.FAILED:
+                # Nothing to wait for; a split model lost while serving still has a child.
                 del self._entries[alias]
             elif entry.state is not ModelState.READY or hosted is None:
                 raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
             else:
                 entry.state = ModelState.UNLOADING
         self._changed()
-        if hosted is None:  # a FAILED entry holds nothing to free
+        if hosted is None:  # failed at load: holds nothing to free
             return
         reason = reason or f"model {alias!r} was unloaded"
-        await asyncio.shield(asyncio.to_thread(hosted.close, reason))
+        if isinstance(hosted, SplitModel):
+            await asyncio.shield(hosted.close(reason))
+        else:
+            await asyncio.shield(asyncio.to_thread(hosted.close, reason))
         with self._lock:
-            self._entries.pop(alias, None)
-        self._budget.release(alias)
+            if self._entries.get(alias) is entry:
+                del self._entries[alias]
+        if not entry.lost:  # a lost model's memory was released when it was lost
+            self._budget.release(alias)
         self._changed()
         log.info("model %s unloaded", alias)
 
     async def close_all(self) -> None:
         with self._lock:
-            aliases = [a for a, e in self._entries.items() if e.state is ModelState.READY]
+            aliases = [a for a, e in self._entries.items() if e.state is ModelState.READY or e.lost]
         for alias in aliases:
             await self.unload(alias, "the worker is shutting down")
+
+
+def layers_on_rpc(config: ModelConfig, n_layer: int) -> int:
+    """How many of the model's layers live on other nodes' RPC devices.
+
+    llama.cpp offloads the last n_gpu_layers layers and spreads them over its devices in
+    tensor_split proportions, RPC devices first; with no shares given, all of them count
+    as remote (a head without a GPU of its own, the usual edge case).
+    """
+    if not config.is_split:
+        return 0
+    offloaded = n_layer if config.n_gpu_layers < 0 else min(config.n_gpu_layers, n_layer)
+    shares = config.tensor_split
+    if not shares:
+        return offloaded
+    remote = sum(shares[: len(config.rpc_servers)]) / sum(shares)
+    return round(offloaded * remote)

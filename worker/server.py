@@ -21,17 +21,20 @@ from worker.config import (
     WorkerSettings,
     default_threads,
     join_host_port,
+    split_host_port,
 )
 from worker.errors import WorkerError
 from worker.grpc_errors import ErrorInterceptor
 from worker.hardware import HardwareInfo, cpu_model, detect
-from worker.heartbeat import CoordinatorLink
+from worker.heartbeat import CoordinatorLink, advertised_address
 from worker.llamacpp import ensure_backend, supports_rpc, system_info
 from worker.memory import MemoryBudget, format_bytes
 from worker.metrics import MetricsServer, WorkerCollector
 from worker.reference_speed import cache_key, default_cache_dir, gpu_layers_for, reference_speed
 from worker.registry import ModelRegistry, ModelState
 from worker.servicer import WorkerServicer
+from worker.split.lender import RpcLender
+from worker.split.lifetime import die_with_parent
 from worker.telemetry.sampler import TelemetrySampler, start_sampler
 
 log = logging.getLogger(__name__)
@@ -63,9 +66,16 @@ class WorkerServer:
         self.settings = settings
         self.budget = memory_budget(settings)
         self.registry = ModelRegistry(settings, self.budget)
+        self.lender: RpcLender | None = None
+        if supports_rpc() and not settings.split_child:
+            self.lender = RpcLender(
+                settings.host, _advertised_host(settings), self.budget, default_threads()
+            )
         self.health = health.aio.HealthServicer()
         self._server = aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
-        worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(self.registry), self._server)
+        worker_pb2_grpc.add_WorkerServicer_to_server(
+            WorkerServicer(self.registry, self.lender), self._server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -118,8 +128,9 @@ class WorkerServer:
             self.metrics.start(self.settings.host, self.settings.metrics_listen_port)
         if self.settings.coordinator:
             self.link = CoordinatorLink(
-                self.settings, self.registry, self.budget, hardware, self.port, sampler
-            )
+                self.settings, self.registry, self.budget, hardware, self.port, sampler,
+                self.lender,
+            )  # fmt: skip
             self._link_task = asyncio.create_task(self.link.run(), name="coordinator-link")
         await self.registry.load_configured(self._initial_models())
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -142,11 +153,18 @@ class WorkerServer:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.settings.shutdown_grace_s)
         await self.registry.close_all()
+        if self.lender is not None:
+            await self.lender.close()
         if self.metrics is not None:
             self.metrics.stop()
         if self.sampler is not None:
             self.sampler.stop()
         log.info("worker stopped")
+
+
+def _advertised_host(settings: WorkerSettings) -> str:
+    """The host heads reach this node's RPC servers at: the node's own advertised host."""
+    return split_host_port(advertised_address(settings, settings.port or 1))[0]
 
 
 def _with_reference_speed(hardware: HardwareInfo) -> HardwareInfo:
@@ -165,6 +183,8 @@ def _with_reference_speed(hardware: HardwareInfo) -> HardwareInfo:
 
 async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None = None) -> None:
     """Runs a worker until SIGINT or SIGTERM."""
+    if settings.split_child:
+        die_with_parent()
     server = WorkerServer(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -19,10 +19,13 @@ from llamaherd.v1 import worker_pb2_grpc
 
 from worker import protocol
 from worker.engine import Job
+from worker.errors import FailedPrecondition
 from worker.generation import EmbeddingResult, Finished, GenerationEvent
-from worker.grpc_errors import request_id
+from worker.grpc_errors import REQUEST_ID_KEY, request_id
 from worker.hosted import HostedModel
 from worker.registry import ModelRegistry
+from worker.split.lender import RpcLender
+from worker.split.runner import SplitModel
 from worker.streams import EventStream
 
 log = logging.getLogger(__name__)
@@ -55,9 +58,17 @@ async def _run(hosted: HostedModel, job: Job, stream: EventStream[T]) -> AsyncIt
         hosted.engine.withdraw(job)
 
 
+def _relay_metadata(rid: str) -> tuple[tuple[str, str], ...]:
+    return ((REQUEST_ID_KEY, rid),)
+
+
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
-    def __init__(self, registry: ModelRegistry) -> None:
+    """Split models (worker.split.runner) are relayed to the child hosting them, request
+    and reply unchanged, so callers never see the difference."""
+
+    def __init__(self, registry: ModelRegistry, lender: RpcLender | None = None) -> None:
         self._registry = registry
+        self._lender = lender
 
     async def ListModels(
         self, request: pb.ListModelsRequest, context: aio.ServicerContext
@@ -92,6 +103,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         constraint = protocol.constraint_from_proto(request.constraint)
         rid = request_id(context)
         with self._registry.lease(request.model) as hosted:
+            if isinstance(hosted, SplitModel):
+                async for chunk in hosted.relay_stream("Generate", request, _relay_metadata(rid)):
+                    yield chunk
+                return
             stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
             job = await _off_loop_if_large(
                 len(request.prompt),
@@ -109,6 +124,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         messages = protocol.messages_from_proto(list(request.messages))
         rid = request_id(context)
         with self._registry.lease(request.model) as hosted:
+            if isinstance(hosted, SplitModel):
+                async for chunk in hosted.relay_stream("Chat", request, _relay_metadata(rid)):
+                    yield chunk
+                return
             stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
             job = await _off_loop_if_large(
                 sum(len(m.content) for m in messages),
@@ -125,6 +144,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         inputs = list(request.inputs)
         rid = request_id(context)
         with self._registry.lease(request.model) as hosted:
+            if isinstance(hosted, SplitModel):
+                reply: gen_pb.EmbedResponse = await hosted.relay_unary(
+                    "Embed", request, _relay_metadata(rid)
+                )
+                return reply
             stream: EventStream[EmbeddingResult] = EventStream(asyncio.get_running_loop())
             job = await _off_loop_if_large(
                 sum(len(t) for t in inputs),
@@ -139,6 +163,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         add_special = request.add_special if request.HasField("add_special") else True
         parse_special = request.parse_special if request.HasField("parse_special") else True
         with self._registry.lease(request.model) as hosted:
+            if isinstance(hosted, SplitModel):
+                tokenized: gen_pb.TokenizeResponse = await hosted.relay_unary(
+                    "Tokenize", request, _relay_metadata(request_id(context))
+                )
+                return tokenized
             tokens = await _off_loop_if_large(
                 len(request.text), lambda: hosted.tokenize(request.text, add_special, parse_special)
             )
@@ -150,8 +179,39 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     ) -> gen_pb.DetokenizeResponse:
         tokens = list(request.tokens)
         with self._registry.lease(request.model) as hosted:
+            if isinstance(hosted, SplitModel):
+                detokenized: gen_pb.DetokenizeResponse = await hosted.relay_unary(
+                    "Detokenize", request, _relay_metadata(request_id(context))
+                )
+                return detokenized
             text = await _off_loop_if_large(len(tokens), lambda: hosted.detokenize(tokens))
         return gen_pb.DetokenizeResponse(text=text)
+
+    async def StartRpcServer(
+        self, request: pb.StartRpcServerRequest, context: aio.ServicerContext
+    ) -> pb.RpcServerInfo:
+        lender = self._require_lender()
+        lease = await lender.start(
+            request.lease_id,
+            request.head_host,
+            request.reserve_bytes,
+            request.n_threads if request.HasField("n_threads") else None,
+        )
+        return protocol.lease_to_proto(lease, lender.memory_free())
+
+    async def StopRpcServer(
+        self, request: pb.StopRpcServerRequest, context: aio.ServicerContext
+    ) -> pb.StopRpcServerResponse:
+        await self._require_lender().stop(request.lease_id)
+        return pb.StopRpcServerResponse()
+
+    def _require_lender(self) -> RpcLender:
+        if self._lender is None:
+            raise FailedPrecondition(
+                "this llama.cpp build has no ggml RPC backend, so this node cannot lend its "
+                "device; rebuild llama-cpp-python with -DGGML_RPC=ON"
+            )
+        return self._lender
 
 
 def _log_finished(rid: str, alias: str, event: GenerationEvent) -> None:

@@ -11,7 +11,7 @@ from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
-from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState
+from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState, RpcLease
 from worker.config import ALIAS_PATTERN, split_host_port
 from worker.telemetry.wire import (
     hardware_fields,
@@ -50,6 +50,31 @@ def node_from_report(report: cl_pb.NodeReport, now: float) -> Node:
         last_report=now,
         version=report.version,
         telemetry=sample_from_proto(report.telemetry) if report.HasField("telemetry") else None,
+        rpc_leases=tuple(lease_from_proto(r) for r in report.rpc_servers),
+    )
+
+
+def lease_from_proto(info: w_pb.RpcServerInfo) -> RpcLease:
+    return RpcLease(
+        lease_id=info.lease_id,
+        endpoint=info.endpoint,
+        head_host=info.head_host,
+        device=info.device,
+        reserved_bytes=info.reserved_bytes,
+        running=info.running,
+        error=info.error,
+    )
+
+
+def lease_to_proto(lease: RpcLease) -> w_pb.RpcServerInfo:
+    return w_pb.RpcServerInfo(
+        lease_id=lease.lease_id,
+        endpoint=lease.endpoint,
+        head_host=lease.head_host,
+        device=lease.device,
+        reserved_bytes=lease.reserved_bytes,
+        running=lease.running,
+        error=lease.error,
     )
 
 
@@ -72,6 +97,9 @@ def replica_from_proto(load: cl_pb.ModelLoad) -> Replica:
         prompt_tps=load.prompt_tokens_per_second,
         completed=load.completed_requests,
         error=info.error,
+        rpc_servers=tuple(info.spec.rpc_servers),
+        tensor_split=tuple(info.spec.tensor_split),
+        n_gpu_layers=info.spec.n_gpu_layers,
     )
 
 
@@ -85,6 +113,9 @@ def replica_to_proto(replica: Replica) -> cl_pb.ModelLoad:
                 n_ctx=replica.n_ctx,
                 embedding=replica.embedding,
                 max_queue=replica.max_queue,
+                n_gpu_layers=replica.n_gpu_layers,
+                rpc_servers=replica.rpc_servers,
+                tensor_split=replica.tensor_split,
             ),
             state=STATES_BACK[replica.state],
             error=replica.error,
@@ -113,4 +144,5 @@ def node_to_proto(node: Node, now: float, inflight: int) -> inf_pb.NodeStatus:
         memory_free_bytes=node.memory_free,
         gateway_inflight=inflight,
         telemetry=sample_to_proto(node.telemetry) if node.telemetry is not None else None,
+        rpc_servers=[lease_to_proto(lease) for lease in node.rpc_leases],
     )

@@ -51,6 +51,10 @@ class Replica:
     prompt_tps: float = 0.0
     completed: int = 0
     error: str = ""
+    # A split model: the helpers' ggml RPC endpoints it uses, and its layer split.
+    rpc_servers: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
+    n_gpu_layers: int = 0
 
     @property
     def ready(self) -> bool:
@@ -60,6 +64,19 @@ class Replica:
     def load(self) -> int:
         """Requests the node holds for this model: waiting plus running."""
         return self.queued + self.active
+
+
+@dataclass(frozen=True)
+class RpcLease:
+    """A device a node lends to a split model's head (a ggml RPC server it runs)."""
+
+    lease_id: str
+    endpoint: str  # host:port the head connects to
+    head_host: str  # the only address the server accepts
+    device: str = "CPU"
+    reserved_bytes: int = 0
+    running: bool = True
+    error: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,7 @@ class Node:
     last_report: float = 0.0  # clock time of the last heartbeat
     version: str = ""
     telemetry: NodeSample | None = None  # the latest sample the node sent
+    rpc_leases: tuple[RpcLease, ...] = ()
 
     def replica(self, alias: str) -> Replica | None:
         for replica in self.replicas:

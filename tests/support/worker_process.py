@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.netns import Host
 
 LLAMAHERD = str(Path(sys.executable).parent / "llamaherd")
 
@@ -57,13 +58,19 @@ def start_worker(
     *args: str,
     ready_timeout: float = 120.0,
     name: str = "worker",
+    host: Host | None = None,
 ) -> WorkerProcess:
-    """Runs `llamaherd worker` on a free loopback port; returns once health says SERVING."""
+    """Runs `llamaherd worker` on a free loopback port, or on port 50051 of a namespaced
+    `host` (tests.support.netns); returns once health says SERVING."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = free_port() if host is None else 50051
     command = [LLAMAHERD, "worker", "--port", str(port), *args]
+    if host is not None:
+        command = [*host.exec_prefix(), *command, "--host", host.address]
     metrics_url = ""
-    if "--no-metrics" not in args and "--metrics-port" not in args:
+    if host is not None:
+        metrics_url = f"http://{host.address}:{port + 1000}/metrics"
+    elif "--no-metrics" not in args and "--metrics-port" not in args:
         metrics_port = free_port()
         command += ["--metrics-port", str(metrics_port)]
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -75,7 +82,8 @@ def start_worker(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    worker = WorkerProcess(process, f"127.0.0.1:{port}", log_path, metrics_url)
+    address = f"{host.address if host else '127.0.0.1'}:{port}"
+    worker = WorkerProcess(process, address, log_path, metrics_url)
     try:
         wait_serving(worker, ready_timeout)
     except BaseException:

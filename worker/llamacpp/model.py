@@ -20,10 +20,16 @@ _ALL_LAYERS = 0x7FFFFFFF
 
 
 class LlamaModel:
-    def __init__(self, path: Path, n_gpu_layers: int = 0) -> None:
+    def __init__(
+        self, path: Path, n_gpu_layers: int = 0, tensor_split: Sequence[float] = ()
+    ) -> None:
         ensure_backend()
         params = C.llama_model_default_params()
         params.n_gpu_layers = _ALL_LAYERS if n_gpu_layers < 0 else n_gpu_layers
+        if tensor_split:
+            # llama.cpp reads one share per device, up to its maximum device count.
+            shares = (ctypes.c_float * C.LLAMA_MAX_DEVICES)(*tensor_split)
+            params.tensor_split = shares
         with log.capture() as lines:
             ptr = C.llama_model_load_from_file(str(path).encode(), params)
         if not ptr:

@@ -1,0 +1,338 @@
+"""The head of a split model: a child worker process hosts it, this worker relays to it.
+
+ggml's RPC client aborts its process when a helper's connection fails, and a helper whose
+link drops leaves it blocked in a read for as long as TCP retries. Neither may reach the
+worker, so the model lives in a child worker (same code, `split_child` set, loopback only)
+and this worker forwards the Worker API calls for it. A watchdog notices a lost helper
+within seconds, by the child exiting or by failed probes of the helpers' endpoints (the
+helpers' peer filters answer a connect-and-close without troubling ggml), then kills the
+child and reports the model lost: requests in flight end with UNAVAILABLE at once and new
+ones are refused until the coordinator re-plans.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import sys
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llamaherd.v1 import worker_pb2 as pb
+from llamaherd.v1 import worker_pb2_grpc
+
+from worker.config import ModelConfig, WorkerSettings, split_host_port
+from worker.errors import ErrorKind, FailedPrecondition, Unavailable, WorkerError
+from worker.hosted import ModelFacts
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 600.0  # the weights cross the network to the helpers while it loads
+PROBE_INTERVAL_S = 1.0
+PROBE_TIMEOUT_S = 1.0
+PROBE_FAILURES = 3  # consecutive failed probes of one helper before the split is given up
+STATS_TIMEOUT_S = 2.0
+STOP_TIMEOUT_S = 10.0
+LOG_TAIL = 20
+# What the child's exit code says about a helper, for the error clients and operators see.
+_EXIT_HINTS = {
+    -signal.SIGABRT: "ggml aborted: a helper's RPC connection failed or answered garbage",
+    -signal.SIGKILL: "killed",
+}
+_ERRORS = {kind.value.upper(): kind for kind in ErrorKind}
+
+
+class RelayedError(WorkerError):
+    """An error the child reported, passed on with its own status."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass
+class ChildStats:
+    """The child's figures for the model, as its ListModels last reported them; the same
+    names HostedModel's engine offers, so the registry reports both alike."""
+
+    queued: int = 0
+    active: int = 0
+    slots_total: int = 0
+    cached_tokens: int = 0
+    decode_tps: float = 0.0
+    prompt_tps: float = 0.0
+    completed: int = 0
+
+    @property
+    def rates(self) -> ChildStats:
+        return self
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    source: str
+
+
+class SplitModel:
+    """A model whose layers are split over helper nodes, hosted by a child worker."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        facts: ModelFacts,
+        process: asyncio.subprocess.Process,
+        channel: aio.Channel,
+        on_lost: Callable[[str], None],
+    ) -> None:
+        self.config = config
+        self.facts = facts
+        self.engine = ChildStats()
+        self.template: TemplateSource | None = None
+        self._process = process
+        self._channel = channel
+        self.stub = worker_pb2_grpc.WorkerStub(channel)
+        self._on_lost = on_lost
+        self._lost: str | None = None
+        self._closing = False
+        self._log_tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def alias(self) -> str:
+        return self.config.alias
+
+    # ---- start and stop ----------------------------------------------------------------
+    @classmethod
+    async def start(
+        cls,
+        config: ModelConfig,
+        facts: ModelFacts,
+        settings: WorkerSettings,
+        on_lost: Callable[[str], None],
+    ) -> SplitModel:
+        port = _free_loopback_port()
+        with tempfile.TemporaryDirectory(prefix="llamaherd-split-") as folder:
+            config_file = Path(folder) / "worker.json"
+            config_file.write_text(json.dumps(_child_settings(config, settings, facts)))
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "orchestrator.cli", "worker",
+                "--config", str(config_file), "--port", str(port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # a Ctrl-C for the worker reaches it via the worker
+            )  # fmt: skip
+            channel = aio.insecure_channel(f"127.0.0.1:{port}")
+            model = cls(config, facts, process, channel, on_lost)
+            model._tasks.append(asyncio.create_task(model._copy_log(), name="split-log"))
+            try:
+                await asyncio.wait_for(model._wait_ready(), START_TIMEOUT_S)
+            except BaseException as exc:
+                reason = await model._stop_child()
+                await channel.close()
+                if isinstance(exc, TimeoutError):
+                    raise FailedPrecondition(
+                        f"split model {config.alias!r} did not load in {START_TIMEOUT_S:.0f} s"
+                    ) from None
+                if isinstance(exc, _ChildExited):
+                    raise FailedPrecondition(
+                        f"split model {config.alias!r} could not load: {reason}"
+                    ) from None
+                raise
+        model._tasks.append(asyncio.create_task(model._watch(), name=f"split:{config.alias}"))
+        model._tasks.append(asyncio.create_task(model._probe(), name=f"probe:{config.alias}"))
+        log.info(
+            "split model %s serving from child %d, layers on %s",
+            config.alias, process.pid, ", ".join(config.rpc_servers),
+        )  # fmt: skip
+        return model
+
+    async def _wait_ready(self) -> None:
+        health = health_pb2_grpc.HealthStub(self._channel)
+        while True:
+            if self._process.returncode is not None:
+                raise _ChildExited
+            with contextlib.suppress(aio.AioRpcError):
+                reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    break
+            await asyncio.sleep(0.1)
+        listing = await self.stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
+        for info in listing.models:
+            if info.alias == self.alias and info.state == pb.MODEL_STATE_FAILED:
+                raise FailedPrecondition(f"split model {self.alias!r} could not load: {info.error}")
+        self._update(listing)
+
+    async def close(self, reason: str) -> None:
+        self._closing = True
+        for task in self._tasks:
+            task.cancel()
+        await self._stop_child()
+        await self._channel.close()
+        log.info("split model %s stopped: %s", self.alias, reason)
+
+    async def _stop_child(self) -> str:
+        """Ends the child (politely, then not) and says how it ended."""
+        process = self._process
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        return self._exit_reason()
+
+    def _exit_reason(self) -> str:
+        code = self._process.returncode
+        hint = _EXIT_HINTS.get(code or 0, f"exited with code {code}")
+        last = next((line for line in reversed(self._log_tail) if line.strip()), "")
+        return f"{hint}" + (f"; last log line: {last}" if last else "")
+
+    # ---- watching ----------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Follows the child: its figures every second, and its death."""
+        wait = asyncio.create_task(self._process.wait())
+        try:
+            while not wait.done():
+                with contextlib.suppress(aio.AioRpcError):
+                    self._update(
+                        await self.stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
+                    )
+                await asyncio.wait({wait}, timeout=PROBE_INTERVAL_S)
+        finally:
+            wait.cancel()
+        if not self._closing:
+            self._lose(f"the process hosting it {self._exit_reason()}")
+
+    async def _probe(self) -> None:
+        """Connects to each helper every second; one unreachable for PROBE_FAILURES probes
+        in a row means its link or host is gone, and the child would hang on it."""
+        failures = dict.fromkeys(self.config.rpc_servers, 0)
+        while self._lost is None:
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            for endpoint in failures:
+                failures[endpoint] = 0 if await _reachable(endpoint) else failures[endpoint] + 1
+                if failures[endpoint] >= PROBE_FAILURES:
+                    self._lose(
+                        f"helper {endpoint} has not answered for "
+                        f"{PROBE_FAILURES * PROBE_INTERVAL_S:.0f} s"
+                    )
+                    if self._process.returncode is None:
+                        self._process.kill()
+                    return
+
+    def _lose(self, reason: str) -> None:
+        if self._lost is not None or self._closing:
+            return
+        self._lost = f"split model {self.alias!r} lost: {reason}"
+        log.error("%s", self._lost)
+        self._on_lost(self._lost)
+
+    async def _copy_log(self) -> None:
+        assert self._process.stderr is not None
+        async for raw in self._process.stderr:
+            line = raw.decode("utf-8", errors="replace").rstrip()
+            self._log_tail.append(line)
+            log.info("[%s] %s", self.alias, line)
+
+    def _update(self, listing: pb.ListModelsResponse) -> None:
+        for info in listing.models:
+            if info.alias == self.alias:
+                self.engine = ChildStats(
+                    queued=info.queued_requests,
+                    active=info.active_requests,
+                    slots_total=info.slots_total,
+                    cached_tokens=info.cached_tokens,
+                    decode_tps=info.decode_tokens_per_second,
+                    prompt_tps=info.prompt_tokens_per_second,
+                    completed=info.completed_requests,
+                )
+                self.template = TemplateSource(info.chat_template_source)
+
+    # ---- relaying ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lease(self) -> Iterator[SplitModel]:
+        if self._lost is not None:
+            raise Unavailable(self._lost)
+        yield self
+
+    async def relay_stream(
+        self, method: str, request: Any, metadata: tuple[tuple[str, str], ...]
+    ) -> AsyncIterator[Any]:
+        call = getattr(self.stub, method)(request, metadata=metadata)
+        try:
+            async for reply in call:
+                yield reply
+        except aio.AioRpcError as exc:
+            raise self._relayed(exc) from None
+        finally:
+            call.cancel()
+
+    async def relay_unary(
+        self, method: str, request: Any, metadata: tuple[tuple[str, str], ...]
+    ) -> Any:
+        try:
+            return await getattr(self.stub, method)(request, metadata=metadata)
+        except aio.AioRpcError as exc:
+            raise self._relayed(exc) from None
+
+    def _relayed(self, exc: aio.AioRpcError) -> WorkerError:
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and (
+            self._lost is not None or self._process.returncode is not None
+        ):
+            return Unavailable(self._lost or f"split model {self.alias!r} lost its process")
+        kind = _ERRORS.get(exc.code().name, ErrorKind.INTERNAL)
+        return RelayedError(kind, exc.details() or exc.code().name)
+
+
+class _ChildExited(Exception):
+    pass
+
+
+def _child_settings(
+    config: ModelConfig, settings: WorkerSettings, facts: ModelFacts
+) -> dict[str, Any]:
+    model = config.model_dump(mode="json")
+    model["path"] = config.path if config.is_builtin else str(facts.path)
+    return {
+        "host": "127.0.0.1",
+        "models": [model],
+        "split_child": True,
+        "metrics": False,
+        "reference_speed": False,
+        "log_level": settings.log_level,
+        "memory_reserve": int(settings.memory_reserve),
+        "shutdown_grace_s": 1.0,
+        "telemetry_interval_s": 60.0,
+    }
+
+
+async def _reachable(endpoint: str) -> bool:
+    host, port = split_host_port(endpoint)
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return True
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
