@@ -39,6 +39,11 @@ class CatalogEntry(BaseModel):
     path: str = Field(min_length=1, description="GGUF path on the workers, or builtin:<name>")
     replicas: int = Field(1, ge=0, le=1024, description="ready copies wanted across nodes")
     labels: tuple[str, ...] = Field((), description="only nodes carrying all these labels")
+    split_nodes: int = Field(
+        0, ge=0, le=16,
+        description="spread one replica's layers over nodes (llama.cpp RPC): 0 = only when "
+        "no single node can hold it, 1 = never, N >= 2 = always over exactly N nodes",
+    )  # fmt: skip
     n_ctx: int | None = None
     n_gpu_layers: int | None = None
     n_threads: int | None = None
@@ -53,6 +58,20 @@ class CatalogEntry(BaseModel):
     n_parallel: int | None = None
 
     @model_validator(mode="after")
+    def _one_split_replica(self) -> CatalogEntry:
+        if self.split_nodes >= 2 and self.replicas > 1:
+            raise ValueError(
+                f"{self.alias}: split_nodes {self.split_nodes} spreads one replica over "
+                f"several nodes; set replicas to 0 or 1, not {self.replicas}"
+            )
+        if self.split_nodes >= 2 and self.n_gpu_layers is not None:
+            raise ValueError(
+                f"{self.alias}: the split plan chooses n_gpu_layers when split_nodes is "
+                f"{self.split_nodes}; leave it unset"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _valid_for_workers(self) -> CatalogEntry:
         # The workers validate with ModelConfig; checking here turns a typo into a start-up
         # error instead of a placement loop that fails on every node.
@@ -61,7 +80,7 @@ class CatalogEntry(BaseModel):
 
     def load_fields(self) -> dict[str, Any]:
         """The ModelSpec fields a LoadModel request for this entry carries."""
-        skip = {"replicas", "labels"}
+        skip = {"replicas", "labels", "split_nodes"}
         return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
+from collections.abc import Mapping, Sequence
+
 from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import telemetry_pb2 as t_pb
@@ -14,6 +18,8 @@ def render_status(status: inf_pb.ClusterStatusResponse) -> str:
     up = sum(1 for n in status.nodes if n.up)
     lines = [f"{len(status.nodes)} workers ({up} up), routing: {status.routing_policy}", ""]
     lines.append(f"{'NODE':16} {'STATE':6} {'KIND':12} {'ADDRESS':22} {'FREE MEM':>10}  MODELS")
+    lenders = {lease.endpoint: n.node_id for n in status.nodes for lease in n.rpc_servers}
+    layers = lent_layers(status.nodes)
     for node in status.nodes:
         state = "up" if node.up else "down"
         models = ", ".join(_model(m) for m in node.models) or "-"
@@ -25,9 +31,84 @@ def render_status(status: inf_pb.ClusterStatusResponse) -> str:
         if not node.up:
             lines.append(f"{'':16} {node.down_reason} ({node.seconds_since_report:.0f} s ago)")
         lines.extend(f"{'':16} {line}" for line in telemetry_lines(node))
+        lines.extend(f"{'':16} {line}" for line in split_lines(node, lenders, layers))
     for problem in status.placement_problems:
         lines.append(f"\nnot placed: {problem.alias}: {problem.reason}")
     return "\n".join(lines)
+
+
+def split_lines(
+    node: inf_pb.NodeStatus, lenders: Mapping[str, str], layers: Mapping[str, str]
+) -> list[str]:
+    """Where the layers of the node's split models live, and the devices it lends.
+
+    `lenders` maps RPC endpoints to the nodes that lend them; `layers` maps them to the
+    layers they hold (lent_layers).
+    """
+    lines = []
+    for load in node.models:
+        spec = load.info.spec
+        if not spec.rpc_servers:
+            continue
+        head, *helpers = _spans(load.info)
+        where = [f"{head} here (head)"]
+        where += [f"{span} on {lenders.get(endpoint, endpoint)}"
+                  for span, endpoint in zip(helpers, spec.rpc_servers, strict=True)]  # fmt: skip
+        lines.append(f"{load.info.alias} split: " + ", ".join(where))
+    for lease in node.rpc_servers:
+        parts = [
+            f"lends {lease.device or 'a device'} to {lease.lease_id}",
+            layers.get(lease.endpoint, "not in use"),
+            f"{format_bytes(lease.reserved_bytes)} reserved",
+            lease.endpoint,
+        ]
+        if not lease.running:
+            parts.append("stopped: " + (lease.error or "no error reported"))
+        lines.append(" · ".join(parts))
+    return lines
+
+
+def lent_layers(nodes: Sequence[inf_pb.NodeStatus]) -> dict[str, str]:
+    """The layers each RPC endpoint holds, from the split models of every node."""
+    held: dict[str, str] = {}
+    for node in nodes:
+        for load in node.models:
+            if load.info.spec.rpc_servers:
+                _, *helpers = _spans(load.info)
+                held.update(zip(load.info.spec.rpc_servers, helpers, strict=True))
+    return held
+
+
+def _spans(info: w_pb.ModelInfo) -> list[str]:
+    """The layers of a split model's head, then of each RPC server, as llama.cpp places
+    them: the last n_gpu_layers layers over the servers in tensor_split proportions."""
+    spec, total = info.spec, info.memory.n_layers
+    servers = len(spec.rpc_servers)
+    offloaded = spec.n_gpu_layers if spec.n_gpu_layers >= 0 else total  # -1: all of them
+    if total:
+        offloaded = min(offloaded, total)
+    shares = list(spec.tensor_split[:servers])
+    if len(shares) < servers or sum(shares) <= 0:
+        shares = [1.0] * servers  # llama.cpp's own default is unknown here: say equal
+    bounds = [c / sum(shares) for c in itertools.accumulate(shares)]
+    counts = [0] * servers
+    for i in range(offloaded):  # as llama.cpp: the device of the first bound above i / n
+        counts[min(bisect.bisect_right(bounds, i / offloaded), servers - 1)] += 1
+    if not total:  # no layer count reported: say how many, not which
+        return ["the first layers", *(_layers(None, c) for c in counts)]
+    spans, first = [_layers(0, total - offloaded)], total - offloaded
+    for count in counts:
+        spans.append(_layers(first, count))
+        first += count
+    return spans
+
+
+def _layers(first: int | None, count: int) -> str:
+    if count <= 0:
+        return "no layers"
+    if first is None:
+        return "1 layer" if count == 1 else f"{count} layers"
+    return f"layer {first}" if count == 1 else f"layers {first}-{first + count - 1}"
 
 
 def telemetry_lines(node: inf_pb.NodeStatus) -> list[str]:

@@ -8,13 +8,19 @@ tests can run it on hand-built nodes.
 Rules, in short:
 - Only up nodes count. A node holds a model when its replica is LOADING or READY.
 - An entry short of replicas goes to nodes that carry its labels and whose estimate fits
-  in their free memory, the node with the most memory left after the load first. Free
+  in their free memory: the fastest first (reference decode speed measured by each worker;
+  unmeasured nodes last), then the one with the most memory left after the load. Free
   memory is charged for every load planned earlier in the same plan (catalog order).
 - An entry with too many READY replicas loses the least loaded ones. Loading replicas
   are never unloaded (workers refuse), and they do not make a READY one surplus: the
   plan waits until they are ready rather than trade a serving replica for a hope.
 - Models not in the catalog (loaded by an operator) are never touched.
 - When an entry cannot get all its replicas, a PlacementProblem says why, node by node.
+- Splits (orchestrator.placement.split): an entry with split_nodes >= 2 is only ever placed
+  as one replica spread over that many nodes; one with split_nodes 0 is split when it has
+  no holder and no single node took it. A split head counts as a holder like any replica.
+  A split whose head reports it FAILED (a helper died) is unloaded and its leases stopped,
+  so the next round splits afresh over the nodes left.
 """
 
 from __future__ import annotations
@@ -22,14 +28,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from orchestrator.cluster.types import Node, NodeId, PlacementProblem, Replica, ReplicaState
+from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
 from orchestrator.config import CatalogEntry
-from worker.memory import format_bytes
+from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, present_reason
+from orchestrator.placement.leases import StopLease, leases_of
+from orchestrator.placement.split import SplitPlan, plan_split
+from worker.memory import MemoryEstimate, format_bytes
 
-# Bytes the entry needs on the node, or the reason the node could not say.
-Estimates = Mapping[tuple[str, NodeId], int | str]
+# What the entry needs on the node, or the reason the node could not say.
+Estimates = Mapping[tuple[str, NodeId], MemoryEstimate | str]
 
-HOLDING_STATES = frozenset({ReplicaState.LOADING, ReplicaState.READY})
+SURPLUS = "more replicas than the catalog wants"
 
 
 @dataclass(frozen=True)
@@ -41,11 +50,28 @@ class Load:
 
 
 @dataclass(frozen=True)
+class LoadSplit:
+    """Load `entry` as one replica spread over the nodes of `plan`: the helpers lend their
+    devices first, then the head loads the model using them."""
+
+    plan: SplitPlan
+    entry: CatalogEntry
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.plan.head
+
+
+@dataclass(frozen=True)
 class Unload:
     """Unload `alias` from `node_id`."""
 
     node_id: NodeId
     alias: str
+    why: str = SURPLUS
+
+
+Action = Load | LoadSplit | Unload | StopLease
 
 
 @dataclass(frozen=True)
@@ -53,16 +79,19 @@ class Plan:
     loads: tuple[Load, ...] = ()
     unloads: tuple[Unload, ...] = ()
     problems: tuple[PlacementProblem, ...] = ()
+    splits: tuple[LoadSplit, ...] = ()
+    stops: tuple[StopLease, ...] = ()
 
     @property
-    def actions(self) -> tuple[Load | Unload, ...]:
-        """Loads then unloads, in plan order, for a caller that starts them alike."""
-        return (*self.loads, *self.unloads)
+    def actions(self) -> tuple[Action, ...]:
+        """Loads, splits, unloads, then lease stops, in plan order, for a caller that
+        starts them alike."""
+        return (*self.loads, *self.splits, *self.unloads, *self.stops)
 
     @property
     def empty(self) -> bool:
         """Nothing to do and nothing to report."""
-        return not (self.loads or self.unloads or self.problems)
+        return not (self.actions or self.problems)
 
 
 def estimates_needed(
@@ -82,7 +111,7 @@ def estimates_needed(
         needed += [
             (entry, node.node_id)
             for node in up
-            if node.replica(entry.alias) is None and not _missing_labels(entry, node)
+            if node.replica(entry.alias) is None and not missing_labels(entry, node)
         ]
     return needed
 
@@ -93,18 +122,85 @@ def plan(catalog: Sequence[CatalogEntry], nodes: Sequence[Node], estimates: Esti
     up = _up_sorted(nodes)
     free = {node.node_id: node.memory_free for node in up}  # charged as loads are planned
     loads: list[Load] = []
+    splits: list[LoadSplit] = []
     unloads: list[Unload] = []
+    stops: list[StopLease] = []
     problems: list[PlacementProblem] = []
     for entry in catalog:
+        failed_unloads, failed_stops = _failed_splits(entry, up)
+        unloads += failed_unloads
+        stops += failed_stops
         holders = _holder_count(entry.alias, up)
-        if holders < entry.replicas:
-            placed, problem = _place(entry, holders, up, free, estimates)
-            loads += placed
-            if problem is not None:
-                problems.append(problem)
-        else:
+        if holders >= entry.replicas:
             unloads += _surplus(entry, up)
-    return Plan(tuple(loads), tuple(unloads), tuple(problems))
+            continue
+        placed, split, problem = _fill(entry, holders, up, free, estimates)
+        loads += placed
+        splits += split
+        if problem is not None:
+            problems.append(problem)
+    return Plan(tuple(loads), tuple(unloads), tuple(problems), tuple(splits), tuple(stops))
+
+
+def _fill(
+    entry: CatalogEntry,
+    holders: int,
+    up: Sequence[Node],
+    free: dict[NodeId, int],
+    estimates: Estimates,
+) -> tuple[list[Load], list[LoadSplit], PlacementProblem | None]:
+    """Single-node loads or a split for the replicas `entry` lacks, and the problem if short."""
+    if entry.split_nodes >= 2:
+        split = _split(entry, up, free, estimates)
+        if isinstance(split, LoadSplit):
+            return [], [split], None
+        return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
+    loads, problem = _place(entry, holders, up, free, estimates)
+    if problem is None or loads or holders or entry.split_nodes == 1 or not _can_split_here(up):
+        return loads, [], problem
+    # No node holds it or can take it alone: spread one replica over several.
+    split = _split(entry, up, free, estimates)
+    if isinstance(split, LoadSplit):
+        return [], [split], None
+    return [], [], PlacementProblem(entry.alias, f"{problem.reason}; cannot split: {split}")
+
+
+def _split(
+    entry: CatalogEntry, up: Sequence[Node], free: dict[NodeId, int], estimates: Estimates
+) -> LoadSplit | str:
+    """A split of `entry` charged to `free`, or why there is none."""
+    mine = {n.node_id: e for n in up if (e := estimates.get((entry.alias, n.node_id))) is not None}
+    result = plan_split(entry, up, mine, free)
+    if isinstance(result, str):
+        return result
+    for part in result.parts:
+        free[part.node_id] -= part.reserve_bytes
+    return LoadSplit(result, entry)
+
+
+def _can_split_here(up: Sequence[Node]) -> bool:
+    """Whether any up node can take part in a split at all. Without one, an entry that
+    fits no node is explained by the single-node refusals alone."""
+    return any("RPC" in node.hardware.backends for node in up)
+
+
+def _failed_splits(entry: CatalogEntry, up: Sequence[Node]) -> tuple[list[Unload], list[StopLease]]:
+    """Unloads of split replicas their heads report FAILED, and stops of their leases.
+
+    Unlike a failed single-node load, a failed split is worth trying again: it fails when
+    a helper dies, and the next round can split over the nodes that are left.
+    """
+    unloads: list[Unload] = []
+    stops: list[StopLease] = []
+    for node in up:
+        replica = node.replica(entry.alias)
+        if replica is None or replica.state is not ReplicaState.FAILED or not replica.rpc_servers:
+            continue
+        why = "its split failed: " + (replica.error or "no error reported")
+        unloads.append(Unload(node.node_id, entry.alias, why))
+        stops += [StopLease(helper, lease.lease_id, why)
+                  for helper, lease in leases_of(entry.alias, node.node_id, up)]  # fmt: skip
+    return unloads, stops
 
 
 def _place(
@@ -115,53 +211,46 @@ def _place(
     estimates: Estimates,
 ) -> tuple[list[Load], PlacementProblem | None]:
     """Loads for the replicas `entry` lacks, charged to `free`, and the problem if short."""
-    fitting: list[tuple[int, NodeId]] = []  # (memory left after the load, node)
+    fitting: list[tuple[float, int, NodeId]] = []  # (speed, memory left after the load, node)
     refusals: dict[NodeId, str] = {}
     for node in up:
         need = estimates.get((entry.alias, node.node_id))
         refusal = _refusal(entry, node, need, free[node.node_id])
         if refusal is not None:
             refusals[node.node_id] = refusal
-        elif isinstance(need, int):  # always: _refusal refuses anything else
-            fitting.append((free[node.node_id] - need, node.node_id))
-    # Most memory left first spreads models over the cluster; node id breaks ties.
-    fitting.sort(key=lambda left_node: (-left_node[0], left_node[1]))
+        elif isinstance(need, MemoryEstimate):  # always: _refusal refuses anything else
+            speed = node.hardware.reference_decode_tps
+            fitting.append((speed, free[node.node_id] - need.total_bytes, node.node_id))
+    # Faster nodes serve sooner; among equals, most memory left spreads models over the
+    # cluster; node id breaks ties.
+    fitting.sort(key=lambda fit: (-fit[0], -fit[1], fit[2]))
     chosen = fitting[: entry.replicas - holders]
-    for left, node_id in chosen:
+    for _, left, node_id in chosen:
         free[node_id] = left
-    loads = [Load(node_id, entry) for _, node_id in chosen]
+    loads = [Load(node_id, entry) for _, _, node_id in chosen]
     placed = holders + len(chosen)
     if placed >= entry.replicas:
         return loads, None
     return loads, PlacementProblem(entry.alias, _shortfall(entry, placed, up, refusals))
 
 
-def _refusal(entry: CatalogEntry, node: Node, need: int | str | None, free: int) -> str | None:
+def _refusal(
+    entry: CatalogEntry, node: Node, need: MemoryEstimate | str | None, free: int
+) -> str | None:
     """Why `entry` cannot be loaded on `node` now, or None when it can."""
     replica = node.replica(entry.alias)
     if replica is not None:
-        return _present_reason(replica)
-    missing = _missing_labels(entry, node)
+        return present_reason(replica)
+    missing = missing_labels(entry, node)
     if missing:
         return "lacks labels " + ", ".join(missing)
     if need is None:
         return "no memory estimate yet"
     if isinstance(need, str):
         return need  # the node's own words: "cannot estimate: ..." or "load failed there: ..."
-    if need > free:
-        return f"needs {format_bytes(need)}, has {format_bytes(free)} free"
+    if need.total_bytes > free:
+        return f"needs {format_bytes(need.total_bytes)}, has {format_bytes(free)} free"
     return None
-
-
-def _present_reason(replica: Replica) -> str:
-    """Why a node that already reports the alias takes no new load of it."""
-    if replica.state in HOLDING_STATES:
-        return "already holds it"
-    if replica.state is ReplicaState.FAILED:
-        # Loading again where it failed would fail again (a missing file, too little
-        # memory) every round; an operator's unload clears the way.
-        return "failed there: " + (replica.error or "no error reported")
-    return "still unloading it"  # the worker refuses a load until the unload finishes
 
 
 def _shortfall(
@@ -200,7 +289,3 @@ def _up_sorted(nodes: Sequence[Node]) -> list[Node]:
 
 def _holder_count(alias: str, up: Sequence[Node]) -> int:
     return sum(1 for n in up if (r := n.replica(alias)) is not None and r.state in HOLDING_STATES)
-
-
-def _missing_labels(entry: CatalogEntry, node: Node) -> list[str]:
-    return sorted(set(entry.labels) - node.hardware.labels)

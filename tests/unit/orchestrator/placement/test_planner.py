@@ -6,17 +6,35 @@ from collections.abc import Sequence
 
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
 from orchestrator.config import CatalogEntry
-from orchestrator.placement.planner import Load, Plan, Unload, estimates_needed, plan
-from tests.unit.orchestrator.factories import GiB, entry, node, replica
-
-MiB = 1024**2
+from orchestrator.placement.leases import StopLease
+from orchestrator.placement.planner import (
+    SURPLUS,
+    Load,
+    LoadSplit,
+    Plan,
+    Unload,
+    estimates_needed,
+    plan,
+)
+from tests.unit.orchestrator.factories import (
+    GiB,
+    MiB,
+    entry,
+    estimate,
+    layered_estimate,
+    lease,
+    node,
+    replica,
+    rpc_node,
+)
+from worker.memory import MemoryEstimate
 
 
 def everywhere(
     catalog: Sequence[CatalogEntry], nodes: Sequence[Node], need: int = GiB
-) -> dict[tuple[str, NodeId], int | str]:
+) -> dict[tuple[str, NodeId], MemoryEstimate | str]:
     """The same estimate for every (entry, node) pair."""
-    return {(e.alias, n.node_id): need for e in catalog for n in nodes}
+    return {(e.alias, n.node_id): estimate(need) for e in catalog for n in nodes}
 
 
 def loads(result: Plan) -> list[tuple[str, str]]:
@@ -58,8 +76,23 @@ def test_most_left_after_the_load_not_most_free_before() -> None:
     # node, say): a keeps more after the load.
     catalog = [entry("m")]
     nodes = [node("a", memory_free=5 * GiB), node("b", memory_free=6 * GiB)]
-    estimates = {("m", NodeId("a")): 1 * GiB, ("m", NodeId("b")): 3 * GiB}
+    estimates = {("m", NodeId("a")): estimate(1 * GiB), ("m", NodeId("b")): estimate(3 * GiB)}
     assert loads(plan(catalog, nodes, estimates)) == [("a", "m")]
+
+
+def test_the_fastest_node_that_fits_comes_first() -> None:
+    catalog = [entry("m", replicas=2)]
+    nodes = [
+        fast_node("roomy", 0.0, memory_free=32 * GiB),  # speed not measured: last
+        fast_node("nano", 40.0, memory_free=16 * GiB),
+        fast_node("agx", 200.0, memory_free=4 * GiB),
+        fast_node("agx-full", 300.0, memory_free=GiB // 2),  # fastest, but it does not fit
+    ]
+    assert loads(plan(catalog, nodes, everywhere(catalog, nodes))) == [("agx", "m"), ("nano", "m")]
+
+
+def fast_node(node_id: str, reference_tps: float, memory_free: int) -> Node:
+    return node(node_id, reference_tps=reference_tps, memory_free=memory_free)
 
 
 def test_ties_go_to_the_lower_node_id() -> None:
@@ -86,7 +119,7 @@ def test_respects_labels() -> None:
 def test_memory_short_is_refused_with_the_figures() -> None:
     catalog = [entry("m")]
     nodes = [node("a", memory_free=int(2.4 * GiB))]
-    result = plan(catalog, nodes, {("m", NodeId("a")): int(3.1 * GiB)})
+    result = plan(catalog, nodes, {("m", NodeId("a")): estimate(int(3.1 * GiB))})
     assert result.loads == ()
     assert result.problems == (
         PlacementProblem("m", "placed 0 of 1 replica; a: needs 3.10 GiB, has 2.40 GiB free"),
@@ -96,20 +129,20 @@ def test_memory_short_is_refused_with_the_figures() -> None:
 def test_a_model_that_exactly_fits_is_placed() -> None:
     catalog = [entry("m")]
     nodes = [node("a", memory_free=GiB)]
-    assert loads(plan(catalog, nodes, {("m", NodeId("a")): GiB})) == [("a", "m")]
+    assert loads(plan(catalog, nodes, {("m", NodeId("a")): estimate(GiB)})) == [("a", "m")]
 
 
 def test_free_memory_is_charged_across_entries_in_one_plan() -> None:
     # Each alone fits on a (the freer node); after big goes there, small fits only on b.
     catalog = [entry("big"), entry("small"), entry("third")]
     nodes = [node("a", memory_free=6 * GiB), node("b", memory_free=2 * GiB)]
-    estimates: dict[tuple[str, NodeId], int | str] = {
-        ("big", NodeId("a")): 5 * GiB,
-        ("big", NodeId("b")): 5 * GiB,
-        ("small", NodeId("a")): 1536 * MiB,
-        ("small", NodeId("b")): 1536 * MiB,
-        ("third", NodeId("a")): 1 * GiB,
-        ("third", NodeId("b")): 1 * GiB,
+    estimates: dict[tuple[str, NodeId], MemoryEstimate | str] = {
+        ("big", NodeId("a")): estimate(5 * GiB),
+        ("big", NodeId("b")): estimate(5 * GiB),
+        ("small", NodeId("a")): estimate(1536 * MiB),
+        ("small", NodeId("b")): estimate(1536 * MiB),
+        ("third", NodeId("a")): estimate(1 * GiB),
+        ("third", NodeId("b")): estimate(1 * GiB),
     }
     result = plan(catalog, nodes, estimates)
     assert loads(result) == [("a", "big"), ("b", "small"), ("a", "third")]
@@ -119,9 +152,9 @@ def test_free_memory_is_charged_across_entries_in_one_plan() -> None:
 def test_charged_memory_shows_in_the_refusal() -> None:
     catalog = [entry("big"), entry("next")]
     nodes = [node("a", memory_free=4 * GiB)]
-    estimates: dict[tuple[str, NodeId], int | str] = {
-        ("big", NodeId("a")): 3 * GiB,
-        ("next", NodeId("a")): 2 * GiB,
+    estimates: dict[tuple[str, NodeId], MemoryEstimate | str] = {
+        ("big", NodeId("a")): estimate(3 * GiB),
+        ("next", NodeId("a")): estimate(2 * GiB),
     }
     result = plan(catalog, nodes, estimates)
     assert loads(result) == [("a", "big")]
@@ -144,10 +177,10 @@ def test_shortfall_explains_every_node() -> None:
         node("node-g", replica("m", ReplicaState.UNLOADING), labels=("jetson",)),
         node("node-h", labels=("jetson",)),
     ]
-    estimates: dict[tuple[str, NodeId], int | str] = {
-        ("m", NodeId("node-b")): int(3.1 * GiB),
+    estimates: dict[tuple[str, NodeId], MemoryEstimate | str] = {
+        ("m", NodeId("node-b")): estimate(int(3.1 * GiB)),
         ("m", NodeId("node-c")): "cannot estimate: model file /x.gguf does not exist",
-        ("m", NodeId("node-e")): GiB,
+        ("m", NodeId("node-e")): estimate(GiB),
         # node-h: the controller has no estimate for it yet
     }
     result = plan(catalog, nodes, estimates)
@@ -319,7 +352,7 @@ def test_estimates_needed_is_empty_for_a_healthy_cluster() -> None:
 def test_plan_with_just_the_needed_estimates_places_everything_it_can() -> None:
     catalog = [entry("short", replicas=2), entry("gpu-only", labels=("gpu",))]
     nodes = [node("a", replica("short")), node("b", labels=("gpu",)), node("c")]
-    estimates = {(e.alias, n): GiB for e, n in estimates_needed(catalog, nodes)}
+    estimates = {(e.alias, n): estimate(GiB) for e, n in estimates_needed(catalog, nodes)}
     result = plan(catalog, nodes, estimates)
     assert loads(result) == [("b", "short"), ("b", "gpu-only")]
     assert result.problems == ()
@@ -333,5 +366,169 @@ def test_actions_are_loads_then_unloads() -> None:
 
 
 def test_too_few_workers_is_said_plainly() -> None:
-    (problem,) = plan([entry("m", replicas=3)], [node("a")], {("m", NodeId("a")): GiB}).problems
+    (problem,) = plan(
+        [entry("m", replicas=3)], [node("a")], {("m", NodeId("a")): estimate(GiB)}
+    ).problems
     assert problem.reason == "placed 1 of 3 replicas; only 1 worker is up"
+
+
+# ---- splits -------------------------------------------------------------------------------
+
+# 18 layers of 100 MiB plus 250 MiB for the rest: 2050 MiB on one node; a head with h
+# layers needs 250 + 100h MiB, a helper with k layers 20 + 100k MiB.
+MODEL = layered_estimate(
+    18, 100 * MiB, rest_bytes=200 * MiB, compute_bytes=50 * MiB, layer_compute_bytes=20 * MiB
+)
+
+
+def with_model(
+    catalog: Sequence[CatalogEntry], nodes: Sequence[Node]
+) -> dict[tuple[str, NodeId], MemoryEstimate | str]:
+    return {(e.alias, n.node_id): MODEL for e in catalog for n in nodes}
+
+
+def splits(result: Plan) -> list[str]:
+    return [f"{s.entry.alias}: {s.plan.explanation}" for s in result.splits]
+
+
+def test_a_model_that_fits_one_node_is_loaded_there_not_split() -> None:
+    catalog = [entry("m")]
+    nodes = [rpc_node("a", memory_free=3 * GiB), rpc_node("b", memory_free=1200 * MiB)]
+    result = plan(catalog, nodes, with_model(catalog, nodes))
+    assert loads(result) == [("a", "m")]
+    assert result.splits == ()
+
+
+def test_a_model_that_fits_no_node_is_split() -> None:
+    catalog = [entry("m")]
+    nodes = [rpc_node("a", memory_free=1200 * MiB), rpc_node("b", memory_free=1200 * MiB)]
+    result = plan(catalog, nodes, with_model(catalog, nodes))
+    assert result.loads == ()
+    assert splits(result) == ["m: layers 0-8 on a (head), 9-17 on b"]
+    assert result.problems == ()
+    assert result.splits[0].node_id == "a"
+
+
+def test_split_nodes_splits_a_model_that_fits_one_node() -> None:
+    catalog = [entry("m", split_nodes=2)]
+    nodes = [rpc_node("a", memory_free=4 * GiB), rpc_node("b", memory_free=4 * GiB)]
+    result = plan(catalog, nodes, with_model(catalog, nodes))
+    assert result.loads == ()
+    assert splits(result) == ["m: layers 0-8 on a (head), 9-17 on b"]
+
+
+def test_split_nodes_one_never_splits() -> None:
+    catalog = [entry("m", split_nodes=1)]
+    nodes = [rpc_node("a", memory_free=1200 * MiB), rpc_node("b", memory_free=1200 * MiB)]
+    result = plan(catalog, nodes, with_model(catalog, nodes))
+    assert result.splits == ()
+    assert result.problems == (
+        PlacementProblem(
+            "m",
+            "placed 0 of 1 replica; a: needs 2.00 GiB, has 1.17 GiB free; "
+            "b: needs 2.00 GiB, has 1.17 GiB free",
+        ),
+    )
+
+
+def test_no_split_when_a_single_node_replica_was_placed() -> None:
+    # Two wanted, one fits: the other stays missing rather than split.
+    catalog = [entry("m", replicas=2)]
+    nodes = [rpc_node("a", memory_free=3 * GiB), rpc_node("b", memory_free=1200 * MiB)]
+    result = plan(catalog, nodes, with_model(catalog, nodes))
+    assert loads(result) == [("a", "m")]
+    assert result.splits == ()
+    assert len(result.problems) == 1
+
+
+def test_a_split_head_holds_the_model() -> None:
+    catalog = [entry("m")]
+    head = replica("m", rpc_servers=("b:50100",), tensor_split=(9.0,), n_gpu_layers=9)
+    nodes = [
+        rpc_node("a", head, memory_free=GiB),
+        rpc_node("b", memory_free=GiB, leases=(lease("m", "a", "b:50100"),)),
+        rpc_node("c", memory_free=4 * GiB),
+    ]
+    assert plan(catalog, nodes, with_model(catalog, nodes)).empty
+
+
+def test_a_loading_split_head_holds_the_model_for_a_split_entry() -> None:
+    catalog = [entry("m", split_nodes=2)]
+    head = replica("m", ReplicaState.LOADING, rpc_servers=("b:50100",), n_gpu_layers=9)
+    nodes = [rpc_node("a", head), rpc_node("b"), rpc_node("c")]
+    assert plan(catalog, nodes, with_model(catalog, nodes)).empty
+
+
+def test_neither_one_node_nor_a_split_explains_both() -> None:
+    catalog = [entry("m")]
+    nodes = [rpc_node("a", memory_free=800 * MiB), node("b", memory_free=GiB)]
+    (problem,) = plan(catalog, nodes, with_model(catalog, nodes)).problems
+    assert problem.reason == (
+        "placed 0 of 1 replica; a: needs 2.00 GiB, has 800.0 MiB free; "
+        "b: needs 2.00 GiB, has 1.00 GiB free; "
+        "cannot split: needs at least 2 nodes, 1 can take part; b: lacks the RPC backend"
+    )
+
+
+def test_a_split_entry_that_cannot_split_says_why() -> None:
+    catalog = [entry("m", split_nodes=3)]
+    nodes = [rpc_node("a"), rpc_node("b")]
+    (problem,) = plan(catalog, nodes, with_model(catalog, nodes)).problems
+    assert problem == PlacementProblem("m", "cannot split: needs 3 nodes, 2 can take part")
+
+
+def test_a_split_charges_every_node_it_uses() -> None:
+    # After the split takes 1150 MiB of a and 920 MiB of b, the small model fits only on c.
+    catalog = [entry("big"), entry("small")]
+    nodes = [
+        rpc_node("a", memory_free=1200 * MiB),
+        rpc_node("b", memory_free=1200 * MiB),
+        rpc_node("c", memory_free=600 * MiB),
+    ]
+    estimates = with_model(catalog[:1], nodes)
+    estimates.update({("small", n.node_id): estimate(500 * MiB) for n in nodes})
+    result = plan(catalog, nodes, estimates)
+    assert splits(result) == ["big: layers 0-8 on a (head), 9-17 on b"]
+    assert loads(result) == [("c", "small")]
+
+
+def test_a_failed_split_is_unloaded_and_its_leases_stopped() -> None:
+    catalog = [entry("m")]
+    failed = replica(
+        "m", ReplicaState.FAILED, error="rpc server b:50100 gone", rpc_servers=("b:50100",)
+    )
+    nodes = [
+        rpc_node("a", failed),
+        rpc_node("b", leases=(lease("m", "a", "b:50100"), lease("other", "a", "b:50101"))),
+        rpc_node("c", leases=(lease("m", "a", "c:50100"),)),
+    ]
+    why = "its split failed: rpc server b:50100 gone"
+    result = plan(catalog, nodes, {})
+    assert result.unloads == (Unload(NodeId("a"), "m", why),)
+    assert result.stops == (
+        StopLease(NodeId("b"), "m@a", why),
+        StopLease(NodeId("c"), "m@a", why),
+    )
+
+
+def test_a_failed_single_node_replica_is_not_unloaded() -> None:
+    catalog = [entry("m")]
+    nodes = [rpc_node("a", replica("m", ReplicaState.FAILED, error="bad magic"))]
+    assert plan(catalog, nodes, {}).unloads == ()
+
+
+def test_actions_are_loads_splits_unloads_then_stops() -> None:
+    catalog = [entry("x", replicas=0), entry("m"), entry("s", split_nodes=2), entry("f")]
+    failed = replica("f", ReplicaState.FAILED, rpc_servers=("d:50100",))
+    nodes = [
+        rpc_node("a", replica("x"), memory_free=8 * GiB),
+        rpc_node("b", memory_free=8 * GiB),
+        rpc_node("c", failed),
+        rpc_node("d", leases=(lease("f", "c", "d:50100"),)),
+    ]
+    estimates = with_model(catalog, nodes)
+    result = plan(catalog, nodes, estimates)
+    kinds = [type(action).__name__ for action in result.actions]
+    assert kinds == ["Load", "Load", "LoadSplit", "Unload", "Unload", "StopLease"]
+    assert isinstance(result.actions[2], LoadSplit)
+    assert [a.why for a in result.unloads] == [SURPLUS, "its split failed: no error reported"]

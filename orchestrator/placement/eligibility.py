@@ -1,0 +1,23 @@
+"""Whether a node may take a catalog entry at all, shared by single-node and split placement."""
+
+from __future__ import annotations
+
+from orchestrator.cluster.types import Node, Replica, ReplicaState
+from orchestrator.config import CatalogEntry
+
+HOLDING_STATES = frozenset({ReplicaState.LOADING, ReplicaState.READY})
+
+
+def missing_labels(entry: CatalogEntry, node: Node) -> list[str]:
+    return sorted(set(entry.labels) - node.hardware.labels)
+
+
+def present_reason(replica: Replica) -> str:
+    """Why a node that already reports the alias takes no new load of it."""
+    if replica.state in HOLDING_STATES:
+        return "already holds it"
+    if replica.state is ReplicaState.FAILED:
+        # Loading again where it failed would fail again (a missing file, too little
+        # memory) every round; an operator's unload clears the way.
+        return "failed there: " + (replica.error or "no error reported")
+    return "still unloading it"  # the worker refuses a load until the unload finishes
