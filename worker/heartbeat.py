@@ -25,7 +25,8 @@ from worker.config import WorkerSettings, join_host_port, split_host_port
 from worker.hardware import HardwareInfo
 from worker.memory import MemoryBudget
 from worker.registry import ModelRegistry
-from worker.split.lender import Lease, RpcLender
+from worker.split.lease import Lease, lease_to_proto
+from worker.split.lender import RpcLender
 from worker.telemetry.sampler import TelemetrySampler
 from worker.telemetry.wire import hardware_to_proto, sample_to_proto
 
@@ -123,7 +124,7 @@ class CoordinatorLink:
             sequence=sequence,
             version=VERSION,
             telemetry=sample_to_proto(sample) if sample is not None else None,
-            rpc_servers=[protocol.lease_to_proto(lease) for lease in self.leases()],
+            rpc_servers=[lease_to_proto(lease) for lease in self.leases()],
         )
 
     def leases(self) -> list[Lease]:

@@ -23,7 +23,6 @@ from worker.generation import (
 from worker.memory import MemoryEstimate
 from worker.registry import ModelInfo, ModelState
 from worker.sampling import SamplingParams
-from worker.split.lender import Lease
 
 _OPTIONAL_SAMPLING = (
     "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
@@ -157,17 +156,4 @@ def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
         decode_tokens_per_second=info.decode_tps,
         prompt_tokens_per_second=info.prompt_tps,
         completed_requests=info.completed,
-    )
-
-
-def lease_to_proto(lease: Lease, memory_free: int = 0) -> pb.RpcServerInfo:
-    return pb.RpcServerInfo(
-        lease_id=lease.lease_id,
-        endpoint=lease.endpoint,
-        head_host=lease.head_host,
-        device=lease.device,
-        reserved_bytes=lease.reserved_bytes,
-        memory_free_bytes=memory_free,
-        running=lease.running,
-        error=lease.error,
     )

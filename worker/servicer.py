@@ -24,6 +24,7 @@ from worker.generation import EmbeddingResult, Finished, GenerationEvent
 from worker.grpc_errors import REQUEST_ID_KEY, request_id
 from worker.hosted import HostedModel
 from worker.registry import ModelRegistry
+from worker.split.lease import lease_to_proto
 from worker.split.lender import RpcLender
 from worker.split.runner import SplitModel
 from worker.streams import EventStream
@@ -197,7 +198,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
             request.reserve_bytes,
             request.n_threads if request.HasField("n_threads") else None,
         )
-        return protocol.lease_to_proto(lease, lender.memory_free())
+        return lease_to_proto(lease, lender.memory_free())
 
     async def StopRpcServer(
         self, request: pb.StopRpcServerRequest, context: aio.ServicerContext

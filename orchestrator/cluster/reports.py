@@ -11,8 +11,9 @@ from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
-from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState, RpcLease
+from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState
 from worker.config import ALIAS_PATTERN, split_host_port
+from worker.split.lease import lease_from_proto, lease_to_proto
 from worker.telemetry.wire import (
     hardware_fields,
     hardware_to_proto,
@@ -54,30 +55,6 @@ def node_from_report(report: cl_pb.NodeReport, now: float) -> Node:
     )
 
 
-def lease_from_proto(info: w_pb.RpcServerInfo) -> RpcLease:
-    return RpcLease(
-        lease_id=info.lease_id,
-        endpoint=info.endpoint,
-        head_host=info.head_host,
-        device=info.device,
-        reserved_bytes=info.reserved_bytes,
-        running=info.running,
-        error=info.error,
-    )
-
-
-def lease_to_proto(lease: RpcLease) -> w_pb.RpcServerInfo:
-    return w_pb.RpcServerInfo(
-        lease_id=lease.lease_id,
-        endpoint=lease.endpoint,
-        head_host=lease.head_host,
-        device=lease.device,
-        reserved_bytes=lease.reserved_bytes,
-        running=lease.running,
-        error=lease.error,
-    )
-
-
 def replica_from_proto(load: cl_pb.ModelLoad) -> Replica:
     info = load.info
     return Replica(
@@ -100,6 +77,7 @@ def replica_from_proto(load: cl_pb.ModelLoad) -> Replica:
         rpc_servers=tuple(info.spec.rpc_servers),
         tensor_split=tuple(info.spec.tensor_split),
         n_gpu_layers=info.spec.n_gpu_layers,
+        n_layers=info.memory.n_layers,
     )
 
 
@@ -120,7 +98,7 @@ def replica_to_proto(replica: Replica) -> cl_pb.ModelLoad:
             state=STATES_BACK[replica.state],
             error=replica.error,
             architecture=replica.architecture,
-            memory=w_pb.MemoryEstimate(total_bytes=replica.memory_bytes),
+            memory=w_pb.MemoryEstimate(total_bytes=replica.memory_bytes, n_layers=replica.n_layers),
             queued_requests=replica.queued,
             active_requests=replica.active,
         ),

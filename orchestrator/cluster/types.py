@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from typing import NewType
 
 from worker.hardware import HardwareInfo
+from worker.split.lease import Lease
 from worker.telemetry.samples import NodeSample
 
 NodeId = NewType("NodeId", str)
+RpcLease = Lease  # a device a node lends to a split model's head, as the node reported it
 
 
 class ReplicaState(str, enum.Enum):
@@ -55,6 +57,7 @@ class Replica:
     rpc_servers: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
     n_gpu_layers: int = 0
+    n_layers: int = 0  # the model's repeating layers, from its GGUF metadata
 
     @property
     def ready(self) -> bool:
@@ -64,19 +67,6 @@ class Replica:
     def load(self) -> int:
         """Requests the node holds for this model: waiting plus running."""
         return self.queued + self.active
-
-
-@dataclass(frozen=True)
-class RpcLease:
-    """A device a node lends to a split model's head (a ggml RPC server it runs)."""
-
-    lease_id: str
-    endpoint: str  # host:port the head connects to
-    head_host: str  # the only address the server accepts
-    device: str = "CPU"
-    reserved_bytes: int = 0
-    running: bool = True
-    error: str = ""
 
 
 @dataclass(frozen=True)

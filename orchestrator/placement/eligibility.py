@@ -21,3 +21,14 @@ def present_reason(replica: Replica) -> str:
         # memory) every round; an operator's unload clears the way.
         return "failed there: " + (replica.error or "no error reported")
     return "still unloading it"  # the worker refuses a load until the unload finishes
+
+
+def node_refusal(entry: CatalogEntry, node: Node) -> str | None:
+    """Why `node` takes no part in placing `entry` whatever its memory, or None."""
+    replica = node.replica(entry.alias)
+    if replica is not None:
+        return present_reason(replica)
+    missing = missing_labels(entry, node)
+    if missing:
+        return "lacks labels " + ", ".join(missing)
+    return None

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
 from orchestrator.config import CatalogEntry
-from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, present_reason
+from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
 from orchestrator.placement.split import SplitPlan, plan_split
 from worker.memory import MemoryEstimate, format_bytes
@@ -238,12 +238,9 @@ def _refusal(
     entry: CatalogEntry, node: Node, need: MemoryEstimate | str | None, free: int
 ) -> str | None:
     """Why `entry` cannot be loaded on `node` now, or None when it can."""
-    replica = node.replica(entry.alias)
-    if replica is not None:
-        return present_reason(replica)
-    missing = missing_labels(entry, node)
-    if missing:
-        return "lacks labels " + ", ".join(missing)
+    refusal = node_refusal(entry, node)
+    if refusal is not None:
+        return refusal
     if need is None:
         return "no memory estimate yet"
     if isinstance(need, str):

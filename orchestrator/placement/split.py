@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from orchestrator.cluster.types import Node, NodeId
 from orchestrator.config import CatalogEntry
-from orchestrator.placement.eligibility import missing_labels, present_reason
+from orchestrator.placement.eligibility import node_refusal
 from orchestrator.placement.leases import lease_owner
 from worker.config import RPC_MAX_SERVERS
 from worker.memory import MemoryEstimate, format_bytes
@@ -142,12 +142,9 @@ def _exclusion(
     entry: CatalogEntry, node: Node, estimate: MemoryEstimate | str | None
 ) -> str | None:
     """Why `node` cannot take part in splitting `entry`, or None when it can."""
-    replica = node.replica(entry.alias)
-    if replica is not None:
-        return present_reason(replica)
-    missing = missing_labels(entry, node)
-    if missing:
-        return "lacks labels " + ", ".join(missing)
+    refusal = node_refusal(entry, node)
+    if refusal is not None:
+        return refusal
     if "RPC" not in node.hardware.backends:
         return "lacks the RPC backend"
     if any((owner := lease_owner(lease.lease_id)) and owner[0] == entry.alias

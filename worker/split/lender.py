@@ -25,23 +25,14 @@ from dataclasses import dataclass
 from worker.config import join_host_port
 from worker.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from worker.memory import MemoryBudget, format_bytes
+from worker.split.lease import Lease
+from worker.split.lifetime import end
 
 log = logging.getLogger(__name__)
 
 LEASE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@\-]{0,255}$"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class Lease:
-    lease_id: str
-    endpoint: str
-    head_host: str
-    device: str
-    reserved_bytes: int
-    running: bool = True
-    error: str = ""
 
 
 @dataclass
@@ -129,6 +120,7 @@ class RpcLender:
                 "--ready-fd", str(write_fd),
                 pass_fds=(write_fd,),
                 stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, "GGML_NO_BACKTRACE": "1"},  # abort messages, not gdb
                 start_new_session=True,  # a Ctrl-C for the worker reaches it via the worker
             )  # fmt: skip
         finally:
@@ -176,14 +168,7 @@ class RpcLender:
             return
         if running.watcher is not None:
             running.watcher.cancel()
-        process = running.process
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await end(running.process, STOP_TIMEOUT_S)
         self._budget.release(_owner(lease_id))
         log.info("stopped lending %s (%s)", running.lease.endpoint, lease_id)
 

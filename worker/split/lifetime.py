@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
@@ -19,3 +20,14 @@ def die_with_parent() -> None:
     ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() == 1:  # the worker died before the line above: do not linger
         os._exit(1)
+
+
+async def end(process: asyncio.subprocess.Process, timeout: float) -> int:
+    """Stops a child politely (SIGTERM), then not (SIGKILL); returns its exit code."""
+    if process.returncode is None:
+        process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            process.kill()
+    return await process.wait()

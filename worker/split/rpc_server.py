@@ -3,7 +3,7 @@
 Started and stopped by the worker (worker.split.lender), never by hand. ggml's RPC server
 listens on a loopback port; the peer filter listens on the cluster address and admits the
 head only. When ready it writes one JSON line, {"endpoint", "device", ...}, to the file
-descriptor given by --ready-fd; its own stdout goes to stderr, where ggml also prints.
+descriptor given by --ready-fd.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     die_with_parent()
     logging.basicConfig(level=logging.INFO, format="rpc-server: %(levelname)s %(message)s")
-    # ggml prints to C stdout; keep it off the pipe the worker reads nothing more from.
-    os.dup2(2, 1)
+    # ggml prints a banner and a line per connection to C stdout (the head opens several
+    # while loading); the worker's log gets the filter's refusals and ggml's errors instead.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
     from worker.llamacpp import ensure_backend, rpc
     from worker.split.peer_filter import PeerFilter
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -35,6 +36,7 @@ from llamaherd.v1 import worker_pb2_grpc
 from worker.config import ModelConfig, WorkerSettings, split_host_port
 from worker.errors import ErrorKind, FailedPrecondition, Unavailable, WorkerError
 from worker.hosted import ModelFacts
+from worker.split.lifetime import end
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +132,8 @@ class SplitModel:
                 "--config", str(config_file), "--port", str(port),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
+                # An abort's message is the useful part; ggml's gdb backtrace only buries it.
+                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C for the worker reaches it via the worker
             )  # fmt: skip
@@ -184,14 +188,7 @@ class SplitModel:
 
     async def _stop_child(self) -> str:
         """Ends the child (politely, then not) and says how it ended."""
-        process = self._process
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), STOP_TIMEOUT_S)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+        await end(self._process, STOP_TIMEOUT_S)
         return self._exit_reason()
 
     def _exit_reason(self) -> str:
