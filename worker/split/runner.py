@@ -106,7 +106,7 @@ class SplitModel:
         self.stub = worker_pb2_grpc.WorkerStub(channel)
         self._on_lost = on_lost
         self._lost: str | None = None
-        self._closing = False
+        self._closing: str | None = None  # why it is being stopped on purpose
         self._log_tail: deque[str] = deque(maxlen=LOG_TAIL)
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -179,7 +179,7 @@ class SplitModel:
         self._update(listing)
 
     async def close(self, reason: str) -> None:
-        self._closing = True
+        self._closing = reason
         for task in self._tasks:
             task.cancel()
         await self._stop_child()
@@ -210,7 +210,7 @@ class SplitModel:
                 await asyncio.wait({wait}, timeout=PROBE_INTERVAL_S)
         finally:
             wait.cancel()
-        if not self._closing:
+        if self._closing is None:
             self._lose(f"the process hosting it {self._exit_reason()}")
 
     async def _probe(self) -> None:
@@ -231,7 +231,7 @@ class SplitModel:
                     return
 
     def _lose(self, reason: str) -> None:
-        if self._lost is not None or self._closing:
+        if self._lost is not None or self._closing is not None:
             return
         self._lost = f"split model {self.alias!r} lost: {reason}"
         log.error("%s", self._lost)
@@ -287,9 +287,11 @@ class SplitModel:
 
     def _relayed(self, exc: aio.AioRpcError) -> WorkerError:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and (
-            self._lost is not None or self._process.returncode is not None
+            self._lost or self._closing or self._process.returncode is not None
         ):
-            return Unavailable(self._lost or f"split model {self.alias!r} lost its process")
+            return Unavailable(
+                self._lost or self._closing or f"split model {self.alias!r} lost its process"
+            )
         kind = _ERRORS.get(exc.code().name, ErrorKind.INTERNAL)
         return RelayedError(kind, exc.details() or exc.code().name)
 
