@@ -127,6 +127,21 @@ class ModelConfig(BaseModel):
     def is_split(self) -> bool:
         return bool(self.rpc_servers)
 
+    def layers_on_rpc(self, n_layer: int) -> int:
+        """How many of the model's `n_layer` layers live on other nodes' RPC devices.
+
+        llama.cpp offloads the last n_gpu_layers layers and spreads them over its devices in
+        tensor_split proportions, RPC devices first; with no shares given, all of them count
+        as remote (a head without a GPU of its own, the usual edge case).
+        """
+        if not self.is_split:
+            return 0
+        offloaded = n_layer if self.n_gpu_layers < 0 else min(self.n_gpu_layers, n_layer)
+        shares = self.tensor_split
+        if not shares:
+            return offloaded
+        return round(offloaded * sum(shares[: len(self.rpc_servers)]) / sum(shares))
+
     @property
     def is_builtin(self) -> bool:
         return self.path.startswith(BUILTIN_PREFIX)

@@ -236,7 +236,7 @@ class ModelRegistry:
         while True:
             estimate = estimate_memory(
                 gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel
-            ).without_layers(layers_on_rpc(config, shape.n_layer))
+            ).without_layers(config.layers_on_rpc(shape.n_layer))
             # Auto sizing: fewer slots rather than a refusal, down to one.
             if config.n_parallel or n_parallel == 1:
                 break
@@ -306,20 +306,3 @@ class ModelRegistry:
             aliases = [a for a, e in self._entries.items() if e.state is ModelState.READY or e.lost]
         for alias in aliases:
             await self.unload(alias, "the worker is shutting down")
-
-
-def layers_on_rpc(config: ModelConfig, n_layer: int) -> int:
-    """How many of the model's layers live on other nodes' RPC devices.
-
-    llama.cpp offloads the last n_gpu_layers layers and spreads them over its devices in
-    tensor_split proportions, RPC devices first; with no shares given, all of them count
-    as remote (a head without a GPU of its own, the usual edge case).
-    """
-    if not config.is_split:
-        return 0
-    offloaded = n_layer if config.n_gpu_layers < 0 else min(config.n_gpu_layers, n_layer)
-    shares = config.tensor_split
-    if not shares:
-        return offloaded
-    remote = sum(shares[: len(config.rpc_servers)]) / sum(shares)
-    return round(offloaded * remote)

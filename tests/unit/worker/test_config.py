@@ -133,6 +133,38 @@ def test_each_slot_needs_room_for_a_token_in_the_batch():
     assert ModelConfig(alias="m", path="/m.gguf", n_parallel=4, n_batch=4).n_parallel == 4
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [({"rpc_servers": ["nohost"]}, "rpc_servers entry: 'nohost' is not HOST:PORT"),
+     ({"rpc_servers": ["10.0.0.2:5", "10.0.0.2:5"]}, "lists a server twice"),
+     ({"rpc_servers": [f"10.0.0.2:{p}" for p in range(1, 18)]}, "at most 16"),
+     ({"tensor_split": [1.0, -1.0]}, "finite and not negative"),
+     ({"tensor_split": [0.0, 0.0]}, "some device a positive share")],
+)  # fmt: skip
+def test_split_settings_are_checked(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(alias="m", path="/m.gguf", **fields)
+
+
+def test_a_model_with_rpc_servers_is_split():
+    split = ModelConfig(alias="m", path="/m.gguf", rpc_servers=("[fd00::2]:50052",))
+    assert split.is_split and not ModelConfig(alias="m", path="/m.gguf").is_split
+
+
+@pytest.mark.parametrize(
+    ("fields", "remote"),
+    [({}, 0),
+     ({"rpc_servers": ("a:1",), "n_gpu_layers": 9}, 9),
+     ({"rpc_servers": ("a:1",), "n_gpu_layers": -1}, 18),
+     ({"rpc_servers": ("a:1",), "n_gpu_layers": 40}, 18),
+     ({"rpc_servers": ("a:1", "b:1"), "n_gpu_layers": 12, "tensor_split": (6, 6)}, 12),
+     # a local GPU after the RPC server takes its share of the offloaded layers
+     ({"rpc_servers": ("a:1",), "n_gpu_layers": 18, "tensor_split": (1, 2)}, 6)],
+)  # fmt: skip
+def test_layers_on_rpc_follow_llama_cpps_split(fields, remote):
+    assert ModelConfig(alias="m", path="/m.gguf", **fields).layers_on_rpc(18) == remote
+
+
 def test_load_requests_are_refused_with_every_bad_field_named():
     with pytest.raises(InvalidArgument) as info:
         parse_model_config({"alias": "", "path": "/m.gguf", "n_batch": 0, "extra": 1})

@@ -114,3 +114,28 @@ def test_reservations_add_up_even_when_the_host_still_looks_free():
 def test_free_memory_never_goes_negative():
     budget = MemoryBudget(limit_bytes=GiB, reserve_bytes=2 * GiB, available=lambda: GiB)
     assert budget.free_bytes() == 0
+
+
+def test_layer_figures_come_from_the_blocks_tensors(tmp_path):
+    tensors = {
+        "token_embd.weight": np.zeros((32, 64), np.float32),
+        "blk.0.attn_q.weight": np.zeros((64, 64), np.float32),
+        "blk.1.attn_q.weight": np.zeros((64, 64), np.float32),
+        "blk.1.ffn_up.weight": np.zeros((16, 64), np.float32),
+    }
+    gguf = read_gguf(write_gguf(tmp_path / "m.gguf", block_count=2, tensors=tensors))
+    shape = ModelShape.from_gguf(gguf)
+    estimate = estimate_memory(gguf, shape, n_ctx=256, n_batch=32)
+    assert estimate.n_layers == 2
+    assert estimate.layer_weights_bytes == (64 * 64 + 16 * 64) * 4  # the larger block
+    assert estimate.layer_kv_cache_bytes * 2 == estimate.kv_cache_bytes
+    assert 0 < estimate.layer_compute_bytes <= estimate.compute_bytes
+
+
+def test_layers_on_other_nodes_leave_the_rest_here():
+    estimate = MemoryEstimate(1000, 200, 50, n_layers=4, layer_weights_bytes=200,
+                              layer_kv_cache_bytes=50)  # fmt: skip
+    assert estimate.without_layers(0) == estimate
+    head = estimate.without_layers(3)
+    assert (head.weights_bytes, head.kv_cache_bytes, head.compute_bytes) == (400, 50, 50)
+    assert estimate.without_layers(99) == estimate.without_layers(4)
