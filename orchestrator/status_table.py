@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
-import itertools
 from collections.abc import Mapping, Sequence
 
 from llamaherd.v1 import cluster_pb2 as cl_pb
@@ -12,6 +10,7 @@ from llamaherd.v1 import telemetry_pb2 as t_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
 from worker.memory import format_bytes
+from worker.split.layout import device_layer_counts, offloaded_layers
 
 
 def render_status(status: inf_pb.ClusterStatusResponse) -> str:
@@ -84,16 +83,11 @@ def _spans(info: w_pb.ModelInfo) -> list[str]:
     them: the last n_gpu_layers layers over the servers in tensor_split proportions."""
     spec, total = info.spec, info.memory.n_layers
     servers = len(spec.rpc_servers)
-    offloaded = spec.n_gpu_layers if spec.n_gpu_layers >= 0 else total  # -1: all of them
-    if total:
-        offloaded = min(offloaded, total)
+    offloaded = offloaded_layers(spec.n_gpu_layers, total) if total else spec.n_gpu_layers
     shares = list(spec.tensor_split[:servers])
     if len(shares) < servers or sum(shares) <= 0:
         shares = [1.0] * servers  # llama.cpp's own default is unknown here: say equal
-    bounds = [c / sum(shares) for c in itertools.accumulate(shares)]
-    counts = [0] * servers
-    for i in range(offloaded):  # as llama.cpp: the device of the first bound above i / n
-        counts[min(bisect.bisect_right(bounds, i / offloaded), servers - 1)] += 1
+    counts = device_layer_counts(offloaded, shares)
     if not total:  # no layer count reported: say how many, not which
         return ["the first layers", *(_layers(None, c) for c in counts)]
     spans, first = [_layers(0, total - offloaded)], total - offloaded

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from worker.errors import InvalidArgument
+from worker.split.layout import device_layer_counts, offloaded_layers
 
 ENV_PREFIX = "LLAMAHERD_"
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
@@ -136,11 +137,10 @@ class ModelConfig(BaseModel):
         """
         if not self.is_split:
             return 0
-        offloaded = n_layer if self.n_gpu_layers < 0 else min(self.n_gpu_layers, n_layer)
-        shares = self.tensor_split
-        if not shares:
+        offloaded = offloaded_layers(self.n_gpu_layers, n_layer)
+        if not self.tensor_split:
             return offloaded
-        return round(offloaded * sum(shares[: len(self.rpc_servers)]) / sum(shares))
+        return sum(device_layer_counts(offloaded, self.tensor_split)[: len(self.rpc_servers)])
 
     @property
     def is_builtin(self) -> bool:

@@ -233,20 +233,22 @@ class PlacementController:
 
     async def _act(self, action: Load | Unload, address: str) -> None:
         stub = self._channels.stub(address)
+        node_id = action.node_id
         try:
             if isinstance(action, Load):
-                log.info("loading %s on %s", action.entry.alias, action.node_id)
-                await stub.LoadModel(load_request(action.entry), timeout=LOAD_TIMEOUT_S)
-                self._failed.pop((action.entry.alias, action.node_id), None)
+                alias = action.entry.alias
+                log.info("loading %s on %s", alias, node_id)
+                call = stub.LoadModel(load_request(action.entry), timeout=LOAD_TIMEOUT_S)
+                await _step(node_id, "load", call)
+                self._failed.pop((alias, node_id), None)
             else:
-                log.info("unloading %s from %s (%s)", action.alias, action.node_id, action.why)
-                await stub.UnloadModel(w_pb.UnloadModelRequest(alias=action.alias), timeout=60)
-        except aio.AioRpcError as exc:
-            alias = action.entry.alias if isinstance(action, Load) else action.alias
-            verb = "load" if isinstance(action, Load) else "unload"
-            reason = f"{verb} failed there: {exc.details() or exc.code().name}"
-            log.warning("%s of %s on %s failed: %s", verb, alias, action.node_id, exc.details())
-            self._failed[(alias, action.node_id)] = (reason, self._clock())
+                alias = action.alias
+                log.info("unloading %s from %s (%s)", alias, node_id, action.why)
+                request = w_pb.UnloadModelRequest(alias=alias)
+                await _step(node_id, "unload", stub.UnloadModel(request, timeout=60))
+        except _StepFailed as failed:
+            log.warning("%s on %s: %s", alias, node_id, failed.reason)
+            self._failed[(alias, node_id)] = (failed.reason, self._clock())
 
     async def _load_split(self, split: LoadSplit, addresses: Mapping[NodeId, str]) -> None:
         """Lend each helper's device to the head, then load the model on the head.
