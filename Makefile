@@ -30,9 +30,11 @@ test: setup  ## the whole suite: unit tests, then real workers, Ray and gateways
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: setup
+lint: setup  ## ruff, mypy, and the import contracts in pyproject.toml
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy worker orchestrator
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy common worker orchestrator
+	$(VENV)/bin/lint-imports
 
 bench: setup  ## gRPC worker vs. llama-cpp-python in-process; figures for BENCHMARKS.md
 	$(PY) tests/bench/bench_worker_overhead.py $(ARGS)

@@ -1,7 +1,7 @@
 """Packaging glue that pyproject.toml cannot express: generated stubs and the protos/ root.
 
 The `llamaherd` import package (generated `llamaherd.v1.*_pb2` modules) lives under protos/,
-next to the .proto files it is generated from; `worker` and `orchestrator` are top level.
+next to the .proto files it is generated from; `common`, `worker` and `orchestrator` are top level.
 """
 
 import sys
@@ -24,7 +24,7 @@ class BuildWithStubs(build_py):
 
 setup(
     packages=[
-        *find_packages(include=["worker", "worker.*", "orchestrator", "orchestrator.*"]),
+        *find_packages(include=["common*", "worker*", "orchestrator*"]),
         "llamaherd",
         "llamaherd.v1",
     ],

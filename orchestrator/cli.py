@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from llamaherd.v1 import generation_pb2 as gen_pb
 
     from orchestrator.client import GatewayClient
-    from worker.client import WorkerClient
+    from worker.api.client import WorkerClient
 
 DEFAULT_GATEWAY = "127.0.0.1:8001"
 
@@ -52,7 +52,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     import grpc
     from llamaherd.v1 import generation_pb2 as gen_pb
 
-    from worker.client import WorkerClient
+    from worker.api.client import WorkerClient
 
     sampling = gen_pb.SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
@@ -108,7 +108,7 @@ def _run_models(args: argparse.Namespace) -> int:
     import grpc
     from llamaherd.v1 import worker_pb2 as pb
 
-    from worker.client import WorkerClient
+    from worker.api.client import WorkerClient
 
     with WorkerClient(args.worker, timeout=10) as client:
         try:

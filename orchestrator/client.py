@@ -9,7 +9,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
 
-from worker.client import ChannelClient
+from common.channels import ChannelClient
 
 DEFAULT_GATEWAY = "127.0.0.1:8001"
 

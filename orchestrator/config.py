@@ -11,16 +11,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from worker.builtin_models import DEFAULT_MODEL
-from worker.config import (
+from common.model_settings import (
     ALIAS_PATTERN,
     BUILTIN_PREFIX,
+    DEFAULT_MODEL,
     FlashAttention,
     ModelConfig,
     Pooling,
-    layered_settings,
-    log_level_name,
 )
+from common.settings import layered_settings, log_level_name
 
 ENV_PREFIX = "LLAMAHERD_COORDINATOR_"
 ROUTING_POLICIES = ("least-expected-latency", "power-of-two", "least-loaded", "round-robin")

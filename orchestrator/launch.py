@@ -21,13 +21,12 @@ from typing import Any
 
 import psutil
 
+from common.settings import ConfigError, add_settings_flags
 from orchestrator.config import (
     CoordinatorSettings,
     build_coordinator_settings,
     default_catalog,
 )
-from worker.cli import add_settings_flags
-from worker.config import ConfigError
 
 log = logging.getLogger("llamaherd")
 

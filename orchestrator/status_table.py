@@ -9,8 +9,8 @@ from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import telemetry_pb2 as t_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
-from worker.memory import format_bytes
-from worker.split.layout import device_layer_counts, offloaded_layers
+from common.layout import device_layer_counts, offloaded_layers
+from common.memory import format_bytes
 
 
 def render_status(status: inf_pb.ClusterStatusResponse) -> str:

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 @pytest.fixture(scope="session")
 def gemma_path() -> Path:
     """The real embedded model (Gemma 3 270M Q4_K_M), assembled from its PyPI package."""
-    from worker.builtin_models import DEFAULT_MODEL, resolve
+    from common.model_settings import DEFAULT_MODEL
+    from worker.models.builtin import resolve
 
     return resolve("builtin:" + DEFAULT_MODEL)

@@ -17,10 +17,10 @@ from grpc import aio
 from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import cluster_pb2_grpc
 
+from common.net import join_host_port
 from orchestrator.cluster.reports import BadReport, node_from_report
 from orchestrator.cluster.state import ClusterState, NodeConflict
 from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
-from worker.config import join_host_port
 
 log = logging.getLogger(__name__)
 

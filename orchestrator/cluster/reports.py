@@ -11,15 +11,16 @@ from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
-from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState
-from worker.config import ALIAS_PATTERN, split_host_port
-from worker.split.lease import lease_from_proto, lease_to_proto
-from worker.telemetry.wire import (
+from common.model_settings import ALIAS_PATTERN
+from common.net import split_host_port
+from common.wire.leases import lease_from_proto, lease_to_proto
+from common.wire.telemetry import (
     hardware_fields,
     hardware_to_proto,
     sample_from_proto,
     sample_to_proto,
 )
+from orchestrator.cluster.types import Hardware, Node, NodeId, Replica, ReplicaState
 
 STATES = {
     w_pb.MODEL_STATE_LOADING: ReplicaState.LOADING,

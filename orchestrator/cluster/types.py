@@ -11,9 +11,9 @@ import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
-from worker.hardware import HardwareInfo
-from worker.split.lease import Lease
-from worker.telemetry.samples import NodeSample
+from common.hardware import HardwareInfo
+from common.leases import Lease
+from common.telemetry import NodeSample
 
 NodeId = NewType("NodeId", str)
 RpcLease = Lease  # a device a node lends to a split model's head, as the node reported it

@@ -15,8 +15,8 @@ from grpc import aio
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from common.errors import PermissionDenied
 from orchestrator.gateway.errors import openai_envelope
-from worker.errors import PermissionDenied
 
 OPEN_HTTP_PATHS = {"/health"}
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")

@@ -1,6 +1,6 @@
 """Errors of the gateway, and the one place that maps them to HTTP and from worker statuses.
 
-The gateway raises the same transport-neutral errors as the worker (worker.errors), so the
+The gateway raises the same transport-neutral errors as the worker (common.errors), so the
 gRPC front door reuses the worker's interceptor unchanged; this module adds what HTTP needs:
 status codes, OpenAI's error envelope, and the reverse mapping of a worker's gRPC status.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import grpc
 
-from worker.errors import (
+from common.errors import (
     ErrorKind,
     FailedPrecondition,
     Internal,

@@ -9,11 +9,11 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
 
+from common.errors import InvalidArgument
+from common.grpc_errors import REQUEST_ID_KEY, request_id
 from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import views
 from orchestrator.gateway.router import Router
-from worker.errors import InvalidArgument
-from worker.grpc_errors import REQUEST_ID_KEY, request_id
 
 NODE_KEY = "x-llamaherd-node"
 

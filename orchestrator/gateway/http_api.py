@@ -24,13 +24,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from common.errors import Internal, WorkerError
 from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway import views
 from orchestrator.gateway.errors import BadRequest, http_status, openai_envelope
 from orchestrator.gateway.metrics import cluster_metrics
 from orchestrator.gateway.router import Router
-from worker.errors import Internal, WorkerError
 
 log = logging.getLogger(__name__)
 

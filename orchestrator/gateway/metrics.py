@@ -1,6 +1,6 @@
 """The gateway's `/metrics`: every node of the cluster in Prometheus format, one `node` label.
 
-The same metric families a worker exports about itself (worker.telemetry.prometheus), built
+The same metric families a worker exports about itself (common.prometheus), built
 from the heartbeats the coordinator keeps, so one scrape of any gateway covers the cluster,
 including nodes whose own /metrics port is not reachable from the monitoring host.
 """
@@ -13,9 +13,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from orchestrator.cluster.types import Node, Replica
-from orchestrator.gateway.router import Router
-from worker.telemetry.prometheus import (
+from common.prometheus import (
     MetricSet,
     ModelGauges,
     NodeFacts,
@@ -23,6 +21,8 @@ from worker.telemetry.prometheus import (
     add_node_facts,
     add_node_sample,
 )
+from orchestrator.cluster.types import Node, Replica
+from orchestrator.gateway.router import Router
 
 
 def replica_gauges(replica: Replica) -> ModelGauges:

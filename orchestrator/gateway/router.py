@@ -20,12 +20,12 @@ import grpc
 from grpc import aio
 from llamaherd.v1 import worker_pb2_grpc
 
+from common.errors import Unavailable, WorkerError
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed, from_worker_status
 from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
 from orchestrator.routing.policies import RoutingPolicy
 from orchestrator.worker_channels import WorkerChannels
-from worker.errors import Unavailable, WorkerError
 
 log = logging.getLogger(__name__)
 

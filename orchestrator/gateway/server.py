@@ -22,6 +22,8 @@ from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import inference_pb2, inference_pb2_grpc
 from starlette.types import ASGIApp
 
+from common.grpc_errors import ErrorInterceptor
+from common.net import join_host_port
 from orchestrator.cluster.types import ClusterSnapshot
 from orchestrator.config import CoordinatorSettings
 from orchestrator.gateway.auth import GrpcApiKey, HttpApiKey
@@ -30,8 +32,6 @@ from orchestrator.gateway.http_api import build_app
 from orchestrator.gateway.router import Router
 from orchestrator.routing.policies import make_policy
 from orchestrator.worker_channels import WorkerChannels
-from worker.config import join_host_port
-from worker.grpc_errors import ErrorInterceptor
 
 log = logging.getLogger(__name__)
 

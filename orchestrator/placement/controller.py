@@ -22,6 +22,8 @@ from typing import TypeVar
 from grpc import aio
 from llamaherd.v1 import worker_pb2 as w_pb
 
+from common.memory import MemoryEstimate
+from common.net import split_host_port
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.leases import StopLease, lease_id, lease_owner, orphan_leases
@@ -35,8 +37,6 @@ from orchestrator.placement.planner import (
 )
 from orchestrator.placement.split import SplitPart
 from orchestrator.worker_channels import WorkerChannels
-from worker.config import split_host_port
-from worker.memory import MemoryEstimate
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from common.memory import MemoryEstimate, format_bytes
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
 from orchestrator.placement.split import SplitPlan, plan_split
-from worker.memory import MemoryEstimate, format_bytes
 
 # What the entry needs on the node, or the reason the node could not say.
 Estimates = Mapping[tuple[str, NodeId], MemoryEstimate | str]

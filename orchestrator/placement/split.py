@@ -29,12 +29,12 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from common.memory import MemoryEstimate, format_bytes
+from common.model_settings import RPC_MAX_SERVERS
 from orchestrator.cluster.types import Node, NodeId
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import node_refusal
 from orchestrator.placement.leases import lease_owner
-from worker.config import RPC_MAX_SERVERS
-from worker.memory import MemoryEstimate, format_bytes
 
 MAX_NODES = RPC_MAX_SERVERS + 1  # the head and as many helpers as llama.cpp accepts
 

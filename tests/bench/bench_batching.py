@@ -57,7 +57,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb  # noqa: E402
 from llamaherd.v1 import worker_pb2_grpc  # noqa: E402
 from support.worker_process import free_port, start_worker  # noqa: E402
 
-from worker.builtin_models import resolve  # noqa: E402
+from worker.models.builtin import resolve  # noqa: E402
 
 # Gemma 3's end-of-generation tokens (<eos>, <end_of_turn>): banned for a fixed length.
 EOG_TOKENS = (1, 106)

@@ -53,7 +53,7 @@ from llamaherd.v1 import worker_pb2_grpc  # noqa: E402
 from support.netns import Host, network  # noqa: E402
 from support.worker_process import start_worker  # noqa: E402
 
-from worker.builtin_models import resolve  # noqa: E402
+from worker.models.builtin import resolve  # noqa: E402
 
 N_CTX = 1024
 RPC_PORT = 50100

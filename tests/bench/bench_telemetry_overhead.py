@@ -32,11 +32,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from support.worker_process import start_worker  # noqa: E402
 
+from common.prometheus import MetricSet, add_node_sample  # noqa: E402
+from common.wire.telemetry import sample_to_proto  # noqa: E402
 from orchestrator.cluster.registry import WorkerRegistry  # noqa: E402
 from orchestrator.gateway.metrics import render  # noqa: E402
-from worker.telemetry.prometheus import MetricSet, add_node_sample  # noqa: E402
 from worker.telemetry.sampler import start_sampler  # noqa: E402
-from worker.telemetry.wire import sample_to_proto  # noqa: E402
 
 
 def cpu_seconds(pid: int) -> float:

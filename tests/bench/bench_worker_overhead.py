@@ -29,8 +29,8 @@ from llama_cpp import Llama  # noqa: E402
 from llamaherd.v1 import generation_pb2 as gen_pb  # noqa: E402
 from support.worker_process import start_worker  # noqa: E402
 
-from worker.builtin_models import resolve  # noqa: E402
-from worker.client import WorkerClient  # noqa: E402
+from worker.api.client import WorkerClient  # noqa: E402
+from worker.models.builtin import resolve  # noqa: E402
 
 WORDS = "amber basil cedar delta ember fjord grove harbor iris juniper kestrel lagoon".split()
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from llama_cpp import llama_cpp as C
 
-from worker.config import FlashAttention, Pooling
-from worker.errors import Internal, ModelLoadFailed
+from common.errors import Internal, ModelLoadFailed
+from common.model_settings import FlashAttention, Pooling
 from worker.llamacpp import Handle, log
 from worker.llamacpp.model import LlamaModel
 
@@ -56,7 +56,7 @@ class LlamaContext:
         cparams = C.llama_context_default_params()
         cparams.n_ctx = params.n_ctx
         cparams.n_batch = params.n_batch
-        # One micro-batch per batch: the memory estimate (worker.memory) assumes it.
+        # One micro-batch per batch: the memory estimate (worker.models.estimate) assumes it.
         cparams.n_ubatch = params.n_batch
         cparams.n_seq_max = params.n_seq_max
         # One KV stream per sequence, each n_ctx / n_seq_max cells: every slot can always

@@ -2,7 +2,7 @@
 
 Reads (tokenize, pieces, metadata) are safe from any thread while the model is alive, as
 llama-server also relies on; the owner must not `close()` it while calls are in flight
-(worker.hosted keeps the leases that guarantee this).
+(worker.models.local keeps the leases that guarantee this).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from llama_cpp import llama_cpp as C
 
-from worker.errors import ModelLoadFailed
+from common.errors import ModelLoadFailed
 from worker.llamacpp import Handle, ensure_backend, log
 
 _ALL_LAYERS = 0x7FFFFFFF

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import llama_cpp
 
-from worker.errors import FailedPrecondition
+from common.errors import FailedPrecondition
 
 _LIB_DIR = Path(llama_cpp.__file__).parent / "lib"
 # enum ggml_backend_dev_type, in ggml-backend.h order.

@@ -13,12 +13,12 @@ import random
 import numpy as np
 from llama_cpp import llama_cpp as C
 
-from worker.errors import Internal, InvalidArgument
-from worker.gbnf import diagnose
+from common.errors import Internal, InvalidArgument
+from worker.engine.sampling import SamplingParams, check_token_ids
 from worker.llamacpp import Handle
 from worker.llamacpp.context import LlamaContext
+from worker.llamacpp.gbnf import diagnose
 from worker.llamacpp.model import LlamaModel
-from worker.sampling import SamplingParams, check_token_ids
 
 # llama_token_data: {int32 id; float logit; float p}
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])

@@ -22,10 +22,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker.config import join_host_port
-from worker.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from worker.memory import MemoryBudget, format_bytes
-from worker.split.lease import Lease
+from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from common.leases import Lease
+from common.memory import format_bytes
+from common.net import join_host_port
+from worker.models.estimate import MemoryBudget
 from worker.split.lifetime import end
 
 log = logging.getLogger(__name__)

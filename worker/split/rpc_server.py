@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 
-from worker.config import join_host_port
+from common.net import join_host_port
 from worker.split.lifetime import die_with_parent
 
 

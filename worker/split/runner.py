@@ -33,9 +33,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
-from worker.config import ModelConfig, WorkerSettings, split_host_port
-from worker.errors import ErrorKind, FailedPrecondition, Unavailable, WorkerError
-from worker.hosted import ModelFacts
+from common.errors import ErrorKind, FailedPrecondition, Unavailable, WorkerError
+from common.model_settings import ModelConfig
+from common.net import split_host_port
+from worker.config import WorkerSettings
+from worker.models.local import ModelFacts
 from worker.split.lifetime import end
 
 log = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ class SplitModel:
             config_file = Path(folder) / "worker.json"
             config_file.write_text(json.dumps(_child_settings(config, settings, facts)))
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "orchestrator.cli", "worker",
+                sys.executable, "-m", "worker",
                 "--config", str(config_file), "--port", str(port),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,

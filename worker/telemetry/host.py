@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 
-from worker.telemetry.samples import HostSample, Temperature
+from common.telemetry import HostSample, Temperature
 from worker.telemetry.source import Probe, Reading, SourceError, TelemetrySource
 
 

@@ -16,14 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.telemetry.samples import (
-    Clock,
-    Fan,
-    GpuSample,
-    JetsonSample,
-    PowerRail,
-    Temperature,
-)
+from common.telemetry import Clock, Fan, GpuSample, JetsonSample, PowerRail, Temperature
 from worker.telemetry.source import Probe, Reading, SourceError, TelemetrySource
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from worker.telemetry.samples import Clock, GpuSample
+from common.telemetry import Clock, GpuSample
 from worker.telemetry.source import Probe, Reading, SourceError, TelemetrySource
 
 log = logging.getLogger(__name__)

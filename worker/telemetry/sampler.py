@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.telemetry import GpuSample, HostSample, JetsonSample, NodeSample
 from worker.telemetry.host import HostSource
-from worker.telemetry.samples import GpuSample, HostSample, JetsonSample, NodeSample
 from worker.telemetry.source import SourceError, TelemetrySource
 
 log = logging.getLogger(__name__)

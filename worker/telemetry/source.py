@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass
 
-from worker.telemetry.samples import GpuSample, HostSample, JetsonSample
+from common.telemetry import GpuSample, HostSample, JetsonSample
 
 
 @dataclass(frozen=True)

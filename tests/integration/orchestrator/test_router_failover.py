@@ -14,6 +14,7 @@ from support.cluster import wait_for
 from support.models import GEMMA
 from support.worker_process import free_port
 
+from common.errors import ErrorKind, WorkerError
 from orchestrator.cluster.types import (
     ClusterSnapshot,
     Hardware,
@@ -25,7 +26,6 @@ from orchestrator.cluster.types import (
 from orchestrator.gateway.router import Router
 from orchestrator.routing.policies import RoundRobin
 from orchestrator.worker_channels import WorkerChannels
-from worker.errors import ErrorKind, WorkerError
 
 
 def _node(node_id: str, address: str) -> Node:

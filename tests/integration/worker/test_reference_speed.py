@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.reference_speed import cache_key, reference_speed
+from worker.node.reference_speed import cache_key, reference_speed
 
 
 def test_measured_once_then_read_from_the_cache(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from common.memory import MemoryEstimate
 from orchestrator.cluster.types import (
     ClusterSnapshot,
     Hardware,
@@ -19,7 +20,6 @@ from orchestrator.cluster.types import (
 )
 from orchestrator.config import CatalogEntry
 from orchestrator.routing.candidates import Candidate
-from worker.memory import MemoryEstimate
 
 GiB = 1024**3
 MiB = 1024**2

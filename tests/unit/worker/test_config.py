@@ -7,15 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from worker.config import (
-    ConfigError,
-    ModelConfig,
-    build_settings,
-    join_host_port,
-    parse_model_config,
-    split_host_port,
-)
-from worker.errors import InvalidArgument
+from common.errors import InvalidArgument
+from common.model_settings import ModelConfig
+from common.net import join_host_port, split_host_port
+from common.settings import ConfigError
+from worker.config import build_settings, parse_model_config
 
 
 def _write(tmp_path, text: str, name: str = "worker.yaml"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from common.memory import MemoryEstimate
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.leases import StopLease
@@ -27,7 +28,6 @@ from tests.unit.orchestrator.factories import (
     replica,
     rpc_node,
 )
-from worker.memory import MemoryEstimate
 
 
 def everywhere(

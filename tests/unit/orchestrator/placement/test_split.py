@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from common.memory import MemoryEstimate
 from orchestrator.cluster.types import Node, NodeId, ReplicaState
 from orchestrator.placement.split import SplitPart, SplitPlan, plan_split
 from tests.unit.orchestrator.factories import (
@@ -19,7 +20,6 @@ from tests.unit.orchestrator.factories import (
     replica,
     rpc_node,
 )
-from worker.memory import MemoryEstimate
 
 # 18 layers of 100 MiB, 200 MiB of embeddings and output, a 50 MiB compute buffer on the
 # head and 20 MiB on each helper: the whole model needs 2050 MiB on one node, a head with

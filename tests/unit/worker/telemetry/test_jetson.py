@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from support.fake_jtop import FakeJtop, JtopException, failing_opener, load_fixture
 
+from common.telemetry import Clock, Fan, GpuSample, PowerRail, Temperature
 from worker.telemetry.jetson import JetsonSource
-from worker.telemetry.samples import Clock, Fan, GpuSample, PowerRail, Temperature
 from worker.telemetry.source import SourceError
 
 KB = 1024

@@ -7,8 +7,8 @@ import pynvml
 import pytest
 from support.fake_nvml import FakeNvml
 
+from common.telemetry import Clock, GpuSample
 from worker.telemetry.nvml import NvmlSource
-from worker.telemetry.samples import Clock, GpuSample
 from worker.telemetry.source import SourceError
 
 MiB = 1024 * 1024

@@ -1,0 +1,30 @@
+"""A synchronous gRPC client that owns its channel: the base of the worker and gateway clients."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import grpc
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+_C = TypeVar("_C", bound="ChannelClient")
+
+
+class ChannelClient:
+    """Owns one insecure channel to `address`; a context manager that closes it."""
+
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        self.address = address
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self: _C) -> _C:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -1,0 +1,104 @@
+"""The one place where the worker's errors become gRPC status codes.
+
+A server interceptor wraps every handler: a WorkerError ends the call with its mapped code
+and its message; anything else is a bug, logged with its traceback and reported as INTERNAL
+with the request id so the log line can be found. The process keeps serving either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from common.errors import ErrorKind, WorkerError
+
+log = logging.getLogger(__name__)
+
+CODES = {
+    ErrorKind.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    ErrorKind.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    ErrorKind.PERMISSION_DENIED: grpc.StatusCode.PERMISSION_DENIED,
+    ErrorKind.RESOURCE_EXHAUSTED: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+REQUEST_ID_KEY = "x-request-id"
+
+Unary = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
+Streaming = Callable[[Any, aio.ServicerContext], AsyncIterator[Any]]
+
+
+def request_id(context: aio.ServicerContext) -> str:
+    """The caller's x-request-id, or a new one."""
+    for key, value in context.invocation_metadata() or ():
+        if key == REQUEST_ID_KEY and isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return uuid.uuid4().hex[:16]
+
+
+async def _abort(context: aio.ServicerContext, method: str, exc: Exception) -> None:
+    if isinstance(exc, WorkerError):
+        log.info("%s refused: %s: %s", method, exc.kind.value, exc.message)
+        await context.abort(CODES[exc.kind], exc.message)
+    incident = uuid.uuid4().hex[:12]
+    log.error("%s failed (incident %s)", method, incident, exc_info=exc)
+    await context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in {method} (incident {incident})"
+    )
+
+
+def _wrap_unary(method: str, behavior: Unary) -> Unary:
+    async def handler(request: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await behavior(request, context)
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, method, exc)
+
+    return handler
+
+
+def _wrap_stream(method: str, behavior: Streaming) -> Streaming:
+    async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for response in behavior(request, context):
+                yield response
+        except aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, method, exc)
+
+    return handler
+
+
+class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method.rsplit("/", 1)[-1]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _wrap_unary(method, handler.unary_unary),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _wrap_stream(method, handler.unary_stream),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return handler

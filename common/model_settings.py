@@ -1,0 +1,143 @@
+"""How to load one model: the settings a worker's config file, a LoadModel request and the
+coordinator's catalog all share, validated by one frozen type so they can never disagree.
+
+Resolved defaults that depend on the node (decode threads) are left unset here and filled in
+by the worker that loads the model.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from common.layout import device_layer_counts, offloaded_layers
+from common.net import split_host_port
+
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_MODEL = "gemma-3-270m"  # the embedded model (worker.models.builtin)
+RPC_MAX_SERVERS = 16  # GGML_RPC_MAX_SERVERS in ggml-rpc.h
+
+
+class FlashAttention(str, enum.Enum):
+    AUTO = "auto"  # llama.cpp decides per backend (its default)
+    ON = "on"
+    OFF = "off"
+
+
+class Pooling(str, enum.Enum):
+    MEAN = "mean"
+    CLS = "cls"
+    LAST = "last"
+
+
+class ModelConfig(BaseModel):
+    """How to load one model (an entry under `models:`, or a LoadModel request)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    alias: str = Field(pattern=ALIAS_PATTERN, description="name clients use to pick the model")
+    path: str = Field(
+        min_length=1,
+        description=f"GGUF file, or '{BUILTIN_PREFIX}gemma-3-270m' for the embedded model",
+    )
+    n_ctx: int = Field(4096, ge=0, le=1 << 20, description="context tokens; 0 = training context")
+    n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
+    n_threads: int | None = Field(
+        None, ge=1, le=1024, description="decode threads; default: the worker's physical cores"
+    )
+    n_threads_batch: int | None = Field(None, ge=1, le=1024, description="default: n_threads")
+    n_batch: int = Field(512, ge=1, le=1 << 16, description="tokens per prompt-processing step")
+    flash_attn: FlashAttention = Field(FlashAttention.AUTO, description="flash attention")
+    chat_format: str | None = Field(None, description="llama.cpp built-in chat template name")
+    chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF")
+    embedding: bool = Field(False, description="serve embeddings instead of generation")
+    pooling: Pooling = Field(Pooling.MEAN, description="embedding pooling")
+    n_parallel: int = Field(
+        0, ge=0, le=64,
+        description="sequence slots decoded together (continuous batching), each with n_ctx "
+        "tokens of KV cache; 0 = as many as memory allows, up to 4",
+    )  # fmt: skip
+    max_queue: int = Field(
+        64, ge=0, le=1 << 20, description="requests waiting for a free slot, per model"
+    )
+    rpc_servers: tuple[str, ...] = Field(
+        (), max_length=RPC_MAX_SERVERS,
+        description="HOST:PORT of ggml RPC servers lent by other nodes; the model's last "
+        "n_gpu_layers layers are split over them (it then runs in a child process)",
+    )  # fmt: skip
+    tensor_split: tuple[float, ...] = Field(
+        (), max_length=RPC_MAX_SERVERS + 16,
+        description="share of the offloaded layers per device, RPC servers first "
+        "(llama.cpp's --tensor-split)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _a_token_per_slot(self) -> ModelConfig:
+        if self.n_parallel > self.n_batch:
+            raise ValueError(
+                f"n_parallel ({self.n_parallel}) cannot exceed n_batch ({self.n_batch}): "
+                "every decode step carries one token for each slot"
+            )
+        return self
+
+    @field_validator("rpc_servers")
+    @classmethod
+    def _endpoints(cls, servers: tuple[str, ...]) -> tuple[str, ...]:
+        for server in servers:
+            try:
+                split_host_port(server)
+            except ValueError as exc:
+                raise ValueError(f"rpc_servers entry: {exc}") from None
+        if len(set(servers)) != len(servers):
+            raise ValueError("rpc_servers lists a server twice")
+        return servers
+
+    @field_validator("tensor_split")
+    @classmethod
+    def _shares(cls, shares: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not (s >= 0 and s < float("inf")) for s in shares):
+            raise ValueError("tensor_split shares must be finite and not negative")
+        if shares and sum(shares) <= 0:
+            raise ValueError("tensor_split must give some device a positive share")
+        return shares
+
+    @property
+    def is_split(self) -> bool:
+        return bool(self.rpc_servers)
+
+    def layers_on_rpc(self, n_layer: int) -> int:
+        """How many of the model's `n_layer` layers live on other nodes' RPC devices.
+
+        llama.cpp offloads the last n_gpu_layers layers and spreads them over its devices in
+        tensor_split proportions, RPC devices first; with no shares given, all of them count
+        as remote (a head without a GPU of its own, the usual edge case).
+        """
+        if not self.is_split:
+            return 0
+        offloaded = offloaded_layers(self.n_gpu_layers, n_layer)
+        if not self.tensor_split:
+            return offloaded
+        return sum(device_layer_counts(offloaded, self.tensor_split)[: len(self.rpc_servers)])
+
+    @property
+    def is_builtin(self) -> bool:
+        return self.path.startswith(BUILTIN_PREFIX)
+
+    @property
+    def threads(self) -> int:
+        """Decode threads; only for a config the worker has resolved (with_node_defaults)."""
+        if self.n_threads is None:
+            raise ValueError(f"{self.alias}: n_threads is not resolved on this node yet")
+        return self.n_threads
+
+    @property
+    def threads_batch(self) -> int:
+        return self.n_threads_batch or self.threads
+
+    def with_node_defaults(self, threads: int) -> ModelConfig:
+        """This config with the defaults that depend on the node filled in."""
+        if self.n_threads is not None:
+            return self
+        return self.model_copy(update={"n_threads": threads})

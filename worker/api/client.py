@@ -1,0 +1,45 @@
+"""A small synchronous client of the Worker API, for the CLI, benchmarks and tools."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import grpc
+from llamaherd.v1 import generation_pb2 as gen_pb
+from llamaherd.v1 import worker_pb2 as pb
+from llamaherd.v1 import worker_pb2_grpc
+
+from common.channels import ChannelClient
+
+
+class WorkerClient(ChannelClient):
+    """The Worker API, synchronous: for the CLI, benchmarks and tools."""
+
+    def __init__(self, address: str, timeout: float | None = None) -> None:
+        super().__init__(address, timeout)
+        self.stub = worker_pb2_grpc.WorkerStub(self._channel)
+
+    def wait_ready(self, timeout: float) -> None:
+        grpc.channel_ready_future(self._channel).result(timeout=timeout)
+
+    def list_models(self) -> list[pb.ModelInfo]:
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+
+    def generate(
+        self, model: str, prompt: str, sampling: gen_pb.SamplingParams | None = None
+    ) -> Iterator[gen_pb.GenerationChunk]:
+        request = gen_pb.GenerateRequest(model=model, prompt=prompt, sampling=sampling)
+        yield from self.stub.Generate(request, timeout=self.timeout)
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[tuple[str, str]],
+        sampling: gen_pb.SamplingParams | None = None,
+    ) -> Iterator[gen_pb.GenerationChunk]:
+        request = gen_pb.ChatRequest(
+            model=model,
+            messages=[gen_pb.ChatMessage(role=r, content=c) for r, c in messages],
+            sampling=sampling,
+        )
+        yield from self.stub.Chat(request, timeout=self.timeout)

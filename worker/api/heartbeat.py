@@ -1,0 +1,183 @@
+"""A worker's link to its coordinator: one long-lived Heartbeat stream of full node reports.
+
+The first report registers the node; later ones carry its load and models. Reports go out
+every heartbeat interval, and at once when a model's state changes, so placement and routing
+learn of a finished load without waiting. When the coordinator is unreachable or restarts,
+the link reconnects with capped backoff and the next report registers the node again: the
+coordinator's state is rebuilt from reports alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+from grpc import aio
+from llamaherd.v1 import cluster_pb2 as cl_pb
+from llamaherd.v1 import cluster_pb2_grpc
+
+from common.hardware import HardwareInfo
+from common.leases import Lease
+from common.net import join_host_port, split_host_port
+from common.wire.leases import lease_to_proto
+from common.wire.telemetry import hardware_to_proto, sample_to_proto
+from worker.api import convert
+from worker.config import WorkerSettings
+from worker.models.estimate import MemoryBudget
+from worker.models.registry import ModelRegistry
+from worker.split.lender import RpcLender
+from worker.telemetry.sampler import TelemetrySampler
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+def advertised_address(settings: WorkerSettings, port: int) -> str:
+    """Where gateways reach this worker: the configured address, else host:port, with a
+    wildcard host replaced by this machine's address on the route to the coordinator."""
+    if settings.advertise_address:
+        return settings.advertise_address
+    host = settings.host
+    if host in WILDCARD_HOSTS:
+        host = _route_address(settings.coordinator) or socket.gethostname()
+    return join_host_port(host, port)
+
+
+def _route_address(coordinator: str | None) -> str | None:
+    if coordinator is None:
+        return None
+    host, port = split_host_port(coordinator)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        # A UDP connect only picks the outgoing interface; nothing is sent.
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, port))
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
+
+
+def default_node_id(port: int) -> str:
+    return f"{socket.gethostname()}:{port}"
+
+
+class CoordinatorLink:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        registry: ModelRegistry,
+        budget: MemoryBudget,
+        hardware: HardwareInfo,
+        port: int,
+        sampler: TelemetrySampler | None = None,
+        lender: RpcLender | None = None,
+    ) -> None:
+        assert settings.coordinator is not None
+        self._target = settings.coordinator
+        self._registry = registry
+        self._budget = budget
+        self._interval = settings.heartbeat_interval_s
+        self.node_id = settings.node_id or default_node_id(port)
+        self.address = advertised_address(settings, port)
+        self._hardware = hardware_to_proto(hardware, settings.labels)
+        self._sampler = sampler
+        self._lender = lender
+        self._changed = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        registry.on_change(self.nudge)
+        if lender is not None:
+            lender.on_change(self.nudge)
+        if sampler is not None:
+            # Each fresh sample goes out at once rather than up to an interval later.
+            sampler.on_sample(lambda _sample: self.nudge())
+        self.registered = asyncio.Event()
+
+    def nudge(self) -> None:
+        """Sends a report now rather than at the next interval (callable from any thread)."""
+        self._loop.call_soon_threadsafe(self._changed.set)
+
+    def report(self, sequence: int) -> cl_pb.NodeReport:
+        models = []
+        for info in self._registry.list():
+            models.append(
+                cl_pb.ModelLoad(
+                    info=convert.model_info_to_proto(info),
+                    slots_total=info.slots_total,
+                    slots_busy=info.active,
+                    decode_tokens_per_second=info.decode_tps,
+                    prompt_tokens_per_second=info.prompt_tps,
+                    completed_requests=info.completed,
+                )
+            )
+        sample = self._sampler.latest if self._sampler is not None else None
+        return cl_pb.NodeReport(
+            node_id=self.node_id,
+            address=self.address,
+            hardware=self._hardware,
+            models=models,
+            memory_free_bytes=max(0, self._budget.free_bytes()),
+            sequence=sequence,
+            version=VERSION,
+            telemetry=sample_to_proto(sample) if sample is not None else None,
+            rpc_servers=[lease_to_proto(lease) for lease in self.leases()],
+        )
+
+    def leases(self) -> list[Lease]:
+        return self._lender.leases() if self._lender is not None else []
+
+    async def run(self) -> None:
+        """Keeps the link up until cancelled; logs each outage once, not every retry."""
+        attempt = 0
+        while True:
+            try:
+                await self._session()
+                problem = "closed the stream"
+            except aio.AioRpcError as exc:
+                problem = f"unreachable ({exc.code().name}: {exc.details()})"
+            if self.registered.is_set():
+                attempt = 0
+                log.warning("lost coordinator %s: %s; reconnecting", self._target, problem)
+            elif attempt == 0:
+                log.warning("coordinator %s %s; retrying", self._target, problem)
+            self.registered.clear()
+            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            attempt += 1
+
+    async def _session(self) -> None:
+        async with aio.insecure_channel(self._target) as channel:
+            stub = cluster_pb2_grpc.CoordinatorStub(channel)
+            call = stub.Heartbeat(self._reports())
+            async for reply in call:
+                if reply.error:
+                    log.error("coordinator %s refused this node: %s", self._target, reply.error)
+                    call.cancel()
+                    raise aio.AioRpcError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        aio.Metadata(),
+                        aio.Metadata(),
+                        details=reply.error,
+                    )
+                if reply.heartbeat_interval_s > 0:
+                    self._interval = reply.heartbeat_interval_s
+                if not self.registered.is_set():
+                    self.registered.set()
+                    log.info(
+                        "registered with coordinator %s as %s (%s)",
+                        self._target, self.node_id, self.address,
+                    )  # fmt: skip
+
+    async def _reports(self) -> AsyncIterator[cl_pb.NodeReport]:
+        sequence = 0
+        while True:
+            self._changed.clear()
+            yield self.report(sequence)
+            sequence += 1
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._interval)

@@ -1,0 +1,476 @@
+"""Runs one model's requests on a thread of its own, decoding them together in one batch.
+
+The model's context has N sequence slots (continuous batching, as llama-server's parallel
+slots): a request waits in a bounded FIFO until a slot is free, then joins the running
+batch at the next step. Each step decodes one token for every generating slot plus as much
+of the waiting prompts as the batch has room for (chunked prefill), then samples each
+sequence with its own sampler and streams its text to its own client. A finished or
+cancelled request frees its slot at once; its tokens stay in the slot's KV cache, so a later
+request that starts the same way (the next chat turn, a shared system prompt) skips
+recomputing them. Cancellation and shutdown are checked at every step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from common.errors import Internal, ResourceExhausted, Unavailable, WorkerError
+from worker.engine.generation import (
+    EmbeddingResult,
+    Finished,
+    FinishReason,
+    GenerationEvent,
+    TextDelta,
+    Timings,
+    Usage,
+)
+from worker.engine.slots import SlotView, choose_slot
+from worker.engine.streams import EventStream
+from worker.engine.textstream import TextStream
+from worker.llamacpp.context import LlamaContext
+from worker.llamacpp.model import LlamaModel
+from worker.llamacpp.sampler import Sampler
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class GenerationJob:
+    request_id: str
+    prompt: list[int]
+    sampler: Sampler
+    stop: tuple[str, ...]
+    max_tokens: int
+    stream: EventStream[GenerationEvent]
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def release(self) -> None:
+        self.sampler.close()
+
+
+@dataclass
+class EmbeddingJob:
+    request_id: str
+    inputs: list[list[int]]
+    normalize: bool
+    stream: EventStream[EmbeddingResult]
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def release(self) -> None:
+        pass
+
+
+Job = GenerationJob | EmbeddingJob
+
+
+@dataclass
+class _Generation:
+    """A request in progress in a slot."""
+
+    job: GenerationJob
+    order: int  # admission order: prompts are prefilled first come, first served
+    started: float
+    reused: int  # prompt tokens found in the slot's cache
+    fed: int  # prompt tokens in the cache so far
+    text: TextStream
+    pending: list[int] = field(default_factory=list)  # sampled, not yet sent as text
+    generated: int = 0
+    prefilled: float = 0.0
+    first_at: float | None = None
+    next_token: int | None = None  # sampled, to be decoded at the next step
+
+
+class _Slot:
+    """One llama.cpp sequence and what its share of the KV cache holds."""
+
+    def __init__(self, seq_id: int, n_vocab: int) -> None:
+        self.seq_id = seq_id
+        self.cached: list[int] = []  # tokens whose keys and values are in the cache, in order
+        # The last prompt prefilled here and the logits its final token produced. llama.cpp's
+        # results depend on how a prompt is split into batches, so re-running only the final
+        # token of a cached prompt could pick a different first token; sampling from these
+        # logits instead makes an identical request give identical output.
+        self.memo_prompt: list[int] = []
+        self.memo_logits = (ctypes.c_float * n_vocab)()
+        self.last_used = 0
+        self.run: _Generation | None = None
+
+    def view(self) -> SlotView:
+        return SlotView(self.seq_id, self.cached, self.last_used)
+
+
+class _Cancelled(Exception):
+    """The client went away: stop quietly, nobody is listening."""
+
+
+class ModelEngine:
+    def __init__(
+        self,
+        name: str,
+        model: LlamaModel,
+        context: LlamaContext,
+        max_queue: int,
+        clock: Clock = time.perf_counter,
+    ) -> None:
+        self.name = name
+        self._model = model
+        self._ctx = context
+        self._max_queue = max_queue
+        self._clock = clock
+        self._waiting: deque[Job] = deque()
+        self._slots = [_Slot(i, model.n_vocab) for i in range(context.n_seq)]
+        self._embedding: EmbeddingJob | None = None
+        self._closing: str | None = None
+        self._cond = threading.Condition()
+        self._steps = 0
+        self._admitted = 0
+        self.rates = RateTracker()
+        self._thread = threading.Thread(target=self._run, name=f"engine:{name}", daemon=True)
+        self._thread.start()
+
+    # ---- any thread ----------------------------------------------------------------
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def active(self) -> int:
+        return sum(s.run is not None for s in self._slots) + (self._embedding is not None)
+
+    @property
+    def slots_total(self) -> int:
+        return len(self._slots)
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(len(s.cached) for s in self._slots)
+
+    def submit(self, job: Job) -> None:
+        """Queues a job, or refuses at once when the model is closing or its queue is full."""
+        with self._cond:
+            if self._closing is not None:
+                raise Unavailable(self._closing)
+            full = self.active >= len(self._slots) or bool(self._waiting)
+            if full and len(self._waiting) >= self._max_queue:
+                raise ResourceExhausted(
+                    f"model {self.name!r} has all {len(self._slots)} slots busy and "
+                    f"{len(self._waiting)} requests waiting (max_queue={self._max_queue}); "
+                    "retry later or raise max_queue or n_parallel"
+                )
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def withdraw(self, job: Job) -> None:
+        """Takes a job that has not started out of the queue (its client went away)."""
+        with self._cond:
+            try:
+                self._waiting.remove(job)
+            except ValueError:
+                return  # already running or finished: the engine thread releases it
+        job.release()
+
+    def close(self, reason: str, timeout: float | None = None) -> bool:
+        """Fails waiting jobs, stops the running ones at the next step, joins the thread."""
+        with self._cond:
+            self._closing = reason
+            dropped = list(self._waiting)
+            self._waiting.clear()
+            self._cond.notify_all()
+        for job in dropped:
+            job.stream.fail(Unavailable(reason))
+            job.release()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ---- engine thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._busy() and self._closing is None:
+                    self._cond.wait()
+                if self._closing is not None and not self._busy():
+                    return
+                admitted = self._admit_locked()
+            for job, slot, shared in admitted:
+                self._start(job, slot, shared)
+            if self._busy():
+                try:
+                    self._step()
+                except Exception as exc:  # the engine thread must outlive any one step
+                    for slot in self._slots:
+                        if slot.run is not None:
+                            self._fail(slot, exc)
+
+    def _busy(self) -> bool:
+        return any(s.run is not None for s in self._slots)
+
+    def _admit_locked(self) -> list[tuple[Job, _Slot, int]]:
+        """Moves waiting jobs, first come first served, into idle slots; with each, how many
+        of the slot's cached tokens its prompt shares."""
+        admitted: list[tuple[Job, _Slot, int]] = []
+        while self._waiting and self._closing is None:
+            taken = {slot.seq_id for _, slot, _ in admitted}
+            idle = [s for s in self._slots if s.run is None and s.seq_id not in taken]
+            if not idle:
+                break
+            job = self._waiting[0]
+            if isinstance(job, EmbeddingJob):
+                if admitted or self._busy():
+                    break  # embeddings use the whole context: they wait for it to drain
+                admitted.append((self._waiting.popleft(), idle[0], 0))
+                break
+            seq_id, shared = choose_slot([s.view() for s in idle], job.prompt)
+            admitted.append((self._waiting.popleft(), self._slots[seq_id], shared))
+        return admitted
+
+    def _start(self, job: Job, slot: _Slot, shared: int) -> None:
+        if isinstance(job, EmbeddingJob):
+            self._embedding = job
+            try:
+                self._serve_embedding(job)
+            finally:
+                self._embedding = None
+                job.release()
+            return
+        self._admitted += 1
+        run = _Generation(job, self._admitted, self._clock(), 0, 0, TextStream(job.stop))
+        slot.run = run
+        try:
+            run.reused = run.fed = self._reuse_prefix(slot, job.prompt, shared)
+            if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
+                run.prefilled = self._clock()
+                self._on_token(slot, job.sampler.sample_from(slot.memo_logits))
+        except Exception as exc:
+            self._fail(slot, exc)
+
+    def _reuse_prefix(self, slot: _Slot, prompt: list[int], shared: int) -> int:
+        """Keeps the `shared` cached tokens this prompt starts with, but for its last token
+        unless the prompt is the slot's memo; returns how many were kept."""
+        repeat = shared == len(prompt) and prompt == slot.memo_prompt
+        # Otherwise the last prompt token runs again: its logits are what we sample from.
+        keep = shared if repeat else min(shared, len(prompt) - 1)
+        if keep < len(slot.cached):
+            if not self._ctx.remove(slot.seq_id, keep):
+                self._forget(slot)
+                return 0
+            del slot.cached[keep:]
+        if keep < len(slot.memo_prompt):  # part of the memo's prompt is about to be recomputed
+            slot.memo_prompt = []
+        return keep
+
+    def _forget(self, slot: _Slot) -> None:
+        self._ctx.remove(slot.seq_id, 0)
+        slot.cached.clear()
+        slot.memo_prompt = []
+
+    def _step(self) -> None:
+        """One decode of every generating slot's next token and of waiting prompt chunks."""
+        self._steps += 1
+        for slot in self._slots:
+            if slot.run is not None:
+                try:
+                    self._check(slot.run.job)
+                except _Cancelled:
+                    log.debug("request %s cancelled by the client", slot.run.job.request_id)
+                    self._end(slot)
+                except WorkerError as exc:
+                    self._fail(slot, exc)
+        decoding = [s for s in self._slots if s.run is not None and s.run.next_token is not None]
+        prefilling = sorted(
+            (s for s in self._slots if s.run is not None and s.run.next_token is None),
+            key=lambda s: s.run.order if s.run is not None else 0,
+        )
+        entries: list[tuple[_Slot, list[int], int | None]] = []
+        for slot in decoding:
+            assert slot.run is not None and slot.run.next_token is not None
+            if self._ctx.batch_room == 0:  # n_batch >= n_parallel is enforced; defensive
+                break
+            token = [slot.run.next_token]
+            entries.append((slot, token, self._ctx.add(token, len(slot.cached), slot.seq_id, True)))
+        for slot in prefilling:
+            assert slot.run is not None
+            room = self._ctx.batch_room
+            if room == 0:
+                break
+            prompt, fed = slot.run.job.prompt, slot.run.fed
+            chunk = prompt[fed : fed + room]
+            last = fed + len(chunk) == len(prompt)
+            index = self._ctx.add(chunk, fed, slot.seq_id, last)
+            entries.append((slot, chunk, index if last else None))
+        if not entries:
+            return
+        try:
+            self._ctx.run()
+        except Exception as exc:
+            # A failed decode leaves the batch's sequences in an unknown state.
+            for slot, _, _ in entries:
+                self._fail(slot, exc)
+            return
+        for slot, tokens, logits_at in entries:
+            run = slot.run
+            assert run is not None
+            slot.cached.extend(tokens)
+            try:
+                if run.next_token is not None:
+                    run.next_token = None
+                    assert logits_at is not None
+                    self._on_token(slot, run.job.sampler.sample(self._ctx, logits_at))
+                    continue
+                run.fed += len(tokens)
+                if logits_at is not None:  # the prompt is in: sample its first token
+                    run.prefilled = self._clock()
+                    self._ctx.copy_logits(slot.memo_logits, logits_at)
+                    slot.memo_prompt = run.job.prompt
+                    self._on_token(slot, run.job.sampler.sample(self._ctx, logits_at))
+            except Exception as exc:
+                self._fail(slot, exc)
+
+    def _on_token(self, slot: _Slot, token: int) -> None:
+        run = slot.run
+        assert run is not None
+        job = run.job
+        if run.first_at is None:
+            run.first_at = self._clock()
+        if self._model.is_eog(token):
+            self._finish(slot, FinishReason.STOP, run.text.finish())
+            return
+        run.generated += 1
+        run.pending.append(token)
+        piece = run.text.feed(self._model.piece(token))
+        if run.text.stopped:
+            self._finish(slot, FinishReason.STOP, piece)
+        elif run.generated >= job.max_tokens:
+            self._finish(slot, FinishReason.LENGTH, piece + run.text.finish())
+        else:
+            if piece:
+                job.stream.emit(TextDelta(piece, tuple(run.pending)))
+                run.pending = []
+            run.next_token = token
+
+    def _finish(self, slot: _Slot, finish: FinishReason, tail: str) -> None:
+        run = slot.run
+        assert run is not None and run.first_at is not None
+        ended = self._clock()
+        computed = len(run.job.prompt) - run.reused
+        timings = _timings(
+            run.job.arrived, run.started, run.prefilled, run.first_at, ended, computed,
+            run.generated,
+        )  # fmt: skip
+        self.rates.record(timings, run.generated, computed)
+        usage = Usage(len(run.job.prompt), run.generated, run.reused)
+        run.job.stream.emit(Finished(tail, tuple(run.pending), finish, usage, timings))
+        self._end(slot)
+
+    def _end(self, slot: _Slot) -> None:
+        run = slot.run
+        assert run is not None
+        run.job.stream.close()
+        run.job.release()
+        slot.run = None
+        slot.last_used = self._steps
+
+    def _fail(self, slot: _Slot, exc: Exception) -> None:
+        run = slot.run
+        assert run is not None
+        if not isinstance(exc, WorkerError):
+            log.error(
+                "request %s failed in the engine of %s", run.job.request_id, self.name,
+                exc_info=exc,
+            )  # fmt: skip
+            exc = Internal(f"request {run.job.request_id} failed: {exc}")
+        self._forget(slot)
+        run.job.stream.fail(exc)
+        run.job.release()
+        slot.run = None
+
+    def _check(self, job: Job) -> None:
+        if self._closing is not None:
+            raise Unavailable(self._closing)
+        if job.stream.cancelled:
+            raise _Cancelled
+
+    def _serve_embedding(self, job: EmbeddingJob) -> None:
+        try:
+            vectors = []
+            for tokens in job.inputs:
+                self._check(job)
+                self._ctx.clear()
+                self._ctx.decode(tokens, 0, all_logits=True)
+                vector = self._ctx.sequence_embedding(0)
+                if job.normalize:
+                    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+                    vector = [v / norm for v in vector]
+                vectors.append(tuple(vector))
+            job.stream.emit(EmbeddingResult(tuple(vectors), sum(len(t) for t in job.inputs)))
+            job.stream.close()
+        except _Cancelled:
+            job.stream.close()
+        except WorkerError as exc:
+            job.stream.fail(exc)
+        except Exception as exc:
+            log.exception("request %s failed in the engine of %s", job.request_id, self.name)
+            job.stream.fail(Internal(f"request {job.request_id} failed: {exc}"))
+        finally:
+            self._ctx.clear()
+            for slot in self._slots:
+                slot.cached.clear()
+                slot.memo_prompt = []
+
+
+class RateTracker:
+    """Recent decode and prefill speeds of one engine, for the coordinator's routing.
+
+    An exponentially weighted mean over finished generations, ignoring ones too short to
+    measure: a node's speed for a model is what routing learns its capability from.
+    """
+
+    MIN_TOKENS = 8
+    WEIGHT = 0.3  # of the newest sample; about the last five generations dominate
+
+    def __init__(self) -> None:
+        self.decode_tps = 0.0
+        self.prompt_tps = 0.0
+        self.completed = 0
+
+    def record(self, timings: Timings, generated: int, prompt_computed: int) -> None:
+        self.completed += 1
+        if generated >= self.MIN_TOKENS and timings.decode_tokens_per_second > 0:
+            self.decode_tps = self._mix(self.decode_tps, timings.decode_tokens_per_second)
+        if prompt_computed >= self.MIN_TOKENS and timings.prompt_tokens_per_second > 0:
+            self.prompt_tps = self._mix(self.prompt_tps, timings.prompt_tokens_per_second)
+
+    def _mix(self, old: float, new: float) -> float:
+        return new if old == 0 else old + self.WEIGHT * (new - old)
+
+
+def _timings(
+    arrived: float,
+    started: float,
+    prefilled: float,
+    first_at: float,
+    ended: float,
+    prompt_computed: int,
+    generated: int,
+) -> Timings:
+    prompt_s = prefilled - started
+    decode_s = ended - first_at
+    return Timings(
+        queue_ms=(started - arrived) * 1e3,
+        prompt_ms=prompt_s * 1e3,
+        time_to_first_token_ms=(first_at - arrived) * 1e3,
+        decode_ms=decode_s * 1e3,
+        total_ms=(ended - arrived) * 1e3,
+        prompt_tokens_per_second=prompt_computed / prompt_s if prompt_s > 0 else 0.0,
+        decode_tokens_per_second=(generated - 1) / decode_s
+        if generated > 1 and decode_s > 0
+        else 0.0,
+    )

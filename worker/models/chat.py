@@ -1,0 +1,157 @@
+"""Renders chat messages into a model's prompt.
+
+Where the template comes from, in order: the model config's `chat_template` (Jinja), its
+`chat_format` (one of llama.cpp's built-in templates), the GGUF's own
+`tokenizer.chat_template` (Jinja), and last a fallback by architecture (some GGUFs, like the
+embedded Gemma, ship without a template; Gemma's format is well known, anything else gets
+ChatML). Jinja templates come from model files, i.e. from strangers: they run in Jinja's
+immutable sandbox.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import jinja2
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from llama_cpp import llama_cpp as C
+
+from common.errors import InvalidArgument
+from worker.engine.generation import ChatMessage
+
+log = logging.getLogger(__name__)
+
+# GGUF architectures whose chat format is known when the file carries no template.
+ARCHITECTURE_FALLBACKS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
+DEFAULT_FALLBACK = "chatml"
+MAX_MESSAGES = 4096
+
+
+class ChatTemplate(Protocol):
+    @property
+    def source(self) -> str:
+        """Where the template came from: config, chat_format:<name>, gguf or fallback:<name>."""
+        ...
+
+    def render(self, messages: Sequence[ChatMessage]) -> str: ...
+
+
+def builtin_template_names() -> list[str]:
+    count = C.llama_chat_builtin_templates(None, 0)
+    names = (ctypes.c_char_p * count)()
+    C.llama_chat_builtin_templates(names, count)
+    return [n.decode() for n in names if n]
+
+
+@dataclass(frozen=True)
+class BuiltinTemplate:
+    """One of llama.cpp's built-in templates, applied by llama_chat_apply_template."""
+
+    name: str
+    source: str
+
+    def render(self, messages: Sequence[ChatMessage]) -> str:
+        encoded = [(m.role.encode(), m.content.encode()) for m in messages]
+        chat = (C.llama_chat_message * len(encoded))()
+        for slot, (role, content) in zip(chat, encoded, strict=True):
+            slot.role = role
+            slot.content = content
+        size = sum(len(r) + len(c) for r, c in encoded) * 2 + 256
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = C.llama_chat_apply_template(self.name.encode(), chat, len(encoded), True, buf, size)
+            if n < 0:
+                raise InvalidArgument(
+                    f"the {self.name!r} chat template could not render these messages"
+                )
+            if n <= size:
+                return buf.raw[:n].decode("utf-8", errors="replace")
+            size = n
+        raise InvalidArgument("chat template output kept growing")  # pragma: no cover
+
+
+class JinjaTemplate:
+    """A Hugging Face style Jinja chat template, rendered in a sandbox."""
+
+    def __init__(self, text: str, source: str, bos_token: str, eos_token: str) -> None:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+        try:
+            self._template = env.from_string(text)
+        except jinja2.TemplateError as exc:
+            raise InvalidArgument(f"the {source} chat template does not compile: {exc}") from exc
+        self.source = source
+        self._bos = bos_token
+        self._eos = eos_token
+
+    def render(self, messages: Sequence[ChatMessage]) -> str:
+        try:
+            return self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in messages],
+                add_generation_prompt=True,
+                bos_token=self._bos,
+                eos_token=self._eos,
+            )
+        except jinja2.TemplateError as exc:
+            raise InvalidArgument(f"the chat template rejected the messages: {exc}") from exc
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, indent: int | None = None, **_: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+def select_template(
+    *,
+    config_template: str | None,
+    chat_format: str | None,
+    gguf_template: str | None,
+    architecture: str,
+    bos_token: str,
+    eos_token: str,
+) -> ChatTemplate:
+    if config_template:
+        return JinjaTemplate(config_template, "config", bos_token, eos_token)
+    if chat_format:
+        known = builtin_template_names()
+        if chat_format not in known:
+            raise InvalidArgument(
+                f"chat_format {chat_format!r} is not a llama.cpp built-in template; "
+                f"known: {', '.join(known)}"
+            )
+        return BuiltinTemplate(chat_format, f"chat_format:{chat_format}")
+    if gguf_template:
+        try:
+            return JinjaTemplate(gguf_template, "gguf", bos_token, eos_token)
+        except InvalidArgument as exc:
+            # A broken template in a model file must not make the model unusable for Generate.
+            log.warning("%s; falling back by architecture", exc.message)
+    fallback = ARCHITECTURE_FALLBACKS.get(architecture, DEFAULT_FALLBACK)
+    log.warning(
+        "model has no chat template; using llama.cpp's %r for architecture %r "
+        "(set chat_format or chat_template in its config to choose)",
+        fallback,
+        architecture,
+    )
+    return BuiltinTemplate(fallback, f"fallback:{fallback}")
+
+
+def check_messages(messages: Sequence[ChatMessage]) -> None:
+    if not messages:
+        raise InvalidArgument("messages is empty: a chat needs at least one message")
+    if len(messages) > MAX_MESSAGES:
+        raise InvalidArgument(f"messages has {len(messages)} entries; at most {MAX_MESSAGES}")
+    for i, m in enumerate(messages):
+        if not m.role.strip():
+            raise InvalidArgument(f"messages[{i}].role is empty")

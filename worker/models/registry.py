@@ -1,0 +1,310 @@
+"""The models a worker hosts, by alias, and their loading and unloading.
+
+A load is checked in order, cheapest first, and refused at the first problem: alias in use,
+path outside the allowed directories, missing file, not a complete GGUF, does not fit in
+memory (estimated from the metadata, before llama.cpp is asked), llama.cpp refuses it.
+Nothing a load does can disturb the models already serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+    WorkerError,
+)
+from common.memory import MemoryEstimate
+from common.model_settings import ModelConfig
+from worker.config import WorkerSettings
+from worker.models import builtin
+from worker.models.estimate import MemoryBudget, ModelShape, estimate_memory
+from worker.models.gguf import read_gguf
+from worker.models.local import HostedModel, ModelFacts
+from worker.split.runner import SplitModel
+
+Hosted = HostedModel | SplitModel
+
+log = logging.getLogger(__name__)
+# Slots a model gets when its config leaves n_parallel at 0, memory permitting; as
+# llama-server's automatic choice.
+AUTO_PARALLEL = 4
+
+
+class ModelState(enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    alias: str
+    config: ModelConfig
+    state: ModelState
+    error: str = ""
+    architecture: str = ""
+    file_bytes: int = 0
+    n_ctx_train: int = 0
+    estimate: MemoryEstimate | None = None
+    chat_template_source: str = ""
+    queued: int = 0
+    active: int = 0
+    slots_total: int = 0
+    cached_tokens: int = 0
+    decode_tps: float = 0.0
+    prompt_tps: float = 0.0
+    completed: int = 0
+
+
+@dataclass
+class _Entry:
+    config: ModelConfig
+    state: ModelState
+    hosted: Hosted | None = None
+    facts: ModelFacts | None = None
+    error: str = ""
+    lost: bool = False  # FAILED while serving (a split model's helper), not at load
+
+
+class ModelRegistry:
+    def __init__(self, settings: WorkerSettings, budget: MemoryBudget) -> None:
+        self._settings = settings
+        self._budget = budget
+        self._entries: dict[str, _Entry] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Calls `listener` (on the event loop) whenever a model's state changes."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # ---- lookups ---------------------------------------------------------------------
+    @contextmanager
+    def lease(self, alias: str) -> Iterator[Hosted]:
+        """The model called `alias`, kept alive (not unloaded under us) inside the block."""
+        with self.get(alias).lease() as hosted:
+            yield hosted
+
+    def get(self, alias: str) -> Hosted:
+        if not alias:
+            raise InvalidArgument("model is empty: name the alias of a loaded model")
+        with self._lock:
+            entry = self._entries.get(alias)
+            if entry is None:
+                ready = [a for a, e in self._entries.items() if e.state is ModelState.READY]
+                raise ModelNotFound(alias, ready)
+            if entry.state is ModelState.READY and entry.hosted is not None:
+                return entry.hosted
+            if entry.state is ModelState.FAILED and entry.lost:
+                raise Unavailable(f"{entry.error}; the coordinator re-plans it")
+            if entry.state is ModelState.FAILED:
+                raise FailedPrecondition(f"model {alias!r} failed to load: {entry.error}")
+            raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
+
+    def list(self) -> list[ModelInfo]:
+        with self._lock:
+            return [self._info(alias, e) for alias, e in sorted(self._entries.items())]
+
+    def info(self, alias: str) -> ModelInfo:
+        with self._lock:
+            return self._info(alias, self._entries[alias])
+
+    @staticmethod
+    def _info(alias: str, entry: _Entry) -> ModelInfo:
+        facts, hosted = entry.facts, entry.hosted
+        return ModelInfo(
+            alias=alias,
+            config=entry.config,
+            state=entry.state,
+            error=entry.error,
+            architecture=facts.gguf.architecture if facts else "",
+            file_bytes=facts.gguf.file_bytes if facts else 0,
+            n_ctx_train=int(facts.gguf.arch_value("context_length", 0) or 0) if facts else 0,
+            estimate=facts.estimate if facts else None,
+            chat_template_source=hosted.template.source if hosted and hosted.template else "",
+            queued=hosted.engine.queued if hosted else 0,
+            active=hosted.engine.active if hosted else 0,
+            slots_total=hosted.engine.slots_total if hosted else 0,
+            cached_tokens=hosted.engine.cached_tokens if hosted else 0,
+            decode_tps=hosted.engine.rates.decode_tps if hosted else 0.0,
+            prompt_tps=hosted.engine.rates.prompt_tps if hosted else 0.0,
+            completed=hosted.engine.rates.completed if hosted else 0,
+        )
+
+    # ---- loading ---------------------------------------------------------------------
+    async def load(self, config: ModelConfig, trusted: bool = False) -> ModelInfo:
+        """Loads a model. `trusted` (config-file models) skips the model_dirs check."""
+        with self._lock:
+            existing = self._entries.get(config.alias)
+            if existing is not None and existing.state is not ModelState.FAILED:
+                raise AlreadyExists(
+                    f"a model with alias {config.alias!r} is already {existing.state.value}; "
+                    "unload it first or choose another alias"
+                )
+            self._entries[config.alias] = _Entry(config, ModelState.LOADING)
+        self._changed()
+        if existing is not None and isinstance(existing.hosted, SplitModel):
+            await existing.hosted.close("replaced by a new load")  # lost; its child remains
+        try:
+            # Shielded: a client that gives up on LoadModel must not leave a half-loaded model.
+            if config.is_split and not self._settings.split_child:
+                hosted: Hosted = await asyncio.shield(self._load_split(config, trusted))
+            else:
+                hosted = await asyncio.shield(
+                    asyncio.to_thread(self._load_blocking, config, trusted)
+                )
+        except BaseException:
+            with self._lock:
+                self._entries.pop(config.alias, None)
+            self._changed()
+            raise
+        with self._lock:
+            self._entries[config.alias] = _Entry(config, ModelState.READY, hosted, hosted.facts)
+        self._changed()
+        log.info("model %s ready (%s)", config.alias, hosted.facts.path)
+        return self.info(config.alias)
+
+    async def load_configured(self, configs: tuple[ModelConfig, ...]) -> None:
+        """Loads the config file's models; one that fails is kept as FAILED, the rest serve."""
+        for config in configs:
+            try:
+                await self.load(config, trusted=True)
+            except WorkerError as exc:
+                log.error("model %s failed to load: %s", config.alias, exc.message)
+                with self._lock:
+                    self._entries[config.alias] = _Entry(
+                        config, ModelState.FAILED, error=exc.message
+                    )
+                self._changed()
+
+    async def estimate(self, config: ModelConfig) -> MemoryEstimate:
+        """What loading `config` would need, checked as a load checks it; loads nothing."""
+        facts = await asyncio.to_thread(self._inspect, config, False)
+        return facts.estimate
+
+    async def _load_split(self, config: ModelConfig, trusted: bool) -> SplitModel:
+        facts = await asyncio.to_thread(self._inspect, config, trusted)
+        self._budget.reserve(config.alias, facts.estimate)
+        try:
+            return await SplitModel.start(
+                config, facts, self._settings, lambda reason: self._lost(config.alias, reason)
+            )
+        except BaseException:
+            self._budget.release(config.alias)
+            raise
+
+    def _lost(self, alias: str, reason: str) -> None:
+        """A serving model broke (a split model's helper failed): FAILED, memory freed."""
+        with self._lock:
+            entry = self._entries.get(alias)
+            if entry is None or entry.state is not ModelState.READY:
+                return
+            entry.state, entry.error, entry.lost = ModelState.FAILED, reason, True
+        self._budget.release(alias)
+        self._changed()
+
+    def _inspect(self, config: ModelConfig, trusted: bool) -> ModelFacts:
+        path = self._locate(config, trusted)
+        gguf = read_gguf(path)
+        shape = ModelShape.from_gguf(gguf)
+        n_ctx = config.n_ctx or shape.n_ctx_train
+        if n_ctx <= 0:
+            raise InvalidArgument(
+                f"n_ctx is 0 (use the model's) but {path} declares no context length"
+            )
+        n_parallel = config.n_parallel or (
+            1 if config.embedding else min(AUTO_PARALLEL, config.n_batch)
+        )
+        while True:
+            estimate = estimate_memory(
+                gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel
+            ).without_layers(config.layers_on_rpc(shape.n_layer))
+            # Auto sizing: fewer slots rather than a refusal, down to one.
+            if config.n_parallel or n_parallel == 1:
+                break
+            if estimate.total_bytes <= self._budget.free_bytes():
+                break
+            n_parallel //= 2
+        return ModelFacts(path, gguf, estimate, n_ctx, n_parallel)
+
+    def _load_blocking(self, config: ModelConfig, trusted: bool) -> HostedModel:
+        facts = self._inspect(config, trusted)
+        self._budget.reserve(config.alias, facts.estimate)
+        try:
+            return HostedModel(config, facts)
+        except BaseException:
+            self._budget.release(config.alias)
+            raise
+
+    def _locate(self, config: ModelConfig, trusted: bool) -> Path:
+        if config.is_builtin:
+            return builtin.resolve(config.path)
+        path = Path(os.path.expanduser(config.path))
+        if not path.is_absolute():
+            raise InvalidArgument(f"model path {config.path!r} must be absolute")
+        real = path.resolve()
+        if not trusted and not any(real.is_relative_to(d) for d in self._settings.model_dirs):
+            allowed = ", ".join(str(d) for d in self._settings.model_dirs) or "none"
+            raise PermissionDenied(
+                f"{path} is outside the directories this worker may load models from "
+                f"({allowed}); add its directory to model_dirs in the worker's config"
+            )
+        if not real.exists():
+            raise NotFound(f"model file {path} does not exist")
+        return real
+
+    # ---- unloading -------------------------------------------------------------------
+    async def unload(self, alias: str, reason: str | None = None) -> None:
+        with self._lock:
+            entry = self._entries.get(alias)
+            if entry is None:
+                raise ModelNotFound(alias, self._entries)
+            hosted = entry.hosted
+            if entry.state is ModelState.FAILED:
+                # Nothing to wait for; a split model lost while serving still has a child.
+                del self._entries[alias]
+            elif entry.state is not ModelState.READY or hosted is None:
+                raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
+            else:
+                entry.state = ModelState.UNLOADING
+        self._changed()
+        if hosted is None:  # failed at load: holds nothing to free
+            return
+        reason = reason or f"model {alias!r} was unloaded"
+        if isinstance(hosted, SplitModel):
+            await asyncio.shield(hosted.close(reason))
+        else:
+            await asyncio.shield(asyncio.to_thread(hosted.close, reason))
+        with self._lock:
+            if self._entries.get(alias) is entry:
+                del self._entries[alias]
+        if not entry.lost:  # a lost model's memory was released when it was lost
+            self._budget.release(alias)
+        self._changed()
+        log.info("model %s unloaded", alias)
+
+    async def close_all(self) -> None:
+        with self._lock:
+            aliases = [a for a, e in self._entries.items() if e.state is ModelState.READY or e.lost]
+        for alias in aliases:
+            await self.unload(alias, "the worker is shutting down")

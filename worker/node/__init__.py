@@ -1,0 +1,1 @@
+"""Facts about this node: its capability profile, reference speed and /metrics server."""
