@@ -138,6 +138,7 @@ class ModelConfig(BaseModel):
 
     def with_node_defaults(self, threads: int) -> ModelConfig:
         """This config with the defaults that depend on the node filled in."""
-        if self.n_threads is not None:
-            return self
-        return self.model_copy(update={"n_threads": threads})
+        n_threads = self.n_threads or threads
+        return self.model_copy(
+            update={"n_threads": n_threads, "n_threads_batch": self.n_threads_batch or n_threads}
+        )
