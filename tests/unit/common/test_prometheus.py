@@ -11,7 +11,6 @@ from common.prometheus import (
     add_node_sample,
 )
 from orchestrator.gateway.metrics import render
-
 from tests.support.samples_factory import GIB, dgpu, jetson_sample, node_sample
 
 

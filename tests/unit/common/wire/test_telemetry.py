@@ -11,7 +11,6 @@ from common.wire.telemetry import (
     sample_from_proto,
     sample_to_proto,
 )
-
 from tests.support.samples_factory import dgpu, jetson_sample, node_sample
 
 

@@ -2,14 +2,13 @@ from __future__ import annotations
 
 import psutil
 
+from tests.support.samples_factory import GIB, dgpu, jetson_sample, node_sample
 from worker.node.hardware import (
     backends_from_system_info,
     cpu_features_from_system_info,
     detect,
     node_kind,
 )
-
-from tests.support.samples_factory import GIB, dgpu, jetson_sample, node_sample
 
 X86_INFO = (
     "CPU : SSE3 = 1 | SSSE3 = 1 | AVX = 1 | AVX2 = 1 | F16C = 1 | FMA = 1 | BMI2 = 1 | "
