@@ -1,17 +1,20 @@
 """Conversions between the gRPC contract (llamaherd.v1) and the worker's domain types.
 
 Protobuf stops here: the servicer converts on entry and exit, nothing deeper imports *_pb2.
+Model settings and estimates use the converters derived from their fields in
+common.wire.models, shared with the control plane (re-exported here for the servicer).
 """
 
 from __future__ import annotations
 
-from google.protobuf.json_format import MessageToDict
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 
 from common.errors import InvalidArgument
-from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
+from common.wire.models import estimate_to_proto as estimate_to_proto
+from common.wire.models import model_config_to_proto as model_config_to_proto
+from common.wire.models import model_spec_to_dict
 from worker.config import parse_model_config
 from worker.engine.generation import (
     ChatMessage,
@@ -102,41 +105,7 @@ def model_config_from_proto(spec: pb.ModelSpec) -> ModelConfig:
         raise InvalidArgument("spec.alias is empty: name the model")
     if not spec.path:
         raise InvalidArgument("spec.path is empty: give a GGUF file or builtin:<name>")
-    return parse_model_config(MessageToDict(spec, preserving_proto_field_name=True))
-
-
-def model_config_to_proto(config: ModelConfig) -> pb.ModelSpec:
-    return pb.ModelSpec(
-        alias=config.alias,
-        path=config.path,
-        n_ctx=config.n_ctx,
-        n_gpu_layers=config.n_gpu_layers,
-        n_threads=config.n_threads,
-        n_threads_batch=config.threads_batch,
-        n_batch=config.n_batch,
-        chat_format=config.chat_format,
-        chat_template=config.chat_template,
-        embedding=config.embedding,
-        pooling=config.pooling.value,
-        max_queue=config.max_queue,
-        flash_attn=config.flash_attn.value,
-        n_parallel=config.n_parallel,
-        rpc_servers=config.rpc_servers,
-        tensor_split=config.tensor_split,
-    )
-
-
-def estimate_to_proto(estimate: MemoryEstimate) -> pb.MemoryEstimate:
-    return pb.MemoryEstimate(
-        weights_bytes=estimate.weights_bytes,
-        kv_cache_bytes=estimate.kv_cache_bytes,
-        compute_bytes=estimate.compute_bytes,
-        total_bytes=estimate.total_bytes,
-        n_layers=estimate.n_layers,
-        layer_weights_bytes=estimate.layer_weights_bytes,
-        layer_kv_cache_bytes=estimate.layer_kv_cache_bytes,
-        layer_compute_bytes=estimate.layer_compute_bytes,
-    )
+    return parse_model_config(model_spec_to_dict(spec))
 
 
 def model_info_to_proto(info: ModelInfo) -> pb.ModelInfo:
