@@ -20,9 +20,9 @@ from common.model_settings import (
     Pooling,
 )
 from common.settings import layered_settings, log_level_name
+from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES
 
 ENV_PREFIX = "LLAMAHERD_COORDINATOR_"
-ROUTING_POLICIES = ("least-expected-latency", "power-of-two", "least-loaded", "round-robin")
 
 
 class CatalogEntry(BaseModel):
@@ -100,7 +100,7 @@ class CoordinatorSettings(BaseModel):
     gateways_per_node: int = Field(
         1, ge=1, le=64, description="gateway processes on each Ray node (they share the ports)"
     )
-    routing_policy: str = Field(ROUTING_POLICIES[0], description=", ".join(ROUTING_POLICIES))
+    routing_policy: str = Field(DEFAULT_POLICY, description=", ".join(POLICY_NAMES))
     retries: int = Field(
         2, ge=0, le=10, description="other replicas tried when a worker fails before streaming"
     )
@@ -131,8 +131,8 @@ class CoordinatorSettings(BaseModel):
     @field_validator("routing_policy")
     @classmethod
     def _known_policy(cls, name: str) -> str:
-        if name not in ROUTING_POLICIES:
-            raise ValueError(f"routing_policy must be one of {', '.join(ROUTING_POLICIES)}")
+        if name not in POLICY_NAMES:
+            raise ValueError(f"routing_policy must be one of {', '.join(POLICY_NAMES)}")
         return name
 
     @field_validator("log_level")

@@ -13,6 +13,7 @@ from common.errors import InvalidArgument
 from common.grpc_errors import REQUEST_ID_KEY, request_id
 from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import views
+from orchestrator.gateway.route_requests import for_embed, for_generation, grpc_session
 from orchestrator.gateway.router import Router
 
 NODE_KEY = "x-llamaherd-node"
@@ -43,8 +44,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
         """The worker's stream for the same method, with the serving node in the header."""
         _require_model(request.model)
         metadata = ((REQUEST_ID_KEY, request_id(context)),)
+        route = for_generation(request, grpc_session(context.invocation_metadata()))
         chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]] = self._router.stream(
-            request.model, lambda stub: getattr(stub, method)(request, metadata=metadata)
+            route, lambda stub: getattr(stub, method)(request, metadata=metadata)
         )
         async for chunk in _with_node_header(chunks, context):
             yield chunk
@@ -54,8 +56,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
     ) -> gen_pb.EmbedResponse:
         _require_model(request.model)
         metadata = ((REQUEST_ID_KEY, request_id(context)),)
+        route = for_embed(request, grpc_session(context.invocation_metadata()))
         response, node = await self._router.unary(
-            request.model, "embed", lambda stub: stub.Embed(request, metadata=metadata)
+            route, lambda stub: stub.Embed(request, metadata=metadata)
         )
         await context.send_initial_metadata(((NODE_KEY, node),))
         return response

@@ -30,6 +30,7 @@ from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway import views
 from orchestrator.gateway.errors import BadRequest, http_status, openai_envelope
 from orchestrator.gateway.metrics import cluster_metrics
+from orchestrator.gateway.route_requests import for_chat, for_embed, for_generate, http_session
 from orchestrator.gateway.router import Router
 
 log = logging.getLogger(__name__)
@@ -68,24 +69,25 @@ class OpenAIRoutes:
 
     async def chat(self, request: Request) -> Response:
         call = oa.parse_chat(await _json_body(request))
+        route = for_chat(call.request, http_session(request.headers, call.user))
         chunks: Chunks = self._router.stream(
-            call.model, lambda stub: stub.Chat(call.request, metadata=_request_id(request))
+            route, lambda stub: stub.Chat(call.request, metadata=_request_id(request))
         )
         return await self._generation(chunks, call.model, call.stream, call.include_usage, "chat")
 
     async def completions(self, request: Request) -> Response:
         call = oa.parse_completion(await _json_body(request))
+        route = for_generate(call.request, http_session(request.headers, call.user))
         chunks: Chunks = self._router.stream(
-            call.model, lambda stub: stub.Generate(call.request, metadata=_request_id(request))
+            route, lambda stub: stub.Generate(call.request, metadata=_request_id(request))
         )
         return await self._generation(chunks, call.model, call.stream, call.include_usage, "text")
 
     async def embeddings(self, request: Request) -> Response:
         call = oa.parse_embeddings(await _json_body(request))
+        route = for_embed(call.request, http_session(request.headers, call.user))
         reply, node = await self._router.unary(
-            call.model,
-            "embed",
-            lambda stub: stub.Embed(call.request, metadata=_request_id(request)),
+            route, lambda stub: stub.Embed(call.request, metadata=_request_id(request))
         )
         body = oa.embeddings_response(call.model, reply, call.encoding_format)
         return JSONResponse(body, headers={NODE_HEADER: node})

@@ -69,6 +69,7 @@ class _StreamOptions(_Body):
 
 class _Sampling(_Body):
     model: StrictStr
+    user: Any = None  # OpenAI's end-user id; routing's session key when it is a string
     stream: StrictBool = False
     stream_options: _StreamOptions | None = None
     max_tokens: MaxTokens | None = None
@@ -107,6 +108,7 @@ class _CompletionBody(_Sampling):
 
 class _EmbeddingsBody(_Body):
     model: StrictStr
+    user: Any = None
     input: StrictStr | list[Any]
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = None
@@ -119,6 +121,7 @@ class ChatCall:
     request: gen_pb.ChatRequest
     stream: bool
     include_usage: bool
+    user: str | None = None  # the body's `user`, when it is a non-empty string
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class CompletionCall:
     request: gen_pb.GenerateRequest
     stream: bool
     include_usage: bool
+    user: str | None = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class EmbeddingsCall:
     model: str
     request: gen_pb.EmbedRequest
     encoding_format: str
+    user: str | None = None
 
 
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -153,7 +158,9 @@ def parse_chat(body: object) -> ChatCall:
         sampling=_sampling(parsed, parsed.max_completion_tokens or parsed.max_tokens),
         constraint=_constraint(parsed),
     )
-    return ChatCall(parsed.model, request, parsed.stream, _include_usage(parsed))
+    return ChatCall(
+        parsed.model, request, parsed.stream, _include_usage(parsed), _user(parsed.user)
+    )
 
 
 def parse_completion(body: object) -> CompletionCall:
@@ -180,7 +187,9 @@ def parse_completion(body: object) -> CompletionCall:
         sampling=_sampling(parsed, parsed.max_tokens),
         constraint=_constraint(parsed),
     )
-    return CompletionCall(parsed.model, request, parsed.stream, _include_usage(parsed))
+    return CompletionCall(
+        parsed.model, request, parsed.stream, _include_usage(parsed), _user(parsed.user)
+    )
 
 
 def parse_embeddings(body: object) -> EmbeddingsCall:
@@ -195,7 +204,7 @@ def parse_embeddings(body: object) -> EmbeddingsCall:
         if not isinstance(text, str):
             raise BadRequest("token-id inputs are not supported; send text", f"input[{i}]")
     request = gen_pb.EmbedRequest(model=parsed.model, inputs=inputs)
-    return EmbeddingsCall(parsed.model, request, parsed.encoding_format)
+    return EmbeddingsCall(parsed.model, request, parsed.encoding_format, _user(parsed.user))
 
 
 def _validate(model: type[_Sampling] | type[_EmbeddingsBody], body: object) -> Any:
@@ -221,6 +230,12 @@ def _param(loc: list[Any]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text.replace("schema_", "schema")
+
+
+def _user(value: object) -> str | None:
+    # Clients put all sorts in `user`, and it was ignored before routing read it: a value
+    # that is not a string is still ignored rather than refused.
+    return value if isinstance(value, str) and value else None
 
 
 def _require_model(model: str) -> None:

@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc import aio
@@ -25,12 +25,12 @@ from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed, from_worker_status
 from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
 from orchestrator.routing.policies import RoutingPolicy
+from orchestrator.routing.request import RouteRequest
 from orchestrator.worker_channels import WorkerChannels
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Task = Literal["generate", "embed"]
 Clock = Callable[[], float]
 
 # Worker refusals that say nothing about the request itself: another replica may serve it.
@@ -80,16 +80,19 @@ class Router:
         return sum(n for (node, _), n in self.inflight.items() if node == node_id)
 
     # ---- choosing ----------------------------------------------------------------------
-    def choose(self, alias: str, task: Task, exclude: set[NodeId]) -> Candidate:
+    def choose(self, request: RouteRequest, exclude: set[NodeId]) -> Candidate:
+        """The replica for `request` among the nodes not in `exclude`, avoiding nodes that
+        failed a call moments ago unless no other can serve it."""
+        alias = request.alias
         now = self._clock()
         suspects = {n for n, until in self._suspects.items() if until > now}
         try:
             try:
-                return self._route(alias, task, exclude | suspects)
+                return self._route(request, exclude | suspects)
             except NoCandidate:
                 if not suspects - exclude:
                     raise
-                return self._route(alias, task, exclude)  # a suspect beats no one
+                return self._route(request, exclude)  # a suspect beats no one
         except UnknownModel as exc:
             problem = next((p for p in self.snapshot.problems if p.alias == alias), None)
             if problem is not None:
@@ -103,10 +106,10 @@ class Router:
         served = {r.alias for n in self.snapshot.up_nodes for r in n.replicas if r.ready}
         return ModelNotServed(alias, sorted(served))
 
-    def _route(self, alias: str, task: Task, exclude: set[NodeId]) -> Candidate:
+    def _route(self, request: RouteRequest, exclude: set[NodeId]) -> Candidate:
         return route(
-            self.snapshot, alias, now=self.state_clock(), policy=self.policy,
-            inflight=self.inflight, exclude=exclude, task=task,
+            self.snapshot, request, now=self.state_clock(), policy=self.policy,
+            inflight=self.inflight, exclude=exclude,
         )  # fmt: skip
 
     @contextlib.contextmanager
@@ -134,10 +137,10 @@ class Router:
     # ---- relaying ----------------------------------------------------------------------
     async def stream(
         self,
-        alias: str,
+        request: RouteRequest,
         open_call: Callable[[worker_pb2_grpc.WorkerStub], aio.UnaryStreamCall],
     ) -> AsyncGenerator[tuple[NodeId, Any], None]:
-        """Relays a server-streaming call from a worker holding `alias`, yielding each
+        """Relays a server-streaming call from a worker chosen for `request`, yielding each
         message with the node that produced it.
 
         Until the first message arrives, a retryable failure moves the request to another
@@ -147,7 +150,7 @@ class Router:
         exclude: set[NodeId] = set()
         last_error: WorkerError | None = None
         for _ in range(self.retries + 1):
-            candidate = self._choose_or_last(alias, "generate", exclude, last_error)
+            candidate = self._choose_or_last(request, exclude, last_error)
             call = open_call(self.channels.stub(candidate.address))
             streamed = False
             with self._tracked(candidate, call):
@@ -176,15 +179,15 @@ class Router:
 
     async def unary(
         self,
-        alias: str,
-        task: Task,
+        request: RouteRequest,
         call: Callable[[worker_pb2_grpc.WorkerStub], Awaitable[T]],
     ) -> tuple[T, NodeId]:
-        """A unary call to a worker holding `alias`, retried elsewhere on retryable errors."""
+        """A unary call to a worker chosen for `request`, retried elsewhere on retryable
+        errors."""
         exclude: set[NodeId] = set()
         last_error: WorkerError | None = None
         for _ in range(self.retries + 1):
-            candidate = self._choose_or_last(alias, task, exclude, last_error)
+            candidate = self._choose_or_last(request, exclude, last_error)
             key = (candidate.node_id, candidate.replica.alias)
             self.inflight[key] += 1
             try:
@@ -203,10 +206,10 @@ class Router:
         raise last_error
 
     def _choose_or_last(
-        self, alias: str, task: Task, exclude: set[NodeId], last_error: WorkerError | None
+        self, request: RouteRequest, exclude: set[NodeId], last_error: WorkerError | None
     ) -> Candidate:
         try:
-            return self.choose(alias, task, exclude)
+            return self.choose(request, exclude)
         except WorkerError:
             # After a failed attempt, that failure explains more than "no other replica".
             if last_error is not None:

@@ -2,15 +2,16 @@
 
 A pure filter over a ClusterSnapshot: the gateway passes the snapshot, the clock reading,
 its own in-flight counts and the nodes that already failed this request; it gets back the
-eligible candidates and a Rejection for every other node. The rejections are what a client
-reads when nothing can serve it, so each one names its cause precisely.
+eligible candidates and a Rejection for every other node. route() then hands the request
+and the candidates to the routing policy. The rejections are what a client reads when
+nothing can serve it, so each one names its cause precisely.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from orchestrator.cluster.types import (
     ClusterSnapshot,
@@ -20,11 +21,11 @@ from orchestrator.cluster.types import (
     Replica,
     ReplicaState,
 )
+from orchestrator.routing.request import RouteRequest, Task
 
 if TYPE_CHECKING:  # policies import Candidate from here: avoid the import cycle at run time
     from orchestrator.routing.policies import RoutingPolicy
 
-Task = Literal["generate", "embed"]
 ALREADY_FAILED = "already failed this request"
 NOT_LOADED = "model not loaded"
 
@@ -38,7 +39,6 @@ class Candidate:
     hardware: Hardware
     replica: Replica
     inflight: int = 0  # requests this gateway is relaying to that node for that model now
-    report_age_s: float = 0.0  # how old the node's figures are
 
     @property
     def load(self) -> int:
@@ -118,7 +118,6 @@ def candidates_for(
                 hardware=node.hardware,
                 replica=replica,
                 inflight=local,
-                report_age_s=now - node.last_report,
             )
         )
     return candidates, rejections
@@ -126,27 +125,28 @@ def candidates_for(
 
 def route(
     snapshot: ClusterSnapshot,
-    alias: str,
+    request: RouteRequest,
     *,
     now: float,
     policy: RoutingPolicy,
     inflight: Mapping[tuple[NodeId, str], int] | None = None,
     exclude: Collection[NodeId] = (),
-    task: Task | None = None,
 ) -> Candidate:
-    """The candidate `policy` picks for one request for `alias`.
+    """The candidate `policy` picks for `request` among the replicas of its alias that
+    serve its task.
 
     Raises UnknownModel when no node reports the alias at all (a wrong name, most likely)
     and NoCandidate, with every node's reason, when nodes know it but none can serve now.
     """
+    alias = request.alias
     if not any(node.replica(alias) is not None for node in snapshot.nodes):
         raise UnknownModel(alias, known_aliases(snapshot))
     candidates, rejections = candidates_for(
-        snapshot, alias, now=now, inflight=inflight, exclude=exclude, task=task
+        snapshot, alias, now=now, inflight=inflight, exclude=exclude, task=request.task
     )
     if not candidates:
         raise NoCandidate(alias, tuple(rejections))
-    return policy.choose(alias, candidates)
+    return policy.choose(request, candidates)
 
 
 def known_aliases(snapshot: ClusterSnapshot) -> list[str]:

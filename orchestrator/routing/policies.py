@@ -1,9 +1,12 @@
-"""Routing policies: given the eligible candidates for one request, pick one.
+"""Routing policies: given one request and the eligible candidates for it, pick one.
 
-A policy sees only candidates (orchestrator.routing.candidates has already dropped the
-nodes that cannot serve) and never does I/O; randomness comes in as an injected
-random.Random so a seeded generator replays the same choices. Pick one by name with
-make_policy (the names are orchestrator.config.ROUTING_POLICIES).
+A policy sees the RouteRequest (alias, task, estimated prompt size, prefix fingerprint,
+session key) and only candidates (orchestrator.routing.candidates has already dropped the
+nodes that cannot serve), and never does I/O; randomness comes in as an injected
+random.Random so a seeded generator replays the same choices.
+
+POLICIES is the one registry of policies by name: configuration validates against it and
+make_policy builds from it, so a new policy is one class plus one line there.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from orchestrator.routing.candidates import Candidate
+from orchestrator.routing.request import RouteRequest
 
 # Scores within this relative distance are ties: float rounding must not decide a route.
 TIE_REL_TOL = 1e-9
 
 
 class RoutingPolicy(Protocol):
-    """Chooses the candidate for one request. `candidates` is never empty.
+    """Chooses the candidate for one request. `candidates` is never empty, and every one
+    of them can serve `request` (right model, right task, not down, not overloaded).
 
     A policy may keep small state of its own (a round-robin cursor, say); the gateway
     calls it from one event loop, so it needs no lock.
@@ -29,7 +34,7 @@ class RoutingPolicy(Protocol):
 
     name: str
 
-    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate: ...
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate: ...
 
 
 class RoundRobin:
@@ -45,11 +50,11 @@ class RoundRobin:
     def __init__(self) -> None:
         self._last: dict[str, str] = {}  # alias -> node id chosen last
 
-    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
         ordered = sorted(candidates, key=lambda c: c.node_id)
-        last = self._last.get(alias)
+        last = self._last.get(request.alias)
         chosen = next((c for c in ordered if last is None or c.node_id > last), ordered[0])
-        self._last[alias] = chosen.node_id
+        self._last[request.alias] = chosen.node_id
         return chosen
 
 
@@ -61,7 +66,7 @@ class LeastLoaded:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
 
-    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
         return _lowest(candidates, lambda c: c.load_per_slot, self._rng)
 
 
@@ -79,7 +84,7 @@ class PowerOfTwoChoices:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
 
-    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
         if len(candidates) == 1:
             return candidates[0]
         pair = self._rng.sample(list(candidates), 2)
@@ -114,7 +119,7 @@ class LeastExpectedLatency:
     def __init__(self, rng: random.Random) -> None:
         self._rng = rng
 
-    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
         rates = expected_rates(candidates)
         by_node = {c.node_id: rate for c, rate in zip(candidates, rates, strict=True)}
         return _lowest(candidates, lambda c: (c.load_per_slot + 1) / by_node[c.node_id], self._rng)
@@ -154,12 +159,17 @@ def _lowest(
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
-POLICIES: dict[str, Callable[[random.Random], RoutingPolicy]] = {
+PolicyFactory = Callable[[random.Random], RoutingPolicy]
+
+# The registry: every policy a configuration may name, the default first.
+POLICIES: dict[str, PolicyFactory] = {
     LeastExpectedLatency.name: LeastExpectedLatency,
     PowerOfTwoChoices.name: PowerOfTwoChoices,
     LeastLoaded.name: LeastLoaded,
     RoundRobin.name: lambda _rng: RoundRobin(),
 }
+POLICY_NAMES: tuple[str, ...] = tuple(POLICIES)
+DEFAULT_POLICY = POLICY_NAMES[0]
 
 
 def make_policy(name: str, rng: random.Random) -> RoutingPolicy:

@@ -25,7 +25,10 @@ from orchestrator.cluster.types import (
 )
 from orchestrator.gateway.router import Router
 from orchestrator.routing.policies import RoundRobin
+from orchestrator.routing.request import RouteRequest
 from orchestrator.worker_channels import WorkerChannels
+
+ROUTE = RouteRequest(GEMMA)
 
 
 def _node(node_id: str, address: str) -> Node:
@@ -39,7 +42,7 @@ def _snapshot(*nodes: Node) -> ClusterSnapshot:
 
 async def _relay(router: Router, request: gen_pb.GenerateRequest) -> tuple[set[str], str]:
     nodes, text = set(), []
-    async for node, chunk in router.stream(GEMMA, lambda stub: stub.Generate(request)):
+    async for node, chunk in router.stream(ROUTE, lambda stub: stub.Generate(request)):
         nodes.add(node)
         text.append(chunk.text)
     return nodes, "".join(text)
@@ -115,7 +118,7 @@ def test_a_node_leaving_the_view_fails_its_running_streams_at_once(worker):
         router = _router(node)
         received = 0
         with pytest.raises(WorkerError) as err:
-            async for _ in router.stream(GEMMA, lambda stub: stub.Generate(long_request)):
+            async for _ in router.stream(ROUTE, lambda stub: stub.Generate(long_request)):
                 received += 1
                 if received == 3:
                     down = Node(node.node_id, node.address, node.hardware, node.replicas,

@@ -259,3 +259,17 @@ def test_finish_reasons():
     assert schema.finish_reason_name(gen_pb.FINISH_REASON_STOP) == "stop"
     assert schema.finish_reason_name(gen_pb.FINISH_REASON_LENGTH) == "length"
     assert schema.finish_reason_name(gen_pb.FINISH_REASON_UNSPECIFIED) is None
+
+
+# ---- the `user` field (routing's session key) ---------------------------------------------
+def test_user_field_is_kept_for_routing_on_every_kind():
+    assert schema.parse_chat({**CHAT, "user": "alice"}).user == "alice"
+    completion = {"model": "gemma", "prompt": "Hi", "user": "bob"}
+    assert schema.parse_completion(completion).user == "bob"
+    embeddings = {"model": "e", "input": "Hi", "user": "carol"}
+    assert schema.parse_embeddings(embeddings).user == "carol"
+
+
+@pytest.mark.parametrize("user", [None, "", 42, {"id": "alice"}])
+def test_a_user_field_that_is_no_string_is_ignored_not_refused(user):
+    assert schema.parse_chat({**CHAT, "user": user}).user is None

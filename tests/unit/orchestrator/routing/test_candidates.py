@@ -15,7 +15,10 @@ from orchestrator.routing.candidates import (
     candidates_for,
     route,
 )
+from orchestrator.routing.request import RouteRequest
 from tests.unit.orchestrator.factories import NOW, candidate, node, replica, snapshot
+
+M = RouteRequest("m")
 
 
 def reasons(rejections: Sequence[Rejection]) -> dict[str, str]:
@@ -27,14 +30,16 @@ def ids(candidates: Sequence[Candidate]) -> list[str]:
 
 
 class FirstPolicy:
-    """Picks the first candidate and remembers what it was offered."""
+    """Picks the first candidate and remembers what it was offered, and for which request."""
 
     name = "first"
 
     def __init__(self) -> None:
         self.offered: list[Candidate] = []
+        self.request: RouteRequest | None = None
 
-    def choose(self, alias: str, candidates: Sequence[Candidate]) -> Candidate:
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+        self.request = request
         self.offered = list(candidates)
         return candidates[0]
 
@@ -56,7 +61,7 @@ def test_load_per_slot_divides_by_slots() -> None:
 
 
 def test_ready_nodes_are_candidates_in_node_order_with_their_details() -> None:
-    snap = snapshot(node("b", replica()), node("a", replica(), last_report=NOW - 0.5))
+    snap = snapshot(node("b", replica()), node("a", replica()))
     found, rejected = candidates_for(
         snap, "m", now=NOW, inflight={(NodeId("a"), "m"): 2, (NodeId("a"), "other"): 9}
     )
@@ -65,7 +70,6 @@ def test_ready_nodes_are_candidates_in_node_order_with_their_details() -> None:
     a = found[0]
     assert a.address == "a:50051"
     assert a.inflight == 2
-    assert a.report_age_s == pytest.approx(0.5)
     assert a.replica.alias == "m"
 
 
@@ -193,9 +197,25 @@ def test_down_outranks_exclusion_and_kind_outranks_state() -> None:
 def test_route_asks_the_policy_among_candidates_only() -> None:
     policy = FirstPolicy()
     snap = snapshot(node("a", replica(state=ReplicaState.LOADING)), node("b", replica()))
-    chosen = route(snap, "m", now=NOW, policy=policy)
+    chosen = route(snap, M, now=NOW, policy=policy)
     assert chosen.node_id == "b"
     assert ids(policy.offered) == ["b"]
+
+
+def test_route_hands_the_policy_the_request_itself() -> None:
+    policy = FirstPolicy()
+    request = RouteRequest("m", prompt_tokens=12, prefix="0123abcd", session="alice")
+    route(snapshot(node("a", replica())), request, now=NOW, policy=policy)
+    assert policy.request is request
+
+
+def test_route_offers_only_replicas_of_the_requests_task() -> None:
+    policy = FirstPolicy()
+    snap = snapshot(node("a", replica()), node("e", replica(embedding=True)))
+    assert route(snap, RouteRequest("m", "embed"), now=NOW, policy=policy).node_id == "e"
+    assert ids(policy.offered) == ["e"]
+    assert route(snap, RouteRequest("m", "generate"), now=NOW, policy=policy).node_id == "a"
+    assert ids(policy.offered) == ["a"]
 
 
 def test_route_raises_unknown_model_listing_what_is_known() -> None:
@@ -204,7 +224,7 @@ def test_route_raises_unknown_model_listing_what_is_known() -> None:
         node("b", replica("beta"), up=False),
     )
     with pytest.raises(UnknownModel) as info:
-        route(snap, "m", now=NOW, policy=FirstPolicy())
+        route(snap, M, now=NOW, policy=FirstPolicy())
     assert info.value.alias == "m"
     assert info.value.available == ["alpha", "beta", "zeta"]
     assert "'m'" in str(info.value)
@@ -212,14 +232,14 @@ def test_route_raises_unknown_model_listing_what_is_known() -> None:
 
 def test_route_on_an_empty_cluster_is_unknown_model() -> None:
     with pytest.raises(UnknownModel) as info:
-        route(snapshot(), "m", now=NOW, policy=FirstPolicy())
+        route(snapshot(), M, now=NOW, policy=FirstPolicy())
     assert info.value.available == []
 
 
 def test_model_known_only_to_a_down_node_is_no_candidate_not_unknown() -> None:
     snap = snapshot(node("a", replica(), up=False, down_reason="no heartbeat for 4.2 s"))
     with pytest.raises(NoCandidate):
-        route(snap, "m", now=NOW, policy=FirstPolicy())
+        route(snap, M, now=NOW, policy=FirstPolicy())
 
 
 def test_no_candidate_lists_every_node_and_reads_well() -> None:
@@ -229,7 +249,7 @@ def test_no_candidate_lists_every_node_and_reads_well() -> None:
         node("node-c"),
     )
     with pytest.raises(NoCandidate) as info:
-        route(snap, "m", now=NOW, policy=FirstPolicy())
+        route(snap, M, now=NOW, policy=FirstPolicy())
     assert info.value.alias == "m"
     assert info.value.rejections == (
         Rejection(NodeId("node-a"), "down: no heartbeat for 4.2 s"),
@@ -245,4 +265,4 @@ def test_no_candidate_lists_every_node_and_reads_well() -> None:
 def test_wrong_task_is_no_candidate_with_the_reason() -> None:
     snap = snapshot(node("a", replica(embedding=True)))
     with pytest.raises(NoCandidate, match="serves embeddings only"):
-        route(snap, "m", now=NOW, policy=FirstPolicy(), task="generate")
+        route(snap, RouteRequest("m", "generate"), now=NOW, policy=FirstPolicy())

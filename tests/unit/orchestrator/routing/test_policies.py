@@ -8,9 +8,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from orchestrator.config import ROUTING_POLICIES
 from orchestrator.routing.candidates import Candidate
 from orchestrator.routing.policies import (
+    POLICY_NAMES,
     LeastExpectedLatency,
     LeastLoaded,
     PowerOfTwoChoices,
@@ -18,11 +18,14 @@ from orchestrator.routing.policies import (
     RoutingPolicy,
     make_policy,
 )
+from orchestrator.routing.request import RouteRequest
 from tests.unit.orchestrator.factories import candidate
+
+M = RouteRequest("m")  # the policies here route on load and speed, not on the request
 
 
 def picks(policy: RoutingPolicy, candidates: Sequence[Candidate], n: int) -> list[str]:
-    return [policy.choose("m", candidates).node_id for _ in range(n)]
+    return [policy.choose(M, candidates).node_id for _ in range(n)]
 
 
 # ---- round robin --------------------------------------------------------------------------
@@ -36,9 +39,9 @@ def test_round_robin_cycles_in_node_order_whatever_the_input_order() -> None:
 def test_round_robin_keeps_a_separate_turn_per_model() -> None:
     policy = RoundRobin()
     cands = [candidate("a"), candidate("b")]
-    assert policy.choose("m", cands).node_id == "a"
-    assert policy.choose("other", cands).node_id == "a"
-    assert policy.choose("m", cands).node_id == "b"
+    assert policy.choose(M, cands).node_id == "a"
+    assert policy.choose(RouteRequest("other"), cands).node_id == "a"
+    assert policy.choose(M, cands).node_id == "b"
 
 
 def test_round_robin_stays_fair_when_a_node_drops_out_and_returns() -> None:
@@ -68,18 +71,18 @@ def test_least_loaded_never_picks_a_strictly_more_loaded_node() -> None:
     for _ in range(200):
         loads = [rng.randrange(5) for _ in range(4)]
         cands = [candidate(f"n{i}", load=load) for i, load in enumerate(loads)]
-        assert policy.choose("m", cands).load == min(loads)
+        assert policy.choose(M, cands).load == min(loads)
 
 
 def test_least_loaded_compares_load_per_slot() -> None:
     # 6 requests on 4 slots (1.5 each) beat 2 on one slot.
     cands = [candidate("one-slot", load=2), candidate("four-slots", load=6, slots=4)]
-    assert LeastLoaded(random.Random(0)).choose("m", cands).node_id == "four-slots"
+    assert LeastLoaded(random.Random(0)).choose(M, cands).node_id == "four-slots"
 
 
 def test_least_loaded_uses_the_local_inflight_count() -> None:
     cands = [candidate("a", inflight=3), candidate("b", load=1)]
-    assert LeastLoaded(random.Random(0)).choose("m", cands).node_id == "b"
+    assert LeastLoaded(random.Random(0)).choose(M, cands).node_id == "b"
 
 
 def test_least_loaded_spreads_ties_at_random() -> None:
@@ -108,7 +111,7 @@ def test_power_of_two_spreads_among_equals() -> None:
 
 def test_power_of_two_with_one_candidate_returns_it() -> None:
     only = candidate("a", load=50)
-    assert PowerOfTwoChoices(random.Random(0)).choose("m", [only]) is only
+    assert PowerOfTwoChoices(random.Random(0)).choose(M, [only]) is only
 
 
 def test_power_of_two_with_two_candidates_takes_the_lower() -> None:
@@ -124,7 +127,7 @@ NANO_TPS = 10.0
 
 def test_lel_sends_to_the_faster_idle_node_first() -> None:
     cands = [candidate("nano", decode_tps=NANO_TPS), candidate("agx", decode_tps=AGX_TPS)]
-    assert LeastExpectedLatency(random.Random(0)).choose("m", cands).node_id == "agx"
+    assert LeastExpectedLatency(random.Random(0)).choose(M, cands).node_id == "agx"
 
 
 @pytest.mark.parametrize(
@@ -152,7 +155,7 @@ def test_lel_fills_nodes_in_proportion_to_their_speed() -> None:
             candidate("agx", load=loads["agx"], decode_tps=AGX_TPS),
             candidate("nano", load=loads["nano"], decode_tps=NANO_TPS),
         ]
-        loads[policy.choose("m", cands).node_id] += 1
+        loads[policy.choose(M, cands).node_id] += 1
     assert loads == {"agx": 30, "nano": 10}
 
 
@@ -164,10 +167,10 @@ def test_lel_treats_an_unmeasured_node_as_the_median() -> None:
         candidate("mid", load=1, decode_tps=20.0),  # 2/20 = 0.10
         candidate("fast", load=3, decode_tps=60.0),  # 4/60 = 0.067
     ]
-    assert policy.choose("m", [*measured, candidate("new")]).node_id == "new"
+    assert policy.choose(M, [*measured, candidate("new")]).node_id == "new"
     # Loaded with 2 it scores 3/20 = 0.15: worse than the median-speed node, not shunned.
     busy_new = candidate("new", load=2)
-    assert policy.choose("m", [*measured, busy_new]).node_id == "fast"
+    assert policy.choose(M, [*measured, busy_new]).node_id == "fast"
     # With equal loads it ties exactly with a node measured at the median.
     tie = [candidate("new", load=1), candidate("mid", load=1, decode_tps=20.0)]
     assert set(picks(policy, tie, 60)) == {"new", "mid"}
@@ -183,9 +186,9 @@ def test_lel_ranks_unmeasured_nodes_by_their_reference_speed() -> None:
     # and takes about 3x the load before the slower one gets a request.
     policy = LeastExpectedLatency(random.Random(1))
     fresh = [candidate("agx", reference_tps=180.0), candidate("nano", reference_tps=60.0)]
-    assert policy.choose("m", fresh).node_id == "agx"
+    assert policy.choose(M, fresh).node_id == "agx"
     loaded = [candidate("agx", load=3, reference_tps=180.0), candidate("nano", reference_tps=60.0)]
-    assert policy.choose("m", loaded).node_id == "nano"  # 4/180 > 1/60
+    assert policy.choose(M, loaded).node_id == "nano"  # 4/180 > 1/60
 
 
 def test_lel_scales_reference_speed_by_what_the_model_runs_at_elsewhere() -> None:
@@ -196,8 +199,8 @@ def test_lel_scales_reference_speed_by_what_the_model_runs_at_elsewhere() -> Non
     nano = candidate("nano", decode_tps=20.0, reference_tps=60.0)
     agx_1 = candidate("agx", load=1, reference_tps=180.0)
     agx_3 = candidate("agx", load=3, reference_tps=180.0)
-    assert policy.choose("m", [nano, agx_1]).node_id == "agx"
-    assert policy.choose("m", [nano, agx_3]).node_id == "nano"
+    assert policy.choose(M, [nano, agx_1]).node_id == "agx"
+    assert policy.choose(M, [nano, agx_3]).node_id == "nano"
 
 
 def test_lel_counts_slots() -> None:
@@ -206,13 +209,13 @@ def test_lel_counts_slots() -> None:
         candidate("single", load=1, decode_tps=20.0),
         candidate("batched", load=3, slots=4, decode_tps=20.0),
     ]
-    assert LeastExpectedLatency(random.Random(0)).choose("m", cands).node_id == "batched"
+    assert LeastExpectedLatency(random.Random(0)).choose(M, cands).node_id == "batched"
 
 
 # ---- replay and construction --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ROUTING_POLICIES)
+@pytest.mark.parametrize("name", POLICY_NAMES)
 def test_same_seed_same_choices(name: str) -> None:
     cands = [candidate(n, load=i % 2, decode_tps=10.0) for i, n in enumerate("abcdef")]
     first = picks(make_policy(name, random.Random(42)), cands, 50)
@@ -220,12 +223,12 @@ def test_same_seed_same_choices(name: str) -> None:
     assert first == second
 
 
-@pytest.mark.parametrize("name", ROUTING_POLICIES)
+@pytest.mark.parametrize("name", POLICY_NAMES)
 def test_make_policy_knows_every_configurable_name(name: str) -> None:
     policy = make_policy(name, random.Random(0))
     assert policy.name == name
     only = candidate("a")
-    assert policy.choose("m", [only]) is only
+    assert policy.choose(M, [only]) is only
 
 
 def test_make_policy_refuses_an_unknown_name_listing_the_valid_ones() -> None:
@@ -233,5 +236,5 @@ def test_make_policy_refuses_an_unknown_name_listing_the_valid_ones() -> None:
         make_policy("fastest", random.Random(0))
     message = str(info.value)
     assert "'fastest'" in message
-    for name in ROUTING_POLICIES:
+    for name in POLICY_NAMES:
         assert name in message

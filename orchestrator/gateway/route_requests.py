@@ -1,0 +1,57 @@
+"""The RouteRequest of a relayed request, shared by both front doors.
+
+The OpenAI HTTP API and the gRPC Inference API both end with the same generation protos,
+so one function per request kind reads the text routing needs from them; routing itself
+(orchestrator.routing) never sees protobuf. The session key travels in the same header on
+both doors (an HTTP header, gRPC metadata); the HTTP API also takes OpenAI's `user` field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from llamaherd.v1 import generation_pb2 as gen_pb
+
+from orchestrator.routing import request as rr
+from orchestrator.routing.request import RouteRequest, session_key
+
+# The header (HTTP) or metadata key (gRPC) that names a client's session.
+SESSION_HEADER = "x-session-id"
+
+
+def for_generate(request: gen_pb.GenerateRequest, session: str | None = None) -> RouteRequest:
+    """A text completion's RouteRequest."""
+    return rr.for_prompt(request.model, request.prompt, session)
+
+
+def for_chat(request: gen_pb.ChatRequest, session: str | None = None) -> RouteRequest:
+    """A chat's RouteRequest."""
+    messages = [(m.role, m.content) for m in request.messages]
+    return rr.for_chat(request.model, messages, session)
+
+
+def for_embed(request: gen_pb.EmbedRequest, session: str | None = None) -> RouteRequest:
+    """An embedding's RouteRequest."""
+    return rr.for_embed(request.model, list(request.inputs), session)
+
+
+def for_generation(
+    request: gen_pb.GenerateRequest | gen_pb.ChatRequest, session: str | None = None
+) -> RouteRequest:
+    """The RouteRequest of either streamed kind."""
+    if isinstance(request, gen_pb.ChatRequest):
+        return for_chat(request, session)
+    return for_generate(request, session)
+
+
+def http_session(headers: Mapping[str, str], user: str | None) -> str | None:
+    """The session key of an HTTP request: the session header, else OpenAI's `user` field.
+    `headers` must look keys up without regard to case, as HTTP headers are."""
+    return session_key((headers.get(SESSION_HEADER), user))
+
+
+def grpc_session(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The session key in a gRPC call's invocation metadata, if the client sent one (gRPC
+    lower-cases metadata keys on the wire)."""
+    values = (v for k, v in metadata or () if k == SESSION_HEADER and isinstance(v, str))
+    return session_key(values)
