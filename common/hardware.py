@@ -24,3 +24,4 @@ class HardwareInfo:
     reference_decode_tps: float = 0.0
     telemetry_sources: tuple[str, ...] = ()
     telemetry_skipped: tuple[str, ...] = ()
+    labels: frozenset[str] = frozenset()  # the operator's, from the worker's config

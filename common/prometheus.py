@@ -10,43 +10,15 @@ not provide is absent from the output, never exported as zero.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from common.hardware import HardwareInfo
+from common.status import ModelStatus
 from common.telemetry import GpuSample, HostSample, JetsonSample, NodeSample
 
 PREFIX = "llamaherd_"
 Family = GaugeMetricFamily | CounterMetricFamily
-
-
-@dataclass(frozen=True)
-class ModelGauges:
-    """One hosted model's load, the same whether the worker or a gateway exports it."""
-
-    alias: str
-    state: str  # loading, ready, unloading, failed
-    slots_total: int
-    slots_busy: int
-    queued: int
-    active: int
-    completed: int
-    decode_tps: float
-    prompt_tps: float
-    memory_bytes: int
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    """A node's capability profile as exported: the info metric's labels and its speed."""
-
-    kind: str
-    model: str
-    backends: Sequence[str]
-    unified_memory: bool
-    compute_capability: str
-    reference_decode_tps: float
-    memory_free_for_models: int
 
 
 class MetricSet:
@@ -171,27 +143,30 @@ def _add_jetson(m: MetricSet, j: JetsonSample, base: Sequence[str]) -> None:
         m.gauge("fan_rpm", "Fan revolutions per minute", fan.rpm, base, fan=fan.name)
 
 
-def add_node_facts(m: MetricSet, facts: NodeFacts, base: Sequence[str] = ()) -> None:
+def add_node_facts(
+    m: MetricSet, hw: HardwareInfo, memory_free: int, base: Sequence[str] = ()
+) -> None:
     m.gauge("node_info", "What the node is (capability profile)", 1, base,
-            kind=facts.kind, model=facts.model, backends=",".join(facts.backends),
-            unified_memory=str(facts.unified_memory).lower(),
-            compute_capability=facts.compute_capability)  # fmt: skip
-    if facts.reference_decode_tps > 0:
+            kind=hw.kind, model=hw.model, backends=",".join(hw.backends),
+            unified_memory=str(hw.unified_memory).lower(),
+            compute_capability=hw.compute_capability)  # fmt: skip
+    if hw.reference_decode_tps > 0:
         m.gauge("reference_decode_tokens_per_second",
                 "Decode rate of the reference model, measured once per build and hardware",
-                facts.reference_decode_tps, base)  # fmt: skip
+                hw.reference_decode_tps, base)  # fmt: skip
     m.gauge("memory_free_for_models_bytes", "Memory models may still use on the node",
-            facts.memory_free_for_models, base)  # fmt: skip
+            memory_free, base)  # fmt: skip
 
 
-def add_models(m: MetricSet, models: Iterable[ModelGauges], base: Sequence[str] = ()) -> None:
-    for g in models:
-        model = {"model": g.alias}
+def add_models(m: MetricSet, models: Iterable[ModelStatus], base: Sequence[str] = ()) -> None:
+    for status in models:
+        g = status.engine
+        model = {"model": status.alias}
         m.gauge("model_state", "1 for the model's current state", 1, base, **model,
-                state=g.state)  # fmt: skip
+                state=status.state.value)  # fmt: skip
         m.gauge("model_slots", "Sequences the engine decodes together", g.slots_total, base,
                 **model)  # fmt: skip
-        m.gauge("model_slots_busy", "Slots generating now", g.slots_busy, base, **model)
+        m.gauge("model_slots_busy", "Slots generating now", g.active, base, **model)
         m.gauge("model_requests_queued", "Requests waiting for a slot", g.queued, base, **model)
         m.gauge("model_requests_running", "Requests in a slot", g.active, base, **model)
         m.counter("model_requests_completed", "Requests finished", g.completed, base, **model)
@@ -200,4 +175,4 @@ def add_models(m: MetricSet, models: Iterable[ModelGauges], base: Sequence[str] 
         m.gauge("model_prompt_tokens_per_second", "Recent prompt processing rate",
                 g.prompt_tps or None, base, **model)  # fmt: skip
         m.gauge("model_memory_bytes", "Estimated memory of the model (weights, KV, compute)",
-                g.memory_bytes, base, **model)  # fmt: skip
+                status.memory_bytes, base, **model)  # fmt: skip

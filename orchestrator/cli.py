@@ -127,11 +127,19 @@ def _run_models(args: argparse.Namespace) -> int:
 
 def _add_status_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser(
-        "status", help="nodes, models and load of a cluster, as its gateway sees them"
-    )
+        "status", help="nodes, models and load of a cluster, as its gateway sees them",
+        description="Nodes, their models, load and telemetry, and models the catalog could "
+        "not place, as a gateway sees them. --json prints the document /v1/cluster serves.",
+    )  # fmt: skip
     parser.add_argument(
         "--gateway", default=DEFAULT_GATEWAY,
         help=f"a gateway's gRPC address (default: {DEFAULT_GATEWAY})",
+    )  # fmt: skip
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="the cluster as JSON, for scripts")
+    output.add_argument(
+        "--json-schema", action="store_true",
+        help="print the JSON Schema of --json's document and exit (no gateway needed)",
     )  # fmt: skip
     parser.set_defaults(run=_run_status)
 
@@ -156,11 +164,18 @@ def _add_chat_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
 
 
 def _run_status(args: argparse.Namespace) -> int:
+    import json
+
     import grpc
 
     from orchestrator.client import GatewayClient
+    from orchestrator.cluster.reports import view_from_proto
+    from orchestrator.cluster.view import json_schema, view_to_json
     from orchestrator.status_table import render_status
 
+    if args.json_schema:
+        print(json.dumps(json_schema(), indent=2))
+        return 0
     with GatewayClient(args.gateway, timeout=10) as client:
         try:
             status = client.status()
@@ -170,7 +185,8 @@ def _run_status(args: argparse.Namespace) -> int:
                 print(f"is a gateway running at {args.gateway}? start a cluster with "
                       "`make run` (llamaherd up)", file=sys.stderr)  # fmt: skip
             return 1
-    print(render_status(status))
+    view = view_from_proto(status)
+    print(json.dumps(view_to_json(view), indent=2) if args.json else render_status(view))
     return 0
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from google.protobuf.message import Message
@@ -95,7 +94,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return _HINTS[cls]
 
 
-def hardware_to_proto(hardware: HardwareInfo, labels: Iterable[str]) -> cl_pb.Hardware:
+def hardware_to_proto(hardware: HardwareInfo) -> cl_pb.Hardware:
     return cl_pb.Hardware(
         kind=hardware.kind,
         model=hardware.model,
@@ -103,7 +102,7 @@ def hardware_to_proto(hardware: HardwareInfo, labels: Iterable[str]) -> cl_pb.Ha
         memory_total_bytes=hardware.memory_total,
         gpu_memory_total_bytes=hardware.gpu_memory_total,
         backends=hardware.backends,
-        labels=sorted(labels),
+        labels=sorted(hardware.labels),
         unified_memory=hardware.unified_memory,
         compute_capability=hardware.compute_capability,
         cpu_features=hardware.cpu_features,
@@ -117,9 +116,8 @@ def hardware_to_proto(hardware: HardwareInfo, labels: Iterable[str]) -> cl_pb.Ha
     )
 
 
-def hardware_fields(message: cl_pb.Hardware) -> dict[str, Any]:
-    """A Hardware message as HardwareInfo's fields (the coordinator adds its labels)."""
-    return dict(
+def hardware_from_proto(message: cl_pb.Hardware) -> HardwareInfo:
+    return HardwareInfo(
         kind=message.kind or "unknown",
         model=message.model,
         cpu_cores=message.cpu_cores,
@@ -136,4 +134,5 @@ def hardware_fields(message: cl_pb.Hardware) -> dict[str, Any]:
         l4t=message.l4t,
         telemetry_sources=tuple(message.telemetry_sources),
         telemetry_skipped=tuple(message.telemetry_skipped),
+        labels=frozenset(message.labels),
     )

@@ -1,93 +1,65 @@
 """What the control plane knows about the cluster, as plain frozen values.
 
-Built from worker heartbeats (orchestrator.cluster.reports) and read by routing, placement
-and the status APIs. No protobuf and no Ray here: these values are what the pure decision
-functions take, and they pickle cheaply between Ray actors.
+Built from worker heartbeats (orchestrator.cluster.reports): each node's NodeStatus exactly
+as its worker reported it (common.status), plus what only the coordinator knows (up or down,
+when it last heard). Read by routing, placement and the status APIs. No protobuf and no Ray
+here: these values are what the pure decision functions take, and they pickle cheaply
+between Ray actors.
 """
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field
 from typing import NewType
 
 from common.hardware import HardwareInfo
 from common.leases import Lease
+from common.status import ModelStatus, NodeStatus
 from common.telemetry import NodeSample
 
 NodeId = NewType("NodeId", str)
-RpcLease = Lease  # a device a node lends to a split model's head, as the node reported it
-
-
-class ReplicaState(str, enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    UNLOADING = "unloading"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class Hardware(HardwareInfo):
-    """A node's capability profile as its worker reported it, with its operator labels."""
-
-    labels: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True)
-class Replica:
-    """One model on one node, as that node last reported it."""
-
-    alias: str
-    state: ReplicaState
-    path: str = ""
-    embedding: bool = False
-    n_ctx: int = 0
-    architecture: str = ""
-    memory_bytes: int = 0  # the worker's estimate for it (weights + KV cache + compute)
-    queued: int = 0
-    active: int = 0
-    max_queue: int = 64  # the worker's default; reports always carry the real value
-    slots_total: int = 1
-    slots_busy: int = 0
-    decode_tps: float = 0.0  # recent per-sequence decode rate; 0 = not measured yet
-    prompt_tps: float = 0.0
-    completed: int = 0
-    error: str = ""
-    # A split model: the helpers' ggml RPC endpoints it uses, and its layer split.
-    rpc_servers: tuple[str, ...] = ()
-    tensor_split: tuple[float, ...] = ()
-    n_gpu_layers: int = 0
-    n_layers: int = 0  # the model's repeating layers, from its GGUF metadata
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ReplicaState.READY
-
-    @property
-    def load(self) -> int:
-        """Requests the node holds for this model: waiting plus running."""
-        return self.queued + self.active
 
 
 @dataclass(frozen=True)
 class Node:
-    node_id: NodeId
-    address: str  # host:port of the node's Worker service
-    hardware: Hardware
-    replicas: tuple[Replica, ...] = ()
-    memory_free: int = 0
+    """A node as the coordinator knows it: the worker's last report (unchanged) and whether
+    the node is in routing. Its models are called replicas here, as routing sees them."""
+
+    status: NodeStatus
     up: bool = True
     down_reason: str = ""
     last_report: float = 0.0  # clock time of the last heartbeat
-    version: str = ""
-    telemetry: NodeSample | None = None  # the latest sample the node sent
-    rpc_leases: tuple[RpcLease, ...] = ()
 
-    def replica(self, alias: str) -> Replica | None:
-        for replica in self.replicas:
-            if replica.alias == alias:
-                return replica
-        return None
+    @property
+    def node_id(self) -> NodeId:
+        return NodeId(self.status.node_id)
+
+    @property
+    def address(self) -> str:
+        return self.status.address
+
+    @property
+    def hardware(self) -> HardwareInfo:
+        return self.status.hardware
+
+    @property
+    def replicas(self) -> tuple[ModelStatus, ...]:
+        return self.status.models
+
+    @property
+    def memory_free(self) -> int:
+        return self.status.memory_free
+
+    @property
+    def telemetry(self) -> NodeSample | None:
+        return self.status.telemetry
+
+    @property
+    def rpc_leases(self) -> tuple[Lease, ...]:
+        return self.status.leases
+
+    def replica(self, alias: str) -> ModelStatus | None:
+        return self.status.model(alias)
 
 
 @dataclass(frozen=True)

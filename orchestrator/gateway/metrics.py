@@ -15,42 +15,11 @@ from prometheus_client.registry import Collector
 
 from common.prometheus import (
     MetricSet,
-    ModelGauges,
-    NodeFacts,
     add_models,
     add_node_facts,
     add_node_sample,
 )
-from orchestrator.cluster.types import Node, Replica
 from orchestrator.gateway.router import Router
-
-
-def replica_gauges(replica: Replica) -> ModelGauges:
-    return ModelGauges(
-        alias=replica.alias,
-        state=replica.state.value,
-        slots_total=replica.slots_total,
-        slots_busy=replica.slots_busy,
-        queued=replica.queued,
-        active=replica.active,
-        completed=replica.completed,
-        decode_tps=replica.decode_tps,
-        prompt_tps=replica.prompt_tps,
-        memory_bytes=replica.memory_bytes,
-    )
-
-
-def node_facts(node: Node) -> NodeFacts:
-    hw = node.hardware
-    return NodeFacts(
-        kind=hw.kind,
-        model=hw.model,
-        backends=hw.backends,
-        unified_memory=hw.unified_memory,
-        compute_capability=hw.compute_capability,
-        reference_decode_tps=hw.reference_decode_tps,
-        memory_free_for_models=node.memory_free,
-    )
 
 
 def cluster_metrics(router: Router) -> bytes:
@@ -65,10 +34,10 @@ def cluster_metrics(router: Router) -> bytes:
                       max(0.0, now - node.last_report), base)  # fmt: skip
         metrics.gauge("gateway_requests_inflight", "Requests this gateway relays to the node now",
                       router.inflight_to(node.node_id), base)  # fmt: skip
-        add_node_facts(metrics, node_facts(node), base)
+        add_node_facts(metrics, node.hardware, node.memory_free, base)
         if node.telemetry is not None:
             add_node_sample(metrics, node.telemetry, base)
-        add_models(metrics, (replica_gauges(r) for r in node.replicas), base)
+        add_models(metrics, node.replicas, base)
     return render(metrics.families())
 
 

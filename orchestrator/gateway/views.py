@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from llamaherd.v1 import inference_pb2 as inf_pb
 
-from orchestrator.cluster.reports import node_to_proto
-from orchestrator.cluster.types import ClusterSnapshot, Replica
+from common.status import ModelStatus
+from orchestrator.cluster.types import ClusterSnapshot
+from orchestrator.cluster.view import ClusterView, cluster_view
 from orchestrator.gateway.router import Router
 
 
@@ -13,7 +14,7 @@ def cluster_models(
     snapshot: ClusterSnapshot, created_unix_s: int = 0
 ) -> inf_pb.ListClusterModelsResponse:
     """Models with at least one ready replica on an up node, by alias."""
-    ready: dict[str, list[tuple[str, Replica]]] = {}
+    ready: dict[str, list[tuple[str, ModelStatus]]] = {}
     for node in snapshot.up_nodes:
         for replica in node.replicas:
             if replica.ready:
@@ -26,8 +27,8 @@ def cluster_models(
                 alias=alias,
                 ready_replicas=len(holders),
                 nodes=[node for node, _ in holders],
-                embedding=first.embedding,
-                n_ctx=first.n_ctx,
+                embedding=first.config.embedding,
+                n_ctx=first.config.n_ctx,
                 architecture=first.architecture,
                 created_unix_s=created_unix_s,
             )
@@ -35,14 +36,8 @@ def cluster_models(
     return inf_pb.ListClusterModelsResponse(models=models)
 
 
-def cluster_status(router: Router) -> inf_pb.ClusterStatusResponse:
-    snapshot = router.snapshot
-    now = router.state_clock()
-    return inf_pb.ClusterStatusResponse(
-        nodes=[node_to_proto(n, now, router.inflight_to(n.node_id)) for n in snapshot.nodes],
-        placement_problems=[
-            inf_pb.PlacementProblem(alias=p.alias, reason=p.reason) for p in snapshot.problems
-        ],
-        routing_policy=router.policy.name,
-        state_version=snapshot.version,
+def cluster_status(router: Router) -> ClusterView:
+    """The cluster as this gateway sees it now; the gRPC and HTTP APIs serve it."""
+    return cluster_view(
+        router.snapshot, router.state_clock(), router.inflight_to, router.policy.name
     )

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from orchestrator.cluster.types import Node, NodeId, RpcLease
+from common.leases import Lease
+from orchestrator.cluster.types import Node, NodeId
 from orchestrator.placement.eligibility import HOLDING_STATES
 
 
@@ -33,7 +34,7 @@ def lease_owner(lease: str) -> tuple[str, NodeId] | None:
     return (alias, NodeId(head)) if at and alias and head else None
 
 
-def leases_of(alias: str, head: NodeId, nodes: Sequence[Node]) -> list[tuple[NodeId, RpcLease]]:
+def leases_of(alias: str, head: NodeId, nodes: Sequence[Node]) -> list[tuple[NodeId, Lease]]:
     """The leases up nodes hold for `alias` on `head`."""
     wanted = lease_id(alias, head)
     return [(n.node_id, lease) for n in nodes if n.up for lease in n.rpc_leases
@@ -60,7 +61,7 @@ def orphan_leases(aliases: Collection[str], nodes: Sequence[Node]) -> list[StopL
             if (
                 replica is None
                 or replica.state not in HOLDING_STATES
-                or lease.endpoint not in replica.rpc_servers
+                or lease.endpoint not in replica.config.rpc_servers
             ):
                 orphans.append(StopLease(node.node_id, lease.lease_id, "no head uses it"))
     return orphans

@@ -29,7 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from common.memory import MemoryEstimate, format_bytes
-from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
+from common.status import ModelState
+from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
@@ -194,7 +195,7 @@ def _failed_splits(entry: CatalogEntry, up: Sequence[Node]) -> tuple[list[Unload
     stops: list[StopLease] = []
     for node in up:
         replica = node.replica(entry.alias)
-        if replica is None or replica.state is not ReplicaState.FAILED or not replica.rpc_servers:
+        if replica is None or replica.state is not ModelState.FAILED or not replica.config.rpc_servers:
             continue
         why = "its split failed: " + (replica.error or "no error reported")
         unloads.append(Unload(node.node_id, entry.alias, why))
@@ -276,7 +277,7 @@ def _surplus(entry: CatalogEntry, up: Sequence[Node]) -> list[Unload]:
     if surplus <= 0:
         return []
     ready.sort(key=lambda rn: rn[1], reverse=True)
-    ready.sort(key=lambda rn: rn[0].load)  # stable: keeps descending node ids among equals
+    ready.sort(key=lambda rn: rn[0].engine.load)  # stable: keeps descending node ids among equals
     return [Unload(node_id, entry.alias) for _, node_id in ready[:surplus]]
 
 

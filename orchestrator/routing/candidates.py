@@ -3,8 +3,8 @@
 A pure filter over a ClusterSnapshot: the gateway passes the snapshot, the clock reading,
 its own in-flight counts and the nodes that already failed this request; it gets back the
 eligible candidates and a Rejection for every other node. route() then hands the request
-and the candidates to the routing policy. The rejections are what a client reads when
-nothing can serve it, so each one names its cause precisely.
+and the candidates to the routing policy. The rejections are what a client
+reads when nothing can serve it, so each one names its cause precisely.
 """
 
 from __future__ import annotations
@@ -13,14 +13,9 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from orchestrator.cluster.types import (
-    ClusterSnapshot,
-    Hardware,
-    Node,
-    NodeId,
-    Replica,
-    ReplicaState,
-)
+from common.hardware import HardwareInfo
+from common.status import ModelState, ModelStatus
+from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
 from orchestrator.routing.request import RouteRequest, Task
 
 if TYPE_CHECKING:  # policies import Candidate from here: avoid the import cycle at run time
@@ -36,8 +31,8 @@ class Candidate:
 
     node_id: NodeId
     address: str
-    hardware: Hardware
-    replica: Replica
+    hardware: HardwareInfo
+    replica: ModelStatus
     inflight: int = 0  # requests this gateway is relaying to that node for that model now
 
     @property
@@ -48,12 +43,12 @@ class Candidate:
         count is fresh but covers this gateway only. Either is a lower bound, so take the
         larger.
         """
-        return max(self.replica.load, self.inflight)
+        return max(self.replica.engine.load, self.inflight)
 
     @property
     def load_per_slot(self) -> float:
         """Load spread over the replica's decoding slots."""
-        return self.load / max(self.replica.slots_total, 1)
+        return self.load / max(self.replica.engine.slots_total, 1)
 
 
 @dataclass(frozen=True)
@@ -177,20 +172,18 @@ def _rejection_reason(
     if replica is None:
         return NOT_LOADED
     # The kind first: it is permanent, while loading or a full queue will pass.
-    if task == "generate" and replica.embedding:
+    if task == "generate" and replica.config.embedding:
         return "serves embeddings only"
-    if task == "embed" and not replica.embedding:
+    if task == "embed" and not replica.config.embedding:
         return "serves generation, not embeddings"
-    if replica.state is ReplicaState.LOADING:
-        return "model loading"
-    if replica.state is ReplicaState.UNLOADING:
-        return "model unloading"
-    if replica.state is ReplicaState.FAILED:
+    if replica.state is ModelState.FAILED:
         return "model failed to load: " + (replica.error or "no error reported")
+    if not replica.ready:
+        return f"model {replica.state.value}"  # loading, downloading, draining, unloading
     return _overload_reason(replica, inflight)
 
 
-def _overload_reason(replica: Replica, inflight: int) -> str | None:
+def _overload_reason(replica: ModelStatus, inflight: int) -> str | None:
     """Why the worker would refuse one more request for this replica, or None.
 
     The worker refuses a request when the model is busy (every slot running or someone
@@ -199,13 +192,13 @@ def _overload_reason(replica: Replica, inflight: int) -> str | None:
     fresher lower bound on the waiting line than the last heartbeat: of `inflight`
     requests at the node, at most `slots_total` run.
     """
-    slots = max(replica.slots_total, 1)
-    load = max(replica.load, inflight)
-    waiting = max(replica.queued, load - slots)
+    slots = max(replica.engine.slots_total, 1)
+    load = max(replica.engine.load, inflight)
+    waiting = max(replica.engine.queued, load - slots)
     busy = waiting > 0 or load >= slots
-    if not busy or waiting < replica.max_queue:
+    if not busy or waiting < replica.config.max_queue:
         return None
-    if replica.max_queue == 0:
+    if replica.config.max_queue == 0:
         return "overloaded: busy, and max_queue 0 lets no request wait"
     noun = "request" if waiting == 1 else "requests"
-    return f"overloaded: {waiting} {noun} waiting (max_queue {replica.max_queue})"
+    return f"overloaded: {waiting} {noun} waiting (max_queue {replica.config.max_queue})"

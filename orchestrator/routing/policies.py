@@ -127,7 +127,7 @@ class LeastExpectedLatency:
 
 def expected_rates(candidates: Sequence[Candidate]) -> list[float]:
     """Each candidate's per-sequence decode rate for the model: measured, else estimated."""
-    measured = [c.replica.decode_tps for c in candidates]
+    measured = [c.replica.engine.decode_tps for c in candidates]
     reference = [c.hardware.reference_decode_tps for c in candidates]
     ratios = [m / r for m, r in zip(measured, reference, strict=True) if m > 0 and r > 0]
     if ratios:

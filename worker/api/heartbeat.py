@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 from collections.abc import AsyncIterator
@@ -23,9 +24,8 @@ from llamaherd.v1 import cluster_pb2_grpc
 from common.hardware import HardwareInfo
 from common.leases import Lease
 from common.net import join_host_port, split_host_port
-from common.wire.leases import lease_to_proto
-from common.wire.telemetry import hardware_to_proto, sample_to_proto
-from worker.api import convert
+from common.status import NodeStatus
+from common.wire.status import node_status_to_report
 from worker.config import WorkerSettings
 from worker.models.estimate import MemoryBudget
 from worker.models.registry import ModelRegistry
@@ -86,7 +86,7 @@ class CoordinatorLink:
         self._interval = settings.heartbeat_interval_s
         self.node_id = settings.node_id or default_node_id(port)
         self.address = advertised_address(settings, port)
-        self._hardware = hardware_to_proto(hardware, settings.labels)
+        self._hardware = dataclasses.replace(hardware, labels=frozenset(settings.labels))
         self._sampler = sampler
         self._lender = lender
         self._changed = asyncio.Event()
@@ -103,31 +103,22 @@ class CoordinatorLink:
         """Sends a report now rather than at the next interval (callable from any thread)."""
         self._loop.call_soon_threadsafe(self._changed.set)
 
-    def report(self, sequence: int) -> cl_pb.NodeReport:
-        models = []
-        for info in self._registry.list():
-            models.append(
-                cl_pb.ModelLoad(
-                    info=convert.model_info_to_proto(info),
-                    slots_total=info.slots_total,
-                    slots_busy=info.active,
-                    decode_tokens_per_second=info.decode_tps,
-                    prompt_tokens_per_second=info.prompt_tps,
-                    completed_requests=info.completed,
-                )
-            )
+    def status(self) -> NodeStatus:
+        """This node now, as the coordinator sees it."""
         sample = self._sampler.latest if self._sampler is not None else None
-        return cl_pb.NodeReport(
+        return NodeStatus(
             node_id=self.node_id,
             address=self.address,
             hardware=self._hardware,
-            models=models,
-            memory_free_bytes=max(0, self._budget.free_bytes()),
-            sequence=sequence,
+            models=tuple(self._registry.list()),
+            memory_free=max(0, self._budget.free_bytes()),
             version=VERSION,
-            telemetry=sample_to_proto(sample) if sample is not None else None,
-            rpc_servers=[lease_to_proto(lease) for lease in self.leases()],
+            telemetry=sample,
+            leases=tuple(self.leases()),
         )
+
+    def report(self, sequence: int) -> cl_pb.NodeReport:
+        return node_status_to_report(self.status(), sequence)
 
     def leases(self) -> list[Lease]:
         return self._lender.leases() if self._lender is not None else []

@@ -27,7 +27,8 @@ from worker.config import WorkerSettings, default_threads
 from worker.llamacpp import ensure_backend, supports_rpc, system_info
 from worker.models.builtin import default_model_config
 from worker.models.estimate import MemoryBudget
-from worker.models.registry import ModelRegistry, ModelState
+from worker.models.local import load_local
+from worker.models.registry import ModelRegistry
 from worker.node.hardware import cpu_model, detect
 from worker.node.metrics import MetricsServer, WorkerCollector
 from worker.node.reference_speed import (
@@ -38,6 +39,7 @@ from worker.node.reference_speed import (
 )
 from worker.split.lender import RpcLender
 from worker.split.lifetime import die_with_parent
+from worker.split.runner import SplitModel
 from worker.telemetry.sampler import TelemetrySampler, start_sampler
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,12 @@ class WorkerServer:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.budget = memory_budget(settings)
-        self.registry = ModelRegistry(settings, self.budget)
+        self.registry = ModelRegistry(
+            settings,
+            self.budget,
+            local=load_local,
+            split=lambda config, facts, on_lost: SplitModel.start(config, facts, settings, on_lost),
+        )
         self.lender: RpcLender | None = None
         if supports_rpc() and not settings.split_child:
             self.lender = RpcLender(
@@ -138,7 +145,7 @@ class WorkerServer:
         await self.registry.load_configured(self._initial_models())
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        ready = [i.alias for i in self.registry.list() if i.state is ModelState.READY]
+        ready = [m.alias for m in self.registry.list() if m.ready]
         log.info("worker serving models: %s", ", ".join(ready) or "none")
 
     def _initial_models(self) -> tuple[ModelConfig, ...]:

@@ -19,45 +19,16 @@ from common.hardware import HardwareInfo
 from common.net import join_host_port
 from common.prometheus import (
     MetricSet,
-    ModelGauges,
-    NodeFacts,
     add_models,
     add_node_facts,
     add_node_sample,
 )
 from common.settings import ConfigError
 from worker.models.estimate import MemoryBudget
-from worker.models.registry import ModelInfo, ModelRegistry
+from worker.models.registry import ModelRegistry
 from worker.telemetry.sampler import TelemetrySampler
 
 log = logging.getLogger(__name__)
-
-
-def model_gauges(info: ModelInfo) -> ModelGauges:
-    return ModelGauges(
-        alias=info.alias,
-        state=info.state.value,
-        slots_total=info.slots_total,
-        slots_busy=info.active,
-        queued=info.queued,
-        active=info.active,
-        completed=info.completed,
-        decode_tps=info.decode_tps,
-        prompt_tps=info.prompt_tps,
-        memory_bytes=info.estimate.total_bytes if info.estimate else 0,
-    )
-
-
-def node_facts(hardware: HardwareInfo, memory_free: int) -> NodeFacts:
-    return NodeFacts(
-        kind=hardware.kind,
-        model=hardware.model,
-        backends=hardware.backends,
-        unified_memory=hardware.unified_memory,
-        compute_capability=hardware.compute_capability,
-        reference_decode_tps=hardware.reference_decode_tps,
-        memory_free_for_models=memory_free,
-    )
 
 
 class WorkerCollector(Collector):
@@ -78,8 +49,8 @@ class WorkerCollector(Collector):
         sample = self._sampler.latest
         if sample is not None:
             add_node_sample(metrics, sample)
-        add_node_facts(metrics, node_facts(self._hardware(), max(0, self._budget.free_bytes())))
-        add_models(metrics, (model_gauges(i) for i in self._registry.list()))
+        add_node_facts(metrics, self._hardware(), max(0, self._budget.free_bytes()))
+        add_models(metrics, self._registry.list())
         return metrics.families()
 
 

@@ -4,6 +4,7 @@ started are retried on another replica; refusals of the request itself are not."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
@@ -15,14 +16,10 @@ from support.models import GEMMA
 from support.worker_process import free_port
 
 from common.errors import ErrorKind, WorkerError
-from orchestrator.cluster.types import (
-    ClusterSnapshot,
-    Hardware,
-    Node,
-    NodeId,
-    Replica,
-    ReplicaState,
-)
+from common.hardware import HardwareInfo
+from common.model_settings import BUILTIN_PREFIX, ModelConfig
+from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
+from orchestrator.cluster.types import ClusterSnapshot, Node
 from orchestrator.gateway.router import Router
 from orchestrator.routing.policies import RoundRobin
 from orchestrator.routing.request import RouteRequest
@@ -32,8 +29,10 @@ ROUTE = RouteRequest(GEMMA)
 
 
 def _node(node_id: str, address: str) -> Node:
-    replica = Replica(GEMMA, ReplicaState.READY, max_queue=64)
-    return Node(NodeId(node_id), address, Hardware("x86-cpu"), (replica,), last_report=0.0)
+    config = ModelConfig(alias=GEMMA, path=BUILTIN_PREFIX + GEMMA, max_queue=64)
+    replica = ModelStatus(GEMMA, config, ModelState.READY, engine=EngineFigures(slots_total=1))
+    status = NodeStatus(node_id, address, HardwareInfo("x86-cpu"), (replica,))
+    return Node(status, last_report=0.0)
 
 
 def _snapshot(*nodes: Node) -> ClusterSnapshot:
@@ -121,8 +120,9 @@ def test_a_node_leaving_the_view_fails_its_running_streams_at_once(worker):
             async for _ in router.stream(ROUTE, lambda stub: stub.Generate(long_request)):
                 received += 1
                 if received == 3:
-                    down = Node(node.node_id, node.address, node.hardware, node.replicas,
-                                up=False, down_reason="no heartbeat for 2.1 s")  # fmt: skip
+                    down = dataclasses.replace(
+                        node, up=False, down_reason="no heartbeat for 2.1 s"
+                    )
                     router.update(ClusterSnapshot(2, 0.0, (down,)))
         assert "no heartbeat for 2.1 s" in err.value.message
         assert "incomplete" in err.value.message

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from common.hardware import HardwareInfo
+from common.memory import MemoryEstimate
+from common.model_settings import ModelConfig
 from common.prometheus import (
     MetricSet,
-    ModelGauges,
-    NodeFacts,
     add_models,
     add_node_facts,
     add_node_sample,
 )
+from common.status import EngineFigures, ModelState, ModelStatus
 from orchestrator.gateway.metrics import render
 from tests.support.samples_factory import GIB, dgpu, jetson_sample, node_sample
 
@@ -69,9 +71,16 @@ def test_jetson_rails_zones_fans_and_mode() -> None:
 
 def test_models_and_facts_counters_end_in_total() -> None:
     metrics = MetricSet()
-    facts = NodeFacts("x86-cuda", "Ryzen", ("CPU", "CUDA"), False, "8.9", 46.5, GIB)
-    add_node_facts(metrics, facts)
-    add_models(metrics, [ModelGauges("gemma", "ready", 4, 2, 1, 2, 17, 38.0, 0.0, GIB // 2)])
+    hardware = HardwareInfo(
+        "x86-cuda", "Ryzen", backends=("CPU", "CUDA"), unified_memory=False,
+        compute_capability="8.9", reference_decode_tps=46.5,
+    )  # fmt: skip
+    add_node_facts(metrics, hardware, GIB)
+    figures = EngineFigures(slots_total=4, queued=1, active=2, completed=17, decode_tps=38.0)
+    gemma = ModelConfig(alias="gemma", path="/m.gguf")
+    estimate = MemoryEstimate(GIB // 2, 0, 0)
+    add_models(metrics, [ModelStatus("gemma", gemma, ModelState.READY, estimate=estimate,
+                                     engine=figures)])  # fmt: skip
     out = exposition(metrics)
     assert out["llamaherd_model_requests_completed_total"][(("model", "gemma"),)] == 17
     assert out["llamaherd_model_state"] == {(("model", "gemma"), ("state", "ready")): 1.0}

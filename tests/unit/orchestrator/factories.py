@@ -8,16 +8,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from common.hardware import HardwareInfo
+from common.leases import Lease
 from common.memory import MemoryEstimate
-from orchestrator.cluster.types import (
-    ClusterSnapshot,
-    Hardware,
-    Node,
-    NodeId,
-    Replica,
-    ReplicaState,
-    RpcLease,
-)
+from common.model_settings import ModelConfig
+from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
+from orchestrator.cluster.types import ClusterSnapshot, Node
 from orchestrator.config import CatalogEntry
 from orchestrator.routing.candidates import Candidate
 
@@ -26,20 +22,24 @@ MiB = 1024**2
 NOW = 1000.0
 
 
-def replica(
-    alias: str = "m",
-    state: ReplicaState = ReplicaState.READY,
-    *,
-    max_queue: int = 64,
-    **fields: Any,
-) -> Replica:
-    """A replica; max_queue defaults to the worker's default (64), not the type's 0."""
-    return Replica(alias=alias, state=state, max_queue=max_queue, **fields)
+_ENGINE = {f.name for f in dataclasses.fields(EngineFigures)}
+
+
+def replica(alias: str = "m", state: ModelState = ModelState.READY, **fields: Any) -> ModelStatus:
+    """A model on a node, as its worker reports it. Keyword arguments name a field of the
+    status (error, estimate), of its engine figures (queued, active, slots_total,
+    decode_tps) or of its load settings (embedding, max_queue, rpc_servers, ...); the
+    engine has one slot unless told otherwise."""
+    engine = {k: fields.pop(k) for k in list(fields) if k in _ENGINE}
+    settings = {k: fields.pop(k) for k in list(fields) if k in ModelConfig.model_fields}
+    config = ModelConfig(alias=alias, path=f"/models/{alias}.gguf", **settings)
+    figures = EngineFigures(**{"slots_total": 1, **engine})
+    return ModelStatus(alias=alias, config=config, state=state, engine=figures, **fields)
 
 
 def node(
     node_id: str,
-    *replicas: Replica,
+    *replicas: ModelStatus,
     labels: tuple[str, ...] = (),
     memory_free: int = 8 * GiB,
     up: bool = True,
@@ -47,35 +47,33 @@ def node(
     last_report: float = NOW,
     backends: tuple[str, ...] = ("CPU",),
     reference_tps: float = 0.0,
-    leases: tuple[RpcLease, ...] = (),
+    leases: tuple[Lease, ...] = (),
 ) -> Node:
     """A node; `reference_tps` is its measured reference speed (0 = not measured)."""
-    return Node(
-        node_id=NodeId(node_id),
+    status = NodeStatus(
+        node_id=node_id,
         address=f"{node_id}:50051",
-        hardware=Hardware(
+        hardware=HardwareInfo(
             kind="x86-cpu",
             labels=frozenset(labels),
             backends=backends,
             reference_decode_tps=reference_tps,
         ),
-        replicas=replicas,
+        models=replicas,
         memory_free=memory_free,
-        up=up,
-        down_reason=down_reason,
-        last_report=last_report,
-        rpc_leases=leases,
+        leases=leases,
     )
+    return Node(status, up=up, down_reason=down_reason, last_report=last_report)
 
 
-def rpc_node(node_id: str, *replicas: Replica, **fields: Any) -> Node:
+def rpc_node(node_id: str, *replicas: ModelStatus, **fields: Any) -> Node:
     """A node whose llama.cpp can lend and use devices over RPC (layer splits)."""
     return node(node_id, *replicas, backends=("CPU", "RPC"), **fields)
 
 
-def lease(alias: str, head: str, endpoint: str, **fields: Any) -> RpcLease:
+def lease(alias: str, head: str, endpoint: str, **fields: Any) -> Lease:
     """A lease named as the controller names them: alias@head."""
-    return RpcLease(lease_id=f"{alias}@{head}", endpoint=endpoint, head_host=head, **fields)
+    return Lease(lease_id=f"{alias}@{head}", endpoint=endpoint, head_host=head, **fields)
 
 
 def estimate(total: int) -> MemoryEstimate:

@@ -1,4 +1,6 @@
-"""`llamaherd status` text for split models: which layers live where, what a node lends."""
+"""`llamaherd status` text for split models: which layers live where, what a node lends.
+
+The cluster is built as the gateway's gRPC API sends it, and read back as the CLI reads it."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
+from orchestrator.cluster.reports import view_from_proto
 from orchestrator.status_table import render_status
 
 GiB = 1024**3
@@ -13,7 +16,7 @@ GiB = 1024**3
 
 def head_model(
     rpc_servers: list[str], tensor_split: list[float], n_gpu_layers: int, n_layers: int = 27
-) -> cl_pb.ModelLoad:
+) -> w_pb.ModelInfo:
     spec = w_pb.ModelSpec(
         alias="big",
         path="/models/big.gguf",
@@ -21,13 +24,12 @@ def head_model(
         tensor_split=tensor_split,
         n_gpu_layers=n_gpu_layers,
     )
-    info = w_pb.ModelInfo(
+    return w_pb.ModelInfo(
         alias="big",
         spec=spec,
         state=w_pb.MODEL_STATE_READY,
         memory=w_pb.MemoryEstimate(n_layers=n_layers),
     )
-    return cl_pb.ModelLoad(info=info)
 
 
 def lent(endpoint: str, *, running: bool = True, error: str = "") -> w_pb.RpcServerInfo:
@@ -43,7 +45,7 @@ def lent(endpoint: str, *, running: bool = True, error: str = "") -> w_pb.RpcSer
 
 
 def node_status(
-    node_id: str, *models: cl_pb.ModelLoad, leases: tuple[w_pb.RpcServerInfo, ...] = ()
+    node_id: str, *models: w_pb.ModelInfo, leases: tuple[w_pb.RpcServerInfo, ...] = ()
 ) -> inf_pb.NodeStatus:
     return inf_pb.NodeStatus(
         node_id=node_id,
@@ -56,7 +58,7 @@ def node_status(
     )
 
 
-def split_cluster(head: cl_pb.ModelLoad | None = None) -> inf_pb.ClusterStatusResponse:
+def split_cluster(head: w_pb.ModelInfo | None = None) -> inf_pb.ClusterStatusResponse:
     """node-a heads `head` (27 layers, 9 on each helper by default); node-b and node-c lend."""
     head = head or head_model(["10.0.0.2:50100", "10.0.0.3:50100"], [9.0, 9.0], 18)
     return inf_pb.ClusterStatusResponse(
@@ -67,6 +69,10 @@ def split_cluster(head: cl_pb.ModelLoad | None = None) -> inf_pb.ClusterStatusRe
         ],
         routing_policy="least-expected-latency",
     )
+
+
+def render(status: inf_pb.ClusterStatusResponse) -> str:
+    return render_status(view_from_proto(status))
 
 
 def lines_under(text: str, node_id: str) -> list[str]:
@@ -82,14 +88,14 @@ def lines_under(text: str, node_id: str) -> list[str]:
 
 
 def test_the_head_says_which_layers_live_where() -> None:
-    text = render_status(split_cluster())
+    text = render(split_cluster())
     assert lines_under(text, "node-a") == [
         "big split: layers 0-8 here (head), layers 9-17 on node-b, layers 18-26 on node-c"
     ]
 
 
 def test_a_lending_node_shows_its_lease_and_layers() -> None:
-    text = render_status(split_cluster())
+    text = render(split_cluster())
     assert lines_under(text, "node-b") == [
         "lends CUDA0 to big@node-a · layers 9-17 · 1.20 GiB reserved · 10.0.0.2:50100"
     ]
@@ -97,7 +103,7 @@ def test_a_lending_node_shows_its_lease_and_layers() -> None:
 
 def test_uneven_shares_follow_tensor_split() -> None:
     head = head_model(["10.0.0.2:50100", "10.0.0.3:50100"], [7.0, 1.0], 8, n_layers=10)
-    text = render_status(split_cluster(head=head))
+    text = render(split_cluster(head=head))
     assert lines_under(text, "node-a") == [
         "big split: layers 0-1 here (head), layers 2-8 on node-b, layer 9 on node-c"
     ]
@@ -105,7 +111,7 @@ def test_uneven_shares_follow_tensor_split() -> None:
 
 def test_without_a_layer_count_the_split_says_how_many() -> None:
     head = head_model(["10.0.0.2:50100", "10.0.0.3:50100"], [9.0, 9.0], 18, n_layers=0)
-    text = render_status(split_cluster(head=head))
+    text = render(split_cluster(head=head))
     assert lines_under(text, "node-a") == [
         "big split: the first layers here (head), 9 layers on node-b, 9 layers on node-c"
     ]
@@ -115,7 +121,7 @@ def test_without_a_layer_count_the_split_says_how_many() -> None:
 def test_an_endpoint_no_node_lends_is_shown_as_is() -> None:
     head = head_model(["10.0.0.9:50100"], [9.0], 9, n_layers=18)
     status = inf_pb.ClusterStatusResponse(nodes=[node_status("node-a", head)])
-    assert lines_under(render_status(status), "node-a") == [
+    assert lines_under(render(status), "node-a") == [
         "big split: layers 0-8 here (head), layers 9-17 on 10.0.0.9:50100"
     ]
 
@@ -123,17 +129,14 @@ def test_an_endpoint_no_node_lends_is_shown_as_is() -> None:
 def test_a_stopped_unused_lease_says_why() -> None:
     lease = lent("10.0.0.2:50100", running=False, error="head disconnected")
     status = inf_pb.ClusterStatusResponse(nodes=[node_status("node-b", leases=(lease,))])
-    assert lines_under(render_status(status), "node-b") == [
+    assert lines_under(render(status), "node-b") == [
         "lends CUDA0 to big@node-a · not in use · 1.20 GiB reserved · 10.0.0.2:50100 · "
         "stopped: head disconnected"
     ]
 
 
 def test_models_that_are_not_split_add_no_lines() -> None:
-    plain = cl_pb.ModelLoad(
-        info=w_pb.ModelInfo(
-            alias="m", spec=w_pb.ModelSpec(alias="m", n_gpu_layers=-1), state=w_pb.MODEL_STATE_READY
-        )
-    )
+    spec = w_pb.ModelSpec(alias="m", path="/models/m.gguf", n_gpu_layers=-1)
+    plain = w_pb.ModelInfo(alias="m", spec=spec, state=w_pb.MODEL_STATE_READY)
     status = inf_pb.ClusterStatusResponse(nodes=[node_status("node-a", plain)])
-    assert lines_under(render_status(status), "node-a") == []
+    assert lines_under(render(status), "node-a") == []

@@ -6,7 +6,7 @@ from llamaherd.v1 import telemetry_pb2 as t_pb
 
 from common.hardware import HardwareInfo
 from common.wire.telemetry import (
-    hardware_fields,
+    hardware_from_proto,
     hardware_to_proto,
     sample_from_proto,
     sample_to_proto,
@@ -77,7 +77,8 @@ def test_the_capability_profile_survives_the_wire() -> None:
         jetpack="6.2", l4t="36.4.3", reference_decode_tps=212.5,
         telemetry_sources=("jetson", "host"),
         telemetry_skipped=("nvml: the jetson source already reads the GPU",),
+        labels=frozenset({"orin", "jetson"}),
     )  # fmt: skip
-    message = hardware_to_proto(profile, {"orin", "jetson"})
+    message = hardware_to_proto(profile)
     assert list(message.labels) == ["jetson", "orin"]
-    assert HardwareInfo(**hardware_fields(message)) == profile
+    assert hardware_from_proto(message) == profile

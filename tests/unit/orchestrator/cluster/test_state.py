@@ -6,12 +6,14 @@ import dataclasses
 
 import pytest
 
+from common.hardware import HardwareInfo
+from common.status import NodeStatus
 from orchestrator.cluster.state import ClusterState, NodeConflict
-from orchestrator.cluster.types import Hardware, Node, NodeId, PlacementProblem
+from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 
 
 def node(node_id: str = "a", address: str = "10.0.0.1:50051", at: float = 0.0) -> Node:
-    return Node(NodeId(node_id), address, Hardware("x86-cpu"), last_report=at)
+    return Node(NodeStatus(node_id, address, HardwareInfo("x86-cpu")), last_report=at)
 
 
 def test_a_report_registers_the_node_and_bumps_the_version() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from orchestrator.cluster.types import NodeId, ReplicaState
+from common.status import ModelState
+from orchestrator.cluster.types import NodeId
 from orchestrator.placement.leases import StopLease, lease_id, lease_owner, orphan_leases
 from tests.unit.orchestrator.factories import lease, replica, rpc_node
 
@@ -28,7 +29,7 @@ def test_a_lease_its_head_uses_is_no_orphan() -> None:
 
 def test_a_loading_head_uses_its_leases() -> None:
     nodes = [
-        rpc_node("a", replica("m", ReplicaState.LOADING, rpc_servers=("b:50100",))),
+        rpc_node("a", replica("m", ModelState.LOADING, rpc_servers=("b:50100",))),
         rpc_node("b", leases=(lease("m", "a", "b:50100"),)),
     ]
     assert orphan_leases({"m"}, nodes) == []
@@ -37,7 +38,7 @@ def test_a_loading_head_uses_its_leases() -> None:
 def test_orphans() -> None:
     nodes = [
         rpc_node("a", replica("m", rpc_servers=("b:50100",))),
-        rpc_node("f", replica("m", ReplicaState.FAILED, rpc_servers=("b:50102",))),
+        rpc_node("f", replica("m", ModelState.FAILED, rpc_servers=("b:50102",))),
         rpc_node("d", up=False),
         rpc_node(
             "b",

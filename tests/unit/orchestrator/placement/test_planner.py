@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from common.memory import MemoryEstimate
-from orchestrator.cluster.types import Node, NodeId, PlacementProblem, ReplicaState
+from common.status import ModelState
+from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.leases import StopLease
 from orchestrator.placement.planner import (
@@ -103,7 +104,7 @@ def test_ties_go_to_the_lower_node_id() -> None:
 
 def test_places_only_the_missing_replicas() -> None:
     catalog = [entry("m", replicas=3)]
-    nodes = [node("a", replica("m")), node("b", replica("m", ReplicaState.LOADING)), node("c")]
+    nodes = [node("a", replica("m")), node("b", replica("m", ModelState.LOADING)), node("c")]
     assert loads(plan(catalog, nodes, everywhere(catalog, nodes))) == [("c", "m")]
 
 
@@ -172,9 +173,9 @@ def test_shortfall_explains_every_node() -> None:
         node("node-d", replica("m"), labels=("jetson",)),
         node("node-e", labels=("jetson",)),
         node(
-            "node-f", replica("m", ReplicaState.FAILED, error="out of memory"), labels=("jetson",)
+            "node-f", replica("m", ModelState.FAILED, error="out of memory"), labels=("jetson",)
         ),
-        node("node-g", replica("m", ReplicaState.UNLOADING), labels=("jetson",)),
+        node("node-g", replica("m", ModelState.UNLOADING), labels=("jetson",)),
         node("node-h", labels=("jetson",)),
     ]
     estimates: dict[tuple[str, NodeId], MemoryEstimate | str] = {
@@ -207,7 +208,7 @@ def test_lacking_several_labels_lists_them_sorted() -> None:
 def test_skips_a_node_where_the_model_failed() -> None:
     catalog = [entry("m")]
     nodes = [
-        node("a", replica("m", ReplicaState.FAILED, error="bad magic"), memory_free=64 * GiB),
+        node("a", replica("m", ModelState.FAILED, error="bad magic"), memory_free=64 * GiB),
         node("b"),
     ]
     result = plan(catalog, nodes, everywhere(catalog, nodes))
@@ -217,7 +218,7 @@ def test_skips_a_node_where_the_model_failed() -> None:
 
 def test_a_failed_replica_does_not_count_as_held() -> None:
     catalog = [entry("m")]
-    nodes = [node("a", replica("m", ReplicaState.FAILED, error="bad magic"))]
+    nodes = [node("a", replica("m", ModelState.FAILED, error="bad magic"))]
     result = plan(catalog, nodes, {})
     assert result.problems == (
         PlacementProblem("m", "placed 0 of 1 replica; a: failed there: bad magic"),
@@ -269,7 +270,7 @@ def test_unload_ties_go_to_the_higher_node_id() -> None:
 
 def test_never_unloads_a_loading_replica() -> None:
     catalog = [entry("m", replicas=0)]
-    nodes = [node("a", replica("m", ReplicaState.LOADING)), node("b", replica("m"))]
+    nodes = [node("a", replica("m", ModelState.LOADING)), node("b", replica("m"))]
     assert unloads(plan(catalog, nodes, {})) == [("b", "m")]
 
 
@@ -277,7 +278,7 @@ def test_a_loading_replica_does_not_push_out_a_ready_one() -> None:
     # One wanted, one serving, one still loading: keep the serving one until the other is
     # ready (it may fail), then drop the less loaded of the two.
     catalog = [entry("m", replicas=1)]
-    loading = [node("a", replica("m", active=1)), node("b", replica("m", ReplicaState.LOADING))]
+    loading = [node("a", replica("m", active=1)), node("b", replica("m", ModelState.LOADING))]
     assert plan(catalog, loading, {}).empty
     ready = [node("a", replica("m", active=1)), node("b", replica("m"))]
     assert unloads(plan(catalog, ready, {})) == [("b", "m")]
@@ -295,7 +296,7 @@ def test_replicas_zero_unloads_all_ready_replicas() -> None:
 def test_never_touches_models_outside_the_catalog() -> None:
     catalog = [entry("m", replicas=1)]
     nodes = [
-        node("a", replica("m"), replica("operator-model"), replica("x", ReplicaState.FAILED)),
+        node("a", replica("m"), replica("operator-model"), replica("x", ModelState.FAILED)),
         node("b", replica("operator-model")),
     ]
     result = plan(catalog, nodes, everywhere(catalog, nodes))
@@ -335,7 +336,7 @@ def test_estimates_needed_only_asks_for_what_plan_reads() -> None:
     ]
     nodes = [
         node("a", replica("satisfied"), replica("short"), replica("surplus")),
-        node("b", replica("short", ReplicaState.FAILED, error="x"), labels=("gpu",)),
+        node("b", replica("short", ModelState.FAILED, error="x"), labels=("gpu",)),
         node("c"),
         node("d", up=False, labels=("gpu",)),
     ]
@@ -345,7 +346,7 @@ def test_estimates_needed_only_asks_for_what_plan_reads() -> None:
 
 def test_estimates_needed_is_empty_for_a_healthy_cluster() -> None:
     catalog = [entry("m", replicas=2)]
-    nodes = [node("a", replica("m")), node("b", replica("m", ReplicaState.LOADING)), node("c")]
+    nodes = [node("a", replica("m")), node("b", replica("m", ModelState.LOADING)), node("c")]
     assert estimates_needed(catalog, nodes) == []
 
 
@@ -454,7 +455,7 @@ def test_a_split_head_holds_the_model() -> None:
 
 def test_a_loading_split_head_holds_the_model_for_a_split_entry() -> None:
     catalog = [entry("m", split_nodes=2)]
-    head = replica("m", ReplicaState.LOADING, rpc_servers=("b:50100",), n_gpu_layers=9)
+    head = replica("m", ModelState.LOADING, rpc_servers=("b:50100",), n_gpu_layers=9)
     nodes = [rpc_node("a", head), rpc_node("b"), rpc_node("c")]
     assert plan(catalog, nodes, with_model(catalog, nodes)).empty
 
@@ -495,7 +496,7 @@ def test_a_split_charges_every_node_it_uses() -> None:
 def test_a_failed_split_is_unloaded_and_its_leases_stopped() -> None:
     catalog = [entry("m")]
     failed = replica(
-        "m", ReplicaState.FAILED, error="rpc server b:50100 gone", rpc_servers=("b:50100",)
+        "m", ModelState.FAILED, error="rpc server b:50100 gone", rpc_servers=("b:50100",)
     )
     nodes = [
         rpc_node("a", failed),
@@ -513,13 +514,13 @@ def test_a_failed_split_is_unloaded_and_its_leases_stopped() -> None:
 
 def test_a_failed_single_node_replica_is_not_unloaded() -> None:
     catalog = [entry("m")]
-    nodes = [rpc_node("a", replica("m", ReplicaState.FAILED, error="bad magic"))]
+    nodes = [rpc_node("a", replica("m", ModelState.FAILED, error="bad magic"))]
     assert plan(catalog, nodes, {}).unloads == ()
 
 
 def test_actions_are_loads_splits_unloads_then_stops() -> None:
     catalog = [entry("x", replicas=0), entry("m"), entry("s", split_nodes=2), entry("f")]
-    failed = replica("f", ReplicaState.FAILED, rpc_servers=("d:50100",))
+    failed = replica("f", ModelState.FAILED, rpc_servers=("d:50100",))
     nodes = [
         rpc_node("a", replica("x"), memory_free=8 * GiB),
         rpc_node("b", memory_free=8 * GiB),

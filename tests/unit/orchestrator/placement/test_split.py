@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import pytest
 
 from common.memory import MemoryEstimate
-from orchestrator.cluster.types import Node, NodeId, ReplicaState
+from common.status import ModelState
+from orchestrator.cluster.types import Node, NodeId
 from orchestrator.placement.split import SplitPart, SplitPlan, plan_split
 from tests.unit.orchestrator.factories import (
     GiB,
@@ -235,8 +236,8 @@ def test_down_nodes_are_left_out() -> None:
 
 def test_every_refusal_is_explained() -> None:
     nodes = [
-        rpc_node("a", replica("m", ReplicaState.FAILED, error="helper gone"), memory_free=GiB),
-        rpc_node("b", replica("m", ReplicaState.UNLOADING), memory_free=GiB),
+        rpc_node("a", replica("m", ModelState.FAILED, error="helper gone"), memory_free=GiB),
+        rpc_node("b", replica("m", ModelState.UNLOADING), memory_free=GiB),
         rpc_node("c", memory_free=GiB, leases=(lease("m", "x", "c:50100"),)),
         rpc_node("d", memory_free=GiB),
         rpc_node("e", memory_free=GiB),

@@ -6,7 +6,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from orchestrator.cluster.types import NodeId, ReplicaState
+from common.status import ModelState
+from orchestrator.cluster.types import NodeId
 from orchestrator.routing.candidates import (
     Candidate,
     NoCandidate,
@@ -117,14 +118,14 @@ def test_up_node_without_the_model_is_listed_as_not_loaded() -> None:
 @pytest.mark.parametrize(
     ("state", "error", "reason"),
     [
-        (ReplicaState.LOADING, "", "model loading"),
-        (ReplicaState.UNLOADING, "", "model unloading"),
-        (ReplicaState.FAILED, "file /x.gguf does not exist", "model failed to load: file /x.gguf "
+        (ModelState.LOADING, "", "model loading"),
+        (ModelState.UNLOADING, "", "model unloading"),
+        (ModelState.FAILED, "file /x.gguf does not exist", "model failed to load: file /x.gguf "
          "does not exist"),
-        (ReplicaState.FAILED, "", "model failed to load: no error reported"),
+        (ModelState.FAILED, "", "model failed to load: no error reported"),
     ],
 )  # fmt: skip
-def test_replica_not_ready_says_which_state(state: ReplicaState, error: str, reason: str) -> None:
+def test_replica_not_ready_says_which_state(state: ModelState, error: str, reason: str) -> None:
     snap = snapshot(node("a", replica(state=state, error=error)))
     found, rejected = candidates_for(snap, "m", now=NOW)
     assert found == []
@@ -185,7 +186,7 @@ def test_one_waiting_request_reads_in_the_singular() -> None:
 def test_down_outranks_exclusion_and_kind_outranks_state() -> None:
     snap = snapshot(
         node("a", replica(), up=False, down_reason="gone"),
-        node("b", replica(state=ReplicaState.LOADING, embedding=True)),
+        node("b", replica(state=ModelState.LOADING, embedding=True)),
     )
     _, rejected = candidates_for(snap, "m", now=NOW, exclude={NodeId("a")}, task="generate")
     assert reasons(rejected) == {"a": "down: gone", "b": "serves embeddings only"}
@@ -196,7 +197,7 @@ def test_down_outranks_exclusion_and_kind_outranks_state() -> None:
 
 def test_route_asks_the_policy_among_candidates_only() -> None:
     policy = FirstPolicy()
-    snap = snapshot(node("a", replica(state=ReplicaState.LOADING)), node("b", replica()))
+    snap = snapshot(node("a", replica(state=ModelState.LOADING)), node("b", replica()))
     chosen = route(snap, M, now=NOW, policy=policy)
     assert chosen.node_id == "b"
     assert ids(policy.offered) == ["b"]
@@ -220,7 +221,7 @@ def test_route_offers_only_replicas_of_the_requests_task() -> None:
 
 def test_route_raises_unknown_model_listing_what_is_known() -> None:
     snap = snapshot(
-        node("a", replica("zeta"), replica("alpha", state=ReplicaState.FAILED)),
+        node("a", replica("zeta"), replica("alpha", state=ModelState.FAILED)),
         node("b", replica("beta"), up=False),
     )
     with pytest.raises(UnknownModel) as info:
@@ -245,7 +246,7 @@ def test_model_known_only_to_a_down_node_is_no_candidate_not_unknown() -> None:
 def test_no_candidate_lists_every_node_and_reads_well() -> None:
     snap = snapshot(
         node("node-a", replica(), up=False, down_reason="no heartbeat for 4.2 s"),
-        node("node-b", replica(state=ReplicaState.LOADING)),
+        node("node-b", replica(state=ModelState.LOADING)),
         node("node-c"),
     )
     with pytest.raises(NoCandidate) as info:

@@ -1,0 +1,100 @@
+"""The status model (common.status) to and from its wire form: ModelInfo and NodeReport."""
+
+from __future__ import annotations
+
+from llamaherd.v1 import cluster_pb2 as cl_pb
+from llamaherd.v1 import worker_pb2 as w_pb
+
+from common.model_settings import ModelConfig
+from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
+from common.wire.leases import lease_from_proto, lease_to_proto
+from common.wire.models import (
+    estimate_from_proto,
+    estimate_to_proto,
+    model_config_to_proto,
+    model_spec_to_dict,
+)
+from common.wire.telemetry import (
+    hardware_from_proto,
+    hardware_to_proto,
+    sample_from_proto,
+    sample_to_proto,
+)
+
+_PREFIX = "MODEL_STATE_"
+
+
+def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
+    figures = status.engine
+    return w_pb.ModelInfo(
+        alias=status.alias,
+        spec=model_config_to_proto(status.config),
+        state=w_pb.ModelState.Value(_PREFIX + status.state.name),
+        error=status.error,
+        architecture=status.architecture,
+        file_bytes=status.file_bytes,
+        n_ctx_train=status.n_ctx_train,
+        memory=estimate_to_proto(status.estimate) if status.estimate is not None else None,
+        chat_template_source=status.chat_template_source,
+        queued_requests=figures.queued,
+        active_requests=figures.active,
+        slots_total=figures.slots_total,
+        cached_tokens=figures.cached_tokens,
+        decode_tokens_per_second=figures.decode_tps,
+        prompt_tokens_per_second=figures.prompt_tps,
+        completed_requests=figures.completed,
+    )
+
+
+def model_status_from_proto(info: w_pb.ModelInfo) -> ModelStatus:
+    """Raises ValueError (pydantic's) when the spec is not a valid model config."""
+    name = w_pb.ModelState.Name(info.state).removeprefix(_PREFIX)
+    return ModelStatus(
+        alias=info.alias,
+        config=ModelConfig.model_validate(model_spec_to_dict(info.spec)),
+        # A state this side does not know yet (a newer worker) is not one to route to.
+        state=ModelState[name] if name in ModelState.__members__ else ModelState.FAILED,
+        error=info.error,
+        architecture=info.architecture,
+        file_bytes=info.file_bytes,
+        n_ctx_train=info.n_ctx_train,
+        estimate=estimate_from_proto(info.memory) if info.HasField("memory") else None,
+        chat_template_source=info.chat_template_source,
+        engine=EngineFigures(
+            slots_total=info.slots_total,
+            queued=info.queued_requests,
+            active=info.active_requests,
+            cached_tokens=info.cached_tokens,
+            decode_tps=info.decode_tokens_per_second,
+            prompt_tps=info.prompt_tokens_per_second,
+            completed=info.completed_requests,
+        ),
+    )
+
+
+def node_status_to_report(status: NodeStatus, sequence: int) -> cl_pb.NodeReport:
+    return cl_pb.NodeReport(
+        node_id=status.node_id,
+        address=status.address,
+        hardware=hardware_to_proto(status.hardware),
+        models=[model_status_to_proto(m) for m in status.models],
+        memory_free_bytes=status.memory_free,
+        sequence=sequence,
+        version=status.version,
+        telemetry=sample_to_proto(status.telemetry) if status.telemetry is not None else None,
+        rpc_servers=[lease_to_proto(lease) for lease in status.leases],
+    )
+
+
+def node_status_from_report(report: cl_pb.NodeReport) -> NodeStatus:
+    """Raises ValueError when a model's spec is not a valid model config."""
+    return NodeStatus(
+        node_id=report.node_id,
+        address=report.address,
+        hardware=hardware_from_proto(report.hardware),
+        models=tuple(model_status_from_proto(m) for m in report.models),
+        memory_free=report.memory_free_bytes,
+        version=report.version,
+        telemetry=sample_from_proto(report.telemetry) if report.HasField("telemetry") else None,
+        leases=tuple(lease_from_proto(r) for r in report.rpc_servers),
+    )

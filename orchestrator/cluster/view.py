@@ -1,0 +1,85 @@
+"""The cluster as clients see it: one documented JSON document, and the text of
+`llamaherd status`, both made from the same values.
+
+`/v1/cluster`, `llamaherd status --json` and the dashboard all read `ClusterView` serialised
+as it is (pydantic serialises the frozen dataclasses, and writes its JSON Schema:
+`llamaherd status --json-schema`, checked in as cluster.schema.json beside this module).
+Field names are the status model's (common.status), so a field added there appears here
+with no further change.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from common.status import NodeStatus
+from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node: its worker's last report, unchanged, and what the gateway knows of it."""
+
+    status: NodeStatus
+    up: bool
+    down_reason: str = ""  # why the node left routing
+    seconds_since_report: float = 0.0
+    gateway_inflight: int = 0  # requests the answering gateway relays to the node now
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    """Every node, the models the catalog could not place and why, and the routing policy."""
+
+    nodes: tuple[NodeView, ...] = ()
+    placement_problems: tuple[PlacementProblem, ...] = ()
+    routing_policy: str = ""
+    state_version: int = 0  # grows with every change the coordinator sees
+    schema_version: int = SCHEMA_VERSION
+
+
+def cluster_view(
+    snapshot: ClusterSnapshot, now: float, inflight: Callable[[NodeId], int], policy: str
+) -> ClusterView:
+    """The view of `snapshot` at `now` (the registry's clock)."""
+    return ClusterView(
+        nodes=tuple(
+            NodeView(
+                status=node.status,
+                up=node.up,
+                down_reason=node.down_reason,
+                seconds_since_report=max(0.0, now - node.last_report),
+                gateway_inflight=inflight(node.node_id),
+            )
+            for node in snapshot.nodes
+        ),
+        placement_problems=snapshot.problems,
+        routing_policy=policy,
+        state_version=snapshot.version,
+    )
+
+
+@functools.cache
+def _adapter() -> TypeAdapter[ClusterView]:
+    return TypeAdapter(ClusterView)
+
+
+def view_to_json(view: ClusterView) -> dict[str, Any]:
+    document: dict[str, Any] = _adapter().dump_python(view, mode="json")
+    return document
+
+
+def view_from_json(document: Any) -> ClusterView:
+    """Raises pydantic.ValidationError when `document` is not a cluster view."""
+    return _adapter().validate_python(document)
+
+
+def json_schema() -> dict[str, Any]:
+    return _adapter().json_schema(mode="serialization")
