@@ -8,9 +8,11 @@ tests can run it on hand-built nodes.
 Rules, in short:
 - Only up nodes count. A node holds a model when its replica is LOADING or READY.
 - An entry short of replicas goes to nodes that carry its labels and whose estimate fits
-  in their free memory: the fastest first (reference decode speed measured by each worker;
-  unmeasured nodes last), then the one with the most memory left after the load. Free
-  memory is charged for every load planned earlier in the same plan (catalog order).
+  in their free memory, ranked by the scorers in orchestrator.placement.scorers: a node
+  that reports the model's file first (no node reports its files yet, so this is neutral
+  for now), then the fastest (reference decode speed measured by each worker; unmeasured
+  nodes last), then the one with the most memory left after the load. Free memory is
+  charged for every load planned earlier in the same plan (catalog order).
 - An entry with too many READY replicas loses the least loaded ones. Loading replicas
   are never unloaded (workers refuse), and they do not make a READY one surplus: the
   plan waits until they are ready rather than trade a serving replica for a hope.
@@ -34,6 +36,7 @@ from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
+from orchestrator.placement.scorers import Fit, rank
 from orchestrator.placement.split import SplitPlan, plan_split
 
 # What the entry needs on the node, or the reason the node could not say.
@@ -195,7 +198,9 @@ def _failed_splits(entry: CatalogEntry, up: Sequence[Node]) -> tuple[list[Unload
     stops: list[StopLease] = []
     for node in up:
         replica = node.replica(entry.alias)
-        if replica is None or replica.state is not ModelState.FAILED or not replica.config.rpc_servers:
+        if replica is None or replica.state is not ModelState.FAILED:
+            continue
+        if not replica.config.rpc_servers:  # a single-node failure: not retried
             continue
         why = "its split failed: " + (replica.error or "no error reported")
         unloads.append(Unload(node.node_id, entry.alias, why))
@@ -212,7 +217,7 @@ def _place(
     estimates: Estimates,
 ) -> tuple[list[Load], PlacementProblem | None]:
     """Loads for the replicas `entry` lacks, charged to `free`, and the problem if short."""
-    fitting: list[tuple[float, int, NodeId]] = []  # (speed, memory left after the load, node)
+    fitting: list[Fit] = []
     refusals: dict[NodeId, str] = {}
     for node in up:
         need = estimates.get((entry.alias, node.node_id))
@@ -220,15 +225,19 @@ def _place(
         if refusal is not None:
             refusals[node.node_id] = refusal
         elif isinstance(need, MemoryEstimate):  # always: _refusal refuses anything else
-            speed = node.hardware.reference_decode_tps
-            fitting.append((speed, free[node.node_id] - need.total_bytes, node.node_id))
-    # Faster nodes serve sooner; among equals, most memory left spreads models over the
-    # cluster; node id breaks ties.
-    fitting.sort(key=lambda fit: (-fit[0], -fit[1], fit[2]))
-    chosen = fitting[: entry.replicas - holders]
-    for _, left, node_id in chosen:
-        free[node_id] = left
-    loads = [Load(node_id, entry) for _, _, node_id in chosen]
+            fitting.append(
+                Fit(
+                    node.node_id,
+                    reference_tps=node.hardware.reference_decode_tps,
+                    free_after=free[node.node_id] - need.total_bytes,
+                    # has_file stays None (neutral): nodes do not report their model files
+                    # yet. A node's file list, once reported, goes here.
+                )
+            )
+    chosen = rank(fitting)[: entry.replicas - holders]
+    for fit in chosen:
+        free[fit.node_id] = fit.free_after
+    loads = [Load(fit.node_id, entry) for fit in chosen]
     placed = holders + len(chosen)
     if placed >= entry.replicas:
         return loads, None

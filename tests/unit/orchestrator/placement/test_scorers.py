@@ -1,0 +1,79 @@
+"""Placement scorers: each one alone, and how RANKING composes them."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.cluster.types import NodeId
+from orchestrator.placement.scorers import (
+    Fit,
+    fastest,
+    model_file_present,
+    most_free_memory,
+    rank,
+)
+
+GiB = 1024**3
+
+
+def fit(node_id: str, tps: float = 0.0, free_after: int = GiB, has_file: bool | None = None) -> Fit:
+    return Fit(NodeId(node_id), reference_tps=tps, free_after=free_after, has_file=has_file)
+
+
+def ids(fits: list[Fit]) -> list[str]:
+    return [f.node_id for f in fits]
+
+
+# ---- each scorer --------------------------------------------------------------------------
+
+
+def test_fastest_scores_the_reference_speed_and_unmeasured_lowest() -> None:
+    assert fastest(fit("agx", tps=200.0)) > fastest(fit("nano", tps=40.0)) > 0
+    assert fastest(fit("new", tps=0.0)) == 0.0
+
+
+def test_most_free_memory_scores_the_bytes_left_after_the_load() -> None:
+    assert most_free_memory(fit("a", free_after=6 * GiB)) == 6 * GiB
+    assert most_free_memory(fit("a", free_after=6 * GiB)) > most_free_memory(fit("b"))
+
+
+@pytest.mark.parametrize(("has_file", "score"), [(True, 1.0), (None, 0.0), (False, -1.0)])
+def test_model_file_present_is_neutral_when_the_node_does_not_say(
+    has_file: bool | None, score: float
+) -> None:
+    assert model_file_present(fit("a", has_file=has_file)) == score
+
+
+# ---- composed -----------------------------------------------------------------------------
+
+
+def test_a_node_with_the_file_beats_a_faster_one_that_must_fetch_it() -> None:
+    fits = [fit("fast", tps=300.0, has_file=False), fit("slow", tps=40.0, has_file=True)]
+    assert ids(rank(fits)) == ["slow", "fast"]
+    # A node that does not say ranks between the two.
+    fits.append(fit("silent", tps=10.0))
+    assert ids(rank(fits)) == ["slow", "silent", "fast"]
+
+
+def test_speed_decides_before_memory_and_unmeasured_nodes_come_last() -> None:
+    fits = [
+        fit("roomy", tps=0.0, free_after=32 * GiB),
+        fit("nano", tps=40.0, free_after=16 * GiB),
+        fit("agx", tps=200.0, free_after=4 * GiB),
+    ]
+    assert ids(rank(fits)) == ["agx", "nano", "roomy"]
+
+
+def test_memory_decides_among_equal_speeds() -> None:
+    fits = [fit("a", free_after=2 * GiB), fit("b", free_after=5 * GiB), fit("c")]
+    assert ids(rank(fits)) == ["b", "a", "c"]
+
+
+def test_the_node_id_settles_full_ties_whatever_the_input_order() -> None:
+    assert ids(rank([fit("c"), fit("a"), fit("b")])) == ["a", "b", "c"]
+
+
+def test_rank_takes_any_scorers_in_their_order() -> None:
+    fits = [fit("agx", tps=200.0, free_after=GiB), fit("pc", tps=50.0, free_after=30 * GiB)]
+    assert ids(rank(fits, [most_free_memory])) == ["pc", "agx"]
+    assert ids(rank(fits, [])) == ["agx", "pc"]  # no scorer: node id order
