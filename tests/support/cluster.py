@@ -160,6 +160,6 @@ def ready_replicas(coordinator: Coordinator) -> dict[str, set[str]]:
         if not node.up:
             continue
         for load in node.models:
-            if load.info.state == 2:  # MODEL_STATE_READY
-                found.setdefault(load.info.alias, set()).add(node.node_id)
+            if load.state == 2:  # MODEL_STATE_READY
+                found.setdefault(load.alias, set()).add(node.node_id)
     return found

@@ -117,7 +117,7 @@ def test_coordinator_restart_is_recovered_by_re_registration(small_cluster, tmp_
         # Placement found the models already loaded: nothing was loaded twice.
         status = restarted.status()
         for node in status.nodes:
-            assert [m.info.alias for m in node.models] == [GEMMA]
+            assert [m.alias for m in node.models] == [GEMMA]
         log = restarted.log_tail(lines=500)
         assert "node worker-a registered" in log and "node worker-b registered" in log
         assert "loading gemma" not in log

@@ -37,8 +37,8 @@ def test_status_lists_both_workers_with_their_models(inference):
     nodes = {n.node_id: n for n in status.nodes}
     assert set(nodes) == {"worker-a", "worker-b"}
     assert all(n.up for n in nodes.values())
-    assert {m.info.alias for m in nodes["worker-b"].models} == {GEMMA, GEMMA_EMBED}
-    assert {m.info.alias for m in nodes["worker-a"].models} == {GEMMA}
+    assert {m.alias for m in nodes["worker-b"].models} == {GEMMA, GEMMA_EMBED}
+    assert {m.alias for m in nodes["worker-a"].models} == {GEMMA}
     assert nodes["worker-a"].hardware.kind == "x86-cpu"
     assert "RPC" in nodes["worker-a"].hardware.backends
     assert status.routing_policy == "least-expected-latency"

@@ -179,7 +179,7 @@ def test_client_disconnect_stops_the_generation(cluster, http):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         nodes = {n.node_id: n for n in cluster.coordinator.status().nodes}
-        busy = sum(m.info.active_requests for m in nodes[node].models)
+        busy = sum(m.active_requests for m in nodes[node].models)
         if busy == 0:
             break
         time.sleep(0.1)

@@ -68,9 +68,9 @@ def split_layout(coordinator: Coordinator) -> tuple[str, list[str]] | None:
     lenders = {lease.endpoint: n.node_id for n in status.nodes for lease in n.rpc_servers}
     for node in status.nodes:
         for load in node.models:
-            ready = load.info.state == w_pb.MODEL_STATE_READY
-            if node.up and load.info.alias == ALIAS and ready and load.info.spec.rpc_servers:
-                return node.node_id, [lenders.get(e, e) for e in load.info.spec.rpc_servers]
+            ready = load.state == w_pb.MODEL_STATE_READY
+            if node.up and load.alias == ALIAS and ready and load.spec.rpc_servers:
+                return node.node_id, [lenders.get(e, e) for e in load.spec.rpc_servers]
     return None
 
 
