@@ -12,12 +12,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from common.model_settings import (
-    ALIAS_PATTERN,
     BUILTIN_PREFIX,
     DEFAULT_MODEL,
-    FlashAttention,
     ModelConfig,
-    Pooling,
 )
 from common.settings import layered_settings, log_level_name
 from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES
@@ -25,17 +22,15 @@ from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES
 ENV_PREFIX = "LLAMAHERD_COORDINATOR_"
 
 
-class CatalogEntry(BaseModel):
-    """A model the cluster should serve: what to load, how many replicas, on which nodes.
+class CatalogEntry(ModelConfig):
+    """A model the cluster should serve: how to load it (ModelConfig's settings, under the
+    same names and checks as in a worker's config), how many replicas, on which nodes.
 
-    Load settings left unset are not sent, so each worker applies its own defaults (its
-    core count for n_threads, say) rather than the coordinator's.
+    Settings an entry leaves unset are not sent (`load_settings`), so each worker applies
+    its own defaults (its core count for n_threads, say) rather than the coordinator's.
+    The split settings (rpc_servers, tensor_split) are the split planner's to choose.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    alias: str = Field(pattern=ALIAS_PATTERN)
-    path: str = Field(min_length=1, description="GGUF path on the workers, or builtin:<name>")
     replicas: int = Field(1, ge=0, le=1024, description="ready copies wanted across nodes")
     labels: tuple[str, ...] = Field((), description="only nodes carrying all these labels")
     split_nodes: int = Field(
@@ -43,18 +38,6 @@ class CatalogEntry(BaseModel):
         description="spread one replica's layers over nodes (llama.cpp RPC): 0 = only when "
         "no single node can hold it, 1 = never, N >= 2 = always over exactly N nodes",
     )  # fmt: skip
-    n_ctx: int | None = None
-    n_gpu_layers: int | None = None
-    n_threads: int | None = None
-    n_threads_batch: int | None = None
-    n_batch: int | None = None
-    flash_attn: FlashAttention | None = None
-    chat_format: str | None = None
-    chat_template: str | None = None
-    embedding: bool | None = None
-    pooling: Pooling | None = None
-    max_queue: int | None = None
-    n_parallel: int | None = None
 
     @model_validator(mode="after")
     def _one_split_replica(self) -> CatalogEntry:
@@ -63,7 +46,7 @@ class CatalogEntry(BaseModel):
                 f"{self.alias}: split_nodes {self.split_nodes} spreads one replica over "
                 f"several nodes; set replicas to 0 or 1, not {self.replicas}"
             )
-        if self.split_nodes >= 2 and self.n_gpu_layers is not None:
+        if self.split_nodes >= 2 and "n_gpu_layers" in self.model_fields_set:
             raise ValueError(
                 f"{self.alias}: the split plan chooses n_gpu_layers when split_nodes is "
                 f"{self.split_nodes}; leave it unset"
@@ -71,16 +54,26 @@ class CatalogEntry(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _valid_for_workers(self) -> CatalogEntry:
-        # The workers validate with ModelConfig; checking here turns a typo into a start-up
-        # error instead of a placement loop that fails on every node.
-        ModelConfig.model_validate(self.load_fields())
+    def _split_settings_are_planned(self) -> CatalogEntry:
+        planned = sorted(_PLANNED & self.model_fields_set)
+        if planned:
+            raise ValueError(
+                f"{self.alias}: {', '.join(planned)} are chosen by the split planner from "
+                "the nodes it picks; leave them unset (see split_nodes)"
+            )
         return self
 
     def load_fields(self) -> dict[str, Any]:
-        """The ModelSpec fields a LoadModel request for this entry carries."""
-        skip = {"replicas", "labels", "split_nodes"}
-        return {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
+        """The model settings this entry sets: what a LoadModel request for it carries."""
+        return self.model_dump(include=_MODEL_SETTINGS, exclude_unset=True)
+
+    def load_settings(self) -> ModelConfig:
+        """The entry's model settings as the workers take them, only the ones it sets."""
+        return ModelConfig.model_validate(self.load_fields())
+
+
+_MODEL_SETTINGS = set(ModelConfig.model_fields)
+_PLANNED = frozenset({"rpc_servers", "tensor_split"})
 
 
 def default_catalog(replicas: int = 1) -> tuple[CatalogEntry, ...]:

@@ -28,6 +28,7 @@ from orchestrator.cluster.types import ClusterSnapshot, PlacementProblem
 from orchestrator.config import CoordinatorSettings
 from orchestrator.gateway.server import Gateway
 from orchestrator.placement.controller import PlacementController
+from orchestrator.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,9 @@ class PlacementActor:
         async def publish(problems: tuple[PlacementProblem, ...]) -> None:
             await state.set_problems.remote(problems)
 
+        self._clients = WorkerClients()
         self._controller = PlacementController(
-            settings.models, settings.placement_interval_s, snapshots, publish
+            settings.models, settings.placement_interval_s, snapshots, publish, self._clients.client
         )
         self._task: asyncio.Task[None] | None = None
 
@@ -88,6 +90,7 @@ class PlacementActor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._controller.stop()
+        await self._clients.close()
 
 
 class GatewayActor:
@@ -102,9 +105,6 @@ class GatewayActor:
 
     async def start(self) -> tuple[int, int]:
         return await self._gateway.start()
-
-    async def ping(self) -> int:
-        return self._gateway.router.snapshot.version
 
     async def stop(self) -> None:
         await self._gateway.stop()

@@ -18,9 +18,14 @@ from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
 
 
-def model_config_to_proto(config: ModelConfig) -> w_pb.ModelSpec:
-    """Unset (None) settings stay unset, so the receiving worker applies its own defaults."""
-    return w_pb.ModelSpec(**model_spec_fields(config.model_dump(exclude_none=True)))
+def model_config_to_proto(config: ModelConfig, *, only_set: bool = False) -> w_pb.ModelSpec:
+    """Unset (None) settings stay unset, so the receiving worker applies its own defaults.
+
+    With `only_set`, so do the settings the config never set (a catalog entry's, from the
+    coordinator): a worker's own defaults apply, whatever version the coordinator runs.
+    """
+    settings = config.model_dump(exclude_none=True, exclude_unset=only_set)
+    return w_pb.ModelSpec(**model_spec_fields(settings))
 
 
 def model_spec_fields(settings: dict[str, Any]) -> dict[str, Any]:

@@ -1,23 +1,19 @@
-"""Errors of the gateway, and the one place that maps them to HTTP and from worker statuses.
+"""Errors of the gateway, and the one place that maps them to HTTP.
 
 The gateway raises the same transport-neutral errors as the worker (common.errors), so the
 gRPC front door reuses the worker's interceptor unchanged; this module adds what HTTP needs:
-status codes, OpenAI's error envelope, and the reverse mapping of a worker's gRPC status.
+status codes and OpenAI's error envelope. A worker's own gRPC status arrives already turned
+into these errors by the worker client (orchestrator.worker_client).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
-
 from common.errors import (
     ErrorKind,
-    FailedPrecondition,
-    Internal,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
     WorkerError,
 )
@@ -74,25 +70,3 @@ def openai_envelope(error: WorkerError) -> dict[str, Any]:
             "code": code,
         }
     }
-
-
-FROM_GRPC: dict[grpc.StatusCode, type[WorkerError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.CANCELLED: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-}
-
-
-def from_worker_status(code: grpc.StatusCode, details: str | None, node: str) -> WorkerError:
-    """A worker's refusal as the gateway's error. Refusals of the request itself (bad
-    argument, queue full) pass through as they are; failures are attributed to the node."""
-    kind = FROM_GRPC.get(code, Internal)
-    text = details or code.name
-    if kind in (Unavailable, Internal):
-        return kind(f"worker {node} failed: {text}")
-    return kind(text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from grpc import aio
 from llamaherd.v1 import generation_pb2 as gen_pb
@@ -10,11 +10,12 @@ from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
 
 from common.errors import InvalidArgument
-from common.grpc_errors import REQUEST_ID_KEY, request_id
+from common.grpc_errors import request_id
 from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import views
 from orchestrator.gateway.route_requests import for_embed, for_generation, grpc_session
 from orchestrator.gateway.router import Router
+from orchestrator.worker_client import WorkerClient, WorkerStream
 
 NODE_KEY = "x-llamaherd-node"
 
@@ -26,28 +27,27 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
     async def Generate(
         self, request: gen_pb.GenerateRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
-        async for chunk in self._relay(request, "Generate", context):
+        rid = request_id(context)
+        async for chunk in self._relay(request, lambda w: w.generate(request, rid), context):
             yield chunk
 
     async def Chat(
         self, request: gen_pb.ChatRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
-        async for chunk in self._relay(request, "Chat", context):
+        rid = request_id(context)
+        async for chunk in self._relay(request, lambda w: w.chat(request, rid), context):
             yield chunk
 
     async def _relay(
         self,
         request: gen_pb.GenerateRequest | gen_pb.ChatRequest,
-        method: str,
+        open_stream: Callable[[WorkerClient], WorkerStream[gen_pb.GenerationChunk]],
         context: aio.ServicerContext,
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
         """The worker's stream for the same method, with the serving node in the header."""
         _require_model(request.model)
-        metadata = ((REQUEST_ID_KEY, request_id(context)),)
         route = for_generation(request, grpc_session(context.invocation_metadata()))
-        chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]] = self._router.stream(
-            route, lambda stub: getattr(stub, method)(request, metadata=metadata)
-        )
+        chunks = self._router.stream(route, open_stream)
         async for chunk in _with_node_header(chunks, context):
             yield chunk
 
@@ -55,11 +55,9 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
         self, request: gen_pb.EmbedRequest, context: aio.ServicerContext
     ) -> gen_pb.EmbedResponse:
         _require_model(request.model)
-        metadata = ((REQUEST_ID_KEY, request_id(context)),)
+        rid = request_id(context)
         route = for_embed(request, grpc_session(context.invocation_metadata()))
-        response, node = await self._router.unary(
-            route, lambda stub: stub.Embed(request, metadata=metadata)
-        )
+        response, node = await self._router.unary(route, lambda worker: worker.embed(request, rid))
         await context.send_initial_metadata(((NODE_KEY, node),))
         return response
 

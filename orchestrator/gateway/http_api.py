@@ -71,7 +71,7 @@ class OpenAIRoutes:
         call = oa.parse_chat(await _json_body(request))
         route = for_chat(call.request, http_session(request.headers, call.user))
         chunks: Chunks = self._router.stream(
-            route, lambda stub: stub.Chat(call.request, metadata=_request_id(request))
+            route, lambda worker: worker.chat(call.request, _request_id(request))
         )
         return await self._generation(chunks, call.model, call.stream, call.include_usage, "chat")
 
@@ -79,7 +79,7 @@ class OpenAIRoutes:
         call = oa.parse_completion(await _json_body(request))
         route = for_generate(call.request, http_session(request.headers, call.user))
         chunks: Chunks = self._router.stream(
-            route, lambda stub: stub.Generate(call.request, metadata=_request_id(request))
+            route, lambda worker: worker.generate(call.request, _request_id(request))
         )
         return await self._generation(chunks, call.model, call.stream, call.include_usage, "text")
 
@@ -87,7 +87,7 @@ class OpenAIRoutes:
         call = oa.parse_embeddings(await _json_body(request))
         route = for_embed(call.request, http_session(request.headers, call.user))
         reply, node = await self._router.unary(
-            route, lambda stub: stub.Embed(call.request, metadata=_request_id(request))
+            route, lambda worker: worker.embed(call.request, _request_id(request))
         )
         body = oa.embeddings_response(call.model, reply, call.encoding_format)
         return JSONResponse(body, headers={NODE_HEADER: node})
@@ -233,9 +233,10 @@ async def _json_body(request: Request) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
 
 
-def _request_id(request: Request) -> tuple[tuple[str, str], ...]:
+def _request_id(request: Request) -> str | None:
+    """The client's x-request-id, passed on to the worker; None lets the worker make one."""
     rid = request.headers.get("x-request-id", "")
-    return (("x-request-id", rid),) if 0 < len(rid) <= 128 else ()
+    return rid if 0 < len(rid) <= 128 else None
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:

@@ -16,29 +16,34 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-import grpc
-from grpc import aio
-from llamaherd.v1 import worker_pb2_grpc
-
-from common.errors import Unavailable, WorkerError
+from common.errors import ErrorKind, Internal, Unavailable, WorkerError
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
-from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed, from_worker_status
+from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed
 from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
 from orchestrator.routing.policies import RoutingPolicy
 from orchestrator.routing.request import RouteRequest
-from orchestrator.worker_channels import WorkerChannels
+from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M")
 Clock = Callable[[], float]
 
 # Worker refusals that say nothing about the request itself: another replica may serve it.
 RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,  # worker gone, or the model is unloading there
-    grpc.StatusCode.RESOURCE_EXHAUSTED,  # that replica's queue is full
-    grpc.StatusCode.NOT_FOUND,  # unloaded since the view was taken
-    grpc.StatusCode.FAILED_PRECONDITION,  # failed there
+    ErrorKind.UNAVAILABLE,  # worker gone, or the model is unloading there
+    ErrorKind.RESOURCE_EXHAUSTED,  # that replica's queue is full
+    ErrorKind.NOT_FOUND,  # unloaded since the view was taken
+    ErrorKind.FAILED_PRECONDITION,  # failed there
+}
+# Refusals of the request itself, passed to the client as the worker worded them; any other
+# failure (e.g. the worker refusing the gateway itself) is the worker's, named after it.
+PASSED_THROUGH = {
+    ErrorKind.INVALID_ARGUMENT,
+    ErrorKind.NOT_FOUND,
+    ErrorKind.FAILED_PRECONDITION,
+    ErrorKind.RESOURCE_EXHAUSTED,
 }
 SUSPECT_S = 2.0  # how long a worker that just failed a call is avoided
 
@@ -47,12 +52,12 @@ class Router:
     def __init__(
         self,
         policy: RoutingPolicy,
-        channels: WorkerChannels,
+        clients: WorkerClients,
         retries: int,
         clock: Clock = time.monotonic,
     ) -> None:
         self.policy = policy
-        self.channels = channels
+        self.clients = clients
         self.retries = retries
         self._clock = clock
         self.snapshot = ClusterSnapshot()
@@ -60,8 +65,8 @@ class Router:
         self.inflight: Counter[tuple[NodeId, str]] = Counter()
         self._suspects: dict[NodeId, float] = {}
         # Running calls per node, so a node that leaves the view fails its streams at once.
-        self._calls: dict[NodeId, set[aio.Call]] = {}
-        self._dropped: dict[aio.Call, str] = {}
+        self._calls: dict[NodeId, set[WorkerStream[Any]]] = {}
+        self._dropped: dict[WorkerStream[Any], str] = {}
 
     # ---- the view ----------------------------------------------------------------------
     def update(self, snapshot: ClusterSnapshot) -> None:
@@ -113,7 +118,7 @@ class Router:
         )  # fmt: skip
 
     @contextlib.contextmanager
-    def _tracked(self, candidate: Candidate, call: aio.Call) -> Iterator[None]:
+    def _tracked(self, candidate: Candidate, call: WorkerStream[Any]) -> Iterator[None]:
         key = (candidate.node_id, candidate.replica.alias)
         self.inflight[key] += 1
         self._calls.setdefault(candidate.node_id, set()).add(call)
@@ -138,8 +143,8 @@ class Router:
     async def stream(
         self,
         request: RouteRequest,
-        open_call: Callable[[worker_pb2_grpc.WorkerStub], aio.UnaryStreamCall],
-    ) -> AsyncGenerator[tuple[NodeId, Any], None]:
+        open_call: Callable[[WorkerClient], WorkerStream[M]],
+    ) -> AsyncGenerator[tuple[NodeId, M], None]:
         """Relays a server-streaming call from a worker chosen for `request`, yielding each
         message with the node that produced it.
 
@@ -151,7 +156,7 @@ class Router:
         last_error: WorkerError | None = None
         for _ in range(self.retries + 1):
             candidate = self._choose_or_last(request, exclude, last_error)
-            call = open_call(self.channels.stub(candidate.address))
+            call = open_call(self.clients.client(candidate.address))
             streamed = False
             with self._tracked(candidate, call):
                 try:
@@ -159,9 +164,9 @@ class Router:
                         streamed = True
                         yield candidate.node_id, message
                     return
-                except aio.AioRpcError as exc:
+                except WorkerError as exc:
                     error = self._upstream_error(candidate, exc, streamed)
-                    if streamed or exc.code() not in RETRYABLE:
+                    if streamed or exc.kind not in RETRYABLE:
                         raise error from None
                     last_error = error
                 except asyncio.CancelledError:
@@ -180,7 +185,7 @@ class Router:
     async def unary(
         self,
         request: RouteRequest,
-        call: Callable[[worker_pb2_grpc.WorkerStub], Awaitable[T]],
+        call: Callable[[WorkerClient], Awaitable[T]],
     ) -> tuple[T, NodeId]:
         """A unary call to a worker chosen for `request`, retried elsewhere on retryable
         errors."""
@@ -191,10 +196,10 @@ class Router:
             key = (candidate.node_id, candidate.replica.alias)
             self.inflight[key] += 1
             try:
-                return await call(self.channels.stub(candidate.address)), candidate.node_id
-            except aio.AioRpcError as exc:
+                return await call(self.clients.client(candidate.address)), candidate.node_id
+            except WorkerError as exc:
                 error = self._upstream_error(candidate, exc, streamed=False)
-                if exc.code() not in RETRYABLE:
+                if exc.kind not in RETRYABLE:
                     raise error from None
                 last_error = error
             finally:
@@ -217,15 +222,19 @@ class Router:
             raise
 
     def _upstream_error(
-        self, candidate: Candidate, exc: aio.AioRpcError, streamed: bool
+        self, candidate: Candidate, exc: WorkerError, streamed: bool
     ) -> WorkerError:
+        """A worker's error as the client's, attributed to the node when it is the node's."""
         node = candidate.node_id
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        if exc.kind is ErrorKind.UNAVAILABLE:
             self._suspect(node)
         if streamed:
-            log.warning("worker %s failed mid-stream: %s", node, exc.details())
+            log.warning("worker %s failed mid-stream: %s", node, exc.message)
             return UpstreamFailed(
-                f"worker {node} failed while streaming ({exc.code().name}: {exc.details()}); "
+                f"worker {node} failed while streaming ({exc.kind.name}: {exc.message}); "
                 "the reply is incomplete"
             )
-        return from_worker_status(exc.code(), exc.details(), node)
+        if exc.kind in PASSED_THROUGH:
+            return exc
+        kind = Unavailable if exc.kind is ErrorKind.UNAVAILABLE else Internal
+        return kind(f"worker {node} failed: {exc.message}")

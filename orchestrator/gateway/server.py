@@ -31,7 +31,7 @@ from orchestrator.gateway.grpc_api import InferenceServicer
 from orchestrator.gateway.http_api import build_app
 from orchestrator.gateway.router import Router
 from orchestrator.routing.policies import make_policy
-from orchestrator.worker_channels import WorkerChannels
+from orchestrator.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +43,9 @@ class Gateway:
     def __init__(self, settings: CoordinatorSettings, snapshots: SnapshotSource) -> None:
         self.settings = settings
         self._snapshots = snapshots
-        self.channels = WorkerChannels()
+        self.clients = WorkerClients()
         self.router = Router(
-            make_policy(settings.routing_policy, random.Random()), self.channels, settings.retries
+            make_policy(settings.routing_policy, random.Random()), self.clients, settings.retries
         )
         self._shared_ports = settings.gateways_per_node > 1
         key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -119,7 +119,7 @@ class Gateway:
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
-        await self.channels.close()
+        await self.clients.close()
 
     def _bind_http(self, host: str, port: int) -> socket.socket:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -157,5 +157,5 @@ class Gateway:
             failures = 0
             if snapshot.version != version:
                 self.router.update(snapshot)
-                await self.channels.keep_only(n.address for n in snapshot.nodes)
+                await self.clients.keep_only(n.address for n in snapshot.nodes)
                 version = snapshot.version

@@ -17,12 +17,13 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TypeVar
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
-from grpc import aio
-from llamaherd.v1 import worker_pb2 as w_pb
-
+from common.errors import WorkerError
+from common.leases import Lease
 from common.memory import MemoryEstimate
+from common.model_settings import ModelConfig
 from common.net import split_host_port
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
@@ -36,7 +37,6 @@ from orchestrator.placement.planner import (
     plan,
 )
 from orchestrator.placement.split import SplitPart
-from orchestrator.worker_channels import WorkerChannels
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +45,54 @@ Publish = Callable[[tuple[PlacementProblem, ...]], Awaitable[None]]
 Clock = Callable[[], float]
 T = TypeVar("T")
 
-ESTIMATE_TIMEOUT_S = 10.0
-LOAD_TIMEOUT_S = 600.0  # a large GGUF from an SD card on a Nano takes minutes
-RPC_SERVER_TIMEOUT_S = 30.0
-RETRY_FAILED_AFTER_S = 30.0  # a node whose load failed is not asked again before this
-# A split's leases start before its head loads, so a lease no head uses may just be new;
-# one that stays unused this long is left over (a head that died or a failed setup).
-ORPHAN_GRACE_S = 10.0
+
+class WorkerControl(Protocol):
+    """What the controller asks of one worker: the placement half of the Worker API
+    (orchestrator.worker_client.WorkerClient). Refusals raise common.errors kinds."""
+
+    async def estimate(self, config: ModelConfig, timeout: float | None = None) -> MemoryEstimate:
+        """What loading `config` there would need."""
+
+    async def load(self, config: ModelConfig, timeout: float | None = None) -> None:
+        """Loads `config` there."""
+
+    async def unload(self, alias: str, timeout: float | None = None) -> None:
+        """Unloads `alias` there."""
+
+    async def start_rpc_server(
+        self, lease_id: str, head_host: str, reserve_bytes: int, timeout: float | None = None
+    ) -> Lease:
+        """Lends the node's device to the head at `head_host`."""
+
+    async def stop_rpc_server(self, lease_id: str, timeout: float | None = None) -> None:
+        """Stops a lease's RPC server."""
 
 
-def load_request(entry: CatalogEntry) -> w_pb.LoadModelRequest:
-    fields = {k: getattr(v, "value", v) for k, v in entry.load_fields().items()}
-    return w_pb.LoadModelRequest(spec=w_pb.ModelSpec(**fields))
+# The client of the worker at an address (WorkerClients.client: one channel per address).
+ClientFactory = Callable[[str], WorkerControl]
 
 
-def split_load_request(split: LoadSplit, endpoints: Sequence[str]) -> w_pb.LoadModelRequest:
-    """The head's LoadModel: the entry's spec using the helpers' RPC servers, in layer order."""
-    request = load_request(split.entry)
-    request.spec.rpc_servers.extend(endpoints)
-    request.spec.tensor_split.extend(split.plan.tensor_split)
-    request.spec.n_gpu_layers = split.plan.n_gpu_layers
-    return request
+@dataclass(frozen=True)
+class Timings:
+    """How long the controller waits for workers, and how long it remembers an outcome."""
 
-
-def estimate_from_proto(reply: w_pb.MemoryEstimate) -> MemoryEstimate:
-    return MemoryEstimate(
-        weights_bytes=reply.weights_bytes,
-        kv_cache_bytes=reply.kv_cache_bytes,
-        compute_bytes=reply.compute_bytes,
-        n_layers=reply.n_layers,
-        layer_weights_bytes=reply.layer_weights_bytes,
-        layer_kv_cache_bytes=reply.layer_kv_cache_bytes,
-        layer_compute_bytes=reply.layer_compute_bytes,
-    )
+    # Reading a GGUF header takes milliseconds; a worker slower than this is stuck or gone,
+    # and the whole round waits for its estimates.
+    estimate_timeout_s: float = 10.0
+    # A large GGUF read from an SD card on a Jetson Nano takes minutes.
+    load_timeout_s: float = 600.0
+    # Unloading cancels the model's requests and frees its memory: seconds, unless stuck.
+    unload_timeout_s: float = 60.0
+    # Starting a ggml RPC server is a child process and a port: seconds.
+    rpc_server_timeout_s: float = 30.0
+    # Stopping one ends that child; the orphan sweep retries a stop that timed out.
+    stop_lease_timeout_s: float = 60.0
+    # A node whose load (or estimate) failed is not asked again for this long: the reason
+    # stays in status, and a file that is missing is not read again every round.
+    retry_failed_after_s: float = 30.0
+    # A split's leases start before its head loads, so a lease no head uses may just be new;
+    # one that stays unused this long is left over (a head that died or a failed setup).
+    orphan_grace_s: float = 10.0
 
 
 class _StepFailed(Exception):
@@ -92,27 +107,46 @@ class _StepFailed(Exception):
 async def _step(node_id: NodeId, verb: str, call: Awaitable[T]) -> T:
     try:
         return await call
-    except aio.AioRpcError as exc:
-        reason = f"{verb} failed there: {exc.details() or exc.code().name}"
-        raise _StepFailed(node_id, reason) from exc
+    except WorkerError as exc:
+        raise _StepFailed(node_id, f"{verb} failed there: {exc.message}") from exc
+
+
+def split_settings(split: LoadSplit, endpoints: Sequence[str]) -> ModelConfig:
+    """The head's settings: the entry's, using the helpers' RPC servers in layer order.
+
+    Not validated here: the head validates every load, and its refusal is recorded like any
+    other failed step (model_copy marks the added fields as set, so they are sent)."""
+    return split.entry.load_settings().model_copy(
+        update={
+            "rpc_servers": tuple(endpoints),
+            "tensor_split": split.plan.tensor_split,
+            "n_gpu_layers": split.plan.n_gpu_layers,
+        }
+    )
 
 
 class PlacementController:
+    """Reconciles the cluster with the catalog, one round per new snapshot (at most one per
+    `interval_s`). `clients` gives the client of the worker at an address; the caller owns
+    and closes them. `clock` times back-offs, caches and grace periods."""
+
     def __init__(
         self,
         catalog: Sequence[CatalogEntry],
         interval_s: float,
         snapshots: Snapshots,
         publish: Publish,
-        channels: WorkerChannels | None = None,
+        clients: ClientFactory,
         clock: Clock = time.monotonic,
+        timings: Timings = Timings(),
     ) -> None:
         self._catalog = tuple(catalog)
         self._interval = interval_s
         self._snapshots = snapshots
         self._publish = publish
-        self._channels = channels or WorkerChannels()
+        self._clients = clients
         self._clock = clock
+        self._timings = timings
         self._estimates: dict[tuple[str, NodeId, str], tuple[MemoryEstimate | str, float]] = {}
         self._failed: dict[tuple[str, NodeId], tuple[str, float]] = {}
         self._running: dict[tuple[str, NodeId], asyncio.Task[None]] = {}
@@ -136,13 +170,20 @@ class PlacementController:
             await asyncio.sleep(max(0.0, self._interval - (self._clock() - started)))
 
     async def stop(self) -> None:
+        """Cancels the actions under way."""
         for task in self._running.values():
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._running.values(), return_exceptions=True)
-        await self._channels.close()
+
+    async def settle(self) -> None:
+        """Waits until the actions started so far have ended."""
+        while self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
 
     async def reconcile(self, snapshot: ClusterSnapshot) -> None:
+        """One round: estimates, the plan, its actions started in the background, and the
+        problems published if they changed."""
         nodes = snapshot.nodes
         estimates = await self._gather_estimates(snapshot, estimates_needed(self._catalog, nodes))
         result = plan(self._catalog, nodes, estimates)
@@ -157,7 +198,7 @@ class PlacementController:
             self._published = problems
 
     def _stale_orphans(self, nodes: Sequence[Node]) -> list[StopLease]:
-        """Leases no head has used for ORPHAN_GRACE_S, by this controller's clock."""
+        """Leases no head has used for the orphan grace period, by this controller's clock."""
         now = self._clock()
         since: dict[tuple[NodeId, str], float] = {}
         stale = []
@@ -167,7 +208,7 @@ class PlacementController:
                 continue  # its head is about to load; the clock starts once it has
             key = (stop.node_id, stop.lease_id)
             since[key] = self._orphans_since.get(key, now)
-            if now - since[key] >= ORPHAN_GRACE_S:
+            if now - since[key] >= self._timings.orphan_grace_s:
                 why = f"no head has used it for {now - since[key]:.0f} s"
                 stale.append(dataclasses.replace(stop, why=why))
         self._orphans_since = since  # forgets leases that are gone or used again
@@ -185,12 +226,13 @@ class PlacementController:
             if node is None:
                 continue
             failed = self._failed.get((entry.alias, node_id))
-            if failed is not None and now - failed[1] < RETRY_FAILED_AFTER_S:
+            if failed is not None and now - failed[1] < self._timings.retry_failed_after_s:
                 found[(entry.alias, node_id)] = failed[0]
                 continue
             cached = self._estimates.get((entry.alias, node_id, node.address))
             if cached is not None and (
-                isinstance(cached[0], MemoryEstimate) or now - cached[1] < 30
+                isinstance(cached[0], MemoryEstimate)
+                or now - cached[1] < self._timings.retry_failed_after_s
             ):
                 found[(entry.alias, node_id)] = cached[0]
                 continue
@@ -203,12 +245,11 @@ class PlacementController:
 
     async def _estimate(self, entry: CatalogEntry, address: str) -> MemoryEstimate | str:
         try:
-            reply = await self._channels.stub(address).EstimateModel(
-                load_request(entry), timeout=ESTIMATE_TIMEOUT_S
+            return await self._clients(address).estimate(
+                entry.load_settings(), timeout=self._timings.estimate_timeout_s
             )
-        except aio.AioRpcError as exc:
-            return f"cannot estimate: {exc.details() or exc.code().name}"
-        return estimate_from_proto(reply)
+        except WorkerError as exc:
+            return f"cannot estimate: {exc.message}"
 
     # ---- actions -----------------------------------------------------------------------
     def _start(self, action: Action, snapshot: ClusterSnapshot) -> None:
@@ -232,20 +273,20 @@ class PlacementController:
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
     async def _act(self, action: Load | Unload, address: str) -> None:
-        stub = self._channels.stub(address)
+        worker = self._clients(address)
         node_id = action.node_id
         try:
             if isinstance(action, Load):
                 alias = action.entry.alias
                 log.info("loading %s on %s", alias, node_id)
-                call = stub.LoadModel(load_request(action.entry), timeout=LOAD_TIMEOUT_S)
-                await _step(node_id, "load", call)
+                settings = action.entry.load_settings()
+                await _step(node_id, "load", worker.load(settings, self._timings.load_timeout_s))
                 self._failed.pop((alias, node_id), None)
             else:
                 alias = action.alias
                 log.info("unloading %s from %s (%s)", alias, node_id, action.why)
-                request = w_pb.UnloadModelRequest(alias=alias)
-                await _step(node_id, "unload", stub.UnloadModel(request, timeout=60))
+                call = worker.unload(alias, self._timings.unload_timeout_s)
+                await _step(node_id, "unload", call)
         except _StepFailed as failed:
             log.warning("%s on %s: %s", alias, node_id, failed.reason)
             self._failed[(alias, node_id)] = (failed.reason, self._clock())
@@ -266,9 +307,9 @@ class PlacementController:
             for part in layout.helpers:
                 asked.append(part.node_id)
                 endpoints.append(await self._lend(part, lease, head_host, addresses[part.node_id]))
-            request = split_load_request(split, endpoints)
-            stub = self._channels.stub(addresses[layout.head])
-            await _step(layout.head, "split load", stub.LoadModel(request, timeout=LOAD_TIMEOUT_S))
+            head = self._clients(addresses[layout.head])
+            call = head.load(split_settings(split, endpoints), self._timings.load_timeout_s)
+            await _step(layout.head, "split load", call)
         except _StepFailed as failed:
             log.warning("split of %s failed on %s: %s", alias, failed.node_id, failed.reason)
             self._failed[(alias, failed.node_id)] = (failed.reason, self._clock())
@@ -283,26 +324,24 @@ class PlacementController:
 
     async def _lend(self, part: SplitPart, lease: str, head_host: str, address: str) -> str:
         """Start the RPC server of `part`'s node for the head; the endpoint it listens on."""
-        request = w_pb.StartRpcServerRequest(
-            lease_id=lease, head_host=head_host, reserve_bytes=part.reserve_bytes
+        call = self._clients(address).start_rpc_server(
+            lease, head_host, part.reserve_bytes, self._timings.rpc_server_timeout_s
         )
-        stub = self._channels.stub(address)
-        call = stub.StartRpcServer(request, timeout=RPC_SERVER_TIMEOUT_S)
-        info = await _step(part.node_id, "lending for a split", call)
-        if not info.running:
-            error = info.error or "no error reported"
+        lent = await _step(part.node_id, "lending for a split", call)
+        if not lent.running:
+            error = lent.error or "no error reported"
             raise _StepFailed(part.node_id, f"its RPC server exited: {error}")
-        return str(info.endpoint)
+        return lent.endpoint
 
     async def _stop_lease(self, stop: StopLease, address: str) -> None:
         """Stop a lease; a failure is only logged, since the orphan sweep tries again."""
         log.info("stopping lease %s on %s (%s)", stop.lease_id, stop.node_id, stop.why)
-        request = w_pb.StopRpcServerRequest(lease_id=stop.lease_id)
+        worker = self._clients(address)
         try:
-            await self._channels.stub(address).StopRpcServer(request, timeout=60)
-        except aio.AioRpcError as exc:
+            await worker.stop_rpc_server(stop.lease_id, self._timings.stop_lease_timeout_s)
+        except WorkerError as exc:
             log.warning("stopping lease %s on %s failed: %s", stop.lease_id, stop.node_id,
-                        exc.details() or exc.code().name)  # fmt: skip
+                        exc.message)  # fmt: skip
 
 
 def _task_key(action: Action) -> tuple[str, NodeId]:

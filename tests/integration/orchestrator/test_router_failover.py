@@ -23,7 +23,7 @@ from orchestrator.cluster.types import ClusterSnapshot, Node
 from orchestrator.gateway.router import Router
 from orchestrator.routing.policies import RoundRobin
 from orchestrator.routing.request import RouteRequest
-from orchestrator.worker_channels import WorkerChannels
+from orchestrator.worker_client import WorkerClients
 
 ROUTE = RouteRequest(GEMMA)
 
@@ -41,14 +41,14 @@ def _snapshot(*nodes: Node) -> ClusterSnapshot:
 
 async def _relay(router: Router, request: gen_pb.GenerateRequest) -> tuple[set[str], str]:
     nodes, text = set(), []
-    async for node, chunk in router.stream(ROUTE, lambda stub: stub.Generate(request)):
+    async for node, chunk in router.stream(ROUTE, lambda worker: worker.generate(request)):
         nodes.add(node)
         text.append(chunk.text)
     return nodes, "".join(text)
 
 
 def _router(*nodes: Node, retries: int = 2) -> Router:
-    router = Router(RoundRobin(), WorkerChannels(), retries)
+    router = Router(RoundRobin(), WorkerClients(), retries)
     router.update(_snapshot(*nodes))
     return router
 
@@ -68,7 +68,7 @@ def test_request_on_a_dead_worker_is_retried_on_another_replica(worker):
             nodes, text = await _relay(router, REQUEST)
             assert nodes == {"b-live"} and text
         assert not router.inflight, "in-flight counts must return to zero"
-        await router.channels.close()
+        await router.clients.close()
 
     asyncio.run(scenario())
 
@@ -80,7 +80,7 @@ def test_with_every_replica_dead_the_error_names_the_failure(worker):
             await _relay(router, REQUEST)
         assert err.value.kind is ErrorKind.UNAVAILABLE
         assert "worker a failed" in err.value.message
-        await router.channels.close()
+        await router.clients.close()
 
     asyncio.run(scenario())
 
@@ -91,18 +91,18 @@ def test_invalid_requests_are_not_retried(worker):
     async def scenario() -> None:
         router = _router(_node("a", worker.address), _node("b", worker.address))
         calls = []
-        original = router.channels.stub
+        original = router.clients.client
 
         def counting(address: str):
             calls.append(address)
             return original(address)
 
-        router.channels.stub = counting  # type: ignore[method-assign]
+        router.clients.client = counting  # type: ignore[method-assign]
         with pytest.raises(WorkerError) as err:
             await _relay(router, bad)
         assert err.value.kind is ErrorKind.INVALID_ARGUMENT and "top_p" in err.value.message
         assert len(calls) == 1
-        await router.channels.close()
+        await router.clients.close()
 
     asyncio.run(scenario())
 
@@ -117,17 +117,15 @@ def test_a_node_leaving_the_view_fails_its_running_streams_at_once(worker):
         router = _router(node)
         received = 0
         with pytest.raises(WorkerError) as err:
-            async for _ in router.stream(ROUTE, lambda stub: stub.Generate(long_request)):
+            async for _ in router.stream(ROUTE, lambda worker: worker.generate(long_request)):
                 received += 1
                 if received == 3:
-                    down = dataclasses.replace(
-                        node, up=False, down_reason="no heartbeat for 2.1 s"
-                    )
+                    down = dataclasses.replace(node, up=False, down_reason="no heartbeat for 2.1 s")
                     router.update(ClusterSnapshot(2, 0.0, (down,)))
         assert "no heartbeat for 2.1 s" in err.value.message
         assert "incomplete" in err.value.message
         assert received == 3
-        await router.channels.close()
+        await router.clients.close()
 
     asyncio.run(scenario())
     # The worker saw the cancellation and is free again.

@@ -38,6 +38,13 @@ def test_unset_settings_stay_unset_so_the_worker_applies_its_defaults() -> None:
     assert ModelConfig.model_validate(model_spec_to_dict(spec)).n_threads is None
 
 
+def test_only_set_leaves_the_defaults_to_the_worker() -> None:
+    config = ModelConfig.model_validate({"alias": "m", "path": "/m.gguf", "n_ctx": 2048})
+    spec = model_config_to_proto(config, only_set=True)
+    assert [f.name for f, _ in spec.ListFields()] == ["alias", "path", "n_ctx"]
+    assert ModelConfig.model_validate(model_spec_to_dict(spec)) == config
+
+
 def test_an_estimate_round_trips_with_its_total() -> None:
     estimate = MemoryEstimate(1, 2, 3, n_layers=4, layer_weights_bytes=5,
                               layer_kv_cache_bytes=6, layer_compute_bytes=7)  # fmt: skip
