@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
-import grpc
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
@@ -18,9 +17,6 @@ class WorkerClient(ChannelClient):
     def __init__(self, address: str, timeout: float | None = None) -> None:
         super().__init__(address, timeout)
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)
-
-    def wait_ready(self, timeout: float) -> None:
-        grpc.channel_ready_future(self._channel).result(timeout=timeout)
 
     def list_models(self) -> list[pb.ModelInfo]:
         return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)

@@ -1,16 +1,15 @@
 """The Worker gRPC service: converts, delegates to the registry and the model, streams back.
 
-Handlers stay thin. Errors are raised as WorkerError and mapped to status codes by the
-interceptor (common.grpc_errors); client cancellation arrives as asyncio cancellation and
-stops the model's work at the next token.
+Handlers stay thin: protobuf in, domain types to the model (a worker.models.served
+ServedModel, local or split alike), protobuf out. Errors are raised as WorkerError and
+mapped to status codes by the interceptor (common.grpc_errors); client cancellation
+arrives as asyncio cancellation and stops the model's work at the next token.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator
 
 from grpc import aio
 from llamaherd.v1 import generation_pb2 as gen_pb
@@ -18,54 +17,17 @@ from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
 from common.errors import FailedPrecondition
-from common.grpc_errors import REQUEST_ID_KEY, request_id
+from common.grpc_errors import request_id
 from common.wire.leases import lease_to_proto
 from worker.api import convert
-from worker.engine.batching import Job
-from worker.engine.generation import EmbeddingResult, Finished, GenerationEvent
-from worker.engine.streams import EventStream
-from worker.models.local import HostedModel
 from worker.models.registry import ModelRegistry
 from worker.split.lender import RpcLender
-from worker.split.runner import SplitModel
 
 log = logging.getLogger(__name__)
 
-# Inputs larger than this are tokenized off the event loop so one huge prompt cannot stall
-# every other stream; smaller ones are cheaper to tokenize inline than to hand to a thread.
-INLINE_TOKENIZE_BYTES = 32 * 1024
-
-T = TypeVar("T")
-
-
-async def _off_loop_if_large(size: int, build: Callable[[], T]) -> T:
-    if size <= INLINE_TOKENIZE_BYTES:
-        return build()
-    return await asyncio.to_thread(build)
-
-
-async def _run(hosted: HostedModel, job: Job, stream: EventStream[T]) -> AsyncIterator[T]:
-    """Queues the job and yields its events; stops the job if the client goes away."""
-    try:
-        hosted.engine.submit(job)
-    except BaseException:
-        job.release()
-        raise
-    try:
-        async for event in stream.events():
-            yield event
-    finally:
-        stream.cancel()
-        hosted.engine.withdraw(job)
-
-
-def _relay_metadata(rid: str) -> tuple[tuple[str, str], ...]:
-    return ((REQUEST_ID_KEY, rid),)
-
 
 class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
-    """Split models (worker.split.runner) are relayed to the child hosting them, request
-    and reply unchanged, so callers never see the difference."""
+    """The Worker API over a registry of served models."""
 
     def __init__(self, registry: ModelRegistry, lender: RpcLender | None = None) -> None:
         self._registry = registry
@@ -75,7 +37,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         self, request: pb.ListModelsRequest, context: aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[convert.model_info_to_proto(i) for i in self._registry.list()]
+            models=[convert.model_status_to_proto(i) for i in self._registry.list()]
         )
 
     async def LoadModel(
@@ -83,7 +45,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     ) -> pb.LoadModelResponse:
         config = convert.model_config_from_proto(request.spec)
         info = await self._registry.load(config)
-        return pb.LoadModelResponse(model=convert.model_info_to_proto(info))
+        return pb.LoadModelResponse(model=convert.model_status_to_proto(info))
 
     async def EstimateModel(
         self, request: pb.LoadModelRequest, context: aio.ServicerContext
@@ -103,18 +65,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         sampling = convert.sampling_from_proto(request.sampling)
         constraint = convert.constraint_from_proto(request.constraint)
         rid = request_id(context)
-        with self._registry.lease(request.model) as hosted:
-            if isinstance(hosted, SplitModel):
-                async for chunk in hosted.relay_stream("Generate", request, _relay_metadata(rid)):
-                    yield chunk
-                return
-            stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
-            job = await _off_loop_if_large(
-                len(request.prompt),
-                lambda: hosted.generate_job(rid, request.prompt, sampling, constraint, stream),
-            )
-            async for event in _run(hosted, job, stream):
-                _log_finished(rid, hosted.alias, event)
+        with self._registry.lease(request.model) as model:
+            async for event in model.generate(rid, request.prompt, sampling, constraint):
                 yield convert.chunk_to_proto(event)
 
     async def Chat(
@@ -124,38 +76,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         constraint = convert.constraint_from_proto(request.constraint)
         messages = convert.messages_from_proto(list(request.messages))
         rid = request_id(context)
-        with self._registry.lease(request.model) as hosted:
-            if isinstance(hosted, SplitModel):
-                async for chunk in hosted.relay_stream("Chat", request, _relay_metadata(rid)):
-                    yield chunk
-                return
-            stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
-            job = await _off_loop_if_large(
-                sum(len(m.content) for m in messages),
-                lambda: hosted.chat_job(rid, messages, sampling, constraint, stream),
-            )
-            async for event in _run(hosted, job, stream):
-                _log_finished(rid, hosted.alias, event)
+        with self._registry.lease(request.model) as model:
+            async for event in model.chat(rid, messages, sampling, constraint):
                 yield convert.chunk_to_proto(event)
 
     async def Embed(
         self, request: gen_pb.EmbedRequest, context: aio.ServicerContext
     ) -> gen_pb.EmbedResponse:
         normalize = request.normalize if request.HasField("normalize") else True
-        inputs = list(request.inputs)
-        rid = request_id(context)
-        with self._registry.lease(request.model) as hosted:
-            if isinstance(hosted, SplitModel):
-                reply: gen_pb.EmbedResponse = await hosted.relay_unary(
-                    "Embed", request, _relay_metadata(rid)
-                )
-                return reply
-            stream: EventStream[EmbeddingResult] = EventStream(asyncio.get_running_loop())
-            job = await _off_loop_if_large(
-                sum(len(t) for t in inputs),
-                lambda: hosted.embedding_job(rid, inputs, normalize, stream),
-            )
-            (result,) = [r async for r in _run(hosted, job, stream)]
+        with self._registry.lease(request.model) as model:
+            result = await model.embed(request_id(context), list(request.inputs), normalize)
         return convert.embeddings_to_proto(result)
 
     async def Tokenize(
@@ -163,29 +93,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     ) -> gen_pb.TokenizeResponse:
         add_special = request.add_special if request.HasField("add_special") else True
         parse_special = request.parse_special if request.HasField("parse_special") else True
-        with self._registry.lease(request.model) as hosted:
-            if isinstance(hosted, SplitModel):
-                tokenized: gen_pb.TokenizeResponse = await hosted.relay_unary(
-                    "Tokenize", request, _relay_metadata(request_id(context))
-                )
-                return tokenized
-            tokens = await _off_loop_if_large(
-                len(request.text), lambda: hosted.tokenize(request.text, add_special, parse_special)
+        with self._registry.lease(request.model) as model:
+            tokenized = await model.tokenize(
+                request_id(context), request.text, add_special, parse_special, request.with_pieces
             )
-            pieces = hosted.pieces(tokens) if request.with_pieces else []
-        return gen_pb.TokenizeResponse(tokens=tokens, pieces=pieces)
+        return convert.tokenized_to_proto(tokenized)
 
     async def Detokenize(
         self, request: gen_pb.DetokenizeRequest, context: aio.ServicerContext
     ) -> gen_pb.DetokenizeResponse:
-        tokens = list(request.tokens)
-        with self._registry.lease(request.model) as hosted:
-            if isinstance(hosted, SplitModel):
-                detokenized: gen_pb.DetokenizeResponse = await hosted.relay_unary(
-                    "Detokenize", request, _relay_metadata(request_id(context))
-                )
-                return detokenized
-            text = await _off_loop_if_large(len(tokens), lambda: hosted.detokenize(tokens))
+        with self._registry.lease(request.model) as model:
+            text = await model.detokenize(request_id(context), list(request.tokens))
         return gen_pb.DetokenizeResponse(text=text)
 
     async def StartRpcServer(
@@ -213,14 +131,3 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
                 "device; rebuild llama-cpp-python with -DGGML_RPC=ON"
             )
         return self._lender
-
-
-def _log_finished(rid: str, alias: str, event: GenerationEvent) -> None:
-    if isinstance(event, Finished):
-        u, t = event.usage, event.timings
-        log.info(
-            "request %s model=%s prompt=%d cached=%d completion=%d finish=%s "
-            "ttft=%.1fms decode=%.1ftok/s",
-            rid, alias, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens,
-            event.finish_reason.value, t.time_to_first_token_ms, t.decode_tokens_per_second,
-        )  # fmt: skip

@@ -4,12 +4,15 @@ A load is checked in order, cheapest first, and refused at the first problem: al
 path outside the allowed directories, missing file, not a complete GGUF, does not fit in
 memory (estimated from the metadata, before llama.cpp is asked), llama.cpp refuses it.
 Nothing a load does can disturb the models already serving.
+
+The registry builds models through the factories it is given (worker.models.served): one
+for models served in this process, one for split models served by a child worker. It
+treats what they build alike, as ServedModels.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import threading
@@ -30,14 +33,12 @@ from common.errors import (
 )
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
+from common.status import EngineFigures, ModelState, ModelStatus
 from worker.config import WorkerSettings
 from worker.models import builtin
 from worker.models.estimate import MemoryBudget, ModelShape, estimate_memory
 from worker.models.gguf import read_gguf
-from worker.models.local import HostedModel, ModelFacts
-from worker.split.runner import SplitModel
-
-Hosted = HostedModel | SplitModel
+from worker.models.served import LocalFactory, ModelFacts, ServedModel, SplitFactory
 
 log = logging.getLogger(__name__)
 # Slots a model gets when its config leaves n_parallel at 0, memory permitting; as
@@ -45,47 +46,31 @@ log = logging.getLogger(__name__)
 AUTO_PARALLEL = 4
 
 
-class ModelState(enum.Enum):
-    LOADING = "loading"
-    READY = "ready"
-    UNLOADING = "unloading"
-    FAILED = "failed"
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    alias: str
-    config: ModelConfig
-    state: ModelState
-    error: str = ""
-    architecture: str = ""
-    file_bytes: int = 0
-    n_ctx_train: int = 0
-    estimate: MemoryEstimate | None = None
-    chat_template_source: str = ""
-    queued: int = 0
-    active: int = 0
-    slots_total: int = 0
-    cached_tokens: int = 0
-    decode_tps: float = 0.0
-    prompt_tps: float = 0.0
-    completed: int = 0
-
-
 @dataclass
 class _Entry:
     config: ModelConfig
     state: ModelState
-    hosted: Hosted | None = None
+    hosted: ServedModel | None = None
     facts: ModelFacts | None = None
     error: str = ""
     lost: bool = False  # FAILED while serving (a split model's helper), not at load
 
 
 class ModelRegistry:
-    def __init__(self, settings: WorkerSettings, budget: MemoryBudget) -> None:
+    """The worker's models by alias. `local` builds a model in this process (blocking: it
+    runs on a thread); `split` starts a split model's child worker."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        budget: MemoryBudget,
+        local: LocalFactory,
+        split: SplitFactory,
+    ) -> None:
         self._settings = settings
         self._budget = budget
+        self._local = local
+        self._split = split
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -100,12 +85,12 @@ class ModelRegistry:
 
     # ---- lookups ---------------------------------------------------------------------
     @contextmanager
-    def lease(self, alias: str) -> Iterator[Hosted]:
+    def lease(self, alias: str) -> Iterator[ServedModel]:
         """The model called `alias`, kept alive (not unloaded under us) inside the block."""
         with self.get(alias).lease() as hosted:
             yield hosted
 
-    def get(self, alias: str) -> Hosted:
+    def get(self, alias: str) -> ServedModel:
         if not alias:
             raise InvalidArgument("model is empty: name the alias of a loaded model")
         with self._lock:
@@ -121,18 +106,18 @@ class ModelRegistry:
                 raise FailedPrecondition(f"model {alias!r} failed to load: {entry.error}")
             raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
 
-    def list(self) -> list[ModelInfo]:
+    def list(self) -> list[ModelStatus]:
         with self._lock:
             return [self._info(alias, e) for alias, e in sorted(self._entries.items())]
 
-    def info(self, alias: str) -> ModelInfo:
+    def info(self, alias: str) -> ModelStatus:
         with self._lock:
             return self._info(alias, self._entries[alias])
 
     @staticmethod
-    def _info(alias: str, entry: _Entry) -> ModelInfo:
+    def _info(alias: str, entry: _Entry) -> ModelStatus:
         facts, hosted = entry.facts, entry.hosted
-        return ModelInfo(
+        return ModelStatus(
             alias=alias,
             config=entry.config,
             state=entry.state,
@@ -142,17 +127,11 @@ class ModelRegistry:
             n_ctx_train=int(facts.gguf.arch_value("context_length", 0) or 0) if facts else 0,
             estimate=facts.estimate if facts else None,
             chat_template_source=hosted.template.source if hosted and hosted.template else "",
-            queued=hosted.engine.queued if hosted else 0,
-            active=hosted.engine.active if hosted else 0,
-            slots_total=hosted.engine.slots_total if hosted else 0,
-            cached_tokens=hosted.engine.cached_tokens if hosted else 0,
-            decode_tps=hosted.engine.rates.decode_tps if hosted else 0.0,
-            prompt_tps=hosted.engine.rates.prompt_tps if hosted else 0.0,
-            completed=hosted.engine.rates.completed if hosted else 0,
+            engine=hosted.figures() if hosted else EngineFigures(),
         )
 
     # ---- loading ---------------------------------------------------------------------
-    async def load(self, config: ModelConfig, trusted: bool = False) -> ModelInfo:
+    async def load(self, config: ModelConfig, trusted: bool = False) -> ModelStatus:
         """Loads a model. `trusted` (config-file models) skips the model_dirs check."""
         with self._lock:
             existing = self._entries.get(config.alias)
@@ -163,12 +142,14 @@ class ModelRegistry:
                 )
             self._entries[config.alias] = _Entry(config, ModelState.LOADING)
         self._changed()
-        if existing is not None and isinstance(existing.hosted, SplitModel):
-            await existing.hosted.close("replaced by a new load")  # lost; its child remains
+        if existing is not None and existing.hosted is not None:
+            # Only a model lost while serving is FAILED with something to free (a split
+            # model's child may remain).
+            await existing.hosted.close("replaced by a new load")
         try:
             # Shielded: a client that gives up on LoadModel must not leave a half-loaded model.
             if config.is_split and not self._settings.split_child:
-                hosted: Hosted = await asyncio.shield(self._load_split(config, trusted))
+                hosted = await asyncio.shield(self._load_split(config, trusted))
             else:
                 hosted = await asyncio.shield(
                     asyncio.to_thread(self._load_blocking, config, trusted)
@@ -202,13 +183,11 @@ class ModelRegistry:
         facts = await asyncio.to_thread(self._inspect, config, False)
         return facts.estimate
 
-    async def _load_split(self, config: ModelConfig, trusted: bool) -> SplitModel:
+    async def _load_split(self, config: ModelConfig, trusted: bool) -> ServedModel:
         facts = await asyncio.to_thread(self._inspect, config, trusted)
         self._budget.reserve(config.alias, facts.estimate)
         try:
-            return await SplitModel.start(
-                config, facts, self._settings, lambda reason: self._lost(config.alias, reason)
-            )
+            return await self._split(config, facts, lambda reason: self._lost(config.alias, reason))
         except BaseException:
             self._budget.release(config.alias)
             raise
@@ -247,11 +226,11 @@ class ModelRegistry:
             n_parallel //= 2
         return ModelFacts(path, gguf, estimate, n_ctx, n_parallel)
 
-    def _load_blocking(self, config: ModelConfig, trusted: bool) -> HostedModel:
+    def _load_blocking(self, config: ModelConfig, trusted: bool) -> ServedModel:
         facts = self._inspect(config, trusted)
         self._budget.reserve(config.alias, facts.estimate)
         try:
-            return HostedModel(config, facts)
+            return self._local(config, facts)
         except BaseException:
             self._budget.release(config.alias)
             raise
@@ -291,10 +270,7 @@ class ModelRegistry:
         if hosted is None:  # failed at load: holds nothing to free
             return
         reason = reason or f"model {alias!r} was unloaded"
-        if isinstance(hosted, SplitModel):
-            await asyncio.shield(hosted.close(reason))
-        else:
-            await asyncio.shield(asyncio.to_thread(hosted.close, reason))
+        await asyncio.shield(hosted.close(reason))
         with self._lock:
             if self._entries.get(alias) is entry:
                 del self._entries[alias]

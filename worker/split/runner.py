@@ -3,7 +3,8 @@
 ggml's RPC client aborts its process when a helper's connection fails, and a helper whose
 link drops leaves it blocked in a read for as long as TCP retries. Neither may reach the
 worker, so the model lives in a child worker (same code, `split_child` set, loopback only)
-and this worker forwards the Worker API calls for it. A watchdog notices a lost helper
+and this worker relays its requests there, through the servicer's own protobuf converters,
+serving it as any worker.models.served.ServedModel. A watchdog notices a lost helper
 within seconds, by the child exiting or by failed probes of the helpers' endpoints (the
 helpers' peer filters answer a connect-and-close without troubling ggml), then kills the
 child and reports the model lost: requests in flight end with UNAVAILABLE at once and new
@@ -22,7 +23,7 @@ import socket
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,14 +31,21 @@ from typing import Any
 import grpc
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
 from common.errors import ErrorKind, FailedPrecondition, Unavailable, WorkerError
+from common.grpc_errors import CODES, REQUEST_ID_KEY
 from common.model_settings import ModelConfig
 from common.net import split_host_port
+from common.status import EngineFigures
+from common.wire.status import model_status_from_proto
+from worker.api import convert
 from worker.config import WorkerSettings
-from worker.models.local import ModelFacts
+from worker.engine.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
+from worker.engine.sampling import SamplingParams
+from worker.models.served import ModelFacts, OnLost, Tokenized
 from worker.split.lifetime import end
 
 log = logging.getLogger(__name__)
@@ -54,7 +62,9 @@ _EXIT_HINTS = {
     -signal.SIGABRT: "ggml aborted: a helper's RPC connection failed or answered garbage",
     -signal.SIGKILL: "killed",
 }
-_ERRORS = {kind.value.upper(): kind for kind in ErrorKind}
+# The one kind-to-code table (common.grpc_errors), read backwards: a child's refusal
+# reaches the client with the code the child gave it.
+_KINDS = {code: kind for kind, code in CODES.items()}
 
 
 class RelayedError(WorkerError):
@@ -63,24 +73,6 @@ class RelayedError(WorkerError):
     def __init__(self, kind: ErrorKind, message: str) -> None:
         super().__init__(message)
         self.kind = kind
-
-
-@dataclass
-class ChildStats:
-    """The child's figures for the model, as its ListModels last reported them; the same
-    names HostedModel's engine offers, so the registry reports both alike."""
-
-    queued: int = 0
-    active: int = 0
-    slots_total: int = 0
-    cached_tokens: int = 0
-    decode_tps: float = 0.0
-    prompt_tps: float = 0.0
-    completed: int = 0
-
-    @property
-    def rates(self) -> ChildStats:
-        return self
 
 
 @dataclass(frozen=True)
@@ -97,11 +89,11 @@ class SplitModel:
         facts: ModelFacts,
         process: asyncio.subprocess.Process,
         channel: aio.Channel,
-        on_lost: Callable[[str], None],
+        on_lost: OnLost,
     ) -> None:
         self.config = config
         self.facts = facts
-        self.engine = ChildStats()
+        self._figures = EngineFigures()
         self.template: TemplateSource | None = None
         self._process = process
         self._channel = channel
@@ -116,6 +108,10 @@ class SplitModel:
     def alias(self) -> str:
         return self.config.alias
 
+    def figures(self) -> EngineFigures:
+        """The child's engine figures, as its ListModels last reported them."""
+        return self._figures
+
     # ---- start and stop ----------------------------------------------------------------
     @classmethod
     async def start(
@@ -123,7 +119,7 @@ class SplitModel:
         config: ModelConfig,
         facts: ModelFacts,
         settings: WorkerSettings,
-        on_lost: Callable[[str], None],
+        on_lost: OnLost,
     ) -> SplitModel:
         port = _free_loopback_port()
         with tempfile.TemporaryDirectory(prefix="llamaherd-split-") as folder:
@@ -249,16 +245,9 @@ class SplitModel:
     def _update(self, listing: pb.ListModelsResponse) -> None:
         for info in listing.models:
             if info.alias == self.alias:
-                self.engine = ChildStats(
-                    queued=info.queued_requests,
-                    active=info.active_requests,
-                    slots_total=info.slots_total,
-                    cached_tokens=info.cached_tokens,
-                    decode_tps=info.decode_tokens_per_second,
-                    prompt_tps=info.prompt_tokens_per_second,
-                    completed=info.completed_requests,
-                )
-                self.template = TemplateSource(info.chat_template_source)
+                status = model_status_from_proto(info)
+                self._figures = status.engine
+                self.template = TemplateSource(status.chat_template_source)
 
     # ---- relaying ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -267,23 +256,82 @@ class SplitModel:
             raise Unavailable(self._lost)
         yield self
 
-    async def relay_stream(
-        self, method: str, request: Any, metadata: tuple[tuple[str, str], ...]
-    ) -> AsyncIterator[Any]:
-        call = getattr(self.stub, method)(request, metadata=metadata)
+    def generate(
+        self,
+        request_id: str,
+        prompt: str,
+        sampling: SamplingParams,
+        constraint: Constraint | None,
+    ) -> AsyncIterator[GenerationEvent]:
+        request = gen_pb.GenerateRequest(
+            model=self.alias,
+            prompt=prompt,
+            sampling=convert.sampling_to_proto(sampling),
+            constraint=convert.constraint_to_proto(constraint),
+        )
+        return self._relay_stream(self.stub.Generate, request, request_id)
+
+    def chat(
+        self,
+        request_id: str,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingParams,
+        constraint: Constraint | None,
+    ) -> AsyncIterator[GenerationEvent]:
+        request = gen_pb.ChatRequest(
+            model=self.alias,
+            messages=convert.messages_to_proto(messages),
+            sampling=convert.sampling_to_proto(sampling),
+            constraint=convert.constraint_to_proto(constraint),
+        )
+        return self._relay_stream(self.stub.Chat, request, request_id)
+
+    async def embed(
+        self, request_id: str, inputs: Sequence[str], normalize: bool
+    ) -> EmbeddingResult:
+        request = gen_pb.EmbedRequest(model=self.alias, inputs=inputs, normalize=normalize)
+        reply = await self._relay_unary(self.stub.Embed, request, request_id)
+        return convert.embeddings_from_proto(reply)
+
+    async def tokenize(
+        self,
+        request_id: str,
+        text: str,
+        add_special: bool = True,
+        parse_special: bool = True,
+        with_pieces: bool = False,
+    ) -> Tokenized:
+        request = gen_pb.TokenizeRequest(
+            model=self.alias,
+            text=text,
+            add_special=add_special,
+            parse_special=parse_special,
+            with_pieces=with_pieces,
+        )
+        reply = await self._relay_unary(self.stub.Tokenize, request, request_id)
+        return convert.tokenized_from_proto(reply)
+
+    async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
+        request = gen_pb.DetokenizeRequest(model=self.alias, tokens=tokens)
+        reply = await self._relay_unary(self.stub.Detokenize, request, request_id)
+        text: str = reply.text
+        return text
+
+    async def _relay_stream(
+        self, method: Any, request: Any, request_id: str
+    ) -> AsyncIterator[GenerationEvent]:
+        call = method(request, metadata=((REQUEST_ID_KEY, request_id),))
         try:
-            async for reply in call:
-                yield reply
+            async for chunk in call:
+                yield convert.chunk_from_proto(chunk)
         except aio.AioRpcError as exc:
             raise self._relayed(exc) from None
         finally:
-            call.cancel()
+            call.cancel()  # the client went away: the child stops generating too
 
-    async def relay_unary(
-        self, method: str, request: Any, metadata: tuple[tuple[str, str], ...]
-    ) -> Any:
+    async def _relay_unary(self, method: Any, request: Any, request_id: str) -> Any:
         try:
-            return await getattr(self.stub, method)(request, metadata=metadata)
+            return await method(request, metadata=((REQUEST_ID_KEY, request_id),))
         except aio.AioRpcError as exc:
             raise self._relayed(exc) from None
 
@@ -294,7 +342,7 @@ class SplitModel:
             return Unavailable(
                 self._lost or self._closing or f"split model {self.alias!r} lost its process"
             )
-        kind = _ERRORS.get(exc.code().name, ErrorKind.INTERNAL)
+        kind = _KINDS.get(exc.code(), ErrorKind.INTERNAL)
         return RelayedError(kind, exc.details() or exc.code().name)
 
 
