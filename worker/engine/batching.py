@@ -12,7 +12,6 @@ recomputing them. Cancellation and shutdown are checked at every step.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import threading
@@ -22,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.errors import Internal, ResourceExhausted, Unavailable, WorkerError
+from common.status import EngineFigures
+from worker.engine.backend import Backend, TokenSampler
 from worker.engine.generation import (
     EmbeddingResult,
     Finished,
@@ -34,9 +35,6 @@ from worker.engine.generation import (
 from worker.engine.slots import SlotView, choose_slot
 from worker.engine.streams import EventStream
 from worker.engine.textstream import TextStream
-from worker.llamacpp.context import LlamaContext
-from worker.llamacpp.model import LlamaModel
-from worker.llamacpp.sampler import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +45,11 @@ Clock = Callable[[], float]
 class GenerationJob:
     request_id: str
     prompt: list[int]
-    sampler: Sampler
+    sampler: TokenSampler
     stop: tuple[str, ...]
     max_tokens: int
     stream: EventStream[GenerationEvent]
-    arrived: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default=0.0, init=False)  # stamped by ModelEngine.submit
 
     def release(self) -> None:
         self.sampler.close()
@@ -63,7 +61,7 @@ class EmbeddingJob:
     inputs: list[list[int]]
     normalize: bool
     stream: EventStream[EmbeddingResult]
-    arrived: float = field(default_factory=time.perf_counter)
+    arrived: float = field(default=0.0, init=False)  # stamped by ModelEngine.submit
 
     def release(self) -> None:
         pass
@@ -90,17 +88,17 @@ class _Generation:
 
 
 class _Slot:
-    """One llama.cpp sequence and what its share of the KV cache holds."""
+    """One backend sequence and what its share of the KV cache holds."""
 
-    def __init__(self, seq_id: int, n_vocab: int) -> None:
+    def __init__(self, seq_id: int) -> None:
         self.seq_id = seq_id
         self.cached: list[int] = []  # tokens whose keys and values are in the cache, in order
-        # The last prompt prefilled here and the logits its final token produced. llama.cpp's
-        # results depend on how a prompt is split into batches, so re-running only the final
-        # token of a cached prompt could pick a different first token; sampling from these
-        # logits instead makes an identical request give identical output.
+        # The last prompt prefilled here; the backend keeps the logits its final token
+        # produced (save_logits). llama.cpp's results depend on how a prompt is split into
+        # batches, so re-running only the final token of a cached prompt could pick a
+        # different first token; sampling from the saved logits instead makes an identical
+        # request give identical output.
         self.memo_prompt: list[int] = []
-        self.memo_logits = (ctypes.c_float * n_vocab)()
         self.last_used = 0
         self.run: _Generation | None = None
 
@@ -113,21 +111,24 @@ class _Cancelled(Exception):
 
 
 class ModelEngine:
+    """Schedules one model's requests onto its backend's sequences, on a thread of its own.
+
+    `clock` stamps every timing (arrival, start, first token, end); tests inject their own.
+    """
+
     def __init__(
         self,
         name: str,
-        model: LlamaModel,
-        context: LlamaContext,
+        backend: Backend,
         max_queue: int,
         clock: Clock = time.perf_counter,
     ) -> None:
         self.name = name
-        self._model = model
-        self._ctx = context
+        self._backend = backend
         self._max_queue = max_queue
         self._clock = clock
         self._waiting: deque[Job] = deque()
-        self._slots = [_Slot(i, model.n_vocab) for i in range(context.n_seq)]
+        self._slots = [_Slot(i) for i in range(backend.n_seq)]
         self._embedding: EmbeddingJob | None = None
         self._closing: str | None = None
         self._cond = threading.Condition()
@@ -154,8 +155,22 @@ class ModelEngine:
     def cached_tokens(self) -> int:
         return sum(len(s.cached) for s in self._slots)
 
+    def figures(self) -> EngineFigures:
+        """Load and recent speed, for status, routing and /metrics."""
+        return EngineFigures(
+            slots_total=len(self._slots),
+            queued=self.queued,
+            active=self.active,
+            cached_tokens=self.cached_tokens,
+            decode_tps=self.rates.decode_tps,
+            prompt_tps=self.rates.prompt_tps,
+            completed=self.rates.completed,
+        )
+
     def submit(self, job: Job) -> None:
-        """Queues a job, or refuses at once when the model is closing or its queue is full."""
+        """Queues a job, or refuses at once when the model is closing or its queue is full;
+        stamps its arrival with the engine's clock."""
+        job.arrived = self._clock()
         with self._cond:
             if self._closing is not None:
                 raise Unavailable(self._closing)
@@ -248,7 +263,7 @@ class ModelEngine:
             run.reused = run.fed = self._reuse_prefix(slot, job.prompt, shared)
             if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
                 run.prefilled = self._clock()
-                self._on_token(slot, job.sampler.sample_from(slot.memo_logits))
+                self._on_token(slot, job.sampler.sample_saved(slot.seq_id))
         except Exception as exc:
             self._fail(slot, exc)
 
@@ -259,7 +274,7 @@ class ModelEngine:
         # Otherwise the last prompt token runs again: its logits are what we sample from.
         keep = shared if repeat else min(shared, len(prompt) - 1)
         if keep < len(slot.cached):
-            if not self._ctx.remove(slot.seq_id, keep):
+            if not self._backend.remove(slot.seq_id, keep):
                 self._forget(slot)
                 return 0
             del slot.cached[keep:]
@@ -268,7 +283,7 @@ class ModelEngine:
         return keep
 
     def _forget(self, slot: _Slot) -> None:
-        self._ctx.remove(slot.seq_id, 0)
+        self._backend.remove(slot.seq_id, 0)
         slot.cached.clear()
         slot.memo_prompt = []
 
@@ -292,24 +307,26 @@ class ModelEngine:
         entries: list[tuple[_Slot, list[int], int | None]] = []
         for slot in decoding:
             assert slot.run is not None and slot.run.next_token is not None
-            if self._ctx.batch_room == 0:  # n_batch >= n_parallel is enforced; defensive
+            if self._backend.batch_room == 0:  # n_batch >= n_parallel is enforced; defensive
                 break
             token = [slot.run.next_token]
-            entries.append((slot, token, self._ctx.add(token, len(slot.cached), slot.seq_id, True)))
+            entries.append(
+                (slot, token, self._backend.add(token, len(slot.cached), slot.seq_id, True))
+            )
         for slot in prefilling:
             assert slot.run is not None
-            room = self._ctx.batch_room
+            room = self._backend.batch_room
             if room == 0:
                 break
             prompt, fed = slot.run.job.prompt, slot.run.fed
             chunk = prompt[fed : fed + room]
             last = fed + len(chunk) == len(prompt)
-            index = self._ctx.add(chunk, fed, slot.seq_id, last)
+            index = self._backend.add(chunk, fed, slot.seq_id, last)
             entries.append((slot, chunk, index if last else None))
         if not entries:
             return
         try:
-            self._ctx.run()
+            self._backend.run()
         except Exception as exc:
             # A failed decode leaves the batch's sequences in an unknown state.
             for slot, _, _ in entries:
@@ -323,14 +340,14 @@ class ModelEngine:
                 if run.next_token is not None:
                     run.next_token = None
                     assert logits_at is not None
-                    self._on_token(slot, run.job.sampler.sample(self._ctx, logits_at))
+                    self._on_token(slot, run.job.sampler.sample(logits_at))
                     continue
                 run.fed += len(tokens)
                 if logits_at is not None:  # the prompt is in: sample its first token
                     run.prefilled = self._clock()
-                    self._ctx.copy_logits(slot.memo_logits, logits_at)
+                    self._backend.save_logits(slot.seq_id, logits_at)
                     slot.memo_prompt = run.job.prompt
-                    self._on_token(slot, run.job.sampler.sample(self._ctx, logits_at))
+                    self._on_token(slot, run.job.sampler.sample(logits_at))
             except Exception as exc:
                 self._fail(slot, exc)
 
@@ -340,12 +357,12 @@ class ModelEngine:
         job = run.job
         if run.first_at is None:
             run.first_at = self._clock()
-        if self._model.is_eog(token):
+        if self._backend.is_eog(token):
             self._finish(slot, FinishReason.STOP, run.text.finish())
             return
         run.generated += 1
         run.pending.append(token)
-        piece = run.text.feed(self._model.piece(token))
+        piece = run.text.feed(self._backend.piece(token))
         if run.text.stopped:
             self._finish(slot, FinishReason.STOP, piece)
         elif run.generated >= job.max_tokens:
@@ -403,9 +420,10 @@ class ModelEngine:
             vectors = []
             for tokens in job.inputs:
                 self._check(job)
-                self._ctx.clear()
-                self._ctx.decode(tokens, 0, all_logits=True)
-                vector = self._ctx.sequence_embedding(0)
+                self._backend.clear()
+                self._backend.add(tokens, 0, 0, True)
+                self._backend.run(all_logits=True)
+                vector = self._backend.sequence_embedding(0)
                 if job.normalize:
                     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
                     vector = [v / norm for v in vector]
@@ -420,7 +438,7 @@ class ModelEngine:
             log.exception("request %s failed in the engine of %s", job.request_id, self.name)
             job.stream.fail(Internal(f"request {job.request_id} failed: {exc}"))
         finally:
-            self._ctx.clear()
+            self._backend.clear()
             for slot in self._slots:
                 slot.cached.clear()
                 slot.memo_prompt = []

@@ -7,12 +7,7 @@ sees protobuf.
 from __future__ import annotations
 
 import enum
-import json
 from dataclasses import dataclass
-
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
-
-from common.errors import InvalidArgument
 
 
 class FinishReason(enum.Enum):
@@ -34,26 +29,11 @@ class ConstraintKind(enum.Enum):
 
 @dataclass(frozen=True)
 class Constraint:
+    """Restricts what a generation may produce; worker.llamacpp.gbnf turns it into the GBNF
+    grammar llama.cpp enforces."""
+
     kind: ConstraintKind
     text: str = ""
-
-    def to_gbnf(self) -> str:
-        """The GBNF grammar that enforces this constraint."""
-        if self.kind is ConstraintKind.GRAMMAR:
-            return self.text
-        if self.kind is ConstraintKind.JSON_OBJECT:
-            return JSON_GBNF
-        try:
-            json.loads(self.text)
-        except ValueError as exc:
-            raise InvalidArgument(f"constraint.json_schema is not valid JSON: {exc}") from exc
-        try:
-            grammar: str = json_schema_to_gbnf(self.text)
-        except (
-            Exception
-        ) as exc:  # the converter raises bare Exceptions on schemas it cannot express
-            raise InvalidArgument(f"constraint.json_schema cannot be enforced: {exc}") from exc
-        return grammar
 
 
 @dataclass(frozen=True)

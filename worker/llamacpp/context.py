@@ -89,6 +89,9 @@ class LlamaContext:
         self._batch = C.llama_batch_init(self.n_batch, 0, 1)
         self._pending = 0  # tokens added to the batch since the last decode
         self._embedding = params.embedding
+        # Per sequence, logits saved from an earlier decode (save_logits); allocated on
+        # first use, one row of n_vocab floats each.
+        self._saved: dict[int, ctypes.Array[ctypes.c_float]] = {}
 
     @property
     def ptr(self) -> Handle:
@@ -147,6 +150,21 @@ class LlamaContext:
     def copy_logits(self, dest: ctypes.Array[ctypes.c_float], index: int = -1) -> None:
         """Copies the logits of batch position `index` of the last decode into `dest`."""
         ctypes.memmove(dest, C.llama_get_logits_ith(self._ptr, index), ctypes.sizeof(dest))
+
+    def save_logits(self, seq_id: int, index: int) -> None:
+        """Copies the logits of batch position `index` of the last decode into `seq_id`'s
+        saved row, overwriting what it held."""
+        row = self._saved.get(seq_id)
+        if row is None:
+            row = self._saved[seq_id] = (ctypes.c_float * self.model.n_vocab)()
+        self.copy_logits(row, index)
+
+    def saved_logits(self, seq_id: int) -> ctypes.Array[ctypes.c_float]:
+        """The row save_logits last filled for `seq_id`."""
+        row = self._saved.get(seq_id)
+        if row is None:
+            raise Internal(f"no logits were saved for sequence {seq_id}")
+        return row
 
     def remove(self, seq_id: int, start: int, end: int = -1) -> bool:
         """Drops cached positions [start, end) of a sequence; False if the cache cannot."""

@@ -8,7 +8,13 @@ grammar itself.
 
 from __future__ import annotations
 
+import json
 import re
+
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+from common.errors import InvalidArgument
+from worker.engine.generation import Constraint, ConstraintKind
 
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -50,3 +56,20 @@ def diagnose(grammar: str) -> str | None:
     if undefined:
         return f"it uses rules that are never defined: {', '.join(undefined)}"
     return None
+
+
+def constraint_grammar(constraint: Constraint) -> str:
+    """The GBNF grammar that enforces `constraint`."""
+    if constraint.kind is ConstraintKind.GRAMMAR:
+        return constraint.text
+    if constraint.kind is ConstraintKind.JSON_OBJECT:
+        return JSON_GBNF
+    try:
+        json.loads(constraint.text)
+    except ValueError as exc:
+        raise InvalidArgument(f"constraint.json_schema is not valid JSON: {exc}") from exc
+    try:
+        grammar: str = json_schema_to_gbnf(constraint.text)
+    except Exception as exc:  # the converter raises bare Exceptions on schemas it cannot express
+        raise InvalidArgument(f"constraint.json_schema cannot be enforced: {exc}") from exc
+    return grammar

@@ -25,16 +25,18 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 
 class Sampler:
-    """Owns one llama_sampler chain. Built on any thread; then used by one thread at a time."""
+    """Owns one llama_sampler chain that draws from one context's logits (the engine's
+    TokenSampler). Built on any thread; then used by one thread at a time."""
 
-    def __init__(
-        self, model: LlamaModel, params: SamplingParams, grammar: str | None, n_ctx: int
-    ) -> None:
+    def __init__(self, context: LlamaContext, params: SamplingParams, grammar: str | None) -> None:
+        model = context.model
         check_token_ids("sampling.logit_bias", [t for t, _ in params.logit_bias], model.n_vocab)
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         self._chain = chain
+        self._context = context
         try:
-            self._build(model, params, grammar, n_ctx)
+            # What one request may fill: the window of repeat_last_n = -1.
+            self._build(model, params, grammar, context.n_ctx_seq)
         except BaseException:
             self.close()
             raise
@@ -69,10 +71,15 @@ class Sampler:
         seed = p.seed if p.seed is not None else random.getrandbits(32) % 0xFFFFFFFF
         self._add(C.llama_sampler_init_dist(seed))
 
-    def sample(self, context: LlamaContext, index: int = -1) -> int:
-        """Draws the next token from the logits at `index` and advances the chain's state."""
-        token: int = C.llama_sampler_sample(self._chain, context.ptr, index)
+    def sample(self, index: int = -1) -> int:
+        """Draws the next token from the logits at batch `index` of the context's last
+        decode and advances the chain's state."""
+        token: int = C.llama_sampler_sample(self._chain, self._context.ptr, index)
         return token
+
+    def sample_saved(self, seq_id: int) -> int:
+        """As sample(), from the logits the context saved for `seq_id` (save_logits)."""
+        return self.sample_from(self._context.saved_logits(seq_id))
 
     def sample_from(self, logits: ctypes.Array[ctypes.c_float]) -> int:
         """As sample(), from saved logits (one per vocabulary entry) instead of a context's

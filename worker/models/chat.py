@@ -10,7 +10,6 @@ immutable sandbox.
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import json
 import logging
@@ -20,10 +19,10 @@ from typing import Any, Protocol
 
 import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from llama_cpp import llama_cpp as C
 
 from common.errors import InvalidArgument
 from worker.engine.generation import ChatMessage
+from worker.llamacpp.chat_templates import apply_builtin_template, builtin_template_names
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +41,6 @@ class ChatTemplate(Protocol):
     def render(self, messages: Sequence[ChatMessage]) -> str: ...
 
 
-def builtin_template_names() -> list[str]:
-    count = C.llama_chat_builtin_templates(None, 0)
-    names = (ctypes.c_char_p * count)()
-    C.llama_chat_builtin_templates(names, count)
-    return [n.decode() for n in names if n]
-
-
 @dataclass(frozen=True)
 class BuiltinTemplate:
     """One of llama.cpp's built-in templates, applied by llama_chat_apply_template."""
@@ -57,23 +49,12 @@ class BuiltinTemplate:
     source: str
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
-        encoded = [(m.role.encode(), m.content.encode()) for m in messages]
-        chat = (C.llama_chat_message * len(encoded))()
-        for slot, (role, content) in zip(chat, encoded, strict=True):
-            slot.role = role
-            slot.content = content
-        size = sum(len(r) + len(c) for r, c in encoded) * 2 + 256
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(size)
-            n = C.llama_chat_apply_template(self.name.encode(), chat, len(encoded), True, buf, size)
-            if n < 0:
-                raise InvalidArgument(
-                    f"the {self.name!r} chat template could not render these messages"
-                )
-            if n <= size:
-                return buf.raw[:n].decode("utf-8", errors="replace")
-            size = n
-        raise InvalidArgument("chat template output kept growing")  # pragma: no cover
+        text = apply_builtin_template(self.name, [(m.role, m.content) for m in messages])
+        if text is None:
+            raise InvalidArgument(
+                f"the {self.name!r} chat template could not render these messages"
+            )
+        return text
 
 
 class JinjaTemplate:

@@ -105,12 +105,12 @@ def measure_decode_tps(
         model, ContextParams(n_ctx=n_ctx, n_batch=64, n_threads=n_threads,
                              n_threads_batch=n_threads),
     )  # fmt: skip
-    sampler = Sampler(model, SamplingParams(temperature=0.0), None, n_ctx)
+    sampler = Sampler(context, SamplingParams(temperature=0.0), None)
     try:
         prompt = model.tokenize(PROMPT)
         context.decode(prompt, 0)
         position = len(prompt)
-        token = sampler.sample(context)
+        token = sampler.sample()
         started = 0.0
         for step in range(WARMUP_TOKENS + tokens):
             if step == WARMUP_TOKENS:
@@ -118,7 +118,7 @@ def measure_decode_tps(
             # The token's identity does not matter for speed; end-of-generation is fed on.
             context.decode([token], position)
             position += 1
-            token = sampler.sample(context)
+            token = sampler.sample()
         return tokens / (time.perf_counter() - started)
     finally:
         sampler.close()
