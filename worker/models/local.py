@@ -1,24 +1,33 @@
-"""One model as the worker hosts it: llama.cpp objects, chat template, engine, and leases.
+"""A model served in this process: llama.cpp objects, chat template, engine, and leases.
 
-Turns a client's request into an engine job, refusing what cannot run (prompt longer than
-the context, an unknown token, a grammar llama.cpp rejects) before it is queued. Leases
-keep the llama.cpp objects alive while any request uses them, so unloading never frees a
-model under a running tokenizer call.
+One implementation of worker.models.served.ServedModel (the other relays to a split
+model's child worker). Turns a request into an engine job, refusing what cannot run (prompt
+longer than the context, an unknown token, a grammar llama.cpp rejects) before it is
+queued, then streams the job's events. Leases keep the llama.cpp objects alive while any
+request uses them, so unloading never frees a model under a running tokenizer call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Protocol, TypeVar
 
 from common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
-from worker.engine.batching import EmbeddingJob, GenerationJob, ModelEngine
-from worker.engine.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
+from common.status import EngineFigures
+from worker.engine.backend import Backend, TokenSampler
+from worker.engine.batching import EmbeddingJob, GenerationJob, Job, ModelEngine
+from worker.engine.generation import (
+    ChatMessage,
+    Constraint,
+    EmbeddingResult,
+    Finished,
+    GenerationEvent,
+)
 from worker.engine.sampling import SamplingParams, check_token_ids
 from worker.engine.streams import EventStream
 from worker.llamacpp import rpc
@@ -27,59 +36,125 @@ from worker.llamacpp.context import ContextParams
 from worker.llamacpp.gbnf import constraint_grammar
 from worker.llamacpp.model import LlamaModel
 from worker.models.chat import ChatTemplate, check_messages, select_template
-from worker.models.gguf import GGUFFile
+from worker.models.served import ModelFacts, Tokenized
+
+log = logging.getLogger(__name__)
 
 MAX_EMBED_INPUTS = 256
+# Inputs larger than this are tokenized off the event loop so one huge prompt cannot stall
+# every other stream; smaller ones are cheaper to tokenize inline than to hand to a thread.
+INLINE_TOKENIZE_BYTES = 32 * 1024
+
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ModelFacts:
-    """What was learnt about a model file before loading it."""
+class ModelBackend(Backend, Protocol):
+    """What a LocalModel serves from: the engine's backend (worker.engine.backend) and the
+    reads that requests need besides. LlamaModelBackend below over llama.cpp; the fake of
+    tests/support serves the registry's and the servicer's unit tests."""
 
-    path: Path
-    gguf: GGUFFile
-    estimate: MemoryEstimate
-    n_ctx: int  # per slot, as requested; 0 resolved to the training context
-    n_parallel: int = 1  # slots, resolved from the config (0 = sized from memory)
+    @property
+    def n_ctx_seq(self) -> int:
+        """Tokens one sequence may hold: prompt and completion."""
+        ...
+
+    @property
+    def n_batch(self) -> int: ...
+
+    @property
+    def bos(self) -> int: ...
+
+    def sampler(self, params: SamplingParams, grammar: str | None) -> TokenSampler:
+        """A request's sampler; built on the request's thread."""
+        ...
+
+    def detokenize(self, tokens: Sequence[int]) -> str: ...
+
+    def token_bytes(self, token: int) -> bytes:
+        """A token's bytes, special tokens written out (as Tokenize shows them)."""
+        ...
+
+    def close(self) -> None:
+        """Frees the context and the model."""
+        ...
 
 
-class HostedModel:
-    def __init__(self, config: ModelConfig, facts: ModelFacts) -> None:
-        self.config = config
-        self.facts = facts
-        if config.is_split:
-            # Only in a split model's child process (worker.split.runner): ggml aborts the
-            # process that holds the RPC connections when one of them fails.
-            rpc.use_servers(list(config.rpc_servers))
-        self.model = LlamaModel(facts.path, config.n_gpu_layers, config.tensor_split)
-        try:
-            self.context = LlamaBackend(
-                self.model,
-                ContextParams(
-                    n_ctx=facts.n_ctx * facts.n_parallel,
-                    n_seq_max=facts.n_parallel,
-                    n_batch=config.n_batch,
-                    n_threads=config.threads,
-                    n_threads_batch=config.threads_batch,
-                    embedding=config.embedding,
-                    pooling=config.pooling,
-                    flash_attn=config.flash_attn,
-                ),
-            )
-        except BaseException:
-            self.model.close()
-            raise
-        self.template: ChatTemplate | None = None
+class LlamaModelBackend(LlamaBackend):
+    """llama.cpp's backend with the model-level reads a LocalModel needs; a subclass, so
+    the engine's per-token calls stay direct."""
+
+    @property
+    def bos(self) -> int:
+        return self.model.bos
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.model.detokenize(tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.piece(token, special=True)
+
+    def close(self) -> None:
+        super().close()
+        self.model.close()
+
+
+def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
+    """Loads a model into llama.cpp in this process (blocking): the registry's LocalFactory."""
+    if config.is_split:
+        # Only in a split model's child process (worker.split.runner): ggml aborts the
+        # process that holds the RPC connections when one of them fails.
+        rpc.use_servers(list(config.rpc_servers))
+    model = LlamaModel(facts.path, config.n_gpu_layers, config.tensor_split)
+    try:
+        backend = LlamaModelBackend(
+            model,
+            ContextParams(
+                n_ctx=facts.n_ctx * facts.n_parallel,
+                n_seq_max=facts.n_parallel,
+                n_batch=config.n_batch,
+                n_threads=config.threads,
+                n_threads_batch=config.threads_batch,
+                embedding=config.embedding,
+                pooling=config.pooling,
+                flash_attn=config.flash_attn,
+            ),
+        )
+    except BaseException:
+        model.close()
+        raise
+    try:
+        template = None
         if not config.embedding:
-            self.template = select_template(
+            template = select_template(
                 config_template=config.chat_template,
                 chat_format=config.chat_format,
                 gguf_template=facts.gguf.chat_template,
                 architecture=facts.gguf.architecture,
-                bos_token=self.model.token_text(self.model.bos),
-                eos_token=self.model.token_text(self.model.eos),
+                bos_token=model.token_text(model.bos),
+                eos_token=model.token_text(model.eos),
             )
-        self.engine = ModelEngine(config.alias, self.context, config.max_queue)
+        return LocalModel(config, facts, backend, template)
+    except BaseException:
+        backend.close()
+        raise
+
+
+class LocalModel:
+    """A model served in this process from `backend`; `template` renders chat messages
+    (None for an embedding model)."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        facts: ModelFacts,
+        backend: ModelBackend,
+        template: ChatTemplate | None,
+    ) -> None:
+        self.config = config
+        self.facts = facts
+        self.backend = backend
+        self.template = template
+        self.engine = ModelEngine(config.alias, backend, config.max_queue)
         self._leases = 0
         self._closing: str | None = None
         self._lease_cond = threading.Condition()
@@ -88,14 +163,17 @@ class HostedModel:
     def alias(self) -> str:
         return self.config.alias
 
+    def figures(self) -> EngineFigures:
+        return self.engine.figures()
+
     @property
     def n_ctx(self) -> int:
         """What one request may fill: prompt and completion."""
-        return self.context.n_ctx_seq
+        return self.backend.n_ctx_seq
 
     # ---- lifetime --------------------------------------------------------------------
     @contextmanager
-    def lease(self) -> Iterator[HostedModel]:
+    def lease(self) -> Iterator[LocalModel]:
         """Keeps the model's llama.cpp objects alive for the duration of the block."""
         with self._lease_cond:
             if self._closing is not None:
@@ -108,30 +186,102 @@ class HostedModel:
                 self._leases -= 1
                 self._lease_cond.notify_all()
 
-    def close(self, reason: str, timeout: float = 30.0) -> None:
+    async def close(self, reason: str) -> None:
         """Stops the engine, waits for in-flight users, then frees llama.cpp's memory."""
+        await asyncio.to_thread(self._close, reason)
+
+    def _close(self, reason: str, timeout: float = 30.0) -> None:
         with self._lease_cond:
             self._closing = reason
         self.engine.close(reason, timeout)
         with self._lease_cond:
             self._lease_cond.wait_for(lambda: self._leases == 0, timeout)
-        self.context.close()
-        self.model.close()
+        self.backend.close()
 
     # ---- requests --------------------------------------------------------------------
-    def tokenize(
-        self, text: str, add_special: bool = True, parse_special: bool = True
-    ) -> list[int]:
-        return self.model.tokenize(text, add_special, parse_special)
+    async def generate(
+        self,
+        request_id: str,
+        prompt: str,
+        sampling: SamplingParams,
+        constraint: Constraint | None,
+    ) -> AsyncIterator[GenerationEvent]:
+        stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
+        job = await _off_loop_if_large(
+            len(prompt),
+            lambda: self._generate_job(request_id, prompt, sampling, constraint, stream),
+        )
+        async for event in self._run(job, stream):
+            _log_finished(request_id, self.alias, event)
+            yield event
 
-    def pieces(self, tokens: Sequence[int]) -> list[bytes]:
-        return [self.model.piece(t, special=True) for t in tokens]
+    async def chat(
+        self,
+        request_id: str,
+        messages: Sequence[ChatMessage],
+        sampling: SamplingParams,
+        constraint: Constraint | None,
+    ) -> AsyncIterator[GenerationEvent]:
+        stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
+        job = await _off_loop_if_large(
+            sum(len(m.content) for m in messages),
+            lambda: self._chat_job(request_id, messages, sampling, constraint, stream),
+        )
+        async for event in self._run(job, stream):
+            _log_finished(request_id, self.alias, event)
+            yield event
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        check_token_ids("tokens", tokens, self.model.n_vocab)
-        return self.model.detokenize(tokens)
+    async def embed(
+        self, request_id: str, inputs: Sequence[str], normalize: bool
+    ) -> EmbeddingResult:
+        stream: EventStream[EmbeddingResult] = EventStream(asyncio.get_running_loop())
+        job = await _off_loop_if_large(
+            sum(len(t) for t in inputs),
+            lambda: self._embedding_job(request_id, inputs, normalize, stream),
+        )
+        (result,) = [r async for r in self._run(job, stream)]
+        return result
 
-    def generate_job(
+    async def tokenize(
+        self,
+        request_id: str,
+        text: str,
+        add_special: bool = True,
+        parse_special: bool = True,
+        with_pieces: bool = False,
+    ) -> Tokenized:
+        tokens = await _off_loop_if_large(
+            len(text), lambda: self._tokens(text, add_special, parse_special)
+        )
+        pieces = tuple(self.backend.token_bytes(t) for t in tokens) if with_pieces else ()
+        return Tokenized(tuple(tokens), pieces)
+
+    async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
+        return await _off_loop_if_large(len(tokens), lambda: self._detokenize(tokens))
+
+    async def _run(self, job: Job, stream: EventStream[T]) -> AsyncIterator[T]:
+        """Queues the job and yields its events; stops the job if the consumer goes away."""
+        try:
+            self.engine.submit(job)
+        except BaseException:
+            job.release()
+            raise
+        try:
+            async for event in stream.events():
+                yield event
+        finally:
+            stream.cancel()
+            self.engine.withdraw(job)
+
+    # ---- jobs ----------------------------------------------------------------------------
+    def _tokens(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        return self.backend.tokenize(text, add_special, parse_special)
+
+    def _detokenize(self, tokens: Sequence[int]) -> str:
+        check_token_ids("tokens", tokens, self.backend.n_vocab)
+        return self.backend.detokenize(tokens)
+
+    def _generate_job(
         self,
         request_id: str,
         prompt: str,
@@ -140,9 +290,9 @@ class HostedModel:
         stream: EventStream[GenerationEvent],
     ) -> GenerationJob:
         self._require_generation()
-        return self._job(request_id, self.tokenize(prompt), sampling, constraint, stream)
+        return self._job(request_id, self._tokens(prompt), sampling, constraint, stream)
 
-    def chat_job(
+    def _chat_job(
         self,
         request_id: str,
         messages: Sequence[ChatMessage],
@@ -153,9 +303,9 @@ class HostedModel:
         self._require_generation()
         check_messages(messages)
         assert self.template is not None  # set for every generation model
-        tokens = self.tokenize(self.template.render(messages))
+        tokens = self._tokens(self.template.render(messages))
         # Templates that write the BOS token themselves would otherwise get a second one.
-        if len(tokens) > 1 and tokens[0] == tokens[1] == self.model.bos:
+        if len(tokens) > 1 and tokens[0] == tokens[1] == self.backend.bos:
             del tokens[0]
         return self._job(request_id, tokens, sampling, constraint, stream)
 
@@ -178,10 +328,10 @@ class HostedModel:
         room = self.n_ctx - len(tokens)
         max_tokens = min(sampling.max_tokens or room, room)
         grammar = constraint_grammar(constraint) if constraint is not None else None
-        sampler = self.context.sampler(sampling, grammar)
+        sampler = self.backend.sampler(sampling, grammar)
         return GenerationJob(request_id, tokens, sampler, sampling.stop, max_tokens, stream)
 
-    def embedding_job(
+    def _embedding_job(
         self,
         request_id: str,
         inputs: Sequence[str],
@@ -197,10 +347,10 @@ class HostedModel:
             raise InvalidArgument(
                 f"inputs must hold 1 to {MAX_EMBED_INPUTS} texts, got {len(inputs)}"
             )
-        limit = min(self.context.n_batch, self.n_ctx)
+        limit = min(self.backend.n_batch, self.n_ctx)
         tokenized = []
         for i, text in enumerate(inputs):
-            tokens = self.tokenize(text)
+            tokens = self._tokens(text)
             if not tokens:
                 raise InvalidArgument(f"inputs[{i}] is empty")
             if len(tokens) > limit:
@@ -217,3 +367,20 @@ class HostedModel:
                 f"model {self.alias!r} was loaded with embedding: true and serves only Embed; "
                 "load it again without embedding to generate"
             )
+
+
+async def _off_loop_if_large(size: int, build: Callable[[], T]) -> T:
+    if size <= INLINE_TOKENIZE_BYTES:
+        return build()
+    return await asyncio.to_thread(build)
+
+
+def _log_finished(rid: str, alias: str, event: GenerationEvent) -> None:
+    if isinstance(event, Finished):
+        u, t = event.usage, event.timings
+        log.info(
+            "request %s model=%s prompt=%d cached=%d completion=%d finish=%s "
+            "ttft=%.1fms decode=%.1ftok/s",
+            rid, alias, u.prompt_tokens, u.cached_prompt_tokens, u.completion_tokens,
+            event.finish_reason.value, t.time_to_first_token_ms, t.decode_tokens_per_second,
+        )  # fmt: skip
