@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -102,6 +103,17 @@ def collect(loop: asyncio.AbstractEventLoop, stream: EventStream[T]) -> list[T]:
     return asyncio.run_coroutine_threadsafe(drain(), loop).result(WAIT)
 
 
+def eventually(condition: Callable[[], bool]) -> bool:
+    """Whether `condition` holds within WAIT: the engine releases a request just after
+    closing its stream, so a client can see the end a moment before the release."""
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
 def finished(events: list[GenerationEvent]) -> Finished:
     last = events[-1]
     assert isinstance(last, Finished), events
@@ -179,7 +191,8 @@ def test_a_request_withdrawn_before_it_starts_never_runs(loop, engines):
     engine.submit(withdrawn)
     engine.withdraw(withdrawn)
     assert engine.queued == 0
-    assert isinstance(withdrawn.sampler, FakeSampler) and withdrawn.sampler.closed
+    assert isinstance(withdrawn.sampler, FakeSampler)
+    assert eventually(lambda: withdrawn.sampler.closed)
     gate.release()
     collect(loop, running.stream)
     assert entries_of(backend, "withdrawn") == []
@@ -202,11 +215,12 @@ def test_a_request_cancelled_during_a_step_ends_at_the_next_step(loop, engines):
     assert events and not any(isinstance(e, Finished) for e in events)  # closed, not finished
     assert len(events) < 50
     assert finished(collect(loop, other.stream)).usage.completion_tokens == 20
-    assert isinstance(cancelled.sampler, FakeSampler) and cancelled.sampler.closed
+    assert isinstance(cancelled.sampler, FakeSampler)
+    assert eventually(lambda: cancelled.sampler.closed)
     seq = seq_holding(backend, b"cancelled")
     last_run = max(n for n, batch in enumerate(backend.runs) for e in batch if e.seq_id == seq)
     assert last_run == 4  # the run it was cancelled in (0-based), then no more
-    assert engine.active == 0
+    assert eventually(lambda: engine.active == 0)
 
 
 # ---- the batch -------------------------------------------------------------------------
@@ -372,7 +386,8 @@ def test_a_failing_sampler_fails_its_request_and_not_its_batch_neighbours(loop, 
     with pytest.raises(Internal, match="sampler failed on draw 3"):
         collect(loop, broken.stream)
     assert finished(collect(loop, healthy.stream)).usage.completion_tokens == 10
-    assert isinstance(broken.sampler, FakeSampler) and broken.sampler.closed
+    assert isinstance(broken.sampler, FakeSampler)
+    assert eventually(lambda: broken.sampler.closed)
 
 
 def test_a_client_that_never_reads_does_not_hold_up_the_others(loop, engines):
@@ -406,8 +421,10 @@ def test_close_fails_waiting_requests_and_stops_running_ones_with_unavailable(lo
     assert not closer.is_alive()
     with pytest.raises(Unavailable, match="model unloaded"):
         engine.submit(job(loop, backend, "too late"))
-    assert isinstance(waiting.sampler, FakeSampler) and waiting.sampler.closed
-    assert isinstance(running.sampler, FakeSampler) and running.sampler.closed
+    assert isinstance(waiting.sampler, FakeSampler)
+    assert eventually(lambda: waiting.sampler.closed)
+    assert isinstance(running.sampler, FakeSampler)
+    assert eventually(lambda: running.sampler.closed)
 
 
 # ---- embeddings ------------------------------------------------------------------------
