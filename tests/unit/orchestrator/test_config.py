@@ -44,3 +44,28 @@ def test_a_split_entry_leaves_n_gpu_layers_to_the_plan() -> None:
 def test_split_nodes_range(split_nodes: int) -> None:
     with pytest.raises(ValidationError):
         CatalogEntry(alias="m", path="/m.gguf", split_nodes=split_nodes)
+
+
+def test_only_the_settings_an_entry_sets_are_sent() -> None:
+    # The rest are each worker's own defaults (n_threads: its cores), not the coordinator's.
+    entry = CatalogEntry(alias="m", path="/m.gguf", n_ctx=2048, replicas=2, labels=("gpu",))
+    assert entry.load_fields() == {"alias": "m", "path": "/m.gguf", "n_ctx": 2048}
+    assert entry.load_settings().model_fields_set == {"alias", "path", "n_ctx"}
+
+
+def test_a_setting_changed_in_code_is_sent_too() -> None:
+    # The launcher shares the cores among its workers this way.
+    entry = CatalogEntry(alias="m", path="/m.gguf").model_copy(update={"n_threads": 2})
+    assert entry.load_fields()["n_threads"] == 2
+
+
+def test_entries_are_checked_as_workers_check_model_settings() -> None:
+    with pytest.raises(ValidationError, match=r"n_parallel \(8\) cannot exceed n_batch \(4\)"):
+        CatalogEntry(alias="m", path="/m.gguf", n_parallel=8, n_batch=4)
+
+
+@pytest.mark.parametrize("field", ["rpc_servers", "tensor_split"])
+def test_split_settings_are_left_to_the_split_planner(field: str) -> None:
+    value = ("b:50100",) if field == "rpc_servers" else (1.0,)
+    with pytest.raises(ValidationError, match=f"{field} are chosen by the split planner"):
+        CatalogEntry.model_validate({"alias": "m", "path": "/m.gguf", field: value})
