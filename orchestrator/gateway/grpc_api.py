@@ -11,6 +11,7 @@ from llamaherd.v1 import inference_pb2_grpc
 
 from common.errors import InvalidArgument
 from common.grpc_errors import request_id
+from orchestrator.cluster.reports import view_to_proto
 from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import views
 from orchestrator.gateway.route_requests import for_embed, for_generation, grpc_session
@@ -69,7 +70,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
     async def ClusterStatus(
         self, request: inf_pb.ClusterStatusRequest, context: aio.ServicerContext
     ) -> inf_pb.ClusterStatusResponse:
-        return views.cluster_status(self._router)
+        return view_to_proto(views.cluster_status(self._router))
 
 
 def _require_model(alias: str) -> None:

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from llamaherd.v1 import generation_pb2 as gen_pb
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -26,6 +25,7 @@ from starlette.routing import Route
 
 from common.errors import Internal, WorkerError
 from orchestrator.cluster.types import NodeId
+from orchestrator.cluster.view import view_to_json
 from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway import views
 from orchestrator.gateway.errors import BadRequest, http_status, openai_envelope
@@ -103,8 +103,7 @@ class OpenAIRoutes:
         raise self._router.not_served(alias)
 
     async def cluster(self, request: Request) -> Response:
-        status = views.cluster_status(self._router)
-        return JSONResponse(MessageToDict(status, preserving_proto_field_name=True))
+        return JSONResponse(view_to_json(views.cluster_status(self._router)))
 
     async def health(self, request: Request) -> Response:
         ready = self._models().models
