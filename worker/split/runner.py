@@ -97,7 +97,7 @@ class SplitModel:
         self.template: TemplateSource | None = None
         self._process = process
         self._channel = channel
-        self.stub = worker_pb2_grpc.WorkerStub(channel)
+        self._stub = worker_pb2_grpc.WorkerStub(channel)
         self._on_lost = on_lost
         self._lost: str | None = None
         self._closing: str | None = None  # why it is being stopped on purpose
@@ -170,7 +170,7 @@ class SplitModel:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     break
             await asyncio.sleep(0.1)
-        listing = await self.stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
+        listing = await self._stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
         for info in listing.models:
             if info.alias == self.alias and info.state == pb.MODEL_STATE_FAILED:
                 raise FailedPrecondition(f"split model {self.alias!r} could not load: {info.error}")
@@ -203,7 +203,7 @@ class SplitModel:
             while not wait.done():
                 with contextlib.suppress(aio.AioRpcError):
                     self._update(
-                        await self.stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
+                        await self._stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
                     )
                 await asyncio.wait({wait}, timeout=PROBE_INTERVAL_S)
         finally:
@@ -269,7 +269,7 @@ class SplitModel:
             sampling=convert.sampling_to_proto(sampling),
             constraint=convert.constraint_to_proto(constraint),
         )
-        return self._relay_stream(self.stub.Generate, request, request_id)
+        return self._relay_stream(self._stub.Generate, request, request_id)
 
     def chat(
         self,
@@ -284,13 +284,13 @@ class SplitModel:
             sampling=convert.sampling_to_proto(sampling),
             constraint=convert.constraint_to_proto(constraint),
         )
-        return self._relay_stream(self.stub.Chat, request, request_id)
+        return self._relay_stream(self._stub.Chat, request, request_id)
 
     async def embed(
         self, request_id: str, inputs: Sequence[str], normalize: bool
     ) -> EmbeddingResult:
         request = gen_pb.EmbedRequest(model=self.alias, inputs=inputs, normalize=normalize)
-        reply = await self._relay_unary(self.stub.Embed, request, request_id)
+        reply = await self._relay_unary(self._stub.Embed, request, request_id)
         return convert.embeddings_from_proto(reply)
 
     async def tokenize(
@@ -308,12 +308,12 @@ class SplitModel:
             parse_special=parse_special,
             with_pieces=with_pieces,
         )
-        reply = await self._relay_unary(self.stub.Tokenize, request, request_id)
+        reply = await self._relay_unary(self._stub.Tokenize, request, request_id)
         return convert.tokenized_from_proto(reply)
 
     async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
         request = gen_pb.DetokenizeRequest(model=self.alias, tokens=tokens)
-        reply = await self._relay_unary(self.stub.Detokenize, request, request_id)
+        reply = await self._relay_unary(self._stub.Detokenize, request, request_id)
         text: str = reply.text
         return text
 
