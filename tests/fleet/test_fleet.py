@@ -1,0 +1,198 @@
+"""Ansible converges three real systemd hosts over SSH into a cluster that serves; a second
+run changes nothing; a rolling upgrade under light load loses no request.
+
+The tests run in file order on one fleet (see conftest.py); each later one builds on the
+state the earlier ones left, as an operator's successive runs would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fleet.conftest import ROOT, Fleet, PlaybookRun
+
+pytestmark = pytest.mark.timeout(2400)
+
+WORKERS = ("pc", "jetson")
+UPGRADED_VERSION = "0.1.0+fleet.upgrade"
+
+
+def _converged(fleet: Fleet) -> PlaybookRun:
+    if "first" not in fleet.timings:
+        run = fleet.playbook("site.yml")
+        fleet.timings["first"] = run.seconds
+        fleet.first_run = run  # type: ignore[attr-defined]
+    return fleet.first_run  # type: ignore[attr-defined,no-any-return]
+
+
+def _headers(fleet: Fleet) -> dict[str, str]:
+    return {"Authorization": f"Bearer {fleet.api_key}"}
+
+
+def _chat(fleet: Fleet, client: httpx.Client, content: str = "Hello") -> httpx.Response:
+    return client.post(
+        f"{fleet.gateway}/v1/chat/completions",
+        headers=_headers(fleet),
+        json={"model": "gemma-3-270m", "max_tokens": 8, "temperature": 0,
+              "messages": [{"role": "user", "content": content}]},
+        timeout=120,
+    )  # fmt: skip
+
+
+def test_first_converge_succeeds_on_every_host(fleet: Fleet) -> None:
+    run = _converged(fleet)
+    assert run.rc == 0, run.output[-6000:]
+    assert set(run.recap) >= {"coord", "pc", "jetson", "localhost"}
+    assert all(c["failed"] == 0 and c["unreachable"] == 0 for c in run.recap.values())
+
+
+def test_units_are_active_and_enabled(fleet: Fleet) -> None:
+    _converged(fleet)
+    units = {"coord": "llamaherd-coordinator", "pc": "llamaherd-worker",
+             "jetson": "llamaherd-worker"}  # fmt: skip
+    for host, unit in units.items():
+        result = fleet.ssh(host, f"systemctl is-active {unit}; systemctl is-enabled {unit}")
+        assert result.stdout.split() == ["active", "enabled"], (host, result)
+
+
+def test_every_worker_is_healthy_and_listed_by_the_coordinator(fleet: Fleet) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    _converged(fleet)
+    for host in WORKERS:
+        with grpc.insecure_channel(f"{fleet.machines[host].address}:50051") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=10
+            )
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, host
+    cluster = httpx.get(f"{fleet.gateway}/v1/cluster", headers=_headers(fleet), timeout=10)
+    assert cluster.status_code == 200
+    text = cluster.text
+    for host in WORKERS:
+        assert f'"{host}"' in text and fleet.machines[host].address in text, host
+
+
+def test_a_chat_completion_through_the_gateway_is_served_by_a_worker_host(fleet: Fleet) -> None:
+    _converged(fleet)
+    with httpx.Client() as client:
+        deadline = time.monotonic() + 240
+        while True:  # placement loads the catalog's replicas after the workers register
+            response = _chat(fleet, client)
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(2)
+        assert response.status_code == 200, response.text
+        assert response.json()["choices"][0]["message"]["content"]
+        assert response.headers["x-llamaherd-node"] in WORKERS
+        refused = client.post(f"{fleet.gateway}/v1/chat/completions", json={}, timeout=10)
+        assert refused.status_code == 401  # the API key from the vault is enforced
+
+
+def test_the_api_key_stays_secret(fleet: Fleet) -> None:
+    run = _converged(fleet)
+    assert fleet.api_key not in run.output
+    mode = fleet.ssh("coord", "stat -c '%a %U' /etc/llamaherd/coordinator.env")
+    assert mode.stdout.split() == ["600", "root"]
+    for host in ("coord", *WORKERS):
+        logs = fleet.ssh(host, "journalctl -q --no-pager -u 'llamaherd-*'")
+        assert fleet.api_key not in logs.stdout
+
+
+def test_the_jetson_branch_ran_on_the_jetson_host(fleet: Fleet) -> None:
+    run = _converged(fleet)
+    assert "L4T R36.4.3 (JetPack 6.2 or newer)" in run.output
+    assert "skipping the CUDA build" in run.output
+    state = fleet.ssh(
+        "jetson",
+        "cat /var/lib/nvpmodel.mode; test -f /var/lib/jetson_clocks.pinned && echo pinned; "
+        "grep -c cuda-12.6 /etc/profile.d/cuda.sh; id -nG llamaherd",
+    )
+    lines = state.stdout.split("\n")
+    assert lines[:3] == ["0", "pinned", "2"], state
+    assert "jtop" in lines[3].split()
+    versions = fleet.ssh(
+        "jetson",
+        "/opt/jetson-stats/bin/pip show jetson-stats | grep ^Version; "
+        "/opt/llamaherd/venv/bin/pip show jetson-stats | grep ^Version",
+    )
+    service, client = versions.stdout.split("\n")[:2]
+    assert service == client == "Version: 4.3.2"
+    pc = fleet.ssh("pc", "test -e /etc/profile.d/cuda.sh || echo absent")
+    assert pc.stdout.strip() == "absent"
+
+
+def test_the_model_file_arrived_with_its_checksum(fleet: Fleet) -> None:
+    _converged(fleet)
+    for host in WORKERS:
+        digest = fleet.ssh(host, "sha256sum /var/lib/llamaherd/models/gemma-3-270m-q4_k_m.gguf")
+        assert digest.returncode == 0 and len(digest.stdout.split()[0]) == 64
+
+
+def test_a_second_converge_changes_nothing(fleet: Fleet) -> None:
+    _converged(fleet)
+    run = fleet.playbook("site.yml")
+    fleet.timings["second"] = run.seconds
+    assert run.rc == 0, run.output[-6000:]
+    assert run.changed() == dict.fromkeys(run.recap, 0), run.output[-8000:]
+
+
+def _upgraded_source(tmp: Path) -> Path:
+    """This tree with another version number: what a release would bring."""
+    source = tmp / "llamaherd-next"
+    for name in ("common", "worker", "orchestrator", "protos"):
+        shutil.copytree(ROOT / name, source / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*_pb2*"))  # fmt: skip
+    for name in ("setup.py", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (source / "pyproject.toml").write_text(
+        pyproject.replace('version = "0.1.0"', f'version = "{UPGRADED_VERSION}"', 1)
+    )
+    return source
+
+
+def test_a_rolling_upgrade_under_light_load_loses_no_request(fleet: Fleet, tmp_path: Path) -> None:
+    _converged(fleet)
+    source = _upgraded_source(tmp_path)
+    outcomes: Counter[str] = Counter()
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:  # about two requests a second in all, from two clients
+        with httpx.Client() as client:
+            while not stop.is_set():
+                try:
+                    response = _chat(fleet, client, "Count to three.")
+                    outcomes[str(response.status_code)] += 1
+                    if response.status_code != 200:
+                        failures.append(f"{response.status_code}: {response.text[:300]}")
+                except httpx.HTTPError as exc:
+                    outcomes["error"] += 1
+                    failures.append(repr(exc))
+                stop.wait(1.0)
+
+    clients = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for thread in clients:
+        thread.start()
+    try:
+        run = fleet.playbook("upgrade.yml", "-e", f"llamaherd_wheelhouse_source={source}")
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(150)
+    fleet.timings["upgrade"] = run.seconds
+    print(f"\nfleet timings (s): {fleet.timings}; requests during the upgrade: {dict(outcomes)}")
+    assert run.rc == 0, run.output[-6000:]
+    for host in WORKERS:
+        version = fleet.ssh(host, "/opt/llamaherd/venv/bin/pip show llamaherd | grep ^Version")
+        assert version.stdout.strip() == f"Version: {UPGRADED_VERSION}", host
+    assert outcomes["200"] > 0
+    assert failures == [], failures[:5]
