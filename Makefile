@@ -33,7 +33,9 @@ unit: setup
 lint: setup  ## ruff, mypy, and the import contracts in pyproject.toml
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common worker orchestrator
+	# The llama.cpp stand-ins are checked against the engine's backend protocol too.
+	MYPYPATH=tests $(VENV)/bin/mypy -p common -p worker -p orchestrator \
+		-m support.fake_backend -m support.fake_model
 	$(VENV)/bin/lint-imports
 
 bench: setup  ## gRPC worker vs. llama-cpp-python in-process; figures for BENCHMARKS.md

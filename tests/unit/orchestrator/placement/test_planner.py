@@ -172,9 +172,7 @@ def test_shortfall_explains_every_node() -> None:
         node("node-c", labels=("jetson",)),
         node("node-d", replica("m"), labels=("jetson",)),
         node("node-e", labels=("jetson",)),
-        node(
-            "node-f", replica("m", ModelState.FAILED, error="out of memory"), labels=("jetson",)
-        ),
+        node("node-f", replica("m", ModelState.FAILED, error="out of memory"), labels=("jetson",)),
         node("node-g", replica("m", ModelState.UNLOADING), labels=("jetson",)),
         node("node-h", labels=("jetson",)),
     ]
