@@ -15,7 +15,18 @@ from typing import Any
 import grpc
 from grpc import aio
 
-from common.errors import ErrorKind, WorkerError
+from common.errors import (
+    AlreadyExists,
+    ErrorKind,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+    WorkerError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +41,35 @@ CODES = {
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 REQUEST_ID_KEY = "x-request-id"
+
+# A peer's status as our error kind, for clients of our servers (the control plane's worker
+# client, a split model's relay): the inverse of CODES (a unit test keeps the two in step),
+# plus the codes only gRPC itself produces: a deadline, a call the
+# server cancelled, a range. Any other code is the worker's failure: Internal.
+ERROR_KINDS: dict[grpc.StatusCode, type[WorkerError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: NotFound,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
+    grpc.StatusCode.CANCELLED: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
+}
+
+
+def error_from_status(code: grpc.StatusCode, details: str | None) -> WorkerError:
+    """A peer's gRPC status as our error, with its own message (or the code's name when it
+    gave none)."""
+    return ERROR_KINDS.get(code, Internal)(details or code.name)
+
+
+def error_from_rpc(exc: aio.AioRpcError) -> WorkerError:
+    return error_from_status(exc.code(), exc.details())
+
 
 Unary = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, aio.ServicerContext], AsyncIterator[Any]]

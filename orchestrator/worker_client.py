@@ -20,24 +20,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
-import grpc
 from grpc import aio
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 from llamaherd.v1 import worker_pb2_grpc
 
-from common.errors import (
-    AlreadyExists,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unavailable,
-    WorkerError,
-)
-from common.grpc_errors import REQUEST_ID_KEY
+from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.leases import Lease
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
@@ -58,33 +46,6 @@ CHANNEL_OPTIONS = [
     # come back: the gateway then retries on another replica.
     ("grpc.enable_retries", 0),
 ]
-
-# A worker's status as our error kind: the inverse of common.grpc_errors.CODES (a unit test
-# keeps the two in step), plus the codes only gRPC itself produces: a deadline, a call the
-# server cancelled, a range. Any other code is the worker's failure: Internal.
-ERROR_KINDS: dict[grpc.StatusCode, type[WorkerError]] = {
-    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
-    grpc.StatusCode.NOT_FOUND: NotFound,
-    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
-    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
-    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
-    grpc.StatusCode.UNAVAILABLE: Unavailable,
-    grpc.StatusCode.INTERNAL: Internal,
-    grpc.StatusCode.OUT_OF_RANGE: InvalidArgument,
-    grpc.StatusCode.CANCELLED: Unavailable,
-    grpc.StatusCode.DEADLINE_EXCEEDED: Unavailable,
-}
-
-
-def error_from_status(code: grpc.StatusCode, details: str | None) -> WorkerError:
-    """A worker's gRPC status as our error, with the worker's own message (or the code's
-    name when it gave none)."""
-    return ERROR_KINDS.get(code, Internal)(details or code.name)
-
-
-def error_from_rpc(exc: aio.AioRpcError) -> WorkerError:
-    return error_from_status(exc.code(), exc.details())
 
 
 async def _unary(call: Awaitable[T]) -> T:

@@ -35,8 +35,8 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
-from common.errors import ErrorKind, FailedPrecondition, Unavailable, WorkerError
-from common.grpc_errors import CODES, REQUEST_ID_KEY
+from common.errors import FailedPrecondition, Unavailable, WorkerError
+from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.model_settings import ModelConfig
 from common.net import split_host_port
 from common.status import EngineFigures
@@ -62,17 +62,6 @@ _EXIT_HINTS = {
     -signal.SIGABRT: "ggml aborted: a helper's RPC connection failed or answered garbage",
     -signal.SIGKILL: "killed",
 }
-# The one kind-to-code table (common.grpc_errors), read backwards: a child's refusal
-# reaches the client with the code the child gave it.
-_KINDS = {code: kind for kind, code in CODES.items()}
-
-
-class RelayedError(WorkerError):
-    """An error the child reported, passed on with its own status."""
-
-    def __init__(self, kind: ErrorKind, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -342,8 +331,7 @@ class SplitModel:
             return Unavailable(
                 self._lost or self._closing or f"split model {self.alias!r} lost its process"
             )
-        kind = _KINDS.get(exc.code(), ErrorKind.INTERNAL)
-        return RelayedError(kind, exc.details() or exc.code().name)
+        return error_from_rpc(exc)  # the child's refusal, with the code the child gave it
 
 
 class _ChildExited(Exception):

@@ -18,12 +18,12 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
 from common.errors import ErrorKind, WorkerError
-from common.grpc_errors import CODES
+from common.grpc_errors import CODES, error_from_status
 from common.leases import Lease
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
 from orchestrator.config import CatalogEntry
-from orchestrator.worker_client import WorkerClient, WorkerClients, error_from_status
+from orchestrator.worker_client import WorkerClient, WorkerClients
 
 Reply = Any  # a message, a list of messages (a stream), or an AioRpcError to end with
 
