@@ -1,9 +1,10 @@
-"""Domain errors of the worker.
+"""The errors llamaherd reports, in the worker and the control plane alike.
 
-Every refusal the worker makes is one of these, raised where the problem is found with a
-message that names it (the field, the counts, what to do). They carry a transport-neutral
-`kind`; the gRPC interceptor (common.grpc_errors) is the one place that turns kinds into
-status codes, so no other module imports grpc to report an error.
+Every refusal is one of these, raised where the problem is found with a message that names
+it (the field, the counts, what to do). They carry a transport-neutral `kind`; each front
+door maps kinds to its own statuses in one place (common.grpc_errors for gRPC, both ways;
+the gateway's HTTP error handler for the OpenAI envelope), so no other module imports grpc
+to report an error.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ class ErrorKind(enum.Enum):
     INTERNAL = "internal"
 
 
-class WorkerError(Exception):
-    """Base of every error the worker reports to a client."""
+class LlamaherdError(Exception):
+    """Base of every error llamaherd reports to a client."""
 
     kind: ErrorKind = ErrorKind.INTERNAL
 
@@ -33,35 +34,35 @@ class WorkerError(Exception):
         self.message = message
 
 
-class InvalidArgument(WorkerError):
+class InvalidArgument(LlamaherdError):
     kind = ErrorKind.INVALID_ARGUMENT
 
 
-class NotFound(WorkerError):
+class NotFound(LlamaherdError):
     kind = ErrorKind.NOT_FOUND
 
 
-class AlreadyExists(WorkerError):
+class AlreadyExists(LlamaherdError):
     kind = ErrorKind.ALREADY_EXISTS
 
 
-class PermissionDenied(WorkerError):
+class PermissionDenied(LlamaherdError):
     kind = ErrorKind.PERMISSION_DENIED
 
 
-class ResourceExhausted(WorkerError):
+class ResourceExhausted(LlamaherdError):
     kind = ErrorKind.RESOURCE_EXHAUSTED
 
 
-class FailedPrecondition(WorkerError):
+class FailedPrecondition(LlamaherdError):
     kind = ErrorKind.FAILED_PRECONDITION
 
 
-class Unavailable(WorkerError):
+class Unavailable(LlamaherdError):
     kind = ErrorKind.UNAVAILABLE
 
 
-class Internal(WorkerError):
+class Internal(LlamaherdError):
     kind = ErrorKind.INTERNAL
 
 

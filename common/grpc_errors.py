@@ -1,6 +1,6 @@
 """The one place where the worker's errors become gRPC status codes.
 
-A server interceptor wraps every handler: a WorkerError ends the call with its mapped code
+A server interceptor wraps every handler: a LlamaherdError ends the call with its mapped code
 and its message; anything else is a bug, logged with its traceback and reported as INTERNAL
 with the request id so the log line can be found. The process keeps serving either way.
 """
@@ -21,11 +21,11 @@ from common.errors import (
     FailedPrecondition,
     Internal,
     InvalidArgument,
+    LlamaherdError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
-    WorkerError,
 )
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ REQUEST_ID_KEY = "x-request-id"
 # client, a split model's relay): the inverse of CODES (a unit test keeps the two in step),
 # plus the codes only gRPC itself produces: a deadline, a call the
 # server cancelled, a range. Any other code is the worker's failure: Internal.
-ERROR_KINDS: dict[grpc.StatusCode, type[WorkerError]] = {
+ERROR_KINDS: dict[grpc.StatusCode, type[LlamaherdError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
@@ -61,13 +61,13 @@ ERROR_KINDS: dict[grpc.StatusCode, type[WorkerError]] = {
 }
 
 
-def error_from_status(code: grpc.StatusCode, details: str | None) -> WorkerError:
+def error_from_status(code: grpc.StatusCode, details: str | None) -> LlamaherdError:
     """A peer's gRPC status as our error, with its own message (or the code's name when it
     gave none)."""
     return ERROR_KINDS.get(code, Internal)(details or code.name)
 
 
-def error_from_rpc(exc: aio.AioRpcError) -> WorkerError:
+def error_from_rpc(exc: aio.AioRpcError) -> LlamaherdError:
     return error_from_status(exc.code(), exc.details())
 
 
@@ -84,7 +84,7 @@ def request_id(context: aio.ServicerContext) -> str:
 
 
 async def _abort(context: aio.ServicerContext, method: str, exc: Exception) -> None:
-    if isinstance(exc, WorkerError):
+    if isinstance(exc, LlamaherdError):
         log.info("%s refused: %s: %s", method, exc.kind.value, exc.message)
         await context.abort(CODES[exc.kind], exc.message)
     incident = uuid.uuid4().hex[:12]

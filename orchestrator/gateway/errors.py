@@ -13,9 +13,9 @@ from typing import Any
 from common.errors import (
     ErrorKind,
     InvalidArgument,
+    LlamaherdError,
     NotFound,
     Unavailable,
-    WorkerError,
 )
 
 
@@ -52,11 +52,11 @@ HTTP_STATUS = {
 }
 
 
-def http_status(error: WorkerError) -> int:
+def http_status(error: LlamaherdError) -> int:
     return HTTP_STATUS[error.kind][0]
 
 
-def openai_envelope(error: WorkerError) -> dict[str, Any]:
+def openai_envelope(error: LlamaherdError) -> dict[str, Any]:
     """OpenAI's `{"error": {...}}` body for an error."""
     _, kind = HTTP_STATUS[error.kind]
     code: str | None = error.kind.value

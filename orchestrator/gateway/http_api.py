@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from common.errors import Internal, WorkerError
+from common.errors import Internal, LlamaherdError
 from orchestrator.cluster.types import NodeId
 from orchestrator.cluster.view import view_to_json
 from orchestrator.gateway import openai_schema as oa
@@ -54,7 +54,7 @@ def build_app(router: Router, created_unix_s: int) -> Starlette:
             Route("/metrics", api.metrics, methods=["GET"]),
         ],
         exception_handlers={
-            WorkerError: _error_response,
+            LlamaherdError: _error_response,
             404: _not_found,
             405: _method_not_allowed,
             Exception: _internal_error,
@@ -202,7 +202,7 @@ async def _sse(
                     yield oa.sse_event(oa.usage_chunk(call_id, created, model, chunk.usage, name))
                 break
             chunk = await _next_chunk(chunks)
-    except WorkerError as exc:
+    except LlamaherdError as exc:
         log.warning("stream %s ended early: %s", call_id, exc.message)
         yield oa.sse_event(openai_envelope(exc))
     finally:
@@ -239,7 +239,7 @@ def _request_id(request: Request) -> str | None:
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, WorkerError)
+    assert isinstance(exc, LlamaherdError)
     return JSONResponse(openai_envelope(exc), status_code=http_status(exc))
 
 

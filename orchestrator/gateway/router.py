@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
-from common.errors import ErrorKind, Internal, Unavailable, WorkerError
+from common.errors import ErrorKind, Internal, LlamaherdError, Unavailable
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed
 from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
@@ -106,7 +106,7 @@ class Router:
         except NoCandidate as exc:
             raise Unavailable(str(exc)) from None
 
-    def not_served(self, alias: str) -> WorkerError:
+    def not_served(self, alias: str) -> LlamaherdError:
         """The error for a model no node serves, listing the ones that are served."""
         served = {r.alias for n in self.snapshot.up_nodes for r in n.replicas if r.ready}
         return ModelNotServed(alias, sorted(served))
@@ -153,7 +153,7 @@ class Router:
         UpstreamFailed, since the client already holds part of an answer.
         """
         exclude: set[NodeId] = set()
-        last_error: WorkerError | None = None
+        last_error: LlamaherdError | None = None
         for _ in range(self.retries + 1):
             candidate = self._choose_or_last(request, exclude, last_error)
             call = open_call(self.clients.client(candidate.address))
@@ -164,7 +164,7 @@ class Router:
                         streamed = True
                         yield candidate.node_id, message
                     return
-                except WorkerError as exc:
+                except LlamaherdError as exc:
                     error = self._upstream_error(candidate, exc, streamed)
                     if streamed or exc.kind not in RETRYABLE:
                         raise error from None
@@ -190,14 +190,14 @@ class Router:
         """A unary call to a worker chosen for `request`, retried elsewhere on retryable
         errors."""
         exclude: set[NodeId] = set()
-        last_error: WorkerError | None = None
+        last_error: LlamaherdError | None = None
         for _ in range(self.retries + 1):
             candidate = self._choose_or_last(request, exclude, last_error)
             key = (candidate.node_id, candidate.replica.alias)
             self.inflight[key] += 1
             try:
                 return await call(self.clients.client(candidate.address)), candidate.node_id
-            except WorkerError as exc:
+            except LlamaherdError as exc:
                 error = self._upstream_error(candidate, exc, streamed=False)
                 if exc.kind not in RETRYABLE:
                     raise error from None
@@ -211,19 +211,19 @@ class Router:
         raise last_error
 
     def _choose_or_last(
-        self, request: RouteRequest, exclude: set[NodeId], last_error: WorkerError | None
+        self, request: RouteRequest, exclude: set[NodeId], last_error: LlamaherdError | None
     ) -> Candidate:
         try:
             return self.choose(request, exclude)
-        except WorkerError:
+        except LlamaherdError:
             # After a failed attempt, that failure explains more than "no other replica".
             if last_error is not None:
                 raise last_error from None
             raise
 
     def _upstream_error(
-        self, candidate: Candidate, exc: WorkerError, streamed: bool
-    ) -> WorkerError:
+        self, candidate: Candidate, exc: LlamaherdError, streamed: bool
+    ) -> LlamaherdError:
         """A worker's error as the client's, attributed to the node when it is the node's."""
         node = candidate.node_id
         if exc.kind is ErrorKind.UNAVAILABLE:

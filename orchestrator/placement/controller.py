@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from common.errors import WorkerError
+from common.errors import LlamaherdError
 from common.leases import Lease
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
@@ -107,7 +107,7 @@ class _StepFailed(Exception):
 async def _step(node_id: NodeId, verb: str, call: Awaitable[T]) -> T:
     try:
         return await call
-    except WorkerError as exc:
+    except LlamaherdError as exc:
         raise _StepFailed(node_id, f"{verb} failed there: {exc.message}") from exc
 
 
@@ -248,7 +248,7 @@ class PlacementController:
             return await self._clients(address).estimate(
                 entry.load_settings(), timeout=self._timings.estimate_timeout_s
             )
-        except WorkerError as exc:
+        except LlamaherdError as exc:
             return f"cannot estimate: {exc.message}"
 
     # ---- actions -----------------------------------------------------------------------
@@ -339,7 +339,7 @@ class PlacementController:
         worker = self._clients(address)
         try:
             await worker.stop_rpc_server(stop.lease_id, self._timings.stop_lease_timeout_s)
-        except WorkerError as exc:
+        except LlamaherdError as exc:
             log.warning("stopping lease %s on %s failed: %s", stop.lease_id, stop.node_id,
                         exc.message)  # fmt: skip
 

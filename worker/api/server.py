@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import worker_pb2, worker_pb2_grpc
 
-from common.errors import WorkerError
+from common.errors import LlamaherdError
 from common.grpc_errors import ErrorInterceptor
 from common.hardware import HardwareInfo
 from common.memory import format_bytes
@@ -185,7 +185,7 @@ def _with_reference_speed(hardware: HardwareInfo) -> HardwareInfo:
     key = cache_key(system_info(), cpu_model(), hardware.gpus, threads, layers)
     try:
         speed = reference_speed(default_cache_dir(), key, threads, layers)
-    except (WorkerError, OSError) as exc:
+    except (LlamaherdError, OSError) as exc:
         log.warning("reference speed not measured: %s", exc)
         return hardware
     return dataclasses.replace(hardware, reference_decode_tps=speed.decode_tps)

@@ -1,7 +1,7 @@
 """The Worker gRPC service: converts, delegates to the registry and the model, streams back.
 
 Handlers stay thin: protobuf in, domain types to the model (a worker.models.served
-ServedModel, local or split alike), protobuf out. Errors are raised as WorkerError and
+ServedModel, local or split alike), protobuf out. Errors are raised as LlamaherdError and
 mapped to status codes by the interceptor (common.grpc_errors); client cancellation
 arrives as asyncio cancellation and stops the model's work at the next token.
 """

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.errors import Internal, ResourceExhausted, Unavailable, WorkerError
+from common.errors import Internal, LlamaherdError, ResourceExhausted, Unavailable
 from common.status import EngineFigures
 from worker.engine.backend import Backend, TokenSampler
 from worker.engine.generation import (
@@ -297,7 +297,7 @@ class ModelEngine:
                 except _Cancelled:
                     log.debug("request %s cancelled by the client", slot.run.job.request_id)
                     self._end(slot)
-                except WorkerError as exc:
+                except LlamaherdError as exc:
                     self._fail(slot, exc)
         decoding = [s for s in self._slots if s.run is not None and s.run.next_token is not None]
         prefilling = sorted(
@@ -398,7 +398,7 @@ class ModelEngine:
     def _fail(self, slot: _Slot, exc: Exception) -> None:
         run = slot.run
         assert run is not None
-        if not isinstance(exc, WorkerError):
+        if not isinstance(exc, LlamaherdError):
             log.error(
                 "request %s failed in the engine of %s", run.job.request_id, self.name,
                 exc_info=exc,
@@ -432,7 +432,7 @@ class ModelEngine:
             job.stream.close()
         except _Cancelled:
             job.stream.close()
-        except WorkerError as exc:
+        except LlamaherdError as exc:
             job.stream.fail(exc)
         except Exception as exc:
             log.exception("request %s failed in the engine of %s", job.request_id, self.name)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Generic, TypeVar
 
-from common.errors import WorkerError
+from common.errors import LlamaherdError
 
 T = TypeVar("T")
 
@@ -28,7 +28,7 @@ _END = _End()
 class EventStream(Generic[T]):
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._queue: asyncio.Queue[T | WorkerError | _End] = asyncio.Queue()
+        self._queue: asyncio.Queue[T | LlamaherdError | _End] = asyncio.Queue()
         self._cancelled = threading.Event()
 
     # ---- engine thread -------------------------------------------------------------
@@ -39,13 +39,13 @@ class EventStream(Generic[T]):
     def emit(self, event: T) -> None:
         self._put(event)
 
-    def fail(self, error: WorkerError) -> None:
+    def fail(self, error: LlamaherdError) -> None:
         self._put(error)
 
     def close(self) -> None:
         self._put(_END)
 
-    def _put(self, item: T | WorkerError | _End) -> None:
+    def _put(self, item: T | LlamaherdError | _End) -> None:
         try:
             self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
         except RuntimeError:  # the event loop is gone: nobody is listening any more
@@ -61,6 +61,6 @@ class EventStream(Generic[T]):
             item = await self._queue.get()
             if isinstance(item, _End):
                 return
-            if isinstance(item, WorkerError):
+            if isinstance(item, LlamaherdError):
                 raise item
             yield item

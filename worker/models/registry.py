@@ -25,11 +25,11 @@ from common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
+    LlamaherdError,
     ModelNotFound,
     NotFound,
     PermissionDenied,
     Unavailable,
-    WorkerError,
 )
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
@@ -170,7 +170,7 @@ class ModelRegistry:
         for config in configs:
             try:
                 await self.load(config, trusted=True)
-            except WorkerError as exc:
+            except LlamaherdError as exc:
                 log.error("model %s failed to load: %s", config.alias, exc.message)
                 with self._lock:
                     self._entries[config.alias] = _Entry(

@@ -5,7 +5,7 @@ chat template) or, when its layers are split over helper nodes, in a child worke
 one relays to (worker.split.runner.SplitModel). Both implement `ServedModel`, so the
 servicer and the registry treat them alike: requests and results are the worker's domain
 types (worker.engine.generation, worker.engine.sampling), never protobuf, and errors are
-`common.errors.WorkerError`s.
+`common.errors.LlamaherdError`s.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TemplateSource(Protocol):
 
 
 class ServedModel(Protocol):
-    """A model the worker serves. Streams end with the model's own `WorkerError`s; a
+    """A model the worker serves. Streams end with the model's own `LlamaherdError`s; a
     consumer that stops iterating (its client went away) stops the model's work."""
 
     @property

@@ -35,7 +35,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
-from common.errors import FailedPrecondition, Unavailable, WorkerError
+from common.errors import FailedPrecondition, LlamaherdError, Unavailable
 from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.model_settings import ModelConfig
 from common.net import split_host_port
@@ -324,7 +324,7 @@ class SplitModel:
         except aio.AioRpcError as exc:
             raise self._relayed(exc) from None
 
-    def _relayed(self, exc: aio.AioRpcError) -> WorkerError:
+    def _relayed(self, exc: aio.AioRpcError) -> LlamaherdError:
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED) and (
             self._lost or self._closing or self._process.returncode is not None
         ):

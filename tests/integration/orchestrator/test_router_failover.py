@@ -15,7 +15,7 @@ from support.cluster import wait_for
 from support.models import GEMMA
 from support.worker_process import free_port
 
-from common.errors import ErrorKind, WorkerError
+from common.errors import ErrorKind, LlamaherdError
 from common.hardware import HardwareInfo
 from common.model_settings import BUILTIN_PREFIX, ModelConfig
 from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
@@ -76,7 +76,7 @@ def test_request_on_a_dead_worker_is_retried_on_another_replica(worker):
 def test_with_every_replica_dead_the_error_names_the_failure(worker):
     async def scenario() -> None:
         router = _router(_node("a", f"127.0.0.1:{free_port()}"), retries=1)
-        with pytest.raises(WorkerError) as err:
+        with pytest.raises(LlamaherdError) as err:
             await _relay(router, REQUEST)
         assert err.value.kind is ErrorKind.UNAVAILABLE
         assert "worker a failed" in err.value.message
@@ -98,7 +98,7 @@ def test_invalid_requests_are_not_retried(worker):
             return original(address)
 
         router.clients.client = counting  # type: ignore[method-assign]
-        with pytest.raises(WorkerError) as err:
+        with pytest.raises(LlamaherdError) as err:
             await _relay(router, bad)
         assert err.value.kind is ErrorKind.INVALID_ARGUMENT and "top_p" in err.value.message
         assert len(calls) == 1
@@ -116,7 +116,7 @@ def test_a_node_leaving_the_view_fails_its_running_streams_at_once(worker):
         node = _node("a", worker.address)
         router = _router(node)
         received = 0
-        with pytest.raises(WorkerError) as err:
+        with pytest.raises(LlamaherdError) as err:
             async for _ in router.stream(ROUTE, lambda worker: worker.generate(long_request)):
                 received += 1
                 if received == 3:

@@ -17,7 +17,7 @@ from grpc import aio
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
-from common.errors import ErrorKind, WorkerError
+from common.errors import ErrorKind, LlamaherdError
 from common.grpc_errors import CODES, error_from_status
 from common.leases import Lease
 from common.memory import MemoryEstimate
@@ -165,7 +165,7 @@ def test_load_sends_the_settings_and_its_timeout() -> None:
 def test_a_refused_load_raises_the_workers_kind_and_message() -> None:
     refusal = rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "needs 2.0 GiB, has 1.0 GiB")
     worker, _ = client(LoadModel=refusal)
-    with pytest.raises(WorkerError) as err:
+    with pytest.raises(LlamaherdError) as err:
         run(worker.load(ModelConfig(alias="m", path="/m.gguf")))
     assert err.value.kind is ErrorKind.RESOURCE_EXHAUSTED
     assert err.value.message == "needs 2.0 GiB, has 1.0 GiB"
@@ -173,7 +173,7 @@ def test_a_refused_load_raises_the_workers_kind_and_message() -> None:
 
 def test_an_unreachable_worker_is_unavailable() -> None:
     worker, _ = client(UnloadModel=rpc_error(grpc.StatusCode.UNAVAILABLE, "failed to connect"))
-    with pytest.raises(WorkerError) as err:
+    with pytest.raises(LlamaherdError) as err:
         run(worker.unload("m", timeout=60.0))
     assert (err.value.kind, err.value.message) == (ErrorKind.UNAVAILABLE, "failed to connect")
 
@@ -227,7 +227,7 @@ def test_a_stream_that_fails_midway_raises_the_kind_after_the_chunks_before() ->
         async for chunk in worker.generate(REQUEST):
             received.append(chunk.text)
 
-    with pytest.raises(WorkerError) as err:
+    with pytest.raises(LlamaherdError) as err:
         run(read())
     assert received == ["Hi"]
     assert (err.value.kind, err.value.message) == (ErrorKind.UNAVAILABLE, "Socket closed")

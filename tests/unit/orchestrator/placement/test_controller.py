@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from common.errors import FailedPrecondition, NotFound, ResourceExhausted, WorkerError
+from common.errors import FailedPrecondition, LlamaherdError, NotFound, ResourceExhausted
 from common.leases import Lease
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
@@ -48,7 +48,7 @@ class FakeWorker:
     name: str
     calls: list[str]
     needs: MemoryEstimate = field(default_factory=lambda: estimate(GiB))
-    refusals: dict[str, WorkerError] = field(default_factory=dict)
+    refusals: dict[str, LlamaherdError] = field(default_factory=dict)
     lends_dead: str = ""  # a StartRpcServer whose server exits at once, with this error
     loading: asyncio.Event | None = None  # a load that takes until this is set
     loaded: list[ModelConfig] = field(default_factory=list)

@@ -21,11 +21,11 @@ from common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidModelFile,
+    LlamaherdError,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
-    WorkerError,
 )
 from common.memory import GiB
 from common.model_settings import ModelConfig
@@ -172,7 +172,7 @@ def test_a_configured_model_that_fails_stays_failed_with_its_reason(models_dir):
     assert "does not exist" in status.error
     assert changes[0] == [("gone", ModelState.LOADING)]
     assert changes[-1] == [("gone", ModelState.FAILED)]
-    with pytest.raises(WorkerError, match="failed to load"):
+    with pytest.raises(LlamaherdError, match="failed to load"):
         registry.get("gone")
 
 
