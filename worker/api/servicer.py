@@ -19,7 +19,7 @@ from llamaherd.v1 import worker_pb2_grpc
 from common.errors import FailedPrecondition
 from common.grpc_errors import request_id
 from common.wire.leases import lease_to_proto
-from worker.api import convert
+from worker import wire
 from worker.models.registry import ModelRegistry
 from worker.split.lender import RpcLender
 
@@ -37,21 +37,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         self, request: pb.ListModelsRequest, context: aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[convert.model_status_to_proto(i) for i in self._registry.list()]
+            models=[wire.model_status_to_proto(i) for i in self._registry.list()]
         )
 
     async def LoadModel(
         self, request: pb.LoadModelRequest, context: aio.ServicerContext
     ) -> pb.LoadModelResponse:
-        config = convert.model_config_from_proto(request.spec)
+        config = wire.model_config_from_proto(request.spec)
         info = await self._registry.load(config)
-        return pb.LoadModelResponse(model=convert.model_status_to_proto(info))
+        return pb.LoadModelResponse(model=wire.model_status_to_proto(info))
 
     async def EstimateModel(
         self, request: pb.LoadModelRequest, context: aio.ServicerContext
     ) -> pb.MemoryEstimate:
-        estimate = await self._registry.estimate(convert.model_config_from_proto(request.spec))
-        return convert.estimate_to_proto(estimate)
+        estimate = await self._registry.estimate(wire.model_config_from_proto(request.spec))
+        return wire.estimate_to_proto(estimate)
 
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: aio.ServicerContext
@@ -62,23 +62,23 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     async def Generate(
         self, request: gen_pb.GenerateRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
-        sampling = convert.sampling_from_proto(request.sampling)
-        constraint = convert.constraint_from_proto(request.constraint)
+        sampling = wire.sampling_from_proto(request.sampling)
+        constraint = wire.constraint_from_proto(request.constraint)
         rid = request_id(context)
         with self._registry.lease(request.model) as model:
             async for event in model.generate(rid, request.prompt, sampling, constraint):
-                yield convert.chunk_to_proto(event)
+                yield wire.chunk_to_proto(event)
 
     async def Chat(
         self, request: gen_pb.ChatRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
-        sampling = convert.sampling_from_proto(request.sampling)
-        constraint = convert.constraint_from_proto(request.constraint)
-        messages = convert.messages_from_proto(list(request.messages))
+        sampling = wire.sampling_from_proto(request.sampling)
+        constraint = wire.constraint_from_proto(request.constraint)
+        messages = wire.messages_from_proto(list(request.messages))
         rid = request_id(context)
         with self._registry.lease(request.model) as model:
             async for event in model.chat(rid, messages, sampling, constraint):
-                yield convert.chunk_to_proto(event)
+                yield wire.chunk_to_proto(event)
 
     async def Embed(
         self, request: gen_pb.EmbedRequest, context: aio.ServicerContext
@@ -86,7 +86,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         normalize = request.normalize if request.HasField("normalize") else True
         with self._registry.lease(request.model) as model:
             result = await model.embed(request_id(context), list(request.inputs), normalize)
-        return convert.embeddings_to_proto(result)
+        return wire.embeddings_to_proto(result)
 
     async def Tokenize(
         self, request: gen_pb.TokenizeRequest, context: aio.ServicerContext
@@ -97,7 +97,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
             tokenized = await model.tokenize(
                 request_id(context), request.text, add_special, parse_special, request.with_pieces
             )
-        return convert.tokenized_to_proto(tokenized)
+        return wire.tokenized_to_proto(tokenized)
 
     async def Detokenize(
         self, request: gen_pb.DetokenizeRequest, context: aio.ServicerContext

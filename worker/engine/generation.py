@@ -1,6 +1,6 @@
 """Domain types of a generation: what a client asks for and what the engine streams back.
 
-The gRPC adapter (worker.api.convert) converts to and from these; nothing below the servicer
+The gRPC adapter (worker.wire) converts to and from these; nothing below the servicer
 sees protobuf.
 """
 

@@ -41,7 +41,7 @@ from common.model_settings import ModelConfig
 from common.net import split_host_port
 from common.status import EngineFigures
 from common.wire.status import model_status_from_proto
-from worker.api import convert
+from worker import wire
 from worker.config import WorkerSettings
 from worker.engine.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
 from worker.engine.sampling import SamplingParams
@@ -255,8 +255,8 @@ class SplitModel:
         request = gen_pb.GenerateRequest(
             model=self.alias,
             prompt=prompt,
-            sampling=convert.sampling_to_proto(sampling),
-            constraint=convert.constraint_to_proto(constraint),
+            sampling=wire.sampling_to_proto(sampling),
+            constraint=wire.constraint_to_proto(constraint),
         )
         return self._relay_stream(self._stub.Generate, request, request_id)
 
@@ -269,9 +269,9 @@ class SplitModel:
     ) -> AsyncIterator[GenerationEvent]:
         request = gen_pb.ChatRequest(
             model=self.alias,
-            messages=convert.messages_to_proto(messages),
-            sampling=convert.sampling_to_proto(sampling),
-            constraint=convert.constraint_to_proto(constraint),
+            messages=wire.messages_to_proto(messages),
+            sampling=wire.sampling_to_proto(sampling),
+            constraint=wire.constraint_to_proto(constraint),
         )
         return self._relay_stream(self._stub.Chat, request, request_id)
 
@@ -280,7 +280,7 @@ class SplitModel:
     ) -> EmbeddingResult:
         request = gen_pb.EmbedRequest(model=self.alias, inputs=inputs, normalize=normalize)
         reply = await self._relay_unary(self._stub.Embed, request, request_id)
-        return convert.embeddings_from_proto(reply)
+        return wire.embeddings_from_proto(reply)
 
     async def tokenize(
         self,
@@ -298,7 +298,7 @@ class SplitModel:
             with_pieces=with_pieces,
         )
         reply = await self._relay_unary(self._stub.Tokenize, request, request_id)
-        return convert.tokenized_from_proto(reply)
+        return wire.tokenized_from_proto(reply)
 
     async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
         request = gen_pb.DetokenizeRequest(model=self.alias, tokens=tokens)
@@ -312,7 +312,7 @@ class SplitModel:
         call = method(request, metadata=((REQUEST_ID_KEY, request_id),))
         try:
             async for chunk in call:
-                yield convert.chunk_from_proto(chunk)
+                yield wire.chunk_from_proto(chunk)
         except aio.AioRpcError as exc:
             raise self._relayed(exc) from None
         finally:

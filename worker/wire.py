@@ -1,6 +1,8 @@
-"""Conversions between the gRPC contract (llamaherd.v1) and the worker's domain types.
+"""Conversions between the gRPC contract (llamaherd.v1) and the worker's domain types: the
+worker's side of the wire, as common.wire is the side both share.
 
-Protobuf stops here: the servicer converts on entry and exit, nothing deeper imports *_pb2.
+Protobuf stops here: the servicer converts on entry and exit, a split model's relay
+converts the same way to reach its child, and nothing below them imports *_pb2.
 Model settings and estimates use the converters derived from their fields in
 common.wire.models, shared with the control plane (re-exported here for the servicer).
 """

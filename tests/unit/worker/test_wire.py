@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from llamaherd.v1 import generation_pb2 as gen_pb
 
-from worker.api import convert
+from worker import wire
 from worker.engine.generation import (
     ChatMessage,
     Constraint,
@@ -23,10 +23,10 @@ from worker.models.served import Tokenized
 
 
 def test_default_sampling_crosses_as_an_empty_message_and_returns_the_exact_defaults() -> None:
-    message = convert.sampling_to_proto(SamplingParams())
+    message = wire.sampling_to_proto(SamplingParams())
     assert message == gen_pb.SamplingParams()
     # 0.95 cannot be held by a proto float: sending it would come back as 0.949999988.
-    assert convert.sampling_from_proto(message) == SamplingParams()
+    assert wire.sampling_from_proto(message) == SamplingParams()
 
 
 def test_sampling_a_client_set_survives_a_relay_exactly() -> None:
@@ -35,17 +35,17 @@ def test_sampling_a_client_set_survives_a_relay_exactly() -> None:
         presence_penalty=0.5, frequency_penalty=-0.5, repeat_last_n=-1, seed=42,
         stop=["\n\n", "END"], max_tokens=12, logit_bias={5: -100.0, 3: 2.5},
     )  # fmt: skip
-    received = convert.sampling_from_proto(sent)
-    relayed = convert.sampling_to_proto(received)
+    received = wire.sampling_from_proto(sent)
+    relayed = wire.sampling_to_proto(received)
     assert relayed == sent
-    assert convert.sampling_from_proto(relayed) == received
+    assert wire.sampling_from_proto(relayed) == received
 
 
 def test_a_seed_of_zero_and_greedy_temperature_are_kept_not_taken_for_unset() -> None:
     params = SamplingParams.create(temperature=0.0, seed=0)
-    message = convert.sampling_to_proto(params)
+    message = wire.sampling_to_proto(params)
     assert message.HasField("temperature") and message.HasField("seed")
-    assert convert.sampling_from_proto(message) == params
+    assert wire.sampling_from_proto(message) == params
 
 
 @pytest.mark.parametrize(
@@ -58,20 +58,20 @@ def test_a_seed_of_zero_and_greedy_temperature_are_kept_not_taken_for_unset() ->
     ],
 )
 def test_constraints_survive_the_wire(constraint: Constraint | None) -> None:
-    assert convert.constraint_from_proto(convert.constraint_to_proto(constraint)) == constraint
+    assert wire.constraint_from_proto(wire.constraint_to_proto(constraint)) == constraint
 
 
 def test_messages_survive_the_wire_in_order() -> None:
     messages = [ChatMessage("system", "Be brief."), ChatMessage("user", "Hi ✓")]
-    assert convert.messages_from_proto(convert.messages_to_proto(messages)) == messages
+    assert wire.messages_from_proto(wire.messages_to_proto(messages)) == messages
 
 
 def test_a_text_chunk_survives_the_wire() -> None:
     delta = TextDelta("Once", (9038,))
-    assert convert.chunk_from_proto(convert.chunk_to_proto(delta)) == delta
+    assert wire.chunk_from_proto(wire.chunk_to_proto(delta)) == delta
     # A held-back token (part of a UTF-8 character) arrives with no text yet.
     held = TextDelta("", (239, 240))
-    assert convert.chunk_from_proto(convert.chunk_to_proto(held)) == held
+    assert wire.chunk_from_proto(wire.chunk_to_proto(held)) == held
 
 
 @pytest.mark.parametrize("reason", list(FinishReason))
@@ -86,18 +86,18 @@ def test_the_final_chunk_survives_the_wire_with_its_accounting(reason: FinishRea
             total_ms=53.5, prompt_tokens_per_second=400.0, decode_tokens_per_second=24.9,
         ),
     )  # fmt: skip
-    message = convert.chunk_to_proto(finished)
+    message = wire.chunk_to_proto(finished)
     assert message.usage.total_tokens == 7
-    assert convert.chunk_from_proto(message) == finished
+    assert wire.chunk_from_proto(message) == finished
 
 
 def test_embeddings_survive_the_wire() -> None:
     # Values a float32 holds exactly, as llama.cpp's are.
     result = EmbeddingResult(((0.5, -0.25, 1.0), (0.125, 0.0, -1.0)), prompt_tokens=6)
-    assert convert.embeddings_from_proto(convert.embeddings_to_proto(result)) == result
+    assert wire.embeddings_from_proto(wire.embeddings_to_proto(result)) == result
 
 
 def test_tokens_and_their_pieces_survive_the_wire() -> None:
     tokenized = Tokenized((2, 9038, 239), (b"<bos>", b"Once", b"\xe2\x9c"))
-    assert convert.tokenized_from_proto(convert.tokenized_to_proto(tokenized)) == tokenized
-    assert convert.tokenized_from_proto(convert.tokenized_to_proto(Tokenized((2,)))).pieces == ()
+    assert wire.tokenized_from_proto(wire.tokenized_to_proto(tokenized)) == tokenized
+    assert wire.tokenized_from_proto(wire.tokenized_to_proto(Tokenized((2,)))).pieces == ()
