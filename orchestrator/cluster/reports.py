@@ -14,19 +14,7 @@ from llamaherd.v1 import inference_pb2 as inf_pb
 
 from common.model_settings import ALIAS_PATTERN
 from common.net import split_host_port
-from common.status import NodeStatus
-from common.wire.leases import lease_from_proto, lease_to_proto
-from common.wire.status import (
-    model_status_from_proto,
-    model_status_to_proto,
-    node_status_from_report,
-)
-from common.wire.telemetry import (
-    hardware_from_proto,
-    hardware_to_proto,
-    sample_from_proto,
-    sample_to_proto,
-)
+from common.wire.status import node_status_from_report, node_status_to_report
 from orchestrator.cluster.types import Node, PlacementProblem
 from orchestrator.cluster.view import ClusterView, NodeView
 
@@ -73,34 +61,18 @@ def view_from_proto(message: inf_pb.ClusterStatusResponse) -> ClusterView:
 
 
 def _node_view_to_proto(view: NodeView) -> inf_pb.NodeStatus:
-    status = view.status
     return inf_pb.NodeStatus(
-        node_id=status.node_id,
-        address=status.address,
+        status=node_status_to_report(view.status, sequence=0),
         up=view.up,
         down_reason=view.down_reason,
         seconds_since_report=view.seconds_since_report,
-        hardware=hardware_to_proto(status.hardware),
-        models=[model_status_to_proto(m) for m in status.models],
-        memory_free_bytes=status.memory_free,
         gateway_inflight=view.gateway_inflight,
-        telemetry=sample_to_proto(status.telemetry) if status.telemetry is not None else None,
-        rpc_servers=[lease_to_proto(lease) for lease in status.leases],
     )
 
 
 def _node_view_from_proto(message: inf_pb.NodeStatus) -> NodeView:
-    status = NodeStatus(
-        node_id=message.node_id,
-        address=message.address,
-        hardware=hardware_from_proto(message.hardware),
-        models=tuple(model_status_from_proto(m) for m in message.models),
-        memory_free=message.memory_free_bytes,
-        telemetry=sample_from_proto(message.telemetry) if message.HasField("telemetry") else None,
-        leases=tuple(lease_from_proto(r) for r in message.rpc_servers),
-    )
     return NodeView(
-        status=status,
+        status=node_status_from_report(message.status),
         up=message.up,
         down_reason=message.down_reason,
         seconds_since_report=message.seconds_since_report,

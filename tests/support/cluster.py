@@ -159,7 +159,7 @@ def ready_replicas(coordinator: Coordinator) -> dict[str, set[str]]:
     for node in coordinator.status().nodes:
         if not node.up:
             continue
-        for load in node.models:
+        for load in node.status.models:
             if load.state == 2:  # MODEL_STATE_READY
-                found.setdefault(load.alias, set()).add(node.node_id)
+                found.setdefault(load.alias, set()).add(node.status.node_id)
     return found

@@ -68,7 +68,7 @@ def test_killed_worker_fails_its_stream_promptly_and_leaves_routing(small_cluste
             assert _generate(stub) == survivor
 
         def victim_down() -> bool:
-            nodes = {n.node_id: n for n in coordinator.status().nodes}
+            nodes = {n.status.node_id: n for n in coordinator.status().nodes}
             return not nodes[victim].up
 
         wait_for(victim_down, 5, f"{victim} to leave routing")
@@ -83,7 +83,11 @@ def test_hung_worker_leaves_routing_after_missed_heartbeats(small_cluster):
             stopped_at = time.monotonic()
             status = wait_for(
                 lambda: next(
-                    (n for n in coordinator.status().nodes if n.node_id == "worker-a" and not n.up),
+                    (
+                        n
+                        for n in coordinator.status().nodes
+                        if n.status.node_id == "worker-a" and not n.up
+                    ),
                     None,
                 ),
                 10,
@@ -117,7 +121,7 @@ def test_coordinator_restart_is_recovered_by_re_registration(small_cluster, tmp_
         # Placement found the models already loaded: nothing was loaded twice.
         status = restarted.status()
         for node in status.nodes:
-            assert [m.alias for m in node.models] == [GEMMA]
+            assert [m.alias for m in node.status.models] == [GEMMA]
         log = restarted.log_tail(lines=500)
         assert "node worker-a registered" in log and "node worker-b registered" in log
         assert "loading gemma" not in log

@@ -34,13 +34,13 @@ def _generate(stub, prompt: str, sampling=GREEDY, model=GEMMA) -> tuple[str, str
 
 def test_status_lists_both_workers_with_their_models(inference):
     status = inference.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=5)
-    nodes = {n.node_id: n for n in status.nodes}
+    nodes = {n.status.node_id: n for n in status.nodes}
     assert set(nodes) == {"worker-a", "worker-b"}
     assert all(n.up for n in nodes.values())
-    assert {m.alias for m in nodes["worker-b"].models} == {GEMMA, GEMMA_EMBED}
-    assert {m.alias for m in nodes["worker-a"].models} == {GEMMA}
-    assert nodes["worker-a"].hardware.kind == "x86-cpu"
-    assert "RPC" in nodes["worker-a"].hardware.backends
+    assert {m.alias for m in nodes["worker-b"].status.models} == {GEMMA, GEMMA_EMBED}
+    assert {m.alias for m in nodes["worker-a"].status.models} == {GEMMA}
+    assert nodes["worker-a"].status.hardware.kind == "x86-cpu"
+    assert "RPC" in nodes["worker-a"].status.hardware.backends
     assert status.routing_policy == "least-expected-latency"
 
 

@@ -178,7 +178,7 @@ def test_client_disconnect_stops_the_generation(cluster, http):
     # The worker that served it goes idle within a moment, not 500 tokens later.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        nodes = {n.node_id: n for n in cluster.coordinator.status().nodes}
+        nodes = {n.status.node_id: n.status for n in cluster.coordinator.status().nodes}
         busy = sum(m.active_requests for m in nodes[node].models)
         if busy == 0:
             break

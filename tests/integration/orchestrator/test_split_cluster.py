@@ -65,12 +65,14 @@ def split_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SplitClu
 def split_layout(coordinator: Coordinator) -> tuple[str, list[str]] | None:
     """(head node, helper nodes) of the ready split, as the gateway reports it."""
     status = coordinator.status()
-    lenders = {lease.endpoint: n.node_id for n in status.nodes for lease in n.rpc_servers}
+    lenders = {
+        lease.endpoint: n.status.node_id for n in status.nodes for lease in n.status.rpc_servers
+    }
     for node in status.nodes:
-        for load in node.models:
+        for load in node.status.models:
             ready = load.state == w_pb.MODEL_STATE_READY
             if node.up and load.alias == ALIAS and ready and load.spec.rpc_servers:
-                return node.node_id, [lenders.get(e, e) for e in load.spec.rpc_servers]
+                return node.status.node_id, [lenders.get(e, e) for e in load.spec.rpc_servers]
     return None
 
 

@@ -30,7 +30,7 @@ def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 
 def test_heartbeats_carry_host_telemetry_and_the_capability_profile(cluster: Cluster) -> None:
-    nodes = {n.node_id: n for n in cluster.coordinator.status().nodes}
+    nodes = {n.status.node_id: n.status for n in cluster.coordinator.status().nodes}
     for name in ("worker-a", "worker-b"):
         node = nodes[name]
         host = node.telemetry.host
@@ -49,10 +49,14 @@ def test_heartbeats_carry_host_telemetry_and_the_capability_profile(cluster: Clu
 
 
 def test_samples_keep_streaming(cluster: Cluster) -> None:
-    first = {n.node_id: n.telemetry.taken_at for n in cluster.coordinator.status().nodes}
+    first = {
+        n.status.node_id: n.status.telemetry.taken_at for n in cluster.coordinator.status().nodes
+    }
     assert all(first.values())
     time.sleep(1.5)  # the default interval is 1 s
-    later = {n.node_id: n.telemetry.taken_at for n in cluster.coordinator.status().nodes}
+    later = {
+        n.status.node_id: n.status.telemetry.taken_at for n in cluster.coordinator.status().nodes
+    }
     assert all(later[node] > first[node] for node in first)
     assert all(abs(time.time() - t) < 5 for t in later.values())
 

@@ -47,15 +47,15 @@ def lent(endpoint: str, *, running: bool = True, error: str = "") -> w_pb.RpcSer
 def node_status(
     node_id: str, *models: w_pb.ModelInfo, leases: tuple[w_pb.RpcServerInfo, ...] = ()
 ) -> inf_pb.NodeStatus:
-    return inf_pb.NodeStatus(
+    report = cl_pb.NodeReport(
         node_id=node_id,
         address=f"{node_id}:50051",
-        up=True,
         hardware=cl_pb.Hardware(kind="jetson-orin"),
         models=models,
         memory_free_bytes=4 * GiB,
         rpc_servers=leases,
     )
+    return inf_pb.NodeStatus(status=report, up=True)
 
 
 def split_cluster(head: w_pb.ModelInfo | None = None) -> inf_pb.ClusterStatusResponse:
