@@ -21,7 +21,9 @@ from common.wire.telemetry import (
     sample_to_proto,
 )
 
-_PREFIX = "MODEL_STATE_"
+# Paired by name: a state is added to ModelState and to worker.proto under the same name.
+_STATES = {w_pb.ModelState.Value("MODEL_STATE_" + state.name): state for state in ModelState}
+_NUMBERS = {state: number for number, state in _STATES.items()}
 
 
 def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
@@ -29,7 +31,7 @@ def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
     return w_pb.ModelInfo(
         alias=status.alias,
         spec=model_config_to_proto(status.config),
-        state=w_pb.ModelState.Value(_PREFIX + status.state.name),
+        state=_NUMBERS[status.state],
         error=status.error,
         architecture=status.architecture,
         file_bytes=status.file_bytes,
@@ -48,12 +50,11 @@ def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
 
 def model_status_from_proto(info: w_pb.ModelInfo) -> ModelStatus:
     """Raises ValueError (pydantic's) when the spec is not a valid model config."""
-    name = w_pb.ModelState.Name(info.state).removeprefix(_PREFIX)
     return ModelStatus(
         alias=info.alias,
         config=ModelConfig.model_validate(model_spec_to_dict(info.spec)),
         # A state this side does not know yet (a newer worker) is not one to route to.
-        state=ModelState[name] if name in ModelState.__members__ else ModelState.FAILED,
+        state=_STATES.get(info.state, ModelState.FAILED),
         error=info.error,
         architecture=info.architecture,
         file_bytes=info.file_bytes,
