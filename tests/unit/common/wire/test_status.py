@@ -31,7 +31,7 @@ def _model(state: ModelState = ModelState.READY) -> ModelStatus:
 
 def test_every_state_has_a_proto_value_of_the_same_name() -> None:
     # A state added to ModelState but not to worker.proto could not be sent.
-    names = {n.removeprefix("MODEL_STATE_") for n in w_pb.ModelState.keys()}
+    names = {n.removeprefix("MODEL_STATE_") for n in w_pb.ModelState.keys()}  # noqa: SIM118
     assert {s.name for s in ModelState} == names - {"UNSPECIFIED"}
 
 
