@@ -147,7 +147,7 @@ def test_a_second_converge_changes_nothing(fleet: Fleet) -> None:
 def _upgraded_source(tmp: Path) -> Path:
     """This tree with another version number: what a release would bring."""
     source = tmp / "llamaherd-next"
-    for name in ("common", "worker", "orchestrator", "protos"):
+    for name in ("common", "worker", "orchestrator", "protos", "deploy"):
         shutil.copytree(ROOT / name, source / name,
                         ignore=shutil.ignore_patterns("__pycache__", "*_pb2*"))  # fmt: skip
     for name in ("setup.py", "README.md"):
