@@ -26,7 +26,13 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "telemetry" / "
 
 # The real messages of jtop.jtop.start() and of its reader thread.
 SERVICE_NOT_ACTIVE = "The jtop.service is not active. Please run:\nsudo jtop --install-service"
+CANNOT_ACCESS = "I can't access jtop.service.\nPlease logout or reboot this board."
+VERSION_MISMATCH = (
+    "Mismatch version jtop service: [{service_version}] and client: [{client_version}]. "
+    "Please run:\n\nsudo jtop --install-service"
+)
 LOST_CONNECTION = "Lost connection with jtop server"
+CLIENT_VERSION = "7.2.2"  # the jetson-stats the fixtures were recorded with
 
 
 class JtopException(Exception):
@@ -135,14 +141,28 @@ class FakeJtop:
     """Serves one fixture through the `jtop.jtop` client's attributes.
 
     `fixture` is the live data: edit it (or `fake.fixture[...]`) between samples to change
-    what the next read returns. `service_running=False` makes `start()` raise the library's
-    "service not active" JtopException; `die()` ends the reader thread as a lost service
-    does. `opener` is what to hand to JetsonSource as `open_jtop`.
+    what the next read returns. `start()` fails as the real one does, in its order:
+    `service_running=False` raises the library's "service not active" JtopException,
+    `socket_denied=True` its "can't access" one (the socket refused this user, errno 13),
+    and a `service_version` whose major.minor differs from `client_version` its version
+    mismatch. `die()` ends the reader thread as a lost service does. `opener` is what to
+    hand to JetsonSource as `open_jtop`.
     """
 
-    def __init__(self, fixture: dict[str, Any], *, service_running: bool = True) -> None:
+    def __init__(
+        self,
+        fixture: dict[str, Any],
+        *,
+        service_running: bool = True,
+        socket_denied: bool = False,
+        service_version: str = CLIENT_VERSION,
+        client_version: str = CLIENT_VERSION,
+    ) -> None:
         self.fixture = copy.deepcopy(fixture)
         self.service_running = service_running
+        self.socket_denied = socket_denied
+        self.service_version = service_version
+        self.client_version = client_version
         self.requested_interval: float | None = None
         self.start_calls = 0
         self.close_calls = 0
@@ -152,8 +172,22 @@ class FakeJtop:
         self._error: BaseException | None = None
 
     @classmethod
-    def from_fixture(cls, name: str, *, service_running: bool = True) -> FakeJtop:
-        return cls(load_fixture(name), service_running=service_running)
+    def from_fixture(
+        cls,
+        name: str,
+        *,
+        service_running: bool = True,
+        socket_denied: bool = False,
+        service_version: str = CLIENT_VERSION,
+        client_version: str = CLIENT_VERSION,
+    ) -> FakeJtop:
+        return cls(
+            load_fixture(name),
+            service_running=service_running,
+            socket_denied=socket_denied,
+            service_version=service_version,
+            client_version=client_version,
+        )
 
     def opener(self, interval: float) -> FakeJtop:
         """Does what JetsonSource's default opener does with the real library."""
@@ -167,6 +201,14 @@ class FakeJtop:
         self.start_calls += 1
         if not self.service_running:
             raise JtopException(SERVICE_NOT_ACTIVE)
+        if self.socket_denied:
+            raise JtopException(CANNOT_ACCESS)
+        if _major_minor(self.service_version) != _major_minor(self.client_version):
+            raise JtopException(
+                VERSION_MISMATCH.format(
+                    service_version=self.service_version, client_version=self.client_version
+                )
+            )
         self._stats = self.fixture
         self._running = True
         self._alive = True
@@ -275,6 +317,11 @@ class FakeJtop:
                 flat[f"Power {name}"] = rail["power"]
             flat["Power TOT"] = self.power["tot"]["power"]
         return flat
+
+
+def _major_minor(version: str) -> str:
+    """What jetson-stats' compare_versions compares (jtop/core/common.py)."""
+    return ".".join(version.split(".")[:2])
 
 
 def failing_opener(error: BaseException) -> Callable[[float], Any]:

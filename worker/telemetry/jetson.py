@@ -6,11 +6,24 @@ over a socket, and a thread of the client copies the service's latest figures ev
 Units as jtop gives them (jetson-stats 7.x): memory in kB, frequencies in kHz, EMC and GPU load
 in percent, rails in mV/mA/mW, temperatures in Celsius with -256 for a zone it cannot read,
 fan speed in percent. Everything leaves here in base units (see samples.py).
+
+Two things keep a worker from connecting on a board where jtop.service runs, and the probe
+names whichever it is: the client refuses a service of another major.minor version
+(jetson-stats' compare_versions), and the service's socket /run/jtop.sock is mode 0660,
+owned by root and group jtop, so a user outside that group is refused. The group is checked
+from the socket's owner and this process's groups (os.stat, os.getgroups, grp), which needs
+no answer from the service.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
+import os
+import pwd
+import re
+import stat
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +36,14 @@ TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 SERVICE_HINT = "sudo systemctl enable --now jtop.service"
 KIB = 1024
 OFFLINE_CELSIUS = -256.0  # jtop's reading for a zone (or a limit) it could not read
+JTOP_SOCKET = Path("/run/jtop.sock")  # jetson-stats' JTOP_PIPE (jtop/service.py)
+JTOP_GROUP = "jtop"  # jetson-stats' JTOP_USER: the group jtop.service gives its socket
+
+# jtop.jtop.start()'s message when the service's major.minor differs from the client's (the
+# same from 4.2 to 7.x; only the advice after it changed).
+VERSION_MISMATCH = re.compile(
+    r"Mismatch version jtop service: \[(?P<service>[^\]]*)\] and client: \[(?P<client>[^\]]*)\]"
+)
 
 # CUDA's name for each SoC's GPU, as llama.cpp logs it and as NVML names it where the BSP
 # ships NVML (JetPack 6+): the same board then shows the same GPU name whichever source
@@ -86,6 +107,12 @@ class JetsonSource(TelemetrySource):
 
     A reading jtop lacks is None, never 0. Once the client's thread has died (jtop.service
     stopped or restarted) every sample() raises SourceError; jtop offers no reconnection.
+
+    When the client cannot start, probe() skips with the fix for the cause: the versions
+    and the pin to install when the service runs another jetson-stats major.minor, the
+    usermod command when this process is not in the socket's group (or a restart when the
+    user was added after the worker started), else the library's own message.
+    `socket_access` reads the socket's owner and this process's groups (read_socket_access).
     """
 
     name = "jetson"
@@ -95,10 +122,12 @@ class JetsonSource(TelemetrySource):
         interval_s: float = 1.0,
         open_jtop: OpenJtop | None = None,
         tegra_release: Path = TEGRA_RELEASE,
+        socket_access: Callable[[], SocketAccess] | None = None,
     ) -> None:
         self._interval = interval_s
         self._open = open_jtop if open_jtop is not None else default_open_jtop
         self._tegra_release = tegra_release
+        self._socket_access = socket_access if socket_access is not None else read_socket_access
         self._client: Any = None
         self._board: _Board | None = None
 
@@ -115,7 +144,7 @@ class JetsonSource(TelemetrySource):
                 f"({SERVICE_HINT})"
             )
         except Exception as exc:  # the library's JtopException, OSError, anything: never raise
-            return Probe.skip(_start_failure(exc))
+            return Probe.skip(self._start_failure(exc))
         try:
             # Read once: board['hardware'] is fixed, and reading `board` waits for jtop's
             # library scan (nvcc, dpkg), which belongs here rather than in every sample.
@@ -142,8 +171,141 @@ class JetsonSource(TelemetrySource):
         if client is not None:
             _close_quietly(client)
 
+    def _start_failure(self, exc: Exception) -> str:
+        """Names the cause an operator can fix: a version the service refuses, then a group
+        this process lacks, then whatever the library said."""
+        versions = _version_mismatch(exc)
+        if versions is not None:
+            return _version_reason(*versions)
+        reason = _library_failure(exc)
+        access = self._socket_access()
+        problem = socket_access_problem(access)
+        if problem is None:
+            return reason
+        # No socket: the service is down, and once it runs the group will refuse us too.
+        return problem if access.exists else f"{reason}; also, {problem}"
 
-def _start_failure(exc: Exception) -> str:
+
+# -- why jtop.service refuses this worker ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SocketAccess:
+    """What decides whether this process may connect to jtop.service's socket: the socket's
+    owner and mode, its group in the group database, and this process's identity. Read by
+    read_socket_access() without the service; judged by socket_access_problem()."""
+
+    socket: Path
+    exists: bool
+    owner_uid: int
+    mode: int  # permission bits
+    group: str  # the socket's group; without a socket, the group the service will give it
+    group_gid: int | None  # None: no such group (jetson-stats was never installed as a service)
+    group_members: frozenset[str]  # the group's members in /etc/group
+    user: str
+    uid: int  # effective
+    gids: frozenset[int]  # effective gid and supplementary groups of this process
+    primary_gid: int | None  # the user's login group in /etc/passwd
+
+
+def read_socket_access(socket: Path = JTOP_SOCKET, group: str = JTOP_GROUP) -> SocketAccess:
+    """Reads SocketAccess for this process; never raises."""
+    uid = os.geteuid()
+    try:
+        account: pwd.struct_passwd | None = pwd.getpwuid(uid)
+    except KeyError:  # a uid without an entry (containers)
+        account = None
+    try:
+        info = os.stat(socket)
+    except OSError:
+        info = None
+    if info is not None:
+        gid: int | None = info.st_gid
+        name = _group_name(info.st_gid)
+    else:
+        gid, name = _group_gid(group), group
+    return SocketAccess(
+        socket=socket,
+        exists=info is not None,
+        owner_uid=info.st_uid if info is not None else 0,  # the service runs as root
+        mode=stat.S_IMODE(info.st_mode) if info is not None else 0o660,  # what it sets
+        group=name,
+        group_gid=gid,
+        group_members=_group_members(gid),
+        user=account.pw_name if account is not None else str(uid),
+        uid=uid,
+        gids=frozenset({os.getegid(), *os.getgroups()}),
+        primary_gid=account.pw_gid if account is not None else None,
+    )
+
+
+def socket_access_problem(access: SocketAccess) -> str | None:
+    """Why this process cannot connect to the socket, with the fix; None when it can (or
+    when nothing here says it cannot). Connecting to a Unix socket needs write permission."""
+    if access.uid == 0 or access.group_gid is None:
+        return None
+    if access.exists and access.owner_uid == access.uid and access.mode & stat.S_IWUSR:
+        return None
+    if access.mode & stat.S_IWOTH:
+        return None
+    if access.group_gid in access.gids:
+        return None  # allowed by the group (or, without group write, nothing we can fix here)
+    where = (
+        f"owner of {access.socket}"
+        if access.exists
+        else f"the group jtop.service gives {access.socket}"
+    )
+    if access.user in access.group_members or access.primary_gid == access.group_gid:
+        # Group lists are read at login: a running process keeps the ones it started with.
+        return (
+            f"user {access.user} is in group {access.group} ({where}), but this worker "
+            f"started before it was added: restart the worker"
+        )
+    return (
+        f"user {access.user} is not in group {access.group} ({where}): "
+        f"usermod -aG {access.group} {access.user}, then restart the worker"
+    )
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _group_gid(name: str) -> int | None:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        return None
+
+
+def _group_members(gid: int | None) -> frozenset[str]:
+    if gid is None:
+        return frozenset()
+    try:
+        return frozenset(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return frozenset()
+
+
+def _version_mismatch(exc: Exception) -> tuple[str, str] | None:
+    """(service version, client version) when the library refused the service's version."""
+    found = VERSION_MISMATCH.search(str(exc))
+    return (found["service"], found["client"]) if found else None
+
+
+def _version_reason(service: str, client: str) -> str:
+    # The client accepts exactly the service's major.minor (jetson-stats' compare_versions).
+    wanted = ".".join(service.split(".")[:2])
+    return (
+        f"jtop.service runs jetson-stats {service}, this worker has {client}: install "
+        f"jetson-stats=={wanted}.* in the worker's environment ({sys.prefix})"
+    )
+
+
+def _library_failure(exc: Exception) -> str:
     # JtopException is matched by name: jtop may be importable only inside the opener.
     if type(exc).__name__ == "JtopException" or isinstance(exc, OSError):
         return f"jtop cannot reach jtop.service: {_describe(exc)} (start it: {SERVICE_HINT})"

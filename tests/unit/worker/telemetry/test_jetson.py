@@ -4,6 +4,11 @@ closing. Expected numbers are worked out by hand from the fixture files."""
 
 from __future__ import annotations
 
+import dataclasses
+import grp
+import os
+import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -11,10 +16,36 @@ import pytest
 from support.fake_jtop import FakeJtop, JtopException, failing_opener, load_fixture
 
 from common.telemetry import Clock, Fan, GpuSample, PowerRail, Temperature
-from worker.telemetry.jetson import JetsonSource
+from worker.telemetry.jetson import (
+    JetsonSource,
+    SocketAccess,
+    read_socket_access,
+    socket_access_problem,
+)
 from worker.telemetry.source import SourceError
 
 KB = 1024
+JTOP_GID = 994
+SERVICE_FIX = "sudo systemctl enable --now jtop.service"
+
+# A worker's user on a board whose jtop.service runs: /run/jtop.sock is root:jtop 0660 (what
+# jetson-stats' service.py sets) and user llamaherd is in no group but its own.
+OUTSIDER = SocketAccess(
+    socket=Path("/run/jtop.sock"),
+    exists=True,
+    owner_uid=0,
+    mode=0o660,
+    group="jtop",
+    group_gid=JTOP_GID,
+    group_members=frozenset({"nvidia"}),
+    user="llamaherd",
+    uid=998,
+    gids=frozenset({998}),
+    primary_gid=998,
+)
+MEMBER = dataclasses.replace(
+    OUTSIDER, group_members=frozenset({"nvidia", "llamaherd"}), gids=frozenset({998, JTOP_GID})
+)
 
 
 @pytest.fixture
@@ -347,23 +378,175 @@ def test_default_opener_without_jetson_stats_skips(tegra_release, monkeypatch):
 
 def test_service_not_running_gives_the_librarys_message_and_the_fix(tegra_release):
     fake = FakeJtop.from_fixture("agx-orin-64gb", service_running=False)
+    source = JetsonSource(
+        open_jtop=fake.opener, tegra_release=tegra_release, socket_access=lambda: MEMBER
+    )
 
-    reason = _skip_reason(JetsonSource(open_jtop=fake.opener, tegra_release=tegra_release))
+    reason = _skip_reason(source)
 
     assert "The jtop.service is not active. Please run: sudo jtop --install-service" in reason
     assert "sudo systemctl enable --now jtop.service" in reason
     assert "\n" not in reason
 
 
-def test_version_mismatch_and_socket_errors_skip_too(tegra_release):
-    mismatch = JtopException("Mismatch version jtop service: [4.2.0] and client: [7.2.2]")
+def test_socket_errors_the_group_does_not_explain_give_the_librarys_message(tegra_release):
     denied = PermissionError(13, "Permission denied")
 
-    for error in (mismatch, denied):
-        reason = _skip_reason(
-            JetsonSource(open_jtop=failing_opener(error), tegra_release=tegra_release)
+    reason = _skip_reason(
+        JetsonSource(
+            open_jtop=failing_opener(denied),
+            tegra_release=tegra_release,
+            socket_access=lambda: MEMBER,
         )
-        assert str(error) in reason and "sudo systemctl enable --now jtop.service" in reason
+    )
+
+    assert str(denied) in reason and "sudo systemctl enable --now jtop.service" in reason
+
+
+# -- the two ways a running jtop.service refuses a worker ---------------------------------------
+
+
+def test_another_major_minor_of_jetson_stats_names_both_versions_and_the_pin(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb", service_version="4.3.0", client_version="4.2.12")
+
+    reason = _skip_reason(
+        JetsonSource(
+            open_jtop=fake.opener, tegra_release=tegra_release, socket_access=lambda: MEMBER
+        )
+    )
+
+    assert reason == (
+        "jtop.service runs jetson-stats 4.3.0, this worker has 4.2.12: install "
+        f"jetson-stats==4.3.* in the worker's environment ({sys.prefix})"
+    )
+
+
+def test_a_newer_client_is_refused_too(tegra_release):
+    # jetson-stats compares major.minor both ways: a newer client is no better than an older.
+    fake = FakeJtop.from_fixture("agx-orin-64gb", service_version="4.2.12")
+
+    reason = _skip_reason(JetsonSource(open_jtop=fake.opener, tegra_release=tegra_release))
+
+    assert reason.startswith("jtop.service runs jetson-stats 4.2.12, this worker has 7.2.2:")
+    assert "install jetson-stats==4.2.*" in reason
+
+
+def test_a_user_outside_the_sockets_group_is_told_the_usermod(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb", socket_denied=True)
+
+    reason = _skip_reason(
+        JetsonSource(
+            open_jtop=fake.opener, tegra_release=tegra_release, socket_access=lambda: OUTSIDER
+        )
+    )
+
+    assert reason == (
+        "user llamaherd is not in group jtop (owner of /run/jtop.sock): "
+        "usermod -aG jtop llamaherd, then restart the worker"
+    )
+
+
+def test_a_user_added_to_the_group_after_the_worker_started_is_told_to_restart(tegra_release):
+    added = dataclasses.replace(OUTSIDER, group_members=frozenset({"llamaherd"}))
+    fake = FakeJtop.from_fixture("agx-orin-64gb", socket_denied=True)
+
+    reason = _skip_reason(
+        JetsonSource(
+            open_jtop=fake.opener, tegra_release=tegra_release, socket_access=lambda: added
+        )
+    )
+
+    assert reason == (
+        "user llamaherd is in group jtop (owner of /run/jtop.sock), but this worker started "
+        "before it was added: restart the worker"
+    )
+
+
+def test_a_stopped_service_and_a_missing_group_membership_are_both_named(tegra_release):
+    # No socket while the service is down: the group it will get is jtop's.
+    no_socket = dataclasses.replace(OUTSIDER, exists=False)
+    fake = FakeJtop.from_fixture("agx-orin-64gb", service_running=False)
+
+    reason = _skip_reason(
+        JetsonSource(
+            open_jtop=fake.opener, tegra_release=tegra_release, socket_access=lambda: no_socket
+        )
+    )
+
+    assert "The jtop.service is not active" in reason and SERVICE_FIX in reason
+    assert reason.endswith(
+        "; also, user llamaherd is not in group jtop (the group jtop.service gives "
+        "/run/jtop.sock): usermod -aG jtop llamaherd, then restart the worker"
+    )
+
+
+def test_a_healthy_connection_probes_ok_whatever_the_patch_versions(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb", service_version="7.2.0", client_version="7.2.2")
+    source = JetsonSource(
+        open_jtop=fake.opener, tegra_release=tegra_release, socket_access=lambda: MEMBER
+    )
+
+    assert source.probe().available
+    assert source.sample().jetson is not None
+    assert fake.start_calls == 1
+
+
+# -- who may open the socket (pure) -------------------------------------------------------------
+
+
+def test_members_root_and_the_owner_may_connect():
+    assert socket_access_problem(MEMBER) is None
+    assert socket_access_problem(dataclasses.replace(OUTSIDER, uid=0)) is None
+    assert socket_access_problem(dataclasses.replace(OUTSIDER, owner_uid=998)) is None
+    assert socket_access_problem(dataclasses.replace(OUTSIDER, mode=0o666)) is None
+
+
+def test_a_socket_the_owner_cannot_write_does_not_let_the_owner_in():
+    owner_read_only = dataclasses.replace(OUTSIDER, owner_uid=998, mode=0o460)
+    assert socket_access_problem(owner_read_only) is not None
+
+
+def test_the_login_group_counts_as_membership_for_the_restart_advice():
+    login_group = dataclasses.replace(OUTSIDER, primary_gid=JTOP_GID)
+    problem = socket_access_problem(login_group)
+    assert problem is not None and "restart the worker" in problem and "usermod" not in problem
+
+
+def test_without_a_jtop_group_nothing_is_blamed_on_groups():
+    never_installed = dataclasses.replace(OUTSIDER, exists=False, group_gid=None)
+    assert socket_access_problem(never_installed) is None
+
+
+# -- reading the facts from this machine ---------------------------------------------------------
+
+
+def test_read_socket_access_reads_a_real_socket(tmp_path):
+    path = tmp_path / "jtop.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        os.chmod(path, 0o660)
+
+        access = read_socket_access(path)
+
+    info = path.stat()
+    assert stat.S_ISSOCK(info.st_mode)
+    assert access.exists and access.socket == path
+    assert (access.owner_uid, access.mode) == (info.st_uid, 0o660)
+    assert (access.group_gid, access.group) == (info.st_gid, grp.getgrgid(info.st_gid).gr_name)
+    assert access.uid == os.geteuid()
+    assert access.gids == {os.getegid(), *os.getgroups()}
+
+
+def test_read_socket_access_without_a_socket_names_the_group_the_service_would_give(tmp_path):
+    own_group = grp.getgrgid(os.getegid())
+
+    access = read_socket_access(tmp_path / "missing.sock", group=own_group.gr_name)
+    assert not access.exists
+    assert (access.group, access.group_gid) == (own_group.gr_name, own_group.gr_gid)
+    assert access.group_members == frozenset(own_group.gr_mem)
+
+    unknown = read_socket_access(tmp_path / "missing.sock", group="no-such-group-llamaherd")
+    assert unknown.group_gid is None and socket_access_problem(unknown) is None
 
 
 def test_probe_does_not_raise_on_the_unexpected(tegra_release):
