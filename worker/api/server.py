@@ -156,12 +156,26 @@ class WorkerServer:
         return (default_model_config(),)
 
     async def stop(self) -> None:
+        """Drains, then stops: requests in flight get up to shutdown_grace_s to finish.
+
+        The node stays registered while it drains, its models DRAINING, so gateways send
+        nothing new here but keep relaying what is running (a gateway cancels the streams
+        of a node that leaves). Only then does the heartbeat stream close."""
+        grace = self.settings.shutdown_grace_s
+        started = asyncio.get_running_loop().time()
+        self.registry.drain("the worker is shutting down")
+        if not await self.registry.wait_idle(grace):
+            log.warning(
+                "%d requests still in flight after %.0f s (shutdown_grace_s): they are cut",
+                self.registry.in_flight(), grace,
+            )  # fmt: skip
         if self._link_task is not None:
-            # Closing the heartbeat stream first takes the node out of routing at once.
             self._link_task.cancel()
             await asyncio.gather(self._link_task, return_exceptions=True)
         await self.health.enter_graceful_shutdown()
-        await self._server.stop(self.settings.shutdown_grace_s)
+        # What is left of the grace for streams still sending their last message.
+        remaining = grace - (asyncio.get_running_loop().time() - started)
+        await self._server.stop(max(remaining, 0.5))
         await self.registry.close_all()
         if self.lender is not None:
             await self.lender.close()

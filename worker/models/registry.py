@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Slots a model gets when its config leaves n_parallel at 0, memory permitting; as
 # llama-server's automatic choice.
 AUTO_PARALLEL = 4
+# States in which a model's engine is up and its requests run (DRAINING: only those in flight).
+_SERVING = frozenset({ModelState.READY, ModelState.DRAINING})
 
 
 @dataclass
@@ -74,6 +76,7 @@ class ModelRegistry:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
+        self._draining = ""  # why the worker stopped taking requests, once it has
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Calls `listener` (on the event loop) whenever a model's state changes."""
@@ -104,6 +107,10 @@ class ModelRegistry:
                 raise Unavailable(f"{entry.error}; the coordinator re-plans it")
             if entry.state is ModelState.FAILED:
                 raise FailedPrecondition(f"model {alias!r} failed to load: {entry.error}")
+            if entry.state is ModelState.DRAINING:
+                raise Unavailable(
+                    f"model {alias!r} is draining ({self._draining}); use another node"
+                )
             raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
 
     def list(self) -> list[ModelStatus]:
@@ -196,7 +203,7 @@ class ModelRegistry:
         """A serving model broke (a split model's helper failed): FAILED, memory freed."""
         with self._lock:
             entry = self._entries.get(alias)
-            if entry is None or entry.state is not ModelState.READY:
+            if entry is None or entry.state not in _SERVING:
                 return
             entry.state, entry.error, entry.lost = ModelState.FAILED, reason, True
         self._budget.release(alias)
@@ -262,7 +269,7 @@ class ModelRegistry:
             if entry.state is ModelState.FAILED:
                 # Nothing to wait for; a split model lost while serving still has a child.
                 del self._entries[alias]
-            elif entry.state is not ModelState.READY or hosted is None:
+            elif entry.state not in _SERVING or hosted is None:
                 raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
             else:
                 entry.state = ModelState.UNLOADING
@@ -279,8 +286,35 @@ class ModelRegistry:
         self._changed()
         log.info("model %s unloaded", alias)
 
+    # ---- draining --------------------------------------------------------------------
+    def drain(self, reason: str) -> None:
+        """Stops taking requests (new ones get UNAVAILABLE, which a gateway retries on
+        another node) while those already admitted run to the end; the models report
+        DRAINING, so routing stops sending here with the next heartbeat."""
+        with self._lock:
+            self._draining = reason
+            for entry in self._entries.values():
+                if entry.state is ModelState.READY:
+                    entry.state = ModelState.DRAINING
+        self._changed()
+        log.info("draining: %s", reason)
+
+    def in_flight(self) -> int:
+        """Requests the served models hold now: waiting for a slot or running."""
+        with self._lock:
+            hosted = [e.hosted for e in self._entries.values() if e.state in _SERVING]
+        return sum(h.figures().load for h in hosted if h is not None)
+
+    async def wait_idle(self, timeout: float, poll_s: float = 0.05) -> bool:
+        """Waits until no request is in flight; False if some still are after `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.in_flight() and loop.time() < deadline:
+            await asyncio.sleep(poll_s)
+        return not self.in_flight()
+
     async def close_all(self) -> None:
         with self._lock:
-            aliases = [a for a, e in self._entries.items() if e.state is ModelState.READY or e.lost]
+            aliases = [a for a, e in self._entries.items() if e.state in _SERVING or e.lost]
         for alias in aliases:
             await self.unload(alias, "the worker is shutting down")

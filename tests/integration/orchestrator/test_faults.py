@@ -1,4 +1,5 @@
-"""Faults in a cluster of its own: a worker killed mid-stream, a coordinator restarted."""
+"""Faults in a cluster of its own: a worker killed mid-stream or stopped for an upgrade, a
+coordinator restarted."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ CATALOG = [
      "n_threads": 1},
 ]  # fmt: skip
 LONG = gen_pb.SamplingParams(temperature=0, max_tokens=600)
+DRAINED = gen_pb.SamplingParams(temperature=0, max_tokens=60)
+GRACE_S = 60  # the workers' shutdown_grace_s: ample for a drained stream on a loaded machine
 SHORT = gen_pb.SamplingParams(temperature=0, max_tokens=8)
 
 
@@ -27,7 +30,9 @@ def small_cluster(tmp_path) -> Iterator[tuple]:
     workers = {}
     try:
         for name in ("worker-a", "worker-b"):
-            workers[name] = start_node(tmp_path, coordinator, name)
+            workers[name] = start_node(
+                tmp_path, coordinator, name, "--shutdown-grace-s", str(GRACE_S)
+            )
         wait_for(
             lambda: ready_replicas(coordinator).get(GEMMA) == set(workers), 120, "two replicas"
         )
@@ -72,6 +77,38 @@ def test_killed_worker_fails_its_stream_promptly_and_leaves_routing(small_cluste
             return not nodes[victim].up
 
         wait_for(victim_down, 5, f"{victim} to leave routing")
+
+
+def test_a_worker_stopped_for_an_upgrade_finishes_its_streams_and_takes_no_new_ones(
+    small_cluster,
+):
+    """SIGTERM (systemctl stop, a rolling upgrade) drains: the node's models turn DRAINING,
+    gateways route elsewhere, and the stream in flight runs to its end before the node
+    leaves."""
+    coordinator, workers = small_cluster
+    with grpc.insecure_channel(coordinator.gateway) as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        call = stub.Generate(gen_pb.GenerateRequest(model=GEMMA, prompt="Count:", sampling=DRAINED))
+        stream = iter(call)
+        first = next(stream)
+        victim = dict(call.initial_metadata())["x-llamaherd-node"]
+        survivor = next(n for n in workers if n != victim)
+
+        workers[victim].process.send_signal(signal.SIGTERM)
+        for _ in range(3):
+            assert _generate(stub) == survivor
+        rest = list(stream)  # raises if the stream was cut
+        assert rest[-1].finish_reason != gen_pb.FINISH_REASON_UNSPECIFIED, "ended unfinished"
+        assert rest[-1].usage.completion_tokens == len(first.token_ids) + sum(
+            len(chunk.token_ids) for chunk in rest
+        )
+        assert workers[victim].process.wait(timeout=GRACE_S) == 0
+        log = workers[victim].log_tail()
+        assert "draining: the worker is shutting down" in log
+        assert "still in flight" not in log
+
+        wait_for(lambda: ready_replicas(coordinator).get(GEMMA) == {survivor}, 10,
+                 f"{victim} to leave routing")  # fmt: skip
 
 
 def test_hung_worker_leaves_routing_after_missed_heartbeats(small_cluster):

@@ -290,6 +290,52 @@ def test_a_closed_model_refuses_new_requests_with_the_reason(models_dir, tiny):
     run(scenario())
 
 
+# ---- draining ------------------------------------------------------------------------------
+def test_draining_refuses_new_requests_and_lets_running_ones_finish(models_dir, tiny):
+    models = FakeModels()
+    registry = make_registry(models_dir, local=models)
+    states: list[ModelState] = []
+
+    async def scenario() -> str:
+        await registry.load(config(tiny))
+        models.backends["m"].step_delay = 0.01  # 30 tokens: about 0.3 s
+        registry.on_change(lambda: states.extend(m.state for m in registry.list()))
+        running = asyncio.create_task(reply_text(registry.get("m"), "Hello", max_tokens=30))
+        while registry.in_flight() == 0:
+            await asyncio.sleep(0.005)
+        registry.drain("maintenance")
+        assert registry.info("m").state is ModelState.DRAINING
+        with pytest.raises(Unavailable, match=r"draining \(maintenance\); use another node"):
+            registry.get("m")
+        assert registry.in_flight() == 1 and not await registry.wait_idle(0.05)
+        assert await registry.wait_idle(5)
+        text = await running
+        await registry.close_all()
+        assert registry.list() == []
+        return text
+
+    assert len(run(scenario())) == 30  # the running request ran to its end
+    assert states[0] is ModelState.DRAINING
+
+
+def test_a_draining_split_model_can_still_be_lost(models_dir, tiny):
+    lost: list[OnLost] = []
+
+    async def start_split(config: ModelConfig, facts: ModelFacts, on_lost: OnLost) -> ServedModel:
+        lost.append(on_lost)
+        return FakeModels()(config, facts)
+
+    registry = make_registry(models_dir, split=start_split)
+
+    async def scenario() -> None:
+        await registry.load(config(tiny, **SPLIT))
+        registry.drain("upgrade")
+        lost[0]("split model 'm' lost: helper gone")
+        assert registry.info("m").state is ModelState.FAILED
+
+    run(scenario())
+
+
 # ---- split models --------------------------------------------------------------------------
 SPLIT = {"rpc_servers": ("10.0.0.2:50052",), "tensor_split": (1.0,), "n_gpu_layers": 1}
 
