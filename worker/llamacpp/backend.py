@@ -9,6 +9,7 @@ per token of every sequence, and a forwarding layer would only add Python calls 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from llama_cpp import llama_cpp as C
@@ -23,8 +24,10 @@ _PIECE_BYTES = 64  # longer than any piece of the usual vocabularies; grown when
 
 
 class LlamaBackend(LlamaContext):
-    """A model's context with its vocabulary. Not thread-safe, but for tokenize(), which
-    reads only the model and may be called from any thread."""
+    """A model's context with its vocabulary: the engine's Backend and the model reads a
+    served model needs besides (worker.models.local.ModelBackend). It owns the model too:
+    close() frees both. Not thread-safe, but for the vocabulary reads (tokenize, detokenize,
+    token_bytes), which read only the model and may be called from any thread."""
 
     def __init__(self, model: LlamaModel, params: ContextParams) -> None:
         super().__init__(model, params)
@@ -54,6 +57,21 @@ class LlamaBackend(LlamaContext):
     def sampler(self, params: SamplingParams, grammar: str | None) -> Sampler:
         """A request's sampler chain over this context's logits; may be built on any thread."""
         return Sampler(self, params, grammar)
+
+    @property
+    def bos(self) -> int:
+        return self.model.bos
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        return self.model.detokenize(tokens)
+
+    def token_bytes(self, token: int) -> bytes:
+        """A token's bytes, special tokens written out (as Tokenize shows them)."""
+        return self.model.piece(token, special=True)
+
+    def close(self) -> None:
+        super().close()
+        self.model.close()
 
 
 if TYPE_CHECKING:  # mypy checks both classes against the engine's protocols, structurally

@@ -50,8 +50,8 @@ T = TypeVar("T")
 
 class ModelBackend(Backend, Protocol):
     """What a LocalModel serves from: the engine's backend (worker.engine.backend) and the
-    reads that requests need besides. LlamaModelBackend below over llama.cpp; the fake of
-    tests/support serves the registry's and the servicer's unit tests."""
+    reads that requests need besides. worker.llamacpp.backend.LlamaBackend implements it
+    over llama.cpp; the fake of tests/support serves the registry's and servicer's tests."""
 
     @property
     def n_ctx_seq(self) -> int:
@@ -79,25 +79,6 @@ class ModelBackend(Backend, Protocol):
         ...
 
 
-class LlamaModelBackend(LlamaBackend):
-    """llama.cpp's backend with the model-level reads a LocalModel needs; a subclass, so
-    the engine's per-token calls stay direct."""
-
-    @property
-    def bos(self) -> int:
-        return self.model.bos
-
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        return self.model.detokenize(tokens)
-
-    def token_bytes(self, token: int) -> bytes:
-        return self.model.piece(token, special=True)
-
-    def close(self) -> None:
-        super().close()
-        self.model.close()
-
-
 def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
     """Loads a model into llama.cpp in this process (blocking): the registry's LocalFactory."""
     if config.is_split:
@@ -106,7 +87,7 @@ def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
         rpc.use_servers(list(config.rpc_servers))
     model = LlamaModel(facts.path, config.n_gpu_layers, config.tensor_split)
     try:
-        backend = LlamaModelBackend(
+        backend = LlamaBackend(
             model,
             ContextParams(
                 n_ctx=facts.n_ctx * facts.n_parallel,
