@@ -4,6 +4,7 @@ runs `llamaherd worker` without the control plane's dependencies."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -12,6 +13,7 @@ from orchestrator.launch import add_coordinator_parser, add_up_parser
 from worker.cli import add_worker_parser
 
 if TYPE_CHECKING:
+    import grpc
     from llamaherd.v1 import generation_pb2 as gen_pb
 
     from orchestrator.client import GatewayClient
@@ -20,6 +22,45 @@ if TYPE_CHECKING:
 DEFAULT_GATEWAY = "127.0.0.1:8001"
 
 DEFAULT_WORKER = "127.0.0.1:50051"
+
+API_KEY_ENV = "LLAMAHERD_API_KEY"
+API_KEY_FIX = f"set {API_KEY_ENV} or pass --api-key"
+
+
+def _add_api_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key", metavar="KEY",
+        help=f"the cluster's API key, for a gateway that requires one (default: ${API_KEY_ENV}; "
+        "the variable is the better place, as a key on the command line shows in ps and in "
+        "shell history)",
+    )  # fmt: skip
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    key: str | None = args.api_key or os.environ.get(API_KEY_ENV)
+    return key or None
+
+
+def _gateway_failure(command: str, exc: grpc.RpcError, gateway: str, sent_key: bool) -> str:
+    """The lines to print for a failed gateway call: what happened and what to do next."""
+    import grpc
+
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        # One line, and never the key itself.
+        if not sent_key:
+            return (
+                f"llamaherd {command}: the gateway at {gateway} requires an API key: {API_KEY_FIX}"
+            )
+        return (
+            f"llamaherd {command}: the gateway at {gateway} refused the API key "
+            f"({exc.details()}): {API_KEY_FIX} with the cluster's key"
+        )
+    line = f"llamaherd {command}: {exc.code().name}: {exc.details()}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        line += (
+            f"\nis a gateway running at {gateway}? start a cluster with `make run` (llamaherd up)"
+        )
+    return line
 
 
 def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -135,6 +176,7 @@ def _add_status_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         "--gateway", default=DEFAULT_GATEWAY,
         help=f"a gateway's gRPC address (default: {DEFAULT_GATEWAY})",
     )  # fmt: skip
+    _add_api_key_argument(parser)
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="the cluster as JSON, for scripts")
     output.add_argument(
@@ -156,6 +198,7 @@ def _add_chat_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         "--gateway", default=DEFAULT_GATEWAY,
         help=f"a gateway's gRPC address (default: {DEFAULT_GATEWAY})",
     )  # fmt: skip
+    _add_api_key_argument(parser)
     parser.add_argument("--system", help="a system message to send first")
     parser.add_argument("--max-tokens", type=int, default=256, help="default: 256")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
@@ -176,14 +219,12 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.json_schema:
         print(json.dumps(json_schema(), indent=2))
         return 0
-    with GatewayClient(args.gateway, timeout=10) as client:
+    key = _api_key(args)
+    with GatewayClient(args.gateway, timeout=10, api_key=key) as client:
         try:
             status = client.status()
         except grpc.RpcError as exc:
-            print(f"llamaherd status: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                print(f"is a gateway running at {args.gateway}? start a cluster with "
-                      "`make run` (llamaherd up)", file=sys.stderr)  # fmt: skip
+            print(_gateway_failure("status", exc, args.gateway, key is not None), file=sys.stderr)
             return 1
     view = view_from_proto(status)
     print(json.dumps(view_to_json(view), indent=2) if args.json else render_status(view))
@@ -201,7 +242,8 @@ def _run_chat(args: argparse.Namespace) -> int:
     )
     messages = [("system", args.system)] if args.system else []
     messages.append(("user", args.prompt))
-    with GatewayClient(args.gateway) as client:
+    key = _api_key(args)
+    with GatewayClient(args.gateway, api_key=key) as client:
         try:
             model = args.model or _first_cluster_model(client)
             for chunk in client.chat(model, messages, sampling):
@@ -210,7 +252,10 @@ def _run_chat(args: argparse.Namespace) -> int:
                 if chunk.finish_reason:
                     _print_summary(chunk)
         except grpc.RpcError as exc:
-            print(f"\nllamaherd chat: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                print(_gateway_failure("chat", exc, args.gateway, key is not None), file=sys.stderr)
+            else:
+                print(f"\nllamaherd chat: {exc.code().name}: {exc.details()}", file=sys.stderr)
             return 1
     return 0
 

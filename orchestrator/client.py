@@ -15,15 +15,28 @@ DEFAULT_GATEWAY = "127.0.0.1:8001"
 
 
 class GatewayClient(ChannelClient):
-    def __init__(self, address: str = DEFAULT_GATEWAY, timeout: float | None = None) -> None:
+    """`api_key`, when given, goes with every call as `authorization: Bearer <key>` metadata,
+    what a gateway started with an API key expects (orchestrator/gateway/auth.py)."""
+
+    def __init__(
+        self,
+        address: str = DEFAULT_GATEWAY,
+        timeout: float | None = None,
+        api_key: str | None = None,
+    ) -> None:
         super().__init__(address, timeout)
         self.stub = inference_pb2_grpc.InferenceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def status(self) -> inf_pb.ClusterStatusResponse:
-        return self.stub.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=self.timeout)
+        return self.stub.ClusterStatus(
+            inf_pb.ClusterStatusRequest(), timeout=self.timeout, metadata=self._metadata
+        )
 
     def models(self) -> list[inf_pb.ClusterModel]:
-        reply = self.stub.ListModels(inf_pb.ListClusterModelsRequest(), timeout=self.timeout)
+        reply = self.stub.ListModels(
+            inf_pb.ListClusterModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )
         return list(reply.models)
 
     def ready_replicas(self) -> dict[str, int]:
@@ -50,4 +63,4 @@ class GatewayClient(ChannelClient):
             messages=[gen_pb.ChatMessage(role=r, content=c) for r, c in messages],
             sampling=sampling,
         )
-        yield from self.stub.Chat(request)
+        yield from self.stub.Chat(request, metadata=self._metadata)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 from collections.abc import Iterator
 
 import grpc
@@ -13,6 +16,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
 from support.cluster import Coordinator, start_coordinator
+from support.worker_process import LLAMAHERD
 
 KEY = "s3cret-key-for-tests"
 CATALOG = [{"alias": "gemma", "path": "builtin:gemma-3-270m"}]
@@ -72,3 +76,53 @@ def test_grpc_calls_need_the_key_in_metadata(guarded):
             health_pb2.HealthCheckRequest(service=""), timeout=10
         )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def _cli(*args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs `llamaherd ARGS` with LLAMAHERD_API_KEY set to `key`, or unset."""
+    env = {name: value for name, value in os.environ.items() if name != "LLAMAHERD_API_KEY"}
+    if key is not None:
+        env["LLAMAHERD_API_KEY"] = key
+    return subprocess.run(
+        [LLAMAHERD, *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
+
+
+def test_status_and_chat_send_the_key_from_the_environment_or_the_flag(guarded):
+    for run in (
+        _cli("status", "--gateway", guarded.gateway, "--json", key=KEY),
+        _cli("status", "--gateway", guarded.gateway, "--json", "--api-key", KEY),
+    ):
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["nodes"] == []  # no workers
+    # The chat got past the key: the cluster answered that it has no model placed yet.
+    chat = _cli("chat", "Hi", "--gateway", guarded.gateway, key=KEY)
+    assert chat.returncode == 1
+    assert (
+        chat.stderr.strip() == "llamaherd chat: the cluster serves no chat model yet; pass --model"
+    )
+
+
+def test_status_and_chat_without_the_key_say_where_to_put_it_in_one_line(guarded):
+    for command in (["status"], ["chat", "Hi"]):
+        run = _cli(*command, "--gateway", guarded.gateway)
+        assert run.returncode == 1 and run.stdout.strip() == ""
+        assert run.stderr.strip() == (
+            f"llamaherd {command[0]}: the gateway at {guarded.gateway} requires an API key: "
+            "set LLAMAHERD_API_KEY or pass --api-key"
+        )
+
+
+def test_a_wrong_key_is_refused_in_one_line_that_never_shows_a_key(guarded):
+    run = _cli("status", "--gateway", guarded.gateway, key="wrong-key")
+    assert run.returncode == 1
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith(
+        f"llamaherd status: the gateway at {guarded.gateway} refused the API key"
+    )
+    assert "not valid" in line and "set LLAMAHERD_API_KEY or pass --api-key" in line
+    assert "wrong-key" not in line and KEY not in line
+    # The flag wins over the environment.
+    assert (
+        _cli("status", "--gateway", guarded.gateway, "--api-key", KEY, key="wrong").returncode == 0
+    )
