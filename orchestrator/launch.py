@@ -232,7 +232,8 @@ def _wait_until_placed(
     wanted = {m.alias: m.replicas for m in settings.models}
     shown = ""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    with GatewayClient(gateway, timeout=5) as client:
+    key = settings.api_key.get_secret_value() if settings.api_key else None
+    with GatewayClient(gateway, timeout=5, api_key=key) as client:  # a keyed gateway needs it
         while not stop.wait(0.5):
             if all(w.report_exit() for w in workers):
                 print("every worker exited; see their logs", file=sys.stderr)
