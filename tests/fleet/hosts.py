@@ -125,15 +125,24 @@ def overlay(lower: Path, work: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(merged)], check=False)
 
 
-def boot(name: str, address: str, netns: str, root: Path, log: Path) -> Machine:
-    """Boots `root` with systemd as PID 1 inside network namespace `netns`."""
+def boot(
+    name: str,
+    address: str,
+    netns: str,
+    root: Path,
+    log: Path,
+    read_only_binds: tuple[tuple[Path, str], ...] = (),
+) -> Machine:
+    """Boots `root` with systemd as PID 1 inside network namespace `netns`, with each
+    (outside folder, inside path) of `read_only_binds` mounted read-only."""
     (root / "etc/hostname").write_text(name + "\n")
+    binds = [f"--bind-ro={outside}:{inside}" for outside, inside in read_only_binds]
     with log.open("wb") as out:
         process = subprocess.Popen(
             [
                 "systemd-nspawn", "--boot", "--register=no", "--keep-unit", "--quiet",
                 f"--machine={name}", f"--directory={root}",
-                f"--network-namespace-path=/run/netns/{netns}",
+                f"--network-namespace-path=/run/netns/{netns}", *binds,
             ],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,6 +7,7 @@ state the earlier ones left, as an operator's successive runs would.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import time
@@ -16,12 +17,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fleet.conftest import ROOT, Fleet, PlaybookRun
+from tests.fleet.conftest import ROOT, Fleet, PlaybookRun, _sha256
 
 pytestmark = pytest.mark.timeout(2400)
 
 WORKERS = ("pc", "jetson")
+HOSTS = ("coord", *WORKERS)
 UPGRADED_VERSION = "0.1.0+fleet.upgrade"
+LLAMA_CPP_PIN = re.compile(r'"llama-cpp-python==([0-9.]+)"')
+LLAMA_CPP_VERSION = LLAMA_CPP_PIN.findall((ROOT / "pyproject.toml").read_text())[0]
 
 
 def _converged(fleet: Fleet) -> PlaybookRun:
@@ -129,6 +133,44 @@ def test_the_jetson_branch_ran_on_the_jetson_host(fleet: Fleet) -> None:
     assert pc.stdout.strip() == "absent"
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def test_llama_cpp_is_built_once_on_the_first_host_of_its_kind(fleet: Fleet) -> None:
+    run = _converged(fleet)
+    # What the stand-in Jetson is: a CUDA kind (it has /etc/nv_tegra_release) without a CUDA
+    # toolkit, so the CPU build for its architecture, with the reason.
+    probe = fleet.ssh(
+        "jetson",
+        f"LLAMAHERD_LLAMA_CPP_VERSION={LLAMA_CPP_VERSION} LLAMAHERD_CUDA=if-available "
+        "LLAMAHERD_CACHE=/nonexistent /opt/llamaherd/build/build-wheel.sh --kind",
+    )
+    assert probe.returncode == 0, probe
+    kind = dict(line.split("=", 1) for line in probe.stdout.splitlines())["kind"]
+    assert kind.startswith("x86_64-cpu-"), probe.stdout
+    assert "Jetson (L4T R36 (release), REVISION: 4.3)" in probe.stderr
+    assert "skipping the CUDA build, building for the CPU instead" in _flat(probe.stderr)
+    # Each host's kind is resolved and reported; the control machine builds nothing (it
+    # stands for a laptop); one host, the first of the kind, hands its build over.
+    output = _flat(run.output)
+    for host in HOSTS:
+        report = re.search(rf"{host}: llama-cpp-python kind (\S+) [^\"]*", output)
+        assert report is not None, host
+        assert report[1] == kind and "built once on coord and fetched" in report[0], report[0]
+        if host == "jetson":
+            assert "skipping the CUDA build, building for the CPU instead" in report[0]
+    assert output.count("the wheelhouse has no llama-cpp-python for kind") == 1
+    assert "Compile llama-cpp-python on the control machine" not in output
+    # The wheelhouse holds that one wheel, and every host installed exactly it.
+    wheels = sorted((fleet.cache / "wheelhouse").glob("deps-*/llama-cpp/*/llama_cpp_python-*.whl"))
+    assert [wheel.parent.name for wheel in wheels] == [kind]
+    digest = _sha256(wheels[0])
+    for host in HOSTS:
+        installed = fleet.ssh(host, "sha256sum /opt/llamaherd/llama_cpp_python-*.whl")
+        assert installed.stdout.split()[:1] == [digest], (host, installed)
+
+
 def test_the_model_file_arrived_with_its_checksum(fleet: Fleet) -> None:
     _converged(fleet)
     for host in WORKERS:
@@ -142,6 +184,9 @@ def test_a_second_converge_changes_nothing(fleet: Fleet) -> None:
     fleet.timings["second"] = run.seconds
     assert run.rc == 0, run.output[-6000:]
     assert run.changed() == dict.fromkeys(run.recap, 0), run.output[-8000:]
+    output = _flat(run.output)
+    assert output.count("already in the wheelhouse") == len(HOSTS)  # nothing built again
+    assert "the wheelhouse has no llama-cpp-python" not in output
 
 
 def _upgraded_source(tmp: Path) -> Path:
