@@ -10,6 +10,7 @@ from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
 
 from common.channels import ChannelClient
+from common.wire.generation import chat_request
 
 DEFAULT_GATEWAY = "127.0.0.1:8001"
 
@@ -58,9 +59,5 @@ class GatewayClient(ChannelClient):
         messages: Sequence[tuple[str, str]],
         sampling: gen_pb.SamplingParams | None = None,
     ) -> Iterator[gen_pb.GenerationChunk]:
-        request = gen_pb.ChatRequest(
-            model=model,
-            messages=[gen_pb.ChatMessage(role=r, content=c) for r, c in messages],
-            sampling=sampling,
-        )
+        request = chat_request(model, messages, sampling)
         yield from self.stub.Chat(request, metadata=self._metadata)

@@ -9,6 +9,7 @@ from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
 from common.channels import ChannelClient
+from common.wire.generation import chat_request
 
 
 class WorkerClient(ChannelClient):
@@ -33,9 +34,5 @@ class WorkerClient(ChannelClient):
         messages: Sequence[tuple[str, str]],
         sampling: gen_pb.SamplingParams | None = None,
     ) -> Iterator[gen_pb.GenerationChunk]:
-        request = gen_pb.ChatRequest(
-            model=model,
-            messages=[gen_pb.ChatMessage(role=r, content=c) for r, c in messages],
-            sampling=sampling,
-        )
+        request = chat_request(model, messages, sampling)
         yield from self.stub.Chat(request, timeout=self.timeout)
