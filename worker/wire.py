@@ -3,8 +3,8 @@ worker's side of the wire, as common.wire is the side both share.
 
 Protobuf stops here: the servicer converts on entry and exit, a split model's relay
 converts the same way to reach its child, and nothing below them imports *_pb2.
-Model settings and estimates use the converters derived from their fields in
-common.wire.models, shared with the control plane (re-exported here for the servicer).
+Model settings, estimates and statuses cross the wire through common.wire, which the
+control plane shares; this module holds only what the worker alone converts.
 """
 
 from __future__ import annotations
@@ -16,10 +16,7 @@ from llamaherd.v1 import worker_pb2 as pb
 
 from common.errors import InvalidArgument
 from common.model_settings import ModelConfig
-from common.wire.models import estimate_to_proto as estimate_to_proto
-from common.wire.models import model_config_to_proto as model_config_to_proto
 from common.wire.models import model_spec_to_dict
-from common.wire.status import model_status_to_proto as model_status_to_proto
 from worker.config import parse_model_config
 from worker.engine.generation import (
     ChatMessage,

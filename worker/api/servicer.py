@@ -19,6 +19,8 @@ from llamaherd.v1 import worker_pb2_grpc
 from common.errors import FailedPrecondition
 from common.grpc_errors import request_id
 from common.wire.leases import lease_to_proto
+from common.wire.models import estimate_to_proto
+from common.wire.status import model_status_to_proto
 from worker import wire
 from worker.models.registry import ModelRegistry
 from worker.split.lender import RpcLender
@@ -37,7 +39,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         self, request: pb.ListModelsRequest, context: aio.ServicerContext
     ) -> pb.ListModelsResponse:
         return pb.ListModelsResponse(
-            models=[wire.model_status_to_proto(i) for i in self._registry.list()]
+            models=[model_status_to_proto(i) for i in self._registry.list()]
         )
 
     async def LoadModel(
@@ -45,13 +47,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     ) -> pb.LoadModelResponse:
         config = wire.model_config_from_proto(request.spec)
         info = await self._registry.load(config)
-        return pb.LoadModelResponse(model=wire.model_status_to_proto(info))
+        return pb.LoadModelResponse(model=model_status_to_proto(info))
 
     async def EstimateModel(
         self, request: pb.LoadModelRequest, context: aio.ServicerContext
     ) -> pb.MemoryEstimate:
         estimate = await self._registry.estimate(wire.model_config_from_proto(request.spec))
-        return wire.estimate_to_proto(estimate)
+        return estimate_to_proto(estimate)
 
     async def UnloadModel(
         self, request: pb.UnloadModelRequest, context: aio.ServicerContext
