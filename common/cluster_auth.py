@@ -1,0 +1,280 @@
+"""The cluster's join token and node keys: who may register with the coordinator and call a
+worker's API.
+
+A cluster has one random secret, the join token (as k3s's or Ray's). The coordinator
+requires it on its worker registry, a worker that has one requires it on its Worker API, and
+every cluster client sends it as `authorization: Bearer <token>` metadata. Only the gRPC
+health service stays open, for probes. The token comes from LLAMAHERD_CLUSTER_TOKEN or from
+a file (`cluster_token_file`, created 0600 by `ensure_token_file` where the coordinator
+runs); it never goes on a command line, into a URL or into a log line.
+
+Each worker also keeps a node key of its own (a 0600 file per node id), sent when it
+registers: the coordinator binds the node id to it, so no other process, token or not, can
+take over a live worker's id (orchestrator.cluster.state).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc import aio
+from pydantic import SecretStr
+
+from common.settings import ConfigError
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "LLAMAHERD_CLUSTER_TOKEN"
+DEFAULT_TOKEN_FILE = Path("~/.config/llamaherd/cluster-token")
+DEFAULT_NODE_KEY_DIR = Path("~/.cache/llamaherd/node-keys")
+AUTHORIZATION_KEY = "authorization"
+NODE_KEY_KEY = "llamaherd-node-key"
+# Probes (load balancers, systemd, `grpc_health_probe`) need no secret and learn nothing.
+OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+REFUSAL = "missing or wrong cluster token"
+JOIN_HINT = f"set {TOKEN_ENV} or pass --cluster-token-file PATH (the coordinator's token file)"
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+# ---- secrets in files -----------------------------------------------------------------------
+def new_secret() -> str:
+    """256 random bits, URL-safe text (no quoting needed in an env file)."""
+    return secrets.token_urlsafe(32)
+
+
+def ensure_secret_file(path: Path) -> str:
+    """The secret in `path`, created (file 0600, new parent folders 0700) when missing.
+
+    Creation is exclusive, so two processes starting at once agree on one secret."""
+    path = path.expanduser()
+    if not path.exists():
+        _make_private_dirs(path.parent)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return read_secret_file(path)
+        except OSError as exc:
+            raise ConfigError(f"cannot create secret file {path}: {exc.strerror}") from exc
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(new_secret() + "\n")
+        log.info("created secret file %s (mode 0600)", path)
+    return read_secret_file(path)
+
+
+def read_secret_file(path: Path) -> str:
+    """The secret in `path`; refusals name the file, never its content."""
+    path = path.expanduser()
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise ConfigError(f"secret file {path} is not text") from None
+    if not text:
+        raise ConfigError(f"secret file {path} is empty")
+    if mode & 0o077:
+        log.warning("secret file %s is readable by other users: chmod 600 it", path)
+    return text
+
+
+def _make_private_dirs(folder: Path) -> None:
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for part in reversed(missing):
+        try:
+            part.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ConfigError(f"cannot create folder {part}: {exc.strerror}") from exc
+
+
+def ensure_token_file(path: Path) -> SecretStr:
+    """The cluster token in `path`, generated into a new 0600 file when there is none."""
+    return SecretStr(ensure_secret_file(path))
+
+
+def read_token_file(path: Path) -> SecretStr:
+    return SecretStr(read_secret_file(path))
+
+
+def resolve_token(token: SecretStr | None, token_file: Path | None) -> SecretStr | None:
+    """The token a process uses: given outright (environment, config), else from its file."""
+    if token is not None and token.get_secret_value().strip():
+        return SecretStr(token.get_secret_value().strip())
+    if token_file is not None:
+        return read_token_file(token_file)
+    return None
+
+
+def node_key(folder: Path, node_id: str) -> str:
+    """This worker's node key (created on first use): proves it owns `node_id`."""
+    return ensure_secret_file(folder / node_id)
+
+
+def credential_digest(secret: str) -> bytes:
+    """What the coordinator keeps of a node key: its SHA-256, never the key itself."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def same_credential(a: bytes, b: bytes) -> bool:
+    return hmac.compare_digest(a, b)
+
+
+# ---- the client side --------------------------------------------------------------------------
+def bearer(token: SecretStr) -> str:
+    return f"Bearer {token.get_secret_value()}"
+
+
+def auth_metadata(token: SecretStr | None) -> Metadata:
+    """The metadata to send with each call: none without a token."""
+    return ((AUTHORIZATION_KEY, bearer(token)),) if token is not None else ()
+
+
+class _SyncDetails(grpc.ClientCallDetails):  # type: ignore[misc]
+    """A call's details with the token added (grpc's own type is abstract)."""
+
+    def __init__(self, details: grpc.ClientCallDetails, pairs: Metadata) -> None:
+        self.method = details.method
+        self.timeout = details.timeout
+        self.metadata = [*(details.metadata or ()), *pairs]
+        self.credentials = details.credentials
+        self.wait_for_ready = details.wait_for_ready
+        self.compression = getattr(details, "compression", None)
+
+
+class TokenClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    grpc.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    grpc.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    """Adds the cluster token to every call of a synchronous channel."""
+
+    def __init__(self, token: SecretStr) -> None:
+        self._pairs = auth_metadata(token)
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _SyncDetails(details, self._pairs)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
+def sync_channel(
+    address: str, token: SecretStr | None, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """An insecure synchronous channel that sends `token` (when given) with every call."""
+    channel = grpc.insecure_channel(address, options=list(options))
+    if token is None:
+        return channel
+    return grpc.intercept_channel(channel, TokenClientInterceptor(token))
+
+
+class _AioTokenInterceptor(
+    aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
+    aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
+    aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
+    aio.StreamStreamClientInterceptor,  # type: ignore[misc]
+):
+    def __init__(self, token: SecretStr) -> None:
+        self._pairs = auth_metadata(token)
+
+    def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
+        metadata = aio.Metadata(*(details.metadata or ()), *self._pairs)
+        return aio.ClientCallDetails(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+        )
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(self._details(details), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(self._details(details), requests)
+
+
+def aio_interceptors(token: SecretStr | None) -> list[aio.ClientInterceptor]:
+    """Client interceptors for `aio.insecure_channel(..., interceptors=...)` that send the
+    token with every call (none without a token). Hot paths may pass `auth_metadata` per
+    call instead, which costs nothing per streamed message."""
+    return [] if token is None else [_AioTokenInterceptor(token)]
+
+
+# ---- the server side ----------------------------------------------------------------------------
+def presented_token_ok(metadata: Sequence[tuple[str, Any]] | None, token: SecretStr) -> bool:
+    """Whether the call's metadata carries `authorization: Bearer <token>` (constant time)."""
+    header = next((v for k, v in metadata or () if k == AUTHORIZATION_KEY), None)
+    if not isinstance(header, str):
+        return False
+    return hmac.compare_digest(header.encode(), bearer(token).encode())
+
+
+def metadata_value(metadata: Sequence[tuple[str, Any]] | None, key: str) -> str | None:
+    value = next((v for k, v in metadata or () if k == key), None)
+    return value if isinstance(value, str) else None
+
+
+class ClusterTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses every call without the cluster token with UNAUTHENTICATED ("missing or wrong
+    cluster token": never what was sent), except the health service's."""
+
+    def __init__(self, token: SecretStr) -> None:
+        self._token = token
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        if details.method.startswith(OPEN_METHOD_PREFIXES) or presented_token_ok(
+            details.invocation_metadata, self._token
+        ):
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        return _refusing(handler)
+
+
+async def _deny(request: Any, context: aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
+
+
+def _refusing(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that refuses before reading any request."""
+    shape = (handler.request_streaming, handler.response_streaming)
+    make = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }[shape]
+    return make(
+        _deny,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
