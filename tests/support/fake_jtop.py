@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -145,7 +146,10 @@ class FakeJtop:
     `service_running=False` raises the library's "service not active" JtopException,
     `socket_denied=True` its "can't access" one (the socket refused this user, errno 13),
     and a `service_version` whose major.minor differs from `client_version` its version
-    mismatch. `die()` ends the reader thread as a lost service does. `opener` is what to
+    mismatch; `service_hung=True` makes it block, as the real one does against a service that
+    accepts and never answers, until `hang_released` is set. `die()` ends the reader thread
+    as a lost service does; a later `start()` connects afresh, as a new client would (the
+    real source makes a new client each time; this one serves again). `opener` is what to
     hand to JetsonSource as `open_jtop`.
     """
 
@@ -157,12 +161,15 @@ class FakeJtop:
         socket_denied: bool = False,
         service_version: str = CLIENT_VERSION,
         client_version: str = CLIENT_VERSION,
+        service_hung: bool = False,
     ) -> None:
         self.fixture = copy.deepcopy(fixture)
         self.service_running = service_running
         self.socket_denied = socket_denied
         self.service_version = service_version
         self.client_version = client_version
+        self.service_hung = service_hung
+        self.hang_released = threading.Event()
         self.requested_interval: float | None = None
         self.start_calls = 0
         self.close_calls = 0
@@ -180,6 +187,7 @@ class FakeJtop:
         socket_denied: bool = False,
         service_version: str = CLIENT_VERSION,
         client_version: str = CLIENT_VERSION,
+        service_hung: bool = False,
     ) -> FakeJtop:
         return cls(
             load_fixture(name),
@@ -187,6 +195,7 @@ class FakeJtop:
             socket_denied=socket_denied,
             service_version=service_version,
             client_version=client_version,
+            service_hung=service_hung,
         )
 
     def opener(self, interval: float) -> FakeJtop:
@@ -199,6 +208,9 @@ class FakeJtop:
 
     def start(self) -> None:
         self.start_calls += 1
+        if self.service_hung:
+            # jtop's start() waits on the service without a timeout; so does this.
+            self.hang_released.wait()
         if not self.service_running:
             raise JtopException(SERVICE_NOT_ACTIVE)
         if self.socket_denied:
@@ -210,6 +222,7 @@ class FakeJtop:
                 )
             )
         self._stats = self.fixture
+        self._error = None  # a new connection: the last one's error is not this one's
         self._running = True
         self._alive = True
 

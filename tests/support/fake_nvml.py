@@ -40,6 +40,7 @@ REPLAYED = (
     "nvmlDeviceGetMemoryInfo",
     "nvmlDeviceGetUtilizationRates",
     "nvmlDeviceGetTemperature",
+    "nvmlDeviceGetTemperatureV",
     "nvmlDeviceGetPowerUsage",
     "nvmlDeviceGetEnforcedPowerLimit",
     "nvmlDeviceGetClockInfo",
@@ -151,6 +152,18 @@ class FakeNvml:
 
     def nvmlDeviceGetTemperature(self, handle: Any, sensor: int) -> int:
         return int(self._device_call("nvmlDeviceGetTemperature", handle, sensor))
+
+    def nvmlDeviceGetTemperatureV(
+        self, handle: Any, sensor: int, version: int = pynvml.nvmlTemperature_v1
+    ) -> int:
+        # The versioned call (R535+) reads the same sensor; a fixture records it separately
+        # only to say the two differ (a driver lacking the new C symbol).
+        if version != pynvml.nvmlTemperature_v1:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+        name = "nvmlDeviceGetTemperatureV"
+        device = self._device(handle, name)
+        key = name if name in device else "nvmlDeviceGetTemperature"
+        return int(_replay(device, key, sensor))
 
     def nvmlDeviceGetPowerUsage(self, handle: Any) -> int:
         return int(self._device_call("nvmlDeviceGetPowerUsage", handle))

@@ -18,22 +18,42 @@ no answer from the service.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import grp
+import logging
 import os
 import pwd
 import re
 import stat
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from common.telemetry import Clock, Fan, GpuSample, JetsonSample, PowerRail, Temperature
+from worker.telemetry.jetpack import jetpack_for_l4t, l4t_from_tegra_release
 from worker.telemetry.source import Probe, Reading, SourceError, TelemetrySource
+
+log = logging.getLogger(__name__)
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 SERVICE_HINT = "sudo systemctl enable --now jtop.service"
+RESTART_HINT = "sudo systemctl restart jtop.service"
+# jtop's start() waits on the service with no timeout (it hands its wait to Queue.get as
+# `block`, not `timeout`), so a service that accepts the connection and never answers would
+# hang the worker's start. 10 s is far above a healthy service's answer (well under 1 s).
+JTOP_START_TIMEOUT_S = 10.0
+# After jtop.service went away: the first reconnection at once, then 1, 2, 4 ... 30 s apart.
+JTOP_RECONNECT_MIN_S = 1.0
+JTOP_RECONNECT_MAX_S = 30.0
+# How long one sample() waits for a reconnection under way before reporting the gap: the
+# sampler thread reads the other sources too.
+_SAMPLE_WAIT_S = 0.2
 KIB = 1024
 OFFLINE_CELSIUS = -256.0  # jtop's reading for a zone (or a limit) it could not read
 JTOP_SOCKET = Path("/run/jtop.sock")  # jetson-stats' JTOP_PIPE (jtop/service.py)
@@ -55,6 +75,12 @@ CUDA_DEVICE_NAMES = {
     "tegra186": "NVIDIA Tegra X2",
     "tegra210": "NVIDIA Tegra X1",
 }
+
+# jetson-stats 4.x lists USB-C power-delivery ports (/sys/class/power_supply/ucsi-source-psy-*,
+# with that prefix cut off) as rails; their "power" is the negotiated voltage times current,
+# not a measurement, and its sum into 'tot' inflated the board's power (7.x skips them). The
+# names left are the UCSI device's and the port's: "USBC000:001" (ACPI), "1-00081" (I2C).
+_POWER_SUPPLY_RAIL = re.compile(r"^(ucsi-source-psy-.*|USBC\d+:\d+|\d+-[0-9a-fA-F]{4}\d+)$")
 
 OpenJtop = Callable[[float], Any]
 Row = tuple[str, Any]  # (name, jtop's dict for it)
@@ -88,10 +114,11 @@ class JetsonSource(TelemetrySource):
 
     - GPU name: CUDA's name for the SoC (CUDA_DEVICE_NAMES, e.g. "Orin (nvgpu)"), else the
       key jtop files the GPU under (its devfreq node's name, or NVML's on Thor).
-    - GPU memory: the unified RAM. jtop's RAM "used" is MemTotal - MemFree - Buffers -
-      Cached, so buffers and page cache, which the kernel gives back when CUDA allocates, are
-      free: memory_free = total - used (a GGUF that was just read sits in page cache and
-      would otherwise look like memory the GPU cannot have).
+    - GPU memory: the unified RAM, counted as the host source counts it: free is the
+      kernel's MemAvailable (read through psutil, as jtop has no such figure), used is
+      total - free. jtop's own "used" (MemTotal - MemFree - Buffers - Cached) counts all of
+      buffers and page cache as free, which the kernel cannot always give back (shmem, dirty
+      pages), so it made the GPU look freer than the host.
     - GPU power: the GPU's own rail where the board has one (VDD_GPU_SOC on AGX Orin, which
       also feeds the SoC; GPU on AGX Xavier; POM_5V_GPU on Nano); None where the GPU shares a
       rail with the CPU (VDD_CPU_GPU_CV on Orin Nano/NX), as that rail cannot be split.
@@ -100,19 +127,31 @@ class JetsonSource(TelemetrySource):
       for hwmon sensors, not for the SoC's thermal zones, so BPMP's own thermal throttling
       stays invisible) and "power:<rail>" for a rail whose current is at or above its 'warn'
       limit (the INA3221 over-current warning, where the kernel exposes it).
-    - power_total_watts: jtop's 'tot': the measured board input (VDD_IN, POM_5V_IN, VIN)
-      where the board has one, else jtop's sum of the rails (AGX Orin: the module's rails,
-      which miss the carrier board). A measured input is also listed as a rail.
+    - power_total_watts: the measured board input (VDD_IN, POM_5V_IN, VIN) where the board
+      has one, else the sum of the measured rails (AGX Orin: the module's rails, which miss
+      the carrier board). A measured input is also listed as a rail. USB-C power-delivery
+      ports that jetson-stats 4.x lists as rails are neither rails nor in the sum (their
+      figure is a negotiated limit, not a measurement); they are named once in the log.
+    - JetPack: jtop's, else the project's table from L4T (jetpack.py), as jetson-stats
+      releases older than the board know no JetPack for its L4T. L4T: jtop's, else
+      /etc/nv_tegra_release's.
     - Fans: one Fan per PWM channel, named "<fan><channel>" like jtop's stats ("pwmfan0").
 
-    A reading jtop lacks is None, never 0. Once the client's thread has died (jtop.service
-    stopped or restarted) every sample() raises SourceError; jtop offers no reconnection.
+    A reading jtop lacks is None, never 0.
+
+    Connecting runs on its own thread, bounded by `start_timeout_s`: jtop's start() has no
+    timeout of its own. When the client's thread dies (jtop.service stopped or restarted)
+    sample() raises SourceError and reconnects with a new client, at once and then with a
+    doubling delay (JTOP_RECONNECT_MIN_S to _MAX_S), one attempt at a time, each reported in
+    its SourceError until the readings come back; `clock` times the delays.
 
     When the client cannot start, probe() skips with the fix for the cause: the versions
     and the pin to install when the service runs another jetson-stats major.minor, the
     usermod command when this process is not in the socket's group (or a restart when the
-    user was added after the worker started), else the library's own message.
-    `socket_access` reads the socket's owner and this process's groups (read_socket_access).
+    user was added after the worker started), a service that accepts but does not answer,
+    else the library's own message with the advice that fits it.
+    `socket_access` reads the socket's owner and this process's groups (read_socket_access);
+    `mem_available` the kernel's MemAvailable in bytes.
     """
 
     name = "jetson"
@@ -123,57 +162,147 @@ class JetsonSource(TelemetrySource):
         open_jtop: OpenJtop | None = None,
         tegra_release: Path = TEGRA_RELEASE,
         socket_access: Callable[[], SocketAccess] | None = None,
+        *,
+        start_timeout_s: float = JTOP_START_TIMEOUT_S,
+        mem_available: Callable[[], int] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._interval = interval_s
         self._open = open_jtop if open_jtop is not None else default_open_jtop
         self._tegra_release = tegra_release
         self._socket_access = socket_access if socket_access is not None else read_socket_access
+        self._start_timeout = start_timeout_s
+        self._mem_available = mem_available if mem_available is not None else _mem_available
+        self._clock = clock
         self._client: Any = None
         self._board: _Board | None = None
+        self._opened = False  # probe() succeeded and close() has not run: reconnect when lost
+        self._attempt: _Attempt | None = None
+        self._lost_at = 0.0
+        self._failed_attempts = 0
+        self._next_attempt_at = 0.0
+        self._supplies_logged = False
 
     def probe(self) -> Probe:
         if not self._tegra_release.exists():
             return Probe.skip(f"not a Jetson (no {self._tegra_release})")
         self.close()
-        try:
-            client = self._open(self._interval)
-        except ImportError as exc:
-            return Probe.skip(
-                f"jetson-stats is not installed ({_describe(exc)}): "
-                f"pip install 'llamaherd[jetson]' and make sure jtop.service runs "
-                f"({SERVICE_HINT})"
-            )
-        except Exception as exc:  # the library's JtopException, OSError, anything: never raise
-            return Probe.skip(self._start_failure(exc))
-        try:
-            # Read once: board['hardware'] is fixed, and reading `board` waits for jtop's
-            # library scan (nvcc, dpkg), which belongs here rather than in every sample.
-            board = _read_board(client.board)
-        except Exception as exc:
-            _close_quietly(client)
-            return Probe.skip(f"jtop answered but its board is unreadable: {_describe(exc)}")
-        self._client, self._board = client, board
+        attempt = _Attempt(self._open, self._interval, self._clock())
+        if not attempt.wait(self._start_timeout):
+            attempt.abandon()  # its client, should it ever start, is closed
+            return Probe.skip(self._hung_reason())
+        reason = self._failure_reason(attempt)
+        if reason is not None:
+            return Probe.skip(reason)
+        self._install(attempt)
         return Probe.ok()
 
     def sample(self) -> Reading:
-        client, board = self._client, self._board
-        if client is None or board is None:
+        if not self._opened:
             raise SourceError("jtop is not open (probe() did not succeed, or close() was called)")
-        _check_alive(client)
+        if self._client is not None:
+            try:
+                _check_alive(self._client)
+            except SourceError as exc:
+                self._lose()
+                raise SourceError(f"{exc}; reconnecting to jtop.service") from exc
+        else:
+            self._reconnect()
+        client, board = self._client, self._board
+        assert client is not None and board is not None  # _reconnect() raises otherwise
         try:
-            gpu, jetson = _read(client, board)
+            gpu, jetson = _read(client, board, self._mem_available())
         except Exception as exc:
             raise SourceError(f"jtop readings failed: {_describe(exc)}") from exc
+        self._log_power_supplies(client)
         return Reading(gpus=(gpu,), jetson=jetson)
 
     def close(self) -> None:
+        self._opened = False
+        attempt, self._attempt = self._attempt, None
+        if attempt is not None:
+            attempt.abandon()
         client, self._client, self._board = self._client, None, None
         if client is not None:
             _close_quietly(client)
 
-    def _start_failure(self, exc: Exception) -> str:
+    # -- connecting and reconnecting ----------------------------------------------------
+
+    def _install(self, attempt: _Attempt) -> None:
+        board = attempt.board
+        assert board is not None  # a finished attempt without an error has read it
+        l4t = board.l4t or l4t_from_tegra_release(self._tegra_release)
+        # jetson-stats releases older than the board's L4T report an empty JetPack.
+        jetpack = board.jetpack or jetpack_for_l4t(l4t)
+        self._client = attempt.client
+        self._board = dataclasses.replace(board, l4t=l4t, jetpack=jetpack)
+        self._opened = True
+        self._failed_attempts = 0
+
+    def _lose(self) -> None:
+        """The client's thread died: drop it; the next sample() starts reconnecting."""
+        client, self._client = self._client, None
+        _close_quietly(client)
+        self._lost_at = self._next_attempt_at = self._clock()
+        self._failed_attempts = 0
+
+    def _reconnect(self) -> None:
+        """Installs a new client, or raises SourceError saying how the reconnection stands."""
+        now = self._clock()
+        lost_for = f"jtop.service lost {now - self._lost_at:.0f} s ago"
+        if self._attempt is None:
+            if now < self._next_attempt_at:
+                raise SourceError(
+                    f"{lost_for}; reconnection attempt {self._failed_attempts + 1} "
+                    f"in {self._next_attempt_at - now:.0f} s"
+                )
+            self._attempt = _Attempt(self._open, self._interval, now)
+        attempt = self._attempt
+        if not attempt.wait(min(self._start_timeout, _SAMPLE_WAIT_S)):
+            waited = now - attempt.started_at
+            if waited < self._start_timeout:
+                raise SourceError(f"{lost_for}; reconnecting")
+            # One attempt at a time: a hung connection ends when the service's process does.
+            raise SourceError(f"{lost_for}; {self._hung_reason(waited)}")
+        self._attempt = None
+        reason = self._failure_reason(attempt)
+        if reason is None:
+            self._install(attempt)
+            log.info("jtop: reconnected to jtop.service after %.1f s", now - self._lost_at)
+            return
+        self._failed_attempts += 1
+        delay = reconnect_delay_s(self._failed_attempts)
+        self._next_attempt_at = now + delay
+        raise SourceError(
+            f"{lost_for}; reconnection attempt {self._failed_attempts} failed ({reason}); "
+            f"next in {delay:.0f} s"
+        )
+
+    def _failure_reason(self, attempt: _Attempt) -> str | None:
+        """Why a finished attempt did not give a client; None when it did."""
+        exc = attempt.error
+        if exc is None:
+            return None
+        if attempt.stage == "board":
+            return f"jtop answered but its board is unreadable: {_describe(exc)}"
+        if isinstance(exc, ImportError):
+            return (
+                f"jetson-stats is not installed ({_describe(exc)}): "
+                f"pip install 'llamaherd[jetson]' and make sure jtop.service runs "
+                f"({SERVICE_HINT})"
+            )
+        return self._start_failure(exc)
+
+    def _hung_reason(self, waited: float | None = None) -> str:
+        seconds = round(self._start_timeout if waited is None else waited, 1)
+        return (
+            f"jtop.service accepted the connection but did not answer within {seconds:g} s "
+            f"(a hung or overloaded service: {RESTART_HINT})"
+        )
+
+    def _start_failure(self, exc: BaseException) -> str:
         """Names the cause an operator can fix: a version the service refuses, then a group
-        this process lacks, then whatever the library said."""
+        this process lacks, then what the library said, with the advice that fits it."""
         versions = _version_mismatch(exc)
         if versions is not None:
             return _version_reason(*versions)
@@ -182,8 +311,82 @@ class JetsonSource(TelemetrySource):
         problem = socket_access_problem(access)
         if problem is None:
             return reason
+        if access.exists:
+            return problem
         # No socket: the service is down, and once it runs the group will refuse us too.
-        return problem if access.exists else f"{reason}; also, {problem}"
+        return f"{reason}; also, {problem}"
+
+    def _log_power_supplies(self, client: Any) -> None:
+        if self._supplies_logged:
+            return
+        self._supplies_logged = True
+        supplies = [str(n) for n in ((client.power or {}).get("rail") or {}) if _supply(str(n))]
+        if supplies:
+            log.info(
+                "jtop: leaving USB-C power-delivery ports out of the power rails and the "
+                "board total (negotiated limits, not measurements): %s",
+                ", ".join(supplies),
+            )
+
+
+def reconnect_delay_s(failed_attempts: int) -> float:
+    """The wait before the next reconnection after `failed_attempts` failed ones (>= 1)."""
+    doubled = JTOP_RECONNECT_MIN_S * float(2 ** max(failed_attempts - 1, 0))
+    return min(doubled, JTOP_RECONNECT_MAX_S)
+
+
+class _Attempt:
+    """One try at starting a jtop client and reading its board, on a daemon thread of its
+    own: jtop's start() can block forever on a service that accepts and never answers, and
+    only the caller's wait is bounded. An abandoned attempt closes its client when (if ever)
+    it finishes."""
+
+    def __init__(self, open_jtop: OpenJtop, interval_s: float, started_at: float) -> None:
+        self.started_at = started_at
+        self.client: Any = None
+        self.board: _Board | None = None
+        self.error: BaseException | None = None
+        self.stage = "start"
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._abandoned = False
+        thread = threading.Thread(
+            target=self._run, args=(open_jtop, interval_s), name="jtop-connect", daemon=True
+        )
+        thread.start()
+
+    def wait(self, timeout_s: float) -> bool:
+        return self._done.wait(timeout_s)
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            client, self.client = self.client, None
+        if client is not None:
+            _close_quietly(client)
+
+    def _run(self, open_jtop: OpenJtop, interval_s: float) -> None:
+        client: Any = None
+        board: _Board | None = None
+        error: BaseException | None = None
+        try:
+            client = open_jtop(interval_s)
+            self.stage = "board"
+            # Read once: board['hardware'] is fixed, and reading `board` waits for jtop's
+            # library scan (nvcc, dpkg), which belongs here rather than in every sample.
+            board = _read_board(client.board)
+        except BaseException as exc:  # handed to the caller, who names it
+            error = exc
+            if client is not None:
+                _close_quietly(client)
+                client = None
+        with self._lock:
+            if not self._abandoned:
+                self.client, self.board, self.error = client, board, error
+                client = None
+        if client is not None:  # abandoned meanwhile: nobody will use it
+            _close_quietly(client)
+        self._done.set()
 
 
 # -- why jtop.service refuses this worker ----------------------------------------------------
@@ -290,7 +493,7 @@ def _group_members(gid: int | None) -> frozenset[str]:
         return frozenset()
 
 
-def _version_mismatch(exc: Exception) -> tuple[str, str] | None:
+def _version_mismatch(exc: BaseException) -> tuple[str, str] | None:
     """(service version, client version) when the library refused the service's version."""
     found = VERSION_MISMATCH.search(str(exc))
     return (found["service"], found["client"]) if found else None
@@ -305,11 +508,45 @@ def _version_reason(service: str, client: str) -> str:
     )
 
 
-def _library_failure(exc: Exception) -> str:
+# jtop.jtop.start()'s other refusals (the same words from 4.2 to 7.x), each with its advice.
+_NOT_ACTIVE = "The jtop.service is not active"
+_NO_ACCESS = "I can't access jtop.service"
+_NO_AUTH = "Authentication with jetson-stats server failed"
+_PYTHON_MISMATCH = "Mismatch of Python versions"
+_CONNECTION_LOST = ("Lost connection with jtop server", "Error connection")
+
+
+def _library_failure(exc: BaseException) -> str:
+    described = _describe(exc)
+    message = str(exc)
+    if _NO_ACCESS in message or isinstance(exc, PermissionError):
+        # errno 13 on the socket although the groups this process has allow it (the group
+        # check runs first): the socket's owner or mode is not what jtop.service sets.
+        return (
+            f"jtop.service refused this worker: {described} (the socket {JTOP_SOCKET} "
+            f"should be root:{JTOP_GROUP} mode 0660, as jtop.service makes it: {RESTART_HINT})"
+        )
+    if _NO_AUTH in message:
+        return (
+            f"jtop.service did not accept this client's key: {described} (the service and "
+            f"this worker run different jetson-stats builds; `jtop --version` names the "
+            f"service's: install that one in the worker's environment, {sys.prefix})"
+        )
+    if _PYTHON_MISMATCH in message:
+        return (
+            f"jtop.service runs on another Python major version than this worker: "
+            f"{described} (reinstall jetson-stats for Python 3: sudo pip3 install -U "
+            f"jetson-stats, then {RESTART_HINT})"
+        )
+    if any(lost in message for lost in _CONNECTION_LOST):
+        return (
+            f"jtop.service closed the connection while the client started: {described} "
+            f"(restart it: {RESTART_HINT})"
+        )
     # JtopException is matched by name: jtop may be importable only inside the opener.
-    if type(exc).__name__ == "JtopException" or isinstance(exc, OSError):
-        return f"jtop cannot reach jtop.service: {_describe(exc)} (start it: {SERVICE_HINT})"
-    return f"jtop failed to start: {_describe(exc)} (check jtop.service: {SERVICE_HINT})"
+    if _NOT_ACTIVE in message or type(exc).__name__ == "JtopException" or isinstance(exc, OSError):
+        return f"jtop cannot reach jtop.service: {described} (start it: {SERVICE_HINT})"
+    return f"jtop failed to start: {described} (check jtop.service: {SERVICE_HINT})"
 
 
 def _check_alive(client: Any) -> None:
@@ -321,6 +558,11 @@ def _check_alive(client: Any) -> None:
         raise SourceError(f"jtop stopped: {_describe(exc)}") from exc
     if not running or not client.is_alive():
         raise SourceError("jtop stopped: its reader thread has ended (is jtop.service running?)")
+
+
+def _mem_available() -> int:
+    """The kernel's MemAvailable, as the host source reads it."""
+    return int(psutil.virtual_memory().available)
 
 
 def _close_quietly(client: Any) -> None:
@@ -350,10 +592,11 @@ def _read_board(board: Any) -> _Board:
 # -- one reading -----------------------------------------------------------------------------
 
 
-def _read(client: Any, board: _Board) -> tuple[GpuSample, JetsonSample]:
+def _read(client: Any, board: _Board, mem_available: int) -> tuple[GpuSample, JetsonSample]:
     memory = client.memory
     ram = memory["RAM"]
-    total, used = int(ram["tot"]) * KIB, int(ram["used"]) * KIB
+    total = int(ram["tot"]) * KIB
+    free = min(max(mem_available, 0), total)
     gpu_key, gpu = _integrated_gpu(client.gpu)
     status = gpu.get("status") or {}
     zones = client.temperature
@@ -366,8 +609,8 @@ def _read(client: Any, board: _Board) -> tuple[GpuSample, JetsonSample]:
         unified=True,
         compute_capability=board.cuda_arch,
         memory_total_bytes=total,
-        memory_used_bytes=used,
-        memory_free_bytes=max(total - used, 0),
+        memory_used_bytes=total - free,
+        memory_free_bytes=free,
         utilization_ratio=_ratio(status.get("load")),
         temperature_celsius=_gpu_temperature(zones, status),
         power_watts=_gpu_power(rails, status),
@@ -477,7 +720,16 @@ def _rails(power: Any) -> list[Row]:
     total = power.get("tot") or {}
     named_total = [(str(total["name"]), total)] if "name" in total else []
     rows = [*named_total, *((str(n), r) for n, r in (power.get("rail") or {}).items())]
-    return [(n, r) for n, r in rows if r.get("online", True) and _milli(r.get("power")) is not None]
+    return [
+        (n, r)
+        for n, r in rows
+        if r.get("online", True) and _milli(r.get("power")) is not None and not _supply(n)
+    ]
+
+
+def _supply(name: str) -> bool:
+    """A USB-C power-delivery port that jetson-stats 4.x lists as a rail."""
+    return _POWER_SUPPLY_RAIL.match(name) is not None
 
 
 def _power_rail(name: str, rail: Any) -> PowerRail:
@@ -492,10 +744,14 @@ def _power_rail(name: str, rail: Any) -> PowerRail:
 
 def _power_total(power: Any, rails: list[Row]) -> float | None:
     total = power.get("tot") or {}
-    # With every rail unreadable jtop still sums nothing into {'power': 0}: not a reading.
-    if "name" not in total and not rails:
+    if "name" in total:  # the measured board input
+        return _milli(total.get("power"))
+    # jtop's unnamed 'tot' is its sum of every rail it lists, USB-C ports included on 4.x:
+    # the sum is redone over the measured rails. With none, jtop still sums nothing into
+    # {'power': 0}: not a reading.
+    if not rails:
         return None
-    return _milli(total.get("power"))
+    return sum(float(rail["power"]) for _, rail in rails) / 1e3
 
 
 def _throttle_reasons(zones: Any, rails: list[Row]) -> tuple[str, ...]:

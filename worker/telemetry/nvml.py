@@ -1,8 +1,10 @@
 """The NVIDIA discrete-GPU source: memory, utilisation, temperature, power, clocks and
 throttle reasons of every GPU the driver lists, read through NVML (nvidia-ml-py's `pynvml`).
 
-Jetsons are not read here: their GPU shares the board's RAM, and NVML there is either absent
-(JetPack 5) or answers NotSupported for memory (JetPack 6), so the jtop source reads them.
+A Jetson's integrated GPU is not read here: it shares the board's RAM, and NVML there is
+either absent (JetPack 5) or answers NotSupported for memory (JetPack 6), so the jtop source
+reads it. A discrete GPU on a Jetson-style board (IGX Orin with an RTX card) is read here,
+beside the jtop source.
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ _THROTTLE_BITS = (
     (0x40, "hw_thermal_slowdown"),
     (0x80, "hw_power_brake_slowdown"),
     (0x100, "display_clock_setting"),
+    # Only under the older "ThrottleReason" names in the bindings (nvidia-ml-py 13 has no
+    # ClocksEventReason constant for them); the bit is the same in either call's mask.
+    (0x200, "board_limit"),
+    (0x400, "reliability"),
 )
 
 # Newest name first: bindings from 12.535 on have both (the old one deprecated), older
@@ -51,6 +57,10 @@ _EVENT_REASON_CALLS = (
     "nvmlDeviceGetCurrentClocksEventReasons",
     "nvmlDeviceGetCurrentClocksThrottleReasons",
 )
+
+# nvmlDeviceGetTemperature is deprecated (to be removed with CUDA 14); the versioned call
+# replaces it from R535. Bindings and drivers may have either, both or (newest) only the first.
+_TEMPERATURE_CALLS = ("nvmlDeviceGetTemperatureV", "nvmlDeviceGetTemperature")
 
 # A metric failing with one of these will fail the same way every second: the device or
 # driver lacks it, or this user may not read it. It is remembered and not asked again.
@@ -65,9 +75,18 @@ _LOST_ERRORS = ("NVML_ERROR_GPU_IS_LOST", "NVML_ERROR_RESET_REQUIRED", "NVML_ERR
 
 _JETSON_HINT = "Jetson GPUs are read through jtop (pip install jetson-stats), not NVML"
 
+# How NVML names a Jetson's integrated GPU ("Orin (nvgpu)" on JetPack 6, "NVIDIA Thor"): on a
+# Jetson these are left to jtop, while a discrete GPU beside them (IGX Orin, IGX Thor with an
+# RTX card) is read here.
+_INTEGRATED_NAMES = ("nvgpu", "thor", "orin", "xavier", "tegra")
+
 
 class _Unavailable(Exception):
     """Raised inside probe() to end it with a skip reason."""
+
+
+class _LeftOut(Exception):
+    """Raised inside probe() for one GPU this source does not read; the others still count."""
 
 
 @dataclass
@@ -150,16 +169,26 @@ class NvmlSource(TelemetrySource):
         if count == 0:
             raise _Unavailable("no NVIDIA GPU (the driver is loaded but lists no devices)")
         gpus: list[_Gpu] = []
-        left_out: list[str] = []
+        not_ours: list[str] = []
+        unreadable: list[str] = []
+        on_jetson = self._on_jetson()
         for index in range(count):
             try:
-                gpus.append(self._open_gpu(nvml, index))
+                gpus.append(self._open_gpu(nvml, index, on_jetson))
+            except _LeftOut as skip:
+                # Not a GPU for this source (a Jetson's own, or one without memory figures).
+                not_ours.append(str(skip))
+                log.info("nvml: leaving GPU %d out: %s", index, skip)
             except nvml.NVMLError as exc:
                 # One bad GPU should not hide the others; it is named in the log instead.
-                left_out.append(f"GPU {index}: {exc}")
+                unreadable.append(f"GPU {index}: {exc}")
                 log.warning("nvml: leaving GPU %d out: %s", index, exc)
         if not gpus:
-            raise _Unavailable("no readable NVIDIA GPU (" + "; ".join(left_out) + ")")
+            if unreadable:
+                raise _Unavailable(
+                    "no readable NVIDIA GPU (" + "; ".join([*unreadable, *not_ours]) + ")"
+                )
+            raise _Unavailable("; ".join(not_ours))
         return tuple(gpus)
 
     def _load_module(self) -> Any:
@@ -184,20 +213,21 @@ class NvmlSource(TelemetrySource):
     def _maybe_jetson(self, reason: str) -> str:
         return f"{reason}; {_JETSON_HINT}" if self._on_jetson() else reason
 
-    def _open_gpu(self, nvml: Any, index: int) -> _Gpu:
+    def _open_gpu(self, nvml: Any, index: int, on_jetson: bool) -> _Gpu:
         handle = nvml.nvmlDeviceGetHandleByIndex(index)
         name = _text(nvml.nvmlDeviceGetName(handle))
         # JetPack 6's NVML names the integrated GPU "Orin (nvgpu)". Either way a Jetson's GPU
         # is unified RAM, which the jtop source reports as such; reading it here too would
-        # report the same GPU twice, once with wrong memory semantics.
-        if "nvgpu" in name or self._on_jetson():
-            raise _Unavailable(f"GPU {index} ({name}) is a Jetson's integrated GPU; {_JETSON_HINT}")
+        # report the same GPU twice, once with wrong memory semantics. A discrete GPU on a
+        # Jetson-style board (IGX) is not the jtop source's, and is read here.
+        if "nvgpu" in name or (on_jetson and _integrated_name(name)):
+            raise _LeftOut(f"GPU {index} ({name}) is a Jetson's integrated GPU; {_JETSON_HINT}")
         try:
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
         except nvml.NVMLError as exc:
             if _code(exc) == nvml.NVML_ERROR_NOT_SUPPORTED:
                 # e.g. GB10 (DGX Spark): the GPU has no memory of its own for NVML to count.
-                raise _Unavailable(
+                raise _LeftOut(
                     f"GPU {index} ({name}): NVML does not report its memory "
                     "(an integrated or unified-memory GPU)"
                 ) from exc
@@ -221,7 +251,7 @@ class NvmlSource(TelemetrySource):
         nvml = self._nvml
         memory = self._memory(gpu)
         utilization = self._read(gpu, "nvmlDeviceGetUtilizationRates")
-        temperature = self._read(gpu, "nvmlDeviceGetTemperature", nvml.NVML_TEMPERATURE_GPU)
+        temperature = self._first(gpu, _TEMPERATURE_CALLS, nvml.NVML_TEMPERATURE_GPU)
         power = self._read(gpu, "nvmlDeviceGetPowerUsage")
         limit = self._read(gpu, "nvmlDeviceGetEnforcedPowerLimit")
         return GpuSample(
@@ -247,7 +277,7 @@ class NvmlSource(TelemetrySource):
         # v1 of the call, not _v2: every driver has it, and its `used` is what we want.
         try:
             return self._nvml.nvmlDeviceGetMemoryInfo(gpu.handle)
-        except self._nvml.NVMLError as exc:
+        except Exception as exc:  # NVMLError or a binding fault: SourceError either way
             raise SourceError(f"GPU {gpu.index} ({gpu.name}): memory read failed: {exc}") from exc
 
     def _clocks(self, gpu: _Gpu) -> tuple[Clock, ...]:
@@ -261,18 +291,26 @@ class NvmlSource(TelemetrySource):
         return tuple(clocks)
 
     def _throttle_reasons(self, gpu: _Gpu) -> tuple[str, ...]:
-        for call in _EVENT_REASON_CALLS:
+        mask = self._first(gpu, _EVENT_REASON_CALLS)
+        return () if mask is None else _decode_throttle(int(mask))
+
+    def _first(self, gpu: _Gpu, calls: tuple[str, ...], *args: Any) -> Any:
+        """The answer of the first of `calls` (newest name first) that the binding has and the
+        device supports; None where none does, or the one asked failed only for now (the
+        older name would not do better then)."""
+        for call in calls:
             if not hasattr(self._nvml, call):
-                continue
-            mask = self._read(gpu, call)
-            if mask is not None:
-                return _decode_throttle(int(mask))
+                continue  # a binding too old, or so new it dropped the deprecated name
+            value = self._read(gpu, call, *args)
+            if value is not None:
+                return value
             if call not in gpu.unsupported:
-                return ()  # a passing failure; the older name would not do better now
-        return ()
+                return None
+        return None
 
     def _read(self, gpu: _Gpu, call: str, *args: Any, key: str = "") -> Any:
-        """`call(handle, *args)`, or None where the device cannot answer it."""
+        """`call(handle, *args)`, or None where the device cannot answer it. Only a lost GPU
+        raises: one failing metric must not cost the others."""
         remembered = f"{call}:{key}" if key else call
         if remembered in gpu.unsupported:
             return None
@@ -286,6 +324,16 @@ class NvmlSource(TelemetrySource):
             if code in _codes(nvml, _ABSENT_ERRORS):
                 gpu.unsupported.add(remembered)
             # Anything else (a timeout, an unknown error) may pass: None now, ask again.
+            return None
+        except Exception as exc:  # the binding itself is at fault
+            # An AttributeError (a binding without the call), a TypeError (another signature)
+            # or a ctypes error: not the device's answer, and it will not change. Said once,
+            # then the metric is left out for good.
+            gpu.unsupported.add(remembered)
+            log.warning(
+                "nvml: GPU %d (%s): %s failed (%r); leaving that metric out",
+                gpu.index, gpu.name, call, exc,
+            )  # fmt: skip
             return None
 
     # -- close ---------------------------------------------------------------------------
@@ -318,9 +366,14 @@ def _text(value: str | bytes) -> str:
 def _compute_capability(nvml: Any, handle: Any) -> str:
     try:
         major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
-    except nvml.NVMLError:
+    except Exception:  # NVMLError or a binding fault alike
         return ""  # "unknown" in GpuSample's terms; nothing else depends on it here
     return f"{major}.{minor}"
+
+
+def _integrated_name(name: str) -> bool:
+    lowered = name.lower()
+    return any(part in lowered for part in _INTEGRATED_NAMES)
 
 
 def _decode_throttle(mask: int) -> tuple[str, ...]:

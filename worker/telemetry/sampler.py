@@ -1,14 +1,20 @@
 """Chooses the telemetry sources a node can use and samples them on a background thread.
 
-Order of preference: Jetson (jtop) -> NVIDIA dGPU (NVML) -> host (psutil), with the host
-source always on. A Jetson's GPU is read through jtop (NVML reports NotSupported there), so
-once the Jetson source is up, NVML is not tried. Every skip is logged once with its reason
-and reported in the capability profile, so an operator can see why a node has no GPU
+Sources, in order: Jetson (jtop), NVIDIA GPUs (NVML), host (psutil), the host always on.
+Every GPU source that works is kept: a Jetson's integrated GPU is read through jtop (NVML
+reports NotSupported for it, and the NVML source leaves it out), and a discrete GPU on a
+Jetson-style board (IGX Orin) through NVML beside it. Every skip is logged once with its
+reason and reported in the capability profile, so an operator can see why a node has no GPU
 figures.
+
+A source that fails while sampling (SourceError, or anything else it raises) is left out of
+that sample and the others still count; the failure is logged once, and the recovery once
+with the length of the gap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -36,13 +42,11 @@ class Selection:
 
 
 def select_sources(gpu_sources: Sequence[TelemetrySource], host: TelemetrySource) -> Selection:
-    """Probes `gpu_sources` in order of preference and keeps the first that works."""
+    """Probes every one of `gpu_sources` and keeps each that works (they read different
+    GPUs: the NVML source leaves a Jetson's own GPU to the jtop source)."""
     chosen: list[TelemetrySource] = []
     skipped: list[str] = []
     for source in gpu_sources:
-        if chosen:
-            skipped.append(f"{source.name}: the {chosen[0].name} source already reads the GPU")
-            continue
         probe = source.probe()
         if probe.available:
             chosen.append(source)
@@ -76,7 +80,7 @@ class TelemetrySampler:
         self._interval = interval_s
         self._clock = wall_clock
         self._latest: NodeSample | None = None
-        self._failing: set[str] = set()
+        self._failing: dict[str, float] = {}  # source name -> when it first failed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listeners: list[Callable[[NodeSample], None]] = []
@@ -111,10 +115,13 @@ class TelemetrySampler:
             except SourceError as exc:
                 self._report_failure(source.name, str(exc))
                 continue
+            except Exception as exc:  # a source's bug must not stop the others
+                self._report_failure(source.name, f"{type(exc).__name__}: {exc}")
+                continue
             self._report_recovery(source.name)
             names.append(source.name)
             host = reading.host or host
-            gpus.extend(reading.gpus)
+            gpus.extend(_unique_indices(gpus, reading.gpus))
             jetson = reading.jetson or jetson
         sample = NodeSample(
             taken_at=self._clock(),
@@ -134,13 +141,35 @@ class TelemetrySampler:
 
     def _report_failure(self, name: str, reason: str) -> None:
         if name not in self._failing:
-            self._failing.add(name)
+            self._failing[name] = self._clock()
             log.warning("telemetry source %s failed: %s; leaving its readings out", name, reason)
+        else:
+            # Each further reason (a reconnection attempt that failed, say) at debug level:
+            # the warning above already said the readings are gone.
+            log.debug("telemetry source %s still failing: %s", name, reason)
 
     def _report_recovery(self, name: str) -> None:
-        if name in self._failing:
-            self._failing.discard(name)
-            log.info("telemetry source %s is reading again", name)
+        since = self._failing.pop(name, None)
+        if since is not None:
+            log.info(
+                "telemetry source %s is reading again after a %.1f s gap in its readings",
+                name, max(self._clock() - since, 0.0),
+            )  # fmt: skip
+
+
+def _unique_indices(taken: Sequence[GpuSample], new: Sequence[GpuSample]) -> tuple[GpuSample, ...]:
+    """`new` with indices unique on the node: a source keeps its own index (NVML's) unless an
+    earlier source has it (a Jetson's GPU is 0 and so is an IGX board's card in dGPU mode);
+    then the GPU takes the next free one."""
+    used = {gpu.index for gpu in taken}
+    renumbered = []
+    for gpu in new:
+        index = gpu.index
+        if index in used:
+            index = max(used) + 1
+        used.add(index)
+        renumbered.append(gpu if index == gpu.index else dataclasses.replace(gpu, index=index))
+    return tuple(renumbered)
 
 
 def start_sampler(model_dirs: Sequence[Path], interval_s: float) -> TelemetrySampler:

@@ -10,19 +10,28 @@ import os
 import socket
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from support.fake_jtop import FakeJtop, JtopException, failing_opener, load_fixture
+from support.fake_jtop import (
+    CANNOT_ACCESS,
+    FakeJtop,
+    JtopException,
+    failing_opener,
+    load_fixture,
+)
 
 from common.telemetry import Clock, Fan, GpuSample, PowerRail, Temperature
 from worker.telemetry.jetson import (
+    JTOP_START_TIMEOUT_S,
     JetsonSource,
     SocketAccess,
     read_socket_access,
+    reconnect_delay_s,
     socket_access_problem,
 )
-from worker.telemetry.source import SourceError
+from worker.telemetry.source import Reading, SourceError
 
 KB = 1024
 JTOP_GID = 994
@@ -55,8 +64,24 @@ def tegra_release(tmp_path: Path) -> Path:
     return path
 
 
-def _opened(fake: FakeJtop, tegra_release: Path, interval_s: float = 1.0) -> JetsonSource:
-    source = JetsonSource(interval_s, open_jtop=fake.opener, tegra_release=tegra_release)
+# MemAvailable (kB) as /proc/meminfo would give it beside each fixture: below jtop's
+# MemFree + Buffers + Cached, as shmem and dirty pages are cached but cannot be dropped.
+AGX_AVAILABLE_KB = 47_902_344  # jtop's free + buffers + cached: 48_814_108
+NANO_AVAILABLE_KB = 3_402_116  # jtop's free + buffers + cached: 3_709_808
+
+
+def _opened(
+    fake: FakeJtop,
+    tegra_release: Path,
+    interval_s: float = 1.0,
+    available_kb: int = AGX_AVAILABLE_KB,
+) -> JetsonSource:
+    source = JetsonSource(
+        interval_s,
+        open_jtop=fake.opener,
+        tegra_release=tegra_release,
+        mem_available=lambda: available_kb * KB,
+    )
     probe = source.probe()
     assert probe.available, probe.reason
     return source
@@ -82,8 +107,10 @@ def test_agx_orin_gpu_is_the_unified_ram_in_base_units(tegra_release):
             unified=True,
             compute_capability="8.7",
             memory_total_bytes=64284896 * KB,
-            memory_used_bytes=15470788 * KB,  # MemTotal - MemFree - Buffers - Cached
-            memory_free_bytes=(64284896 - 15470788) * KB,  # page cache counts as free
+            # As the host counts RAM: free is MemAvailable, not jtop's MemFree + Buffers +
+            # Cached, which would call page cache the kernel cannot drop free.
+            memory_used_bytes=(64284896 - AGX_AVAILABLE_KB) * KB,
+            memory_free_bytes=AGX_AVAILABLE_KB * KB,
             utilization_ratio=96.3 / 100,
             temperature_celsius=61.437,
             power_watts=17.032,  # VDD_GPU_SOC, 17032 mW
@@ -135,7 +162,8 @@ def test_agx_orin_jetson_sample(tegra_release):
 
 
 def test_orin_nano_gpu_has_no_power_of_its_own(tegra_release):
-    (gpu,) = _opened(FakeJtop.from_fixture("orin-nano-8gb"), tegra_release).sample().gpus
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    (gpu,) = _opened(fake, tegra_release, available_kb=NANO_AVAILABLE_KB).sample().gpus
 
     assert gpu == GpuSample(
         index=0,
@@ -143,8 +171,8 @@ def test_orin_nano_gpu_has_no_power_of_its_own(tegra_release):
         unified=True,
         compute_capability="8.7",
         memory_total_bytes=7790128 * KB,
-        memory_used_bytes=(7790128 - 1231076 - 18420 - 2460312) * KB,
-        memory_free_bytes=(1231076 + 18420 + 2460312) * KB,
+        memory_used_bytes=(7790128 - NANO_AVAILABLE_KB) * KB,
+        memory_free_bytes=NANO_AVAILABLE_KB * KB,
         utilization_ratio=0.875,
         temperature_celsius=53.468,
         power_watts=None,  # VDD_CPU_GPU_CV feeds the CPU and CV too
@@ -179,13 +207,11 @@ def test_samples_follow_the_service(tegra_release):
     source.sample()
 
     fake.fixture["gpu"]["gpu"]["status"]["load"] = 12.0
-    fake.fixture["memory"]["RAM"]["used"] = 7_000_000
     fake.fixture["jetson_clocks"]["enabled"] = False
     fake.fixture["nvpmodel"] = {"name": "MAXN_SUPER", "id": 2}
     reading = source.sample()
 
     assert reading.gpus[0].utilization_ratio == 0.12
-    assert reading.gpus[0].memory_free_bytes == (7790128 - 7_000_000) * KB
     assert reading.jetson is not None
     assert (reading.jetson.jetson_clocks, reading.jetson.nvpmodel) == (False, "MAXN_SUPER")
 
@@ -389,18 +415,78 @@ def test_service_not_running_gives_the_librarys_message_and_the_fix(tegra_releas
     assert "\n" not in reason
 
 
-def test_socket_errors_the_group_does_not_explain_give_the_librarys_message(tegra_release):
-    denied = PermissionError(13, "Permission denied")
+def test_a_permission_error_the_groups_do_not_explain_is_not_called_a_stopped_service(
+    tegra_release,
+):
+    # The groups allow it, yet the socket refuses: its owner or mode is not jtop.service's.
+    for refusal in (PermissionError(13, "Permission denied"), JtopException(CANNOT_ACCESS)):
+        reason = _skip_reason(
+            JetsonSource(
+                open_jtop=failing_opener(refusal),
+                tegra_release=tegra_release,
+                socket_access=lambda: MEMBER,
+            )
+        )
 
+        assert reason.startswith("jtop.service refused this worker: ")
+        assert "/run/jtop.sock should be root:jtop mode 0660" in reason
+        assert "enable --now" not in reason
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        ("Authentication with jetson-stats server failed", "did not accept this client's key"),
+        ("Mismatch of Python versions between library and service", "another Python major"),
+        ("Lost connection with jtop server", "closed the connection while the client started"),
+        ("Error connection", "closed the connection while the client started"),
+    ],
+)
+def test_the_librarys_other_refusals_get_their_own_advice(tegra_release, message, expected):
     reason = _skip_reason(
         JetsonSource(
-            open_jtop=failing_opener(denied),
+            open_jtop=failing_opener(JtopException(message)),
             tegra_release=tegra_release,
             socket_access=lambda: MEMBER,
         )
     )
 
-    assert str(denied) in reason and "sudo systemctl enable --now jtop.service" in reason
+    assert expected in reason and message in reason
+    assert "enable --now" not in reason
+
+
+# -- a service that accepts and never answers ----------------------------------------------------
+
+
+def test_a_service_that_never_answers_is_skipped_after_the_start_timeout(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb", service_hung=True)
+    source = JetsonSource(open_jtop=fake.opener, tegra_release=tegra_release, start_timeout_s=0.1)
+
+    started = time.monotonic()
+    reason = _skip_reason(source)
+    elapsed = time.monotonic() - started
+
+    assert 0.1 <= elapsed < 2.0
+    assert reason == (
+        "jtop.service accepted the connection but did not answer within 0.1 s "
+        "(a hung or overloaded service: sudo systemctl restart jtop.service)"
+    )
+    # Should the service answer after all, the abandoned client is closed, not leaked.
+    fake.hang_released.set()
+    _wait_for(lambda: fake.close_calls == 1)
+    with pytest.raises(SourceError, match="not open"):
+        source.sample()
+
+
+def test_the_default_start_timeout_is_bounded():
+    assert 0 < JTOP_START_TIMEOUT_S <= 30
+
+
+def _wait_for(condition, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
 
 
 # -- the two ways a running jtop.service refuses a worker ---------------------------------------
@@ -571,16 +657,120 @@ def test_the_interval_reaches_the_client(tegra_release):
 # -- failures and closing ----------------------------------------------------------------------
 
 
-def test_a_client_whose_service_went_away_raises_source_error(tegra_release):
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_restarted_service_is_reconnected_with_backoff_and_the_gap_reported(tegra_release):
     fake = FakeJtop.from_fixture("agx-orin-64gb")
-    source = _opened(fake, tegra_release)
+    clock = _Clock()
+    source = JetsonSource(
+        open_jtop=fake.opener,
+        tegra_release=tegra_release,
+        mem_available=lambda: AGX_AVAILABLE_KB * KB,
+        clock=clock,
+    )
+    assert source.probe().available
     source.sample()
 
-    fake.die()  # the figures stay readable, as in the real client
-
+    fake.die()  # jtop.service stops: the figures stay readable, as in the real client
+    fake.service_running = False
     with pytest.raises(SourceError, match="jtop stopped: JtopException: Lost connection"):
         source.sample()
+    assert fake.close_calls == 1  # the dead client is closed
+
+    clock.now += 0.5  # the first attempt goes at once, and finds no service
+    with pytest.raises(SourceError) as first:
+        source.sample()
+    assert str(first.value).startswith(
+        "jtop.service lost 0 s ago; reconnection attempt 1 failed (jtop cannot reach "
+        "jtop.service: JtopException: The jtop.service is not active."
+    )
+    assert str(first.value).endswith("; next in 1 s")
+
+    clock.now += 0.5  # too early for the next attempt: nothing is tried
+    with pytest.raises(SourceError, match="lost 1 s ago; reconnection attempt 2 in 0 s"):
+        source.sample()
+    assert fake.start_calls == 2
+
+    clock.now += 0.5
+    with pytest.raises(SourceError, match=r"attempt 2 failed .*; next in 2 s"):
+        source.sample()
+    assert fake.start_calls == 3
+
+    fake.service_running = True  # the service is back
+    clock.now += 2
+    reading = source.sample()
+
+    assert fake.start_calls == 4
+    assert reading.jetson is not None and reading.gpus[0].utilization_ratio == 0.963
+    source.sample()  # and stays connected
+    assert fake.start_calls == 4
+
+
+def test_a_reconnection_to_a_hung_service_is_one_attempt_reported_until_it_ends(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    clock = _Clock()
+    source = JetsonSource(
+        open_jtop=fake.opener,
+        tegra_release=tegra_release,
+        mem_available=lambda: AGX_AVAILABLE_KB * KB,
+        clock=clock,
+        start_timeout_s=5.0,
+    )
+    assert source.probe().available
+    fake.die()
     with pytest.raises(SourceError):
+        source.sample()
+
+    fake.service_hung = True
+    with pytest.raises(SourceError, match=r"lost 0 s ago; reconnecting$"):
+        source.sample()
+    clock.now += 6
+    for _ in range(3):
+        with pytest.raises(SourceError, match="did not answer within 6 s"):
+            source.sample()
+    assert fake.start_calls == 2  # one attempt at a time, however long it hangs
+
+    fake.hang_released.set()  # the hung call returns (its service's process ended)
+    assert _sample_eventually(source).jetson is not None
+    assert fake.start_calls == 2
+
+
+def _sample_eventually(source: JetsonSource, timeout_s: float = 5.0) -> Reading:
+    """The first sample that succeeds: a finished attempt is picked up by the next sample."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return source.sample()
+        except SourceError:
+            assert time.monotonic() < deadline, "no reading in time"
+            time.sleep(0.01)
+
+
+def test_reconnection_delays_double_up_to_a_limit():
+    assert [reconnect_delay_s(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_close_during_a_reconnection_closes_the_late_client(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = _opened(fake, tegra_release)
+    fake.die()
+    with pytest.raises(SourceError):
+        source.sample()
+    fake.service_hung = True
+    with pytest.raises(SourceError, match="reconnecting"):
+        source.sample()
+
+    source.close()
+    fake.hang_released.set()
+
+    _wait_for(lambda: fake.close_calls == 2)  # the dead client, then the late one
+    with pytest.raises(SourceError, match="not open"):
         source.sample()
 
 

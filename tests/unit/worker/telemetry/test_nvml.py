@@ -3,6 +3,8 @@ normalised samples, the skip reasons, unsupported metrics, a lost GPU and closin
 
 from __future__ import annotations
 
+import logging
+
 import pynvml
 import pytest
 from support.fake_nvml import FakeNvml
@@ -136,7 +138,8 @@ def _with_event_mask(mask: int) -> tuple[str, ...]:
 
 
 def test_every_throttle_bit_is_named_and_idle_and_app_clocks_are_not():
-    every_bit = pynvml.nvmlClocksEventReasonAll
+    # The older names' "All" has two bits more than the event names' (board limit, reliability).
+    every_bit = pynvml.nvmlClocksThrottleReasonAll
 
     assert _with_event_mask(every_bit) == (
         "sw_power_cap",
@@ -146,6 +149,21 @@ def test_every_throttle_bit_is_named_and_idle_and_app_clocks_are_not():
         "hw_thermal_slowdown",
         "hw_power_brake_slowdown",
         "display_clock_setting",
+        "board_limit",
+        "reliability",
+    )
+
+
+@pytest.mark.parametrize(
+    ("constant", "name"),
+    [("BoardLimit", "board_limit"), ("Reliability", "reliability")],
+)
+def test_board_limit_and_reliability_are_reported(constant, name):
+    # nvidia-ml-py names these bits only under the older "ThrottleReason" names.
+    mask = getattr(pynvml, f"nvmlClocksThrottleReason{constant}")
+    assert _with_event_mask(mask | pynvml.nvmlClocksEventReasonSwPowerCap) == (
+        "sw_power_cap",
+        name,
     )
 
 
@@ -196,6 +214,96 @@ def test_old_driver_without_the_event_symbol_falls_back_and_stops_asking_for_it(
     assert fake.count("nvmlDeviceGetCurrentClocksThrottleReasons") == 3
 
 
+# -- temperature: the versioned call first ---------------------------------------------------
+
+
+def test_a_binding_without_the_deprecated_temperature_call_still_samples():
+    # A binding that dropped nvmlDeviceGetTemperature (deprecated, gone with CUDA 14): asking
+    # for it raised AttributeError out of sample(), which killed the sampler at start.
+    fake = FakeNvml.from_fixture("x86-rtx4090", without=["nvmlDeviceGetTemperature"])
+
+    (gpu,) = _opened(fake).sample().gpus
+
+    assert gpu.temperature_celsius == 71.0
+    assert fake.count("nvmlDeviceGetTemperatureV") == 1
+
+
+def test_the_versioned_temperature_call_is_preferred():
+    fake = FakeNvml.from_fixture("x86-rtx4090")
+
+    (gpu,) = _opened(fake).sample().gpus
+
+    assert gpu.temperature_celsius == 71.0
+    assert (fake.count("nvmlDeviceGetTemperatureV"), fake.count("nvmlDeviceGetTemperature")) == (
+        1,
+        0,
+    )
+
+
+def test_old_bindings_without_the_versioned_call_use_the_old_one():
+    fake = FakeNvml.from_fixture("x86-rtx4090", without=["nvmlDeviceGetTemperatureV"])
+
+    (gpu,) = _opened(fake).sample().gpus
+
+    assert gpu.temperature_celsius == 71.0
+
+
+def test_a_driver_without_the_versioned_symbol_falls_back_and_stops_asking_for_it():
+    fake = FakeNvml.from_fixture("x86-rtx4090")
+    fake.fixture["devices"][0]["nvmlDeviceGetTemperatureV"] = {
+        "error": "NVML_ERROR_FUNCTION_NOT_FOUND"
+    }
+    source = _opened(fake)
+
+    temperatures = [source.sample().gpus[0].temperature_celsius for _ in range(3)]
+
+    assert temperatures == [71.0] * 3
+    assert fake.count("nvmlDeviceGetTemperatureV") == 1
+    assert fake.count("nvmlDeviceGetTemperature") == 3
+
+
+# -- one failing metric never stops the others ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [TypeError("nvmlDeviceGetPowerUsage() takes 0 arguments"), AttributeError("_nvmlLib")],
+)
+def test_any_exception_from_one_metric_leaves_it_out_and_keeps_the_others(error, caplog):
+    fake = FakeNvml.from_fixture("x86-rtx4090")
+    calls = []
+
+    def broken(handle):
+        calls.append(handle)
+        raise error
+
+    fake.module.nvmlDeviceGetPowerUsage = broken
+    source = _opened(fake)
+
+    with caplog.at_level(logging.WARNING, logger="worker.telemetry.nvml"):
+        first, second = source.sample().gpus[0], source.sample().gpus[0]
+
+    assert first.power_watts is None and second.power_watts is None
+    assert (first.temperature_celsius, first.power_limit_watts) == (71.0, 450.0)
+    assert first.utilization_ratio == 0.97 and len(first.clocks) == 4
+    assert len(calls) == 1  # a binding fault does not mend itself: not asked again
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "nvmlDeviceGetPowerUsage" in warning and type(error).__name__ in warning
+
+
+def test_a_binding_fault_in_the_memory_read_is_a_source_error():
+    fake = FakeNvml.from_fixture("x86-rtx4090")
+    source = _opened(fake)
+
+    def broken(handle):
+        raise AttributeError("function pointer not found")
+
+    fake.module.nvmlDeviceGetMemoryInfo = broken
+
+    with pytest.raises(SourceError, match="memory read failed: function pointer not found"):
+        source.sample()
+
+
 # -- unsupported metrics ---------------------------------------------------------------------
 
 
@@ -210,7 +318,7 @@ def test_unsupported_metrics_are_not_asked_again():
     assert fake.count("nvmlDeviceGetEnforcedPowerLimit", 1) == 1
     # The other GPU's power, and the unsupported GPU's other metrics, are read every time.
     assert fake.count("nvmlDeviceGetPowerUsage", 0) == 5
-    assert fake.count("nvmlDeviceGetTemperature", 1) == 5
+    assert fake.count("nvmlDeviceGetTemperatureV", 1) == 5
 
 
 @pytest.mark.parametrize("error", ["NVML_ERROR_NO_PERMISSION", "NVML_ERROR_NOT_SUPPORTED"])
@@ -310,6 +418,26 @@ def test_a_jetson_whose_nvml_reports_memory_is_still_left_to_jtop():
     fake.fixture["devices"][0]["nvmlDeviceGetName"] = "NVIDIA Thor"
 
     assert "jtop" in _skip_reason(fake, on_jetson=_jetson)
+
+
+def test_a_discrete_gpu_on_a_jetson_style_board_is_read_beside_the_integrated_one():
+    # IGX Orin with an RTX card: NVML lists the card (and, in iGPU mode, the Orin GPU too).
+    fake = FakeNvml.from_fixture("jetson-orin")
+    fake.fixture["devices"].append(FakeNvml.from_fixture("x86-rtx4090").fixture["devices"][0])
+
+    (gpu,) = _opened(fake, on_jetson=_jetson).sample().gpus
+
+    assert (gpu.index, gpu.name, gpu.unified) == (1, "NVIDIA GeForce RTX 4090", False)
+    assert gpu.memory_total_bytes == 24564 * MiB and gpu.temperature_celsius == 71.0
+
+
+def test_a_jetson_with_only_its_integrated_gpu_says_so_not_unreadable():
+    reason = _skip_reason(FakeNvml.from_fixture("jetson-orin"), on_jetson=_jetson)
+
+    assert reason == (
+        "GPU 0 (Orin (nvgpu)) is a Jetson's integrated GPU; Jetson GPUs are read through jtop "
+        "(pip install jetson-stats), not NVML"
+    )
 
 
 def test_unified_memory_gpu_without_memory_figures_is_skipped():

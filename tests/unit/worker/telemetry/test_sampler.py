@@ -7,6 +7,7 @@ import logging
 import threading
 from pathlib import Path
 
+import psutil
 import pytest
 from support.fake_jtop import FakeJtop
 from support.fake_nvml import FakeNvml
@@ -28,7 +29,9 @@ def no_pynvml() -> None:
     raise ImportError("No module named 'pynvml'")
 
 
-def test_a_jetson_is_read_through_jtop_and_nvml_is_not_tried(tegra_release: Path) -> None:
+def test_a_jetson_is_read_through_jtop_and_nvml_leaves_its_gpu_to_jtop(
+    tegra_release: Path,
+) -> None:
     jtop = FakeJtop.from_fixture("agx-orin-64gb")
     nvml = FakeNvml.from_fixture("jetson-orin")
     selection = select_sources(
@@ -37,8 +40,31 @@ def test_a_jetson_is_read_through_jtop_and_nvml_is_not_tried(tegra_release: Path
         HostSource(),
     )  # fmt: skip
     assert selection.names == ("jetson", "host")
-    assert selection.skipped == ("nvml: the jetson source already reads the GPU",)
-    assert nvml.count("nvmlInit") == 0
+    (reason,) = selection.skipped
+    assert reason.startswith("nvml: GPU 0 (Orin (nvgpu)) is a Jetson's integrated GPU;")
+    assert nvml.count("nvmlShutdown") == 1  # probed, and closed again
+
+
+def test_a_jetson_style_board_with_a_discrete_gpu_reads_both(tegra_release: Path) -> None:
+    # IGX Orin in dGPU mode: jtop reads the Orin GPU and the board; NVML lists only the card,
+    # as its GPU 0, which would collide with the Orin GPU's index.
+    jtop = FakeJtop.from_fixture("agx-orin-64gb")
+    nvml = FakeNvml.from_fixture("x86-rtx4090")
+    selection = select_sources(
+        [JetsonSource(open_jtop=jtop.opener, tegra_release=tegra_release,
+                      mem_available=lambda: 40 * 2**30),
+         NvmlSource(nvml.module, on_jetson=lambda: True)],
+        HostSource(),
+    )  # fmt: skip
+    assert selection.names == ("jetson", "nvml", "host") and selection.skipped == ()
+
+    sample = TelemetrySampler(selection, 1.0).sample_now()
+
+    assert sample.sources == ("jetson", "nvml", "host") and sample.jetson is not None
+    assert [(g.index, g.name, g.unified) for g in sample.gpus] == [
+        (0, "Orin (nvgpu)", True),
+        (1, "NVIDIA GeForce RTX 4090", False),
+    ]
 
 
 def test_a_pc_with_an_nvidia_gpu_is_read_through_nvml(tmp_path: Path) -> None:
@@ -120,3 +146,34 @@ def test_the_thread_samples_at_its_interval_and_stop_closes_sources() -> None:
     finally:
         sampler.stop()
     assert nvml.count("nvmlShutdown") == 1
+
+
+def test_a_source_raising_anything_is_left_out_and_the_others_still_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    nvml = FakeNvml.from_fixture("x86-rtx4090")
+    now = [100.0]
+    sampler = TelemetrySampler(
+        select_sources([NvmlSource(nvml.module, on_jetson=lambda: False)], HostSource()),
+        1.0,
+        wall_clock=lambda: now[0],
+    )
+
+    def broken() -> None:
+        raise RuntimeError("psutil broke")
+
+    # An error psutil is not documented to raise: HostSource lets it through.
+    monkeypatch.setattr(psutil, "virtual_memory", broken)
+    with caplog.at_level(logging.INFO, logger="worker.telemetry.sampler"):
+        failed = sampler.sample_now()  # start() runs this first: a raise failed worker start
+        now[0] = 104.5
+        monkeypatch.undo()
+        recovered = sampler.sample_now()
+
+    assert failed.sources == ("nvml",) and len(failed.gpus) == 1
+    assert recovered.sources == ("nvml", "host")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "telemetry source host failed: RuntimeError: psutil broke; leaving its readings out" in (
+        messages
+    )
+    assert "telemetry source host is reading again after a 4.5 s gap in its readings" in messages
