@@ -95,8 +95,23 @@ class CoordinatorSettings(BaseModel):
     )
     routing_policy: str = Field(DEFAULT_POLICY, description=", ".join(POLICY_NAMES))
     retries: int = Field(
-        2, ge=0, le=10, description="other replicas tried when a worker fails before streaming"
+        2, ge=0, le=10,
+        description="times one request is sent again when its worker fails: retried elsewhere "
+        "before streaming, restarted (non-streaming HTTP) or continued on another replica "
+        "(a stream in flight, a migration)",
+    )  # fmt: skip
+    stall_timeout_s: float = Field(
+        30.0, ge=0, le=3600,
+        description="a started stream that sends nothing this long is moved to another "
+        "replica (0: never); a hung worker is caught sooner by its silent heartbeat",
+    )  # fmt: skip
+    http_body_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="time a client has to send a request's whole body"
     )
+    http_max_connections: int = Field(
+        1024, ge=1, le=1_000_000,
+        description="concurrent HTTP connections per gateway; more are answered 503",
+    )  # fmt: skip
     heartbeat_interval_s: float = Field(1.0, gt=0, le=60, description="expected worker reports")
     down_after_s: float = Field(
         3.0, gt=0, le=600, description="silence after which a worker leaves routing"

@@ -15,8 +15,13 @@ from common.errors import (
     InvalidArgument,
     LlamaherdError,
     NotFound,
+    ResourceExhausted,
     Unavailable,
 )
+
+# What a 429 asks the client to wait before trying again: a queue slot frees as soon as one
+# request ends, which takes seconds, so the shortest delay the header can say.
+RETRY_AFTER_S = 1
 
 
 class BadRequest(InvalidArgument):
@@ -37,7 +42,16 @@ class ModelNotServed(NotFound):
 
 
 class UpstreamFailed(Unavailable):
-    """The worker serving a request failed after its stream had started."""
+    """The worker serving a request failed after its stream had started, and no other
+    replica could continue it."""
+
+
+class Overloaded(ResourceExhausted):
+    """Every replica that could serve the request has a full queue: come back shortly."""
+
+    def __init__(self, message: str, retry_after_s: int = RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 HTTP_STATUS = {
@@ -53,7 +67,18 @@ HTTP_STATUS = {
 
 
 def http_status(error: LlamaherdError) -> int:
-    return HTTP_STATUS[error.kind][0]
+    """The HTTP status of an error: its kind's, unless the error names its own (408)."""
+    own: int | None = getattr(error, "http_status", None)
+    return own or HTTP_STATUS[error.kind][0]
+
+
+def http_headers(error: LlamaherdError) -> dict[str, str]:
+    """Headers an error response carries: Retry-After on every 429, whoever refused."""
+    if error.kind is ErrorKind.RESOURCE_EXHAUSTED:
+        return {"Retry-After": str(getattr(error, "retry_after_s", RETRY_AFTER_S))}
+    if http_status(error) == 408:  # the body never came whole: the connection is unusable
+        return {"Connection": "close"}
+    return {}
 
 
 def openai_envelope(error: LlamaherdError) -> dict[str, Any]:

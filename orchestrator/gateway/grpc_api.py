@@ -1,8 +1,14 @@
-"""The Inference gRPC service: requests relayed unchanged to a worker, status from the view."""
+"""The Inference gRPC service: requests relayed unchanged to a worker, status from the view.
+
+The initial metadata names the node that serves a call (x-llamaherd-node); a stream that
+moved to another node mid-reply (orchestrator.gateway.router) ends with trailing metadata
+x-llamaherd-migrated: one "FROM->TO" entry per move. A client that cancels, or whose
+deadline passes, cancels the handler, and with it the worker's call.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from grpc import aio
 from llamaherd.v1 import generation_pb2 as gen_pb
@@ -14,11 +20,18 @@ from common.grpc_errors import request_id
 from orchestrator.cluster.reports import view_to_proto
 from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import views
-from orchestrator.gateway.route_requests import for_embed, for_generation, grpc_session
-from orchestrator.gateway.router import Router
+from orchestrator.gateway.route_requests import (
+    continued,
+    for_embed,
+    for_generation,
+    grpc_session,
+    resumable,
+)
+from orchestrator.gateway.router import OpenGeneration, Progress, Router
 from orchestrator.worker_client import WorkerClient, WorkerStream
 
 NODE_KEY = "x-llamaherd-node"
+MIGRATED_KEY = "x-llamaherd-migrated"
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[misc]
@@ -29,27 +42,39 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):  # type: ignore[m
         self, request: gen_pb.GenerateRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
         rid = request_id(context)
-        async for chunk in self._relay(request, lambda w: w.generate(request, rid), context):
+
+        def open_call(worker: WorkerClient, sent: Progress) -> WorkerStream[gen_pb.GenerationChunk]:
+            generate = continued(request, sent.text, sent.tokens)
+            assert isinstance(generate, gen_pb.GenerateRequest)
+            return worker.generate(generate, rid)
+
+        async for chunk in self._relay(request, open_call, context):
             yield chunk
 
     async def Chat(
         self, request: gen_pb.ChatRequest, context: aio.ServicerContext
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
         rid = request_id(context)
-        async for chunk in self._relay(request, lambda w: w.chat(request, rid), context):
+
+        def open_call(worker: WorkerClient, sent: Progress) -> WorkerStream[gen_pb.GenerationChunk]:
+            chat = continued(request, sent.text, sent.tokens)
+            assert isinstance(chat, gen_pb.ChatRequest)
+            return worker.chat(chat, rid)
+
+        async for chunk in self._relay(request, open_call, context):
             yield chunk
 
     async def _relay(
         self,
         request: gen_pb.GenerateRequest | gen_pb.ChatRequest,
-        open_stream: Callable[[WorkerClient], WorkerStream[gen_pb.GenerationChunk]],
+        open_call: OpenGeneration,
         context: aio.ServicerContext,
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
         """The worker's stream for the same method, with the serving node in the header."""
         _require_model(request.model)
         route = for_generation(request, grpc_session(context.invocation_metadata()))
-        chunks = self._router.stream(route, open_stream)
-        async for chunk in _with_node_header(chunks, context):
+        chunks = self._router.stream(route, open_call, resumable=resumable(request))
+        async for chunk in _with_node_metadata(chunks, context):
             yield chunk
 
     async def Embed(
@@ -78,13 +103,19 @@ def _require_model(alias: str) -> None:
         raise InvalidArgument("model is empty: name a model alias (see ListModels)")
 
 
-async def _with_node_header(
+async def _with_node_metadata(
     chunks: AsyncIterator[tuple[NodeId, gen_pb.GenerationChunk]], context: aio.ServicerContext
 ) -> AsyncIterator[gen_pb.GenerationChunk]:
-    """The chunks, telling the client in the initial metadata which node serves it."""
-    first = True
+    """The chunks, telling the client in the initial metadata which node serves it and in
+    the trailing metadata where the stream moved, if it did."""
+    serving: NodeId | None = None
+    moves: list[tuple[str, str]] = []
     async for node, chunk in chunks:
-        if first:
-            first = False
+        if serving is None:
             await context.send_initial_metadata(((NODE_KEY, node),))
+        elif node != serving:
+            moves.append((MIGRATED_KEY, f"{serving}->{node}"))
+            # Set at once: a stream that fails later still tells where it had moved.
+            context.set_trailing_metadata(tuple(moves))
+        serving = node
         yield chunk

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import struct
 import time
 import uuid
@@ -30,6 +31,13 @@ INT32 = 2**31 - 1
 UINT32 = 2**32 - 1
 MAX_EMBED_INPUTS = 256
 MAX_STOP = 16
+# Deeper JSON than this is refused before validation: no request needs it, and encoding a
+# JSON schema nested a few thousand levels deep raises RecursionError (a 500).
+MAX_JSON_DEPTH = 64
+FLOAT32_MAX = 3.4028234663852886e38  # the sampling fields are 32-bit floats
+# A lone UTF-16 surrogate is valid JSON ("\ud800") but not Unicode text: protobuf cannot
+# encode it, so it is refused here, naming the field, rather than failing as a 500 later.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 Number = StrictFloat | StrictInt
 Int32 = Annotated[StrictInt, Field(ge=-INT32 - 1, le=INT32)]
@@ -210,6 +218,7 @@ def parse_embeddings(body: object) -> EmbeddingsCall:
 def _validate(model: type[_Sampling] | type[_EmbeddingsBody], body: object) -> Any:
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
+    _check_json(body)
     try:
         return model.model_validate(body)
     except PydanticValidationError as exc:
@@ -217,6 +226,51 @@ def _validate(model: type[_Sampling] | type[_EmbeddingsBody], body: object) -> A
         loc = [p for p in error["loc"] if not _is_type_tag(p)]
         param = _param(loc)
         raise BadRequest(f"{param or 'body'}: {error['msg']}", param or None) from None
+
+
+def _check_json(body: dict[str, Any]) -> None:
+    """Refuses text that is not Unicode and over-deep nesting anywhere in the body, naming
+    where. Iterative, so no nesting depth can exhaust the stack."""
+    stack: list[tuple[object, tuple[str | int, ...]]] = [(body, ())]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, str):
+            if _SURROGATE.search(value):
+                where = _json_path(path)
+                raise BadRequest(
+                    f"{where}: text holds a lone UTF-16 surrogate, which is not valid Unicode",
+                    where,
+                )
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if len(path) > MAX_JSON_DEPTH:
+            where = _json_path(path[:4])
+            raise BadRequest(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels", where)
+        if isinstance(value, list):
+            stack.extend((item, (*path, i)) for i, item in enumerate(value))
+            continue
+        for key, item in value.items():
+            if isinstance(key, str) and _SURROGATE.search(key):
+                where = _json_path(path) or "body"
+                raise BadRequest(
+                    f"{where}: a key holds a lone UTF-16 surrogate, which is not valid Unicode",
+                    where,
+                )
+            stack.append((item, (*path, key)))
+
+
+def _json_path(path: tuple[str | int, ...]) -> str:
+    """`messages[0].content`; keys that are not names are quoted: `metadata[""]`."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier():
+            text += f".{part}" if text else part
+        else:
+            text += f"[{json.dumps(part)}]"
+    return text
 
 
 def _is_type_tag(part: object) -> bool:
@@ -267,9 +321,17 @@ def _chat_message(index: int, message: _Message) -> gen_pb.ChatMessage:
 
 
 def _finite(name: str, value: float | None) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise BadRequest(f"{name} must be a finite number", name)
-    return value
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        number = math.inf
+    if not math.isfinite(number) or abs(number) > FLOAT32_MAX:
+        raise BadRequest(
+            f"{name} must be a finite number (a 32-bit float: at most 3.4e38 in size)", name
+        )
+    return number
 
 
 def _sampling(body: _Sampling, max_tokens: int | None) -> gen_pb.SamplingParams:

@@ -44,6 +44,33 @@ def for_generation(
     return for_generate(request, session)
 
 
+def continued(
+    request: gen_pb.GenerateRequest | gen_pb.ChatRequest, text: str, tokens: int
+) -> gen_pb.GenerateRequest | gen_pb.ChatRequest:
+    """`request` picked up after `text` (from `tokens` tokens) has been generated, for
+    another replica to continue a stream: a completion's prompt is extended by the text, a
+    chat's reply starts with it (ChatRequest.assistant_prefix); same sampling settings, and
+    max_tokens reduced by what was generated (kept at 1 or more: a reply cut exactly at its
+    limit gets one token more rather than none)."""
+    if not text and not tokens:
+        return request
+    copy = type(request)()
+    copy.CopyFrom(request)
+    if isinstance(copy, gen_pb.ChatRequest):
+        copy.assistant_prefix += text
+    else:
+        copy.prompt += text
+    if copy.sampling.HasField("max_tokens"):
+        copy.sampling.max_tokens = max(copy.sampling.max_tokens - tokens, 1)
+    return copy
+
+
+def resumable(request: gen_pb.GenerateRequest | gen_pb.ChatRequest) -> bool:
+    """Whether a stream of `request` can continue elsewhere from its partial text: not
+    under an output constraint, whose grammar would start again from its root."""
+    return request.constraint.WhichOneof("kind") is None
+
+
 def http_session(headers: Mapping[str, str], user: str | None) -> str | None:
     """The session key of an HTTP request: the session header, else OpenAI's `user` field.
     `headers` must look keys up without regard to case, as HTTP headers are."""

@@ -1,9 +1,22 @@
 """A gateway's routing: its view of the cluster, its own in-flight counts, and the relay
-that sends a request to a worker and retries it elsewhere while nothing has been streamed.
+that sends a request to a worker and, when that worker fails, to another.
 
 The view is a ClusterSnapshot pushed from the registry; routing a request reads it and
 calls the routing policy, all in this process: no Ray call, no network hop before the
 request reaches its worker.
+
+No request is lost to a failed node while another replica can serve it:
+- a request nothing has been streamed for yet is sent again elsewhere (a retry);
+- a buffered generation (the HTTP API's non-streaming calls, whose client has received
+  nothing until the end) is restarted elsewhere at any point (`complete`);
+- a stream already flowing continues on another replica from the text generated so far,
+  the prompt extended by it (a migration, `stream`); the chunks then come from another
+  node, which is how the front doors tell their clients.
+Every re-send counts against one budget, `retries`. A node is judged failed by its error
+(see RETRYABLE), by its heartbeat going silent (the registry marks it down in the next
+snapshot and `update` cancels its calls at once: this is what catches a hung, SIGSTOPped
+worker, whatever it was doing) and, as a backstop, by a started stream that sends nothing
+for `stall_timeout_s` (a live heartbeat with a stuck engine).
 """
 
 from __future__ import annotations
@@ -13,12 +26,15 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias, TypeVar
+
+from llamaherd.v1 import generation_pb2 as gen_pb
 
 from common.errors import ErrorKind, Internal, LlamaherdError, Unavailable
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
-from orchestrator.gateway.errors import ModelNotServed, UpstreamFailed
+from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
 from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
 from orchestrator.routing.policies import RoutingPolicy
 from orchestrator.routing.request import RouteRequest
@@ -27,18 +43,23 @@ from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-M = TypeVar("M")
 Clock = Callable[[], float]
+Chunk: TypeAlias = gen_pb.GenerationChunk
 
-# Worker refusals that say nothing about the request itself: another replica may serve it.
+# Worker errors that say nothing about the request itself: another replica may serve it.
 RETRYABLE = {
     ErrorKind.UNAVAILABLE,  # worker gone, or the model is unloading there
     ErrorKind.RESOURCE_EXHAUSTED,  # that replica's queue is full
     ErrorKind.NOT_FOUND,  # unloaded since the view was taken
     ErrorKind.FAILED_PRECONDITION,  # failed there
+    ErrorKind.INTERNAL,  # the node's own failure (or a node that answers only errors)
+    ErrorKind.PERMISSION_DENIED,  # the node refuses this gateway: its setup, not the request
 }
+# Of those, the ones that make the node suspect: avoided for SUSPECT_S by later requests.
+NODE_FAULTS = {ErrorKind.UNAVAILABLE, ErrorKind.INTERNAL, ErrorKind.PERMISSION_DENIED}
 # Refusals of the request itself, passed to the client as the worker worded them; any other
-# failure (e.g. the worker refusing the gateway itself) is the worker's, named after it.
+# failure is the worker's, named after it. INVALID_ARGUMENT is final: every replica would
+# refuse the same request the same way.
 PASSED_THROUGH = {
     ErrorKind.INVALID_ARGUMENT,
     ErrorKind.NOT_FOUND,
@@ -48,17 +69,57 @@ PASSED_THROUGH = {
 SUSPECT_S = 2.0  # how long a worker that just failed a call is avoided
 
 
+@dataclass(frozen=True)
+class Progress:
+    """What a relayed generation has produced so far: the text its client holds and the
+    number of tokens that text came from (a continuation's max_tokens is reduced by it)."""
+
+    text: str = ""
+    tokens: int = 0
+    chunks: int = 0
+
+    @property
+    def started(self) -> bool:
+        return self.chunks > 0
+
+    def after(self, chunk: Chunk) -> Progress:
+        return Progress(self.text + chunk.text, self.tokens + len(chunk.token_ids), self.chunks + 1)
+
+
+# Opens a generation on a worker: the request itself for Progress() (a first attempt or a
+# restart), else its continuation after `progress` (route_requests.continued).
+OpenGeneration = Callable[[WorkerClient, Progress], WorkerStream[Chunk]]
+
+
+@dataclass
+class Completed:
+    """A whole generation, as `complete` collects it."""
+
+    chunks: list[Chunk]
+    node: NodeId  # the node that produced it
+    retried_from: list[NodeId] = field(default_factory=list)  # nodes that failed it first
+
+
 class Router:
+    """Chooses replicas and relays requests to them; one per gateway process.
+
+    `retries`: how many times one request may be sent again after a failure (a retry, a
+    restart or a migration alike); `stall_timeout_s`: the longest silence allowed between
+    two chunks of a started stream (0: no limit).
+    """
+
     def __init__(
         self,
         policy: RoutingPolicy,
         clients: WorkerClients,
         retries: int,
         clock: Clock = time.monotonic,
+        stall_timeout_s: float = 30.0,
     ) -> None:
         self.policy = policy
         self.clients = clients
         self.retries = retries
+        self.stall_timeout_s = stall_timeout_s
         self._clock = clock
         self.snapshot = ClusterSnapshot()
         self._snapshot_at = clock()
@@ -104,6 +165,8 @@ class Router:
                 raise Unavailable(f"model {alias!r} is not placed: {problem.reason}") from None
             raise ModelNotServed(alias, list(exc.available)) from None
         except NoCandidate as exc:
+            if exc.overloaded:
+                raise Overloaded(str(exc)) from None
             raise Unavailable(str(exc)) from None
 
     def not_served(self, alias: str) -> LlamaherdError:
@@ -143,42 +206,82 @@ class Router:
     async def stream(
         self,
         request: RouteRequest,
-        open_call: Callable[[WorkerClient], WorkerStream[M]],
-    ) -> AsyncGenerator[tuple[NodeId, M], None]:
-        """Relays a server-streaming call from a worker chosen for `request`, yielding each
-        message with the node that produced it.
+        open_call: OpenGeneration,
+        *,
+        resumable: bool = True,
+    ) -> AsyncGenerator[tuple[NodeId, Chunk], None]:
+        """Relays a generation from a worker chosen for `request`, yielding each chunk with
+        the node that produced it.
 
-        Until the first message arrives, a retryable failure moves the request to another
-        replica (at most `retries` times); after it, a failure ends the stream with
-        UpstreamFailed, since the client already holds part of an answer.
+        A retryable failure before the first chunk sends the request to another replica;
+        after it, the stream continues on another replica from the text streamed so far
+        (unless not `resumable`, e.g. under a grammar, whose state a continuation cannot
+        restore): its chunks then carry the new node, and the final chunk's usage counts
+        the whole reply. When no replica can take over, the stream ends with UpstreamFailed.
         """
         exclude: set[NodeId] = set()
+        sent = Progress()
         last_error: LlamaherdError | None = None
+        failed: NodeId | None = None
         for _ in range(self.retries + 1):
-            candidate = self._choose_or_last(request, exclude, last_error)
-            call = open_call(self.clients.client(candidate.address))
-            streamed = False
+            candidate = self._next(request, exclude, last_error, sent)
+            node = candidate.node_id
+            if sent.started:
+                log.warning(
+                    "stream migrated from worker %s to %s after %d tokens (%s)",
+                    failed, node, sent.tokens, last_error.message if last_error else "",
+                )  # fmt: skip
+            call = open_call(self.clients.client(candidate.address), sent)
+            base = sent
             with self._tracked(candidate, call):
                 try:
-                    async for message in call:
-                        streamed = True
-                        yield candidate.node_id, message
+                    async for chunk in self._read(call, node):
+                        if base.started and chunk.finish_reason:
+                            _add_earlier_usage(chunk, base)
+                        sent = sent.after(chunk)
+                        yield node, chunk
                     return
                 except LlamaherdError as exc:
-                    error = self._upstream_error(candidate, exc, streamed)
-                    if streamed or exc.kind not in RETRYABLE:
-                        raise error from None
-                    last_error = error
+                    final = sent.started and (not resumable or exc.kind not in RETRYABLE)
+                    last_error = self._failed(candidate, exc, final)
                 except asyncio.CancelledError:
                     reason = self._dropped.get(call)
                     if reason is None:
                         raise  # our own client went away
-                    if streamed:
-                        raise UpstreamFailed(f"{reason}; the reply is incomplete") from None
-                    last_error = Unavailable(reason)
+                    last_error = self._node_left(node, reason, sent.started and not resumable)
                 finally:
                     call.cancel()
-            exclude.add(candidate.node_id)
+            exclude.add(node)
+            failed = node
+        raise self._gave_up(last_error, sent)
+
+    async def complete(self, request: RouteRequest, open_call: OpenGeneration) -> Completed:
+        """A whole generation from a worker chosen for `request`. Its client receives
+        nothing until it ends, so a retryable failure at any point restarts it from the
+        beginning on another replica (the reply then comes from one node, as if nothing
+        had failed)."""
+        exclude: set[NodeId] = set()
+        last_error: LlamaherdError | None = None
+        for _ in range(self.retries + 1):
+            candidate = self._choose_or_last(request, exclude, last_error)
+            node = candidate.node_id
+            if exclude:
+                log.warning("generation restarted on worker %s after %s", node, last_error)
+            call = open_call(self.clients.client(candidate.address), Progress())
+            with self._tracked(candidate, call):
+                try:
+                    chunks = [chunk async for chunk in self._read(call, node)]
+                    return Completed(chunks, node, sorted(exclude))
+                except LlamaherdError as exc:
+                    last_error = self._failed(candidate, exc, final=False)
+                except asyncio.CancelledError:
+                    reason = self._dropped.get(call)
+                    if reason is None:
+                        raise  # our own client went away
+                    last_error = self._node_left(node, reason, final=False)
+                finally:
+                    call.cancel()
+            exclude.add(node)
         assert last_error is not None
         raise last_error
 
@@ -198,10 +301,7 @@ class Router:
             try:
                 return await call(self.clients.client(candidate.address)), candidate.node_id
             except LlamaherdError as exc:
-                error = self._upstream_error(candidate, exc, streamed=False)
-                if exc.kind not in RETRYABLE:
-                    raise error from None
-                last_error = error
+                last_error = self._failed(candidate, exc, final=False)
             finally:
                 self.inflight[key] -= 1
                 if self.inflight[key] <= 0:
@@ -209,6 +309,79 @@ class Router:
             exclude.add(candidate.node_id)
         assert last_error is not None
         raise last_error
+
+    async def _read(self, call: WorkerStream[Chunk], node: NodeId) -> AsyncIterator[Chunk]:
+        """The call's chunks; after the first, a silence longer than stall_timeout_s is the
+        node's failure. The first is not timed: it waits for the queue and the prefill,
+        which grow with load and prompt size; a hung node is caught by its heartbeat."""
+        timeout: float | None = None
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(call), timeout)
+            except StopAsyncIteration:
+                return
+            except asyncio.TimeoutError:
+                raise Unavailable(
+                    f"worker {node} sent nothing for {self.stall_timeout_s:g} s"
+                ) from None
+            timeout = self.stall_timeout_s or None
+            yield chunk
+
+    def _failed(self, candidate: Candidate, exc: LlamaherdError, final: bool) -> LlamaherdError:
+        """The error to remember after a worker's failure; raises it instead when the
+        request must not be sent again: a refusal of the request itself, or a `final`
+        failure (a started stream that cannot continue), then as UpstreamFailed."""
+        node = candidate.node_id
+        if exc.kind in NODE_FAULTS:
+            self._suspect(node)
+        if exc.kind in PASSED_THROUGH:
+            error = exc
+        else:
+            kind = Unavailable if exc.kind is ErrorKind.UNAVAILABLE else Internal
+            error = kind(f"worker {node} failed: {exc.message}")
+        if final or exc.kind not in RETRYABLE:
+            log.warning("worker %s failed a request: %s", node, exc.message)
+            if final:
+                raise UpstreamFailed(f"{error.message}; the reply is incomplete") from None
+            raise error from None
+        log.info("worker %s failed a request, trying another replica: %s", node, exc.message)
+        return error
+
+    def _node_left(self, node: NodeId, reason: str, final: bool) -> Unavailable:
+        """The error of a call cancelled because its node left the view; raised as
+        UpstreamFailed when the request cannot go on elsewhere (`final`)."""
+        self._suspect(node)
+        if final:
+            raise UpstreamFailed(f"{reason}; the reply is incomplete") from None
+        return Unavailable(reason)
+
+    def _next(
+        self,
+        request: RouteRequest,
+        exclude: set[NodeId],
+        last_error: LlamaherdError | None,
+        sent: Progress,
+    ) -> Candidate:
+        """The next replica for a stream; once it has started, failing to find one ends it
+        as incomplete."""
+        if not sent.started:
+            return self._choose_or_last(request, exclude, last_error)
+        try:
+            return self.choose(request, exclude)
+        except LlamaherdError as exc:
+            why = f"no other replica can continue it: {exc.message}"
+            raise self._gave_up(last_error, sent, why) from None
+
+    @staticmethod
+    def _gave_up(
+        last_error: LlamaherdError | None, sent: Progress, why: str = ""
+    ) -> LlamaherdError:
+        assert last_error is not None
+        if not sent.started:
+            return last_error
+        detail = f"; {why}" if why else ""
+        log.warning("stream ended incomplete: %s%s", last_error.message, detail)
+        return UpstreamFailed(f"{last_error.message}{detail}; the reply is incomplete")
 
     def _choose_or_last(
         self, request: RouteRequest, exclude: set[NodeId], last_error: LlamaherdError | None
@@ -221,20 +394,12 @@ class Router:
                 raise last_error from None
             raise
 
-    def _upstream_error(
-        self, candidate: Candidate, exc: LlamaherdError, streamed: bool
-    ) -> LlamaherdError:
-        """A worker's error as the client's, attributed to the node when it is the node's."""
-        node = candidate.node_id
-        if exc.kind is ErrorKind.UNAVAILABLE:
-            self._suspect(node)
-        if streamed:
-            log.warning("worker %s failed mid-stream: %s", node, exc.message)
-            return UpstreamFailed(
-                f"worker {node} failed while streaming ({exc.kind.name}: {exc.message}); "
-                "the reply is incomplete"
-            )
-        if exc.kind in PASSED_THROUGH:
-            return exc
-        kind = Unavailable if exc.kind is ErrorKind.UNAVAILABLE else Internal
-        return kind(f"worker {node} failed: {exc.message}")
+
+def _add_earlier_usage(final: Chunk, earlier: Progress) -> None:
+    """Makes a continuation's usage count the whole reply: its prompt held the original
+    prompt plus the `earlier.tokens` generated before (re-tokenized, so the split is close,
+    not exact), and those tokens were completion tokens."""
+    usage = final.usage
+    usage.prompt_tokens = max(usage.prompt_tokens - earlier.tokens, 0)
+    usage.completion_tokens += earlier.tokens
+    usage.total_tokens = usage.prompt_tokens + usage.completion_tokens

@@ -45,7 +45,10 @@ class Gateway:
         self._snapshots = snapshots
         self.clients = WorkerClients()
         self.router = Router(
-            make_policy(settings.routing_policy, random.Random()), self.clients, settings.retries
+            make_policy(settings.routing_policy, random.Random()),
+            self.clients,
+            settings.retries,
+            stall_timeout_s=settings.stall_timeout_s,
         )
         self._shared_ports = settings.gateways_per_node > 1
         key = settings.api_key.get_secret_value() if settings.api_key else None
@@ -86,7 +89,7 @@ class Gateway:
             raise OSError(f"the gateway cannot listen on {address} (gRPC): {exc}") from exc
         await self._grpc.start()
         created = int(time.time())
-        app: ASGIApp = build_app(self.router, created)
+        app: ASGIApp = build_app(self.router, created, self.settings.http_body_timeout_s)
         if self._api_key:
             app = HttpApiKey(app, self._api_key)
         config = uvicorn.Config(
@@ -95,6 +98,9 @@ class Gateway:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=2,
+            # A cap on connections, so that clients holding them open (slow or incomplete
+            # bodies, idle streams) cannot exhaust the process's sockets.
+            limit_concurrency=self.settings.http_max_connections,
         )
         self._http = uvicorn.Server(config)
         self._tasks = [

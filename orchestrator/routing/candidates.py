@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # policies import Candidate from here: avoid the import cycle
 
 ALREADY_FAILED = "already failed this request"
 NOT_LOADED = "model not loaded"
+OVERLOADED = "overloaded: "
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,12 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Rejection:
-    """A node that cannot take the request, and why."""
+    """A node that cannot take the request, and why. `overloaded`: only because its queue
+    for the model is full, so the same request may succeed there moments later."""
 
     node_id: NodeId
     reason: str
+    overloaded: bool = False
 
 
 class UnknownModel(Exception):
@@ -77,6 +80,12 @@ class NoCandidate(Exception):
         self.rejections = rejections
         reasons = "; ".join(f"{r.node_id}: {r.reason}" for r in rejections) or "no workers"
         super().__init__(f"no worker can serve model {alias!r} now: {reasons}")
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether some replica would take the request once its queue drains: the client
+        should come back later (429), rather than the cluster being unable to serve (503)."""
+        return any(r.overloaded for r in self.rejections)
 
 
 def candidates_for(
@@ -102,7 +111,8 @@ def candidates_for(
         local = counts.get((node.node_id, alias), 0)
         reason = _rejection_reason(node, alias, now=now, inflight=local, exclude=exclude, task=task)
         if reason is not None:
-            rejections.append(Rejection(node.node_id, reason))
+            overloaded = reason.startswith(OVERLOADED)
+            rejections.append(Rejection(node.node_id, reason, overloaded))
             continue
         replica = node.replica(alias)
         assert replica is not None  # _rejection_reason refuses nodes without it
@@ -199,6 +209,6 @@ def _overload_reason(replica: ModelStatus, inflight: int) -> str | None:
     if not busy or waiting < replica.config.max_queue:
         return None
     if replica.config.max_queue == 0:
-        return "overloaded: busy, and max_queue 0 lets no request wait"
+        return OVERLOADED + "busy, and max_queue 0 lets no request wait"
     noun = "request" if waiting == 1 else "requests"
-    return f"overloaded: {waiting} {noun} waiting (max_queue {replica.config.max_queue})"
+    return OVERLOADED + f"{waiting} {noun} waiting (max_queue {replica.config.max_queue})"

@@ -22,6 +22,7 @@ from common.wire.leases import lease_to_proto
 from common.wire.models import estimate_to_proto
 from common.wire.status import model_status_to_proto
 from worker import wire
+from worker.models.chat import with_assistant_prefix
 from worker.models.registry import ModelRegistry
 from worker.split.lender import RpcLender
 
@@ -76,7 +77,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
         sampling = wire.sampling_from_proto(request.sampling)
         constraint = wire.constraint_from_proto(request.constraint)
-        messages = wire.messages_from_proto(list(request.messages))
+        messages = with_assistant_prefix(
+            wire.messages_from_proto(list(request.messages)), request.assistant_prefix
+        )
         rid = request_id(context)
         with self._registry.lease(request.model) as model:
             async for event in model.chat(rid, messages, sampling, constraint):

@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 ARCHITECTURE_FALLBACKS = {"gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma"}
 DEFAULT_FALLBACK = "chatml"
 MAX_MESSAGES = 4096
+# A chat whose last entry has this role continues an assistant reply already begun: the
+# entry's content is appended after the generation prompt, not rendered as a turn. The
+# Worker API's ChatRequest.assistant_prefix arrives this way (with_assistant_prefix), so
+# every template and every ServedModel handle it without a parameter of their own.
+ASSISTANT_PREFIX_ROLE = "llamaherd:assistant_prefix"
 
 
 class ChatTemplate(Protocol):
@@ -49,12 +54,13 @@ class BuiltinTemplate:
     source: str
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
-        text = apply_builtin_template(self.name, [(m.role, m.content) for m in messages])
+        turns, prefix = split_assistant_prefix(messages)
+        text = apply_builtin_template(self.name, [(m.role, m.content) for m in turns])
         if text is None:
             raise InvalidArgument(
                 f"the {self.name!r} chat template could not render these messages"
             )
-        return text
+        return text + prefix
 
 
 class JinjaTemplate:
@@ -74,15 +80,30 @@ class JinjaTemplate:
         self._eos = eos_token
 
     def render(self, messages: Sequence[ChatMessage]) -> str:
+        turns, prefix = split_assistant_prefix(messages)
         try:
-            return self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in messages],
+            text = self._template.render(
+                messages=[{"role": m.role, "content": m.content} for m in turns],
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
             )
         except jinja2.TemplateError as exc:
             raise InvalidArgument(f"the chat template rejected the messages: {exc}") from exc
+        return text + prefix
+
+
+def with_assistant_prefix(messages: Sequence[ChatMessage], prefix: str) -> list[ChatMessage]:
+    """The messages, then `prefix` as the start of the assistant's reply (if not empty)."""
+    tail = [ChatMessage(ASSISTANT_PREFIX_ROLE, prefix)] if prefix else []
+    return [*messages, *tail]
+
+
+def split_assistant_prefix(messages: Sequence[ChatMessage]) -> tuple[Sequence[ChatMessage], str]:
+    """The turns to render, and the start of the reply that follows the generation prompt."""
+    if messages and messages[-1].role == ASSISTANT_PREFIX_ROLE:
+        return messages[:-1], messages[-1].content
+    return messages, ""
 
 
 def _raise_exception(message: str) -> None:
@@ -129,6 +150,7 @@ def select_template(
 
 
 def check_messages(messages: Sequence[ChatMessage]) -> None:
+    messages, _ = split_assistant_prefix(messages)
     if not messages:
         raise InvalidArgument("messages is empty: a chat needs at least one message")
     if len(messages) > MAX_MESSAGES:

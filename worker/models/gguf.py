@@ -26,6 +26,12 @@ SUPPORTED_VERSIONS = (2, 3)
 DEFAULT_ALIGNMENT = 32
 # Arrays longer than this are summarised (type and length) rather than decoded.
 MAX_DECODED_ARRAY = 1024
+# Strings longer than this (a whole tokenizer.json, say), and any string once this many bytes
+# of text were decoded, are summarised too: the length fields are the file's to claim, and a
+# copy of a claimed 2 GB value must not be made just to look at a header. Chat templates,
+# the longest strings anything reads, are tens of kilobytes.
+MAX_DECODED_STRING = 1 << 20
+MAX_DECODED_TEXT = 16 << 20
 MAX_DIMS = 4
 MAX_KEY_LENGTH = 65535
 # Sanity bounds against corrupt counts; real models are far below these.
@@ -59,6 +65,13 @@ class ArraySummary:
     """A metadata array too long to be worth decoding (e.g. the vocabulary)."""
 
     item_type: int
+    length: int
+
+
+@dataclass(frozen=True)
+class StringSummary:
+    """A metadata string too long to be worth decoding (MAX_DECODED_STRING)."""
+
     length: int
 
 
@@ -104,7 +117,9 @@ class GGUFFile:
             return tokens.length
         if isinstance(tokens, list):
             return len(tokens)
-        return int(self.arch_value("vocab_size", 0) or 0)
+        size = self.arch_value("vocab_size", 0)
+        # Any value type may stand under any key: only a count is a vocabulary size.
+        return size if isinstance(size, int) and not isinstance(size, bool) and size > 0 else 0
 
     @property
     def chat_template(self) -> str | None:
@@ -117,6 +132,7 @@ class _Reader:
         self.buf = buf
         self.pos = 0
         self.path = path
+        self.decoded = 0  # bytes of metadata text decoded so far (MAX_DECODED_TEXT)
 
     def fail(self, what: str) -> InvalidModelFile:
         return InvalidModelFile(f"{self.path} is not a valid GGUF file: {what}")
@@ -152,9 +168,22 @@ class _Reader:
         self.need(length, what)
         self.pos += length
 
+    def text_value(self, what: str) -> str | StringSummary:
+        """A metadata string, or its length when it is too long to be worth decoding."""
+        at = self.pos
+        length = self.unpack("<Q", f"length of {what}")
+        if length > min(MAX_DECODED_STRING, MAX_DECODED_TEXT - self.decoded):
+            self.need(length, what)
+            self.pos += length
+            return StringSummary(length)
+        self.pos = at
+        text = self.string(what)
+        self.decoded += length
+        return text
+
     def value(self, type_id: int, key: str) -> Any:
         if type_id == _STRING:
-            return self.string(f"value of {key}")
+            return self.text_value(f"value of {key}")
         if type_id == _ARRAY:
             return self.array(key)
         fmt = _SCALAR_FORMATS.get(type_id)

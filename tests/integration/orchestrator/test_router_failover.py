@@ -41,7 +41,7 @@ def _snapshot(*nodes: Node) -> ClusterSnapshot:
 
 async def _relay(router: Router, request: gen_pb.GenerateRequest) -> tuple[set[str], str]:
     nodes, text = set(), []
-    async for node, chunk in router.stream(ROUTE, lambda worker: worker.generate(request)):
+    async for node, chunk in router.stream(ROUTE, lambda worker, _sent: worker.generate(request)):
         nodes.add(node)
         text.append(chunk.text)
     return nodes, "".join(text)
@@ -117,7 +117,9 @@ def test_a_node_leaving_the_view_fails_its_running_streams_at_once(worker):
         router = _router(node)
         received = 0
         with pytest.raises(LlamaherdError) as err:
-            async for _ in router.stream(ROUTE, lambda worker: worker.generate(long_request)):
+            async for _ in router.stream(
+                ROUTE, lambda worker, _sent: worker.generate(long_request)
+            ):
                 received += 1
                 if received == 3:
                     down = dataclasses.replace(node, up=False, down_reason="no heartbeat for 2.1 s")
