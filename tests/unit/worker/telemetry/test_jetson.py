@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import grp
+import logging
 import os
 import socket
 import stat
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -852,3 +854,116 @@ def test_fixtures_are_consistent():
         for rail in rails:  # jtop computes power as int(volt * curr / 1000)
             assert rail["power"] == int(rail["volt"] * (float(rail["curr"]) / 1000))
         assert "jetson-stats 7.2.2" in data["_about"]
+
+
+# -- jetson-stats 4.x: USB-C power-delivery ports listed as rails ---------------------------------
+
+
+def _usb_c_port(volts_mv: int, amps_ma: int) -> dict[str, object]:
+    # What jetson-stats 4.2/4.3 reads from /sys/class/power_supply/ucsi-source-psy-*: the
+    # negotiated voltage and current (micro-units // 1000), current_max as 'warn'.
+    power = int(volts_mv * (amps_ma / 1000))
+    return {"volt": volts_mv, "curr": amps_ma, "warn": amps_ma, "online": True,
+            "power": power, "avg": power}  # fmt: skip
+
+
+def test_usb_c_ports_are_neither_rails_nor_in_the_board_total(tegra_release, caplog):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")  # no VDD_IN: the total is a sum of rails
+    power = fake.fixture["power"]
+    ports = {"USBC000:001": _usb_c_port(20000, 5000), "1-00081": _usb_c_port(5000, 3000)}
+    power["rail"].update(ports)
+    # jetson-stats 4.x's own sum, ports included: 26824 + 100000 + 15000 mW.
+    power["tot"] = {"power": 141824, "avg": 141824}
+
+    with caplog.at_level(logging.INFO, logger="worker.telemetry.jetson"):
+        source = _opened(fake, tegra_release)
+        reading = source.sample()
+        source.sample()
+
+    jetson = reading.jetson
+    assert jetson is not None
+    assert jetson.power_total_watts == pytest.approx(26.824)
+    assert [r.name for r in jetson.power_rails] == [
+        "VDDQ_VDD2_1V8AO",
+        "VDD_CPU_CV",
+        "VDD_GPU_SOC",
+        "VIN_SYS_5V0",
+    ]
+    # A port at its negotiated current (curr == warn) is not power throttling either.
+    assert reading.gpus[0].throttle_reasons == ()
+    (logged,) = [r.getMessage() for r in caplog.records if "USB-C" in r.getMessage()]
+    assert logged.endswith(": USBC000:001, 1-00081")
+
+
+def test_a_measured_board_input_stays_the_total_beside_usb_c_ports(tegra_release):
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    fake.fixture["power"]["rail"]["USBC000:001"] = _usb_c_port(15000, 3000)
+
+    jetson = _opened(fake, tegra_release, available_kb=NANO_AVAILABLE_KB).sample().jetson
+
+    assert jetson is not None and jetson.power_total_watts == 8.5
+    assert "USBC000:001" not in [r.name for r in jetson.power_rails]
+
+
+# -- JetPack when jetson-stats does not know the board's L4T ---------------------------------------
+
+
+def test_jetpack_from_l4t_when_jetson_stats_reports_none(tegra_release):
+    # jetson-stats 4.2.12's table ends at 36.4.0: on L4T 36.4.3 its 'Jetpack' is "".
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    fake.fixture["board"]["hardware"]["Jetpack"] = ""
+
+    jetson = _opened(fake, tegra_release).sample().jetson
+
+    assert jetson is not None and (jetson.l4t, jetson.jetpack) == ("36.4.3", "6.2")
+
+
+def test_l4t_from_nv_tegra_release_when_jtop_has_none(tmp_path):
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.0, GCID: 37537400, BOARD: generic\n")
+    fake = FakeJtop.from_fixture("orin-nano-8gb")
+    fake.fixture["board"]["hardware"].update({"L4T": "", "Jetpack": ""})
+
+    jetson = _opened(fake, release, available_kb=NANO_AVAILABLE_KB).sample().jetson
+
+    assert jetson is not None and (jetson.l4t, jetson.jetpack) == ("36.4.0", "6.1")
+
+
+def test_jtops_own_jetpack_is_kept(tegra_release):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    fake.fixture["board"]["hardware"]["Jetpack"] = "6.2 (custom)"
+
+    jetson = _opened(fake, tegra_release).sample().jetson
+
+    assert jetson is not None and jetson.jetpack == "6.2 (custom)"
+
+
+# -- the real jetson-stats client (where installed) against a service that never answers -----------
+
+
+def test_the_real_jtop_client_against_a_silent_service_is_bounded(tmp_path, monkeypatch):
+    """jetson-stats is not in the venv (it is the jetson extra); run with it on PYTHONPATH
+    (pip install --target DIR jetson-stats==7.2.2, or 4.2.12 / 4.3.2) to exercise it."""
+    pytest.importorskip("jtop")
+    service = sys.modules["jtop.service"]
+    path = tmp_path / "jtop.sock"
+    monkeypatch.setattr(service, "JTOP_PIPE", str(path))  # JtopManager's address
+    accepted: list[socket.socket] = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        server.listen()
+        # Accepts, then never says a word: the client waits in its authentication handshake.
+        thread = threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True)
+        thread.start()
+        source = JetsonSource(tegra_release=tmp_path / "nv_tegra_release", start_timeout_s=0.5)
+        (tmp_path / "nv_tegra_release").write_text("# R36 (release), REVISION: 4.3\n")
+
+        started = time.monotonic()
+        probe = source.probe()
+        elapsed = time.monotonic() - started
+
+        assert not probe.available and "did not answer within 0.5 s" in probe.reason
+        assert elapsed < 3.0
+        thread.join(timeout=5)
+        for connection in accepted:
+            connection.close()  # the hung client gets EOF, and its thread ends
