@@ -7,6 +7,11 @@ model's layers over several nodes) starts an RPC server on each helper, then loa
 on the head using them. Problems (models that fit nowhere, loads that failed) are published
 with the cluster state so that status and the gateways can explain a model that is not
 served. Leases no head uses are stopped after a grace period.
+
+It also keeps the provenance of every replica (planner.Provenance): when it first saw it,
+by its own clock, and whether its own load put it there. The planner unloads surplus
+replicas by that record, so a node's report alone cannot get another node's replica
+unloaded.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from common.model_settings import ModelConfig
 from common.net import split_host_port
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
+from orchestrator.placement.eligibility import HOLDING_STATES
 from orchestrator.placement.leases import StopLease, lease_id, lease_owner, orphan_leases
 from orchestrator.placement.planner import (
     Action,
     Load,
     LoadSplit,
+    Provenance,
     Unload,
     estimates_needed,
     plan,
@@ -152,6 +159,9 @@ class PlacementController:
         self._running: dict[tuple[str, NodeId], asyncio.Task[None]] = {}
         self._splitting: set[str] = set()  # aliases whose split is being set up
         self._orphans_since: dict[tuple[NodeId, str], float] = {}
+        # (alias, node) of every replica held in the last snapshot, as this controller saw it
+        self._provenance: dict[tuple[str, NodeId], Provenance] = {}
+        self._placed: set[tuple[str, NodeId]] = set()  # loads this controller started
         self._published: tuple[PlacementProblem, ...] | None = None
 
     async def run(self) -> None:
@@ -185,8 +195,9 @@ class PlacementController:
         """One round: estimates, the plan, its actions started in the background, and the
         problems published if they changed."""
         nodes = snapshot.nodes
+        self._observe(nodes)
         estimates = await self._gather_estimates(snapshot, estimates_needed(self._catalog, nodes))
-        result = plan(self._catalog, nodes, estimates)
+        result = plan(self._catalog, nodes, estimates, self._provenance)
         for action in (*result.actions, *self._stale_orphans(nodes)):
             self._start(action, snapshot)
         problems = tuple(sorted(result.problems, key=lambda p: p.alias))
@@ -196,6 +207,26 @@ class PlacementController:
                 log.info("model %s: %s", problem.alias, problem.reason)
             await self._publish(problems)
             self._published = problems
+
+    def _observe(self, nodes: Sequence[Node]) -> None:
+        """Records when each held replica was first seen and whether this controller
+        placed it; forgets replicas no longer held (a replica that comes back is new)."""
+        now = self._clock()
+        held = {
+            (replica.alias, node.node_id)
+            for node in nodes
+            for replica in node.replicas
+            if replica.state in HOLDING_STATES
+        }
+        for key in self._provenance.keys() - held:
+            self._placed.discard(key)  # it was seen and is gone: a later one is not ours
+        self._provenance = {
+            key: Provenance(
+                first_seen=seen.first_seen if (seen := self._provenance.get(key)) else now,
+                placed=key in self._placed,
+            )
+            for key in held
+        }
 
     def _stale_orphans(self, nodes: Sequence[Node]) -> list[StopLease]:
         """Leases no head has used for the orphan grace period, by this controller's clock."""
@@ -280,6 +311,7 @@ class PlacementController:
                 alias = action.entry.alias
                 log.info("loading %s on %s", alias, node_id)
                 settings = action.entry.load_settings()
+                self._placed.add((alias, node_id))  # before the node reports it LOADING
                 await _step(node_id, "load", worker.load(settings, self._timings.load_timeout_s))
                 self._failed.pop((alias, node_id), None)
             else:
@@ -290,6 +322,8 @@ class PlacementController:
         except _StepFailed as failed:
             log.warning("%s on %s: %s", alias, node_id, failed.reason)
             self._failed[(alias, node_id)] = (failed.reason, self._clock())
+            if isinstance(action, Load):
+                self._placed.discard((alias, node_id))
 
     async def _load_split(self, split: LoadSplit, addresses: Mapping[NodeId, str]) -> None:
         """Lend each helper's device to the head, then load the model on the head.
@@ -309,8 +343,10 @@ class PlacementController:
                 endpoints.append(await self._lend(part, lease, head_host, addresses[part.node_id]))
             head = self._clients(addresses[layout.head])
             call = head.load(split_settings(split, endpoints), self._timings.load_timeout_s)
+            self._placed.add((alias, layout.head))
             await _step(layout.head, "split load", call)
         except _StepFailed as failed:
+            self._placed.discard((alias, layout.head))
             log.warning("split of %s failed on %s: %s", alias, failed.node_id, failed.reason)
             self._failed[(alias, failed.node_id)] = (failed.reason, self._clock())
             for node_id in asked:

@@ -13,9 +13,14 @@ Rules, in short:
   for now), then the fastest (reference decode speed measured by each worker; unmeasured
   nodes last), then the one with the most memory left after the load. Free memory is
   charged for every load planned earlier in the same plan (catalog order).
-- An entry with too many READY replicas loses the least loaded ones. Loading replicas
-  are never unloaded (workers refuse), and they do not make a READY one surplus: the
-  plan waits until they are ready rather than trade a serving replica for a hope.
+- An entry with too many READY replicas loses the ones the coordinator trusts least,
+  judged only by what it saw itself (Provenance), never by what a node reports: first
+  those it did not load itself, then the ones it saw last, then the least loaded. So a
+  node that announces a catalog model READY (an operator's manual load, or a forged
+  report) is the one unloaded; it can never make a replica the coordinator placed and
+  watched serving surplus. Loading replicas are never unloaded (workers refuse), and they
+  do not make a READY one surplus: the plan waits until they are ready rather than trade
+  a serving replica for a hope.
 - Models not in the catalog (loaded by an operator) are never touched.
 - When an entry cannot get all its replicas, a PlacementProblem says why, node by node.
 - Splits (orchestrator.placement.split): an entry with split_nodes >= 2 is only ever placed
@@ -27,11 +32,12 @@ Rules, in short:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from common.memory import MemoryEstimate, format_bytes
-from common.status import ModelState
+from common.status import ModelState, ModelStatus
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
@@ -41,6 +47,20 @@ from orchestrator.placement.split import SplitPlan, plan_split
 
 # What the entry needs on the node, or the reason the node could not say.
 Estimates = Mapping[tuple[str, NodeId], MemoryEstimate | str]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What the coordinator itself saw of one replica (alias on node), by its own clock:
+    nothing here comes from a node's report, so no report can change it."""
+
+    first_seen: float  # when the controller first saw the node hold the model
+    placed: bool = False  # the controller's own load (or split) put it there
+
+
+# (alias, node) -> provenance; a replica missing here is one the coordinator knows nothing
+# of: trusted least, like one first seen just now.
+Provenances = Mapping[tuple[str, NodeId], Provenance]
 
 SURPLUS = "more replicas than the catalog wants"
 
@@ -120,9 +140,17 @@ def estimates_needed(
     return needed
 
 
-def plan(catalog: Sequence[CatalogEntry], nodes: Sequence[Node], estimates: Estimates) -> Plan:
+def plan(
+    catalog: Sequence[CatalogEntry],
+    nodes: Sequence[Node],
+    estimates: Estimates,
+    provenance: Provenances | None = None,
+) -> Plan:
     """Loads and unloads that bring the up nodes toward the catalog, and the problems
-    that stop it. The same inputs always give the same plan."""
+    that stop it. The same inputs always give the same plan.
+
+    `provenance` orders surplus replicas for unloading (see Provenance); without it, every
+    replica is equally unknown and the least loaded go first."""
     up = _up_sorted(nodes)
     free = {node.node_id: node.memory_free for node in up}  # charged as loads are planned
     loads: list[Load] = []
@@ -136,7 +164,7 @@ def plan(catalog: Sequence[CatalogEntry], nodes: Sequence[Node], estimates: Esti
         stops += failed_stops
         holders = _holder_count(entry.alias, up)
         if holders >= entry.replicas:
-            unloads += _surplus(entry, up)
+            unloads += _surplus(entry, up, provenance or {})
             continue
         placed, split, problem = _fill(entry, holders, up, free, estimates)
         loads += placed
@@ -273,20 +301,32 @@ def _shortfall(
     return f"placed {placed} of {entry.replicas} {noun}; {reasons}"
 
 
-def _surplus(entry: CatalogEntry, up: Sequence[Node]) -> list[Unload]:
-    """Unloads for READY replicas beyond `entry.replicas`, least loaded first.
+def _surplus(entry: CatalogEntry, up: Sequence[Node], provenance: Provenances) -> list[Unload]:
+    """Unloads for READY replicas beyond `entry.replicas`, least trusted first.
 
     Only READY replicas beyond the wanted count go: a loading one cannot be unloaded,
     and it must not push out a serving one before it serves itself (it may yet fail).
-    Equal loads go in descending node id order, the reverse of placement's tie-break,
-    so the nodes placement favours keep their models.
+    Trust is the coordinator's own record, never a node's report: replicas it did not
+    place go before those it did, then the most recently seen before older ones (a
+    newcomer's claim cannot evict what was already serving). Only then does load count
+    (least loaded first, so fewer streams are cut), and equal loads go in descending node
+    id order, the reverse of placement's tie-break, so the nodes placement favours keep
+    their models.
     """
     ready = [(r, n.node_id) for n in up if (r := n.replica(entry.alias)) is not None and r.ready]
     surplus = len(ready) - entry.replicas
     if surplus <= 0:
         return []
+
+    def distrust(item: tuple[ModelStatus, NodeId]) -> tuple[bool, float, int]:
+        replica, node_id = item
+        seen = provenance.get((entry.alias, node_id))
+        if seen is None:
+            return (False, -math.inf, replica.engine.load)
+        return (seen.placed, -seen.first_seen, replica.engine.load)
+
     ready.sort(key=lambda rn: rn[1], reverse=True)
-    ready.sort(key=lambda rn: rn[0].engine.load)  # stable: keeps descending node ids among equals
+    ready.sort(key=distrust)  # stable: keeps descending node ids among equals
     return [Unload(node_id, entry.alias) for _, node_id in ready[:surplus]]
 
 

@@ -195,6 +195,42 @@ def test_a_surplus_replica_is_unloaded() -> None:
     run([entry("m", replicas=1)], scenario)
 
 
+def test_a_node_that_reports_the_model_ready_cannot_get_the_placed_replica_unloaded() -> None:
+    # Finding 1 of issue 14, end to end through the controller: worker-1 gets the model
+    # from placement and serves; then a node that placement never asked announces it
+    # READY, busier and faster, under a lower node id. The surplus unload goes to it.
+    async def scenario(h: Harness) -> None:
+        await h.round(node("worker-1"))
+        assert h.workers.actions() == ["worker-1: load m"]
+        await h.round(node("worker-1", replica("m", ModelState.LOADING)))
+        h.clock.now += 1
+        await h.round(node("worker-1", replica("m")))
+        h.clock.now += 60
+        forged = node("aaa", replica("m", queued=4, active=1), reference_tps=900.0)
+        await h.round(forged, node("worker-1", replica("m")))
+        assert h.workers.actions() == ["aaa: unload m"]
+        # And it keeps being the one, round after round, while it claims the model.
+        h.clock.now += 1
+        await h.round(forged, node("worker-1", replica("m")))
+        assert h.workers.actions() == ["aaa: unload m"]
+
+    run([entry("m", replicas=1)], scenario)
+
+
+def test_a_replica_that_leaves_and_returns_is_new_again() -> None:
+    # Provenance is forgotten with the replica: one that was unloaded (or whose node was
+    # forgotten) and comes back counts from its return, after the one that stayed.
+    async def scenario(h: Harness) -> None:
+        await h.round(node("a", replica("m")), node("b"))
+        h.clock.now += 10
+        await h.round(node("a"), node("b", replica("m")))
+        h.clock.now += 10
+        await h.round(node("a", replica("m")), node("b", replica("m")))
+        assert h.workers.actions() == ["a: unload m"]
+
+    run([entry("m", replicas=1)], scenario)
+
+
 def test_a_failed_load_is_recorded_and_not_retried_before_its_back_off() -> None:
     async def scenario(h: Harness) -> None:
         h.workers["a"].refusals["load"] = ResourceExhausted("needs 2.0 GiB, has 1.0 GiB")

@@ -14,6 +14,7 @@ from orchestrator.placement.planner import (
     Load,
     LoadSplit,
     Plan,
+    Provenance,
     Unload,
     estimates_needed,
     plan,
@@ -264,6 +265,54 @@ def test_unload_ties_go_to_the_higher_node_id() -> None:
     catalog = [entry("m", replicas=1)]
     nodes = [node("a", replica("m")), node("c", replica("m")), node("b", replica("m"))]
     assert unloads(plan(catalog, nodes, {})) == [("c", "m"), ("b", "m")]
+
+
+def test_a_newcomer_claiming_the_model_ready_is_the_surplus_not_the_placed_replica() -> None:
+    # Finding 1 of issue 14: a node announcing a catalog model READY (forged, or an
+    # operator's manual load) made the genuine replica surplus. Whatever it claims (busy,
+    # fast, a lower node id), the replica the coordinator placed and watched stays.
+    catalog = [entry("m", replicas=1)]
+    nodes = [
+        node("aaa-forged", replica("m", queued=5, active=1), reference_tps=900.0),
+        node("worker-1", replica("m")),
+    ]
+    assert unloads(plan(catalog, nodes, {})) == [("worker-1", "m")]  # reports alone decide
+    seen = {("m", NodeId("worker-1")): Provenance(first_seen=100.0, placed=True)}
+    assert unloads(plan(catalog, nodes, {}, seen)) == [("aaa-forged", "m")]
+    # Seen by the coordinator too, but later and not placed by it: still the one to go.
+    seen[("m", NodeId("aaa-forged"))] = Provenance(first_seen=200.0)
+    assert unloads(plan(catalog, nodes, {}, seen)) == [("aaa-forged", "m")]
+
+
+def test_among_replicas_it_did_not_place_the_most_recently_seen_go_first() -> None:
+    # After a coordinator restart nothing is "placed": arrival order still protects the
+    # replicas that were there first, whatever their reported load.
+    catalog = [entry("m", replicas=1)]
+    nodes = [node("a", replica("m", queued=3)), node("b", replica("m")), node("c", replica("m"))]
+    seen = {
+        ("m", NodeId("a")): Provenance(first_seen=100.0),
+        ("m", NodeId("b")): Provenance(first_seen=150.0),
+        ("m", NodeId("c")): Provenance(first_seen=120.0),
+    }
+    assert unloads(plan(catalog, nodes, {}, seen)) == [("b", "m"), ("c", "m")]
+
+
+def test_a_replica_it_placed_outlasts_an_older_one_it_did_not() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [node("a", replica("m", active=1)), node("b", replica("m"))]
+    seen = {
+        ("m", NodeId("a")): Provenance(first_seen=200.0, placed=True),
+        ("m", NodeId("b")): Provenance(first_seen=50.0),
+    }
+    assert unloads(plan(catalog, nodes, {}, seen)) == [("b", "m")]
+
+
+def test_replicas_seen_alike_go_least_loaded_first() -> None:
+    catalog = [entry("m", replicas=1)]
+    nodes = [node("a", replica("m")), node("b", replica("m", active=1))]
+    same = Provenance(first_seen=100.0, placed=True)
+    seen = {("m", NodeId("a")): same, ("m", NodeId("b")): same}
+    assert unloads(plan(catalog, nodes, {}, seen)) == [("a", "m")]
 
 
 def test_never_unloads_a_loading_replica() -> None:
