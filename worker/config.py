@@ -98,6 +98,55 @@ class WorkerSettings(BaseModel):
         description="measure the reference model's decode rate at start so the coordinator "
         "can rank nodes by speed (a few seconds, once per llama.cpp build and hardware)",
     )
+    # ---- limits on what one request may make the worker do (issue 14) ----------------
+    max_prompt_bytes: ByteSize = Field(
+        ByteSize(4 * 1024**2),
+        description="largest text tokenized for one request: a prompt, a rendered chat, a "
+        "Tokenize text or one embedding input",
+    )
+    max_grammar_bytes: ByteSize = Field(
+        ByteSize(16 * 1024),
+        description="largest GBNF grammar a request may constrain generation with, given or "
+        "converted from a JSON schema (llama.cpp's per-token cost grows with it)",
+    )
+    max_schema_bytes: ByteSize = Field(
+        ByteSize(64 * 1024), description="largest JSON schema a request may send"
+    )
+    max_json_depth: int = Field(
+        64, ge=1, le=10_000, description="deepest nesting of a request's JSON schema"
+    )
+    max_repetition: int = Field(
+        2000, ge=1,
+        description="largest repetition bound in a schema (minLength, maxLength, minItems, "
+        "maxItems, minProperties, maxProperties) or a grammar ({m,n})",
+    )  # fmt: skip
+    max_template_iterations: int = Field(
+        100_000, ge=1,
+        description="loop iterations (and range() length) one chat template render may run",
+    )  # fmt: skip
+    max_sample_ms: float = Field(
+        250.0, gt=0,
+        description="longest one token's sampling may take with a request's grammar; a "
+        "grammar over it is refused (checked before it runs) or its request ended",
+    )  # fmt: skip
+    prepare_timeout_s: float = Field(
+        10.0, gt=0, le=600,
+        description="longest the preparation of one request (template, grammar, tokenizing) "
+        "may take",
+    )  # fmt: skip
+    request_threads: int = Field(
+        2, ge=1, le=64, description="threads preparing requests (templates, grammars, tokenizing)"
+    )
+    request_queue: int = Field(
+        64, ge=0, description="requests that may wait for a preparation thread; more: refused"
+    )
+    load_threads: int = Field(
+        2, ge=1, le=16, description="threads loading and inspecting model files"
+    )
+    max_leases: int = Field(
+        8, ge=0, le=256,
+        description="RPC servers (split-model leases) this node lends at most at once",
+    )  # fmt: skip
     split_child: bool = Field(
         False,
         description="internal: this process is the child a worker starts to host one split "

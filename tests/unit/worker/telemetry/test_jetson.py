@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 from support.fake_jtop import (
     CANNOT_ACCESS,
@@ -967,3 +968,17 @@ def test_the_real_jtop_client_against_a_silent_service_is_bounded(tmp_path, monk
         thread.join(timeout=5)
         for connection in accepted:
             connection.close()  # the hung client gets EOF, and its thread ends
+
+
+def test_by_default_free_gpu_memory_is_the_kernels_mem_available(tegra_release, monkeypatch):
+    fake = FakeJtop.from_fixture("agx-orin-64gb")
+    source = JetsonSource(open_jtop=fake.opener, tegra_release=tegra_release)
+    assert source.probe().available
+    memory = psutil.virtual_memory()
+    monkeypatch.setattr(
+        psutil, "virtual_memory", lambda: memory._replace(available=AGX_AVAILABLE_KB * KB)
+    )
+
+    (gpu,) = source.sample().gpus
+
+    assert gpu.memory_free_bytes == AGX_AVAILABLE_KB * KB
