@@ -3,6 +3,9 @@
 A server interceptor wraps every handler: a LlamaherdError ends the call with its mapped code
 and its message; anything else is a bug, logged with its traceback and reported as INTERNAL
 with the request id so the log line can be found. The process keeps serving either way.
+It also parses each request itself: gRPC would answer bytes that are not the request
+message (invalid UTF-8 in a string field, a truncated field) with UNKNOWN, which says
+nothing; here they get INVALID_ARGUMENT naming the message and the parser's reason.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def error_from_rpc(exc: aio.AioRpcError) -> LlamaherdError:
 
 Unary = Callable[[Any, aio.ServicerContext], Awaitable[Any]]
 Streaming = Callable[[Any, aio.ServicerContext], AsyncIterator[Any]]
+Deserializer = Callable[[bytes], Any] | None
 
 
 def request_id(context: aio.ServicerContext) -> str:
@@ -94,10 +98,23 @@ async def _abort(context: aio.ServicerContext, method: str, exc: Exception) -> N
     )
 
 
-def _wrap_unary(method: str, behavior: Unary) -> Unary:
+def _parse(deserializer: Deserializer, raw: Any) -> Any:
+    """The request message from its bytes, or InvalidArgument naming the message."""
+    if deserializer is None:
+        return raw
+    try:
+        return deserializer(raw)
+    except Exception as exc:  # protobuf's DecodeError, or whatever a custom parser raises
+        owner = getattr(deserializer, "__self__", None)
+        descriptor = getattr(owner, "DESCRIPTOR", None)
+        name = getattr(descriptor, "full_name", "") or "message"
+        raise InvalidArgument(f"the request is not a valid {name}: {exc}") from None
+
+
+def _wrap_unary(method: str, behavior: Unary, deserializer: Deserializer = None) -> Unary:
     async def handler(request: Any, context: aio.ServicerContext) -> Any:
         try:
-            return await behavior(request, context)
+            return await behavior(_parse(deserializer, request), context)
         except aio.AbortError:
             raise
         except Exception as exc:
@@ -106,10 +123,10 @@ def _wrap_unary(method: str, behavior: Unary) -> Unary:
     return handler
 
 
-def _wrap_stream(method: str, behavior: Streaming) -> Streaming:
+def _wrap_stream(method: str, behavior: Streaming, deserializer: Deserializer = None) -> Streaming:
     async def handler(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
+            async for response in behavior(_parse(deserializer, request), context):
                 yield response
         except aio.AbortError:
             raise
@@ -129,16 +146,15 @@ class ErrorInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = details.method.rsplit("/", 1)[-1]
+        # The handler gets the raw bytes (no request_deserializer) and parses them itself.
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
+                _wrap_unary(method, handler.unary_unary, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
+                _wrap_stream(method, handler.unary_stream, handler.request_deserializer),
                 response_serializer=handler.response_serializer,
             )
         return handler

@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from common.errors import Internal, LlamaherdError, ResourceExhausted, Unavailable
+from common.errors import Internal, InvalidArgument, LlamaherdError, ResourceExhausted, Unavailable
 from common.status import EngineFigures
 from worker.engine.backend import Backend, TokenSampler
 from worker.engine.generation import (
@@ -49,6 +49,7 @@ class GenerationJob:
     stop: tuple[str, ...]
     max_tokens: int
     stream: EventStream[GenerationEvent]
+    constrained: bool = False  # the sampler enforces a grammar: its per-token time is capped
     arrived: float = field(default=0.0, init=False)  # stamped by ModelEngine.submit
 
     def release(self) -> None:
@@ -114,6 +115,8 @@ class ModelEngine:
     """Schedules one model's requests onto its backend's sequences, on a thread of its own.
 
     `clock` stamps every timing (arrival, start, first token, end); tests inject their own.
+    A constrained request whose sampler takes longer than `max_sample_s` for one token is
+    ended (InvalidArgument): its grammar would stall every other slot at every step.
     """
 
     def __init__(
@@ -122,8 +125,10 @@ class ModelEngine:
         backend: Backend,
         max_queue: int,
         clock: Clock = time.perf_counter,
+        max_sample_s: float | None = None,
     ) -> None:
         self.name = name
+        self._max_sample_s = max_sample_s
         self._backend = backend
         self._max_queue = max_queue
         self._clock = clock
@@ -263,7 +268,7 @@ class ModelEngine:
             run.reused = run.fed = self._reuse_prefix(slot, job.prompt, shared)
             if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
                 run.prefilled = self._clock()
-                self._on_token(slot, job.sampler.sample_saved(slot.seq_id))
+                self._on_token(slot, self._sample(job, job.sampler.sample_saved, slot.seq_id))
         except Exception as exc:
             self._fail(slot, exc)
 
@@ -340,16 +345,28 @@ class ModelEngine:
                 if run.next_token is not None:
                     run.next_token = None
                     assert logits_at is not None
-                    self._on_token(slot, run.job.sampler.sample(logits_at))
+                    self._on_token(slot, self._sample(run.job, run.job.sampler.sample, logits_at))
                     continue
                 run.fed += len(tokens)
                 if logits_at is not None:  # the prompt is in: sample its first token
                     run.prefilled = self._clock()
                     self._backend.save_logits(slot.seq_id, logits_at)
                     slot.memo_prompt = run.job.prompt
-                    self._on_token(slot, run.job.sampler.sample(logits_at))
+                    self._on_token(slot, self._sample(run.job, run.job.sampler.sample, logits_at))
             except Exception as exc:
                 self._fail(slot, exc)
+
+    def _sample(self, job: GenerationJob, draw: Callable[[int], int], where: int) -> int:
+        """One token from `draw(where)`; a constrained job whose draw took too long fails."""
+        started = self._clock()
+        token = draw(where)
+        spent = self._clock() - started
+        if job.constrained and self._max_sample_s is not None and spent > self._max_sample_s:
+            raise InvalidArgument(
+                f"request {job.request_id}: its grammar took {spent * 1e3:.0f} ms to sample "
+                f"one token; the limit is {self._max_sample_s * 1e3:.0f} ms (max_sample_ms)"
+            )
+        return token
 
     def _on_token(self, slot: _Slot, token: int) -> None:
         run = slot.run

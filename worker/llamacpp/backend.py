@@ -29,8 +29,12 @@ class LlamaBackend(LlamaContext):
     close() frees both. Not thread-safe, but for the vocabulary reads (tokenize, detokenize,
     token_bytes), which read only the model and may be called from any thread."""
 
-    def __init__(self, model: LlamaModel, params: ContextParams) -> None:
+    def __init__(
+        self, model: LlamaModel, params: ContextParams, max_sample_s: float | None = None
+    ) -> None:
         super().__init__(model, params)
+        # A request's grammar costing more than this per token is refused (Sampler).
+        self.max_sample_s = max_sample_s
         self._vocab = model.vocab
         self.n_vocab: int = model.n_vocab
         # piece() runs on the engine thread only: one buffer serves every call.
@@ -56,7 +60,7 @@ class LlamaBackend(LlamaContext):
 
     def sampler(self, params: SamplingParams, grammar: str | None) -> Sampler:
         """A request's sampler chain over this context's logits; may be built on any thread."""
-        return Sampler(self, params, grammar)
+        return Sampler(self, params, grammar, self.max_sample_s)
 
     @property
     def bos(self) -> int:

@@ -1,22 +1,26 @@
-"""Explains why a GBNF grammar was rejected.
+"""A request's constraint as a GBNF grammar, within the worker's limits; and why a grammar
+was rejected.
 
 llama.cpp is the judge of what a grammar means; but its parser prints the reason to stderr
 and only returns "failed". After it refuses a grammar, this lint looks for the usual
 mistakes so the client's error can say which rule is wrong. It never accepts or rejects a
-grammar itself.
+grammar itself. What it does refuse, before llama.cpp or the schema converter sees them,
+are grammars and schemas over the request limits (worker.engine.limits): their size and
+their repetition counts bound the work and memory a constraint costs.
 """
 
 from __future__ import annotations
 
-import json
 import re
 
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from common.errors import InvalidArgument
 from worker.engine.generation import Constraint, ConstraintKind
+from worker.engine.limits import RequestLimits, check_size, parse_schema
 
 _WORD = re.compile(r"[A-Za-z0-9_-]+")
+_BOUNDS = re.compile(r"\{\s*(\d+)\s*(?:,\s*(\d*)\s*)?\}")
 
 
 def _strip_literals(text: str) -> str:
@@ -58,18 +62,62 @@ def diagnose(grammar: str) -> str | None:
     return None
 
 
-def constraint_grammar(constraint: Constraint) -> str:
-    """The GBNF grammar that enforces `constraint`."""
+def repetition_bounds(grammar: str) -> list[int]:
+    """The numbers in the grammar's repetition operators (`{m}`, `{m,}`, `{m,n}`), outside
+    its literals and comments: llama.cpp expands each into that many rule items."""
+    bounds: list[int] = []
+    i, n = 0, len(grammar)
+    closers = {'"': '"', "[": "]", "<": ">"}
+    while i < n:
+        c = grammar[i]
+        if c == "#":
+            while i < n and grammar[i] != "\n":
+                i += 1
+            continue
+        if c in closers:
+            end = closers[c]
+            i += 1
+            while i < n and grammar[i] != end:
+                i += 2 if grammar[i] == "\\" else 1
+            i += 1
+            continue
+        if c == "{":
+            match = _BOUNDS.match(grammar, i)
+            if match:
+                bounds.extend(int(g) for g in match.groups() if g)
+                i = match.end()
+                continue
+        i += 1
+    return bounds
+
+
+def check_grammar(grammar: str, limits: RequestLimits, what: str = "constraint.grammar") -> None:
+    """Refuses a grammar larger than max_grammar_bytes or repeating more than max_repetition."""
+    check_size(
+        what, len(grammar.encode("utf-8", "surrogatepass")), limits.max_grammar_bytes,
+        "max_grammar_bytes",
+    )  # fmt: skip
+    largest = max(repetition_bounds(grammar), default=0)
+    if largest > limits.max_repetition:
+        raise InvalidArgument(
+            f"{what} repeats an item {largest} times; the limit is {limits.max_repetition} "
+            "(max_repetition)"
+        )
+
+
+def constraint_grammar(constraint: Constraint, limits: RequestLimits | None = None) -> str:
+    """The GBNF grammar that enforces `constraint`, within `limits` (blocking: a schema's
+    conversion runs in Python, so call this off the event loop)."""
+    limits = limits or RequestLimits()
     if constraint.kind is ConstraintKind.GRAMMAR:
+        check_grammar(constraint.text, limits)
         return constraint.text
     if constraint.kind is ConstraintKind.JSON_OBJECT:
         return JSON_GBNF
-    try:
-        json.loads(constraint.text)
-    except ValueError as exc:
-        raise InvalidArgument(f"constraint.json_schema is not valid JSON: {exc}") from exc
+    parse_schema(constraint.text, limits)
     try:
         grammar: str = json_schema_to_gbnf(constraint.text)
     except Exception as exc:  # the converter raises bare Exceptions on schemas it cannot express
         raise InvalidArgument(f"constraint.json_schema cannot be enforced: {exc}") from exc
+    check_grammar(grammar, limits, "the grammar of constraint.json_schema")
     return grammar

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import random
+import time
 
 import numpy as np
 from llama_cpp import llama_cpp as C
@@ -28,12 +29,19 @@ class Sampler:
     """Owns one llama_sampler chain that draws from one context's logits (the engine's
     TokenSampler). Built on any thread; then used by one thread at a time."""
 
-    def __init__(self, context: LlamaContext, params: SamplingParams, grammar: str | None) -> None:
+    def __init__(
+        self,
+        context: LlamaContext,
+        params: SamplingParams,
+        grammar: str | None,
+        max_sample_s: float | None = None,
+    ) -> None:
         model = context.model
         check_token_ids("sampling.logit_bias", [t for t, _ in params.logit_bias], model.n_vocab)
         chain = C.llama_sampler_chain_init(C.llama_sampler_chain_default_params())
         self._chain = chain
         self._context = context
+        self._max_sample_s = max_sample_s
         try:
             # What one request may fill: the window of repeat_last_n = -1.
             self._build(model, params, grammar, context.n_ctx_seq)
@@ -59,7 +67,10 @@ class Sampler:
                 )
             )
         if grammar is not None:
-            self._add(compile_grammar(model, grammar))
+            compiled = compile_grammar(model, grammar)
+            self._add(compiled)  # the chain owns it from here, even if the probe refuses it
+            if self._max_sample_s is not None:
+                probe_grammar(compiled, model.n_vocab, self._max_sample_s)
         if p.greedy:
             self._add(C.llama_sampler_init_greedy())
             return
@@ -107,6 +118,32 @@ class Sampler:
         if self._chain is not None:
             C.llama_sampler_free(self._chain)
             self._chain = None
+
+
+def probe_grammar(grammar: Handle, n_vocab: int, limit_s: float) -> None:
+    """Refuses a grammar whose first token costs more than `limit_s` to apply.
+
+    llama.cpp applies a grammar to every vocabulary entry at every token, on the engine's
+    thread, where a slow grammar stalls every stream of the model. Applying it once here,
+    on the request's preparation thread, to the whole vocabulary measures that cost before
+    the request is queued. (Applying without accepting leaves the grammar's state as is.)"""
+    candidates = np.zeros(n_vocab, dtype=_TOKEN_DATA)
+    candidates["id"] = np.arange(n_vocab, dtype=np.int32)
+    array = C.llama_token_data_array(
+        data=candidates.ctypes.data_as(C.llama_token_data_p),
+        size=n_vocab,
+        selected=-1,
+        sorted=False,
+    )
+    started = time.perf_counter()
+    C.llama_sampler_apply(grammar, ctypes.byref(array))
+    elapsed = time.perf_counter() - started
+    if elapsed > limit_s:
+        raise InvalidArgument(
+            f"constraint's grammar takes {elapsed * 1e3:.0f} ms per token to apply; the "
+            f"limit is {limit_s * 1e3:.0f} ms (max_sample_ms): simplify it (fewer "
+            "alternatives)"
+        )
 
 
 def compile_grammar(model: LlamaModel, grammar: str) -> Handle:

@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 from common.errors import FailedPrecondition, InvalidArgument, Unavailable
 from common.model_settings import ModelConfig
 from common.status import EngineFigures
+from worker.config import WorkerSettings
 from worker.engine.backend import Backend, TokenSampler
 from worker.engine.batching import EmbeddingJob, GenerationJob, Job, ModelEngine
 from worker.engine.generation import (
@@ -28,10 +29,13 @@ from worker.engine.generation import (
     Finished,
     GenerationEvent,
 )
+from worker.engine.limits import RequestLimits, check_text
+from worker.engine.pools import BoundedPool, default_pool
 from worker.engine.sampling import SamplingParams, check_token_ids
 from worker.engine.streams import EventStream
 from worker.llamacpp import rpc
 from worker.llamacpp.backend import LlamaBackend
+from worker.llamacpp.chat_templates import RENDER_LIMITS
 from worker.llamacpp.context import ContextParams
 from worker.llamacpp.gbnf import constraint_grammar
 from worker.llamacpp.model import LlamaModel
@@ -41,8 +45,9 @@ from worker.models.served import ModelFacts, Tokenized
 log = logging.getLogger(__name__)
 
 MAX_EMBED_INPUTS = 256
-# Inputs larger than this are tokenized off the event loop so one huge prompt cannot stall
-# every other stream; smaller ones are cheaper to tokenize inline than to hand to a thread.
+# Plain texts up to this size (no template, no grammar) are cheaper to tokenize inline than
+# to hand to a thread; anything larger, any chat and any constraint is prepared on the
+# worker's request pool, so no request can stall the event loop.
 INLINE_TOKENIZE_BYTES = 32 * 1024
 
 T = TypeVar("T")
@@ -79,8 +84,29 @@ class ModelBackend(Backend, Protocol):
         ...
 
 
-def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
-    """Loads a model into llama.cpp in this process (blocking): the registry's LocalFactory."""
+def request_limits(settings: WorkerSettings) -> RequestLimits:
+    """The settings' limits on what one request may make the worker do."""
+    return RequestLimits(
+        max_prompt_bytes=int(settings.max_prompt_bytes),
+        max_grammar_bytes=int(settings.max_grammar_bytes),
+        max_schema_bytes=int(settings.max_schema_bytes),
+        max_json_depth=settings.max_json_depth,
+        max_repetition=settings.max_repetition,
+        max_template_iterations=settings.max_template_iterations,
+        max_sample_ms=settings.max_sample_ms,
+        prepare_timeout_s=settings.prepare_timeout_s,
+    )
+
+
+def load_local(
+    config: ModelConfig,
+    facts: ModelFacts,
+    pool: BoundedPool | None = None,
+    limits: RequestLimits | None = None,
+) -> LocalModel:
+    """Loads a model into llama.cpp in this process (blocking): the registry's LocalFactory
+    (the worker binds the request pool and limits)."""
+    limits = limits or RequestLimits()
     if config.is_split:
         # Only in a split model's child process (worker.split.runner): ggml aborts the
         # process that holds the RPC connections when one of them fails.
@@ -99,6 +125,7 @@ def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
                 pooling=config.pooling,
                 flash_attn=config.flash_attn,
             ),
+            max_sample_s=limits.max_sample_s,
         )
     except BaseException:
         model.close()
@@ -114,7 +141,7 @@ def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
                 bos_token=model.token_text(model.bos),
                 eos_token=model.token_text(model.eos),
             )
-        return LocalModel(config, facts, backend, template)
+        return LocalModel(config, facts, backend, template, pool, limits)
     except BaseException:
         backend.close()
         raise
@@ -122,7 +149,7 @@ def load_local(config: ModelConfig, facts: ModelFacts) -> LocalModel:
 
 class LocalModel:
     """A model served in this process from `backend`; `template` renders chat messages
-    (None for an embedding model)."""
+    (None for an embedding model). Requests are prepared on `pool` within `limits`."""
 
     def __init__(
         self,
@@ -130,12 +157,18 @@ class LocalModel:
         facts: ModelFacts,
         backend: ModelBackend,
         template: ChatTemplate | None,
+        pool: BoundedPool | None = None,
+        limits: RequestLimits | None = None,
     ) -> None:
         self.config = config
         self.facts = facts
         self.backend = backend
         self.template = template
-        self.engine = ModelEngine(config.alias, backend, config.max_queue)
+        self.limits = limits or RequestLimits()
+        self._pool = pool or default_pool(f"prepare:{config.alias}")
+        self.engine = ModelEngine(
+            config.alias, backend, config.max_queue, max_sample_s=self.limits.max_sample_s
+        )
         self._leases = 0
         self._closing: str | None = None
         self._lease_cond = threading.Condition()
@@ -188,8 +221,9 @@ class LocalModel:
         constraint: Constraint | None,
     ) -> AsyncIterator[GenerationEvent]:
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
-        job = await _off_loop_if_large(
-            len(prompt),
+        check_text("prompt", prompt, self.limits)
+        job = await self._prepare(
+            len(prompt) if constraint is None else None,
             lambda: self._generate_job(request_id, prompt, sampling, constraint, stream),
         )
         async for event in self._run(job, stream):
@@ -204,9 +238,9 @@ class LocalModel:
         constraint: Constraint | None,
     ) -> AsyncIterator[GenerationEvent]:
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
-        job = await _off_loop_if_large(
-            sum(len(m.content) for m in messages),
-            lambda: self._chat_job(request_id, messages, sampling, constraint, stream),
+        check_text("messages", _joined(messages), self.limits)
+        job = await self._prepare(
+            None, lambda: self._chat_job(request_id, messages, sampling, constraint, stream)
         )
         async for event in self._run(job, stream):
             _log_finished(request_id, self.alias, event)
@@ -216,7 +250,9 @@ class LocalModel:
         self, request_id: str, inputs: Sequence[str], normalize: bool
     ) -> EmbeddingResult:
         stream: EventStream[EmbeddingResult] = EventStream(asyncio.get_running_loop())
-        job = await _off_loop_if_large(
+        for i, text in enumerate(inputs[:MAX_EMBED_INPUTS]):
+            check_text(f"inputs[{i}]", text, self.limits)
+        job = await self._prepare(
             sum(len(t) for t in inputs),
             lambda: self._embedding_job(request_id, inputs, normalize, stream),
         )
@@ -231,14 +267,30 @@ class LocalModel:
         parse_special: bool = True,
         with_pieces: bool = False,
     ) -> Tokenized:
-        tokens = await _off_loop_if_large(
+        check_text("text", text, self.limits)
+        tokens = await self._prepare(
             len(text), lambda: self._tokens(text, add_special, parse_special)
         )
         pieces = tuple(self.backend.token_bytes(t) for t in tokens) if with_pieces else ()
         return Tokenized(tuple(tokens), pieces)
 
     async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
-        return await _off_loop_if_large(len(tokens), lambda: self._detokenize(tokens))
+        return await self._prepare(len(tokens), lambda: self._detokenize(tokens))
+
+    async def _prepare(self, size: int | None, build: Callable[[], T]) -> T:
+        """Runs `build` inline when it is a small plain text (`size` bytes), else on the
+        request pool within prepare_timeout_s (`size` None: always on the pool)."""
+        if size is not None and size <= INLINE_TOKENIZE_BYTES:
+            return build()
+        limits = self.limits
+
+        def bounded() -> T:
+            RENDER_LIMITS.set(limits)  # this call's own context (the pool copies one per call)
+            return build()
+
+        return await self._pool.run(
+            bounded, limits.prepare_timeout_s, f"preparing a request for {self.alias!r}"
+        )
 
     async def _run(self, job: Job, stream: EventStream[T]) -> AsyncIterator[T]:
         """Queues the job and yields its events; stops the job if the consumer goes away."""
@@ -284,7 +336,9 @@ class LocalModel:
         self._require_generation()
         check_messages(messages)
         assert self.template is not None  # set for every generation model
-        tokens = self._tokens(self.template.render(messages))
+        text = self.template.render(messages)
+        check_text("the rendered chat", text, self.limits)
+        tokens = self._tokens(text)
         # Templates that write the BOS token themselves would otherwise get a second one.
         if len(tokens) > 1 and tokens[0] == tokens[1] == self.backend.bos:
             del tokens[0]
@@ -308,9 +362,11 @@ class LocalModel:
             )
         room = self.n_ctx - len(tokens)
         max_tokens = min(sampling.max_tokens or room, room)
-        grammar = constraint_grammar(constraint) if constraint is not None else None
+        grammar = constraint_grammar(constraint, self.limits) if constraint is not None else None
         sampler = self.backend.sampler(sampling, grammar)
-        return GenerationJob(request_id, tokens, sampler, sampling.stop, max_tokens, stream)
+        return GenerationJob(
+            request_id, tokens, sampler, sampling.stop, max_tokens, stream, grammar is not None
+        )
 
     def _embedding_job(
         self,
@@ -350,10 +406,8 @@ class LocalModel:
             )
 
 
-async def _off_loop_if_large(size: int, build: Callable[[], T]) -> T:
-    if size <= INLINE_TOKENIZE_BYTES:
-        return build()
-    return await asyncio.to_thread(build)
+def _joined(messages: Sequence[ChatMessage]) -> str:
+    return "".join(m.content for m in messages)
 
 
 def _log_finished(rid: str, alias: str, event: GenerationEvent) -> None:

@@ -13,8 +13,10 @@ treats what they build alike, as ServedModels.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,6 +37,7 @@ from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
 from common.status import EngineFigures, ModelState, ModelStatus
 from worker.config import WorkerSettings
+from worker.engine.pools import BoundedPool, default_pool
 from worker.models import builtin
 from worker.models.estimate import MemoryBudget, ModelShape, estimate_memory
 from worker.models.gguf import read_gguf
@@ -46,6 +49,15 @@ log = logging.getLogger(__name__)
 AUTO_PARALLEL = 4
 # States in which a model's engine is up and its requests run (DRAINING: only those in flight).
 _SERVING = frozenset({ModelState.READY, ModelState.DRAINING})
+# Longest model path accepted (Linux's PATH_MAX): longer ones fail in the OS anyway.
+MAX_PATH_BYTES = 4096
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 @dataclass
@@ -60,7 +72,8 @@ class _Entry:
 
 class ModelRegistry:
     """The worker's models by alias. `local` builds a model in this process (blocking: it
-    runs on a thread); `split` starts a split model's child worker."""
+    runs on `pool`, the worker's pool for model files); `split` starts a split model's child
+    worker."""
 
     def __init__(
         self,
@@ -68,11 +81,14 @@ class ModelRegistry:
         budget: MemoryBudget,
         local: LocalFactory,
         split: SplitFactory,
+        pool: BoundedPool | None = None,
     ) -> None:
         self._settings = settings
         self._budget = budget
         self._local = local
         self._split = split
+        self._pool = pool or default_pool("models")
+        self._loads: set[asyncio.Task[ModelStatus]] = set()
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
@@ -139,7 +155,11 @@ class ModelRegistry:
 
     # ---- loading ---------------------------------------------------------------------
     async def load(self, config: ModelConfig, trusted: bool = False) -> ModelStatus:
-        """Loads a model. `trusted` (config-file models) skips the model_dirs check."""
+        """Loads a model. `trusted` (config-file models) skips the model_dirs check.
+
+        The load runs as a task of its own: a caller that gives up (its deadline passed, it
+        cancelled) does not stop it, so the model ends either loaded and registered (listed,
+        unloadable) or failed with everything it took released; never half loaded."""
         with self._lock:
             existing = self._entries.get(config.alias)
             if existing is not None and existing.state is not ModelState.FAILED:
@@ -149,18 +169,26 @@ class ModelRegistry:
                 )
             self._entries[config.alias] = _Entry(config, ModelState.LOADING)
         self._changed()
-        if existing is not None and existing.hosted is not None:
-            # Only a model lost while serving is FAILED with something to free (a split
-            # model's child may remain).
-            await existing.hosted.close("replaced by a new load")
+        task = asyncio.create_task(
+            self._complete_load(config, trusted, existing), name=f"load:{config.alias}"
+        )
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
+        task.add_done_callback(_settled)
+        return await asyncio.shield(task)
+
+    async def _complete_load(
+        self, config: ModelConfig, trusted: bool, existing: _Entry | None
+    ) -> ModelStatus:
         try:
-            # Shielded: a client that gives up on LoadModel must not leave a half-loaded model.
+            if existing is not None and existing.hosted is not None:
+                # Only a model lost while serving is FAILED with something to free (a split
+                # model's child may remain).
+                await existing.hosted.close("replaced by a new load")
             if config.is_split and not self._settings.split_child:
-                hosted = await asyncio.shield(self._load_split(config, trusted))
+                hosted = await self._load_split(config, trusted)
             else:
-                hosted = await asyncio.shield(
-                    asyncio.to_thread(self._load_blocking, config, trusted)
-                )
+                hosted = await self._pool.run(lambda: self._load_blocking(config, trusted))
         except BaseException:
             with self._lock:
                 self._entries.pop(config.alias, None)
@@ -187,11 +215,11 @@ class ModelRegistry:
 
     async def estimate(self, config: ModelConfig) -> MemoryEstimate:
         """What loading `config` would need, checked as a load checks it; loads nothing."""
-        facts = await asyncio.to_thread(self._inspect, config, False)
+        facts = await self._pool.run(lambda: self._inspect(config, False))
         return facts.estimate
 
     async def _load_split(self, config: ModelConfig, trusted: bool) -> ServedModel:
-        facts = await asyncio.to_thread(self._inspect, config, trusted)
+        facts = await self._pool.run(lambda: self._inspect(config, trusted))
         self._budget.reserve(config.alias, facts.estimate)
         try:
             return await self._split(config, facts, lambda reason: self._lost(config.alias, reason))
@@ -243,20 +271,39 @@ class ModelRegistry:
             raise
 
     def _locate(self, config: ModelConfig, trusted: bool) -> Path:
+        """The model's file, refused unless it is a regular file in an allowed directory:
+        checked before anything opens it (a FIFO would block the opening thread forever)."""
         if config.is_builtin:
             return builtin.resolve(config.path)
+        _check_path_text(config.path)
         path = Path(os.path.expanduser(config.path))
         if not path.is_absolute():
             raise InvalidArgument(f"model path {config.path!r} must be absolute")
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except RuntimeError:  # Python 3.11 reports a symlink loop so
+            raise InvalidArgument(f"model path {path} is a symlink loop") from None
+        except OSError as exc:
+            raise InvalidArgument(f"model path {path} cannot be resolved: {exc}") from None
         if not trusted and not any(real.is_relative_to(d) for d in self._settings.model_dirs):
             allowed = ", ".join(str(d) for d in self._settings.model_dirs) or "none"
             raise PermissionDenied(
                 f"{path} is outside the directories this worker may load models from "
                 f"({allowed}); add its directory to model_dirs in the worker's config"
             )
-        if not real.exists():
-            raise NotFound(f"model file {path} does not exist")
+        try:
+            mode = os.stat(real).st_mode
+        except FileNotFoundError:
+            raise NotFound(f"model file {path} does not exist") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InvalidArgument(f"model path {path} is a symlink loop") from None
+            raise InvalidArgument(f"model path {path} cannot be read: {exc.strerror}") from None
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a file")
+            raise InvalidArgument(
+                f"model path {path} is {kind}, not a regular file: a model must be a GGUF file"
+            )
         return real
 
     # ---- unloading -------------------------------------------------------------------
@@ -314,7 +361,27 @@ class ModelRegistry:
         return not self.in_flight()
 
     async def close_all(self) -> None:
+        # Loads still running finish first, so that what they load is closed too.
+        await asyncio.gather(*self._loads, return_exceptions=True)
         with self._lock:
             aliases = [a for a, e in self._entries.items() if e.state in _SERVING or e.lost]
         for alias in aliases:
             await self.unload(alias, "the worker is shutting down")
+
+
+def _check_path_text(path: str) -> None:
+    """Refuses paths the OS would refuse with an error of its own (a NUL, over PATH_MAX)."""
+    if "\0" in path:
+        raise InvalidArgument("model path contains a NUL byte")
+    size = len(path.encode("utf-8", "surrogatepass"))
+    if size > MAX_PATH_BYTES:
+        raise InvalidArgument(f"model path is {size} bytes; the limit is {MAX_PATH_BYTES}")
+
+
+def _settled(task: asyncio.Task[ModelStatus]) -> None:
+    """Retrieves the outcome of a load whose caller may have gone: a failure is logged."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, LlamaherdError):
+        log.error("loading failed", exc_info=exc)

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted
 from common.leases import Lease
 from common.memory import format_bytes
 from common.net import join_host_port
@@ -44,9 +44,18 @@ class _Running:
 
 
 class RpcLender:
+    """The node's leases; at most `max_leases` RPC servers at once, each with memory set
+    aside in the budget (a lease with none would be a process without a cap)."""
+
     def __init__(
-        self, listen_host: str, advertise_host: str, budget: MemoryBudget, threads: int
+        self,
+        listen_host: str,
+        advertise_host: str,
+        budget: MemoryBudget,
+        threads: int,
+        max_leases: int = 8,
     ) -> None:
+        self._max_leases = max_leases
         self._listen_host = listen_host
         self._advertise_host = advertise_host
         self._budget = budget
@@ -69,6 +78,11 @@ class RpcLender:
         self, lease_id: str, head_host: str, reserve_bytes: int, n_threads: int | None = None
     ) -> Lease:
         _check(lease_id, head_host)
+        if reserve_bytes <= 0:
+            raise InvalidArgument(
+                f"reserve_bytes is {reserve_bytes}: a lease must set memory aside for the "
+                "layers its RPC server will hold (the estimate of those layers)"
+            )
         async with self._lock:
             running = self._leases.get(lease_id)
             if running is not None and running.lease.running:
@@ -80,6 +94,11 @@ class RpcLender:
                 return running.lease
             if running is not None:  # exited: start it afresh
                 await self._stop_locked(lease_id)
+            if len(self._leases) >= self._max_leases:
+                raise ResourceExhausted(
+                    f"this node already lends {len(self._leases)} RPC servers, its limit "
+                    f"(max_leases={self._max_leases}); stop one or raise max_leases"
+                )
             owner = _owner(lease_id)
             self._budget.reserve_bytes(owner, reserve_bytes, f"lending a device ({lease_id})")
             try:
