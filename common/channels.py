@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import TypeVar
 
 import grpc
+from pydantic import SecretStr
+
+from common.cluster_auth import sync_channel
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
@@ -13,12 +16,15 @@ _C = TypeVar("_C", bound="ChannelClient")
 
 
 class ChannelClient:
-    """Owns one insecure channel to `address`; a context manager that closes it."""
+    """Owns one insecure channel to `address`; a context manager that closes it. With the
+    cluster's join `token`, every call carries it (what a worker with a token requires)."""
 
-    def __init__(self, address: str, timeout: float | None = None) -> None:
+    def __init__(
+        self, address: str, timeout: float | None = None, token: SecretStr | None = None
+    ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel: grpc.Channel = sync_channel(address, token, CHANNEL_OPTIONS)
 
     def close(self) -> None:
         self._channel.close()

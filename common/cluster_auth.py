@@ -4,130 +4,29 @@ worker's API.
 A cluster has one random secret, the join token (as k3s's or Ray's). The coordinator
 requires it on its worker registry, a worker that has one requires it on its Worker API, and
 every cluster client sends it as `authorization: Bearer <token>` metadata. Only the gRPC
-health service stays open, for probes. The token comes from LLAMAHERD_CLUSTER_TOKEN or from
-a file (`cluster_token_file`, created 0600 by `ensure_token_file` where the coordinator
-runs); it never goes on a command line, into a URL or into a log line.
-
-Each worker also keeps a node key of its own (a 0600 file per node id), sent when it
-registers: the coordinator binds the node id to it, so no other process, token or not, can
-take over a live worker's id (orchestrator.cluster.state).
+health service stays open, for probes. Each worker also sends its node key (metadata
+`llamaherd-node-key`) when it registers: the coordinator binds the node id to it, so no other
+process, token or not, can take over a live worker's id (orchestrator.cluster.state). Where
+the secrets come from: common.cluster_secrets.
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
-import logging
-import os
-import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
 from grpc import aio
 from pydantic import SecretStr
 
-from common.settings import ConfigError
-
-log = logging.getLogger(__name__)
-
-TOKEN_ENV = "LLAMAHERD_CLUSTER_TOKEN"
-DEFAULT_TOKEN_FILE = Path("~/.config/llamaherd/cluster-token")
-DEFAULT_NODE_KEY_DIR = Path("~/.cache/llamaherd/node-keys")
 AUTHORIZATION_KEY = "authorization"
 NODE_KEY_KEY = "llamaherd-node-key"
 # Probes (load balancers, systemd, `grpc_health_probe`) need no secret and learn nothing.
 OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 REFUSAL = "missing or wrong cluster token"
-JOIN_HINT = f"set {TOKEN_ENV} or pass --cluster-token-file PATH (the coordinator's token file)"
 
 Metadata = tuple[tuple[str, str], ...]
-
-
-# ---- secrets in files -----------------------------------------------------------------------
-def new_secret() -> str:
-    """256 random bits, URL-safe text (no quoting needed in an env file)."""
-    return secrets.token_urlsafe(32)
-
-
-def ensure_secret_file(path: Path) -> str:
-    """The secret in `path`, created (file 0600, new parent folders 0700) when missing.
-
-    Creation is exclusive, so two processes starting at once agree on one secret."""
-    path = path.expanduser()
-    if not path.exists():
-        _make_private_dirs(path.parent)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return read_secret_file(path)
-        except OSError as exc:
-            raise ConfigError(f"cannot create secret file {path}: {exc.strerror}") from exc
-        with os.fdopen(fd, "w", encoding="ascii") as out:
-            out.write(new_secret() + "\n")
-        log.info("created secret file %s (mode 0600)", path)
-    return read_secret_file(path)
-
-
-def read_secret_file(path: Path) -> str:
-    """The secret in `path`; refusals name the file, never its content."""
-    path = path.expanduser()
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"cannot read secret file {path}: {exc.strerror}") from exc
-    except UnicodeDecodeError:
-        raise ConfigError(f"secret file {path} is not text") from None
-    if not text:
-        raise ConfigError(f"secret file {path} is empty")
-    if mode & 0o077:
-        log.warning("secret file %s is readable by other users: chmod 600 it", path)
-    return text
-
-
-def _make_private_dirs(folder: Path) -> None:
-    missing = [p for p in (folder, *folder.parents) if not p.exists()]
-    for part in reversed(missing):
-        try:
-            part.mkdir(mode=0o700)
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise ConfigError(f"cannot create folder {part}: {exc.strerror}") from exc
-
-
-def ensure_token_file(path: Path) -> SecretStr:
-    """The cluster token in `path`, generated into a new 0600 file when there is none."""
-    return SecretStr(ensure_secret_file(path))
-
-
-def read_token_file(path: Path) -> SecretStr:
-    return SecretStr(read_secret_file(path))
-
-
-def resolve_token(token: SecretStr | None, token_file: Path | None) -> SecretStr | None:
-    """The token a process uses: given outright (environment, config), else from its file."""
-    if token is not None and token.get_secret_value().strip():
-        return SecretStr(token.get_secret_value().strip())
-    if token_file is not None:
-        return read_token_file(token_file)
-    return None
-
-
-def node_key(folder: Path, node_id: str) -> str:
-    """This worker's node key (created on first use): proves it owns `node_id`."""
-    return ensure_secret_file(folder / node_id)
-
-
-def credential_digest(secret: str) -> bytes:
-    """What the coordinator keeps of a node key: its SHA-256, never the key itself."""
-    return hashlib.sha256(secret.encode()).digest()
-
-
-def same_credential(a: bytes, b: bytes) -> bool:
-    return hmac.compare_digest(a, b)
 
 
 # ---- the client side --------------------------------------------------------------------------

@@ -7,14 +7,17 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.settings import ConfigError
 from orchestrator.launch import add_coordinator_parser, add_up_parser
 from worker.cli import add_worker_parser
 
 if TYPE_CHECKING:
     import grpc
     from llamaherd.v1 import generation_pb2 as gen_pb
+    from pydantic import SecretStr
 
     from orchestrator.client import GatewayClient
     from worker.api.client import WorkerClient
@@ -39,6 +42,38 @@ def _add_api_key_argument(parser: argparse.ArgumentParser) -> None:
 def _api_key(args: argparse.Namespace) -> str | None:
     key: str | None = args.api_key or os.environ.get(API_KEY_ENV)
     return key or None
+
+
+def _add_cluster_token_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cluster-token-file", type=Path, metavar="PATH",
+        help="file holding the cluster's join token, for a worker that requires it (default: "
+        "$LLAMAHERD_CLUSTER_TOKEN)",
+    )  # fmt: skip
+
+
+def _cluster_token(args: argparse.Namespace) -> SecretStr | None:
+    """The join token from LLAMAHERD_CLUSTER_TOKEN, else --cluster-token-file; None without."""
+    from pydantic import SecretStr
+
+    from common.cluster_secrets import TOKEN_ENV, resolve_token
+
+    raw = os.environ.get(TOKEN_ENV)
+    return resolve_token(SecretStr(raw) if raw else None, args.cluster_token_file)
+
+
+def _worker_failure(command: str, exc: grpc.RpcError, worker: str) -> str:
+    """The lines to print for a failed worker call: what happened and what to do next."""
+    import grpc
+
+    from common.cluster_secrets import JOIN_HINT
+
+    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+        return f"llamaherd {command}: the worker at {worker} requires the join token: {JOIN_HINT}"
+    line = f"llamaherd {command}: {exc.code().name}: {exc.details()}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        line += f"\nis a worker running at {worker}? start one with `make run`"
+    return line
 
 
 def _gateway_failure(command: str, exc: grpc.RpcError, gateway: str, sent_key: bool) -> str:
@@ -78,6 +113,7 @@ def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
     parser.add_argument("--max-tokens", type=int, default=128, help="default: 128")
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: the worker's, 0.8)")
     parser.add_argument("--seed", type=int, help="fixed seed for reproducible sampling")
+    _add_cluster_token_argument(parser)
     parser.set_defaults(run=_run_generate)
 
 
@@ -86,6 +122,7 @@ def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
     parser.add_argument(
         "--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})"
     )
+    _add_cluster_token_argument(parser)
     parser.set_defaults(run=_run_models)
 
 
@@ -98,7 +135,12 @@ def _run_generate(args: argparse.Namespace) -> int:
     sampling = gen_pb.SamplingParams(
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
     )
-    with WorkerClient(args.worker) as client:
+    try:
+        token = _cluster_token(args)
+    except ConfigError as exc:
+        print(f"llamaherd generate: {exc}", file=sys.stderr)
+        return 2
+    with WorkerClient(args.worker, token=token) as client:
         try:
             model = args.model or _first_ready_model(client)
             chunks = (
@@ -112,12 +154,7 @@ def _run_generate(args: argparse.Namespace) -> int:
                 if chunk.finish_reason:
                     _print_summary(chunk)
         except grpc.RpcError as exc:
-            print(f"\nllamaherd generate: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                print(
-                    f"is a worker running at {args.worker}? start one with `make run`",
-                    file=sys.stderr,
-                )
+            print("\n" + _worker_failure("generate", exc, args.worker), file=sys.stderr)
             return 1
     return 0
 
@@ -151,11 +188,16 @@ def _run_models(args: argparse.Namespace) -> int:
 
     from worker.api.client import WorkerClient
 
-    with WorkerClient(args.worker, timeout=10) as client:
+    try:
+        token = _cluster_token(args)
+    except ConfigError as exc:
+        print(f"llamaherd models: {exc}", file=sys.stderr)
+        return 2
+    with WorkerClient(args.worker, timeout=10, token=token) as client:
         try:
             models = client.list_models()
         except grpc.RpcError as exc:
-            print(f"llamaherd models: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            print(_worker_failure("models", exc, args.worker), file=sys.stderr)
             return 1
     print(f"{'ALIAS':24} {'STATE':10} {'ARCH':10} {'N_CTX':>6} {'QUEUED':>6}  PATH / ERROR")
     for m in models:

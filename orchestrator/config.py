@@ -6,11 +6,14 @@ layering as a worker's) and handed to every part of the control plane.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from common.cluster_secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, ensure_token_file
 from common.model_settings import (
     BUILTIN_PREFIX,
     DEFAULT_MODEL,
@@ -127,6 +130,16 @@ class CoordinatorSettings(BaseModel):
         description="require 'Authorization: Bearer <key>' on both APIs (better set through "
         "LLAMAHERD_COORDINATOR_API_KEY than on the command line)",
     )
+    cluster_token: SecretStr | None = Field(
+        None,
+        description="the cluster's join token, required from every worker (set it through "
+        f"{TOKEN_ENV}, never on a command line; default: the token file's)",
+    )
+    cluster_token_file: Path = Field(
+        DEFAULT_TOKEN_FILE,
+        description="where the join token is kept; created (0600) with a fresh token when "
+        f"missing and {TOKEN_ENV} is unset",
+    )
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto or HOST:6379); default: start one"
     )
@@ -147,6 +160,11 @@ class CoordinatorSettings(BaseModel):
     @classmethod
     def _known_level(cls, level: str) -> str:
         return log_level_name(level)
+
+    @field_validator("cluster_token_file")
+    @classmethod
+    def _expand_token_file(cls, path: Path) -> Path:
+        return Path(os.path.expanduser(path))
 
     @field_validator("models")
     @classmethod
@@ -169,7 +187,21 @@ class CoordinatorSettings(BaseModel):
 
 def build_coordinator_settings(
     config_file: Path | None = None,
-    environ: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> CoordinatorSettings:
-    return layered_settings(CoordinatorSettings, ENV_PREFIX, config_file, environ, overrides)
+    """Layers the settings; the join token may also come from LLAMAHERD_CLUSTER_TOKEN, the
+    variable workers read, so one environment file can serve both."""
+    env = dict(os.environ if environ is None else environ)
+    if TOKEN_ENV in env:
+        env.setdefault(ENV_PREFIX + "CLUSTER_TOKEN", env[TOKEN_ENV])
+    return layered_settings(CoordinatorSettings, ENV_PREFIX, config_file, env, overrides)
+
+
+def with_cluster_token(settings: CoordinatorSettings) -> CoordinatorSettings:
+    """The settings with their join token: the one given, else the token file's, created
+    with a fresh token when missing. The coordinator never runs without one."""
+    if settings.cluster_token is not None and settings.cluster_token.get_secret_value():
+        return settings
+    token = ensure_token_file(settings.cluster_token_file)
+    return settings.model_copy(update={"cluster_token": token})

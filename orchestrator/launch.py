@@ -11,9 +11,11 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -21,11 +23,13 @@ from typing import Any
 
 import psutil
 
+from common.cluster_secrets import TOKEN_ENV
 from common.settings import ConfigError, add_settings_flags
 from orchestrator.config import (
     CoordinatorSettings,
     build_coordinator_settings,
     default_catalog,
+    with_cluster_token,
 )
 
 log = logging.getLogger("llamaherd")
@@ -70,7 +74,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="YAML or JSON settings, with the model catalog under models:"
     )
-    add_settings_flags(parser, CoordinatorSettings, skip={"models"})
+    # The join token never goes on a command line: it would show in ps and shell history.
+    add_settings_flags(parser, CoordinatorSettings, skip={"models", "cluster_token"})
 
 
 def _settings(args: argparse.Namespace, workers: int | None = None) -> CoordinatorSettings:
@@ -86,7 +91,19 @@ def _settings(args: argparse.Namespace, workers: int | None = None) -> Coordinat
         threads = max(1, cores // workers)
         entry = entry.model_copy(update={"n_threads": threads, "n_ctx": 4096})
         settings = settings.model_copy(update={"models": (entry,)})
-    return settings
+    return with_cluster_token(settings)
+
+
+def _join_hint(settings: CoordinatorSettings, registry: str) -> str:
+    """How a worker joins, naming where the token is, never the token itself."""
+    command = f"llamaherd worker --coordinator {registry}"
+    if settings.cluster_token_file.exists():
+        return (
+            f"workers join with: {command} --cluster-token-file {settings.cluster_token_file}\n"
+            f"  (copy that file to each worker machine, mode 0600, or set {TOKEN_ENV} "
+            "to its content there)"
+        )
+    return f"workers join with: {TOKEN_ENV}=<this coordinator's token> {command}"
 
 
 def _configure_logging(level: str) -> None:
@@ -123,11 +140,8 @@ def run_coordinator(args: argparse.Namespace) -> int:
         endpoints = plane.start()
         stop.install()
         _print_endpoints(settings, endpoints.http_port, endpoints.grpc_port)
-        print(
-            f"workers register with: llamaherd worker --coordinator "
-            f"{_reachable(settings.host)}:{endpoints.registry_port}",
-            flush=True,
-        )
+        registry = f"{_reachable(settings.host)}:{endpoints.registry_port}"
+        print(_join_hint(settings, registry), flush=True)
         while not stop.wait(SUPERVISE_EVERY_S):
             plane.supervise_once()
     except OSError as exc:
@@ -153,6 +167,7 @@ def run_up(args: argparse.Namespace) -> int:
     stop = _StopSignal()
     plane = ControlPlane(settings)
     workers: list[WorkerProcess] = []
+    node_keys: Path | None = None
     try:
         print("starting Ray and the coordinator ...", flush=True)
         endpoints = plane.start()
@@ -160,9 +175,21 @@ def run_up(args: argparse.Namespace) -> int:
         registry = f"{_reachable(settings.host)}:{endpoints.registry_port}"
         log_dir = args.log_dir.expanduser()
         log_dir.mkdir(parents=True, exist_ok=True)
+        # The workers get the token through their environment (never their argv), and
+        # node keys of this run only: a worker left over from an earlier run cannot pass
+        # for one of these.
+        node_keys = Path(tempfile.mkdtemp(prefix="llamaherd-node-keys-"))
+        assert settings.cluster_token is not None  # _settings gave it one
+        worker_env = {
+            TOKEN_ENV: settings.cluster_token.get_secret_value(),
+            "LLAMAHERD_NODE_KEY_DIR": str(node_keys),
+        }
         for i in range(1, args.workers + 1):
-            workers.append(WorkerProcess(f"worker-{i}", registry, log_dir, settings.log_level))
+            workers.append(
+                WorkerProcess(f"worker-{i}", registry, log_dir, settings.log_level, worker_env)
+            )
         print(f"started {len(workers)} workers (logs in {log_dir})", flush=True)
+        print(_join_hint(settings, registry), flush=True)
         gateway = f"{_reachable(settings.gateway_host)}:{endpoints.grpc_port}"
         if not _wait_until_placed(settings, gateway, workers, stop):
             return 1
@@ -180,24 +207,43 @@ def run_up(args: argparse.Namespace) -> int:
         for worker in workers:
             worker.stop()
         plane.stop()
+        if node_keys is not None:
+            shutil.rmtree(node_keys, ignore_errors=True)
     return 0
 
 
-class WorkerProcess:
-    """One `llamaherd worker` child, registered with the coordinator, logging to a file."""
+# worker.split.lifetime.DIE_WITH_PARENT_ENV (the control plane does not import the worker):
+# a `python -m worker` child given our pid asks the kernel to kill it when we die.
+DIE_WITH_PARENT_ENV = "LLAMAHERD_DIE_WITH_PARENT"
 
-    def __init__(self, node_id: str, registry: str, log_dir: Path, log_level: str) -> None:
+
+class WorkerProcess:
+    """One `llamaherd worker` child, registered with the coordinator, logging to a file.
+
+    It dies with this process, even a SIGKILLed one: a worker of a dead `up` would otherwise
+    run on, retrying the dead registry forever."""
+
+    def __init__(
+        self,
+        node_id: str,
+        registry: str,
+        log_dir: Path,
+        log_level: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.node_id = node_id
         self.log_path = log_dir / f"{node_id}.log"
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - the child writes to it
         command = [
-            sys.executable, "-m", "orchestrator.cli", "worker",
+            sys.executable, "-m", "worker",
             "--port", "0", "--coordinator", registry, "--node-id", node_id,
             "--log-level", log_level,
         ]  # fmt: skip
         self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+            command, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # the join token travels here, not in argv
+            env={**os.environ, **(env or {}), DIE_WITH_PARENT_ENV: str(os.getpid())},
+        )  # fmt: skip
         self._reported = False
 
     def report_exit(self) -> bool:

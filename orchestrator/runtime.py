@@ -47,9 +47,12 @@ class ClusterStateActor:
     def __init__(self, settings: CoordinatorSettings) -> None:
         _configure_logging(settings.log_level)
         self._settings = settings
+        if settings.cluster_token is None:  # with_cluster_token gives the plane its token
+            raise ValueError("the coordinator needs a cluster token")
         self._registry = WorkerRegistry(
-            settings.heartbeat_interval_s, settings.down_after_s, settings.forget_after_s
-        )
+            settings.heartbeat_interval_s, settings.down_after_s, settings.forget_after_s,
+            settings.cluster_token,
+        )  # fmt: skip
 
     async def start(self) -> int:
         return await self._registry.start(self._settings.host, self._settings.registry_port)
@@ -75,7 +78,7 @@ class PlacementActor:
         async def publish(problems: tuple[PlacementProblem, ...]) -> None:
             await state.set_problems.remote(problems)
 
-        self._clients = WorkerClients()
+        self._clients = WorkerClients(token=settings.cluster_token)
         self._controller = PlacementController(
             settings.models, settings.placement_interval_s, snapshots, publish, self._clients.client
         )

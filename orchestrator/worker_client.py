@@ -10,6 +10,11 @@ critical path), so they are opened on first use and closed when the worker leave
 Keepalive pings notice a worker that vanished without closing its connections (power loss,
 a cable) while a stream waits on it.
 
+Every call carries the cluster token (`authorization: Bearer`, common.cluster_auth) when the
+coordinator has one, which it always does when started by `llamaherd coordinator` or `up`:
+workers with a token refuse calls without it. It goes in each call's metadata rather than
+through a channel interceptor, which would add a hop to every streamed token.
+
 The inference calls (Generate, Chat, Embed) carry the contract's messages unchanged: the
 gateways already hold them (the gRPC front door relays the client's own request), and
 converting every streamed chunk would cost a copy per token for nothing.
@@ -24,7 +29,9 @@ from grpc import aio
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 from llamaherd.v1 import worker_pb2_grpc
+from pydantic import SecretStr
 
+from common.cluster_auth import auth_metadata
 from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.leases import Lease
 from common.memory import MemoryEstimate
@@ -80,8 +87,8 @@ class WorkerStream(Generic[M]):
         self._call.cancel()
 
 
-def _metadata(request_id: str | None) -> Metadata:
-    return ((REQUEST_ID_KEY, request_id),) if request_id else ()
+def _with_request_id(auth: Metadata, request_id: str | None) -> Metadata:
+    return (*auth, (REQUEST_ID_KEY, request_id)) if request_id else auth
 
 
 class WorkerClient:
@@ -93,25 +100,28 @@ class WorkerClient:
     defaults to the rest (common.wire.models, only_set).
     """
 
-    def __init__(self, address: str, channel: aio.Channel) -> None:
+    def __init__(self, address: str, channel: aio.Channel, token: SecretStr | None = None) -> None:
         self.address = address
         self._stub = worker_pb2_grpc.WorkerStub(channel)
+        self._auth = auth_metadata(token)
 
     # ---- placement -----------------------------------------------------------------------
     async def estimate(self, config: ModelConfig, timeout: float | None = None) -> MemoryEstimate:
         """What loading `config` would need there, from the worker's own GGUF files."""
         request = w_pb.LoadModelRequest(spec=model_config_to_proto(config, only_set=True))
-        return estimate_from_proto(await _unary(self._stub.EstimateModel(request, timeout=timeout)))
+        return estimate_from_proto(
+            await _unary(self._stub.EstimateModel(request, timeout=timeout, metadata=self._auth))
+        )
 
     async def load(self, config: ModelConfig, timeout: float | None = None) -> None:
         """Loads `config`; returns once the model is ready there (its state then arrives
         with the worker's next report, like every other change)."""
         request = w_pb.LoadModelRequest(spec=model_config_to_proto(config, only_set=True))
-        await _unary(self._stub.LoadModel(request, timeout=timeout))
+        await _unary(self._stub.LoadModel(request, timeout=timeout, metadata=self._auth))
 
     async def unload(self, alias: str, timeout: float | None = None) -> None:
         request = w_pb.UnloadModelRequest(alias=alias)
-        await _unary(self._stub.UnloadModel(request, timeout=timeout))
+        await _unary(self._stub.UnloadModel(request, timeout=timeout, metadata=self._auth))
 
     async def start_rpc_server(
         self, lease_id: str, head_host: str, reserve_bytes: int, timeout: float | None = None
@@ -121,28 +131,36 @@ class WorkerClient:
         request = w_pb.StartRpcServerRequest(
             lease_id=lease_id, head_host=head_host, reserve_bytes=reserve_bytes
         )
-        return lease_from_proto(await _unary(self._stub.StartRpcServer(request, timeout=timeout)))
+        return lease_from_proto(
+            await _unary(self._stub.StartRpcServer(request, timeout=timeout, metadata=self._auth))
+        )
 
     async def stop_rpc_server(self, lease_id: str, timeout: float | None = None) -> None:
         """Stops a lease's RPC server; an unknown lease is not an error."""
         request = w_pb.StopRpcServerRequest(lease_id=lease_id)
-        await _unary(self._stub.StopRpcServer(request, timeout=timeout))
+        await _unary(self._stub.StopRpcServer(request, timeout=timeout, metadata=self._auth))
 
     # ---- inference (relayed by the gateways) ---------------------------------------------
     def generate(
         self, request: gen_pb.GenerateRequest, request_id: str | None = None
     ) -> WorkerStream[gen_pb.GenerationChunk]:
-        return WorkerStream(self._stub.Generate(request, metadata=_metadata(request_id)))
+        return WorkerStream(
+            self._stub.Generate(request, metadata=_with_request_id(self._auth, request_id))
+        )
 
     def chat(
         self, request: gen_pb.ChatRequest, request_id: str | None = None
     ) -> WorkerStream[gen_pb.GenerationChunk]:
-        return WorkerStream(self._stub.Chat(request, metadata=_metadata(request_id)))
+        return WorkerStream(
+            self._stub.Chat(request, metadata=_with_request_id(self._auth, request_id))
+        )
 
     async def embed(
         self, request: gen_pb.EmbedRequest, request_id: str | None = None
     ) -> gen_pb.EmbedResponse:
-        return await _unary(self._stub.Embed(request, metadata=_metadata(request_id)))
+        return await _unary(
+            self._stub.Embed(request, metadata=_with_request_id(self._auth, request_id))
+        )
 
 
 def insecure_channel(address: str) -> aio.Channel:
@@ -152,17 +170,23 @@ def insecure_channel(address: str) -> aio.Channel:
 
 class WorkerClients:
     """One client, over one long-lived channel, per worker address: `client(address)` is
-    the factory the router and the placement controller take. `connect` opens a channel."""
+    the factory the router and the placement controller take. `connect` opens a channel;
+    `token`, the cluster's join token, goes with every call."""
 
-    def __init__(self, connect: Callable[[str], aio.Channel] = insecure_channel) -> None:
+    def __init__(
+        self,
+        connect: Callable[[str], aio.Channel] = insecure_channel,
+        token: SecretStr | None = None,
+    ) -> None:
         self._connect = connect
+        self._token = token
         self._clients: dict[str, tuple[aio.Channel, WorkerClient]] = {}
 
     def client(self, address: str) -> WorkerClient:
         entry = self._clients.get(address)
         if entry is None:
             channel = self._connect(address)
-            entry = (channel, WorkerClient(address, channel))
+            entry = (channel, WorkerClient(address, channel, self._token))
             self._clients[address] = entry
         return entry[1]
 

@@ -20,6 +20,9 @@ DESCRIPTION = (
 )
 # Settings a person never sets: the worker writes them for the child hosting a split model.
 INTERNAL_SETTINGS = {"split_child"}
+# The join token never goes on a command line (ps, shell history): LLAMAHERD_CLUSTER_TOKEN,
+# the config file or --cluster-token-file.
+SECRET_SETTINGS = {"cluster_token"}
 
 
 def add_worker_parser(subparsers: Any) -> None:
@@ -39,7 +42,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="serve this GGUF file (alias: its file name without .gguf); repeat for several; "
         "adds to the config file's models",
     )  # fmt: skip
-    add_settings_flags(parser, WorkerSettings, skip={"models", *INTERNAL_SETTINGS})
+    add_settings_flags(
+        parser, WorkerSettings, skip={"models", *INTERNAL_SETTINGS, *SECRET_SETTINGS}
+    )
     parser.set_defaults(run=run_worker)
 
 
@@ -68,8 +73,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.api.server import serve  # imports llama.cpp: only when actually serving
 
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     except ConfigError as exc:
         print(f"llamaherd worker: {exc}", file=sys.stderr)
         return 2
-    return 0

@@ -20,17 +20,20 @@ from pydantic import (
     ByteSize,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from common.cluster_secrets import DEFAULT_NODE_KEY_DIR, JOIN_HINT, TOKEN_ENV
 from common.errors import InvalidArgument
 from common.model_settings import ALIAS_PATTERN, ModelConfig
 from common.net import split_host_port
 from common.settings import describe, layered_settings, log_level_name
 
 ENV_PREFIX = "LLAMAHERD_"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 METRICS_PORT_OFFSET = 1000
 
 
@@ -83,6 +86,31 @@ class WorkerSettings(BaseModel):
     heartbeat_interval_s: float = Field(
         1.0, gt=0, le=60, description="seconds between reports to the coordinator"
     )
+    # ---- cluster membership (issue 14) --------------------------------------------------
+    cluster_token: SecretStr | None = Field(
+        None,
+        description=f"the cluster's join token ({TOKEN_ENV}; never on a command line): "
+        "sent to the coordinator, and required on every Worker API call but health",
+    )
+    cluster_token_file: Path | None = Field(
+        None, description="file holding the join token (a copy of the coordinator's)"
+    )
+    node_key_dir: Path = Field(
+        DEFAULT_NODE_KEY_DIR,
+        description="where this worker keeps its node key (one 0600 file per node id), "
+        "which binds its node id at the coordinator",
+        validate_default=True,
+    )
+    insecure: bool = Field(
+        False,
+        description="allow listening beyond loopback without a join token: anyone who "
+        "reaches the port can then load models and use the node",
+    )
+    coordinator_lost_exit_s: float = Field(
+        300.0, ge=0,
+        description="give up on a coordinator unreachable (or refusing this node) that long: "
+        "drain and exit; 0 = retry forever",
+    )  # fmt: skip
     telemetry_interval_s: float = Field(
         1.0, ge=0.1, le=60,
         description="seconds between telemetry samples (each goes to the coordinator at once)",
@@ -152,6 +180,24 @@ class WorkerSettings(BaseModel):
         description="internal: this process is the child a worker starts to host one split "
         "model (models with rpc_servers load here rather than in a further child)",
     )
+
+    @field_validator("node_key_dir", "cluster_token_file")
+    @classmethod
+    def _expand_path(cls, path: Path | None) -> Path | None:
+        return None if path is None else Path(os.path.expanduser(path))
+
+    @model_validator(mode="after")
+    def _token_where_needed(self) -> WorkerSettings:
+        has_token = self.cluster_token is not None or self.cluster_token_file is not None
+        if self.coordinator and not has_token:
+            raise ValueError(f"coordinator: the coordinator requires the join token: {JOIN_HINT}")
+        if self.host not in LOOPBACK_HOSTS and not has_token and not self.insecure:
+            raise ValueError(
+                f"host: listening on {self.host} beyond loopback needs the join token, so "
+                f"that only the cluster can call this worker: {JOIN_HINT} (or --insecure to "
+                "serve anyone who reaches the port)"
+            )
+        return self
 
     @field_validator("model_dirs")
     @classmethod

@@ -2,6 +2,11 @@
 ClusterState, and lets readers wait for the next change.
 
 Plain asyncio; the Ray actor that hosts it (orchestrator.runtime) only forwards calls.
+
+Every call needs the cluster token (common.cluster_auth.ClusterTokenInterceptor refuses the
+rest with UNAUTHENTICATED before a report is read), and every stream its node key, to which
+the node id is bound (orchestrator.cluster.state). A refused registration hears only
+"registration refused": nothing about the node that holds the id.
 """
 
 from __future__ import annotations
@@ -12,15 +17,26 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
 
+import grpc
 from grpc import aio
 from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import cluster_pb2_grpc
 
+from common.cluster_auth import (
+    NODE_KEY_KEY,
+    ClusterTokenInterceptor,
+    metadata_value,
+)
+from common.cluster_secrets import credential_digest
 from common.net import join_host_port
 from orchestrator.cluster.reports import BadReport, node_from_report
 from orchestrator.cluster.state import ClusterState, NodeConflict
 from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +44,17 @@ Clock = Callable[[], float]
 
 
 class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
+    """The Coordinator service; `token` is the cluster's join token, always required."""
+
     def __init__(
         self,
         heartbeat_interval_s: float,
         down_after_s: float,
         forget_after_s: float,
+        token: SecretStr,
         clock: Clock = time.monotonic,
     ) -> None:
+        self._token = token
         self._interval = heartbeat_interval_s
         self._state = ClusterState(down_after_s, forget_after_s)
         self._clock = clock
@@ -46,7 +66,9 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
 
     # ---- lifetime --------------------------------------------------------------------
     async def start(self, host: str, port: int) -> int:
-        self._server = aio.server(options=[("grpc.so_reuseport", 0)])
+        self._server = aio.server(
+            interceptors=[ClusterTokenInterceptor(self._token)], options=[("grpc.so_reuseport", 0)]
+        )
         cluster_pb2_grpc.add_CoordinatorServicer_to_server(self, self._server)
         address = join_host_port(host, port)
         try:
@@ -91,17 +113,33 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         self, requests: AsyncIterator[cl_pb.NodeReport], context: aio.ServicerContext
     ) -> AsyncIterator[cl_pb.HeartbeatReply]:
         stream = next(self._streams)
+        key = metadata_value(context.invocation_metadata(), NODE_KEY_KEY)
+        if not key:
+            log.warning("refused a heartbeat stream from %s: no node key", context.peer())
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"registration refused: send a node key ({NODE_KEY_KEY} metadata)",
+            )
+        credential = credential_digest(key or "")
         node_id: NodeId | None = None
         reason = "heartbeat stream closed"
         try:
             async for report in requests:
                 try:
                     node = node_from_report(report, self._clock())
-                    self._state.report(node, stream)
-                except (BadReport, NodeConflict) as exc:
+                    if node_id is not None and node.node_id != node_id:
+                        raise BadReport(f"this stream registered {node_id!r}; it cannot switch")
+                    self._state.report(node, stream, credential)
+                except BadReport as exc:
                     log.warning("refused a report from %s: %s", context.peer(), exc)
                     yield cl_pb.HeartbeatReply(error=str(exc))
                     return
+                except NodeConflict as exc:
+                    log.warning(
+                        "refused node id %r from %s: it is bound to another node key",
+                        report.node_id, context.peer(),
+                    )  # fmt: skip
+                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                 if node_id is None:
                     node_id = node.node_id
                     log.info(
@@ -113,7 +151,9 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         except aio.AioRpcError as exc:
             reason = f"heartbeat stream broke ({exc.code().name})"
         finally:
-            if node_id is not None:
+            # Only the id's current stream speaks for it: the end of a replaced or refused
+            # stream leaves the node alone.
+            if node_id is not None and self._state.owns(node_id, stream):
                 log.info("node %s left routing: %s", node_id, reason)
                 self._state.disconnected(node_id, stream, self._clock(), reason)
                 self._notify()

@@ -3,11 +3,19 @@
 Pure bookkeeping, driven by events with the time passed in: a report, a closed heartbeat
 stream, the passing of time. Nothing here survives a coordinator restart, and nothing needs
 to: every worker's next report carries its full state.
+
+Each node id is bound to the credential it first registered with (the digest of its node
+key, common.cluster_auth): a report under that id with another credential is refused, and
+only the id's current stream can take it out of routing. The binding lasts as long as the
+node is tracked: while it is up, and for forget_after_s after it went down; then the id is
+free again. A restarted coordinator starts with no bindings, so the first worker to report
+an id after the restart owns it (every reporter already had to present the cluster token).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hmac
 from dataclasses import dataclass
 
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem
@@ -17,11 +25,16 @@ from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementP
 class _Tracked:
     node: Node
     stream: int  # the heartbeat stream that owns this node id
+    credential: bytes  # digest of the node key the id is bound to
     down_since: float | None = None
 
 
 class NodeConflict(ValueError):
-    """Another live worker already reports under this node id."""
+    """The node id is bound to another credential. The message is what the refused worker
+    hears, so it says nothing about the node that holds the id."""
+
+    def __init__(self) -> None:
+        super().__init__("registration refused")
 
 
 class ClusterState:
@@ -32,25 +45,27 @@ class ClusterState:
         self._problems: tuple[PlacementProblem, ...] = ()
         self.version = 0
 
-    def report(self, node: Node, stream: int) -> None:
-        """Records a heartbeat. A second live stream for the same node id is refused unless
-        it comes from the same address (the worker restarted before its old stream closed)."""
+    def report(self, node: Node, stream: int, credential: bytes) -> None:
+        """Records a heartbeat from `stream`, whose worker proved `credential`.
+
+        An id bound to another credential is refused (NodeConflict), up or down: a worker
+        of another cluster or a forger cannot take it over. The same credential on a new
+        stream is the worker reconnecting (it may have restarted before its old stream
+        closed, or moved address): the new stream owns the id from then on."""
         tracked = self._nodes.get(node.node_id)
-        if (
-            tracked is not None
-            and tracked.stream != stream
-            and tracked.node.up
-            and tracked.node.address != node.address
-        ):
-            raise NodeConflict(
-                f"node id {node.node_id!r} is already registered from {tracked.node.address}; "
-                "give each worker its own node_id"
-            )
-        self._nodes[node.node_id] = _Tracked(node, stream)
+        if tracked is not None and not hmac.compare_digest(tracked.credential, credential):
+            raise NodeConflict()
+        self._nodes[node.node_id] = _Tracked(node, stream, credential)
         self.version += 1
 
+    def owns(self, node_id: NodeId, stream: int) -> bool:
+        """Whether `stream` is the current stream of `node_id`."""
+        tracked = self._nodes.get(node_id)
+        return tracked is not None and tracked.stream == stream
+
     def disconnected(self, node_id: NodeId, stream: int, now: float, reason: str) -> None:
-        """The node's heartbeat stream ended: it leaves routing now, not after a timeout."""
+        """The node's heartbeat stream ended: it leaves routing now, not after a timeout.
+        Only its current stream counts: an older or a refused stream ending changes nothing."""
         tracked = self._nodes.get(node_id)
         if tracked is None or tracked.stream != stream or not tracked.node.up:
             return

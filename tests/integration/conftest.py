@@ -1,5 +1,9 @@
 """One real worker process for the integration tests, serving the real Gemma model twice:
-for generation (alias `gemma`) and for embeddings (alias `gemma-embed`)."""
+for generation (alias `gemma`) and for embeddings (alias `gemma-embed`).
+
+Every process the integration tests start runs with the run's own cluster join token
+(LLAMAHERD_CLUSTER_TOKEN, inherited), as a real cluster does; clients send it through
+support.auth (worker_channel, token_metadata)."""
 
 from __future__ import annotations
 
@@ -10,8 +14,21 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2_grpc
 from llamaherd.v1 import worker_pb2_grpc
+from support.auth import worker_channel
 from support.models import GEMMA, GEMMA_EMBED, N_CTX
 from support.worker_process import WorkerProcess, start_worker
+
+from common.cluster_secrets import TOKEN_ENV, new_secret
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cluster_token_env() -> Iterator[None]:
+    """A join token for this run, in the environment every started process inherits. Session
+    scope, so that it is there before any session fixture starts a process (unit tests
+    pass their environment explicitly and never depend on it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(TOKEN_ENV, new_secret())
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +38,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def worker(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterator[WorkerProcess]:
+def worker(
+    tmp_path_factory: pytest.TempPathFactory, models_dir: Path, cluster_token_env: None
+) -> Iterator[WorkerProcess]:
     config = {
         "model_dirs": [str(models_dir)],
         "models": [
@@ -45,7 +64,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Iterat
 
 @pytest.fixture(scope="session")
 def channel(worker: WorkerProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(worker.address) as ch:
+    with worker_channel(worker.address) as ch:
         yield ch
 
 

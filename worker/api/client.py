@@ -7,16 +7,20 @@ from collections.abc import Iterator, Sequence
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
+from pydantic import SecretStr
 
 from common.channels import ChannelClient
 from common.wire.generation import chat_request
 
 
 class WorkerClient(ChannelClient):
-    """The Worker API, synchronous: for the CLI, benchmarks and tools."""
+    """The Worker API, synchronous: for the CLI, benchmarks and tools. A worker with a join
+    token needs `token` (common.cluster_secrets.resolve_token reads it from a file)."""
 
-    def __init__(self, address: str, timeout: float | None = None) -> None:
-        super().__init__(address, timeout)
+    def __init__(
+        self, address: str, timeout: float | None = None, token: SecretStr | None = None
+    ) -> None:
+        super().__init__(address, timeout, token)
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)
 
     def list_models(self) -> list[pb.ModelInfo]:

@@ -5,6 +5,13 @@ every heartbeat interval, and at once when a model's state changes, so placement
 learn of a finished load without waiting. When the coordinator is unreachable or restarts,
 the link reconnects with capped backoff and the next report registers the node again: the
 coordinator's state is rebuilt from reports alone.
+
+The stream carries the cluster's join token and this node's key (common.cluster_auth), to
+which the coordinator binds the node id. A refusal (wrong token, or the id bound to another
+key) is logged once with what to do, then retried only every REFUSED_RETRY_S. A worker that
+has had no coordinator for coordinator_lost_exit_s (unreachable or refusing) gives up: `run`
+returns, and the worker drains and exits, so the workers of a dead cluster do not retry
+forever.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import grpc
 from grpc import aio
 from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import cluster_pb2_grpc
+from pydantic import SecretStr
 
+from common.cluster_auth import NODE_KEY_KEY, auth_metadata
+from common.cluster_secrets import JOIN_HINT, node_key
 from common.hardware import HardwareInfo
 from common.leases import Lease
 from common.net import join_host_port, split_host_port
@@ -37,6 +47,9 @@ log = logging.getLogger(__name__)
 VERSION = "0.1.0"
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# A refusal does not go away by itself: retry seldom (the coordinator's token may be fixed).
+REFUSED_RETRY_S = 30.0
+REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
 
 
 def advertised_address(settings: WorkerSettings, port: int) -> str:
@@ -76,6 +89,7 @@ class CoordinatorLink:
         budget: MemoryBudget,
         hardware: HardwareInfo,
         port: int,
+        token: SecretStr,
         sampler: TelemetrySampler | None = None,
         lender: RpcLender | None = None,
     ) -> None:
@@ -85,6 +99,11 @@ class CoordinatorLink:
         self._budget = budget
         self._interval = settings.heartbeat_interval_s
         self.node_id = settings.node_id or default_node_id(port)
+        self._metadata = (
+            *auth_metadata(token),
+            (NODE_KEY_KEY, node_key(settings.node_key_dir, self.node_id)),
+        )
+        self._give_up_after = settings.coordinator_lost_exit_s
         self.address = advertised_address(settings, port)
         self._hardware = dataclasses.replace(hardware, labels=frozenset(settings.labels))
         self._sampler = sampler
@@ -124,27 +143,61 @@ class CoordinatorLink:
         return self._lender.leases() if self._lender is not None else []
 
     async def run(self) -> None:
-        """Keeps the link up until cancelled; logs each outage once, not every retry."""
+        """Keeps the link up until cancelled, or returns once the coordinator has been gone
+        (or refusing) for coordinator_lost_exit_s; logs each outage once, not every retry."""
         attempt = 0
+        refused: grpc.StatusCode | None = None
+        lost_since = self._loop.time()
         while True:
             try:
                 await self._session()
                 problem = "closed the stream"
+                code = None
             except aio.AioRpcError as exc:
                 problem = f"unreachable ({exc.code().name}: {exc.details()})"
+                code = exc.code()
             if self.registered.is_set():
-                attempt = 0
+                attempt, refused = 0, None
+                lost_since = self._loop.time()
                 log.warning("lost coordinator %s: %s; reconnecting", self._target, problem)
+            elif code in REFUSALS:
+                if refused != code:
+                    log.error("%s", self._refusal_line(code))
+                refused = code
             elif attempt == 0:
                 log.warning("coordinator %s %s; retrying", self._target, problem)
             self.registered.clear()
-            await asyncio.sleep(BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)])
+            gone = self._loop.time() - lost_since
+            if self._give_up_after > 0 and gone >= self._give_up_after:
+                log.error(
+                    "no coordinator for %.0f s (coordinator_lost_exit_s): %s; this worker "
+                    "stops (it drains, then exits)",
+                    gone, "it refuses this node" if refused else f"{self._target} {problem}",
+                )  # fmt: skip
+                return
+            delay = REFUSED_RETRY_S if refused else BACKOFF_S[min(attempt, len(BACKOFF_S) - 1)]
+            if self._give_up_after > 0:
+                delay = min(delay, max(self._give_up_after - gone, 0.0))
+            await asyncio.sleep(delay)
             attempt += 1
+
+    def _refusal_line(self, code: grpc.StatusCode) -> str:
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return (
+                f"coordinator {self._target} refused this worker's cluster token: {JOIN_HINT}, "
+                f"with the token of that coordinator; retrying every {REFUSED_RETRY_S:.0f} s"
+            )
+        return (
+            f"coordinator {self._target} refused to register this node as {self.node_id!r}: "
+            "another worker holds that node id (or held it with another node key up to the "
+            "coordinator's forget_after_s ago); give each worker its own node_id; retrying "
+            f"every {REFUSED_RETRY_S:.0f} s"
+        )
 
     async def _session(self) -> None:
         async with aio.insecure_channel(self._target) as channel:
             stub = cluster_pb2_grpc.CoordinatorStub(channel)
-            call = stub.Heartbeat(self._reports())
+            call = stub.Heartbeat(self._reports(), metadata=self._metadata)
             async for reply in call:
                 if reply.error:
                     log.error("coordinator %s refused this node: %s", self._target, reply.error)

@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import worker_pb2, worker_pb2_grpc
 
+from common.cluster_auth import ClusterTokenInterceptor
+from common.cluster_secrets import resolve_token
 from common.errors import LlamaherdError
 from common.grpc_errors import ErrorInterceptor
 from common.hardware import HardwareInfo
@@ -46,6 +48,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = worker_pb2.DESCRIPTOR.services_by_name["Worker"].full_name
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+# Exit status of a worker that gave up on its coordinator (coordinator_lost_exit_s): not 0, so
+# a supervisor (systemd's Restart=on-failure) starts it afresh, while an orphan just ends.
+EXIT_COORDINATOR_LOST = 3
 SERVER_OPTIONS = [
     # Responses (embeddings of many long inputs) can exceed gRPC's 4 MB default.
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -68,6 +73,10 @@ def memory_budget(settings: WorkerSettings) -> MemoryBudget:
 
 class WorkerServer:
     def __init__(self, settings: WorkerSettings) -> None:
+        # The join token, read once (from its file if need be) and passed down in the
+        # settings: the split children and their relay need it too.
+        token = resolve_token(settings.cluster_token, settings.cluster_token_file)
+        settings = settings.model_copy(update={"cluster_token": token})
         self.settings = settings
         self.budget = memory_budget(settings)
         self.registry = ModelRegistry(
@@ -82,7 +91,12 @@ class WorkerServer:
                 settings.host, _advertised_host(settings), self.budget, default_threads()
             )
         self.health = health.aio.HealthServicer()
-        self._server = aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        # With a token, every call but health needs it, reflection included: it serves only
+        # those who may call the API anyway.
+        interceptors: list[aio.ServerInterceptor] = [ErrorInterceptor()]
+        if token is not None:
+            interceptors.insert(0, ClusterTokenInterceptor(token))
+        self._server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         worker_pb2_grpc.add_WorkerServicer_to_server(
             WorkerServicer(self.registry, self.lender), self._server
         )
@@ -106,10 +120,10 @@ class WorkerServer:
             raise ConfigError(f"cannot listen on {address}: {exc}") from exc
         if self.port == 0:
             raise ConfigError(f"cannot listen on {address}: address in use or not local")
-        if self.settings.host not in LOOPBACK:
+        if self.settings.host not in LOOPBACK and self.settings.cluster_token is None:
             log.warning(
-                "listening on %s beyond loopback: the Worker API has no authentication, "
-                "so restrict who can reach this port",
+                "listening on %s beyond loopback without a join token (--insecure): anyone "
+                "who reaches this port can use the Worker API",
                 self.settings.host,
             )
         await self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -137,9 +151,10 @@ class WorkerServer:
             )
             self.metrics.start(self.settings.host, self.settings.metrics_listen_port)
         if self.settings.coordinator:
+            assert self.settings.cluster_token is not None  # WorkerSettings requires one
             self.link = CoordinatorLink(
-                self.settings, self.registry, self.budget, hardware, self.port, sampler,
-                self.lender,
+                self.settings, self.registry, self.budget, hardware, self.port,
+                self.settings.cluster_token, sampler, self.lender,
             )  # fmt: skip
             self._link_task = asyncio.create_task(self.link.run(), name="coordinator-link")
         await self.registry.load_configured(self._initial_models())
@@ -147,6 +162,16 @@ class WorkerServer:
         await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         ready = [m.alias for m in self.registry.list() if m.ready]
         log.info("worker serving models: %s", ", ".join(ready) or "none")
+
+    def on_coordinator_lost(self, callback: Callable[[], None]) -> None:
+        """Calls `callback` if the coordinator link gives up (coordinator_lost_exit_s)."""
+        if self._link_task is not None:
+            self._link_task.add_done_callback(lambda task: None if task.cancelled() else callback())
+
+    @property
+    def coordinator_lost(self) -> bool:
+        task = self._link_task
+        return task is not None and task.done() and not task.cancelled()
 
     def _initial_models(self) -> tuple[ModelConfig, ...]:
         """The configured models; with none, the embedded default, unless a coordinator
@@ -205,8 +230,9 @@ def _with_reference_speed(hardware: HardwareInfo) -> HardwareInfo:
     return dataclasses.replace(hardware, reference_decode_tps=speed.decode_tps)
 
 
-async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None = None) -> None:
-    """Runs a worker until SIGINT or SIGTERM."""
+async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None = None) -> int:
+    """Runs a worker until SIGINT or SIGTERM, or until it gives up on its coordinator;
+    returns the process's exit status."""
     if settings.split_child:
         die_with_parent()
     server = WorkerServer(settings)
@@ -215,8 +241,10 @@ async def serve(settings: WorkerSettings, on_ready: Callable[[int], None] | None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    server.on_coordinator_lost(stop.set)
     if on_ready is not None:
         on_ready(server.port)
     await stop.wait()
     log.info("shutting down (in-flight requests get %.0f s)", settings.shutdown_grace_s)
     await server.stop()
+    return EXIT_COORDINATOR_LOST if server.coordinator_lost else 0

@@ -35,6 +35,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
+from common.cluster_auth import aio_interceptors
 from common.errors import FailedPrecondition, LlamaherdError, Unavailable
 from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.model_settings import ModelConfig
@@ -124,7 +125,9 @@ class SplitModel:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C for the worker reaches it via the worker
             )  # fmt: skip
-            channel = aio.insecure_channel(f"127.0.0.1:{port}")
+            channel = aio.insecure_channel(
+                f"127.0.0.1:{port}", interceptors=aio_interceptors(settings.cluster_token)
+            )
             model = cls(config, facts, process, channel, on_lost)
             model._tasks.append(asyncio.create_task(model._copy_log(), name="split-log"))
             try:
@@ -353,7 +356,11 @@ def _child_settings(
         "memory_reserve": int(settings.memory_reserve),
         "shutdown_grace_s": 1.0,
         "telemetry_interval_s": 60.0,
-    }
+        # The child guards its port with the worker's join token (this file lies in a
+        # private 0700 temporary folder, removed once the child has started).
+        **({"cluster_token": settings.cluster_token.get_secret_value()}
+           if settings.cluster_token is not None else {}),
+    }  # fmt: skip
 
 
 async def _reachable(endpoint: str) -> bool:

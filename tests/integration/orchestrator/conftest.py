@@ -2,7 +2,8 @@
 placement, gateway) and two workers that register with it and get their models placed.
 
 Catalog: `gemma` on both workers, `gemma-embed` only on the worker labelled `embed`, and
-`nowhere`, which asks for a label no worker has, so placement must report it.
+`nowhere`, which asks for a label no worker has, so placement must report it. Everything
+runs with the test run's join token (tests/integration/conftest.py).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(tmp_path_factory: pytest.TempPathFactory, cluster_token_env: None) -> Iterator[Cluster]:
     workdir = tmp_path_factory.mktemp("cluster")
     coordinator = start_coordinator(workdir, CATALOG)
     workers: dict[str, WorkerProcess] = {}

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-import grpc
 import pytest
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 from llamaherd.v1 import worker_pb2_grpc
+from support.auth import cluster_token, worker_channel
 from support.cluster import wait_for
 from support.models import GEMMA
 from support.worker_process import free_port
@@ -48,7 +48,7 @@ async def _relay(router: Router, request: gen_pb.GenerateRequest) -> tuple[set[s
 
 
 def _router(*nodes: Node, retries: int = 2) -> Router:
-    router = Router(RoundRobin(), WorkerClients(), retries)
+    router = Router(RoundRobin(), WorkerClients(token=cluster_token()), retries)
     router.update(_snapshot(*nodes))
     return router
 
@@ -131,7 +131,7 @@ def test_a_node_leaving_the_view_fails_its_running_streams_at_once(worker):
 
     asyncio.run(scenario())
     # The worker saw the cancellation and is free again.
-    with grpc.insecure_channel(worker.address) as channel:
+    with worker_channel(worker.address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         wait_for(lambda: _active(stub) == 0, 5, "the worker to stop the cancelled generation")
 

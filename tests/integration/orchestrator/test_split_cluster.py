@@ -14,12 +14,12 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import grpc
 import httpx
 import pytest
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 from llamaherd.v1 import worker_pb2_grpc
+from support.auth import worker_channel
 from support.cluster import Coordinator, start_coordinator, wait_for
 from support.netns import Network, network
 from support.rpc import generate
@@ -90,7 +90,7 @@ def complete(coordinator: Coordinator) -> str:
 def single_node_text(cluster: SplitCluster, node_id: str) -> str:
     """The same request on a fresh single-node copy loaded on `node_id` by hand (the
     coordinator leaves models outside its catalog alone)."""
-    with grpc.insecure_channel(cluster.workers[node_id].address) as channel:
+    with worker_channel(cluster.workers[node_id].address) as channel:
         stub = worker_pb2_grpc.WorkerStub(channel)
         spec = w_pb.ModelSpec(alias="gemma-reference", **MODEL)
         stub.LoadModel(w_pb.LoadModelRequest(spec=spec), timeout=120)

@@ -62,9 +62,12 @@ def test_cancelled_request_that_was_still_queued_leaves_the_queue(stub):
 def test_client_process_killed_mid_stream_frees_the_model(worker, stub):
     client = textwrap.dedent(
         f"""
-        import sys, grpc
+        import os, sys
+        from pydantic import SecretStr
+        from common.cluster_auth import sync_channel
         from llamaherd.v1 import generation_pb2 as g, worker_pb2_grpc as w
-        stub = w.WorkerStub(grpc.insecure_channel("{worker.address}"))
+        token = SecretStr(os.environ["LLAMAHERD_CLUSTER_TOKEN"])  # the test run's
+        stub = w.WorkerStub(sync_channel("{worker.address}", token))
         req = g.GenerateRequest(model="{GEMMA}", prompt="Once upon a time",
                                 sampling=g.SamplingParams(temperature=0, max_tokens=5000))
         for chunk in stub.Generate(req):

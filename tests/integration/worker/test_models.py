@@ -11,6 +11,7 @@ import pytest
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
+from support.auth import worker_channel
 from support.gguf_files import patch_uint32, truncated_copy, write_gguf
 from support.models import GEMMA, GEMMA_EMBED
 from support.rpc import TIMEOUT, generate, rpc_error
@@ -218,7 +219,7 @@ def test_memory_limit_refuses_a_second_model_before_llama_cpp_runs(tmp_path, gem
     }
     worker = start_worker(tmp_path, config, "--log-level", "DEBUG", name="capped")
     try:
-        with grpc.insecure_channel(worker.address) as channel:
+        with worker_channel(worker.address) as channel:
             capped = worker_pb2_grpc.WorkerStub(channel)
             err = rpc_error(lambda: _load(capped, alias="second", path=str(gemma_path), n_ctx=4096))
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -249,7 +250,7 @@ def test_configured_model_that_fails_is_listed_failed_and_others_serve(tmp_path,
     }
     worker = start_worker(tmp_path, config, name="partial")
     try:
-        with grpc.insecure_channel(worker.address) as channel:
+        with worker_channel(worker.address) as channel:
             partial = worker_pb2_grpc.WorkerStub(channel)
             models = {
                 m.alias: m

@@ -23,6 +23,7 @@ import pytest
 from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 from llamaherd.v1 import worker_pb2_grpc
+from support.auth import worker_channel
 from support.models import GEMMA, N_CTX
 from support.netns import Host, Network, network
 from support.rpc import generate, rpc_error
@@ -64,7 +65,7 @@ def workers(
 
 @pytest.fixture(scope="module")
 def stubs(workers: list[WorkerProcess]) -> Iterator[list[worker_pb2_grpc.WorkerStub]]:
-    channels = [grpc.insecure_channel(w.address) for w in workers]
+    channels = [worker_channel(w.address) for w in workers]
     yield [worker_pb2_grpc.WorkerStub(c) for c in channels]
     for channel in channels:
         channel.close()

@@ -21,12 +21,9 @@ from common.cluster_auth import (
     ClusterTokenInterceptor,
     aio_interceptors,
     auth_metadata,
-    ensure_token_file,
-    node_key,
-    read_token_file,
-    resolve_token,
     sync_channel,
 )
+from common.cluster_secrets import ensure_token_file, node_key, read_token_file, resolve_token
 from common.settings import ConfigError
 
 TOKEN = SecretStr("s3cret-token")
