@@ -152,8 +152,7 @@ def _bounded_size(value: Any) -> Any:
 
 def _bounded_range(*args: int) -> range:
     budget = _budget()
-    budget.check_arguments(*args)
-    numbers = range(*args)
+    numbers = range(*args)  # lazy: its length is known without making it
     if len(numbers) > budget.limits.max_template_iterations:
         raise TemplateLimitError(
             f"range() of {len(numbers)} items; the limit is "
@@ -233,7 +232,8 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
     def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.step()
-        budget.check_arguments(getattr(__obj, "__self__", None), *args, *kwargs.values())
+        if __obj is not _bounded_range:  # a range is bounded by its length instead
+            budget.check_arguments(getattr(__obj, "__self__", None), *args, *kwargs.values())
         return budget.check_size(super().call(__context, __obj, *args, **kwargs))
 
     def getattr(self, obj: Any, attribute: str) -> Any:
