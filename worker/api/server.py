@@ -26,10 +26,11 @@ from common.settings import ConfigError
 from worker.api.heartbeat import CoordinatorLink, advertised_address
 from worker.api.servicer import WorkerServicer
 from worker.config import WorkerSettings, default_threads
+from worker.engine.pools import WorkerPools
 from worker.llamacpp import ensure_backend, supports_rpc, system_info
 from worker.models.builtin import default_model_config
 from worker.models.estimate import MemoryBudget
-from worker.models.local import load_local
+from worker.models.local import load_local, request_limits
 from worker.models.registry import ModelRegistry
 from worker.node.hardware import cpu_model, detect
 from worker.node.metrics import MetricsServer, WorkerCollector
@@ -79,17 +80,21 @@ class WorkerServer:
         settings = settings.model_copy(update={"cluster_token": token})
         self.settings = settings
         self.budget = memory_budget(settings)
+        self.pools = WorkerPools(settings)
+        limits = request_limits(settings)
         self.registry = ModelRegistry(
             settings,
             self.budget,
-            local=load_local,
+            local=lambda config, facts: load_local(config, facts, self.pools.requests, limits),
             split=lambda config, facts, on_lost: SplitModel.start(config, facts, settings, on_lost),
+            pool=self.pools.models,
         )
         self.lender: RpcLender | None = None
         if supports_rpc() and not settings.split_child:
             self.lender = RpcLender(
-                settings.host, _advertised_host(settings), self.budget, default_threads()
-            )
+                settings.host, _advertised_host(settings), self.budget, default_threads(),
+                settings.max_leases,
+            )  # fmt: skip
         self.health = health.aio.HealthServicer()
         # With a token, every call but health needs it, reflection included: it serves only
         # those who may call the API anyway.
@@ -112,6 +117,9 @@ class WorkerServer:
         self.metrics: MetricsServer | None = None
 
     async def start(self) -> None:
+        # Whatever else blocks (telemetry start, closing a model) gets a bounded pool of its
+        # own rather than the loop's default, shared with nothing that requests do.
+        asyncio.get_running_loop().set_default_executor(self.pools.other)
         ensure_backend()
         address = join_host_port(self.settings.host, self.settings.port)
         try:
@@ -208,6 +216,7 @@ class WorkerServer:
             self.metrics.stop()
         if self.sampler is not None:
             self.sampler.stop()
+        self.pools.shutdown()
         log.info("worker stopped")
 
 

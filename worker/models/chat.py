@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jinja2
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from common.errors import InvalidArgument
 from worker.engine.generation import ChatMessage
-from worker.llamacpp.chat_templates import apply_builtin_template, builtin_template_names
+from worker.llamacpp.chat_templates import (
+    BoundedEnvironment,
+    apply_builtin_template,
+    builtin_template_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,8 @@ class JinjaTemplate:
     """A Hugging Face style Jinja chat template, rendered in a sandbox."""
 
     def __init__(self, text: str, source: str, bos_token: str, eos_token: str) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # Bounded: loops, output and time per render (worker.llamacpp.chat_templates).
+        env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
