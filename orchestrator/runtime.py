@@ -9,6 +9,11 @@
 Requests never pass through Ray: gateways receive cluster snapshots by long-polling the
 state actor and stream tokens straight from the workers' gRPC streams. Every other module
 is plain Python and runs (and is tested) without Ray.
+
+Our own local Ray (no `ray_address`) is a one-machine cluster: every process of it listens
+on 127.0.0.1 only, its token file is private (0600), and it dies with the process that
+started it: Ray ties its daemons to the driver, and orchestrator.reaper ends the agents
+that would otherwise linger.
 """
 
 from __future__ import annotations
@@ -16,11 +21,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import stat
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 import ray
+import ray._private.ray_constants as ray_constants
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.cluster.registry import WorkerRegistry
@@ -149,6 +161,7 @@ class ControlPlane:
         self._placement: Any = None
         self._gateways = _Gateways()
         self._ports: tuple[int, int] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
         self.endpoints: Endpoints | None = None
 
     def start(self) -> Endpoints:
@@ -176,9 +189,11 @@ class ControlPlane:
         }
         if self.settings.ray_address:
             ray.init(address=self.settings.ray_address, **kwargs)
-        else:
-            # Our own single-node Ray on loopback: nothing of it listens beyond this machine.
-            ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+            return
+        _loopback_only()
+        _private_ray_token()
+        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+        self._reaper = _start_reaper()
 
     def _ensure_gateways(self) -> tuple[int, int]:
         """Starts the missing gateways on every alive Ray node; returns the ports in use."""
@@ -221,3 +236,77 @@ class ControlPlane:
         self._gateways.by_node.clear()
         if ray.is_initialized():
             ray.shutdown()
+        if self._reaper is not None:
+            _stop_reaper(self._reaper)
+            self._reaper = None
+
+
+# ---- our own local Ray: loopback only, a private token, nothing left behind -------------
+
+# Ray reads this once per process, at import: False makes it a one-machine cluster whose
+# node address may be 127.0.0.1. Otherwise ray.init turns 127.0.0.1 into the machine's
+# outward address (services.resolve_ip_for_localhost), and every Ray process (GCS, raylet,
+# workers, agents, metrics) listens there or on all interfaces.
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only() -> None:
+    """Makes the local Ray's node address 127.0.0.1, so that every listener of every Ray
+    process binds there: this process reads the constant, its children the environment."""
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _private_ray_token() -> None:
+    """Gives a new local Ray a token file only its user can read.
+
+    Ray turns token authentication on for a new local cluster and writes a missing
+    ~/.ray/auth_token with the umask's mode (0644 usually): readable by every user of the
+    machine. Writing it first, 0600, keeps it private; an existing one is made 0600 too.
+    A token from RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH, or auth turned off, is left alone.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    path = Path.home() / ".ray" / "auth_token"  # Ray's default (authentication_token_setup)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            log.warning("Ray's token file %s was mode %o; made it 0600", path, mode)
+            path.chmod(0o600)
+        return
+    with os.fdopen(fd, "w") as file:
+        file.write(secrets.token_hex(32))  # what Ray itself generates: 256 random bits
+
+
+def _start_reaper() -> subprocess.Popen[bytes]:
+    """Starts orchestrator.reaper for this Ray session: it ends Ray's leftovers once this
+    process is gone, even after a SIGKILL. Its stdin is a pipe only this process holds
+    (not inherited by any other child: Python's descriptors are close-on-exec)."""
+    node: Any = ray._private.worker._global_node  # the only place naming Ray's session
+    if node is None:
+        raise RuntimeError("Ray is not initialized: no session to watch")
+    session_dir: str = node.get_session_dir_path()
+    ray_dir = Path(ray.__file__).parent
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.reaper", session_dir, str(ray_dir)],
+        stdin=subprocess.PIPE,
+        # Its own session: a Ctrl-C or a group kill meant for us must not end it first.
+        start_new_session=True,
+    )
+
+
+def _stop_reaper(reaper: subprocess.Popen[bytes]) -> None:
+    """After a clean Ray shutdown: closing the pipe lets the reaper sweep what shutdown
+    missed (agents still exiting) and go."""
+    stdin: IO[bytes] | None = reaper.stdin
+    if stdin is not None:
+        stdin.close()
+    try:
+        reaper.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        log.warning("Ray's reaper (pid %d) is still sweeping; leaving it to finish", reaper.pid)

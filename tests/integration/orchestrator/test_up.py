@@ -1,17 +1,29 @@
-"""`llamaherd up`, the main job, as a user runs it: a whole local cluster from one command."""
+"""`llamaherd up`, the main job, as a user runs it: a whole local cluster from one command.
+
+Also what it exposes (every listener of every process it starts is on loopback, Ray's
+included; Ray's token file is private) and what a killed `up` leaves behind (nothing).
+"""
 
 from __future__ import annotations
 
 import os
 import queue
 import signal
+import stat
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psutil
+from support.processes import describe, listeners, process_tree, still_running, wait_gone
 from support.worker_process import LLAMAHERD, free_port
+
+READY = "press Ctrl-C to stop"
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+# Issue 14 asks that a dead `up` leave nothing behind within this bound.
+GONE_WITHIN_S = 15.0
 
 
 class _Output:
@@ -44,24 +56,46 @@ class _Output:
         raise AssertionError(f"{marker!r} not printed within {timeout} s:\n{''.join(self.seen)}")
 
 
-def test_up_serves_a_streamed_chat_and_stops_cleanly_on_ctrl_c(tmp_path):
-    http, grpc_port, registry = free_port(), free_port(), free_port()
+def _start_up(ports: tuple[int, int, int], workers: int, log_dir: Path) -> subprocess.Popen[str]:
+    http, grpc_port, registry = ports
     command = [
-        LLAMAHERD, "up", "--workers", "2", "--http-port", str(http),
+        LLAMAHERD, "up", "--workers", str(workers), "--http-port", str(http),
         "--grpc-port", str(grpc_port), "--registry-port", str(registry),
-        "--log-dir", str(tmp_path),
+        "--log-dir", str(log_dir),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    return subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
         start_new_session=True,
     )  # fmt: skip
+
+
+def _assert_loopback_only(pid: int) -> None:
+    """Every listening socket of every process `pid` started is on loopback (finding 6)."""
+    tree = process_tree(pid)
+    found = listeners(tree)
+    exposed = [str(listener) for listener in found if not listener.loopback]
+    assert not exposed, "listening beyond loopback:\n  " + "\n  ".join(exposed)
+    # Not vacuous: the gateway's two ports, the registry and Ray's own are among them.
+    assert len(found) >= 5, describe(tree)
+
+
+def _assert_ray_token_private() -> None:
+    """Ray's token file, which any local process could use to drive the cluster, is 0600."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # the operator's own token: not ours to create
+    path = Path.home() / ".ray" / "auth_token"
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode & 0o077 == 0, f"{path} is mode {mode:o}: other users can read it"
+
+
+def test_up_serves_a_streamed_chat_and_stops_cleanly_on_ctrl_c(tmp_path):
+    http, grpc_port, _ = ports = free_port(), free_port(), free_port()
+    process = _start_up(ports, 2, tmp_path)
     children: list[psutil.Process] = []
     try:
-        output = _Output(process).read_until("press Ctrl-C to stop", 240)
+        output = _Output(process).read_until(READY, 240)
         assert f"http://127.0.0.1:{http}/v1" in output
         assert "models ready: gemma-3-270m 2/2" in output
-        children = psutil.Process(process.pid).children(recursive=True)
 
         status = subprocess.run(
             [LLAMAHERD, "status", "--gateway", f"127.0.0.1:{grpc_port}"],
@@ -94,6 +128,11 @@ def test_up_serves_a_streamed_chat_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert chat.returncode == 0, chat.stderr
         assert chat.stdout.strip() and "8 tokens" in chat.stderr
 
+        # Every actor and agent is up by now: nothing of the cluster listens beyond loopback.
+        _assert_loopback_only(process.pid)
+        _assert_ray_token_private()
+        children = psutil.Process(process.pid).children(recursive=True)
+
         process.send_signal(signal.SIGINT)
         assert process.wait(60) == 0
     finally:
@@ -103,3 +142,39 @@ def test_up_serves_a_streamed_chat_and_stops_cleanly_on_ctrl_c(tmp_path):
     # Nothing it started outlives it: workers, Ray and the actors are gone.
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, [p.cmdline()[:3] for p in alive]
+
+
+def test_a_killed_up_leaves_nothing_behind_and_a_new_one_starts_on_its_ports(tmp_path):
+    """Finding 5: `kill -9` of `up` left its workers retrying forever and Ray's agents
+    running (one of them listening). Now everything it started ends with it, within
+    GONE_WITHIN_S, and the next `up` gets the same ports."""
+    ports = free_port(), free_port(), free_port()
+    first = _start_up(ports, 1, tmp_path / "first")
+    second: subprocess.Popen[str] | None = None
+    try:
+        _Output(first).read_until(READY, 240)
+        started = process_tree(first.pid)[1:]
+        names = " ".join(p.name() for p in started)
+        assert "raylet" in names and "gcs_server" in names, describe(started)
+
+        first.kill()
+        killed_at = time.monotonic()
+        first.wait()
+        left = wait_gone(started, GONE_WITHIN_S)
+        assert not left, f"still running {GONE_WITHIN_S} s after kill -9 of up:\n{describe(left)}"
+        print(f"everything `up` started ended {time.monotonic() - killed_at:.1f} s after kill -9")
+
+        second = _start_up(ports, 1, tmp_path / "second")
+        output = _Output(second).read_until(READY, 240)
+        assert "models ready: gemma-3-270m 1/1" in output
+        health = httpx.get(f"http://127.0.0.1:{ports[0]}/v1/models", timeout=10)
+        assert health.status_code == 200 and "gemma-3-270m" in health.text
+        children = process_tree(second.pid)[1:]
+        second.send_signal(signal.SIGINT)
+        assert second.wait(60) == 0
+        assert not wait_gone(children, 20), describe(still_running(children))
+    finally:
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
