@@ -74,8 +74,18 @@ def reap(session_dir: Path, ray_dir: Path, timeout: float = GONE_WITHIN_S) -> li
             process.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-    _, alive = psutil.wait_procs(victims, timeout=timeout)
+    deadline = time.monotonic() + timeout
+    while (alive := [p for p in victims if _running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return alive
+
+
+def _running(process: psutil.Process) -> bool:
+    """Not ended; a zombie has ended (its parent, often init, has yet to collect it)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
 
 
 def main(argv: list[str]) -> int:

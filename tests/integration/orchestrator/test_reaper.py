@@ -1,0 +1,65 @@
+"""orchestrator.reaper with real processes: once its driver's pipe closes, it ends the Ray
+processes of its session, and nothing else (another session's, a user's `tail -f` of the
+session's logs). A second or two: no Ray is started, the "Ray processes" are Python scripts
+run from a directory passed as Ray's package directory."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from support.processes import wait_gone
+
+# Holds a log file open under the session directory given, like Ray's daemons and agents.
+HOLDER = """
+import sys, time
+log = open(sys.argv[1], "a")
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _hold(script: Path, log: Path) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        [sys.executable, str(script), str(log)], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    return process
+
+
+def test_the_reaper_ends_its_sessions_ray_processes_once_the_driver_is_gone(tmp_path):
+    ray_dir = tmp_path / "site-packages" / "ray"
+    ray_dir.mkdir(parents=True)
+    holder = ray_dir / "agent.py"  # run from Ray's package: a Ray process
+    holder.write_text(HOLDER)
+    user_script = tmp_path / "tail.py"  # the same, run from elsewhere: a user's
+    user_script.write_text(HOLDER)
+    session, other = tmp_path / "session_1", tmp_path / "session_12"  # a prefix, not inside
+    for directory in (session, other):
+        (directory / "logs").mkdir(parents=True)
+
+    agent = _hold(holder, session / "logs" / "agent.log")
+    other_agent = _hold(holder, other / "logs" / "agent.log")
+    tail = _hold(user_script, session / "logs" / "agent.log")
+    reaper = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.reaper", str(session), str(ray_dir)],
+        stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(0.5)
+        assert agent.poll() is None, "the reaper must wait for its driver's end"
+        assert reaper.stdin is not None
+        reaper.stdin.close()  # what the kernel does when the driver dies
+        assert reaper.wait(15) == 0, reaper.stderr.read() if reaper.stderr else ""
+        assert not wait_gone([psutil.Process(agent.pid)], 5)
+        assert agent.wait(1) == -9
+        assert other_agent.poll() is None, "another session's process was ended"
+        assert tail.poll() is None, "a user's process reading the session's logs was ended"
+    finally:
+        for process in (agent, other_agent, tail, reaper):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
