@@ -10,12 +10,14 @@ common.cluster_auth; this module has no gRPC, so settings can use it.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import hmac
 import logging
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -114,3 +116,17 @@ def credential_digest(secret: str) -> bytes:
 
 def same_credential(a: bytes, b: bytes) -> bool:
     return hmac.compare_digest(a, b)
+
+
+class _RefuseTokenFlag(argparse.Action):
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any, **__: Any) -> None:
+        parser.error(
+            "--cluster-token: the join token is not taken on the command line, where ps and "
+            f"shell history show it: {JOIN_HINT}"
+        )
+
+
+def refuse_token_flag(parser: argparse.ArgumentParser) -> None:
+    """Makes `--cluster-token VALUE` an error that does not repeat VALUE (without it,
+    argparse would take it as an abbreviation of --cluster-token-file)."""
+    parser.add_argument("--cluster-token", action=_RefuseTokenFlag, help=argparse.SUPPRESS)

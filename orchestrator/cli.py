@@ -50,6 +50,9 @@ def _add_cluster_token_argument(parser: argparse.ArgumentParser) -> None:
         help="file holding the cluster's join token, for a worker that requires it (default: "
         "$LLAMAHERD_CLUSTER_TOKEN)",
     )  # fmt: skip
+    from common.cluster_secrets import refuse_token_flag
+
+    refuse_token_flag(parser)
 
 
 def _cluster_token(args: argparse.Namespace) -> SecretStr | None:

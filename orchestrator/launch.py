@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from common.cluster_secrets import TOKEN_ENV
+from common.cluster_secrets import TOKEN_ENV, read_token_file, refuse_token_flag
 from common.settings import ConfigError, add_settings_flags
 from orchestrator.config import (
     CoordinatorSettings,
@@ -76,6 +76,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
     # The join token never goes on a command line: it would show in ps and shell history.
     add_settings_flags(parser, CoordinatorSettings, skip={"models", "cluster_token"})
+    refuse_token_flag(parser)
 
 
 def _settings(args: argparse.Namespace, workers: int | None = None) -> CoordinatorSettings:
@@ -97,7 +98,8 @@ def _settings(args: argparse.Namespace, workers: int | None = None) -> Coordinat
 def _join_hint(settings: CoordinatorSettings, registry: str) -> str:
     """How a worker joins, naming where the token is, never the token itself."""
     command = f"llamaherd worker --coordinator {registry}"
-    if settings.cluster_token_file.exists():
+    path = settings.cluster_token_file
+    if path.exists() and settings.cluster_token == read_token_file(path):
         return (
             f"workers join with: {command} --cluster-token-file {settings.cluster_token_file}\n"
             f"  (copy that file to each worker machine, mode 0600, or set {TOKEN_ENV} "

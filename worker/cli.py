@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.cluster_secrets import refuse_token_flag
 from common.settings import ConfigError, add_settings_flags
 from worker.config import WorkerSettings, build_settings
 
@@ -45,6 +46,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     add_settings_flags(
         parser, WorkerSettings, skip={"models", *INTERNAL_SETTINGS, *SECRET_SETTINGS}
     )
+    refuse_token_flag(parser)
     parser.set_defaults(run=run_worker)
 
 

@@ -61,7 +61,7 @@ def _start_up(ports: tuple[int, int, int], workers: int, log_dir: Path) -> subpr
     command = [
         LLAMAHERD, "up", "--workers", str(workers), "--http-port", str(http),
         "--grpc-port", str(grpc_port), "--registry-port", str(registry),
-        "--log-dir", str(log_dir),
+        "--log-dir", str(log_dir), "--cluster-token-file", str(log_dir / "cluster-token"),
     ]  # fmt: skip
     return subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
@@ -95,6 +95,7 @@ def test_up_serves_a_streamed_chat_and_stops_cleanly_on_ctrl_c(tmp_path):
     try:
         output = _Output(process).read_until(READY, 240)
         assert f"http://127.0.0.1:{http}/v1" in output
+        assert "workers join with:" in output
         assert "models ready: gemma-3-270m 2/2" in output
 
         status = subprocess.run(
@@ -142,6 +143,16 @@ def test_up_serves_a_streamed_chat_and_stops_cleanly_on_ctrl_c(tmp_path):
     # Nothing it started outlives it: workers, Ray and the actors are gone.
     _, alive = psutil.wait_procs(children, timeout=20)
     assert not alive, [p.cmdline()[:3] for p in alive]
+    # up made the cluster's join token, private, and it is in no line that up printed (the
+    # coordinator's actors log through it) nor in its workers' logs.
+    token = ENV.get("LLAMAHERD_CLUSTER_TOKEN")
+    if token is None:  # as a user runs it: up generates the token into the file
+        token_file = tmp_path / "cluster-token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        token = token_file.read_text().strip()
+    logs = [path.read_text(errors="replace") for path in tmp_path.glob("*.log")]
+    assert len(logs) == 2 and all("registered with coordinator" in log for log in logs)
+    assert not any(token in text for text in [output, *logs])
 
 
 def test_a_killed_up_leaves_nothing_behind_and_a_new_one_starts_on_its_ports(tmp_path):

@@ -1,0 +1,165 @@
+"""The worker registry over real gRPC in this process: forged heartbeats (no token, a wrong
+token, no node key, another node's id) are refused and change nothing; the node id stays
+bound to the key it registered with; the same worker reconnecting takes over its id."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+import pytest
+from grpc import aio
+from llamaherd.v1 import cluster_pb2 as cl_pb
+from llamaherd.v1 import cluster_pb2_grpc
+from pydantic import SecretStr
+
+from common.cluster_auth import NODE_KEY_KEY, REFUSAL, auth_metadata
+from common.hardware import HardwareInfo
+from common.status import NodeStatus
+from common.wire.status import node_status_to_report
+from orchestrator.cluster.registry import WorkerRegistry
+
+TOKEN = SecretStr("the-cluster-token")
+
+
+def report(node_id: str = "worker-a", address: str = "10.0.0.1:50051") -> cl_pb.NodeReport:
+    return node_status_to_report(NodeStatus(node_id, address, HardwareInfo("x86-cpu")), 0)
+
+
+def metadata(token: SecretStr | None = TOKEN, key: str | None = "key-a") -> Any:
+    pairs = list(auth_metadata(token))
+    if key is not None:
+        pairs.append((NODE_KEY_KEY, key))
+    return tuple(pairs)
+
+
+class Stream:
+    """One worker's heartbeat stream: reports go out when `send` is called."""
+
+    def __init__(self, channel: aio.Channel, meta: Any) -> None:
+        self._queue: asyncio.Queue[cl_pb.NodeReport | None] = asyncio.Queue()
+        stub = cluster_pb2_grpc.CoordinatorStub(channel)
+        self.call = stub.Heartbeat(self._reports(), metadata=meta)
+
+    async def _reports(self) -> AsyncIterator[cl_pb.NodeReport]:
+        while (item := await self._queue.get()) is not None:
+            yield item
+
+    async def send(self, item: cl_pb.NodeReport) -> cl_pb.HeartbeatReply:
+        await self._queue.put(item)
+        reply: cl_pb.HeartbeatReply = await asyncio.wait_for(self.call.read(), 5)
+        return reply
+
+    async def refusal(self, item: cl_pb.NodeReport) -> aio.AioRpcError:
+        with pytest.raises(aio.AioRpcError) as refused:
+            await self.send(item)
+        return refused.value
+
+    async def close(self) -> None:
+        await self._queue.put(None)
+        self.call.cancel()
+
+
+@asynccontextmanager
+async def registry() -> AsyncIterator[tuple[WorkerRegistry, aio.Channel]]:
+    reg = WorkerRegistry(1.0, 3.0, 60.0, TOKEN)
+    port = await reg.start("127.0.0.1", 0)
+    channel = aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield reg, channel
+    finally:
+        await channel.close()
+        await reg.stop()
+
+
+def run(scenario: Callable[[WorkerRegistry, aio.Channel], Awaitable[None]]) -> None:
+    async def main() -> None:
+        async with registry() as (reg, channel):
+            await scenario(reg, channel)
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("token", [None, SecretStr("a-guessed-token")])
+def test_a_forged_heartbeat_without_the_token_is_refused_and_changes_nothing(
+    token: SecretStr | None,
+) -> None:
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        before = reg.snapshot()
+        forged = Stream(channel, metadata(token=token, key="forger"))
+        refused = await forged.refusal(report("forged", "10.6.6.6:50051"))
+        assert refused.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert refused.details() == REFUSAL
+        after = reg.snapshot()
+        assert after.nodes == () and after.version == before.version
+
+    run(scenario)
+
+
+def test_a_stream_without_a_node_key_is_refused() -> None:
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        keyless = Stream(channel, metadata(key=None))
+        refused = await keyless.refusal(report())
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert reg.snapshot().nodes == ()
+
+    run(scenario)
+
+
+def test_a_registration_under_a_live_workers_id_with_another_key_is_refused() -> None:
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        live = Stream(channel, metadata(key="key-a"))
+        assert (await live.send(report())).heartbeat_interval_s == 1.0
+        version = reg.snapshot().version
+
+        impostor = Stream(channel, metadata(key="key-b"))
+        refused = await impostor.refusal(report(address="10.6.6.6:50051"))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.details() == "registration refused", "nothing about the live node"
+        await impostor.close()
+        await asyncio.sleep(0.1)  # the refused stream's end has been handled
+
+        (node,) = reg.snapshot().nodes
+        assert node.up and node.address == "10.0.0.1:50051"
+        assert reg.snapshot().version == version, "the view did not change"
+        # The live worker's stream is unaffected: its reports still go through.
+        await live._queue.put(report())
+        await asyncio.sleep(0.1)
+        assert reg.snapshot().version == version + 1 and reg.snapshot().nodes[0].up
+        await live.close()
+
+    run(scenario)
+
+
+def test_the_same_worker_reconnecting_takes_over_its_id_and_the_old_stream_no_longer_counts() -> (
+    None
+):
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        old = Stream(channel, metadata(key="key-a"))
+        await old.send(report())
+        new = Stream(channel, metadata(key="key-a"))
+        await new.send(report(address="10.0.0.9:50051"))  # restarted, maybe elsewhere
+        await old.close()
+        await asyncio.sleep(0.1)
+        (node,) = reg.snapshot().nodes
+        assert node.up and node.address == "10.0.0.9:50051"
+        await new.close()
+        await asyncio.sleep(0.1)
+        (node,) = reg.snapshot().nodes
+        assert not node.up and node.down_reason == "heartbeat stream closed"
+
+    run(scenario)
+
+
+def test_a_stream_cannot_switch_to_another_node_id() -> None:
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        stream = Stream(channel, metadata())
+        await stream.send(report("worker-a"))
+        reply = await stream.send(report("worker-b"))
+        assert "cannot switch" in reply.error
+        assert [n.node_id for n in reg.snapshot().nodes] == ["worker-a"]
+
+    run(scenario)
