@@ -8,7 +8,7 @@ STUBS   := $(PROTOS:.proto=_pb2.py)
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image
+.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image chaos fuzz
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(STUBS)
@@ -37,6 +37,15 @@ lint: setup  ## ruff, mypy, and the import contracts in pyproject.toml
 	MYPYPATH=tests $(VENV)/bin/mypy -p common -p worker -p orchestrator \
 		-m support.fake_backend -m support.fake_model
 	$(VENV)/bin/lint-imports
+
+fuzz: setup  ## the property-based fuzzers (GGUF reader, OpenAI parsing) with thousands of examples
+	LLAMAHERD_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider \
+		tests/unit/worker/models/test_gguf_fuzz.py tests/unit/orchestrator/gateway/test_openai_fuzz.py
+
+# Real coordinator and workers under load, killed, stopped, flooded and fed hostile input;
+# one line per scenario and a non-zero exit when any request is lost (see RELIABILITY.md).
+chaos: setup  ## the chaos and abuse suite (about 8 min on 2 cores)
+	PYTHONPATH=tests $(PY) -m chaos $(ARGS)
 
 bench: setup  ## gRPC worker vs. llama-cpp-python in-process; figures for BENCHMARKS.md
 	$(PY) tests/bench/bench_worker_overhead.py $(ARGS)
