@@ -146,7 +146,7 @@ class RpcLender:
         finally:
             os.close(write_fd)
         try:
-            line = await asyncio.wait_for(asyncio.to_thread(_read_all, read_fd), READY_TIMEOUT_S)
+            line = await asyncio.wait_for(_read_line(read_fd), READY_TIMEOUT_S)
         except TimeoutError:
             process.kill()
             await process.wait()
@@ -214,6 +214,14 @@ def _owner(lease_id: str) -> str:
     return f"rpc:{lease_id}"
 
 
-def _read_all(fd: int) -> str:
-    with os.fdopen(fd, "r") as pipe:
-        return pipe.readline().strip()
+async def _read_line(fd: int) -> str:
+    """The first line from a pipe, read by the event loop: no thread waits (up to
+    READY_TIMEOUT_S) for a server that is slow to start."""
+    reader = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+    )
+    try:
+        return (await reader.readline()).decode().strip()
+    finally:
+        transport.close()

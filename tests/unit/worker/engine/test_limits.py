@@ -61,3 +61,12 @@ def test_texts_over_max_prompt_bytes_are_refused_in_bytes() -> None:
         check_text("prompt", "é" * 51, LIMITS)
     with pytest.raises(InvalidArgument, match=r"max_prompt_bytes"):
         check_text("text", "x" * 101, LIMITS)
+
+
+def test_the_limits_are_worker_settings() -> None:
+    from worker.config import WorkerSettings
+    from worker.models.local import request_limits
+
+    assert request_limits(WorkerSettings()) == RequestLimits()
+    limits = request_limits(WorkerSettings(max_grammar_bytes="8KiB", max_repetition=10))
+    assert (limits.max_grammar_bytes, limits.max_repetition) == (8192, 10)
