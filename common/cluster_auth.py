@@ -88,39 +88,56 @@ def sync_channel(
     return grpc.intercept_channel(channel, TokenClientInterceptor(token))
 
 
-class _AioTokenInterceptor(
-    aio.UnaryUnaryClientInterceptor,  # type: ignore[misc]
-    aio.UnaryStreamClientInterceptor,  # type: ignore[misc]
-    aio.StreamUnaryClientInterceptor,  # type: ignore[misc]
-    aio.StreamStreamClientInterceptor,  # type: ignore[misc]
-):
-    def __init__(self, token: SecretStr) -> None:
-        self._pairs = auth_metadata(token)
+def _aio_details(details: aio.ClientCallDetails, pairs: Metadata) -> aio.ClientCallDetails:
+    metadata = aio.Metadata(*(details.metadata or ()), *pairs)
+    return aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
 
-    def _details(self, details: aio.ClientCallDetails) -> aio.ClientCallDetails:
-        metadata = aio.Metadata(*(details.metadata or ()), *self._pairs)
-        return aio.ClientCallDetails(
-            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-        )
+
+# grpc.aio files each interceptor under the first call shape it implements, so each shape
+# needs an object of its own.
+class _AioUnaryUnary(aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: Metadata) -> None:
+        self._pairs = pairs
 
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_aio_details(details, self._pairs), request)
+
+
+class _AioUnaryStream(aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: Metadata) -> None:
+        self._pairs = pairs
 
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(self._details(details), request)
+        return await continuation(_aio_details(details, self._pairs), request)
+
+
+class _AioStreamUnary(aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: Metadata) -> None:
+        self._pairs = pairs
 
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+        return await continuation(_aio_details(details, self._pairs), requests)
+
+
+class _AioStreamStream(aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    def __init__(self, pairs: Metadata) -> None:
+        self._pairs = pairs
 
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(self._details(details), requests)
+        return await continuation(_aio_details(details, self._pairs), requests)
 
 
 def aio_interceptors(token: SecretStr | None) -> list[aio.ClientInterceptor]:
     """Client interceptors for `aio.insecure_channel(..., interceptors=...)` that send the
-    token with every call (none without a token). Hot paths may pass `auth_metadata` per
-    call instead, which costs nothing per streamed message."""
-    return [] if token is None else [_AioTokenInterceptor(token)]
+    token with every call of every shape (none without a token). Hot paths may pass
+    `auth_metadata` per call instead, which costs nothing per streamed message."""
+    if token is None:
+        return []
+    pairs = auth_metadata(token)
+    return [_AioUnaryUnary(pairs), _AioUnaryStream(pairs), _AioStreamUnary(pairs),
+            _AioStreamStream(pairs)]  # fmt: skip
 
 
 # ---- the server side ----------------------------------------------------------------------------

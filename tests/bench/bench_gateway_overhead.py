@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from llamaherd.v1 import generation_pb2 as gen_pb  # noqa: E402
 from llamaherd.v1 import inference_pb2_grpc, worker_pb2_grpc  # noqa: E402
+from support.auth import use_run_token, worker_channel  # noqa: E402
 from support.cluster import ready_replicas, start_coordinator, start_node, wait_for  # noqa: E402
 
 WORDS = "amber basil cedar delta ember fjord grove harbor iris juniper kestrel lagoon".split()
@@ -119,6 +120,7 @@ def main() -> int:
     catalog = [{"alias": MODEL, "path": "builtin:gemma-3-270m", "n_ctx": 2048,
                 "n_threads": args.threads, "flash_attn": "off"}]  # fmt: skip
     print("starting the coordinator (Ray) and a worker ...", file=sys.stderr)
+    use_run_token()  # the coordinator and its worker share it through the environment
     coordinator = start_coordinator(args.workdir, catalog, "--log-level", "WARNING")
     worker = None
     runs: dict[str, list[Run]] = {p: [] for p in PATHS}
@@ -126,7 +128,7 @@ def main() -> int:
         worker = start_node(args.workdir, coordinator, "bench-node", "--log-level", "WARNING")
         wait_for(lambda: ready_replicas(coordinator).get(MODEL), 120, "the model to be placed")
         with (
-            grpc.insecure_channel(worker.address) as direct_channel,
+            worker_channel(worker.address) as direct_channel,
             grpc.insecure_channel(coordinator.gateway) as gateway_channel,
             httpx.Client(base_url=coordinator.base_url, timeout=300) as http,
         ):

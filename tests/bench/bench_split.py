@@ -39,7 +39,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 import httpx
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,6 +49,7 @@ from bench_batching import EOG_TOKENS, Stream, _sse, _timed, _wait_http  # noqa:
 from llamaherd.v1 import generation_pb2 as gen_pb  # noqa: E402
 from llamaherd.v1 import worker_pb2 as w_pb  # noqa: E402
 from llamaherd.v1 import worker_pb2_grpc  # noqa: E402
+from support.auth import use_run_token, worker_channel  # noqa: E402
 from support.netns import Host, network  # noqa: E402
 from support.worker_process import start_worker  # noqa: E402
 
@@ -88,6 +88,7 @@ def llamaherd_variants(
              "n_threads": threads, "flash_attn": "off"}  # fmt: skip
     config = {"models": [{"alias": "single", **model}], "log_level": "WARNING",
               "reference_speed": False}  # fmt: skip
+    use_run_token()  # workers beyond loopback need one; they inherit it
     head_worker = start_worker(workdir, config, name="head", host=head)
     stack.callback(head_worker.stop)
     # The helper serves the default model of its own, idle, as it would in a cluster.
@@ -95,8 +96,8 @@ def llamaherd_variants(
         workdir, {"log_level": "WARNING", "reference_speed": False}, name="helper", host=helper
     )
     stack.callback(helper_worker.stop)
-    head_stub = worker_pb2_grpc.WorkerStub(grpc.insecure_channel(head_worker.address))
-    helper_stub = worker_pb2_grpc.WorkerStub(grpc.insecure_channel(helper_worker.address))
+    head_stub = worker_pb2_grpc.WorkerStub(worker_channel(head_worker.address))
+    helper_stub = worker_pb2_grpc.WorkerStub(worker_channel(helper_worker.address))
     lease = helper_stub.StartRpcServer(
         w_pb.StartRpcServerRequest(
             lease_id="bench@head", head_host=head.address, reserve_bytes=0, n_threads=threads

@@ -30,6 +30,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from support.auth import use_run_token  # noqa: E402
 from support.worker_process import start_worker  # noqa: E402
 
 from common.prometheus import MetricSet, add_node_sample  # noqa: E402
@@ -46,7 +47,9 @@ def cpu_seconds(pid: int) -> float:
 
 def run_registry(ready: threading.Event, port_box: list[int], stop: threading.Event) -> None:
     async def main() -> None:
-        registry = WorkerRegistry(heartbeat_interval_s=1.0, down_after_s=5, forget_after_s=60)
+        registry = WorkerRegistry(
+            heartbeat_interval_s=1.0, down_after_s=5, forget_after_s=60, token=use_run_token()
+        )
         port_box.append(await registry.start("127.0.0.1", 0))
         ready.set()
         while not stop.is_set():

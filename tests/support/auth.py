@@ -10,7 +10,13 @@ import grpc
 from pydantic import SecretStr
 
 from common.cluster_auth import auth_metadata, sync_channel
-from common.cluster_secrets import TOKEN_ENV
+from common.cluster_secrets import TOKEN_ENV, new_secret
+
+
+def use_run_token() -> SecretStr:
+    """For scripts outside pytest (benchmarks): a join token for this run in the
+    environment, which every worker and coordinator they start inherits."""
+    return SecretStr(os.environ.setdefault(TOKEN_ENV, new_secret()))
 
 
 def cluster_token() -> SecretStr:

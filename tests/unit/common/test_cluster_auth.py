@@ -182,17 +182,27 @@ def test_health_answers_without_a_token() -> None:
     assert with_server(check) == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_the_async_helpers_send_the_token() -> None:
-    async def scenario() -> tuple[bytes, bytes]:
+def test_the_async_helpers_send_the_token_on_every_shape() -> None:
+    async def requests() -> AsyncIterator[bytes]:
+        yield b"x"
+        yield b"y"
+
+    async def scenario() -> tuple[list[Any], bytes]:
         async with serving() as address:
             async with aio.insecure_channel(
                 address, interceptors=aio_interceptors(TOKEN)
             ) as channel:
-                by_interceptor = await channel.unary_unary(f"/{SERVICE}/Unary")(b"i")
+                extra = (("llamaherd-request-id", "r1"),)  # the caller's own metadata stays
+                shapes = [
+                    await channel.unary_unary(f"/{SERVICE}/Unary")(b"x", metadata=extra),
+                    [m async for m in channel.unary_stream(f"/{SERVICE}/ServerStream")(b"x")],
+                    await channel.stream_unary(f"/{SERVICE}/ClientStream")(requests()),
+                    [m async for m in channel.stream_stream(f"/{SERVICE}/Bidi")(requests())],
+                ]
             async with aio.insecure_channel(address) as channel:
                 by_metadata = await channel.unary_unary(f"/{SERVICE}/Unary")(
                     b"m", metadata=auth_metadata(TOKEN)
                 )
-        return by_interceptor, by_metadata
+        return shapes, by_metadata
 
-    assert asyncio.run(scenario()) == (b"i", b"m")
+    assert asyncio.run(scenario()) == ([b"x", [b"x", b"x"], b"xy", [b"x", b"y"]], b"m")
