@@ -93,4 +93,3 @@ def test_deadline_exceeded_stops_the_generation(stub):
     else:
         raise AssertionError("a 5000-token generation cannot finish within 1 s")
     assert _next_request_waits_ms(stub) < 500
-
