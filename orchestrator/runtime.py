@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -194,6 +195,14 @@ class ControlPlane:
         _private_ray_token()
         ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
         self._reaper = _start_reaper()
+        node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        if node_ip != "127.0.0.1":  # a Ray that ignores _loopback_only: refuse, do not expose
+            raise OSError(
+                errno.EADDRNOTAVAIL,
+                f"the local Ray took node address {node_ip}, not 127.0.0.1, so its processes "
+                f"would listen beyond this machine: Ray {ray.__version__} ignores "
+                f"{_SINGLE_MACHINE_ENV}=0; use a Ray that honours it (2.60 does)",
+            )
 
     def _ensure_gateways(self) -> tuple[int, int]:
         """Starts the missing gateways on every alive Ray node; returns the ports in use."""

@@ -1,6 +1,7 @@
 """`llamaherd coordinator` killed (kill -9) with two separate workers registered, then
 started again: nothing of the dead one lingers (its Ray actors held the ports), and the new
 one has both workers back, their models READY and not loaded again, within 5 s of serving.
+On the way: every listener of the coordinator's processes (its own Ray's) is on loopback.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 
 from support.cluster import ready_replicas, start_coordinator, start_node, wait_for
 from support.models import GEMMA
-from support.processes import describe, process_tree, wait_gone
+from support.processes import describe, listeners, process_tree, wait_gone
 
 CATALOG = [
     {"alias": GEMMA, "path": "builtin:gemma-3-270m", "replicas": 2, "n_ctx": 512,
@@ -34,6 +35,10 @@ def test_a_restarted_coordinator_has_its_workers_back_within_5_s_with_no_reload(
         wait_for(lambda: ready_replicas(coordinator).get(GEMMA) == set(workers), 120,
                  "two replicas")  # fmt: skip
         started = process_tree(coordinator.process.pid)[1:]
+        found = listeners(started)
+        exposed = [str(lst) for lst in found if not lst.loopback]
+        assert not exposed, "listening beyond loopback:\n  " + "\n  ".join(exposed)
+        assert len(found) >= 4, describe(started)  # registry, gateway (2), Ray's own
 
         killed = time.monotonic()
         coordinator.stop(signal.SIGKILL)
