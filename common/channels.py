@@ -8,6 +8,7 @@ import grpc
 from pydantic import SecretStr
 
 from common.cluster_auth import sync_channel
+from common.cluster_tls import TlsFiles
 
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 
@@ -17,14 +18,19 @@ _C = TypeVar("_C", bound="ChannelClient")
 
 class ChannelClient:
     """Owns one insecure channel to `address`; a context manager that closes it. With the
-    cluster's join `token`, every call carries it (what a worker with a token requires)."""
+        cluster's join `token`, every call carries it (what a worker with a token requires); with
+    `tls` (common.cluster_tls), the channel is mutual TLS."""
 
     def __init__(
-        self, address: str, timeout: float | None = None, token: SecretStr | None = None
+        self,
+        address: str,
+        timeout: float | None = None,
+        token: SecretStr | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel: grpc.Channel = sync_channel(address, token, CHANNEL_OPTIONS)
+        self._channel: grpc.Channel = sync_channel(address, token, CHANNEL_OPTIONS, tls)
 
     def close(self) -> None:
         self._channel.close()

@@ -20,6 +20,9 @@ import grpc
 from grpc import aio
 from pydantic import SecretStr
 
+from common import cluster_tls
+from common.cluster_tls import TlsFiles
+
 AUTHORIZATION_KEY = "authorization"
 NODE_KEY_KEY = "llamaherd-node-key"
 # Probes (load balancers, systemd, `grpc_health_probe`) need no secret and learn nothing.
@@ -79,10 +82,14 @@ class TokenClientInterceptor(
 
 
 def sync_channel(
-    address: str, token: SecretStr | None, options: Sequence[tuple[str, Any]] = ()
+    address: str,
+    token: SecretStr | None,
+    options: Sequence[tuple[str, Any]] = (),
+    tls: TlsFiles | None = None,
 ) -> grpc.Channel:
-    """An insecure synchronous channel that sends `token` (when given) with every call."""
-    channel = grpc.insecure_channel(address, options=list(options))
+    """A synchronous channel (mutual TLS when `tls` is given) that sends `token` (when
+    given) with every call."""
+    channel = cluster_tls.sync_channel(address, tls, options)
     if token is None:
         return channel
     return grpc.intercept_channel(channel, TokenClientInterceptor(token))

@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,3 +131,37 @@ def refuse_token_flag(parser: argparse.ArgumentParser) -> None:
     """Makes `--cluster-token VALUE` an error that does not repeat VALUE (without it,
     argparse would take it as an abbreviation of --cluster-token-file)."""
     parser.add_argument("--cluster-token", action=_RefuseTokenFlag, help=argparse.SUPPRESS)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """The PEM contents of the cluster CA's certificate and this process's certificate and
+    key."""
+
+    ca: bytes
+    cert: bytes
+    key: bytes
+
+    def __repr__(self) -> str:  # the key is a secret: never in a log line
+        return "TlsFiles(...)"
+
+    @classmethod
+    def load(cls, ca: Path | None, cert: Path | None, key: Path | None) -> TlsFiles | None:
+        """The three files, or None when TLS is off (none given); two of three is an error."""
+        given = {"tls_ca": ca, "tls_cert": cert, "tls_key": key}
+        if all(path is None for path in given.values()):
+            return None
+        missing = [name for name, path in given.items() if path is None]
+        if missing:
+            raise ConfigError(
+                f"mutual TLS needs tls_ca, tls_cert and tls_key together; {', '.join(missing)} "
+                "missing (see llamaherd certs)"
+            )
+        contents = []
+        for name, path in given.items():
+            assert path is not None
+            try:
+                contents.append(path.expanduser().read_bytes())
+            except OSError as exc:
+                raise ConfigError(f"{name}: cannot read {path}: {exc.strerror}") from exc
+        return cls(*contents)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from llamaherd.v1 import generation_pb2 as gen_pb
     from pydantic import SecretStr
 
+    from common.cluster_secrets import TlsFiles
     from orchestrator.client import GatewayClient
     from worker.api.client import WorkerClient
 
@@ -55,6 +56,15 @@ def _add_cluster_token_argument(parser: argparse.ArgumentParser) -> None:
     refuse_token_flag(parser)
 
 
+def _add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, what in (("ca", "the cluster CA's certificate"), ("cert", "this client's "
+                       "certificate"), ("key", "this client's key")):  # fmt: skip
+        parser.add_argument(
+            f"--tls-{name}", type=Path, metavar="PATH",
+            help=f"mutual TLS, for a worker that uses it: {what} (llamaherd certs)",
+        )  # fmt: skip
+
+
 def _cluster_token(args: argparse.Namespace) -> SecretStr | None:
     """The join token from LLAMAHERD_CLUSTER_TOKEN, else --cluster-token-file; None without."""
     from pydantic import SecretStr
@@ -63,6 +73,12 @@ def _cluster_token(args: argparse.Namespace) -> SecretStr | None:
 
     raw = os.environ.get(TOKEN_ENV)
     return resolve_token(SecretStr(raw) if raw else None, args.cluster_token_file)
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    from common.cluster_secrets import TlsFiles
+
+    return TlsFiles.load(args.tls_ca, args.tls_cert, args.tls_key)
 
 
 def _worker_failure(command: str, exc: grpc.RpcError, worker: str) -> str:
@@ -117,6 +133,7 @@ def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
     parser.add_argument("--temperature", type=float, help="0 = greedy (default: the worker's, 0.8)")
     parser.add_argument("--seed", type=int, help="fixed seed for reproducible sampling")
     _add_cluster_token_argument(parser)
+    _add_tls_arguments(parser)
     parser.set_defaults(run=_run_generate)
 
 
@@ -126,6 +143,7 @@ def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         "--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})"
     )
     _add_cluster_token_argument(parser)
+    _add_tls_arguments(parser)
     parser.set_defaults(run=_run_models)
 
 
@@ -139,11 +157,11 @@ def _run_generate(args: argparse.Namespace) -> int:
         max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
     )
     try:
-        token = _cluster_token(args)
+        token, tls = _cluster_token(args), _tls(args)
     except ConfigError as exc:
         print(f"llamaherd generate: {exc}", file=sys.stderr)
         return 2
-    with WorkerClient(args.worker, token=token) as client:
+    with WorkerClient(args.worker, token=token, tls=tls) as client:
         try:
             model = args.model or _first_ready_model(client)
             chunks = (
@@ -192,11 +210,11 @@ def _run_models(args: argparse.Namespace) -> int:
     from worker.api.client import WorkerClient
 
     try:
-        token = _cluster_token(args)
+        token, tls = _cluster_token(args), _tls(args)
     except ConfigError as exc:
         print(f"llamaherd models: {exc}", file=sys.stderr)
         return 2
-    with WorkerClient(args.worker, timeout=10, token=token) as client:
+    with WorkerClient(args.worker, timeout=10, token=token, tls=tls) as client:
         try:
             models = client.list_models()
         except grpc.RpcError as exc:
@@ -312,6 +330,48 @@ def _first_cluster_model(client: GatewayClient) -> str:
     raise SystemExit("llamaherd chat: the cluster serves no chat model yet; pass --model")
 
 
+def _add_certs_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "certs", help="a cluster CA and node certificates, for optional mutual TLS",
+        description="Make the certificates for mutual TLS between workers, the coordinator "
+        "and its gateways: `certs init` once (the CA; its key stays here), then `certs issue "
+        "NODE` per worker (NODE = its node id) and once for `coordinator`. Pass each process "
+        "--tls-ca DIR/ca.crt --tls-cert DIR/NODE.crt --tls-key DIR/NODE.key.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--dir", type=Path, default=Path("~/.config/llamaherd/tls"),
+        help="where the CA and the certificates are (default: ~/.config/llamaherd/tls)",
+    )  # fmt: skip
+    actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="certs_action")
+    actions.add_parser("init", help="create the cluster CA (ca.crt, ca.key 0600)")
+    issue = actions.add_parser("issue", help="create NODE.crt and NODE.key (0600)")
+    issue.add_argument("node", help="the node id (the certificate's common name)")
+    issue.add_argument(
+        "--host", dest="hosts", action="append", default=[],
+        help="a name or IP address the node is reached at; repeat for several (default: "
+        "localhost and 127.0.0.1)",
+    )  # fmt: skip
+    parser.set_defaults(run=_run_certs)
+
+
+def _run_certs(args: argparse.Namespace) -> int:
+    from orchestrator.certs import init_ca, issue
+
+    try:
+        if args.certs_action == "init":
+            made = init_ca(args.dir)
+        elif args.certs_action == "issue":
+            made = issue(args.node, args.dir, tuple(args.hosts))
+        else:
+            print("llamaherd certs: say init or issue NODE", file=sys.stderr)
+            return 2
+    except ConfigError as exc:
+        print(f"llamaherd certs: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {made.cert} and {made.key} (0600)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamaherd",
@@ -325,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_chat_parser(subparsers)
     _add_generate_parser(subparsers)
     _add_models_parser(subparsers)
+    _add_certs_parser(subparsers)
     return parser
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from common.cluster_secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, ensure_token_file
+from common.cluster_secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, TlsFiles, ensure_token_file
 from common.model_settings import (
     BUILTIN_PREFIX,
     DEFAULT_MODEL,
@@ -140,6 +140,14 @@ class CoordinatorSettings(BaseModel):
         description="where the join token is kept; created (0600) with a fresh token when "
         f"missing and {TOKEN_ENV} is unset",
     )
+    tls_ca: Path | None = Field(
+        None, description="mutual TLS: the cluster CA's certificate (llamaherd certs init)"
+    )
+    tls_cert: Path | None = Field(
+        None,
+        description="mutual TLS: the coordinator's certificate (llamaherd certs issue coordinator)",
+    )
+    tls_key: Path | None = Field(None, description="mutual TLS: the coordinator's key (0600)")
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto or HOST:6379); default: start one"
     )
@@ -161,10 +169,14 @@ class CoordinatorSettings(BaseModel):
     def _known_level(cls, level: str) -> str:
         return log_level_name(level)
 
-    @field_validator("cluster_token_file")
+    @field_validator("cluster_token_file", "tls_ca", "tls_cert", "tls_key")
     @classmethod
-    def _expand_token_file(cls, path: Path) -> Path:
-        return Path(os.path.expanduser(path))
+    def _expand_path(cls, path: Path | None) -> Path | None:
+        return None if path is None else Path(os.path.expanduser(path))
+
+    def tls(self) -> TlsFiles | None:
+        """The mutual-TLS files (read now), None when TLS is off."""
+        return TlsFiles.load(self.tls_ca, self.tls_cert, self.tls_key)
 
     @field_validator("models")
     @classmethod

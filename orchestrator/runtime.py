@@ -64,7 +64,7 @@ class ClusterStateActor:
             raise ValueError("the coordinator needs a cluster token")
         self._registry = WorkerRegistry(
             settings.heartbeat_interval_s, settings.down_after_s, settings.forget_after_s,
-            settings.cluster_token,
+            settings.cluster_token, tls=settings.tls(),
         )  # fmt: skip
 
     async def start(self) -> int:
@@ -91,7 +91,7 @@ class PlacementActor:
         async def publish(problems: tuple[PlacementProblem, ...]) -> None:
             await state.set_problems.remote(problems)
 
-        self._clients = WorkerClients(token=settings.cluster_token)
+        self._clients = WorkerClients(token=settings.cluster_token, tls=settings.tls())
         self._controller = PlacementController(
             settings.models, settings.placement_interval_s, snapshots, publish, self._clients.client
         )

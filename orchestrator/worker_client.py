@@ -22,6 +22,7 @@ converting every streamed chunk would cost a copy per token for nothing.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Generic, TypeVar
 
@@ -32,6 +33,8 @@ from llamaherd.v1 import worker_pb2_grpc
 from pydantic import SecretStr
 
 from common.cluster_auth import auth_metadata
+from common.cluster_secrets import TlsFiles
+from common.cluster_tls import aio_channel
 from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.leases import Lease
 from common.memory import MemoryEstimate
@@ -168,16 +171,24 @@ def insecure_channel(address: str) -> aio.Channel:
     return aio.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 
+def secure_channel(address: str, tls: TlsFiles) -> aio.Channel:
+    """A mutual-TLS channel with the options above, for a cluster with certificates."""
+    return aio_channel(address, tls, CHANNEL_OPTIONS)
+
+
 class WorkerClients:
     """One client, over one long-lived channel, per worker address: `client(address)` is
-    the factory the router and the placement controller take. `connect` opens a channel;
-    `token`, the cluster's join token, goes with every call."""
+    the factory the router and the placement controller take. `connect` opens a channel
+    (mutual TLS with `tls`); `token`, the cluster's join token, goes with every call."""
 
     def __init__(
         self,
         connect: Callable[[str], aio.Channel] = insecure_channel,
         token: SecretStr | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
+        if tls is not None:
+            connect = functools.partial(secure_channel, tls=tls)
         self._connect = connect
         self._token = token
         self._clients: dict[str, tuple[aio.Channel, WorkerClient]] = {}

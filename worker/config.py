@@ -106,6 +106,13 @@ class WorkerSettings(BaseModel):
         description="allow listening beyond loopback without a join token: anyone who "
         "reaches the port can then load models and use the node",
     )
+    tls_ca: Path | None = Field(
+        None, description="mutual TLS: the cluster CA's certificate (llamaherd certs init)"
+    )
+    tls_cert: Path | None = Field(
+        None, description="mutual TLS: this node's certificate (llamaherd certs issue NODE)"
+    )
+    tls_key: Path | None = Field(None, description="mutual TLS: this node's key (0600)")
     coordinator_lost_exit_s: float = Field(
         300.0, ge=0,
         description="give up on a coordinator unreachable (or refusing this node) that long: "
@@ -181,7 +188,7 @@ class WorkerSettings(BaseModel):
         "model (models with rpc_servers load here rather than in a further child)",
     )
 
-    @field_validator("node_key_dir", "cluster_token_file")
+    @field_validator("node_key_dir", "cluster_token_file", "tls_ca", "tls_cert", "tls_key")
     @classmethod
     def _expand_path(cls, path: Path | None) -> Path | None:
         return None if path is None else Path(os.path.expanduser(path))

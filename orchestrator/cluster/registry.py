@@ -5,7 +5,8 @@ Plain asyncio; the Ray actor that hosts it (orchestrator.runtime) only forwards 
 
 Every call needs the cluster token (common.cluster_auth.ClusterTokenInterceptor refuses the
 rest with UNAUTHENTICATED before a report is read), and every stream its node key, to which
-the node id is bound (orchestrator.cluster.state). A refused registration hears only
+the node id is bound (orchestrator.cluster.state). With mutual TLS, the node id must also be
+the common name of the worker's certificate. A refused registration hears only
 "registration refused": nothing about the node that holds the id.
 """
 
@@ -30,6 +31,7 @@ from common.cluster_auth import (
     metadata_value,
 )
 from common.cluster_secrets import credential_digest
+from common.cluster_tls import listen, peer_common_name
 from common.net import join_host_port
 from orchestrator.cluster.reports import BadReport, node_from_report
 from orchestrator.cluster.state import ClusterState, NodeConflict
@@ -37,6 +39,8 @@ from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
 
 if TYPE_CHECKING:
     from pydantic import SecretStr
+
+    from common.cluster_secrets import TlsFiles
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,10 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         forget_after_s: float,
         token: SecretStr,
         clock: Clock = time.monotonic,
+        tls: TlsFiles | None = None,
     ) -> None:
         self._token = token
+        self._tls = tls
         self._interval = heartbeat_interval_s
         self._state = ClusterState(down_after_s, forget_after_s)
         self._clock = clock
@@ -72,7 +78,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         cluster_pb2_grpc.add_CoordinatorServicer_to_server(self, self._server)
         address = join_host_port(host, port)
         try:
-            self.port = self._server.add_insecure_port(address)
+            self.port = listen(self._server, address, self._tls)
         except RuntimeError as exc:
             raise OSError(f"the worker registry cannot listen on {address}: {exc}") from exc
         await self._server.start()
@@ -129,6 +135,12 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
                     node = node_from_report(report, self._clock())
                     if node_id is not None and node.node_id != node_id:
                         raise BadReport(f"this stream registered {node_id!r}; it cannot switch")
+                    if self._tls is not None and peer_common_name(context) != node.node_id:
+                        log.warning(
+                            "refused node id %r from %s: its certificate names %r",
+                            node.node_id, context.peer(), peer_common_name(context),
+                        )  # fmt: skip
+                        raise NodeConflict()
                     self._state.report(node, stream, credential)
                 except BadReport as exc:
                     log.warning("refused a report from %s: %s", context.peer(), exc)

@@ -43,7 +43,7 @@ class Gateway:
     def __init__(self, settings: CoordinatorSettings, snapshots: SnapshotSource) -> None:
         self.settings = settings
         self._snapshots = snapshots
-        self.clients = WorkerClients(token=settings.cluster_token)
+        self.clients = WorkerClients(token=settings.cluster_token, tls=settings.tls())
         self.router = Router(
             make_policy(settings.routing_policy, random.Random()),
             self.clients,

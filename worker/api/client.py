@@ -10,6 +10,7 @@ from llamaherd.v1 import worker_pb2_grpc
 from pydantic import SecretStr
 
 from common.channels import ChannelClient
+from common.cluster_tls import TlsFiles
 from common.wire.generation import chat_request
 
 
@@ -18,9 +19,13 @@ class WorkerClient(ChannelClient):
     token needs `token` (common.cluster_secrets.resolve_token reads it from a file)."""
 
     def __init__(
-        self, address: str, timeout: float | None = None, token: SecretStr | None = None
+        self,
+        address: str,
+        timeout: float | None = None,
+        token: SecretStr | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
-        super().__init__(address, timeout, token)
+        super().__init__(address, timeout, token, tls)
         self.stub = worker_pb2_grpc.WorkerStub(self._channel)
 
     def list_models(self) -> list[pb.ModelInfo]:

@@ -7,8 +7,10 @@ the link reconnects with capped backoff and the next report registers the node a
 coordinator's state is rebuilt from reports alone.
 
 The stream carries the cluster's join token and this node's key (common.cluster_auth), to
-which the coordinator binds the node id. A refusal (wrong token, or the id bound to another
-key) is logged once with what to do, then retried only every REFUSED_RETRY_S. A worker that
+which the coordinator binds the node id; with mutual TLS (common.cluster_tls) it also runs
+over TLS with this node's certificate, whose common name must be the node id. A refusal
+(wrong token, or the id bound to another key) is logged once with what to do, then retried
+only every REFUSED_RETRY_S. A worker that
 has had no coordinator for coordinator_lost_exit_s (unreachable or refusing) gives up: `run`
 returns, and the worker drains and exits, so the workers of a dead cluster do not retry
 forever.
@@ -30,7 +32,8 @@ from llamaherd.v1 import cluster_pb2_grpc
 from pydantic import SecretStr
 
 from common.cluster_auth import NODE_KEY_KEY, auth_metadata
-from common.cluster_secrets import JOIN_HINT, node_key
+from common.cluster_secrets import JOIN_HINT, TlsFiles, node_key
+from common.cluster_tls import aio_channel
 from common.hardware import HardwareInfo
 from common.leases import Lease
 from common.net import join_host_port, split_host_port
@@ -92,8 +95,10 @@ class CoordinatorLink:
         token: SecretStr,
         sampler: TelemetrySampler | None = None,
         lender: RpcLender | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         assert settings.coordinator is not None
+        self._tls = tls
         self._target = settings.coordinator
         self._registry = registry
         self._budget = budget
@@ -195,7 +200,7 @@ class CoordinatorLink:
         )
 
     async def _session(self) -> None:
-        async with aio.insecure_channel(self._target) as channel:
+        async with aio_channel(self._target, self._tls) as channel:
             stub = cluster_pb2_grpc.CoordinatorStub(channel)
             call = stub.Heartbeat(self._reports(), metadata=self._metadata)
             async for reply in call:

@@ -15,7 +15,8 @@ from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import worker_pb2, worker_pb2_grpc
 
 from common.cluster_auth import ClusterTokenInterceptor
-from common.cluster_secrets import resolve_token
+from common.cluster_secrets import TlsFiles, resolve_token
+from common.cluster_tls import listen
 from common.errors import LlamaherdError
 from common.grpc_errors import ErrorInterceptor
 from common.hardware import HardwareInfo
@@ -79,6 +80,7 @@ class WorkerServer:
         token = resolve_token(settings.cluster_token, settings.cluster_token_file)
         settings = settings.model_copy(update={"cluster_token": token})
         self.settings = settings
+        self.tls = TlsFiles.load(settings.tls_ca, settings.tls_cert, settings.tls_key)
         self.budget = memory_budget(settings)
         self.pools = WorkerPools(settings)
         limits = request_limits(settings)
@@ -123,7 +125,7 @@ class WorkerServer:
         ensure_backend()
         address = join_host_port(self.settings.host, self.settings.port)
         try:
-            self.port = self._server.add_insecure_port(address)
+            self.port = listen(self._server, address, self.tls)
         except RuntimeError as exc:
             raise ConfigError(f"cannot listen on {address}: {exc}") from exc
         if self.port == 0:
@@ -162,7 +164,7 @@ class WorkerServer:
             assert self.settings.cluster_token is not None  # WorkerSettings requires one
             self.link = CoordinatorLink(
                 self.settings, self.registry, self.budget, hardware, self.port,
-                self.settings.cluster_token, sampler, self.lender,
+                self.settings.cluster_token, sampler, self.lender, self.tls,
             )  # fmt: skip
             self._link_task = asyncio.create_task(self.link.run(), name="coordinator-link")
         await self.registry.load_configured(self._initial_models())

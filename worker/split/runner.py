@@ -23,7 +23,7 @@ import socket
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,7 +121,8 @@ class SplitModel:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 # An abort's message is the useful part; ggml's gdb backtrace only buries it.
-                env={**os.environ, "GGML_NO_BACKTRACE": "1"},
+                # The child serves on loopback without TLS: its relay channel is plain.
+                env={**_without_tls(os.environ), "GGML_NO_BACKTRACE": "1"},
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C for the worker reaches it via the worker
             )  # fmt: skip
@@ -361,6 +362,10 @@ def _child_settings(
         **({"cluster_token": settings.cluster_token.get_secret_value()}
            if settings.cluster_token is not None else {}),
     }  # fmt: skip
+
+
+def _without_tls(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if not k.startswith("LLAMAHERD_TLS_")}
 
 
 async def _reachable(endpoint: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,12 +18,16 @@ from llamaherd.v1 import cluster_pb2_grpc
 from pydantic import SecretStr
 
 from common.cluster_auth import NODE_KEY_KEY, REFUSAL, auth_metadata
+from common.cluster_secrets import TlsFiles
+from common.cluster_tls import aio_channel
 from common.hardware import HardwareInfo
 from common.status import NodeStatus
 from common.wire.status import node_status_to_report
+from orchestrator.certs import init_ca, issue
 from orchestrator.cluster.registry import WorkerRegistry
 
 TOKEN = SecretStr("the-cluster-token")
+Scenario = Callable[[WorkerRegistry, aio.Channel], Awaitable[None]]
 
 
 def report(node_id: str = "worker-a", address: str = "10.0.0.1:50051") -> cl_pb.NodeReport:
@@ -75,7 +80,7 @@ async def registry() -> AsyncIterator[tuple[WorkerRegistry, aio.Channel]]:
         await reg.stop()
 
 
-def run(scenario: Callable[[WorkerRegistry, aio.Channel], Awaitable[None]]) -> None:
+def run(scenario: Scenario) -> None:
     async def main() -> None:
         async with registry() as (reg, channel):
             await scenario(reg, channel)
@@ -163,3 +168,65 @@ def test_a_stream_cannot_switch_to_another_node_id() -> None:
         assert [n.node_id for n in reg.snapshot().nodes] == ["worker-a"]
 
     run(scenario)
+
+
+# ---- with mutual TLS: the node id is the certificate's common name -----------------------------
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tls")
+    init_ca(folder)
+    for name in ("coordinator", "worker-a"):
+        issue(name, folder)
+    return folder
+
+
+def tls_files(pki: Path, name: str) -> TlsFiles:
+    files = TlsFiles.load(pki / "ca.crt", pki / f"{name}.crt", pki / f"{name}.key")
+    assert files is not None
+    return files
+
+
+def run_tls(
+    pki: Path,
+    client: str | None,
+    scenario: Callable[[WorkerRegistry, aio.Channel], Awaitable[None]],
+) -> None:
+    async def main() -> None:
+        reg = WorkerRegistry(1.0, 3.0, 60.0, TOKEN, tls=tls_files(pki, "coordinator"))
+        port = await reg.start("127.0.0.1", 0)
+        address = f"127.0.0.1:{port}"
+        if client is None:  # trusts the CA but has no certificate of its own
+            ca = (pki / "ca.crt").read_bytes()
+            channel = aio.secure_channel(address, grpc.ssl_channel_credentials(ca))
+        else:
+            channel = aio_channel(address, tls_files(pki, client))
+        try:
+            await scenario(reg, channel)
+        finally:
+            await channel.close()
+            await reg.stop()
+
+    asyncio.run(main())
+
+
+def test_with_tls_a_worker_registers_under_its_certificates_name_only(pki: Path) -> None:
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        other = Stream(channel, metadata(key="key-b"))
+        refused = await other.refusal(report("worker-b"))
+        assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert reg.snapshot().nodes == ()
+        own = Stream(channel, metadata(key="key-a"))
+        await own.send(report("worker-a"))
+        assert [n.node_id for n in reg.snapshot().nodes] == ["worker-a"]
+        await own.close()
+
+    run_tls(pki, "worker-a", scenario)
+
+
+def test_with_tls_a_client_without_a_cluster_certificate_gets_no_connection(pki: Path) -> None:
+    async def scenario(reg: WorkerRegistry, channel: aio.Channel) -> None:
+        refused = await Stream(channel, metadata()).refusal(report("worker-a"))
+        assert refused.code() == grpc.StatusCode.UNAVAILABLE
+        assert reg.snapshot().nodes == ()
+
+    run_tls(pki, None, scenario)
