@@ -147,6 +147,22 @@ def _load(chaos: Chaos, alias: str = MODEL) -> Load:
     return Load(chaos.base_url, alias, clients=CLIENTS).start()
 
 
+def watch_down(chaos: Chaos, node_id: str, seconds: float) -> str:
+    """Polls the cluster status for `seconds`; says when `node_id` left routing."""
+    assert chaos.coordinator is not None
+    started = time.monotonic()
+    left: float | None = None
+    while time.monotonic() - started < seconds:
+        with contextlib.suppress(Exception):
+            nodes = {n.status.node_id: n for n in chaos.coordinator.status().nodes}
+            if left is None and node_id in nodes and not nodes[node_id].up:
+                left = time.monotonic() - started
+        time.sleep(0.2)
+    if left is None:
+        return f"{node_id} never left routing"
+    return f"{node_id} left routing {left:.1f} s after the fault"
+
+
 def probe(chaos: Chaos, row: Row, alias: str = MODEL) -> bool:
     """One request before the fault: a model that does not serve even then is noted, so its
     failures are not read as the fault's."""
@@ -181,7 +197,7 @@ def kill_worker(chaos: Chaos) -> Row:
     victim = chaos.serving_node()
     chaos.workers[victim].process.send_signal(signal.SIGKILL)
     fault_at = time.monotonic()
-    time.sleep(10)
+    row.notes.append(watch_down(chaos, victim, 10))
     row.notes.append(f"{victim} killed; healed (restarted, replica ready) in {chaos.heal():.1f} s")
     return tally(row, load.stop(), fault_at)
 
@@ -196,7 +212,7 @@ def stop_worker(chaos: Chaos) -> Row:
     os.kill(pid, signal.SIGSTOP)
     fault_at = time.monotonic()
     try:
-        time.sleep(6)
+        row.notes.append(watch_down(chaos, victim, 6))
     finally:
         os.kill(pid, signal.SIGCONT)
     resumed = time.monotonic()
