@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import grpc
 from chaos.load import FAILED, LOST, OK, Outcome
@@ -21,12 +21,13 @@ UNCLEAR = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
 def _request(model: str, **constraint: str) -> bytes:
-    return gen_pb.GenerateRequest(
+    request = gen_pb.GenerateRequest(
         model=model,
         prompt="Hi XX",
         sampling=gen_pb.SamplingParams(max_tokens=4),
         constraint=gen_pb.OutputConstraint(**constraint) if constraint else None,
-    ).SerializeToString()
+    )
+    return bytes(request.SerializeToString())
 
 
 def direct_inputs(model: str) -> list[tuple[str, bytes]]:
@@ -47,9 +48,15 @@ def direct_inputs(model: str) -> list[tuple[str, bytes]]:
     ]
 
 
-def call(channel: grpc.Channel, name: str, payload: bytes, metadata: tuple, bound_s: float):
+Metadata = tuple[tuple[str, str], ...]
+
+
+def call(
+    channel: grpc.Channel, name: str, payload: bytes, metadata: Metadata, bound_s: float
+) -> Outcome:
+    """Sends one serialised GenerateRequest and classifies the reply."""
     started = time.monotonic()
-    generate: Callable = channel.unary_stream(
+    generate: Callable[..., Iterator[bytes]] = channel.unary_stream(
         GENERATE, request_serializer=lambda b: b, response_deserializer=lambda b: b
     )
     tag = f"direct {name}"
@@ -64,9 +71,11 @@ def call(channel: grpc.Channel, name: str, payload: bytes, metadata: tuple, boun
     return Outcome(started, time.monotonic(), OK, True, tag=tag)
 
 
-def attack(address: str, model: str, token: str | None, seconds: float, bound_s: float = 60):
+def attack(
+    address: str, model: str, token: str | None, seconds: float, bound_s: float = 60
+) -> list[Outcome]:
     """Rounds of every direct input, one after another, for `seconds`."""
-    metadata = (("authorization", f"Bearer {token}"),) if token else ()
+    metadata: Metadata = (("authorization", f"Bearer {token}"),) if token else ()
     options = [("grpc.max_send_message_length", 16 << 20)]
     outcomes: list[Outcome] = []
     end = time.monotonic() + seconds

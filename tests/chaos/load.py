@@ -121,7 +121,9 @@ async def send(
         return Outcome(started, time.monotonic(), LOST, stream, detail, tag)
 
 
-def request_body(rng: random.Random, model: str, stream: bool, max_tokens: int) -> tuple[str, dict]:
+def request_body(
+    rng: random.Random, model: str, stream: bool, max_tokens: int
+) -> tuple[str, dict[str, Any]]:
     """A chat or a completion request, streaming or not, with a short answer."""
     prompt = rng.choice(PROMPTS)
     common = {"model": model, "stream": stream, "max_tokens": max_tokens, "temperature": 0.7}
