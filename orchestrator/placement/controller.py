@@ -8,6 +8,13 @@ on the head using them. Problems (models that fit nowhere, loads that failed) ar
 with the cluster state so that status and the gateways can explain a model that is not
 served. Leases no head uses are stopped after a grace period.
 
+It acts only on a registry that workers have had time to join: after its first snapshot
+and after losing the registry (a call that failed, or versions counting from zero again: a
+restarted registry starts empty), it watches for `rejoin_grace_s` before loading or
+unloading anything. Otherwise a fresh registry, holding only the first worker to re-register,
+looks like a cluster short of replicas, and placement loads a surplus replica that it
+unloads again a second later.
+
 It also keeps the provenance of every replica (planner.Provenance): when it first saw it,
 by its own clock, and whether its own load put it there. The planner unloads surplus
 replicas by that record, so a node's report alone cannot get another node's replica
@@ -100,6 +107,16 @@ class Timings:
     # A split's leases start before its head loads, so a lease no head uses may just be new;
     # one that stays unused this long is left over (a head that died or a failed setup).
     orphan_grace_s: float = 10.0
+    # How long workers have to re-register with a registry the controller has just met
+    # (its first snapshot, or a registry that restarted): the runtime passes the settings'
+    # down_after_s (or two heartbeats, if longer), the time after which a silent worker
+    # counts as gone anyway.
+    rejoin_grace_s: float = 3.0
+
+
+def rejoined(since: float, now: float, grace_s: float) -> bool:
+    """Whether workers have had `grace_s` to register with a registry met at `since`."""
+    return now - since >= grace_s
 
 
 class _StepFailed(Exception):
@@ -163,6 +180,11 @@ class PlacementController:
         self._provenance: dict[tuple[str, NodeId], Provenance] = {}
         self._placed: set[tuple[str, NodeId]] = set()  # loads this controller started
         self._published: tuple[PlacementProblem, ...] | None = None
+        # When this controller met the registry it reads (None: not yet, or lost since),
+        # and the version of its last snapshot (a restarted registry counts from zero).
+        self._registry_since: float | None = None
+        self._version = -1
+        self._said_waiting = False
 
     async def run(self) -> None:
         version = -1
@@ -176,8 +198,14 @@ class PlacementController:
                 raise
             except Exception:  # a registry restart, say; the next round starts afresh
                 log.exception("placement round failed; retrying")
+                self.registry_lost()
             # Reports arrive every second per node: reconcile at most once per interval.
             await asyncio.sleep(max(0.0, self._interval - (self._clock() - started)))
+
+    def registry_lost(self) -> None:
+        """The registry did not answer: it may come back empty, so the next snapshot starts
+        a new rejoin grace period."""
+        self._registry_since = None
 
     async def stop(self) -> None:
         """Cancels the actions under way."""
@@ -196,6 +224,8 @@ class PlacementController:
         problems published if they changed."""
         nodes = snapshot.nodes
         self._observe(nodes)
+        if not self._workers_rejoined(snapshot):
+            return
         estimates = await self._gather_estimates(snapshot, estimates_needed(self._catalog, nodes))
         result = plan(self._catalog, nodes, estimates, self._provenance)
         for action in (*result.actions, *self._stale_orphans(nodes)):
@@ -207,6 +237,23 @@ class PlacementController:
                 log.info("model %s: %s", problem.alias, problem.reason)
             await self._publish(problems)
             self._published = problems
+
+    def _workers_rejoined(self, snapshot: ClusterSnapshot) -> bool:
+        """False during the rejoin grace period of a registry met (or restarted) lately."""
+        now = self._clock()
+        if self._registry_since is None or snapshot.version < self._version:
+            self._registry_since = now
+            self._said_waiting = False
+        self._version = snapshot.version
+        if rejoined(self._registry_since, now, self._timings.rejoin_grace_s):
+            return True
+        if not self._said_waiting:
+            self._said_waiting = True
+            log.info(
+                "placement waits %.1f s for workers to register before acting (%d up now)",
+                self._timings.rejoin_grace_s, len(snapshot.up_nodes),
+            )  # fmt: skip
+        return False
 
     def _observe(self, nodes: Sequence[Node]) -> None:
         """Records when each held replica was first seen and whether this controller

@@ -33,7 +33,7 @@ from tests.unit.orchestrator.factories import (
     snapshot,
 )
 
-TIMINGS = Timings()
+TIMINGS = Timings(rejoin_grace_s=0.0)  # the rejoin grace has tests of its own below
 # 18 layers of 100 MiB: 2 GiB in all, so two 1.2 GiB nodes hold it only as a split.
 BIG = layered_estimate(
     18, 100 * MiB, rest_bytes=200 * MiB, compute_bytes=50 * MiB, layer_compute_bytes=20 * MiB
