@@ -151,6 +151,11 @@ class CoordinatorSettings(BaseModel):
     ray_address: str | None = Field(
         None, description="Ray cluster to join (e.g. auto or HOST:6379); default: start one"
     )
+    state_dir: Path = Field(
+        Path("~/.cache/llamaherd/coordinator"),
+        description="where llamaherd coordinator records the Ray head it started (ray.json, "
+        "0600), so that a restart after a crash adopts the head and the actors still serving",
+    )
     models: tuple[CatalogEntry, ...] = Field(
         default_factory=default_catalog,
         description="the model catalog; default: the embedded Gemma model, one replica",
@@ -169,7 +174,7 @@ class CoordinatorSettings(BaseModel):
     def _known_level(cls, level: str) -> str:
         return log_level_name(level)
 
-    @field_validator("cluster_token_file", "tls_ca", "tls_cert", "tls_key")
+    @field_validator("cluster_token_file", "tls_ca", "tls_cert", "tls_key", "state_dir")
     @classmethod
     def _expand_path(cls, path: Path | None) -> Path | None:
         return None if path is None else Path(os.path.expanduser(path))
