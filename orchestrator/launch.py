@@ -137,10 +137,14 @@ def run_coordinator(args: argparse.Namespace) -> int:
     from orchestrator.runtime import ControlPlane
 
     stop = _StopSignal()
-    plane = ControlPlane(settings)
+    # Persistent: the gateways, the registry and placement outlive this process if it is
+    # killed, and the next `llamaherd coordinator` adopts them; a clean stop ends them.
+    plane = ControlPlane(settings, persistent=True)
     try:
         endpoints = plane.start()
         stop.install()
+        if endpoints.adopted:
+            print(f"adopted the running control plane: {', '.join(endpoints.adopted)}", flush=True)
         _print_endpoints(settings, endpoints.http_port, endpoints.grpc_port)
         registry = f"{_reachable(settings.host)}:{endpoints.registry_port}"
         print(_join_hint(settings, registry), flush=True)

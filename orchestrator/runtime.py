@@ -10,10 +10,20 @@ Requests never pass through Ray: gateways receive cluster snapshots by long-poll
 state actor and stream tokens straight from the workers' gRPC streams. Every other module
 is plain Python and runs (and is tested) without Ray.
 
-Our own local Ray (no `ray_address`) is a one-machine cluster: every process of it listens
-on 127.0.0.1 only, its token file is private (0600), and it dies with the process that
-started it: Ray ties its daemons to the driver, and orchestrator.reaper ends the agents
-that would otherwise linger.
+Two lifetimes (ControlPlane's `persistent`):
+
+- `llamaherd up` (a dev cluster): a local Ray of the driver's own (`ray.init`), whose actors
+  die with the driver; orchestrator.reaper ends the agents that would otherwise linger.
+- `llamaherd coordinator` (the production control plane): the actors are detached, named
+  in the `llamaherd` namespace and restarted by Ray when they crash, so a killed coordinator
+  leaves the gateways, the registry and placement serving. Without `ray_address` it starts a
+  Ray head as processes of their own (their own session, not its children) and records it
+  in `state_dir`/ray.json (0600). A coordinator that starts finds that head and its actors,
+  checks that they answer, and adopts them (replacing those whose settings changed) instead
+  of starting new ones. A clean stop (SIGTERM, Ctrl-C) ends the actors and the head.
+
+Our own local Ray (no `ray_address`) is a one-machine cluster either way: every process of
+it listens on 127.0.0.1 only and its token file is private (0600).
 """
 
 from __future__ import annotations
@@ -21,34 +31,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import hashlib
+import json
 import logging
 import os
 import secrets
+import socket
 import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import ray
 import ray._private.ray_constants as ray_constants
+from ray._private.authentication.authentication_token_setup import enable_token_auth_by_default
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.cluster.registry import WorkerRegistry
 from orchestrator.cluster.types import ClusterSnapshot, PlacementProblem
 from orchestrator.config import CoordinatorSettings
 from orchestrator.gateway.server import Gateway
-from orchestrator.placement.controller import PlacementController
+from orchestrator.placement.controller import PlacementController, Timings
+from orchestrator.reaper import reap
 from orchestrator.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "llamaherd"
 STATE_ACTOR = "cluster-state"
+PLACEMENT_ACTOR = "placement"
+GATEWAY_PREFIX = "gateway-"
+HEAD_RECORD = "ray.json"
 LONG_POLL_S = 5.0
 START_TIMEOUT_S = 60.0
+# An adopted actor answers in milliseconds; one that does not within this is replaced.
+ADOPT_TIMEOUT_S = 3.0
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -56,19 +76,40 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
 
 
+@dataclass(frozen=True)
+class Described:
+    """What an actor says about itself: the key of the settings it runs with (so that a
+    coordinator adopting it can tell whether they changed) and the ports it listens on."""
+
+    key: str
+    ports: tuple[int, ...]
+
+
+def _start_soon(coro: Any) -> asyncio.Task[Any]:
+    """Runs `coro` on the actor's event loop from its constructor: an actor restarted by Ray
+    gets only its constructor called again, so it must start serving by itself."""
+    return asyncio.get_event_loop().create_task(coro)
+
+
 class ClusterStateActor:
-    def __init__(self, settings: CoordinatorSettings) -> None:
+    def __init__(self, settings: CoordinatorSettings, key: str = "") -> None:
         _configure_logging(settings.log_level)
         self._settings = settings
+        self._key = key
         if settings.cluster_token is None:  # with_cluster_token gives the plane its token
             raise ValueError("the coordinator needs a cluster token")
         self._registry = WorkerRegistry(
             settings.heartbeat_interval_s, settings.down_after_s, settings.forget_after_s,
             settings.cluster_token, tls=settings.tls(),
         )  # fmt: skip
+        self._started = _start_soon(self._registry.start(settings.host, settings.registry_port))
 
     async def start(self) -> int:
-        return await self._registry.start(self._settings.host, self._settings.registry_port)
+        port: int = await self._started
+        return port
+
+    async def describe(self) -> Described:
+        return Described(self._key, (await self.start(),))
 
     async def snapshot_after(self, version: int, timeout_s: float) -> ClusterSnapshot:
         return await self._registry.snapshot_after(version, timeout_s)
@@ -81,8 +122,9 @@ class ClusterStateActor:
 
 
 class PlacementActor:
-    def __init__(self, settings: CoordinatorSettings, state: Any) -> None:
+    def __init__(self, settings: CoordinatorSettings, state: Any, key: str = "") -> None:
         _configure_logging(settings.log_level)
+        self._key = key
 
         async def snapshots(version: int, timeout_s: float) -> ClusterSnapshot:
             snapshot: ClusterSnapshot = await state.snapshot_after.remote(version, timeout_s)
@@ -92,51 +134,95 @@ class PlacementActor:
             await state.set_problems.remote(problems)
 
         self._clients = WorkerClients(token=settings.cluster_token, tls=settings.tls())
+        # Workers that were registered re-register within a heartbeat or two of a registry
+        # (re)start; one silent longer than down_after_s counts as gone anyway.
+        grace = max(settings.down_after_s, 2 * settings.heartbeat_interval_s)
         self._controller = PlacementController(
-            settings.models, settings.placement_interval_s, snapshots, publish, self._clients.client
-        )
-        self._task: asyncio.Task[None] | None = None
+            settings.models, settings.placement_interval_s, snapshots, publish,
+            self._clients.client, timings=Timings(rejoin_grace_s=grace),
+        )  # fmt: skip
+        self._task: asyncio.Task[None] = _start_soon(self._controller.run())
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._controller.run(), name="placement")
+        return None  # running since the constructor
+
+    async def describe(self) -> Described:
+        return Described(self._key, ())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
         await self._controller.stop()
         await self._clients.close()
 
 
 class GatewayActor:
-    def __init__(self, settings: CoordinatorSettings, state: Any) -> None:
+    def __init__(self, settings: CoordinatorSettings, state: Any, key: str = "") -> None:
         _configure_logging(settings.log_level)
+        self._key = key
 
         async def snapshots(version: int) -> ClusterSnapshot:
             snapshot: ClusterSnapshot = await state.snapshot_after.remote(version, LONG_POLL_S)
             return snapshot
 
         self._gateway = Gateway(settings, snapshots)
+        self._started = _start_soon(self._gateway.start())
 
     async def start(self) -> tuple[int, int]:
-        return await self._gateway.start()
+        ports: tuple[int, int] = await self._started
+        return ports
+
+    async def describe(self) -> Described:
+        return Described(self._key, await self.start())
 
     async def stop(self) -> None:
         await self._gateway.stop()
 
 
 # Actors take no CPU slot: they mostly wait on the network, and a 2-core board must still
-# have its cores for llama.cpp. Ray schedules them anyway.
+# have its cores for llama.cpp. Ray schedules them anyway. max_restarts applies to the
+# actors of `up` (they die with their driver); the coordinator's are detached and restarted
+# (_PERSISTENT).
 _Remote: Any = ray.remote(num_cpus=0, max_restarts=0)
 StateActor = _Remote(ClusterStateActor)
 PlacementRemote = _Remote(PlacementActor)
 GatewayRemote = _Remote(GatewayActor)
+_PERSISTENT: dict[str, Any] = {"lifetime": "detached", "max_restarts": -1}
 
 
 def _ray_nodes() -> list[dict[str, Any]]:
     nodes: list[dict[str, Any]] = ray.nodes()  # type: ignore[no-untyped-call]
     return nodes
+
+
+# ---- which settings each actor depends on ------------------------------------------------
+
+# The registry's own settings; the other actors hold a handle to it, so they follow it.
+_STATE_FIELDS = frozenset({
+    "host", "registry_port", "heartbeat_interval_s", "down_after_s", "forget_after_s",
+    "cluster_token", "cluster_token_file", "tls_ca", "tls_cert", "tls_key", "log_level",
+})  # fmt: skip
+_PLACEMENT_FIELDS = _STATE_FIELDS | {"models", "placement_interval_s"}
+# Where the coordinator runs and keeps its records: no actor's concern.
+_COORDINATOR_FIELDS = frozenset({"ray_address", "state_dir", "gateways_per_node"})
+_GATEWAY_FIELDS = (
+    frozenset(CoordinatorSettings.model_fields)
+    - _COORDINATOR_FIELDS
+    - {"models", "placement_interval_s"}
+) | _STATE_FIELDS
+
+
+def settings_key(settings: CoordinatorSettings, fields: frozenset[str]) -> str:
+    """A digest of `fields` of the settings (secrets included, so a new token or API key
+    counts as a change; the digest reveals neither)."""
+    data = settings.model_dump(mode="json", include=set(fields))
+    for name in ("cluster_token", "api_key"):
+        secret = getattr(settings, name)
+        if name in data and secret is not None:
+            data[name] = secret.get_secret_value()
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
 
 
 @dataclass
@@ -145,6 +231,7 @@ class Endpoints:
     http_port: int
     grpc_port: int
     gateways: int
+    adopted: tuple[str, ...] = ()  # the actors found serving and kept (coordinator only)
 
 
 @dataclass
@@ -154,15 +241,23 @@ class _Gateways:
 
 class ControlPlane:
     """Starts the control plane's actors on a Ray cluster (its own local one by default),
-    keeps a gateway on every Ray node, and stops everything on `stop()`."""
+    keeps a gateway on every Ray node, and stops everything on `stop()`.
 
-    def __init__(self, settings: CoordinatorSettings) -> None:
+    `persistent` (llamaherd coordinator): the actors are detached and named, the local Ray
+    head is a process tree of its own, and `start` adopts what an earlier coordinator left
+    serving; see the module's docstring."""
+
+    def __init__(self, settings: CoordinatorSettings, persistent: bool = False) -> None:
         self.settings = settings
+        self.persistent = persistent
         self._state: Any = None
         self._placement: Any = None
         self._gateways = _Gateways()
         self._ports: tuple[int, int] | None = None
         self._reaper: subprocess.Popen[bytes] | None = None
+        self._head: HeadRecord | None = None  # the Ray head this plane started or adopted
+        self._adopted: list[str] = []
+        self._replace_all = False  # a new state actor: the others hold the old one's handle
         self.endpoints: Endpoints | None = None
 
     def start(self) -> Endpoints:
@@ -171,16 +266,130 @@ class ControlPlane:
             self._init_ray()
         log.info("Ray ready in %.1f s", time.monotonic() - started)
         settings = self.settings
-        self._state = StateActor.options(name=STATE_ACTOR, namespace=NAMESPACE).remote(settings)
-        registry_port = ray.get(self._state.start.remote(), timeout=START_TIMEOUT_S)
-        self._placement = PlacementRemote.remote(settings, self._state)
-        ray.get(self._placement.start.remote(), timeout=START_TIMEOUT_S)
+        self._state = self._actor(STATE_ACTOR, StateActor, _STATE_FIELDS, settings)
+        (registry_port,) = self._describe(self._state).ports
+        self._placement = self._actor(
+            PLACEMENT_ACTOR, PlacementRemote, _PLACEMENT_FIELDS, settings, self._state
+        )
+        self._describe(self._placement)
         http_port, grpc_port = self._ensure_gateways()
         self.endpoints = Endpoints(
-            registry_port, http_port, grpc_port, sum(map(len, self._gateways.by_node.values()))
-        )
+            registry_port, http_port, grpc_port, sum(map(len, self._gateways.by_node.values())),
+            tuple(self._adopted),
+        )  # fmt: skip
+        if self._adopted:
+            log.info(
+                "adopted the running control plane in %.1f s: %s",
+                time.monotonic() - started, ", ".join(self._adopted),
+            )  # fmt: skip
         return self.endpoints
 
+    # ---- actors --------------------------------------------------------------------------
+    def _actor(
+        self, name: str, remote: Any, fields: frozenset[str], *args: Any, **options: Any
+    ) -> Any:
+        """The actor `name`: for a persistent plane, the one already serving if it answers
+        and runs with the same settings, else a new one (detached, restarted by Ray)."""
+        key = settings_key(self.settings, fields)
+        if not self.persistent:
+            if name == STATE_ACTOR:  # the gateways' status names it
+                options.update(name=name, namespace=NAMESPACE)
+            return remote.options(**options).remote(*args, key)
+        existing = _named_actor(name)
+        if existing is not None:
+            described = None if self._replace_all else _try_describe(existing)
+            if described is not None and described.key == key:
+                self._adopted.append(name)
+                return existing
+            why = (
+                "the control plane's registry is new" if self._replace_all
+                else "it does not answer" if described is None
+                else "its settings changed"
+            )  # fmt: skip
+            log.info("replacing the actor %s: %s", name, why)
+            _end(existing)
+        if name == STATE_ACTOR:
+            self._replace_all = True
+        options.update(name=name, namespace=NAMESPACE, **_PERSISTENT)
+        return remote.options(**options).remote(*args, key)
+
+    def _describe(self, actor: Any) -> Described:
+        """Waits for an actor to serve; raises what its start raised (OSError for a port
+        in use: Ray's error is an instance of its cause)."""
+        described: Described = ray.get(actor.describe.remote(), timeout=START_TIMEOUT_S)
+        return described
+
+    def _ensure_gateways(self) -> tuple[int, int]:
+        """Starts (or adopts) the missing gateways on every alive Ray node; returns the
+        ports in use."""
+        wanted = set()
+        for node in _ray_nodes():
+            if not node.get("Alive"):
+                continue
+            node_id = node["NodeID"]
+            have = self._gateways.by_node.setdefault(node_id, [])
+            while len(have) < self.settings.gateways_per_node:
+                name = f"{GATEWAY_PREFIX}{node_id[:16]}-{len(have)}"
+                wanted.add(name)
+                actor = self._actor(
+                    name, GatewayRemote, _GATEWAY_FIELDS, self.settings, self._state,
+                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+                )  # fmt: skip
+                ports = self._describe(actor).ports
+                have.append(actor)
+                self._ports = self._ports or (ports[0], ports[1])
+                if name not in self._adopted:
+                    log.info("gateway started on Ray node %s", node_id[:12])
+            wanted.update(f"{GATEWAY_PREFIX}{node_id[:16]}-{i}" for i in range(len(have)))
+        if self.persistent:
+            self._end_unwanted_gateways(wanted)
+        if self._ports is None:
+            raise RuntimeError("Ray reports no alive node to run a gateway on")
+        return self._ports
+
+    def _end_unwanted_gateways(self, wanted: set[str]) -> None:
+        """Ends detached gateways left by an earlier coordinator that no node needs now (a
+        node that left, fewer gateways per node): their names would otherwise stay taken."""
+        for name in ray.util.list_named_actors():
+            if name.startswith(GATEWAY_PREFIX) and name not in wanted:
+                actor = _named_actor(name)
+                if actor is not None:
+                    log.info("ending the gateway %s: no longer wanted", name)
+                    _end(actor)
+
+    def supervise_once(self) -> None:
+        """Adds gateways on Ray nodes that joined and drops the ones of nodes that left."""
+        alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
+        for node_id in list(self._gateways.by_node):
+            if node_id not in alive:
+                log.warning("Ray node %s left; its gateways are gone", node_id[:12])
+                for actor in self._gateways.by_node.pop(node_id):
+                    if self.persistent:  # detached: it would wait for that node forever
+                        _end(actor)
+        if alive - set(self._gateways.by_node):
+            self._ensure_gateways()
+
+    def stop(self) -> None:
+        """Stops every actor this plane holds, then Ray: the head too, if this plane
+        started (or adopted) one; its record goes with it."""
+        actors = [a for group in self._gateways.by_node.values() for a in group]
+        actors += [a for a in (self._placement, self._state) if a is not None]
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.get(actor.stop.remote(), timeout=5)
+        for actor in actors:
+            _end(actor)
+        self._gateways.by_node.clear()
+        if ray.is_initialized():
+            ray.shutdown()
+        if self._head is not None:
+            _stop_head(self._head, self.settings.state_dir)
+            self._head = None
+        if self._reaper is not None:
+            _stop_reaper(self._reaper)
+            self._reaper = None
+
+    # ---- Ray ---------------------------------------------------------------------------
     def _init_ray(self) -> None:
         kwargs: dict[str, Any] = {
             "namespace": NAMESPACE,
@@ -193,8 +402,12 @@ class ControlPlane:
             return
         _loopback_only()
         _private_ray_token()
-        ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
-        self._reaper = _start_reaper()
+        if self.persistent:
+            enable_token_auth_by_default()  # a driver joining a head must ask for it
+            self._head = _adopt_or_start_head(self.settings.state_dir, kwargs)
+        else:
+            ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
+            self._reaper = _start_reaper()
         node_ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         if node_ip != "127.0.0.1":  # a Ray that ignores _loopback_only: refuse, do not expose
             raise OSError(
@@ -204,50 +417,187 @@ class ControlPlane:
                 f"{_SINGLE_MACHINE_ENV}=0; use a Ray that honours it (2.60 does)",
             )
 
-    def _ensure_gateways(self) -> tuple[int, int]:
-        """Starts the missing gateways on every alive Ray node; returns the ports in use."""
-        for node in _ray_nodes():
-            if not node.get("Alive"):
-                continue
-            node_id = node["NodeID"]
-            have = self._gateways.by_node.setdefault(node_id, [])
-            while len(have) < self.settings.gateways_per_node:
-                actor = GatewayRemote.options(
-                    scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)
-                ).remote(self.settings, self._state)
-                ports = ray.get(actor.start.remote(), timeout=START_TIMEOUT_S)
-                have.append(actor)
-                self._ports = self._ports or ports
-                log.info("gateway started on Ray node %s", node_id[:12])
-        if self._ports is None:
-            raise RuntimeError("Ray reports no alive node to run a gateway on")
-        return self._ports
 
-    def supervise_once(self) -> None:
-        """Adds gateways on Ray nodes that joined and drops the ones of nodes that left."""
-        alive = {n["NodeID"] for n in _ray_nodes() if n.get("Alive")}
-        for node_id in list(self._gateways.by_node):
-            if node_id not in alive:
-                log.warning("Ray node %s left; its gateways are gone", node_id[:12])
-                del self._gateways.by_node[node_id]
-        if alive - set(self._gateways.by_node):
-            self._ensure_gateways()
+def _named_actor(name: str) -> Any:
+    """The live actor `name` of our namespace, or None."""
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:  # none by that name (or it is dead for good)
+        return None
 
-    def stop(self) -> None:
-        actors = [a for group in self._gateways.by_node.values() for a in group]
-        actors += [a for a in (self._placement, self._state) if a is not None]
-        for actor in actors:
-            with contextlib.suppress(Exception):
-                ray.get(actor.stop.remote(), timeout=5)
-        for actor in actors:
-            with contextlib.suppress(Exception):
-                ray.kill(actor)
-        self._gateways.by_node.clear()
-        if ray.is_initialized():
-            ray.shutdown()
-        if self._reaper is not None:
-            _stop_reaper(self._reaper)
-            self._reaper = None
+
+def _try_describe(actor: Any) -> Described | None:
+    """What a found actor says about itself, or None if it does not answer in time."""
+    try:
+        described: Described = ray.get(actor.describe.remote(), timeout=ADOPT_TIMEOUT_S)
+    except (ray.exceptions.RayError, OSError) as exc:
+        log.warning("a running actor did not answer: %s", str(exc).splitlines()[0])
+        return None
+    return described
+
+
+def _end(actor: Any) -> None:
+    """Kills an actor for good (no restart by Ray)."""
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
+
+
+# ---- the coordinator's Ray head: its own process tree, recorded to be adopted -----------
+
+
+@dataclass(frozen=True)
+class HeadRecord:
+    """A Ray head a coordinator started: its GCS address and session directory (the
+    session's processes are found by it, as orchestrator.reaper does)."""
+
+    address: str
+    session_dir: str
+    ray_version: str
+    started_at: float  # wall clock, for people reading the file
+
+
+def _record_path(state_dir: Path) -> Path:
+    return state_dir / HEAD_RECORD
+
+
+def read_head_record(state_dir: Path) -> HeadRecord | None:
+    """The recorded head, or None (no record, or one this version cannot read)."""
+    return _read_record(_record_path(state_dir))
+
+
+def _read_record(path: Path) -> HeadRecord | None:
+    try:
+        return HeadRecord(**json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("ignoring the unreadable head record %s: %s", path, exc)
+        return None
+
+
+def _write_head_record(path: Path, record: HeadRecord) -> None:
+    """Writes the record 0600 in a 0700 directory, atomically (a reader sees the old
+    record or the new one, never half of one)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(file.fileno(), 0o600)  # an older partial file may have had another mode
+        json.dump(asdict(record), file)
+    partial.replace(path)
+
+
+def _gcs_accepts(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _adopt_or_start_head(state_dir: Path, init_kwargs: dict[str, Any]) -> HeadRecord:
+    """Connects this process to the recorded head if it still serves, else starts a new
+    one (ending what is left of the recorded one) and records it."""
+    record = read_head_record(state_dir)
+    if record is not None:
+        if _gcs_accepts(record.address) and Path(record.session_dir).is_dir():
+            try:
+                ray.init(address=record.address, **init_kwargs)
+            except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+                log.warning("the recorded Ray head at %s refused us: %s", record.address, exc)
+            else:
+                if _session_dir() == record.session_dir:
+                    log.info("adopted the Ray head at %s", record.address)
+                    return record
+                ray.shutdown()  # another Ray took that port since: not ours to adopt
+        log.warning("the Ray head recorded in %s is gone; starting a new one", state_dir)
+        _reap_session(record)
+    record = _start_head(state_dir)
+    _write_head_record(_record_path(state_dir), record)
+    ray.init(address=record.address, **init_kwargs)
+    return record
+
+
+def _session_dir() -> str:
+    node: Any = ray._private.worker._global_node  # the only place naming Ray's session
+    if node is None:
+        raise RuntimeError("Ray is not initialized: no session")
+    session_dir: str = node.get_session_dir_path()
+    return session_dir
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_head(state_dir: Path) -> HeadRecord:
+    """Starts a Ray head on 127.0.0.1 as a process tree of its own: `python -m
+    orchestrator.runtime head` in a new session starts Ray's daemons and exits, so they
+    are nobody's children and outlive this process (`ray start --head` does the same, but
+    also starts a Ray Client server on a fixed port, which we do not need)."""
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = state_dir / (HEAD_RECORD + ".new")
+    out.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "orchestrator.runtime", "head", str(_free_port()), str(out)]
+    with (state_dir / "head.log").open("ab") as head_log:
+        done = subprocess.run(
+            command, stdin=subprocess.DEVNULL, stdout=head_log, stderr=subprocess.STDOUT,
+            start_new_session=True, timeout=START_TIMEOUT_S, check=False,
+        )  # fmt: skip
+    record = _read_record(out)
+    if done.returncode != 0 or record is None:
+        raise RuntimeError(
+            f"starting the Ray head failed (exit {done.returncode}); see {state_dir}/head.log"
+        )
+    out.unlink(missing_ok=True)
+    log.info("started a Ray head at %s (session %s)", record.address, record.session_dir)
+    return record
+
+
+def _reap_session(record: HeadRecord | None) -> None:
+    """Ends every process of a recorded head's session (those of a head whose GCS died
+    leave agents behind)."""
+    if record is None:
+        return
+    left = reap(Path(record.session_dir), Path(ray.__file__).parent)
+    if left:
+        log.warning("Ray processes still running after SIGKILL: %s", [p.pid for p in left])
+
+
+def _stop_head(record: HeadRecord, state_dir: Path) -> None:
+    """A clean stop: the actors are already stopped, so the session's processes only have
+    to go. The record goes first, so that a crash from here on starts afresh."""
+    with contextlib.suppress(FileNotFoundError):
+        if read_head_record(state_dir) == record:
+            _record_path(state_dir).unlink()
+    _reap_session(record)
+    log.info("stopped the Ray head at %s", record.address)
+
+
+def _head_main(argv: list[str]) -> int:
+    """`python -m orchestrator.runtime head PORT OUT`: starts a Ray head on 127.0.0.1:PORT
+    whose processes outlive this one, writes its HeadRecord to OUT (0600) and exits."""
+    port, out = int(argv[0]), Path(argv[1])
+    _loopback_only()
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    _private_ray_token()
+    enable_token_auth_by_default()
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    params = RayParams(
+        node_ip_address="127.0.0.1", include_dashboard=False, dashboard_host="127.0.0.1"
+    )
+    params.gcs_server_port = port
+    # shutdown_at_exit and spawn_reaper off: the daemons must not die with this process.
+    node: Any = Node(params, head=True, shutdown_at_exit=False, spawn_reaper=False)
+    record = HeadRecord(node.address, node.get_session_dir_path(), ray.__version__, time.time())
+    _write_head_record(out, record)
+    return 0
 
 
 # ---- our own local Ray: loopback only, a private token, nothing left behind -------------
@@ -319,3 +669,10 @@ def _stop_reaper(reaper: subprocess.Popen[bytes]) -> None:
         reaper.wait(timeout=15)
     except subprocess.TimeoutExpired:
         log.warning("Ray's reaper (pid %d) is still sweeping; leaving it to finish", reaper.pid)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["head"] or len(sys.argv) != 4:
+        print("usage: python -m orchestrator.runtime head PORT OUT", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(_head_main(sys.argv[2:]))

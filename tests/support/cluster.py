@@ -108,7 +108,11 @@ def start_coordinator(
         "--http-port", str(http), "--grpc-port", str(grpc_port), *TIMINGS, *args,
     ]  # fmt: skip
     log_path = workdir / f"{name}.log"
-    environ = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    environ = {
+        **os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
+        # Its Ray head's record: a restart in the same workdir adopts what a killed one left.
+        "LLAMAHERD_COORDINATOR_STATE_DIR": str(workdir / "coordinator-state"), **(env or {}),
+    }  # fmt: skip
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=environ, start_new_session=True
