@@ -122,10 +122,19 @@ def start_coordinator(
         wait_health(
             coordinator.gateway, process, coordinator.log_tail, "coordinator", ready_timeout
         )
+        # A gateway its killed predecessor left may be what answered: this one is up once
+        # it has printed its endpoints (after starting or adopting the control plane).
+        wait_for(lambda: _printed_endpoints(coordinator), ready_timeout, f"{name}'s endpoints")
     except BaseException:
-        coordinator.stop(signal.SIGKILL)
+        coordinator.stop()  # a clean stop: a killed one would leave its Ray head running
         raise
     return coordinator
+
+
+def _printed_endpoints(coordinator: Coordinator) -> bool:
+    if not coordinator.alive():
+        raise RuntimeError(f"coordinator exited:\n{coordinator.log_tail()}")
+    return "OpenAI-compatible API:" in coordinator.log_tail(lines=500)
 
 
 def start_node(
