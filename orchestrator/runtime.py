@@ -501,7 +501,8 @@ def _adopt_or_start_head(state_dir: Path, init_kwargs: dict[str, Any]) -> HeadRe
     one (ending what is left of the recorded one) and records it."""
     record = read_head_record(state_dir)
     if record is not None:
-        if _gcs_accepts(record.address) and Path(record.session_dir).is_dir():
+        same_ray = record.ray_version == ray.__version__  # another Ray's GCS refuses us
+        if same_ray and _gcs_accepts(record.address) and Path(record.session_dir).is_dir():
             try:
                 ray.init(address=record.address, **init_kwargs)
             except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
@@ -543,7 +544,8 @@ def _start_head(state_dir: Path) -> HeadRecord:
     out = state_dir / (HEAD_RECORD + ".new")
     out.unlink(missing_ok=True)
     command = [sys.executable, "-m", "orchestrator.runtime", "head", str(_free_port()), str(out)]
-    with (state_dir / "head.log").open("ab") as head_log:
+    log_fd = os.open(state_dir / "head.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(log_fd, "ab") as head_log:
         done = subprocess.run(
             command, stdin=subprocess.DEVNULL, stdout=head_log, stderr=subprocess.STDOUT,
             start_new_session=True, timeout=START_TIMEOUT_S, check=False,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import signal
+import stat
 import time
 from pathlib import Path
 
@@ -83,6 +84,9 @@ def test_a_killed_coordinator_leaves_the_plane_serving_and_a_restart_adopts_it(t
         wait_for(lambda: ready_replicas(coordinator).get(GEMMA) == set(workers), 120,
                  "two replicas")  # fmt: skip
         _assert_loopback_only(_plane(coordinator, session_dir))
+        state_dir = tmp_path / "coordinator-state"
+        assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+        assert stat.S_IMODE((state_dir / "ray.json").stat().st_mode) == 0o600
 
         load = Load(f"http://127.0.0.1:{coordinator.http_port}", GEMMA, clients=3).start()
         time.sleep(1.0)
