@@ -39,13 +39,32 @@ echo "image: built in $((SECONDS - start)) s"
 
 ctr=$("${b[@]}" from localhost/llamaherd-cpu)
 "${b[@]}" run --isolation chroot "$ctr" -- llamaherd worker --help | head -n 1
+
+# The image's own command listens on every interface: without the join token it must refuse
+# to start, and say where the token goes.
+if timeout 120 "${b[@]}" run --isolation chroot "$ctr" -- llamaherd worker --host 0.0.0.0 \
+    >"$context/refused" 2>&1; then
+  echo "image: the worker started on 0.0.0.0 without a join token" >&2; exit 1
+fi
+grep -q LLAMAHERD_CLUSTER_TOKEN "$context/refused" || { cat "$context/refused" >&2; exit 1; }
+
+# With the token in its environment (as podman run --env would pass it), the worker requires
+# it on its API: a client without it is refused, one with it is served.
+token=$(python3 -c 'import secrets; print(secrets.token_urlsafe(32))')
 log=$context/worker.log
-"${b[@]}" run --isolation chroot "$ctr" -- \
+"${b[@]}" run --isolation chroot --env "LLAMAHERD_CLUSTER_TOKEN=$token" "$ctr" -- \
   llamaherd worker --host 127.0.0.1 --port "$port" --metrics-port 0 >"$log" 2>&1 &
 runner=$!
 for _ in $(seq 120); do grep -q "serving models" "$log" && break; sleep 1; done
-"$root/.venv/bin/llamaherd" generate --worker "127.0.0.1:$port" --max-tokens 12 --temperature 0 \
-  "Once upon a time" | tee "$context/reply"
+if env -u LLAMAHERD_CLUSTER_TOKEN "$root/.venv/bin/llamaherd" models --worker "127.0.0.1:$port" \
+    >"$context/no-token" 2>&1; then
+  echo "image: the worker served a client without the join token" >&2; exit 1
+fi
+grep -q "requires the join token" "$context/no-token" || { cat "$context/no-token" >&2; exit 1; }
+LLAMAHERD_CLUSTER_TOKEN=$token "$root/.venv/bin/llamaherd" generate --worker "127.0.0.1:$port" \
+  --max-tokens 12 --temperature 0 "Once upon a time" | tee "$context/reply"
 kill "$runner"; wait "$runner" || true
 test -s "$context/reply"  # the generated text (the summary line goes to stderr)
-echo "image: llamaherd worker --help runs; the worker in the image served the default model"
+if grep -qF "$token" "$log"; then echo "image: the worker logged its join token" >&2; exit 1; fi
+echo "image: llamaherd worker --help runs; without a join token it refuses 0.0.0.0; with one"
+echo "image: from its environment it refused a client without it and served the default model"

@@ -7,8 +7,11 @@ state the earlier ones left, as an operator's successive runs would.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
 import shutil
+import stat
 import threading
 import time
 from collections import Counter
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.fleet.conftest import ROOT, Fleet, PlaybookRun, _sha256
 
@@ -26,6 +30,8 @@ HOSTS = ("coord", *WORKERS)
 UPGRADED_VERSION = "0.1.0+fleet.upgrade"
 LLAMA_CPP_PIN = re.compile(r'"llama-cpp-python==([0-9.]+)"')
 LLAMA_CPP_VERSION = LLAMA_CPP_PIN.findall((ROOT / "pyproject.toml").read_text())[0]
+TOKEN_FILE = "/etc/llamaherd/cluster-token"  # on every host
+LLAMAHERD = "/opt/llamaherd/venv/bin/llamaherd"
 
 
 def _converged(fleet: Fleet) -> PlaybookRun:
@@ -108,6 +114,63 @@ def test_the_api_key_stays_secret(fleet: Fleet) -> None:
     for host in ("coord", *WORKERS):
         logs = fleet.ssh(host, "journalctl -q --no-pager -u 'llamaherd-*'")
         assert fleet.api_key not in logs.stdout
+
+
+def _token_store(fleet: Fleet) -> Path:
+    """Where the roles generate the join token when the inventory sets none."""
+    return fleet.workdir / "inventory/credentials/llamaherd-cluster-token"
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(f"{token}\n".encode()).hexdigest()  # as the roles write it
+
+
+def _check_token_on_hosts(fleet: Fleet, token: str) -> None:
+    """Every host has `token` in a 0600 file of the service user's, and no journal line of
+    a llamaherd unit shows it."""
+    for host in HOSTS:
+        state = fleet.ssh(host, f"stat -c '%a %U %G' {TOKEN_FILE}; sha256sum {TOKEN_FILE}")
+        lines = state.stdout.splitlines()
+        assert lines[0] == "600 llamaherd llamaherd", (host, state)
+        assert lines[1].split()[0] == _digest(token), host  # never the token in a message
+        logs = fleet.ssh(host, "journalctl -q --no-pager -u 'llamaherd-*'")
+        assert logs.returncode == 0 and "Started" in logs.stdout, (host, logs.stderr)
+        assert logs.stdout.count(token) == 0, host
+
+
+def test_one_cluster_token_is_generated_and_reaches_every_host_privately(fleet: Fleet) -> None:
+    run = _converged(fleet)
+    store = _token_store(fleet)  # generated once on the control machine, 0600 in a 0700 folder
+    assert stat.S_IMODE(store.stat().st_mode) == 0o600
+    assert stat.S_IMODE(store.parent.stat().st_mode) == 0o700
+    token = store.read_text().strip()
+    assert re.fullmatch(r"[A-Za-z0-9]{43}", token)
+    assert token not in run.output
+    _check_token_on_hosts(fleet, token)
+    coordinator = yaml.safe_load(fleet.ssh("coord", "cat /etc/llamaherd/coordinator.yaml").stdout)
+    assert coordinator["cluster_token_file"] == TOKEN_FILE
+    for host in WORKERS:
+        config = yaml.safe_load(fleet.ssh(host, "cat /etc/llamaherd/worker.yaml").stdout)
+        assert config["cluster_token_file"] == TOKEN_FILE
+        env = fleet.ssh(host, "cat /etc/llamaherd/worker.env").stdout
+        assert token not in env
+        # The node key the worker registered with, in the unit's StateDirectory.
+        key = fleet.ssh(host, f"stat -c '%a %U' /var/lib/llamaherd/node-keys "
+                              f"/var/lib/llamaherd/node-keys/{host}")  # fmt: skip
+        assert key.stdout.splitlines() == ["700 llamaherd", "600 llamaherd"], (host, key)
+
+
+def test_the_worker_api_requires_the_cluster_token(fleet: Fleet) -> None:
+    _converged(fleet)
+    for host in WORKERS:
+        worker = f"{fleet.machines[host].address}:50051"
+        refused = fleet.ssh("coord", f"{LLAMAHERD} models --worker {worker}")
+        assert refused.returncode != 0, (host, refused)
+        assert "requires the join token" in refused.stderr + refused.stdout, (host, refused)
+        served = fleet.ssh(
+            "coord", f"{LLAMAHERD} models --worker {worker} --cluster-token-file {TOKEN_FILE}"
+        )
+        assert served.returncode == 0, (host, served)
 
 
 def test_the_jetson_branch_ran_on_the_jetson_host(fleet: Fleet) -> None:
@@ -241,3 +304,44 @@ def test_a_rolling_upgrade_under_light_load_loses_no_request(fleet: Fleet, tmp_p
         assert version.stdout.strip() == f"Version: {UPGRADED_VERSION}", host
     assert outcomes["200"] > 0
     assert failures == [], failures[:5]
+
+
+def _serves(fleet: Fleet, timeout_s: float = 240) -> httpx.Response:
+    """A chat completion, retried until placement has loaded the catalog again."""
+    with httpx.Client() as client:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            response = _chat(fleet, client)
+            if response.status_code == 200 or time.monotonic() > deadline:
+                return response
+            time.sleep(2)
+
+
+def test_rotating_the_cluster_token_rewrites_it_and_restarts_the_services(fleet: Fleet) -> None:
+    _converged(fleet)
+    old = _token_store(fleet).read_text().strip()
+    new = secrets.token_urlsafe(32)
+    # As an operator would set it from the vault: through a file, never on a command line.
+    extra = fleet.workdir / "rotate.yml"
+    extra.write_text(yaml.safe_dump({"llamaherd_cluster_token": new}))
+    extra.chmod(0o600)
+    run = fleet.playbook("site.yml", "-e", f"@{extra}")
+    fleet.timings["rotate"] = run.seconds
+    print(f"\nfleet timings (s): {fleet.timings}")
+    assert run.rc == 0, run.output[-6000:]
+    assert new not in run.output and old not in run.output
+    assert all(run.recap[host]["changed"] > 0 for host in HOSTS), run.recap
+    assert "RUNNING HANDLER [llamaherd_coordinator : Restart the coordinator]" in run.output
+    assert "RUNNING HANDLER [llamaherd_worker : Restart the worker]" in run.output
+    _check_token_on_hosts(fleet, new)
+    # The workers registered again with the new token (the role waited until the
+    # coordinator listed each), the cluster serves, and the old token opens nothing.
+    response = _serves(fleet)
+    assert response.status_code == 200, response.text
+    for host in WORKERS:
+        worker = f"{fleet.machines[host].address}:50051"
+        stale = fleet.ssh(
+            "coord", f"LLAMAHERD_CLUSTER_TOKEN={old} {LLAMAHERD} models --worker {worker}"
+        )
+        assert stale.returncode != 0, (host, stale)
+        assert "requires the join token" in stale.stderr + stale.stdout, (host, stale)
