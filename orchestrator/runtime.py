@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -213,10 +214,19 @@ _GATEWAY_FIELDS = (
 ) | _STATE_FIELDS
 
 
+def _code_version() -> str:
+    try:
+        return importlib.metadata.version("llamaherd")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
+
+
 def settings_key(settings: CoordinatorSettings, fields: frozenset[str]) -> str:
     """A digest of `fields` of the settings (secrets included, so a new token or API key
-    counts as a change; the digest reveals neither)."""
+    counts as a change; the digest reveals neither) and of llamaherd's version (an upgraded
+    coordinator replaces the actors running the old code)."""
     data = settings.model_dump(mode="json", include=set(fields))
+    data["llamaherd version"] = _code_version()
     for name in ("cluster_token", "api_key"):
         secret = getattr(settings, name)
         if name in data and secret is not None:
@@ -264,6 +274,8 @@ class ControlPlane:
         started = time.monotonic()
         if not ray.is_initialized():
             self._init_ray()
+        if self.persistent:
+            _show_every_job_s_logs()
         log.info("Ray ready in %.1f s", time.monotonic() - started)
         settings = self.settings
         self._state = self._actor(STATE_ACTOR, StateActor, _STATE_FIELDS, settings)
@@ -416,6 +428,14 @@ class ControlPlane:
                 f"would listen beyond this machine: Ray {ray.__version__} ignores "
                 f"{_SINGLE_MACHINE_ENV}=0; use a Ray that honours it (2.60 does)",
             )
+
+
+def _show_every_job_s_logs() -> None:
+    """Detached actors adopted from an earlier coordinator belong to its Ray job, whose logs
+    Ray does not forward to a new driver: without this, the registry's and placement's logs
+    would vanish from the coordinator's output after a restart (Ray Serve does the same for
+    its detached controller)."""
+    ray._private.worker.global_worker._filter_logs_by_job = False
 
 
 def _named_actor(name: str) -> Any:

@@ -4,19 +4,22 @@ Under a small steady load (streaming and non-streaming requests through the gate
 two separate workers registered: kill -9 the coordinator, and no request fails, the gateway
 keeps answering and both workers stay registered (its Ray head, the registry, placement and
 the gateways are detached processes, not its children). A restart adopts all of it within
-5 s, loads nothing again, and listens on loopback only, like the first one; a restart with
+5 s, loads nothing again, and listens on loopback only, like the first one. Ray restarts a
+crashed actor (the registry comes back empty and the workers re-register); a restart with
 another catalog replaces the placement actor only. A clean stop (SIGTERM) leaves no process
 of either behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import stat
 import time
 from pathlib import Path
 
+import grpc
 import psutil
 import ray
 from chaos.load import OK, Load
@@ -59,6 +62,24 @@ def _assert_loopback_only(processes: list[psutil.Process]) -> None:
     exposed = [str(lst) for lst in found if not lst.loopback]
     assert not exposed, "listening beyond loopback:\n  " + "\n  ".join(exposed)
     assert len(found) >= 4, describe(processes)  # registry, gateway (2), Ray's own
+
+
+def _actor_processes(session_dir: Path, classes: tuple[str, ...]) -> list[psutil.Process]:
+    """The worker processes of the given actor classes (Ray names them ray::Class...)."""
+    found = []
+    for process in session_processes(session_dir, Path(ray.__file__).parent, exclude=0):
+        with contextlib.suppress(psutil.Error):
+            title = process.cmdline()[0]
+            if any(title.startswith(f"ray::{name}") for name in classes):
+                found.append(process)
+    return found
+
+
+def _ready_or_none(coordinator: Coordinator) -> set[str] | None:
+    try:
+        return ready_replicas(coordinator).get(GEMMA)
+    except grpc.RpcError:  # the gateway is restarting
+        return None
 
 
 def _restart(
@@ -109,6 +130,19 @@ def test_a_killed_coordinator_leaves_the_plane_serving_and_a_restart_adopts_it(t
         assert any(o.stream for o in outcomes) and not all(o.stream for o in outcomes)
         log = restarted.log_tail(lines=500)
         assert "cluster-state, placement, gateway-" in log, log
+
+        # Ray restarts a crashed actor: the gateway serves again, the registry (empty) has
+        # the workers back at their next heartbeat, and placement waits for them.
+        crashed = _actor_processes(session_dir, ("ClusterStateActor", "GatewayActor"))
+        assert len(crashed) == 2, describe(_plane(restarted, session_dir))
+        for process in crashed:
+            process.kill()
+        assert not wait_gone(crashed, GONE_WITHIN_S), describe(crashed)
+        wait_for(lambda: _ready_or_none(restarted) == set(workers), 30,
+                 "the restarted actors with both workers")  # fmt: skip
+        # Their logs reach the coordinator that adopted them (Ray's job filter is off).
+        wait_for(lambda: "placement waits" in restarted.log_tail(lines=500), 10,
+                 "placement to wait for the workers to rejoin the new registry")  # fmt: skip
 
         # Another catalog: placement is replaced, the registry and the gateway adopted.
         restarted.stop(signal.SIGKILL)

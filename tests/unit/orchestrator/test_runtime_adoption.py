@@ -8,8 +8,10 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import pytest
 from pydantic import SecretStr
 
+from orchestrator import runtime
 from orchestrator.config import CatalogEntry, CoordinatorSettings
 from orchestrator.runtime import (
     _GATEWAY_FIELDS,
@@ -86,3 +88,10 @@ def test_a_missing_or_unreadable_record_means_no_head(tmp_path: Path) -> None:
     assert read_head_record(tmp_path) is None
     (tmp_path / "ray.json").write_text('{"address": "127.0.0.1:1"}')  # an older shape
     assert read_head_record(tmp_path) is None
+
+
+def test_an_upgraded_llamaherd_replaces_every_actor(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = {role: settings_key(BASE, fields) for role, fields in ROLES.items()}
+    monkeypatch.setattr(runtime, "_code_version", lambda: "99.0.0")
+    after = {role: settings_key(BASE, fields) for role, fields in ROLES.items()}
+    assert all(before[role] != after[role] for role in ROLES)
