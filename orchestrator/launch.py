@@ -134,9 +134,9 @@ def run_coordinator(args: argparse.Namespace) -> int:
         print(f"llamaherd coordinator: {exc}", file=sys.stderr)
         return 2
     _configure_logging(settings.log_level)
+    stop = _StopSignal()  # before importing Ray (a second): a SIGTERM then is a clean stop too
     from orchestrator.runtime import ControlPlane
 
-    stop = _StopSignal()
     # Persistent: the gateways, the registry and placement outlive this process if it is
     # killed, and the next `llamaherd coordinator` adopts them; a clean stop ends them.
     plane = ControlPlane(settings, persistent=True)

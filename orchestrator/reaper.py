@@ -64,13 +64,21 @@ def _under(text: str, directory: str) -> bool:
     return value == directory or value.startswith(directory + os.sep)
 
 
-def reap(session_dir: Path, ray_dir: Path, timeout: float = GONE_WITHIN_S) -> list[psutil.Process]:
+def reap(
+    session_dir: Path, ray_dir: Path, timeout: float = GONE_WITHIN_S, why: str | None = None
+) -> list[psutil.Process]:
     """Kills the session's processes (SIGKILL: the ones left at this point ignore SIGTERM)
-    and waits for them; returns the ones still alive after `timeout`."""
+    and waits for them; returns the ones still alive after `timeout`. `why` names a
+    deliberate stop (logged at INFO); without it they are a dead driver's leftovers."""
     victims = list(session_processes(session_dir, ray_dir, exclude=os.getpid()))
     for process in victims:
         try:
-            log.warning("ending %s (pid %d), left by a dead driver", process.name(), process.pid)
+            if why is None:
+                log.warning(
+                    "ending %s (pid %d), left by a dead driver", process.name(), process.pid
+                )
+            else:
+                log.info("ending %s (pid %d): %s", process.name(), process.pid, why)
             process.kill()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue

@@ -580,12 +580,12 @@ def _start_head(state_dir: Path) -> HeadRecord:
     return record
 
 
-def _reap_session(record: HeadRecord | None) -> None:
+def _reap_session(record: HeadRecord | None, why: str | None = None) -> None:
     """Ends every process of a recorded head's session (those of a head whose GCS died
-    leave agents behind)."""
+    leave agents behind); `why` names a deliberate stop."""
     if record is None:
         return
-    left = reap(Path(record.session_dir), Path(ray.__file__).parent)
+    left = reap(Path(record.session_dir), Path(ray.__file__).parent, why=why)
     if left:
         log.warning("Ray processes still running after SIGKILL: %s", [p.pid for p in left])
 
@@ -596,7 +596,7 @@ def _stop_head(record: HeadRecord, state_dir: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
         if read_head_record(state_dir) == record:
             _record_path(state_dir).unlink()
-    _reap_session(record)
+    _reap_session(record, why="the coordinator stops its Ray head")
     log.info("stopped the Ray head at %s", record.address)
 
 
