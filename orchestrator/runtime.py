@@ -320,6 +320,7 @@ class ControlPlane:
             )  # fmt: skip
             log.info("replacing the actor %s: %s", name, why)
             _end(existing)
+            _wait_name_free(name)  # its name, and its ports, are the new one's
         if name == STATE_ACTOR:
             self._replace_all = True
         options.update(name=name, namespace=NAMESPACE, **_PERSISTENT)
@@ -454,6 +455,14 @@ def _try_describe(actor: Any) -> Described | None:
         log.warning("a running actor did not answer: %s", str(exc).splitlines()[0])
         return None
     return described
+
+
+def _wait_name_free(name: str, timeout: float = 10.0) -> None:
+    """Waits until a killed actor is dead: Ray frees its name (and the kernel its ports)
+    once its process has exited."""
+    deadline = time.monotonic() + timeout
+    while _named_actor(name) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _end(actor: Any) -> None:
