@@ -63,9 +63,10 @@ class GpuSample:
     power_limit_watts: float | None = None
     clocks: tuple[Clock, ...] = ()
     # Active reasons the clocks are held down, snake_case: "sw_power_cap", "hw_slowdown",
-    # "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
-    # "sync_boost", "display_clock_setting", "board_limit", "reliability" (NVML). On Jetson they are derived from limits,
-    # not reported by the hardware: "thermal:<zone>" at its max, "power:<rail>" at its warn.
+    # "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown", "sync_boost",
+    # "display_clock_setting", "board_limit", "reliability" (NVML). On Jetson they are
+    # derived from limits, not reported by the hardware: "thermal:<zone>" at its max,
+    # "power:<rail>" at its warn.
     # Idle and user-set application clocks are not throttling and are not listed.
     throttle_reasons: tuple[str, ...] = ()
 
