@@ -17,9 +17,9 @@ _C = TypeVar("_C", bound="ChannelClient")
 
 
 class ChannelClient:
-    """Owns one insecure channel to `address`; a context manager that closes it. With the
-        cluster's join `token`, every call carries it (what a worker with a token requires); with
-    `tls` (common.cluster_tls), the channel is mutual TLS."""
+    """Owns one channel to `address`; a context manager that closes it. With the cluster's
+    join `token`, every call carries it (what a worker with a token requires); with `tls`
+    (common.cluster_tls), the channel is mutual TLS."""
 
     def __init__(
         self,
