@@ -40,7 +40,7 @@ lint: setup  ## ruff, mypy, and the import contracts in pyproject.toml
 
 fuzz: setup  ## the property-based fuzzers (GGUF reader, OpenAI parsing) with thousands of examples
 	LLAMAHERD_FUZZ=long $(PY) -m pytest -q -p no:cacheprovider \
-		tests/unit/worker/models/test_gguf_fuzz.py tests/unit/orchestrator/gateway/test_openai_fuzz.py
+		tests/unit/common/test_gguf_fuzz.py tests/unit/orchestrator/gateway/test_openai_fuzz.py
 
 # Real coordinator and workers under load, killed, stopped, flooded and fed hostile input;
 # one line per scenario and a non-zero exit when any request is lost (see RELIABILITY.md).

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.errors import InvalidModelFile, ResourceExhausted
+from common.gguf import GGUFFile
 from common.memory import MemoryEstimate, format_bytes
-from worker.models.gguf import GGUFFile
 
 KV_CELL_PADDING = 256
 # llama.cpp's compile-time limits (src/llama-hparams.h). It aborts the whole process, rather

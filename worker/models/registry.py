@@ -33,6 +33,7 @@ from common.errors import (
     PermissionDenied,
     Unavailable,
 )
+from common.gguf import read_gguf
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
 from common.status import EngineFigures, ModelState, ModelStatus
@@ -40,7 +41,6 @@ from worker.config import WorkerSettings
 from worker.engine.pools import BoundedPool, default_pool
 from worker.models import builtin
 from worker.models.estimate import MemoryBudget, ModelShape, estimate_memory
-from worker.models.gguf import read_gguf
 from worker.models.served import LocalFactory, ModelFacts, ServedModel, SplitFactory
 
 log = logging.getLogger(__name__)

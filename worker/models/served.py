@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from common.gguf import GGUFFile
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
 from common.status import EngineFigures
 from worker.engine.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
 from worker.engine.sampling import SamplingParams
-from worker.models.gguf import GGUFFile
 
 OnLost = Callable[[str], None]
 """Called with the reason when a serving model breaks on its own (a split model's helper)."""

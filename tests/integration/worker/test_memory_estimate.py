@@ -8,12 +8,12 @@ import re
 
 import pytest
 
+from common.gguf import read_gguf
 from common.memory import MiB
 from common.model_settings import FlashAttention
 from worker.llamacpp.context import ContextParams, LlamaContext
 from worker.llamacpp.model import LlamaModel
 from worker.models.estimate import ModelShape, estimate_compute, estimate_kv_cache
-from worker.models.gguf import read_gguf
 
 KV = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB")
 COMPUTE = re.compile(r"compute buffer size =\s+([\d.]+) MiB")

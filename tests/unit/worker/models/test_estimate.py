@@ -9,6 +9,7 @@ import pytest
 from support.gguf_files import write_gguf
 
 from common.errors import InvalidModelFile, ResourceExhausted
+from common.gguf import read_gguf
 from common.memory import GiB, MemoryEstimate
 from worker.models.estimate import (
     MemoryBudget,
@@ -17,7 +18,6 @@ from worker.models.estimate import (
     estimate_memory,
     kv_cells,
 )
-from worker.models.gguf import read_gguf
 
 
 def _shape(tmp_path, **kwargs) -> ModelShape:

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from support.fuzz import fuzz_settings
 
 from common.errors import InvalidModelFile
-from worker.models.gguf import GGML_TYPES, GGUFFile, read_gguf
+from common.gguf import GGML_TYPES, GGUFFile, read_gguf
 
 TIME_BOUND_S = 5.0  # the real header parses in ~0.1 s; generous for a shared 2-core VM
 MEMORY_BOUND = 32 * 2**20  # Python heap; the file itself is mmapped, not copied
