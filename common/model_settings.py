@@ -8,6 +8,7 @@ by the worker that loads the model.
 from __future__ import annotations
 
 import enum
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -16,6 +17,10 @@ from common.net import split_host_port
 
 ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
 BUILTIN_PREFIX = "builtin:"
+STORE_PREFIX = "store:"  # path of a model fetched from the cluster's store: store:<name>
+STORE_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+SOURCE_URL_SCHEMES = ("http", "https")
 DEFAULT_MODEL = "gemma-3-270m"  # the embedded model (worker.models.builtin)
 RPC_MAX_SERVERS = 16  # GGML_RPC_MAX_SERVERS in ggml-rpc.h
 
@@ -32,6 +37,41 @@ class Pooling(str, enum.Enum):
     LAST = "last"
 
 
+class ModelSource(BaseModel):
+    """Where a worker fetches a store model's file, and what the file must be.
+
+    The worker keeps it at `<first model_dir>/store/<sha256>.gguf` and nowhere else, so no
+    field here names a local path; it tries `urls` in order (peers holding it first, the
+    coordinator's store last) and loads nothing before the size and sha256 match.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=STORE_NAME_PATTERN, description="the model's name in the store")
+    sha256: str = Field(pattern=SHA256_PATTERN, description="the file's sha256, lowercase hex")
+    size_bytes: int = Field(gt=0, description="the file's size in bytes")
+    urls: tuple[str, ...] = Field(
+        min_length=1, max_length=64,
+        description="http(s) URLs serving the file (GET /v1/store/files/<sha256>), tried in order",
+    )  # fmt: skip
+
+    @field_validator("name")
+    @classmethod
+    def _no_dot_dot(cls, name: str) -> str:
+        if ".." in name:
+            raise ValueError(f"store name {name!r} contains '..'")
+        return name
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, urls: tuple[str, ...]) -> tuple[str, ...]:
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in SOURCE_URL_SCHEMES or not parts.hostname:
+                raise ValueError(f"source url {url!r} is not an http(s) URL with a host")
+        return urls
+
+
 class ModelConfig(BaseModel):
     """How to load one model (an entry under `models:`, or a LoadModel request)."""
 
@@ -40,7 +80,8 @@ class ModelConfig(BaseModel):
     alias: str = Field(pattern=ALIAS_PATTERN, description="name clients use to pick the model")
     path: str = Field(
         min_length=1,
-        description=f"GGUF file, or '{BUILTIN_PREFIX}gemma-3-270m' for the embedded model",
+        description=f"GGUF file, '{BUILTIN_PREFIX}gemma-3-270m' for the embedded model, or "
+        f"'{STORE_PREFIX}NAME' for a store model fetched from `source`",
     )
     n_ctx: int = Field(4096, ge=0, le=1 << 20, description="context tokens; 0 = training context")
     n_gpu_layers: int = Field(0, ge=-1, description="layers offloaded to the GPU; -1 = all")
@@ -72,6 +113,22 @@ class ModelConfig(BaseModel):
         description="share of the offloaded layers per device, RPC servers first "
         "(llama.cpp's --tensor-split)",
     )  # fmt: skip
+
+    source: ModelSource | None = Field(
+        None, description=f"where to fetch the file of a '{STORE_PREFIX}NAME' path"
+    )
+
+    @model_validator(mode="after")
+    def _store_path_has_its_source(self) -> ModelConfig:
+        is_store = self.path.startswith(STORE_PREFIX)
+        if self.source is None and is_store:
+            raise ValueError(f"path {self.path!r} names a store model but no source is given")
+        if self.source is not None and self.path != STORE_PREFIX + self.source.name:
+            raise ValueError(
+                f"a model with a source has path '{STORE_PREFIX}{self.source.name}', "
+                f"not {self.path!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _a_token_per_slot(self) -> ModelConfig:
@@ -124,6 +181,11 @@ class ModelConfig(BaseModel):
     @property
     def is_builtin(self) -> bool:
         return self.path.startswith(BUILTIN_PREFIX)
+
+    @property
+    def is_store(self) -> bool:
+        """Fetched from the cluster's store (self.source) rather than found on the node."""
+        return self.source is not None
 
     @property
     def threads(self) -> int:

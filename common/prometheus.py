@@ -176,3 +176,11 @@ def add_models(m: MetricSet, models: Iterable[ModelStatus], base: Sequence[str] 
                 g.prompt_tps or None, base, **model)  # fmt: skip
         m.gauge("model_memory_bytes", "Estimated memory of the model (weights, KV, compute)",
                 status.memory_bytes, base, **model)  # fmt: skip
+        if status.download is not None:
+            d = status.download
+            m.gauge("model_download_bytes", "Bytes of the model's file fetched so far",
+                    d.bytes_done, base, **model)  # fmt: skip
+            m.gauge("model_download_total_bytes", "Size of the model's file being fetched",
+                    d.bytes_total, base, **model)  # fmt: skip
+            m.gauge("model_download_bytes_per_second", "Recent rate of the model's fetch",
+                    d.bytes_per_second, base, **model)  # fmt: skip

@@ -55,6 +55,31 @@ class EngineFigures:
 
 
 @dataclass(frozen=True)
+class DownloadProgress:
+    """A model's file on its way to the node (state DOWNLOADING)."""
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+    bytes_per_second: float = 0.0  # recent rate; 0 = not measured yet (or waiting its turn)
+    eta_s: float = 0.0  # seconds left at that rate; 0 = unknown
+    source: str = ""  # host:port being fetched from
+    attempt: int = 0  # 1 for the first try; 0 = waiting for a download slot
+
+    @property
+    def fraction(self) -> float:
+        return self.bytes_done / self.bytes_total if self.bytes_total else 0.0
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A verified store file in a worker's store dir, which it serves to its peers."""
+
+    sha256: str
+    size_bytes: int
+    name: str = ""  # the store name it was fetched as; empty when not known
+
+
+@dataclass(frozen=True)
 class ModelStatus:
     """One model on one node, as its worker sees it now."""
 
@@ -68,6 +93,7 @@ class ModelStatus:
     estimate: MemoryEstimate | None = None  # from the GGUF metadata, before loading
     chat_template_source: str = ""  # gguf, config, chat_format:<name> or fallback:<name>
     engine: EngineFigures = field(default_factory=EngineFigures)
+    download: DownloadProgress | None = None  # set while its file is being fetched
 
     @property
     def ready(self) -> bool:
@@ -91,6 +117,8 @@ class NodeStatus:
     version: str = ""  # llamaherd version of the worker
     telemetry: NodeSample | None = None  # the latest sample; None until the first
     leases: tuple[Lease, ...] = ()  # devices this node lends to split models' heads
+    stored_files: tuple[StoredFile, ...] = ()  # verified store files it holds and serves
+    model_disk_free_bytes: int | None = None  # free on the first model dir's filesystem
 
     def model(self, alias: str) -> ModelStatus | None:
         return next((m for m in self.models if m.alias == alias), None)

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from common.layout import device_layer_counts, offloaded_layers
 from common.memory import format_bytes
-from common.status import ModelStatus, NodeStatus
+from common.status import DownloadProgress, ModelStatus, NodeStatus
 from common.telemetry import GpuSample, JetsonSample, NodeSample, Temperature
 from orchestrator.cluster.view import ClusterView
 
@@ -167,8 +167,29 @@ def _hottest(t: NodeSample) -> Temperature | None:
     return max(readings, key=lambda r: r.celsius, default=None)
 
 
+def download_text(progress: DownloadProgress) -> str:
+    """`120 MiB / 253 MiB (47%), 2.5 MiB/s, ETA 53 s, from 10.0.0.6:9100`, or why it waits."""
+    if not progress.attempt:
+        return f"waiting for a download slot, {format_bytes(progress.bytes_total)}"
+    parts = [
+        f"{format_bytes(progress.bytes_done)} / {format_bytes(progress.bytes_total)} "
+        f"({progress.fraction:.0%})"
+    ]
+    if progress.bytes_per_second:
+        parts.append(f"{format_bytes(int(progress.bytes_per_second))}/s")
+    if progress.eta_s:
+        parts.append(f"ETA {progress.eta_s:.0f} s")
+    if progress.source:
+        parts.append(f"from {progress.source}")
+    if progress.attempt > 1:
+        parts.append(f"attempt {progress.attempt}")
+    return ", ".join(parts)
+
+
 def _model(model: ModelStatus) -> str:
     text = f"{model.alias} [{model.state.value}"
+    if model.download is not None:
+        text += ": " + download_text(model.download)
     if model.ready:
         text += f", {model.engine.active} running, {model.engine.queued} queued"
         rate = model.engine.decode_tps

@@ -36,7 +36,17 @@ def model_spec_fields(settings: dict[str, Any]) -> dict[str, Any]:
 def model_spec_to_dict(spec: w_pb.ModelSpec) -> dict[str, Any]:
     """The settings a ModelSpec sets, by field name, for ModelConfig.model_validate; fields
     left unset are absent, so ModelConfig's defaults apply."""
-    return MessageToDict(spec, preserving_proto_field_name=True)
+    settings = MessageToDict(spec, preserving_proto_field_name=True)
+    if spec.HasField("source"):
+        # The nested message field by field: MessageToDict writes uint64 as a JSON string.
+        source = spec.source
+        settings["source"] = {
+            "name": source.name,
+            "sha256": source.sha256,
+            "size_bytes": source.size_bytes,
+            "urls": tuple(source.urls),
+        }
+    return settings
 
 
 def estimate_to_proto(estimate: MemoryEstimate) -> w_pb.MemoryEstimate:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from llamaherd.v1 import cluster_pb2 as cl_pb
 from llamaherd.v1 import worker_pb2 as w_pb
 
 from common.model_settings import ModelConfig
-from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
+from common.status import (
+    DownloadProgress,
+    EngineFigures,
+    ModelState,
+    ModelStatus,
+    NodeStatus,
+    StoredFile,
+)
 from common.wire.leases import lease_from_proto, lease_to_proto
 from common.wire.models import (
     estimate_from_proto,
@@ -24,6 +33,24 @@ from common.wire.telemetry import (
 # Paired by name: a state is added to ModelState and to worker.proto under the same name.
 _STATES = {w_pb.ModelState.Value("MODEL_STATE_" + state.name): state for state in ModelState}
 _NUMBERS = {state: number for number, state in _STATES.items()}
+
+
+def download_to_proto(progress: DownloadProgress) -> w_pb.DownloadProgress:
+    return w_pb.DownloadProgress(**dataclasses.asdict(progress))
+
+
+def download_from_proto(wire: w_pb.DownloadProgress) -> DownloadProgress:
+    return DownloadProgress(
+        **{f.name: getattr(wire, f.name) for f in dataclasses.fields(DownloadProgress)}
+    )
+
+
+def stored_file_to_proto(stored: StoredFile) -> cl_pb.StoredFile:
+    return cl_pb.StoredFile(**dataclasses.asdict(stored))
+
+
+def stored_file_from_proto(wire: cl_pb.StoredFile) -> StoredFile:
+    return StoredFile(sha256=wire.sha256, size_bytes=wire.size_bytes, name=wire.name)
 
 
 def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
@@ -45,6 +72,7 @@ def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
         decode_tokens_per_second=figures.decode_tps,
         prompt_tokens_per_second=figures.prompt_tps,
         completed_requests=figures.completed,
+        download=download_to_proto(status.download) if status.download is not None else None,
     )
 
 
@@ -70,6 +98,7 @@ def model_status_from_proto(info: w_pb.ModelInfo) -> ModelStatus:
             prompt_tps=info.prompt_tokens_per_second,
             completed=info.completed_requests,
         ),
+        download=download_from_proto(info.download) if info.HasField("download") else None,
     )
 
 
@@ -84,6 +113,8 @@ def node_status_to_report(status: NodeStatus, sequence: int) -> cl_pb.NodeReport
         version=status.version,
         telemetry=sample_to_proto(status.telemetry) if status.telemetry is not None else None,
         rpc_servers=[lease_to_proto(lease) for lease in status.leases],
+        stored_files=[stored_file_to_proto(f) for f in status.stored_files],
+        model_disk_free_bytes=status.model_disk_free_bytes or 0,
     )
 
 
@@ -98,4 +129,7 @@ def node_status_from_report(report: cl_pb.NodeReport) -> NodeStatus:
         version=report.version,
         telemetry=sample_from_proto(report.telemetry) if report.HasField("telemetry") else None,
         leases=tuple(lease_from_proto(r) for r in report.rpc_servers),
+        stored_files=tuple(stored_file_from_proto(f) for f in report.stored_files),
+        # 0 on the wire: a worker that does not report it (an older one), not a full disk.
+        model_disk_free_bytes=report.model_disk_free_bytes or None,
     )

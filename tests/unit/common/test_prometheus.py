@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from common.hardware import HardwareInfo
 from common.memory import MemoryEstimate
-from common.model_settings import ModelConfig
+from common.model_settings import ModelConfig, ModelSource
 from common.prometheus import (
     MetricSet,
     add_models,
     add_node_facts,
     add_node_sample,
 )
-from common.status import EngineFigures, ModelState, ModelStatus
+from common.status import DownloadProgress, EngineFigures, ModelState, ModelStatus
 from orchestrator.gateway.metrics import render
 from tests.support.samples_factory import GIB, dgpu, jetson_sample, node_sample
 
@@ -101,3 +103,23 @@ def test_many_nodes_share_one_family_per_metric() -> None:
     used = out["llamaherd_gpu_memory_used_bytes"]
     assert used[(("gpu", "0"), ("name", "NVIDIA GeForce RTX 4090"), ("node", "b"))] == GIB
     assert used[(("gpu", "0"), ("name", "NVIDIA GeForce RTX 4090"), ("node", "a"))] == 18 * GIB
+
+
+def test_a_downloading_model_exports_its_progress() -> None:
+    source = ModelSource(name="g", sha256="ab" * 32, size_bytes=1000, urls=("http://h:1",))
+    status = ModelStatus(
+        alias="g", config=ModelConfig(alias="g", path="store:g", source=source),
+        state=ModelState.DOWNLOADING,
+        download=DownloadProgress(bytes_done=250, bytes_total=1000, bytes_per_second=50.0,
+                                  eta_s=15.0, source="h:1", attempt=1),
+    )  # fmt: skip
+    metrics = MetricSet()
+    add_models(metrics, [status])
+    out = exposition(metrics)
+    g = (("model", "g"),)
+    assert out["llamaherd_model_download_bytes"][g] == 250
+    assert out["llamaherd_model_download_total_bytes"][g] == 1000
+    assert out["llamaherd_model_download_bytes_per_second"][g] == 50.0
+    ready = MetricSet()
+    add_models(ready, [dataclasses.replace(status, state=ModelState.READY, download=None)])
+    assert "llamaherd_model_download_bytes" not in exposition(ready)

@@ -140,3 +140,28 @@ def test_models_that_are_not_split_add_no_lines() -> None:
     plain = w_pb.ModelInfo(alias="m", spec=spec, state=w_pb.MODEL_STATE_READY)
     status = inf_pb.ClusterStatusResponse(nodes=[node_status("node-a", plain)])
     assert lines_under(render(status), "node-a") == []
+
+
+def downloading(attempt: int, done: int = 0) -> w_pb.ModelInfo:
+    source = w_pb.ModelSource(name="big", sha256="ab" * 32, size_bytes=2 * GiB,
+                              urls=["http://10.0.0.6:9100"])  # fmt: skip
+    progress = w_pb.DownloadProgress(
+        bytes_done=done, bytes_total=2 * GiB, attempt=attempt, source="10.0.0.6:9100",
+        bytes_per_second=(8 << 20) if attempt else 0, eta_s=192.0 if attempt else 0,
+    )  # fmt: skip
+    spec = w_pb.ModelSpec(alias="big", path="store:big", source=source)
+    return w_pb.ModelInfo(alias="big", spec=spec, state=w_pb.MODEL_STATE_DOWNLOADING,
+                          download=progress)  # fmt: skip
+
+
+def test_a_downloading_model_shows_bytes_rate_eta_and_source() -> None:
+    text = render(inf_pb.ClusterStatusResponse(nodes=[node_status("a", downloading(2, GiB // 2))]))
+    assert (
+        "big [downloading: 512.0 MiB / 2.00 GiB (25%), 8.0 MiB/s, ETA 192 s, "
+        "from 10.0.0.6:9100, attempt 2]" in text
+    )
+
+
+def test_a_download_waiting_for_its_turn_says_so() -> None:
+    text = render(inf_pb.ClusterStatusResponse(nodes=[node_status("a", downloading(0))]))
+    assert "big [downloading: waiting for a download slot, 2.00 GiB]" in text

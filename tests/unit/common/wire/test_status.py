@@ -7,8 +7,15 @@ from llamaherd.v1 import worker_pb2 as w_pb
 from common.hardware import HardwareInfo
 from common.leases import Lease
 from common.memory import MemoryEstimate
-from common.model_settings import ModelConfig
-from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
+from common.model_settings import ModelConfig, ModelSource
+from common.status import (
+    DownloadProgress,
+    EngineFigures,
+    ModelState,
+    ModelStatus,
+    NodeStatus,
+    StoredFile,
+)
 from common.wire.status import (
     model_status_from_proto,
     model_status_to_proto,
@@ -53,7 +60,29 @@ def test_a_node_report_round_trips() -> None:
         hardware=HardwareInfo("jetson-orin", labels=frozenset({"jetson"})),
         models=(_model(), _model(ModelState.LOADING)), memory_free=7, version="0.1.0",
         telemetry=node_sample(), leases=(Lease("big@a", "10.0.0.5:50100", "10.0.0.1"),),
+        stored_files=(StoredFile("ab" * 32, 253_000_000, "gemma"), StoredFile("cd" * 32, 9)),
+        model_disk_free_bytes=5 << 40,
     )  # fmt: skip
     report = node_status_to_report(node, sequence=12)
     assert report.sequence == 12
     assert node_status_from_report(report) == node
+
+
+def test_a_downloading_model_carries_its_progress_and_source() -> None:
+    source = ModelSource(name="gemma", sha256="ab" * 32, size_bytes=253_000_000,
+                         urls=("http://10.0.0.6:9100", "http://10.0.0.1:8002"))  # fmt: skip
+    config = ModelConfig(alias="g", path="store:gemma", source=source).with_node_defaults(2)
+    progress = DownloadProgress(bytes_done=1 << 20, bytes_total=253_000_000,
+                                bytes_per_second=2.5e6, eta_s=100.0,
+                                source="10.0.0.6:9100", attempt=2)  # fmt: skip
+    status = ModelStatus(alias="g", config=config, state=ModelState.DOWNLOADING,
+                         download=progress)  # fmt: skip
+    wire = model_status_to_proto(status)
+    assert wire.spec.source.size_bytes == 253_000_000 and wire.download.attempt == 2
+    assert model_status_from_proto(wire) == status
+
+
+def test_a_report_without_disk_figures_reads_as_unknown() -> None:
+    node = NodeStatus(node_id="n", address="h:1", hardware=HardwareInfo("x86-cpu"))
+    back = node_status_from_report(node_status_to_report(node, sequence=1))
+    assert back.model_disk_free_bytes is None and back.stored_files == ()
