@@ -119,6 +119,9 @@ class NodeStatus:
     leases: tuple[Lease, ...] = ()  # devices this node lends to split models' heads
     stored_files: tuple[StoredFile, ...] = ()  # verified store files it holds and serves
     model_disk_free_bytes: int | None = None  # free on the first model dir's filesystem
+    # Port of its HTTP server serving stored_files at /v1/store/files/<sha256>, on the host
+    # of `address`; None = it serves none (metrics off).
+    files_port: int | None = None
 
     def model(self, alias: str) -> ModelStatus | None:
         return next((m for m in self.models if m.alias == alias), None)

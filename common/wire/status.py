@@ -115,6 +115,7 @@ def node_status_to_report(status: NodeStatus, sequence: int) -> cl_pb.NodeReport
         rpc_servers=[lease_to_proto(lease) for lease in status.leases],
         stored_files=[stored_file_to_proto(f) for f in status.stored_files],
         model_disk_free_bytes=status.model_disk_free_bytes or 0,
+        files_port=status.files_port or 0,
     )
 
 
@@ -132,4 +133,5 @@ def node_status_from_report(report: cl_pb.NodeReport) -> NodeStatus:
         stored_files=tuple(stored_file_from_proto(f) for f in report.stored_files),
         # 0 on the wire: a worker that does not report it (an older one), not a full disk.
         model_disk_free_bytes=report.model_disk_free_bytes or None,
+        files_port=report.files_port or None,
     )

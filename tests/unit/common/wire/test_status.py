@@ -61,7 +61,7 @@ def test_a_node_report_round_trips() -> None:
         models=(_model(), _model(ModelState.LOADING)), memory_free=7, version="0.1.0",
         telemetry=node_sample(), leases=(Lease("big@a", "10.0.0.5:50100", "10.0.0.1"),),
         stored_files=(StoredFile("ab" * 32, 253_000_000, "gemma"), StoredFile("cd" * 32, 9)),
-        model_disk_free_bytes=5 << 40,
+        model_disk_free_bytes=5 << 40, files_port=51051,
     )  # fmt: skip
     report = node_status_to_report(node, sequence=12)
     assert report.sequence == 12
@@ -86,3 +86,4 @@ def test_a_report_without_disk_figures_reads_as_unknown() -> None:
     node = NodeStatus(node_id="n", address="h:1", hardware=HardwareInfo("x86-cpu"))
     back = node_status_from_report(node_status_to_report(node, sequence=1))
     assert back.model_disk_free_bytes is None and back.stored_files == ()
+    assert back.files_port is None
