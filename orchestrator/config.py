@@ -17,7 +17,10 @@ from common.cluster_secrets import DEFAULT_TOKEN_FILE, TOKEN_ENV, TlsFiles, ensu
 from common.model_settings import (
     BUILTIN_PREFIX,
     DEFAULT_MODEL,
+    STORE_NAME_PATTERN,
+    STORE_PREFIX,
     ModelConfig,
+    ModelSource,
 )
 from common.settings import layered_settings, log_level_name
 from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES
@@ -29,10 +32,65 @@ class CatalogEntry(ModelConfig):
     """A model the cluster should serve: how to load it (ModelConfig's settings, under the
     same names and checks as in a worker's config), how many replicas, on which nodes.
 
+    The file is either a `path` as the workers see it, or `model: NAME`, a model in the
+    coordinator's store (llamaherd models add): its path is then `store:NAME`, and placement
+    resolves the name against the store and sends the workers where to fetch the file
+    (ModelConfig.source), so nodes that lack the file can serve it too.
+
     Settings an entry leaves unset are not sent (`load_settings`), so each worker applies
     its own defaults (its core count for n_threads, say) rather than the coordinator's.
     The split settings (rpc_servers, tensor_split) are the split planner's to choose.
     """
+
+    model: str | None = Field(
+        None, pattern=STORE_NAME_PATTERN,
+        description="a model in the coordinator's store, by name (instead of path)",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_or_store_name(cls, data: Any) -> Any:
+        """Exactly one of `path` and `model`; `model: NAME` becomes the path `store:NAME`."""
+        if not isinstance(data, Mapping):
+            return data  # pydantic reports the type
+        alias = data.get("alias", "a catalog entry")
+        path, name = data.get("path"), data.get("model")
+        if path is not None and name is not None:
+            raise ValueError(
+                f"{alias}: give either path (a file on the workers) or model (a store name), "
+                "not both"
+            )
+        if name is not None:
+            if not isinstance(name, str) or ".." in name:
+                raise ValueError(f"{alias}: model must be a store name without '..'")
+            return {**data, "path": STORE_PREFIX + name}
+        if path is None:
+            raise ValueError(
+                f"{alias}: give path (a GGUF file on the workers) or model (a store name, "
+                "see llamaherd models list)"
+            )
+        if isinstance(path, str) and path.startswith(STORE_PREFIX):
+            raise ValueError(
+                f"{alias}: write model: {path[len(STORE_PREFIX) :]} for a store model, not "
+                f"path: {path}"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _store_path_has_its_source(self) -> CatalogEntry:
+        """Replaces ModelConfig's check of the same name: a catalog entry never carries a
+        source (placement resolves its store name each round), and `source` is refused."""
+        if self.source is not None:
+            raise ValueError(
+                f"{self.alias}: source is chosen by placement from the store; name the model "
+                "with model: NAME"
+            )
+        return self
+
+    @property
+    def store_name(self) -> str | None:
+        """The store model this entry names, None for an entry with a path."""
+        return self.model
 
     replicas: int = Field(1, ge=0, le=1024, description="ready copies wanted across nodes")
     labels: tuple[str, ...] = Field((), description="only nodes carrying all these labels")
@@ -70,9 +128,15 @@ class CatalogEntry(ModelConfig):
         """The model settings this entry sets: what a LoadModel request for it carries."""
         return self.model_dump(include=_MODEL_SETTINGS, exclude_unset=True)
 
-    def load_settings(self) -> ModelConfig:
-        """The entry's model settings as the workers take them, only the ones it sets."""
-        return ModelConfig.model_validate(self.load_fields())
+    def load_settings(self, source: ModelSource | None = None) -> ModelConfig:
+        """The entry's model settings as the workers take them, only the ones it sets;
+        a store entry's with `source`, where to fetch its file (required for one)."""
+        fields = self.load_fields()
+        if self.model is not None:
+            if source is None or source.name != self.model:
+                raise ValueError(f"{self.alias}: store model {self.model} needs its source")
+            fields["source"] = source
+        return ModelConfig.model_validate(fields)
 
 
 _MODEL_SETTINGS = set(ModelConfig.model_fields)
@@ -125,6 +189,16 @@ class CoordinatorSettings(BaseModel):
     placement_interval_s: float = Field(
         2.0, gt=0, le=600, description="seconds between catalog reconciliations"
     )
+    assumed_link_bytes_per_second: float = Field(
+        12_500_000.0, gt=0,
+        description="placement's guess of a node's download rate for a store model (bytes/s; "
+        "default 100 Mbit/s) until the node has reported a measured one",
+    )  # fmt: skip
+    download_timeout_s: float = Field(
+        3600.0, gt=0,
+        description="a store model still downloading after this long is unloaded there and "
+        "placed elsewhere, with the reason in status",
+    )  # fmt: skip
     api_key: SecretStr | None = Field(
         None,
         description="require 'Authorization: Bearer <key>' on both APIs (better set through "
@@ -156,6 +230,21 @@ class CoordinatorSettings(BaseModel):
         description="where llamaherd coordinator records the Ray head it started (ray.json, "
         "0600), so that a restart after a crash adopts the head and the actors still serving",
     )
+    store_dir: Path = Field(
+        Path("~/.cache/llamaherd/store"),
+        description="the model store: GGUF files named by sha256 and their index "
+        "(index.sqlite3), created 0700; llamaherd models add/import/list/rm act on it",
+    )
+    store_port: int = Field(
+        8002, ge=0, le=65535,
+        description="port of the store's file service on `host` (workers fetch store models "
+        "from it with the join token; 0 = a free port)",
+    )  # fmt: skip
+    store_import_hosts: tuple[str, ...] = Field(
+        (),
+        description="hosts (names, addresses or networks such as 10.0.0.0/8) that llamaherd "
+        "models import may fetch from; empty = any http(s) host",
+    )
     models: tuple[CatalogEntry, ...] = Field(
         default_factory=default_catalog,
         description="the model catalog; default: the embedded Gemma model, one replica",
@@ -174,7 +263,9 @@ class CoordinatorSettings(BaseModel):
     def _known_level(cls, level: str) -> str:
         return log_level_name(level)
 
-    @field_validator("cluster_token_file", "tls_ca", "tls_cert", "tls_key", "state_dir")
+    @field_validator(
+        "cluster_token_file", "tls_ca", "tls_cert", "tls_key", "state_dir", "store_dir"
+    )
     @classmethod
     def _expand_path(cls, path: Path | None) -> Path | None:
         return None if path is None else Path(os.path.expanduser(path))

@@ -15,6 +15,13 @@ unloading anything. Otherwise a fresh registry, holding only the first worker to
 looks like a cluster short of replicas, and placement loads a surplus replica that it
 unloads again a second later.
 
+Store entries (model: NAME) are resolved against the coordinator's store (ModelStore)
+every round, so a model added or removed while it runs is seen at the next round and an
+unknown name is a problem in status. Nodes that lack the file are sized by the coordinator
+from the store's copy (or by a node that holds it), and the LoadModel sent carries where to
+fetch it: peers that hold it first, the store last. A download that outlasts
+`download_timeout_s` is unloaded and the node is not asked again for a while.
+
 It also keeps the provenance of every replica (planner.Provenance): when it first saw it,
 by its own clock, and whether its own load put it there. The planner unloads surplus
 replicas by that record, so a node's report alone cannot get another node's replica
@@ -27,6 +34,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,20 +43,32 @@ from typing import Protocol, TypeVar
 from common.errors import LlamaherdError
 from common.leases import Lease
 from common.memory import MemoryEstimate
-from common.model_settings import ModelConfig
+from common.model_settings import ModelConfig, ModelSource
 from common.net import split_host_port
+from common.status import ModelState
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES
 from orchestrator.placement.leases import StopLease, lease_id, lease_owner, orphan_leases
 from orchestrator.placement.planner import (
+    DEFAULT_LINK_BYTES_PER_SECOND,
     Action,
+    Downloads,
     Load,
     LoadSplit,
     Provenance,
     Unload,
     estimates_needed,
     plan,
+    store_candidates,
+)
+from orchestrator.placement.sources import (
+    ModelStore,
+    StoreModel,
+    estimate_from_file,
+    holds_file,
+    source_for,
+    unknown_model,
 )
 from orchestrator.placement.split import SplitPart
 
@@ -112,6 +132,9 @@ class Timings:
     # down_after_s (or two heartbeats, if longer), the time after which a silent worker
     # counts as gone anyway.
     rejoin_grace_s: float = 3.0
+    # A store model's file still downloading after this long is given up on that node
+    # (settings.download_timeout_s); a load that fetches first may take this much longer.
+    download_timeout_s: float = 3600.0
 
 
 def rejoined(since: float, now: float, grace_s: float) -> bool:
@@ -135,12 +158,15 @@ async def _step(node_id: NodeId, verb: str, call: Awaitable[T]) -> T:
         raise _StepFailed(node_id, f"{verb} failed there: {exc.message}") from exc
 
 
-def split_settings(split: LoadSplit, endpoints: Sequence[str]) -> ModelConfig:
-    """The head's settings: the entry's, using the helpers' RPC servers in layer order.
+def split_settings(
+    split: LoadSplit, endpoints: Sequence[str], source: ModelSource | None = None
+) -> ModelConfig:
+    """The head's settings: the entry's, using the helpers' RPC servers in layer order
+    (a store entry's with where the head fetches its file).
 
     Not validated here: the head validates every load, and its refusal is recorded like any
     other failed step (model_copy marks the added fields as set, so they are sent)."""
-    return split.entry.load_settings().model_copy(
+    return split.entry.load_settings(source).model_copy(
         update={
             "rpc_servers": tuple(endpoints),
             "tensor_split": split.plan.tensor_split,
@@ -152,7 +178,9 @@ def split_settings(split: LoadSplit, endpoints: Sequence[str]) -> ModelConfig:
 class PlacementController:
     """Reconciles the cluster with the catalog, one round per new snapshot (at most one per
     `interval_s`). `clients` gives the client of the worker at an address; the caller owns
-    and closes them. `clock` times back-offs, caches and grace periods."""
+    and closes them. `clock` times back-offs, caches and grace periods. `store` resolves
+    store entries (none: every store entry is a problem); `link_bytes_per_second` is the
+    download rate assumed for a node that has not reported one."""
 
     def __init__(
         self,
@@ -163,6 +191,8 @@ class PlacementController:
         clients: ClientFactory,
         clock: Clock = time.monotonic,
         timings: Timings = Timings(),
+        store: ModelStore | None = None,
+        link_bytes_per_second: float = DEFAULT_LINK_BYTES_PER_SECOND,
     ) -> None:
         self._catalog = tuple(catalog)
         self._interval = interval_s
@@ -185,6 +215,13 @@ class PlacementController:
         self._registry_since: float | None = None
         self._version = -1
         self._said_waiting = False
+        self._store = store
+        self._link_rate = link_bytes_per_second
+        self._link_rates: dict[NodeId, float] = {}  # last measured download rate per node
+        self._downloading_since: dict[tuple[str, NodeId], float] = {}
+        # Coordinator-side estimates of store models: (alias, sha256) -> estimate or reason
+        self._store_estimates: dict[tuple[str, str], MemoryEstimate | str] = {}
+        self._downloads = Downloads()  # this round's, for the loads it starts
 
     async def run(self) -> None:
         version = -1
@@ -226,8 +263,11 @@ class PlacementController:
         self._observe(nodes)
         if not self._workers_rejoined(snapshot):
             return
-        estimates = await self._gather_estimates(snapshot, estimates_needed(self._catalog, nodes))
-        result = plan(self._catalog, nodes, estimates, self._provenance)
+        downloads = self._downloads = self._resolve(nodes)
+        needed = estimates_needed(self._catalog, nodes, downloads)
+        estimates = await self._gather_estimates(snapshot, needed)
+        estimates.update(await self._size_fetches(nodes, downloads, estimates))
+        result = plan(self._catalog, nodes, estimates, self._provenance, downloads)
         for action in (*result.actions, *self._stale_orphans(nodes)):
             self._start(action, snapshot)
         problems = tuple(sorted(result.problems, key=lambda p: p.alias))
@@ -267,6 +307,15 @@ class PlacementController:
         }
         for key in self._provenance.keys() - held:
             self._placed.discard(key)  # it was seen and is gone: a later one is not ours
+        downloading = {}
+        for node in nodes:
+            for replica in node.replicas:
+                if replica.download is not None and replica.download.bytes_per_second > 0:
+                    self._link_rates[node.node_id] = replica.download.bytes_per_second
+                if replica.state is ModelState.DOWNLOADING:
+                    key = (replica.alias, node.node_id)
+                    downloading[key] = self._downloading_since.get(key, now)
+        self._downloading_since = downloading
         self._provenance = {
             key: Provenance(
                 first_seen=seen.first_seen if (seen := self._provenance.get(key)) else now,
@@ -292,6 +341,109 @@ class PlacementController:
         self._orphans_since = since  # forgets leases that are gone or used again
         return stale
 
+    # ---- store models ------------------------------------------------------------------
+    def _resolve(self, nodes: Sequence[Node]) -> Downloads:
+        """This round's store models, measured link rates and overdue downloads."""
+        models: dict[str, StoreModel | str] = {}
+        for entry in self._catalog:
+            if entry.store_name is not None:
+                models[entry.alias] = self._lookup(entry.store_name)
+        return Downloads(models, dict(self._link_rates), self._link_rate, self._overdue(nodes))
+
+    def _lookup(self, name: str) -> StoreModel | str:
+        if self._store is None:
+            return f"model {name} names a store model, but this coordinator has no store"
+        try:
+            model = self._store.lookup(name)
+        except (LlamaherdError, OSError, sqlite3.Error) as exc:  # the store's index, on disk
+            return f"cannot read the store's index for {name}: {exc}"
+        return model if model is not None else unknown_model(name)
+
+    def _overdue(self, nodes: Sequence[Node]) -> dict[tuple[str, NodeId], str]:
+        """Downloads running past the timeout, with the reason; each is also recorded as a
+        failure on its node so the next rounds place the model elsewhere."""
+        now = self._clock()
+        overdue = {}
+        for (alias, node_id), since in self._downloading_since.items():
+            if now - since < self._timings.download_timeout_s:
+                continue
+            node = next((n for n in nodes if n.node_id == node_id), None)
+            replica = node.replica(alias) if node is not None else None
+            progress = replica.download if replica is not None else None
+            done = (
+                f" ({progress.bytes_done} of {progress.bytes_total} bytes"
+                f"{' from ' + progress.source if progress.source else ''})"
+                if progress is not None
+                else ""
+            )
+            why = f"download did not finish in {self._timings.download_timeout_s:.0f} s{done}"
+            overdue[(alias, node_id)] = why
+            self._failed[(alias, node_id)] = (why, now)
+        return overdue
+
+    async def _size_fetches(
+        self,
+        nodes: Sequence[Node],
+        downloads: Downloads,
+        found: Mapping[tuple[str, NodeId], MemoryEstimate | str],
+    ) -> dict[tuple[str, NodeId], MemoryEstimate | str]:
+        """Estimates for nodes that lack a store model's file (they cannot read it): the
+        coordinator's own, from the store's copy, else the largest a node holding the file
+        gave, else why there is none."""
+        now = self._clock()
+        sized: dict[tuple[str, NodeId], MemoryEstimate | str] = {}
+        for entry, model, node_id in store_candidates(self._catalog, nodes, downloads):
+            failed = self._failed.get((entry.alias, node_id))
+            if failed is not None and now - failed[1] < self._timings.retry_failed_after_s:
+                sized[(entry.alias, node_id)] = failed[0]
+                continue
+            sized[(entry.alias, node_id)] = await self._store_estimate(entry, model, nodes, found)
+        return sized
+
+    async def _store_estimate(
+        self,
+        entry: CatalogEntry,
+        model: StoreModel,
+        nodes: Sequence[Node],
+        found: Mapping[tuple[str, NodeId], MemoryEstimate | str],
+    ) -> MemoryEstimate | str:
+        key = (entry.alias, model.sha256)
+        if key not in self._store_estimates and model.file is not None:
+            try:
+                # Reads the file's metadata only (milliseconds), off the event loop all the same.
+                estimate = await asyncio.to_thread(estimate_from_file, model.file, entry)
+                self._store_estimates[key] = estimate
+            except (LlamaherdError, OSError) as exc:
+                self._store_estimates[key] = f"cannot estimate from the store's copy: {exc}"
+        mine = self._store_estimates.get(key)
+        if isinstance(mine, MemoryEstimate):
+            return mine
+        theirs = [
+            need
+            for node in nodes
+            if holds_file(node, model.sha256)
+            and isinstance(need := found.get((entry.alias, node.node_id)), MemoryEstimate)
+        ]
+        if theirs:
+            return max(theirs, key=lambda e: e.total_bytes)
+        if mine is not None:
+            return mine  # why the store's copy could not be read
+        return "no memory estimate: the store holds no readable copy and no node holds the file"
+
+    def _source(
+        self, entry: CatalogEntry, node_id: NodeId, snapshot: ClusterSnapshot
+    ) -> ModelSource | None:
+        """Where `node_id` fetches a store entry's file (None for a path entry)."""
+        model = self._downloads.model(entry)
+        if model is None:
+            return None
+        node = snapshot.node(node_id)
+        if not isinstance(model, StoreModel) or node is None or self._store is None:
+            raise _StepFailed(
+                node_id, f"no source: {model if isinstance(model, str) else 'node gone'}"
+            )
+        return source_for(model, node, snapshot.nodes, self._store.base_url)
+
     # ---- estimates ---------------------------------------------------------------------
     async def _gather_estimates(
         self, snapshot: ClusterSnapshot, needed: list[tuple[CatalogEntry, NodeId]]
@@ -315,16 +467,28 @@ class PlacementController:
                 found[(entry.alias, node_id)] = cached[0]
                 continue
             asks.append((entry, node_id, node.address))
-        results = await asyncio.gather(*(self._estimate(e, a) for e, _, a in asks))
+        results = await asyncio.gather(
+            *(self._estimate(e, a, self._estimate_source(e, n, snapshot)) for e, n, a in asks)
+        )
         for (entry, node_id, address), value in zip(asks, results, strict=True):
             self._estimates[(entry.alias, node_id, address)] = (value, now)
             found[(entry.alias, node_id)] = value
         return found
 
-    async def _estimate(self, entry: CatalogEntry, address: str) -> MemoryEstimate | str:
+    def _estimate_source(
+        self, entry: CatalogEntry, node_id: NodeId, snapshot: ClusterSnapshot
+    ) -> ModelSource | None:
+        try:
+            return self._source(entry, node_id, snapshot)
+        except _StepFailed:
+            return None  # resolved this round, so not reached: estimates_needed skips those
+
+    async def _estimate(
+        self, entry: CatalogEntry, address: str, source: ModelSource | None = None
+    ) -> MemoryEstimate | str:
         try:
             return await self._clients(address).estimate(
-                entry.load_settings(), timeout=self._timings.estimate_timeout_s
+                entry.load_settings(source), timeout=self._timings.estimate_timeout_s
             )
         except LlamaherdError as exc:
             return f"cannot estimate: {exc.message}"
@@ -339,27 +503,48 @@ class PlacementController:
         addresses = _addresses(action, snapshot)
         if addresses is None:
             return  # a node in the plan has left since the snapshot
+        try:
+            source = (
+                self._source(action.entry, action.node_id, snapshot)
+                if isinstance(action, Load | LoadSplit)
+                else None
+            )
+        except _StepFailed as failed:  # the store forgot the model since the plan
+            log.warning("%s on %s: %s", key[0], failed.node_id, failed.reason)
+            return
         if isinstance(action, LoadSplit):
             self._splitting.add(action.entry.alias)  # until _load_split ends
-            coro = self._load_split(action, addresses)
+            coro = self._load_split(action, addresses, source)
         elif isinstance(action, StopLease):
             coro = self._stop_lease(action, addresses[action.node_id])
         else:
-            coro = self._act(action, addresses[action.node_id])
+            coro = self._act(action, addresses[action.node_id], source, snapshot)
         task = asyncio.create_task(coro, name=f"placement:{key}")
         self._running[key] = task
         task.add_done_callback(lambda _: self._running.pop(key, None))
 
-    async def _act(self, action: Load | Unload, address: str) -> None:
+    async def _act(
+        self,
+        action: Load | Unload,
+        address: str,
+        source: ModelSource | None = None,
+        snapshot: ClusterSnapshot | None = None,
+    ) -> None:
         worker = self._clients(address)
         node_id = action.node_id
         try:
             if isinstance(action, Load):
                 alias = action.entry.alias
-                log.info("loading %s on %s", alias, node_id)
-                settings = action.entry.load_settings()
+                settings = action.entry.load_settings(source)
+                timeout = self._timings.load_timeout_s
+                if source is not None and not _holds(snapshot, node_id, source.sha256):
+                    timeout += self._timings.download_timeout_s  # it fetches the file first
+                    log.info("loading %s on %s, fetching %s from %s", alias, node_id,
+                             source.name, ", ".join(source.urls))  # fmt: skip
+                else:
+                    log.info("loading %s on %s", alias, node_id)
                 self._placed.add((alias, node_id))  # before the node reports it LOADING
-                await _step(node_id, "load", worker.load(settings, self._timings.load_timeout_s))
+                await _step(node_id, "load", worker.load(settings, timeout))
                 self._failed.pop((alias, node_id), None)
             else:
                 alias = action.alias
@@ -372,7 +557,12 @@ class PlacementController:
             if isinstance(action, Load):
                 self._placed.discard((alias, node_id))
 
-    async def _load_split(self, split: LoadSplit, addresses: Mapping[NodeId, str]) -> None:
+    async def _load_split(
+        self,
+        split: LoadSplit,
+        addresses: Mapping[NodeId, str],
+        source: ModelSource | None = None,
+    ) -> None:
         """Lend each helper's device to the head, then load the model on the head.
 
         A refused step stops the leases started so far and is recorded against the node
@@ -389,7 +579,10 @@ class PlacementController:
                 asked.append(part.node_id)
                 endpoints.append(await self._lend(part, lease, head_host, addresses[part.node_id]))
             head = self._clients(addresses[layout.head])
-            call = head.load(split_settings(split, endpoints), self._timings.load_timeout_s)
+            timeout = self._timings.load_timeout_s
+            if source is not None:
+                timeout += self._timings.download_timeout_s  # the head may fetch it first
+            call = head.load(split_settings(split, endpoints, source), timeout)
             self._placed.add((alias, layout.head))
             await _step(layout.head, "split load", call)
         except _StepFailed as failed:
@@ -425,6 +618,11 @@ class PlacementController:
         except LlamaherdError as exc:
             log.warning("stopping lease %s on %s failed: %s", stop.lease_id, stop.node_id,
                         exc.message)  # fmt: skip
+
+
+def _holds(snapshot: ClusterSnapshot | None, node_id: NodeId, sha256: str) -> bool:
+    node = snapshot.node(node_id) if snapshot is not None else None
+    return node is not None and holds_file(node, sha256)
 
 
 def _task_key(action: Action) -> tuple[str, NodeId]:

@@ -6,13 +6,21 @@ no I/O, so the controller (orchestrator.placement.controller) can run it every r
 tests can run it on hand-built nodes.
 
 Rules, in short:
-- Only up nodes count. A node holds a model when its replica is LOADING or READY.
+- Only up nodes count. A node holds a model when its replica is DOWNLOADING, LOADING or
+  READY: a download in progress is neither failed nor ready, and no other node is given a
+  replica because of it, unless it runs past the download timeout (the controller's clock:
+  Downloads.overdue), when it is unloaded there with that reason.
 - An entry short of replicas goes to nodes that carry its labels and whose estimate fits
   in their free memory, ranked by the scorers in orchestrator.placement.scorers: a node
-  that reports the model's file first (no node reports its files yet, so this is neutral
-  for now), then the fastest (reference decode speed measured by each worker; unmeasured
-  nodes last), then the one with the most memory left after the load. Free memory is
-  charged for every load planned earlier in the same plan (catalog order).
+  that holds the model's file first, then the one ready soonest (the file's size over the
+  node's measured download rate, or the assumed link rate), then the fastest (reference
+  decode speed measured by each worker; unmeasured nodes last), then the one with the most
+  memory left after the load. Free memory is charged for every load planned earlier in
+  the same plan (catalog order), and so is the disk of nodes that fetch a file.
+- A store entry (model: NAME) is placed only once its name resolves in the store (else a
+  problem says how to add it). Nodes that lack its file are candidates too when their
+  model disk has room for it (sources.disk_refusal says otherwise, with the numbers); their
+  memory estimate comes from the coordinator (the controller's business, not the plan's).
 - An entry with too many READY replicas loses the ones the coordinator trusts least,
   judged only by what it saw itself (Provenance), never by what a node reports: first
   those it did not load itself, then the ones it saw last, then the least loaded. So a
@@ -34,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.memory import MemoryEstimate, format_bytes
 from common.status import ModelState, ModelStatus
@@ -43,6 +51,13 @@ from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
 from orchestrator.placement.scorers import Fit, rank
+from orchestrator.placement.sources import (
+    StoreModel,
+    disk_refusal,
+    download_seconds,
+    holds_file,
+    unknown_model,
+)
 from orchestrator.placement.split import SplitPlan, plan_split
 
 # What the entry needs on the node, or the reason the node could not say.
@@ -63,6 +78,32 @@ class Provenance:
 Provenances = Mapping[tuple[str, NodeId], Provenance]
 
 SURPLUS = "more replicas than the catalog wants"
+DEFAULT_LINK_BYTES_PER_SECOND = 12_500_000.0  # 100 Mbit/s, when nothing says otherwise
+
+
+@dataclass(frozen=True)
+class Downloads:
+    """What placement knows of store models and of fetching them, as of this round.
+
+    `models`: for each store entry's alias, its store model, or why its name does not
+    resolve (an entry missing here has not been resolved: it is not placed). `link_rates`:
+    each node's last measured download rate (bytes/s), `assumed_rate` for the others.
+    `overdue`: (alias, node) of downloads past the timeout, with the reason.
+    """
+
+    models: Mapping[str, StoreModel | str] = field(default_factory=dict)
+    link_rates: Mapping[NodeId, float] = field(default_factory=dict)
+    assumed_rate: float = DEFAULT_LINK_BYTES_PER_SECOND
+    overdue: Mapping[tuple[str, NodeId], str] = field(default_factory=dict)
+
+    def model(self, entry: CatalogEntry) -> StoreModel | str | None:
+        """The entry's store model, or why there is none; None for an entry with a path."""
+        if entry.store_name is None:
+            return None
+        return self.models.get(entry.alias, unknown_model(entry.store_name))
+
+    def rate(self, node_id: NodeId) -> float:
+        return self.link_rates.get(node_id) or self.assumed_rate
 
 
 @dataclass(frozen=True)
@@ -119,25 +160,54 @@ class Plan:
 
 
 def estimates_needed(
-    catalog: Sequence[CatalogEntry], nodes: Sequence[Node]
+    catalog: Sequence[CatalogEntry], nodes: Sequence[Node], downloads: Downloads | None = None
 ) -> list[tuple[CatalogEntry, NodeId]]:
     """The (entry, node) pairs whose estimates plan() will read: for each entry short of
     replicas, the up nodes that carry its labels and have no replica of it in any state.
+    For a store entry, only the nodes that hold its file can estimate it (the worker reads
+    the file); the others are sized by the coordinator (store_candidates).
 
     Asking for nothing more keeps a round cheap: estimating reads GGUF metadata on the
     worker, and a healthy cluster needs no estimate at all.
     """
     up = _up_sorted(nodes)
+    downloads = downloads or Downloads()
     needed: list[tuple[CatalogEntry, NodeId]] = []
     for entry in catalog:
-        if _holder_count(entry.alias, up) >= entry.replicas:
+        model = downloads.model(entry)
+        if isinstance(model, str) or _holder_count(entry, up, downloads) >= entry.replicas:
             continue
         needed += [
             (entry, node.node_id)
             for node in up
-            if node.replica(entry.alias) is None and not missing_labels(entry, node)
+            if node.replica(entry.alias) is None
+            and not missing_labels(entry, node)
+            and (model is None or holds_file(node, model.sha256))
         ]
     return needed
+
+
+def store_candidates(
+    catalog: Sequence[CatalogEntry], nodes: Sequence[Node], downloads: Downloads
+) -> list[tuple[CatalogEntry, StoreModel, NodeId]]:
+    """The store entries short of replicas and the up nodes lacking their file that could
+    take them: the pairs the coordinator sizes itself, since those nodes cannot."""
+    up = _up_sorted(nodes)
+    pairs: list[tuple[CatalogEntry, StoreModel, NodeId]] = []
+    for entry in catalog:
+        model = downloads.model(entry)
+        if not isinstance(model, StoreModel):
+            continue
+        if _holder_count(entry, up, downloads) >= entry.replicas:
+            continue
+        pairs += [
+            (entry, model, node.node_id)
+            for node in up
+            if node.replica(entry.alias) is None
+            and not missing_labels(entry, node)
+            and not holds_file(node, model.sha256)
+        ]
+    return pairs
 
 
 def plan(
@@ -145,14 +215,19 @@ def plan(
     nodes: Sequence[Node],
     estimates: Estimates,
     provenance: Provenances | None = None,
+    downloads: Downloads | None = None,
 ) -> Plan:
     """Loads and unloads that bring the up nodes toward the catalog, and the problems
     that stop it. The same inputs always give the same plan.
 
     `provenance` orders surplus replicas for unloading (see Provenance); without it, every
-    replica is equally unknown and the least loaded go first."""
+    replica is equally unknown and the least loaded go first. `downloads` resolves store
+    entries and times their fetches (see Downloads)."""
     up = _up_sorted(nodes)
+    downloads = downloads or Downloads()
     free = {node.node_id: node.memory_free for node in up}  # charged as loads are planned
+    # Charged as fetches are planned; None: the node does not say.
+    disk = {node.node_id: node.status.model_disk_free_bytes for node in up}
     loads: list[Load] = []
     splits: list[LoadSplit] = []
     unloads: list[Unload] = []
@@ -162,16 +237,57 @@ def plan(
         failed_unloads, failed_stops = _failed_splits(entry, up)
         unloads += failed_unloads
         stops += failed_stops
-        holders = _holder_count(entry.alias, up)
+        unloads += [
+            Unload(node_id, alias, why)
+            for (alias, node_id), why in sorted(downloads.overdue.items())
+            if alias == entry.alias
+        ]
+        holders = _holder_count(entry, up, downloads)
         if holders >= entry.replicas:
             unloads += _surplus(entry, up, provenance or {})
             continue
-        placed, split, problem = _fill(entry, holders, up, free, estimates)
+        model = downloads.model(entry)
+        if isinstance(model, str):
+            problems.append(PlacementProblem(entry.alias, model))
+            continue
+        fetch = _Fetch(model, disk, downloads) if model is not None else None
+        placed, split, problem = _fill(entry, holders, up, free, estimates, fetch)
         loads += placed
         splits += split
         if problem is not None:
             problems.append(problem)
     return Plan(tuple(loads), tuple(unloads), tuple(problems), tuple(splits), tuple(stops))
+
+
+@dataclass(frozen=True)
+class _Fetch:
+    """A store entry's file, the disk left on each node (charged as fetches are planned)
+    and the rates it travels at."""
+
+    model: StoreModel
+    disk: dict[NodeId, int | None]
+    downloads: Downloads
+
+    def overdue(self, alias: str, node: Node) -> str | None:
+        """Why the node's download of the file is being given up, None if it is not."""
+        return self.downloads.overdue.get((alias, node.node_id))
+
+    def refusal(self, node: Node) -> str | None:
+        """Why `node` cannot get the file, None when it holds it or has room for it."""
+        if holds_file(node, self.model.sha256):
+            return None
+        return disk_refusal(self.model, self.disk[node.node_id])
+
+    def fit(self, node: Node) -> tuple[bool, float]:
+        """Whether the node holds the file, and the seconds it would take to fetch it."""
+        if holds_file(node, self.model.sha256):
+            return True, 0.0
+        return False, download_seconds(self.model.size_bytes, self.downloads.rate(node.node_id))
+
+    def charge(self, node_id: NodeId, has_file: bool | None) -> None:
+        disk = self.disk[node_id]
+        if not has_file and disk is not None:
+            self.disk[node_id] = disk - self.model.size_bytes
 
 
 def _fill(
@@ -180,6 +296,7 @@ def _fill(
     up: Sequence[Node],
     free: dict[NodeId, int],
     estimates: Estimates,
+    fetch: _Fetch | None = None,
 ) -> tuple[list[Load], list[LoadSplit], PlacementProblem | None]:
     """Single-node loads or a split for the replicas `entry` lacks, and the problem if short."""
     if entry.split_nodes >= 2:
@@ -187,7 +304,7 @@ def _fill(
         if isinstance(split, LoadSplit):
             return [], [split], None
         return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
-    loads, problem = _place(entry, holders, up, free, estimates)
+    loads, problem = _place(entry, holders, up, free, estimates, fetch)
     if problem is None or loads or holders or entry.split_nodes == 1 or not _can_split_here(up):
         return loads, [], problem
     # No node holds it or can take it alone: spread one replica over several.
@@ -243,28 +360,38 @@ def _place(
     up: Sequence[Node],
     free: dict[NodeId, int],
     estimates: Estimates,
+    fetch: _Fetch | None = None,
 ) -> tuple[list[Load], PlacementProblem | None]:
-    """Loads for the replicas `entry` lacks, charged to `free`, and the problem if short."""
+    """Loads for the replicas `entry` lacks, charged to `free` (and the disk of nodes that
+    fetch the file), and the problem if short."""
     fitting: list[Fit] = []
     refusals: dict[NodeId, str] = {}
     for node in up:
         need = estimates.get((entry.alias, node.node_id))
-        refusal = _refusal(entry, node, need, free[node.node_id])
+        refusal = fetch.overdue(entry.alias, node) if fetch is not None else None
+        if refusal is None:
+            refusal = _refusal(entry, node, need, free[node.node_id])
+        if refusal is None and fetch is not None:
+            refusal = fetch.refusal(node)
         if refusal is not None:
             refusals[node.node_id] = refusal
         elif isinstance(need, MemoryEstimate):  # always: _refusal refuses anything else
+            # A path entry's file is the operator's business: has_file stays None (neutral).
+            has_file, download_s = fetch.fit(node) if fetch is not None else (None, 0.0)
             fitting.append(
                 Fit(
                     node.node_id,
                     reference_tps=node.hardware.reference_decode_tps,
                     free_after=free[node.node_id] - need.total_bytes,
-                    # has_file stays None (neutral): nodes do not report their model files
-                    # yet. A node's file list, once reported, goes here.
+                    has_file=has_file,
+                    download_s=download_s,
                 )
             )
     chosen = rank(fitting)[: entry.replicas - holders]
     for fit in chosen:
         free[fit.node_id] = fit.free_after
+        if fetch is not None:
+            fetch.charge(fit.node_id, fit.has_file)
     loads = [Load(fit.node_id, entry) for fit in chosen]
     placed = holders + len(chosen)
     if placed >= entry.replicas:
@@ -334,5 +461,12 @@ def _up_sorted(nodes: Sequence[Node]) -> list[Node]:
     return sorted((n for n in nodes if n.up), key=lambda n: n.node_id)
 
 
-def _holder_count(alias: str, up: Sequence[Node]) -> int:
-    return sum(1 for n in up if (r := n.replica(alias)) is not None and r.state in HOLDING_STATES)
+def _holder_count(entry: CatalogEntry, up: Sequence[Node], downloads: Downloads) -> int:
+    """Nodes holding the entry, not counting downloads past their timeout (unloaded now)."""
+    return sum(
+        1
+        for n in up
+        if (r := n.replica(entry.alias)) is not None
+        and r.state in HOLDING_STATES
+        and (entry.alias, n.node_id) not in downloads.overdue
+    )

@@ -23,8 +23,9 @@ class Fit:
     reference_tps: float  # the node's reference decode speed; 0 = not measured
     free_after: int  # bytes of memory the node has left once the model is loaded
     # Whether the node reports the model's file: True (it has it), False (it lacks it),
-    # None (it does not say).
+    # None (it does not say: a path entry, whose files are the operator's business).
     has_file: bool | None = None
+    download_s: float = 0.0  # expected time to fetch the file first; 0 when it has it
 
 
 Scorer = Callable[[Fit], float]
@@ -38,6 +39,12 @@ def model_file_present(fit: Fit) -> float:
     return 1.0 if fit.has_file else -1.0
 
 
+def soonest_ready(fit: Fit) -> float:
+    """Among nodes that must fetch the file, the one whose download ends first serves
+    first: the file's size over the node's link rate (measured, or assumed)."""
+    return -fit.download_s
+
+
 def fastest(fit: Fit) -> float:
     """A faster node serves sooner. Unmeasured nodes (0) come after every measured one."""
     return fit.reference_tps
@@ -49,10 +56,11 @@ def most_free_memory(fit: Fit) -> float:
     return float(fit.free_after)
 
 
-# Precedence, first to last. File presence first: it only tells nodes apart when they
-# report their files, and then it saves a download; otherwise it is neutral everywhere and
-# the order is speed, then memory.
-RANKING: tuple[Scorer, ...] = (model_file_present, fastest, most_free_memory)
+# Precedence, first to last. File presence first: it tells nodes apart for store models
+# (nodes report their store files), and then it saves a download; then the expected
+# download time among those that must fetch. For a path entry both are neutral everywhere
+# and the order is speed, then memory.
+RANKING: tuple[Scorer, ...] = (model_file_present, soonest_ready, fastest, most_free_memory)
 
 
 def rank(fits: Iterable[Fit], scorers: Sequence[Scorer] = RANKING) -> list[Fit]:
