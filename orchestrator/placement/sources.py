@@ -21,6 +21,7 @@ from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig, ModelSource
 from common.net import split_host_port
 from orchestrator.cluster.types import Node, NodeId
+from orchestrator.store.index import INDEX_FILE, StoreIndex
 
 FILES_PATH = "/v1/store/files/"
 # What a fetching worker keeps free beyond the file: the filesystem's own bookkeeping and
@@ -52,6 +53,36 @@ class ModelStore(Protocol):
         """The store's base URL as workers reach it (http://HOST:PORT), no trailing slash."""
 
 
+class IndexedStore:
+    """ModelStore over the store's SQLite index (orchestrator.store.index), opened at the
+    first lookup that finds one: a coordinator may start before any model is added."""
+
+    def __init__(self, store_dir: Path, base_url: str) -> None:
+        self._dir = store_dir
+        self._base_url = base_url.rstrip("/")
+        self._index: StoreIndex | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self._base_url
+
+    def lookup(self, name: str) -> StoreModel | None:
+        if self._index is None:
+            if not (self._dir / INDEX_FILE).is_file():
+                return None  # nothing added yet: every name is unknown
+            self._index = StoreIndex(self._dir, create=False)
+        found = self._index.find(name)
+        if found is None:
+            return None
+        file = self._index.file_path(found.sha256)
+        return StoreModel(found.name, found.sha256, found.size_bytes, file)
+
+    def close(self) -> None:
+        if self._index is not None:
+            self._index.close()
+            self._index = None
+
+
 def unknown_model(name: str) -> str:
     """Why an entry naming `name` cannot be placed, and what to do about it."""
     return f"model {name} is not in the store: llamaherd models add FILE --name {name}"
@@ -64,8 +95,8 @@ def holds_file(node: Node, sha256: str) -> bool:
 
 def files_port(node: Node) -> int | None:
     """The port of the node's HTTP server serving /v1/store/files (None: it serves none)."""
-    port = getattr(node.status, "files_port", None)
-    return port if isinstance(port, int) and port > 0 else None
+    port = node.status.files_port
+    return port if port else None
 
 
 def file_url(base_url: str, sha256: str) -> str:

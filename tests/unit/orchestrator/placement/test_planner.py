@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 from common.memory import MemoryEstimate
-from common.status import ModelState
+from common.status import ModelState, ModelStatus, StoredFile
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.leases import StopLease
 from orchestrator.placement.planner import (
     SURPLUS,
+    Downloads,
     Load,
     LoadSplit,
     Plan,
@@ -18,7 +21,9 @@ from orchestrator.placement.planner import (
     Unload,
     estimates_needed,
     plan,
+    store_candidates,
 )
+from orchestrator.placement.sources import DISK_MARGIN_BYTES, StoreModel
 from tests.unit.orchestrator.factories import (
     GiB,
     MiB,
@@ -580,3 +585,149 @@ def test_actions_are_loads_splits_unloads_then_stops() -> None:
     assert kinds == ["Load", "Load", "LoadSplit", "Unload", "Unload", "StopLease"]
     assert isinstance(result.actions[2], LoadSplit)
     assert [a.why for a in result.unloads] == [SURPLUS, "its split failed: no error reported"]
+
+
+# ---- store models (model: NAME) ----------------------------------------------------------
+
+SHA = "5e" * 32
+STORED = StoreModel("llama-q4", SHA, 2 * GiB)
+
+
+def store_entry(alias: str = "m", replicas: int = 1) -> CatalogEntry:
+    return CatalogEntry(alias=alias, model="llama-q4", replicas=replicas)
+
+
+def store_node(
+    node_id: str,
+    *replicas: ModelStatus,
+    holds: bool = False,
+    disk_free: int | None = 100 * GiB,
+    **fields: Any,
+) -> Node:
+    """A node that reports its model disk and, when `holds`, the store model's file."""
+    n = node(node_id, *replicas, **fields)
+    files = (StoredFile(SHA, STORED.size_bytes, STORED.name),) if holds else ()
+    status = dataclasses.replace(n.status, stored_files=files, model_disk_free_bytes=disk_free)
+    return dataclasses.replace(n, status=status)
+
+
+def resolved(**fields: Any) -> Downloads:
+    return Downloads(models={"m": STORED}, **fields)
+
+
+def test_an_unknown_store_name_is_a_problem_that_says_how_to_add_it() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("a")]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=Downloads())
+    assert result.loads == ()
+    assert result.problems == (
+        PlacementProblem(
+            "m", "model llama-q4 is not in the store: llamaherd models add FILE --name llama-q4"
+        ),
+    )
+    # ...and the controller's reason when the index could not be read, as it said it.
+    why = "cannot read the store's index for llama-q4: disk I/O error"
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=Downloads({"m": why}))
+    assert result.problems == (PlacementProblem("m", why),)
+
+
+def test_a_node_without_the_file_is_a_candidate_when_its_disk_has_room() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("a")]
+    assert loads(plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())) == [
+        ("a", "m")
+    ]
+
+
+def test_a_node_whose_disk_is_too_small_is_refused_with_the_numbers() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("small", disk_free=GiB), store_node("old", disk_free=None)]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert result.loads == ()
+    (problem,) = result.problems
+    assert problem.reason == (
+        "placed 0 of 1 replica; old: does not report its model disk's free space (a worker "
+        f"older than the store); small: needs {2 * GiB} bytes of disk for the file "
+        f"(+{DISK_MARGIN_BYTES} spare), has {GiB} free"
+    )
+
+
+def test_the_small_disk_node_is_passed_over_for_one_with_room() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("a-small", disk_free=GiB, reference_tps=500.0), store_node("b")]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert loads(result) == [("b", "m")] and result.problems == ()
+
+
+def test_a_node_that_holds_the_file_is_preferred_to_faster_ones_that_lack_it() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("fast", reference_tps=300.0), store_node("holder", holds=True)]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert loads(result) == [("holder", "m")]
+
+
+def test_among_nodes_that_lack_it_the_quickest_download_wins_measured_or_assumed() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("agx", reference_tps=300.0), store_node("nano", reference_tps=40.0)]
+    estimates = everywhere(catalog, nodes)
+    # The nano measured a fast link; the AGX is assumed to be on a slower one.
+    downloads = resolved(link_rates={NodeId("nano"): 100 * MiB}, assumed_rate=10 * MiB)
+    assert loads(plan(catalog, nodes, estimates, downloads=downloads)) == [("nano", "m")]
+    # With nothing measured, speed decides as before.
+    assert loads(plan(catalog, nodes, estimates, downloads=resolved())) == [("agx", "m")]
+
+
+def test_the_disk_is_charged_for_every_fetch_planned() -> None:
+    # Two store entries naming the same 2 GiB file on a node with 3 GiB of disk: it can
+    # fetch it only once in this plan, so the second goes elsewhere.
+    catalog = [store_entry("m"), CatalogEntry(alias="n", model="llama-q4")]
+    nodes = [
+        store_node("a", disk_free=3 * GiB),
+        store_node("b", disk_free=3 * GiB, memory_free=GiB),
+    ]
+    downloads = Downloads(models={"m": STORED, "n": STORED})
+    result = plan(catalog, nodes, everywhere(catalog, nodes, need=GiB // 2), downloads=downloads)
+    assert loads(result) == [("a", "m"), ("b", "n")]
+
+
+def test_a_download_in_progress_holds_the_model_no_second_replica_elsewhere() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("a", replica("m", state=ModelState.DOWNLOADING)), store_node("b")]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert result.empty
+    assert estimates_needed(catalog, nodes, resolved()) == []
+
+
+def test_an_overdue_download_is_unloaded_and_placed_elsewhere_with_the_reason() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("a", replica("m", state=ModelState.DOWNLOADING)), store_node("b")]
+    why = "download did not finish in 3600 s (1 of 2 bytes from 10.0.0.1:8002)"
+    overdue = {("m", NodeId("a")): why}
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved(overdue=overdue))
+    assert result.unloads == (Unload(NodeId("a"), "m", why),)
+    assert loads(result) == [("b", "m")]
+    # With no other node, the reason is the problem's.
+    result = plan(
+        catalog, nodes[:1], everywhere(catalog, nodes), downloads=resolved(overdue=overdue)
+    )
+    assert result.problems == (PlacementProblem("m", f"placed 0 of 1 replica; a: {why}"),)
+
+
+def test_only_nodes_holding_the_file_are_asked_for_estimates_the_rest_are_sized_here() -> None:
+    catalog = [store_entry(replicas=2)]
+    nodes = [store_node("a", holds=True), store_node("b"), store_node("c", labels=())]
+    assert [(e.alias, n) for e, n in estimates_needed(catalog, nodes, resolved())] == [("m", "a")]
+    assert [(e.alias, m.name, n) for e, m, n in store_candidates(catalog, nodes, resolved())] == [
+        ("m", "llama-q4", "b"),
+        ("m", "llama-q4", "c"),
+    ]
+    # Unresolved: nobody is asked, nothing is sized.
+    assert estimates_needed(catalog, nodes, Downloads()) == []
+    assert store_candidates(catalog, nodes, Downloads()) == []
+
+
+def test_path_entries_plan_as_before_with_downloads_given() -> None:
+    catalog = [entry("m")]
+    nodes = [node("a", reference_tps=10.0), node("b", reference_tps=20.0)]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert loads(result) == [("b", "m")]

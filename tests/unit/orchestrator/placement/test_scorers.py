@@ -11,13 +11,22 @@ from orchestrator.placement.scorers import (
     model_file_present,
     most_free_memory,
     rank,
+    soonest_ready,
 )
 
 GiB = 1024**3
 
 
-def fit(node_id: str, tps: float = 0.0, free_after: int = GiB, has_file: bool | None = None) -> Fit:
-    return Fit(NodeId(node_id), reference_tps=tps, free_after=free_after, has_file=has_file)
+def fit(
+    node_id: str,
+    tps: float = 0.0,
+    free_after: int = GiB,
+    has_file: bool | None = None,
+    download_s: float = 0.0,
+) -> Fit:
+    return Fit(
+        NodeId(node_id), tps, free_after=free_after, has_file=has_file, download_s=download_s
+    )
 
 
 def ids(fits: list[Fit]) -> list[str]:
@@ -42,6 +51,12 @@ def test_model_file_present_is_neutral_when_the_node_does_not_say(
     has_file: bool | None, score: float
 ) -> None:
     assert model_file_present(fit("a", has_file=has_file)) == score
+
+
+def test_soonest_ready_scores_the_shorter_download_higher() -> None:
+    assert soonest_ready(fit("lan", download_s=20.0)) > soonest_ready(fit("wifi", download_s=90.0))
+    assert soonest_ready(fit("holder")) == 0.0  # nothing to fetch
+    assert soonest_ready(fit("holder")) > soonest_ready(fit("lan", download_s=20.0))
 
 
 # ---- composed -----------------------------------------------------------------------------
@@ -77,3 +92,12 @@ def test_rank_takes_any_scorers_in_their_order() -> None:
     fits = [fit("agx", tps=200.0, free_after=GiB), fit("pc", tps=50.0, free_after=30 * GiB)]
     assert ids(rank(fits, [most_free_memory])) == ["pc", "agx"]
     assert ids(rank(fits, [])) == ["agx", "pc"]  # no scorer: node id order
+
+
+def test_among_nodes_that_must_fetch_the_quicker_download_beats_a_faster_node() -> None:
+    fits = [
+        fit("agx-wifi", tps=200.0, has_file=False, download_s=400.0),
+        fit("nano-lan", tps=40.0, has_file=False, download_s=30.0),
+        fit("pc-holder", tps=10.0, has_file=True),
+    ]
+    assert ids(rank(fits)) == ["pc-holder", "nano-lan", "agx-wifi"]
