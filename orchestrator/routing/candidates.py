@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from common.hardware import HardwareInfo
-from common.status import ModelState, ModelStatus
+from common.memory import format_bytes
+from common.status import DownloadProgress, ModelState, ModelStatus
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
 from orchestrator.routing.request import RouteRequest, Task
 
@@ -188,9 +189,19 @@ def _rejection_reason(
         return "serves generation, not embeddings"
     if replica.state is ModelState.FAILED:
         return "model failed to load: " + (replica.error or "no error reported")
+    if replica.download is not None and replica.state is ModelState.DOWNLOADING:
+        return "model downloading: " + _progress(replica.download)
     if not replica.ready:
         return f"model {replica.state.value}"  # loading, downloading, draining, unloading
     return _overload_reason(replica, inflight)
+
+
+def _progress(download: DownloadProgress) -> str:
+    """How far a download is, for a client told to come back later."""
+    if download.attempt == 0:
+        return f"waiting for a download slot ({format_bytes(download.bytes_total)})"
+    done = f"{format_bytes(download.bytes_done)} of {format_bytes(download.bytes_total)}"
+    return done + (f", about {download.eta_s:.0f} s left" if download.eta_s > 0 else "")
 
 
 def _overload_reason(replica: ModelStatus, inflight: int) -> str | None:

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from common.status import ModelState
+from common.status import DownloadProgress, ModelState
 from orchestrator.cluster.types import NodeId
 from orchestrator.routing.candidates import (
     Candidate,
@@ -17,7 +17,7 @@ from orchestrator.routing.candidates import (
     route,
 )
 from orchestrator.routing.request import RouteRequest
-from tests.unit.orchestrator.factories import NOW, candidate, node, replica, snapshot
+from tests.unit.orchestrator.factories import NOW, GiB, MiB, candidate, node, replica, snapshot
 
 M = RouteRequest("m")
 
@@ -129,6 +129,23 @@ def test_replica_not_ready_says_which_state(state: ModelState, error: str, reaso
     snap = snapshot(node("a", replica(state=state, error=error)))
     found, rejected = candidates_for(snap, "m", now=NOW)
     assert found == []
+    assert reasons(rejected) == {"a": reason}
+
+
+@pytest.mark.parametrize(
+    ("progress", "reason"),
+    [
+        (DownloadProgress(512 * MiB, 2 * GiB, 8e6, 201.0, "10.0.0.1:8002", 1),
+         "model downloading: 512.0 MiB of 2.00 GiB, about 201 s left"),
+        (DownloadProgress(0, 2 * GiB), "model downloading: waiting for a download slot (2.00 GiB)"),
+        (None, "model downloading"),
+    ],
+)  # fmt: skip
+def test_a_downloading_replica_says_how_far_it_is(
+    progress: DownloadProgress | None, reason: str
+) -> None:
+    snap = snapshot(node("a", replica(state=ModelState.DOWNLOADING, download=progress)))
+    _, rejected = candidates_for(snap, "m", now=NOW)
     assert reasons(rejected) == {"a": reason}
 
 
