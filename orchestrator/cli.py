@@ -4,9 +4,10 @@ runs `llamaherd worker` without the control plane's dependencies."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
 
     from common.cluster_secrets import TlsFiles
     from orchestrator.client import GatewayClient
+    from orchestrator.config import CoordinatorSettings
+    from orchestrator.store.index import StoredModel, StoreIndex
+    from orchestrator.store.ingest import Progress
     from worker.api.client import WorkerClient
 
 DEFAULT_GATEWAY = "127.0.0.1:8001"
@@ -138,13 +142,63 @@ def _add_generate_parser(subparsers: argparse._SubParsersAction) -> None:  # typ
 
 
 def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("models", help="list the models a worker hosts")
+    parser = subparsers.add_parser(
+        "models", help="the cluster's model store (add, import, list, show, rm), or without an "
+        "action the models a worker hosts",
+        description="Without an action: the models a worker hosts (--worker). With one: the "
+        "coordinator's model store, acted on directly in its directory (--store-dir, else "
+        "store_dir from --config or LLAMAHERD_COORDINATOR_STORE_DIR), so these work with or "
+        "without a coordinator running.",
+    )  # fmt: skip
     parser.add_argument(
         "--worker", default=DEFAULT_WORKER, help=f"worker address (default: {DEFAULT_WORKER})"
     )
     _add_cluster_token_argument(parser)
     _add_tls_arguments(parser)
     parser.set_defaults(run=_run_models)
+    actions = parser.add_subparsers(title="store actions", metavar="ACTION", dest="store_action")
+    add = actions.add_parser(
+        "add", help="add a local GGUF file to the store",
+        description="Check a GGUF file, hash it (once, with progress) and add it to the store, "
+        "hard-linked when it lies on the store's filesystem, else copied.",
+    )  # fmt: skip
+    add.add_argument("file", type=Path, help="the GGUF file")
+    add.add_argument("--name", help="the store name (default: the file name less .gguf)")
+    add.add_argument("--replace", action="store_true", help="point an existing name at this file")
+    add.add_argument(
+        "--copy", action="store_true",
+        help="copy even on the same filesystem (a hard link shares the file with its source)",
+    )  # fmt: skip
+    imp = actions.add_parser(
+        "import", help="download a GGUF file into the store from an HTTP(S) mirror",
+        description="Download a GGUF from an http(s) URL on the cluster network (hosts limited "
+        "by store_import_hosts), hashing it as it arrives; redirects are not followed.",
+    )  # fmt: skip
+    imp.add_argument("url", help="http:// or https:// URL of the file")
+    imp.add_argument("--name", help="the store name (default: the URL's file name less .gguf)")
+    imp.add_argument("--sha256", metavar="HEX", help="refuse the file unless it has this hash")
+    imp.add_argument("--replace", action="store_true", help="point an existing name at this file")
+    imp.add_argument(
+        "--max-bytes", type=int, metavar="N",
+        help="refuse a file larger than this (default: 512 GiB)",
+    )  # fmt: skip
+    listing = actions.add_parser("list", help="the models in the store")
+    show = actions.add_parser("show", help="one model of the store: hash, size, GGUF summary")
+    show.add_argument("name", help="the store name")
+    for each in (add, imp, listing, show):
+        each.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    remove = actions.add_parser("rm", help="remove a name (and its file, if no other name uses it)")
+    remove.add_argument("name", help="the store name")
+    for each in (add, imp, listing, show, remove):
+        each.add_argument(
+            "--store-dir", type=Path, metavar="DIR",
+            help="the store directory (default: the coordinator's store_dir setting)",
+        )  # fmt: skip
+        each.add_argument(
+            "--config", type=Path, metavar="PATH",
+            help="the coordinator's config file, for its store_dir and store_import_hosts",
+        )  # fmt: skip
+        each.set_defaults(run=_run_store)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
@@ -227,6 +281,197 @@ def _run_models(args: argparse.Namespace) -> int:
         row = f"{m.alias:24} {state:10} {m.architecture:10} {m.spec.n_ctx:>6}"
         print(f"{row} {m.queued_requests:>6}  {detail}")
     return 0
+
+
+def _store_settings(args: argparse.Namespace) -> CoordinatorSettings:
+    """The coordinator's settings as far as the store needs them: --config, the
+    environment's LLAMAHERD_COORDINATOR_*, then --store-dir."""
+    from orchestrator.config import build_coordinator_settings
+
+    overrides = {"store_dir": args.store_dir} if args.store_dir is not None else {}
+    return build_coordinator_settings(args.config, overrides=overrides)
+
+
+def _run_store(args: argparse.Namespace) -> int:
+    """`llamaherd models add|import|list|show|rm`: one line on failure, exit 1 (2 for a
+    bad setting)."""
+    from common.errors import LlamaherdError
+
+    command = f"models {args.store_action}"
+    try:
+        settings = _store_settings(args)
+        return _STORE_ACTIONS[args.store_action](args, settings)
+    except ConfigError as exc:
+        print(f"llamaherd {command}: {exc}", file=sys.stderr)
+        return 2
+    except LlamaherdError as exc:
+        print(f"llamaherd {command}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"llamaherd {command}: interrupted; nothing was added", file=sys.stderr)
+        return 130
+
+
+def _open_store(settings: CoordinatorSettings, create: bool = True) -> StoreIndex:
+    from orchestrator.store.index import StoreIndex
+
+    return StoreIndex(settings.store_dir, create=create)
+
+
+def _store_add(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    from orchestrator.store.ingest import add_file
+
+    with _open_store(settings) as index, _progress_bar(f"hashing {args.file.name}") as progress:
+        model = add_file(
+            index, args.file, args.name, replace=args.replace, link=not args.copy,
+            progress=progress,
+        )  # fmt: skip
+    _print_added(model, settings, args.json)
+    return 0
+
+
+def _store_import(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    from orchestrator.store.ingest import DEFAULT_MAX_IMPORT_BYTES, import_url
+
+    max_bytes = args.max_bytes if args.max_bytes is not None else DEFAULT_MAX_IMPORT_BYTES
+    with _open_store(settings) as index, _progress_bar("downloading") as progress:
+        model = import_url(
+            index, args.url, args.name, sha256=args.sha256, replace=args.replace,
+            allowed_hosts=settings.store_import_hosts, max_bytes=max_bytes, progress=progress,
+        )  # fmt: skip
+    _print_added(model, settings, args.json)
+    return 0
+
+
+def _print_added(model: StoredModel, settings: CoordinatorSettings, as_json: bool) -> None:
+    import json
+
+    from common.memory import format_bytes
+
+    if as_json:
+        print(json.dumps(model.to_json(), indent=2))
+        return
+    s = model.summary
+    print(
+        f"added {model.name} to the store at {settings.store_dir}: sha256 {model.sha256}, "
+        f"{format_bytes(model.size_bytes)}, {s.architecture or '?'} {s.quantization or '?'}, "
+        f"{s.n_layers} layers"
+    )
+
+
+def _store_list(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    import json
+
+    from common.errors import FailedPrecondition
+    from common.memory import format_bytes
+
+    try:
+        with _open_store(settings, create=False) as index:
+            models = index.list()
+    except FailedPrecondition:  # no store yet: nothing in it
+        models = ()
+    if args.json:
+        print(json.dumps({"models": [m.to_json() for m in models]}, indent=2))
+        return 0
+    if not models:
+        print(f"the store at {settings.store_dir} is empty: llamaherd models add FILE")
+        return 0
+    print(f"{'NAME':32} {'SIZE':>10} {'ARCH':10} {'QUANT':8} {'PARAMS':>7} {'LAYERS':>6}  SHA256")
+    for m in models:
+        s = m.summary
+        print(
+            f"{m.name:32} {format_bytes(m.size_bytes):>10} {s.architecture:10} "
+            f"{s.quantization:8} {_billions(s.parameters):>7} {s.n_layers:>6}  {m.sha256[:12]}"
+        )
+    return 0
+
+
+def _billions(parameters: int) -> str:
+    return f"{parameters / 1e9:.2f}B" if parameters >= 1e8 else f"{parameters / 1e6:.1f}M"
+
+
+def _store_show(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    import datetime
+    import json
+
+    from common.errors import FailedPrecondition, NotFound
+    from common.memory import format_bytes
+
+    try:
+        with _open_store(settings, create=False) as index:
+            model = index.get(args.name)
+            path = index.file_path(model.sha256)
+    except FailedPrecondition:
+        raise NotFound(f"no model named {args.name!r}: the store at {settings.store_dir} "
+                       "is empty") from None  # fmt: skip
+    if args.json:
+        print(json.dumps(model.to_json(), indent=2))
+        return 0
+    s = model.summary
+    added = datetime.datetime.fromtimestamp(model.added_unix_s, datetime.timezone.utc)
+    rows = (
+        ("name", model.name), ("sha256", model.sha256),
+        ("size", f"{format_bytes(model.size_bytes)} ({model.size_bytes} bytes)"),
+        ("architecture", s.architecture), ("parameters", f"{s.parameters:,}"),
+        ("quantization", s.quantization), ("layers", str(s.n_layers)),
+        ("context length", str(s.context_length)),
+        ("chat template", "yes" if s.has_chat_template else "no"),
+        ("added", added.isoformat(timespec="seconds")), ("file", str(path)),
+    )  # fmt: skip
+    for key, value in rows:
+        print(f"{key + ':':16}{value}")
+    return 0
+
+
+def _store_rm(args: argparse.Namespace, settings: CoordinatorSettings) -> int:
+    from common.errors import FailedPrecondition, NotFound
+
+    try:
+        with _open_store(settings, create=False) as index:
+            model = index.remove(args.name)
+            kept = index.has_file(model.sha256)
+    except FailedPrecondition:
+        raise NotFound(f"no model named {args.name!r}: the store at {settings.store_dir} "
+                       "is empty") from None  # fmt: skip
+    fate = "kept (another name uses it)" if kept else "deleted"
+    print(f"removed {model.name}; its file {model.sha256[:12]}… was {fate}")
+    return 0
+
+
+_STORE_ACTIONS = {
+    "add": _store_add, "import": _store_import, "list": _store_list, "show": _store_show,
+    "rm": _store_rm,
+}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _progress_bar(what: str) -> Iterator[Progress]:
+    """A progress bar on stderr (bytes, rate, time left), when stderr is a terminal."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+    from rich.progress import (
+        Progress as Bar,
+    )
+
+    console = Console(stderr=True)
+    bar = Bar(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+        TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True,
+        disable=not console.is_terminal,
+    )  # fmt: skip
+    task = bar.add_task(what, total=None)
+
+    def advance(done: int, total: int | None) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        yield advance
 
 
 def _add_status_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -1,7 +1,10 @@
 """Ray, and only here: the control plane's actors and the process that starts and watches them.
 
 - ClusterStateActor hosts the worker registry (heartbeat gRPC endpoint + cluster state).
-- PlacementActor runs the placement controller against it.
+- StoreActor serves the model store's files to workers (orchestrator.store.server), on the
+  coordinator's machine (where the store directory and `llamaherd models` are).
+- PlacementActor runs the placement controller against the registry, resolving store
+  models in the same store directory and telling workers the store's URL.
 - GatewayActor runs one gateway (HTTP + gRPC front doors); the supervisor keeps
   `gateways_per_node` of them on every Ray node, so `ray start --address ...` on another
   machine adds gateway capacity there.
@@ -56,13 +59,16 @@ from orchestrator.cluster.types import ClusterSnapshot, PlacementProblem
 from orchestrator.config import CoordinatorSettings
 from orchestrator.gateway.server import Gateway
 from orchestrator.placement.controller import PlacementController, Timings
+from orchestrator.placement.sources import IndexedStore, StoreModel
 from orchestrator.reaper import reap
+from orchestrator.store.server import StoreServer, store_base_url
 from orchestrator.worker_client import WorkerClients
 
 log = logging.getLogger(__name__)
 
 NAMESPACE = "llamaherd"
 STATE_ACTOR = "cluster-state"
+STORE_ACTOR = "model-store"
 PLACEMENT_ACTOR = "placement"
 GATEWAY_PREFIX = "gateway-"
 HEAD_RECORD = "ray.json"
@@ -122,13 +128,84 @@ class ClusterStateActor:
         await self._registry.stop()
 
 
+class StoreActor:
+    """The store's file service, once per cluster. An actor of its own, so that a new API
+    key (which the store admits) or store setting restarts it alone, not the registry."""
+
+    def __init__(self, settings: CoordinatorSettings, key: str = "") -> None:
+        _configure_logging(settings.log_level)
+        self._settings = settings
+        self._key = key
+        if settings.cluster_token is None:  # with_cluster_token gives the plane its token
+            raise ValueError("the coordinator needs a cluster token")
+        # Workers fetch with the join token; people (curl, scripts) may use the API key.
+        tokens = [settings.cluster_token.get_secret_value()]
+        if settings.api_key is not None:
+            tokens.append(settings.api_key.get_secret_value())
+        self._server = StoreServer(settings.store_dir, tokens)
+        self._started = _start_soon(self._server.start(settings.host, settings.store_port))
+
+    async def start(self) -> int:
+        port: int = await self._started
+        return port
+
+    async def describe(self) -> Described:
+        return Described(self._key, (await self.start(),))
+
+    async def url(self) -> str:
+        """The store's base URL as workers reach it (placement puts it in their sources)."""
+        return store_base_url(self._settings.host, await self.start())
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+
+class _FollowedStore:
+    """Placement's view of the store: the index in the store directory (on this machine),
+    and the URL the store actor serves at, refreshed every round (a replaced store actor
+    may listen on another port when store_port is 0)."""
+
+    def __init__(self, settings: CoordinatorSettings) -> None:
+        self._indexed = IndexedStore(settings.store_dir, "")
+        # Until the store actor answers (it starts after placement): where it will listen,
+        # unless its port is chosen at start (0), which only the actor can tell.
+        port = settings.store_port
+        self.base_url = store_base_url(settings.host, port) if port else ""
+        self._actor: Any = None
+        self._answered = False
+
+    def lookup(self, name: str) -> StoreModel | None:
+        return self._indexed.lookup(name)
+
+    async def refresh_url(self) -> None:
+        """Asks the store actor (found by name) for its URL; keeps the last one if it does
+        not answer (it is being restarted, say)."""
+        try:
+            if self._actor is None:
+                self._actor = ray.get_actor(STORE_ACTOR, namespace=NAMESPACE)
+            self.base_url = await self._actor.url.remote()
+            self._answered = True
+        except (ValueError, ray.exceptions.RayError) as exc:
+            self._actor = None
+            if not self._answered:  # still starting: the first rounds come before it
+                log.debug("the model store is not serving yet: %s", exc)
+                return
+            log.warning("the model store did not answer (%s); its URL stays %s",
+                        str(exc).splitlines()[0], self.base_url)  # fmt: skip
+
+    def close(self) -> None:
+        self._indexed.close()
+
+
 class PlacementActor:
     def __init__(self, settings: CoordinatorSettings, state: Any, key: str = "") -> None:
         _configure_logging(settings.log_level)
         self._key = key
+        self._store = _FollowedStore(settings)
 
         async def snapshots(version: int, timeout_s: float) -> ClusterSnapshot:
             snapshot: ClusterSnapshot = await state.snapshot_after.remote(version, timeout_s)
+            await self._store.refresh_url()
             return snapshot
 
         async def publish(problems: tuple[PlacementProblem, ...]) -> None:
@@ -138,9 +215,11 @@ class PlacementActor:
         # Workers that were registered re-register within a heartbeat or two of a registry
         # (re)start; one silent longer than down_after_s counts as gone anyway.
         grace = max(settings.down_after_s, 2 * settings.heartbeat_interval_s)
+        timings = Timings(rejoin_grace_s=grace, download_timeout_s=settings.download_timeout_s)
         self._controller = PlacementController(
             settings.models, settings.placement_interval_s, snapshots, publish,
-            self._clients.client, timings=Timings(rejoin_grace_s=grace),
+            self._clients.client, timings=timings, store=self._store,
+            link_bytes_per_second=settings.assumed_link_bytes_per_second,
         )  # fmt: skip
         self._task: asyncio.Task[None] = _start_soon(self._controller.run())
 
@@ -156,6 +235,7 @@ class PlacementActor:
             await self._task
         await self._controller.stop()
         await self._clients.close()
+        self._store.close()
 
 
 class GatewayActor:
@@ -188,6 +268,7 @@ class GatewayActor:
 _Remote: Any = ray.remote(num_cpus=0, max_restarts=0)
 StateActor = _Remote(ClusterStateActor)
 PlacementRemote = _Remote(PlacementActor)
+StoreRemote = _Remote(StoreActor)
 GatewayRemote = _Remote(GatewayActor)
 _PERSISTENT: dict[str, Any] = {"lifetime": "detached", "max_restarts": -1}
 
@@ -204,13 +285,25 @@ _STATE_FIELDS = frozenset({
     "host", "registry_port", "heartbeat_interval_s", "down_after_s", "forget_after_s",
     "cluster_token", "cluster_token_file", "tls_ca", "tls_cert", "tls_key", "log_level",
 })  # fmt: skip
-_PLACEMENT_FIELDS = _STATE_FIELDS | {"models", "placement_interval_s"}
-# Where the coordinator runs and keeps its records: no actor's concern.
-_COORDINATOR_FIELDS = frozenset({"ray_address", "state_dir", "gateways_per_node"})
+# The store's file service: its directory and port, and the secrets it admits.
+_STORE_FIELDS = frozenset({
+    "host", "store_dir", "store_port", "cluster_token", "cluster_token_file", "api_key",
+    "log_level",
+})  # fmt: skip
+_PLACEMENT_ONLY = frozenset(
+    {"models", "placement_interval_s", "assumed_link_bytes_per_second", "download_timeout_s"}
+)
+_PLACEMENT_FIELDS = _STATE_FIELDS | _PLACEMENT_ONLY | {"store_dir"}
+# Where the coordinator runs and keeps its records, and what only the CLI reads: no
+# actor's concern.
+_COORDINATOR_FIELDS = frozenset(
+    {"ray_address", "state_dir", "gateways_per_node", "store_import_hosts"}
+)
 _GATEWAY_FIELDS = (
     frozenset(CoordinatorSettings.model_fields)
     - _COORDINATOR_FIELDS
-    - {"models", "placement_interval_s"}
+    - _PLACEMENT_ONLY
+    - {"store_dir", "store_port"}
 ) | _STATE_FIELDS
 
 
@@ -242,6 +335,7 @@ class Endpoints:
     grpc_port: int
     gateways: int
     adopted: tuple[str, ...] = ()  # the actors found serving and kept (coordinator only)
+    store_port: int = 0  # the model store's file service
 
 
 @dataclass
@@ -261,6 +355,7 @@ class ControlPlane:
         self.settings = settings
         self.persistent = persistent
         self._state: Any = None
+        self._store: Any = None
         self._placement: Any = None
         self._gateways = _Gateways()
         self._ports: tuple[int, int] | None = None
@@ -278,16 +373,28 @@ class ControlPlane:
             _show_every_job_s_logs()
         log.info("Ray ready in %.1f s", time.monotonic() - started)
         settings = self.settings
+        # Placement and the store read the store directory: on this machine, as the CLI.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self._state = self._actor(STATE_ACTOR, StateActor, _STATE_FIELDS, settings)
         (registry_port,) = self._describe(self._state).ports
         self._placement = self._actor(
-            PLACEMENT_ACTOR, PlacementRemote, _PLACEMENT_FIELDS, settings, self._state
-        )
+            PLACEMENT_ACTOR, PlacementRemote, _PLACEMENT_FIELDS, settings, self._state,
+            scheduling_strategy=here,
+        )  # fmt: skip
         self._describe(self._placement)
         http_port, grpc_port = self._ensure_gateways()
+        # The store holds no handle to the registry: a new registry does not replace it.
+        self._store = self._actor(
+            STORE_ACTOR, StoreRemote, _STORE_FIELDS, settings, scheduling_strategy=here,
+            follows_registry=False,
+        )  # fmt: skip
+        (store_port,) = self._describe(self._store).ports
+        log.info(
+            "model store %s at %s", settings.store_dir, store_base_url(settings.host, store_port)
+        )
         self.endpoints = Endpoints(
             registry_port, http_port, grpc_port, sum(map(len, self._gateways.by_node.values())),
-            tuple(self._adopted),
+            tuple(self._adopted), store_port,
         )  # fmt: skip
         if self._adopted:
             log.info(
@@ -298,23 +405,32 @@ class ControlPlane:
 
     # ---- actors --------------------------------------------------------------------------
     def _actor(
-        self, name: str, remote: Any, fields: frozenset[str], *args: Any, **options: Any
+        self,
+        name: str,
+        remote: Any,
+        fields: frozenset[str],
+        *args: Any,
+        follows_registry: bool = True,
+        **options: Any,
     ) -> Any:
         """The actor `name`: for a persistent plane, the one already serving if it answers
-        and runs with the same settings, else a new one (detached, restarted by Ray)."""
+        and runs with the same settings, else a new one (detached, restarted by Ray). An
+        actor that `follows_registry` (holds its handle) is replaced with a new registry."""
         key = settings_key(self.settings, fields)
         if not self.persistent:
-            if name == STATE_ACTOR:  # the gateways' status names it
+            # The gateways' status names the state actor; placement finds the store by name.
+            if name in (STATE_ACTOR, STORE_ACTOR):
                 options.update(name=name, namespace=NAMESPACE)
             return remote.options(**options).remote(*args, key)
         existing = _named_actor(name)
         if existing is not None:
-            described = None if self._replace_all else _try_describe(existing)
+            replace_all = self._replace_all and follows_registry
+            described = None if replace_all else _try_describe(existing)
             if described is not None and described.key == key:
                 self._adopted.append(name)
                 return existing
             why = (
-                "the control plane's registry is new" if self._replace_all
+                "the control plane's registry is new" if replace_all
                 else "it does not answer" if described is None
                 else "its settings changed"
             )  # fmt: skip
@@ -386,7 +502,7 @@ class ControlPlane:
         """Stops every actor this plane holds, then Ray: the head too, if this plane
         started (or adopted) one; its record goes with it."""
         actors = [a for group in self._gateways.by_node.values() for a in group]
-        actors += [a for a in (self._placement, self._state) if a is not None]
+        actors += [a for a in (self._placement, self._state, self._store) if a is not None]
         for actor in actors:
             with contextlib.suppress(Exception):
                 ray.get(actor.stop.remote(), timeout=5)

@@ -81,6 +81,15 @@ class Coordinator:
             return stub.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=5)
 
 
+def _store_port(workdir: Path) -> int:
+    """A free port for the model store, the same for every coordinator of one workdir (a
+    restarted coordinator adopts the store actor only if its settings are the same)."""
+    record = workdir / "store-port"
+    if not record.exists():
+        record.write_text(str(free_port()))
+    return int(record.read_text())
+
+
 def _accepts(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -105,7 +114,10 @@ def start_coordinator(
     registry, http, grpc_port = ports or (free_port(), free_port(), free_port())
     command = [
         LLAMAHERD, "coordinator", "--config", str(config), "--registry-port", str(registry),
-        "--http-port", str(http), "--grpc-port", str(grpc_port), *TIMINGS, *args,
+        "--http-port", str(http), "--grpc-port", str(grpc_port), *TIMINGS,
+        # Its own model store: a free port (several coordinators may run at once) and a
+        # directory of its own; a test's own --store-* in args comes later and wins.
+        "--store-port", str(_store_port(workdir)), "--store-dir", str(workdir / "store"), *args,
     ]  # fmt: skip
     log_path = workdir / f"{name}.log"
     environ = {

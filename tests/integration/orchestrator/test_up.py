@@ -61,6 +61,7 @@ def _start_up(ports: tuple[int, int, int], workers: int, log_dir: Path) -> subpr
     command = [
         LLAMAHERD, "up", "--workers", str(workers), "--http-port", str(http),
         "--grpc-port", str(grpc_port), "--registry-port", str(registry),
+        "--store-port", str(free_port()), "--store-dir", str(log_dir / "store"),
         "--log-dir", str(log_dir), "--cluster-token-file", str(log_dir / "cluster-token"),
     ]  # fmt: skip
     return subprocess.Popen(

@@ -17,6 +17,7 @@ from orchestrator.runtime import (
     _GATEWAY_FIELDS,
     _PLACEMENT_FIELDS,
     _STATE_FIELDS,
+    _STORE_FIELDS,
     HeadRecord,
     _write_head_record,
     read_head_record,
@@ -24,7 +25,10 @@ from orchestrator.runtime import (
 )
 
 BASE = CoordinatorSettings(cluster_token=SecretStr("t" * 32))
-ROLES = {"state": _STATE_FIELDS, "placement": _PLACEMENT_FIELDS, "gateway": _GATEWAY_FIELDS}
+ROLES = {
+    "state": _STATE_FIELDS, "placement": _PLACEMENT_FIELDS, "gateway": _GATEWAY_FIELDS,
+    "store": _STORE_FIELDS,
+}  # fmt: skip
 
 
 def _replaced(**changes: object) -> set[str]:
@@ -50,7 +54,8 @@ def test_a_new_catalog_or_placement_interval_replaces_placement_only() -> None:
 
 
 def test_gateway_settings_replace_the_gateways_only() -> None:
-    assert _replaced(api_key=SecretStr("k" * 32)) == {"gateway"}
+    # The model store admits the API key too: a new key restarts it, not the registry.
+    assert _replaced(api_key=SecretStr("k" * 32)) == {"gateway", "store"}
     assert _replaced(http_port=9000) == {"gateway"}
     assert _replaced(routing_policy="round_robin") == {"gateway"}
 
@@ -58,13 +63,21 @@ def test_gateway_settings_replace_the_gateways_only() -> None:
 def test_registry_settings_and_the_token_replace_everything() -> None:
     # The others hold the registry's handle: a new registry means new ones too (runtime
     # replaces them all), and their own keys change as well.
-    assert _replaced(cluster_token=SecretStr("u" * 32)) == {"state", "placement", "gateway"}
+    assert _replaced(cluster_token=SecretStr("u" * 32)) == {
+        "state", "placement", "gateway", "store"
+    }  # fmt: skip
     assert _replaced(registry_port=50051) == {"state", "placement", "gateway"}
     assert _replaced(down_after_s=5.0) == {"state", "placement", "gateway"}
 
 
 def test_where_the_coordinator_runs_and_records_is_no_actor_s_setting() -> None:
     assert _replaced(state_dir=Path("/elsewhere"), ray_address="auto", gateways_per_node=2) == set()
+    assert _replaced(store_import_hosts=("mirror.lan",)) == set()  # the CLI's only
+
+
+def test_store_settings_replace_the_store_and_placement_only() -> None:
+    assert _replaced(store_port=9002) == {"store"}
+    assert _replaced(store_dir=Path("/elsewhere")) == {"store", "placement"}
 
 
 def test_a_key_does_not_reveal_the_token() -> None:
