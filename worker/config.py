@@ -182,6 +182,16 @@ class WorkerSettings(BaseModel):
         8, ge=0, le=256,
         description="RPC servers (split-model leases) this node lends at most at once",
     )  # fmt: skip
+    max_downloads: int = Field(
+        2, ge=1, le=16,
+        description="store model files fetched at once; more loads wait their turn "
+        "(DOWNLOADING with 0 bytes)",
+    )  # fmt: skip
+    download_retries: int = Field(
+        2, ge=0, le=10,
+        description="further tries of a store download whose file fails its size or sha256 "
+        "check (or whose sources all fail) before the model is FAILED",
+    )  # fmt: skip
     split_child: bool = Field(
         False,
         description="internal: this process is the child a worker starts to host one split "

@@ -96,8 +96,10 @@ class CoordinatorLink:
         sampler: TelemetrySampler | None = None,
         lender: RpcLender | None = None,
         tls: TlsFiles | None = None,
+        files_port: int | None = None,
     ) -> None:
         assert settings.coordinator is not None
+        self._files_port = files_port
         self._tls = tls
         self._target = settings.coordinator
         self._registry = registry
@@ -130,6 +132,7 @@ class CoordinatorLink:
     def status(self) -> NodeStatus:
         """This node now, as the coordinator sees it."""
         sample = self._sampler.latest if self._sampler is not None else None
+        store = self._registry.store
         return NodeStatus(
             node_id=self.node_id,
             address=self.address,
@@ -139,6 +142,9 @@ class CoordinatorLink:
             version=VERSION,
             telemetry=sample,
             leases=tuple(self.leases()),
+            stored_files=store.stored_files() if store is not None else (),
+            model_disk_free_bytes=store.free_bytes() if store is not None else None,
+            files_port=self._files_port,
         )
 
     def report(self, sequence: int) -> cl_pb.NodeReport:

@@ -34,7 +34,7 @@ from worker.models.estimate import MemoryBudget
 from worker.models.local import load_local, request_limits
 from worker.models.registry import ModelRegistry
 from worker.node.hardware import cpu_model, detect
-from worker.node.metrics import MetricsServer, WorkerCollector
+from worker.node.metrics import MetricsServer, StoreFiles, WorkerCollector
 from worker.node.reference_speed import (
     cache_key,
     default_cache_dir,
@@ -156,8 +156,13 @@ class WorkerServer:
             hardware = await asyncio.to_thread(_with_reference_speed, hardware)
         self.hardware = hardware
         if self.settings.metrics:
+            store = self.registry.store
+            token = self.settings.cluster_token
+            files = (
+                StoreFiles(store, token.get_secret_value() if token else None) if store else None
+            )
             self.metrics = MetricsServer(
-                WorkerCollector(sampler, self.registry, self.budget, lambda: hardware)
+                WorkerCollector(sampler, self.registry, self.budget, lambda: hardware), files
             )
             self.metrics.start(self.settings.host, self.settings.metrics_listen_port)
         if self.settings.coordinator:
@@ -165,6 +170,7 @@ class WorkerServer:
             self.link = CoordinatorLink(
                 self.settings, self.registry, self.budget, hardware, self.port,
                 self.settings.cluster_token, sampler, self.lender, self.tls,
+                self.metrics.port if self.metrics is not None else None,
             )  # fmt: skip
             self._link_task = asyncio.create_task(self.link.run(), name="coordinator-link")
         await self.registry.load_configured(self._initial_models())

@@ -8,17 +8,25 @@ Nothing a load does can disturb the models already serving.
 The registry builds models through the factories it is given (worker.models.served): one
 for models served in this process, one for split models served by a child worker. It
 treats what they build alike, as ServedModels.
+
+A store model (path `store:NAME`, with a source) is fetched first when its verified file is
+not in the store dir (worker.models.fetch): the model is DOWNLOADING, with its progress,
+then LOADING from the verified file. An unload while it downloads cancels the download
+(its part file stays, for a later resume); a download that fails its checks every time
+leaves the model FAILED with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Set
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +39,18 @@ from common.errors import (
     ModelNotFound,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
 )
 from common.gguf import read_gguf
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
-from common.status import EngineFigures, ModelState, ModelStatus
+from common.status import DownloadProgress, EngineFigures, ModelState, ModelStatus
 from worker.config import WorkerSettings
 from worker.engine.pools import BoundedPool, default_pool
 from worker.models import builtin
 from worker.models.estimate import MemoryBudget, ModelShape, estimate_memory
+from worker.models.fetch import Fetcher, StoreDir
 from worker.models.served import LocalFactory, ModelFacts, ServedModel, SplitFactory
 
 log = logging.getLogger(__name__)
@@ -51,6 +61,8 @@ AUTO_PARALLEL = 4
 _SERVING = frozenset({ModelState.READY, ModelState.DRAINING})
 # Longest model path accepted (Linux's PATH_MAX): longer ones fail in the OS anyway.
 MAX_PATH_BYTES = 4096
+# A download's progress reaches the heartbeat at most this often (ListModels: every call).
+PROGRESS_REPORT_S = 1.0
 _FILE_KINDS = (
     (stat.S_ISDIR, "a directory"),
     (stat.S_ISFIFO, "a FIFO"),
@@ -68,6 +80,9 @@ class _Entry:
     facts: ModelFacts | None = None
     error: str = ""
     lost: bool = False  # FAILED while serving (a split model's helper), not at load
+    download: DownloadProgress | None = None  # while DOWNLOADING
+    task: asyncio.Task[ModelStatus] | None = None  # the load, while it runs
+    unloaded: bool = False  # an UnloadModel cancelled its load
 
 
 class ModelRegistry:
@@ -82,6 +97,7 @@ class ModelRegistry:
         local: LocalFactory,
         split: SplitFactory,
         pool: BoundedPool | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self._settings = settings
         self._budget = budget
@@ -93,6 +109,14 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._listeners: list[Callable[[], None]] = []
         self._draining = ""  # why the worker stopped taking requests, once it has
+        self.store = fetcher.store if fetcher else StoreDir.for_model_dirs(settings.model_dirs)
+        token = settings.cluster_token.get_secret_value() if settings.cluster_token else None
+        self._fetcher = fetcher or (
+            Fetcher(self.store, token, settings.max_downloads, settings.download_retries)
+            if self.store is not None
+            else None
+        )
+        self._last_progress_report = 0.0
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Calls `listener` (on the event loop) whenever a model's state changes."""
@@ -151,6 +175,7 @@ class ModelRegistry:
             estimate=facts.estimate if facts else None,
             chat_template_source=hosted.template.source if hosted and hosted.template else "",
             engine=hosted.figures() if hosted else EngineFigures(),
+            download=entry.download if entry.state is ModelState.DOWNLOADING else None,
         )
 
     # ---- loading ---------------------------------------------------------------------
@@ -167,11 +192,13 @@ class ModelRegistry:
                     f"a model with alias {config.alias!r} is already {existing.state.value}; "
                     "unload it first or choose another alias"
                 )
-            self._entries[config.alias] = _Entry(config, ModelState.LOADING)
+            state = ModelState.DOWNLOADING if self._needs_fetch(config) else ModelState.LOADING
+            entry = self._entries[config.alias] = _Entry(config, state)
         self._changed()
         task = asyncio.create_task(
             self._complete_load(config, trusted, existing), name=f"load:{config.alias}"
         )
+        entry.task = task
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
         task.add_done_callback(_settled)
@@ -185,13 +212,18 @@ class ModelRegistry:
                 # Only a model lost while serving is FAILED with something to free (a split
                 # model's child may remain).
                 await existing.hosted.close("replaced by a new load")
+            if config.is_store:
+                await self._fetch(config)
             if config.is_split and not self._settings.split_child:
                 hosted = await self._load_split(config, trusted)
             else:
                 hosted = await self._pool.run(lambda: self._load_blocking(config, trusted))
         except BaseException:
             with self._lock:
-                self._entries.pop(config.alias, None)
+                entry = self._entries.get(config.alias)
+                # A model whose download failed stays, FAILED with the reason, in status.
+                if entry is not None and entry.state is not ModelState.FAILED:
+                    del self._entries[config.alias]
             self._changed()
             raise
         with self._lock:
@@ -199,6 +231,84 @@ class ModelRegistry:
         self._changed()
         log.info("model %s ready (%s)", config.alias, hosted.facts.path)
         return self.info(config.alias)
+
+    # ---- store models ------------------------------------------------------------------
+    def _needs_fetch(self, config: ModelConfig) -> bool:
+        source = config.source
+        return (
+            source is not None
+            and self.store is not None
+            and self.store.verified(source.sha256, source.size_bytes) is None
+        )
+
+    async def _fetch(self, config: ModelConfig) -> None:
+        """Fetches a store model's file (DOWNLOADING, with progress), then LOADING.
+
+        A failed download leaves the model FAILED with the reason (a refusal before any
+        byte, such as no room, is returned as a refusal only); an unload during it cancels
+        it and the load ends UNAVAILABLE."""
+        source = config.source
+        assert source is not None
+        if self._fetcher is None:
+            raise FailedPrecondition(
+                f"store model {source.name!r}: this worker has no model_dirs to keep store "
+                "files in; give it one"
+            )
+        alias = config.alias
+        with self._lock:
+            entry = self._entries[alias]
+        loop = asyncio.get_running_loop()
+
+        def progress(update: DownloadProgress) -> None:  # from the download thread
+            with self._lock:
+                if self._entries.get(alias) is not entry:
+                    return
+                entry.state, entry.download = ModelState.DOWNLOADING, update
+            now = time.monotonic()
+            if update.bytes_done in (0, update.bytes_total) or (
+                now - self._last_progress_report >= PROGRESS_REPORT_S
+            ):
+                self._last_progress_report = now
+                loop.call_soon_threadsafe(self._changed)
+
+        try:
+            await self._fetcher.fetch(source, progress, self._kept_files)
+        except asyncio.CancelledError:
+            if entry.unloaded:
+                raise Unavailable(
+                    f"model {alias!r} was unloaded while its file was downloading"
+                ) from None
+            raise
+        except LlamaherdError as exc:
+            if not isinstance(exc, ResourceExhausted):
+                self._failed_at_fetch(entry, exc)
+            raise
+        with self._lock:
+            entry.state, entry.download = ModelState.LOADING, None
+        self._changed()
+
+    def _failed_at_fetch(self, entry: _Entry, exc: LlamaherdError) -> None:
+        """Keeps a model whose download failed as FAILED, its reason in status."""
+        log.error("model %s: %s", entry.config.alias, exc.message)
+        with self._lock:
+            if self._entries.get(entry.config.alias) is entry:
+                entry.state, entry.error, entry.download = ModelState.FAILED, exc.message, None
+                entry.task = None
+                entry.lost = False
+        self._changed()
+
+    def _kept_files(self) -> Set[str]:
+        """Store files never deleted to make room: those of the models here (in any
+        state) and those the worker's config names."""
+        with self._lock:
+            configs = [e.config for e in self._entries.values()]
+        configs += self._settings.models
+        kept = {c.source.sha256 for c in configs if c.source is not None}
+        if self.store is not None:
+            # A config-file model may name a store file by its path.
+            kept |= {Path(c.path).stem for c in configs
+                     if not c.is_builtin and Path(c.path).parent == self.store.root}  # fmt: skip
+        return kept
 
     async def load_configured(self, configs: tuple[ModelConfig, ...]) -> None:
         """Loads the config file's models; one that fails is kept as FAILED, the rest serve."""
@@ -275,6 +385,8 @@ class ModelRegistry:
         checked before anything opens it (a FIFO would block the opening thread forever)."""
         if config.is_builtin:
             return builtin.resolve(config.path)
+        if config.source is not None:
+            return self._locate_store(config)
         _check_path_text(config.path)
         path = Path(os.path.expanduser(config.path))
         if not path.is_absolute():
@@ -306,6 +418,18 @@ class ModelRegistry:
             )
         return real
 
+    def _locate_store(self, config: ModelConfig) -> Path:
+        """A store model's verified file, in the store dir and nowhere else."""
+        source = config.source
+        assert source is not None
+        path = self.store.verified(source.sha256, source.size_bytes) if self.store else None
+        if path is None:
+            raise NotFound(
+                f"store model {source.name!r} ({source.sha256}) is not on this node yet: "
+                "LoadModel fetches it"
+            )
+        return path
+
     # ---- unloading -------------------------------------------------------------------
     async def unload(self, alias: str, reason: str | None = None) -> None:
         with self._lock:
@@ -313,13 +437,23 @@ class ModelRegistry:
             if entry is None:
                 raise ModelNotFound(alias, self._entries)
             hosted = entry.hosted
-            if entry.state is ModelState.FAILED:
+            fetching = entry.task if entry.state is ModelState.DOWNLOADING else None
+            if fetching is not None:
+                entry.unloaded = True
+            elif entry.state is ModelState.FAILED:
                 # Nothing to wait for; a split model lost while serving still has a child.
                 del self._entries[alias]
             elif entry.state not in _SERVING or hosted is None:
                 raise Unavailable(f"model {alias!r} is {entry.state.value}; retry shortly")
             else:
                 entry.state = ModelState.UNLOADING
+        if fetching is not None:
+            # The download stops at its next chunk and the load ends, removing the entry;
+            # the part file stays for a later load to resume.
+            fetching.cancel()
+            await asyncio.wait([fetching])
+            log.info("model %s unloaded while downloading", alias)
+            return
         self._changed()
         if hosted is None:  # failed at load: holds nothing to free
             return
@@ -361,8 +495,16 @@ class ModelRegistry:
         return not self.in_flight()
 
     async def close_all(self) -> None:
-        # Loads still running finish first, so that what they load is closed too.
+        # Downloads stop (their part files stay); loads still running finish first, so that
+        # what they load is closed too.
+        with self._lock:
+            fetching = [a for a, e in self._entries.items() if e.state is ModelState.DOWNLOADING]
+        for alias in fetching:
+            with contextlib.suppress(LlamaherdError):
+                await self.unload(alias, "the worker is shutting down")
         await asyncio.gather(*self._loads, return_exceptions=True)
+        if self._fetcher is not None:
+            self._fetcher.shutdown()
         with self._lock:
             aliases = [a for a, e in self._entries.items() if e.state in _SERVING or e.lost]
         for alias in aliases:

@@ -347,6 +347,7 @@ def _child_settings(
 ) -> dict[str, Any]:
     model = config.model_dump(mode="json")
     model["path"] = config.path if config.is_builtin else str(facts.path)
+    model.pop("source", None)  # a store model's child loads the verified file by its path
     return {
         "host": "127.0.0.1",
         "models": [model],
