@@ -234,6 +234,7 @@ class CoordinatorSettings(BaseModel):
         Path("~/.cache/llamaherd/store"),
         description="the model store: GGUF files named by sha256 and their index "
         "(index.sqlite3), created 0700; llamaherd models add/import/list/rm act on it",
+        validate_default=True,  # ~ expanded in the default too: placement opens it as given
     )
     store_port: int = Field(
         8002, ge=0, le=65535,
