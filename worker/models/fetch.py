@@ -140,13 +140,16 @@ class StoreDir:
     def verified(self, sha256: str, size_bytes: int | None = None) -> Path | None:
         """The file's path when it is here, a regular file (not a symlink), verified by
         this worker and unchanged since (same size and modification time); else None."""
+        with self._lock:
+            record = self._read_index().get(sha256)
+        return self._matches(sha256, record, size_bytes)
+
+    def _matches(self, sha256: str, record: object, size_bytes: int | None) -> Path | None:
         path = self.path(sha256)
         try:
             st = os.lstat(path)
         except OSError:
             return None
-        with self._lock:
-            record = self._read_index().get(sha256)
         if not stat.S_ISREG(st.st_mode) or not isinstance(record, dict):
             return None
         if size_bytes is not None and st.st_size != size_bytes:
@@ -162,7 +165,7 @@ class StoreDir:
         found = []
         for sha256, size in self._files():
             record = index.get(sha256)
-            if not isinstance(record, dict) or self.verified(sha256, size) is None:
+            if not isinstance(record, dict) or self._matches(sha256, record, size) is None:
                 continue
             found.append(
                 StoreEntry(sha256, size, float(record.get("used", 0)), str(record.get("name", "")))

@@ -99,3 +99,29 @@ def test_zero_means_retry_forever(tmp_path: Path) -> None:
         return still_trying
 
     assert asyncio.run(scenario())
+
+
+def test_a_report_carries_the_verified_store_files_disk_free_and_files_port(
+    tmp_path: Path,
+) -> None:
+    config = WorkerSettings(coordinator="127.0.0.1:9", cluster_token=TOKEN, node_id="node-a",
+                            node_key_dir=tmp_path / "keys", model_dirs=(tmp_path,))  # fmt: skip
+    budget = MemoryBudget(limit_bytes=8 * GiB, reserve_bytes=0, available=lambda: 8 * GiB)
+    models = ModelRegistry(config, budget, _no_model, _no_model)
+    store = models.store
+    assert store is not None
+    store.ensure()
+    store.path("ab" * 32).write_bytes(b"GGUF....")
+    store.record_verified("ab" * 32, "tiny")
+    store.path("cd" * 32).write_bytes(b"unverified")  # never listed, never served
+    store.part("ef" * 32).write_bytes(b"half")
+
+    async def scenario() -> Any:
+        hardware = HardwareInfo("x86-cpu")
+        worker = CoordinatorLink(config, models, budget, hardware, 50051, TOKEN, files_port=51051)
+        return worker.report(0)
+
+    report = asyncio.run(scenario())
+    files = [(f.sha256, f.size_bytes, f.name) for f in report.stored_files]
+    assert files == [("ab" * 32, 8, "tiny")]
+    assert report.model_disk_free_bytes > 0 and report.files_port == 51051
