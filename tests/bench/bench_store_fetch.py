@@ -11,8 +11,10 @@ with `llamaherd models add`.
      sha256 check, rename, index), in a fresh process started in the namespace; timed
      around the call;
    - curl: `curl -o FILE` of the same URL with the same token (its own time_total);
-   - curl + sha256sum: the same, then hashing the file (what the fetch's check costs a
-     client that does not hash as it goes).
+   - curl + sync: the same, then `sync FILE` (an fsync: the fetch makes the file durable
+     before it renames it into place, curl does not);
+   - curl + sha256sum: curl, then hashing the file (what the fetch's check costs a client
+     that does not hash as it goes).
    Each writes into the same directory and the file is deleted after each round. Reported:
    medians of MB/s and the ratio fetch / curl (goal >= 0.9).
 2. Catalog change to READY. A worker with an empty model dir on another host; the catalog
@@ -100,6 +102,15 @@ def run_curl(host: Host, url: str, header_file: Path, out: Path) -> float:
     return float(seconds)
 
 
+def run_curl_synced(host: Host, url: str, header_file: Path, out: Path) -> float:
+    """curl, then the file made durable (`sync FILE`: its fsync), as the fetch does before
+    it renames the verified part into place."""
+    started = time.perf_counter()
+    run_curl(host, url, header_file, out)
+    subprocess.run(["sync", str(out)], check=True)
+    return time.perf_counter() - started
+
+
 def run_curl_hashed(host: Host, url: str, header_file: Path, out: Path, sha256: str) -> float:
     started = time.perf_counter()
     run_curl(host, url, header_file, out)
@@ -126,6 +137,7 @@ def transfer_rounds(
     variants: dict[str, Callable[[], float]] = {
         "fetch": lambda: run_fetch(host, url, sha256, size, folder),
         "curl": lambda: run_curl(host, url, header_file, out),
+        "curl+sync": lambda: run_curl_synced(host, url, header_file, out),
         "curl+sha256sum": lambda: run_curl_hashed(host, url, header_file, out, sha256),
     }
     seconds: dict[str, list[float]] = {name: [] for name in variants}
@@ -264,12 +276,13 @@ def summarize(seconds: dict[str, list[float]], size: int) -> dict[str, Any]:
         "mb_per_s": {name: [round(v, 1) for v in values] for name, values in rates.items()},
         "median_mb_per_s": {name: round(v, 1) for name, v in medians.items()},
         "ratio_fetch_to_curl": round(medians["fetch"] / medians["curl"], 3),
+        "ratio_fetch_to_curl_sync": round(medians["fetch"] / medians["curl+sync"], 3),
         "ratio_fetch_to_curl_sha256sum": round(medians["fetch"] / medians["curl+sha256sum"], 3),
     }
 
 
 def median_marks(results: list[dict[str, float]]) -> dict[str, float]:
-    keys = results[0].keys()
+    keys = [k for k in results[0] if all(k in r for r in results)]  # DOWNLOADING may be missed
     return {k: round(statistics.median(r[k] for r in results), 2) for k in keys}
 
 

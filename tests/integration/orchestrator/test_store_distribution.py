@@ -35,7 +35,7 @@ from llamaherd.v1 import worker_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from support.auth import worker_channel
 from support.cluster import Coordinator, start_coordinator, wait_for
-from support.netns import Host, Network, network
+from support.netns import Host, Network, network, require_netns
 from support.throttle_proxy import ThrottleProxy, redirect, require_iptables
 from support.worker_process import LLAMAHERD, WorkerProcess, free_port, start_worker
 
@@ -164,6 +164,7 @@ def _add_to_store(store_dir: Path, file: Path) -> None:
 
 @pytest.fixture(scope="module")
 def store_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreCluster]:
+    require_netns()
     require_iptables()
     workdir = tmp_path_factory.mktemp("store-cluster")
     file = resolve("builtin:gemma-3-270m")
