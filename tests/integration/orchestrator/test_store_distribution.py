@@ -22,6 +22,7 @@ import json
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,13 @@ STORE_NAME = "gemma-3-270m-q4"
 MODEL = {"n_ctx": 512, "n_parallel": 1, "n_threads": 1, "flash_attn": "off"}
 CATALOG = [
     {"alias": "gemma-pair", "model": STORE_NAME, "replicas": 2, "labels": ["pair"], **MODEL},
+    {"alias": "gemma-later", "model": STORE_NAME, "replicas": 1, "labels": ["later"], **MODEL},
     {"alias": "gemma-disk", "model": STORE_NAME, "replicas": 1, "labels": ["disk"], **MODEL},
 ]
 FILES_PORT_OFFSET = 1000  # a worker serves peers on its metrics port: gRPC port + 1000
 WORKER_PORT = 50051  # support.worker_process puts namespaced workers there
 HEADERS_SLACK = 64 * 1024  # HTTP heads around a body: far below any doubled transfer
+ROLLOUT_RATE = 50e6  # bytes/s from the store during the rollout: a ~5 s download
 # What a reset link loses on its way (the proxy's and the kernel's socket buffers): the
 # resumed download fetches it again. A restart would fetch half the file again.
 IN_FLIGHT = 8 << 20
@@ -170,7 +173,7 @@ def store_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreClu
     file = resolve("builtin:gemma-3-270m")
     store_dir = workdir / "store"
     _add_to_store(store_dir, file)
-    with network(7) as net, ExitStack() as stack:
+    with network(8) as net, ExitStack() as stack:
         store_port = free_port()
         store_proxy = stack.enter_context(
             ThrottleProxy((net.gateway, 0), (net.gateway, store_port))
@@ -249,49 +252,97 @@ def _gets(requests: list[str]) -> list[str]:
 
 
 # ---- (a) two nodes, one fetch each: one from the store, one from its peer -----------------
-def test_two_nodes_lacking_the_file_fetch_it_once_each_one_from_the_store_one_from_a_peer(
-    store_cluster: StoreCluster,
-) -> None:
+def _peer_port(cluster: StoreCluster, index: int) -> tuple[str, int]:
+    return (cluster.host(index).address, WORKER_PORT + FILES_PORT_OFFSET)
+
+
+def _through_peer_proxies(cluster: StoreCluster, index: int) -> None:
+    """Host `index`'s connections to h0's and h1's file servers go through their proxies."""
+    for peer in (0, 1):
+        if peer != index:
+            proxy = cluster.peer_proxies[f"h{peer}"]
+            cluster.stack.enter_context(
+                redirect(cluster.host(index), _peer_port(cluster, peer), proxy.address)
+            )
+
+
+def _fetched(cluster: StoreCluster, index: int) -> Fetched:
+    address = cluster.host(index).address
+    peers = [p for n, p in cluster.peer_proxies.items() if n != f"h{index}"]
+    return Fetched(
+        from_store=cluster.store_proxy.bytes_down(address),
+        from_peer=sum(p.bytes_down(address) for p in peers),
+        gets=_gets(cluster.store_proxy.requests(address))
+        + [q for p in peers for q in _gets(p.requests(address))],
+    )
+
+
+@pytest.fixture(scope="module")
+def rollout(store_cluster: StoreCluster) -> dict[str, Fetched]:
+    """A first rollout: h0 and h1, neither holding the file, start together and the catalog
+    wants the model on both. The store's link is slowed (ROLLOUT_RATE) while they fetch, so
+    the first download surely outlasts the other node's registration: a second fetch of the
+    same file can then only come from the store if placement sends it there."""
     cluster = store_cluster
     for i in (0, 1):
-        # Each node's connections to the other's file server go through that one's proxy.
-        other = 1 - i
-        cluster.stack.enter_context(
-            redirect(
-                cluster.host(i),
-                (cluster.host(other).address, WORKER_PORT + FILES_PORT_OFFSET),
-                cluster.peer_proxies[f"h{other}"].address,
-            )
+        _through_peer_proxies(cluster, i)
+    cluster.store_proxy.set_rate(ROLLOUT_RATE)
+    try:
+        with ThreadPoolExecutor(2) as starting:
+            list(starting.map(lambda i: cluster.start(i, "pair"), (0, 1)))
+        wait_for(
+            lambda: cluster.ready_nodes("gemma-pair") == {"h0", "h1"},
+            150,
+            "gemma-pair to be ready on h0 and h1",
         )
-    for i in (0, 1):
-        cluster.start(i, "pair")
-    wait_for(
-        lambda: cluster.ready_nodes("gemma-pair") == {"h0", "h1"},
-        150,
-        "gemma-pair to be ready on h0 and h1",
-    )
-    size = cluster.size
-    fetched = {}
-    for i, node_id in enumerate(("h0", "h1")):
-        address, peer = cluster.host(i).address, cluster.peer_proxies[f"h{1 - i}"]
-        fetched[node_id] = Fetched(
-            from_store=cluster.store_proxy.bytes_down(address),
-            from_peer=peer.bytes_down(address),
-            gets=_gets(cluster.store_proxy.requests(address)) + _gets(peer.requests(address)),
-        )
-    from_store = [n for n, f in fetched.items() if f.from_store >= size]
-    assert len(from_store) == 1, f"one node fetches from the store, the other from it: {fetched}"
+    finally:
+        cluster.store_proxy.set_rate(None)
+    return {f"h{i}": _fetched(cluster, i) for i in (0, 1)}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="placement gives the second node the store while the first is still fetching "
+    "the file (nothing holds a second download of a file under way), so a first rollout "
+    "pushes every copy through the store",
+)
+def test_a_first_rollout_fetches_the_file_once_from_the_store_then_from_the_peer(
+    store_cluster: StoreCluster, rollout: dict[str, Fetched]
+) -> None:
+    size = store_cluster.size
+    from_store = [n for n, f in rollout.items() if f.from_store >= size]
+    assert len(from_store) == 1, f"one node fetches from the store, the other from it: {rollout}"
     first = from_store[0]
-    second = next(n for n in fetched if n != first)
-    assert fetched[first].from_store < size + HEADERS_SLACK, fetched  # once, not twice
-    assert fetched[first].from_peer == 0, fetched
-    assert fetched[second].from_store < HEADERS_SLACK, fetched  # at most a HEAD
-    assert size <= fetched[second].from_peer < size + HEADERS_SLACK, fetched
-    for node_id in ("h0", "h1"):
-        assert len(fetched[node_id].gets) == 1, fetched
-        stored = cluster.node(node_id)["status"]["stored_files"]
-        assert [f["sha256"] for f in stored] == [cluster.sha256]
-        assert cluster.stored_file(node_id).stat().st_size == size
+    second = next(n for n in rollout if n != first)
+    assert rollout[first].from_store < size + HEADERS_SLACK, rollout  # once, not twice
+    assert rollout[first].from_peer == 0, rollout
+    assert rollout[second].from_store < HEADERS_SLACK, rollout  # at most a HEAD
+    assert size <= rollout[second].from_peer < size + HEADERS_SLACK, rollout
+
+
+def test_each_node_of_the_rollout_fetched_once_and_holds_the_verified_file(
+    store_cluster: StoreCluster, rollout: dict[str, Fetched]
+) -> None:
+    size = store_cluster.size
+    for node_id, fetched in rollout.items():
+        assert len(fetched.gets) == 1, rollout
+        assert size <= fetched.from_store + fetched.from_peer < size + HEADERS_SLACK, rollout
+        stored = store_cluster.node(node_id)["status"]["stored_files"]
+        assert [f["sha256"] for f in stored] == [store_cluster.sha256]
+        assert store_cluster.stored_file(node_id).stat().st_size == size
+
+
+def test_a_node_joining_later_fetches_from_a_peer_not_the_store(
+    store_cluster: StoreCluster, rollout: dict[str, Fetched]
+) -> None:
+    cluster = store_cluster
+    _through_peer_proxies(cluster, 2)
+    cluster.start(2, "later")
+    wait_for(lambda: cluster.ready_nodes("gemma-later") == {"h2"}, 120, "gemma-later on h2")
+    fetched = _fetched(cluster, 2)
+    assert fetched.from_store < HEADERS_SLACK, fetched
+    assert cluster.size <= fetched.from_peer < cluster.size + HEADERS_SLACK, fetched
+    assert len(fetched.gets) == 1, fetched
 
 
 # ---- (d) a small model directory: refused with the numbers, placed elsewhere ------------
@@ -299,17 +350,17 @@ def test_a_node_with_a_small_model_dir_refuses_with_the_numbers_and_placement_pi
     store_cluster: StoreCluster,
 ) -> None:
     cluster = store_cluster
-    small = cluster.workdir / "models-h2"
+    small = cluster.workdir / "models-h3"
     small.mkdir()
     subprocess.run(
         ["mount", "-t", "tmpfs", "-o", f"size={SMALL_DIR_BYTES}", "tmpfs", str(small)], check=True
     )
     cluster.stack.callback(subprocess.run, ["umount", "-l", str(small)], check=False)
-    small_worker = cluster.start(2, "disk", model_dir=small)
-    cluster.start(3, "disk")
-    wait_for(lambda: cluster.ready_nodes("gemma-disk") == {"h3"}, 120, "gemma-disk on h3")
-    assert cluster.model_on("h2", "gemma-disk") is None
-    free = cluster.node("h2")["status"]["model_disk_free_bytes"]
+    small_worker = cluster.start(3, "disk", model_dir=small)
+    cluster.start(4, "disk")
+    wait_for(lambda: cluster.ready_nodes("gemma-disk") == {"h4"}, 120, "gemma-disk on h4")
+    assert cluster.model_on("h3", "gemma-disk") is None
+    free = cluster.node("h3")["status"]["model_disk_free_bytes"]
     assert free is not None and free <= SMALL_DIR_BYTES
 
     # The worker checks for itself too: asked directly, it refuses before fetching a byte.
@@ -323,23 +374,23 @@ def test_a_node_with_a_small_model_dir_refuses_with_the_numbers_and_placement_pi
         grpc.StatusCode.FAILED_PRECONDITION,
     ), error.details()
     assert str(cluster.size) in (error.details() or ""), error.details()
-    assert cluster.store_proxy.bytes_down(cluster.host(2).address) < HEADERS_SLACK
+    assert cluster.store_proxy.bytes_down(cluster.host(3).address) < HEADERS_SLACK
     assert not list(small.rglob("*.gguf*")), list(small.rglob("*"))
 
 
 # ---- (b) a cut download resumes --------------------------------------------------------
 def test_a_download_cut_midway_resumes_where_it_stopped(store_cluster: StoreCluster) -> None:
     cluster = store_cluster
-    host = cluster.host(4)
+    host = cluster.host(5)
     with (
         ThrottleProxy((cluster.net.gateway, 0), cluster.store) as proxy,
         redirect(host, cluster.store, proxy.address),
     ):
         cut_at = cluster.size // 2
         proxy.cut_next(cut_at)
-        worker = cluster.start(4, proxy=False)
+        worker = cluster.start(5, proxy=False)
         join = _load_in_background(cluster, worker, cluster.spec("gemma-cut"))
-        wait_for(lambda: "h4" in cluster.ready_nodes("gemma-cut"), 150, "gemma-cut on h4")
+        wait_for(lambda: "h5" in cluster.ready_nodes("gemma-cut"), 150, "gemma-cut on h5")
         join()
         relayed = proxy.relayed()
     assert any(r.cut for r in relayed), "the proxy never cut the download"
@@ -351,8 +402,8 @@ def test_a_download_cut_midway_resumes_where_it_stopped(store_cluster: StoreClus
     moved = sum(r.bytes_down for r in relayed)
     # Resumed, not restarted: the file crossed the link about once (a restart: 1.5x).
     assert cluster.size <= moved < cluster.size + IN_FLIGHT, (moved, cluster.size)
-    assert _sha256(cluster.stored_file("h4")) == cluster.sha256
-    assert not cluster.stored_file("h4").with_suffix(".gguf.part").exists()
+    assert _sha256(cluster.stored_file("h5")) == cluster.sha256
+    assert not cluster.stored_file("h5").with_suffix(".gguf.part").exists()
 
 
 # ---- (c) a flipped byte is caught by the hash ------------------------------------------
@@ -360,15 +411,15 @@ def test_a_flipped_byte_is_caught_by_the_hash_and_the_file_fetched_again(
     store_cluster: StoreCluster,
 ) -> None:
     cluster = store_cluster
-    host = cluster.host(5)
+    host = cluster.host(6)
     with (
         ThrottleProxy((cluster.net.gateway, 0), cluster.store) as proxy,
         redirect(host, cluster.store, proxy.address),
     ):
         proxy.corrupt_next(cluster.size // 3)
-        worker = cluster.start(5, proxy=False)
+        worker = cluster.start(6, proxy=False)
         join = _load_in_background(cluster, worker, cluster.spec("gemma-flip"))
-        wait_for(lambda: "h5" in cluster.ready_nodes("gemma-flip"), 150, "gemma-flip on h5")
+        wait_for(lambda: "h6" in cluster.ready_nodes("gemma-flip"), 150, "gemma-flip on h6")
         join()
         relayed = proxy.relayed()
     assert any(r.corrupted for r in relayed), "the proxy never flipped a byte"
@@ -376,23 +427,23 @@ def test_a_flipped_byte_is_caught_by_the_hash_and_the_file_fetched_again(
     # The corrupt copy was thrown away whole and fetched again: two transfers.
     assert moved >= 2 * cluster.size, (moved, cluster.size)
     assert len(_gets([q for r in relayed for q in r.requests])) >= 2
-    assert _sha256(cluster.stored_file("h5")) == cluster.sha256
+    assert _sha256(cluster.stored_file("h6")) == cluster.sha256
     assert "sha256" in worker.log_tail(400)
 
 
 # ---- (e) progress in status while a throttled download runs ------------------------------
 def test_progress_shows_in_status_while_the_file_travels(store_cluster: StoreCluster) -> None:
     cluster = store_cluster
-    host = cluster.host(6)
+    host = cluster.host(7)
     with (
         ThrottleProxy((cluster.net.gateway, 0), cluster.store, rate=8e6) as proxy,
         redirect(host, cluster.store, proxy.address),
     ):
-        worker = cluster.start(6, proxy=False)
+        worker = cluster.start(7, proxy=False)
         join = _load_in_background(cluster, worker, cluster.spec("gemma-slow"))
 
         def downloading() -> dict[str, Any] | None:
-            model = cluster.model_on("h6", "gemma-slow")
+            model = cluster.model_on("h7", "gemma-slow")
             progress = model and model["state"] == "downloading" and model["download"]
             if progress and progress["bytes_done"] > 0:
                 return dict(progress)
@@ -414,7 +465,7 @@ def test_progress_shows_in_status_while_the_file_travels(store_cluster: StoreClu
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert shown.returncode == 0, shown.stderr
-        node = next(n for n in json.loads(shown.stdout)["nodes"] if n["status"]["node_id"] == "h6")
+        node = next(n for n in json.loads(shown.stdout)["nodes"] if n["status"]["node_id"] == "h7")
         (model,) = [m for m in node["status"]["models"] if m["alias"] == "gemma-slow"]
         assert model["state"] == "downloading", model
         assert model["download"]["bytes_done"] >= later["bytes_done"]
@@ -423,7 +474,7 @@ def test_progress_shows_in_status_while_the_file_travels(store_cluster: StoreClu
         assert 0 < gauges["llamaherd_model_download_bytes"] < cluster.size, gauges
         assert gauges["llamaherd_model_state/downloading"] == 1, gauges
         proxy.set_rate(None)  # let the rest through at full speed
-        wait_for(lambda: "h6" in cluster.ready_nodes("gemma-slow"), 120, "gemma-slow ready")
+        wait_for(lambda: "h7" in cluster.ready_nodes("gemma-slow"), 120, "gemma-slow ready")
         join()
-    model_now = cluster.model_on("h6", "gemma-slow")
+    model_now = cluster.model_on("h7", "gemma-slow")
     assert model_now is not None and model_now["download"] is None
