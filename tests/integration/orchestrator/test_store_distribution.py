@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -362,6 +363,13 @@ def test_a_node_with_a_small_model_dir_refuses_with_the_numbers_and_placement_pi
     assert cluster.model_on("h3", "gemma-disk") is None
     free = cluster.node("h3")["status"]["model_disk_free_bytes"]
     assert free is not None and free <= SMALL_DIR_BYTES
+    # Placement explains why it passed the node over, with the numbers.
+    reasons = [
+        line
+        for line in cluster.coordinator.log_tail(5000).splitlines()
+        if f"h3: needs {cluster.size} bytes" in line
+    ]
+    assert reasons and f"has {free} free" in reasons[-1], cluster.coordinator.log_tail()
 
     # The worker checks for itself too: asked directly, it refuses before fetching a byte.
     with worker_channel(small_worker.address) as channel:
@@ -373,7 +381,10 @@ def test_a_node_with_a_small_model_dir_refuses_with_the_numbers_and_placement_pi
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.FAILED_PRECONDITION,
     ), error.details()
-    assert str(cluster.size) in (error.details() or ""), error.details()
+    details = error.details() or ""
+    assert str(cluster.size) in details, details
+    has = re.search(r"(\d+) bytes free", details)
+    assert has and int(has.group(1)) <= SMALL_DIR_BYTES, details
     assert cluster.store_proxy.bytes_down(cluster.host(3).address) < HEADERS_SLACK
     assert not list(small.rglob("*.gguf*")), list(small.rglob("*"))
 
