@@ -20,7 +20,11 @@ every round, so a model added or removed while it runs is seen at the next round
 unknown name is a problem in status. Nodes that lack the file are sized by the coordinator
 from the store's copy (or by a node that holds it), and the LoadModel sent carries where to
 fetch it: peers that hold it first, the store last. A download that outlasts
-`download_timeout_s` is unloaded and the node is not asked again for a while.
+`download_timeout_s` is unloaded and the node is not asked again for a while. While no
+node holds a file yet, only `store_fetches_per_file` nodes fetch it from the store at once
+(the planner's peer-to-peer rollout); the loads this controller has started count as
+fetches before their nodes report them, so a second node is not sent to the store in the
+second or so before the first reports DOWNLOADING.
 
 It also keeps the provenance of every replica (planner.Provenance): when it first saw it,
 by its own clock, and whether its own load put it there. The planner unloads surplus
@@ -180,7 +184,9 @@ class PlacementController:
     `interval_s`). `clients` gives the client of the worker at an address; the caller owns
     and closes them. `clock` times back-offs, caches and grace periods. `store` resolves
     store entries (none: every store entry is a problem); `link_bytes_per_second` is the
-    download rate assumed for a node that has not reported one."""
+    download rate assumed for a node that has not reported one; `store_fetches_per_file`
+    how many nodes may fetch one file from the store at once while no node holds it (0: no
+    limit)."""
 
     def __init__(
         self,
@@ -193,6 +199,7 @@ class PlacementController:
         timings: Timings = Timings(),
         store: ModelStore | None = None,
         link_bytes_per_second: float = DEFAULT_LINK_BYTES_PER_SECOND,
+        store_fetches_per_file: int = 1,
     ) -> None:
         self._catalog = tuple(catalog)
         self._interval = interval_s
@@ -219,6 +226,9 @@ class PlacementController:
         self._link_rate = link_bytes_per_second
         self._link_rates: dict[NodeId, float] = {}  # last measured download rate per node
         self._downloading_since: dict[tuple[str, NodeId], float] = {}
+        self._fetches_per_file = store_fetches_per_file
+        # (alias, node) of loads under way that fetch a store file first
+        self._fetching: set[tuple[str, NodeId]] = set()
         # Coordinator-side estimates of store models: (alias, sha256) -> estimate or reason
         self._store_estimates: dict[tuple[str, str], MemoryEstimate | str] = {}
         self._downloads = Downloads()  # this round's, for the loads it starts
@@ -348,7 +358,14 @@ class PlacementController:
         for entry in self._catalog:
             if entry.store_name is not None:
                 models[entry.alias] = self._lookup(entry.store_name)
-        return Downloads(models, dict(self._link_rates), self._link_rate, self._overdue(nodes))
+        return Downloads(
+            models,
+            dict(self._link_rates),
+            self._link_rate,
+            self._overdue(nodes),
+            pending=frozenset(self._fetching),
+            store_fetches_per_file=self._fetches_per_file,
+        )
 
     def _lookup(self, name: str) -> StoreModel | str:
         if self._store is None:
@@ -519,9 +536,15 @@ class PlacementController:
             coro = self._stop_lease(action, addresses[action.node_id])
         else:
             coro = self._act(action, addresses[action.node_id], source, snapshot)
+            if source is not None and not _holds(snapshot, action.node_id, source.sha256):
+                self._fetching.add(key)  # a fetch from now on, though not yet reported
         task = asyncio.create_task(coro, name=f"placement:{key}")
         self._running[key] = task
-        task.add_done_callback(lambda _: self._running.pop(key, None))
+        task.add_done_callback(lambda _: self._ended(key))
+
+    def _ended(self, key: tuple[str, NodeId]) -> None:
+        self._running.pop(key, None)
+        self._fetching.discard(key)
 
     async def _act(
         self,

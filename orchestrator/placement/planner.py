@@ -21,6 +21,14 @@ Rules, in short:
   problem says how to add it). Nodes that lack its file are candidates too when their
   model disk has room for it (sources.disk_refusal says otherwise, with the numbers); their
   memory estimate comes from the coordinator (the controller's business, not the plan's).
+- A first rollout goes peer to peer: while no up node holds a verified copy of a store
+  file, at most `Downloads.store_fetches_per_file` nodes (default 1) fetch it from the
+  store at once (a node reporting it DOWNLOADING, a load the controller has started, or one
+  planned earlier in the same plan); further replicas of any entry backed by that file
+  wait, with "waiting for NODE to finish fetching NAME (peer-to-peer rollout)", until a
+  node holds it, and then fetch from that peer (sources.source_for puts peers first). A
+  download past its timeout, or one that failed, no longer counts, so the others fall
+  back to the store.
 - An entry with too many READY replicas loses the ones the coordinator trusts least,
   judged only by what it saw itself (Provenance), never by what a node reports: first
   those it did not load itself, then the ones it saw last, then the least loaded. So a
@@ -88,13 +96,19 @@ class Downloads:
     `models`: for each store entry's alias, its store model, or why its name does not
     resolve (an entry missing here has not been resolved: it is not placed). `link_rates`:
     each node's last measured download rate (bytes/s), `assumed_rate` for the others.
-    `overdue`: (alias, node) of downloads past the timeout, with the reason.
+    `overdue`: (alias, node) of downloads past the timeout, with the reason. `pending`:
+    (alias, node) of store loads the controller has started that fetch the file, which the
+    node may not report yet. `store_fetches_per_file`: how many nodes may fetch one file
+    from the store at once while no node holds it (0: no limit, every node fetches from
+    the store as soon as it is placed).
     """
 
     models: Mapping[str, StoreModel | str] = field(default_factory=dict)
     link_rates: Mapping[NodeId, float] = field(default_factory=dict)
     assumed_rate: float = DEFAULT_LINK_BYTES_PER_SECOND
     overdue: Mapping[tuple[str, NodeId], str] = field(default_factory=dict)
+    pending: frozenset[tuple[str, NodeId]] = frozenset()
+    store_fetches_per_file: int = 1
 
     def model(self, entry: CatalogEntry) -> StoreModel | str | None:
         """The entry's store model, or why there is none; None for an entry with a path."""
@@ -228,6 +242,8 @@ def plan(
     free = {node.node_id: node.memory_free for node in up}  # charged as loads are planned
     # Charged as fetches are planned; None: the node does not say.
     disk = {node.node_id: node.status.model_disk_free_bytes for node in up}
+    # sha256 -> the nodes fetching that file now, and those this plan sends to fetch it.
+    fetching = _fetching(catalog, up, downloads)
     loads: list[Load] = []
     splits: list[LoadSplit] = []
     unloads: list[Unload] = []
@@ -250,7 +266,7 @@ def plan(
         if isinstance(model, str):
             problems.append(PlacementProblem(entry.alias, model))
             continue
-        fetch = _Fetch(model, disk, downloads) if model is not None else None
+        fetch = _Fetch(model, disk, downloads, up, fetching) if model is not None else None
         placed, split, problem = _fill(entry, holders, up, free, estimates, fetch)
         loads += placed
         splits += split
@@ -267,6 +283,8 @@ class _Fetch:
     model: StoreModel
     disk: dict[NodeId, int | None]
     downloads: Downloads
+    up: Sequence[Node]
+    fetching: dict[str, list[NodeId]]
 
     def overdue(self, alias: str, node: Node) -> str | None:
         """Why the node's download of the file is being given up, None if it is not."""
@@ -284,10 +302,28 @@ class _Fetch:
             return True, 0.0
         return False, download_seconds(self.model.size_bytes, self.downloads.rate(node.node_id))
 
+    def waiting(self, node_id: NodeId, has_file: bool | None) -> str | None:
+        """Why `node_id`, lacking the file, waits for a peer to fetch it first; None when
+        it holds the file, a peer holds it (it fetches from that peer), it is fetching it
+        already, or the store may serve one more fetch of it."""
+        limit = self.downloads.store_fetches_per_file
+        fetchers = self.fetching.get(self.model.sha256, [])
+        if has_file or limit <= 0 or node_id in fetchers or len(fetchers) < limit:
+            return None
+        if any(holds_file(node, self.model.sha256) for node in self.up):
+            return None
+        return (
+            f"waiting for {', '.join(fetchers)} to finish fetching {self.model.name} "
+            "(peer-to-peer rollout)"
+        )
+
     def charge(self, node_id: NodeId, has_file: bool | None) -> None:
         disk = self.disk[node_id]
         if not has_file and disk is not None:
             self.disk[node_id] = disk - self.model.size_bytes
+        fetchers = self.fetching.setdefault(self.model.sha256, [])
+        if not has_file and node_id not in fetchers:
+            fetchers.append(node_id)
 
 
 def _fill(
@@ -304,8 +340,15 @@ def _fill(
         if isinstance(split, LoadSplit):
             return [], [split], None
         return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
-    loads, problem = _place(entry, holders, up, free, estimates, fetch)
-    if problem is None or loads or holders or entry.split_nodes == 1 or not _can_split_here(up):
+    loads, problem, waits = _place(entry, holders, up, free, estimates, fetch)
+    if (
+        problem is None
+        or loads
+        or holders
+        or waits  # its file is on its way to a peer: the replica comes from there, whole
+        or entry.split_nodes == 1
+        or not _can_split_here(up)
+    ):
         return loads, [], problem
     # No node holds it or can take it alone: spread one replica over several.
     split = _split(entry, up, free, estimates)
@@ -361,9 +404,10 @@ def _place(
     free: dict[NodeId, int],
     estimates: Estimates,
     fetch: _Fetch | None = None,
-) -> tuple[list[Load], PlacementProblem | None]:
+) -> tuple[list[Load], PlacementProblem | None, bool]:
     """Loads for the replicas `entry` lacks, charged to `free` (and the disk of nodes that
-    fetch the file), and the problem if short."""
+    fetch the file), the problem if short, and whether a replica waits for a peer to fetch
+    the file first."""
     fitting: list[Fit] = []
     refusals: dict[NodeId, str] = {}
     for node in up:
@@ -387,16 +431,25 @@ def _place(
                     download_s=download_s,
                 )
             )
-    chosen = rank(fitting)[: entry.replicas - holders]
-    for fit in chosen:
+    chosen: list[Fit] = []
+    waits = False
+    for fit in rank(fitting):
+        if holders + len(chosen) >= entry.replicas:
+            break
+        wait = fetch.waiting(fit.node_id, fit.has_file) if fetch is not None else None
+        if wait is not None:
+            refusals[fit.node_id] = wait
+            waits = True
+            continue
+        chosen.append(fit)
         free[fit.node_id] = fit.free_after
         if fetch is not None:
             fetch.charge(fit.node_id, fit.has_file)
     loads = [Load(fit.node_id, entry) for fit in chosen]
     placed = holders + len(chosen)
     if placed >= entry.replicas:
-        return loads, None
-    return loads, PlacementProblem(entry.alias, _shortfall(entry, placed, up, refusals))
+        return loads, None, waits
+    return loads, PlacementProblem(entry.alias, _shortfall(entry, placed, up, refusals)), waits
 
 
 def _refusal(
@@ -459,6 +512,36 @@ def _surplus(entry: CatalogEntry, up: Sequence[Node], provenance: Provenances) -
 
 def _up_sorted(nodes: Sequence[Node]) -> list[Node]:
     return sorted((n for n in nodes if n.up), key=lambda n: n.node_id)
+
+
+def _fetching(
+    catalog: Sequence[CatalogEntry], up: Sequence[Node], downloads: Downloads
+) -> dict[str, list[NodeId]]:
+    """For each store file, the up nodes fetching it now, by node id: replicas reported
+    DOWNLOADING (the file named by their source, else by their catalog entry) and loads
+    the controller started that fetch it, less downloads past their timeout. A failed
+    download is FAILED, not DOWNLOADING, so it does not count either."""
+    by_alias = {
+        entry.alias: model.sha256
+        for entry in catalog
+        if isinstance(model := downloads.model(entry), StoreModel)
+    }
+    fetching: dict[str, set[NodeId]] = {}
+    for node in up:
+        for replica in node.replicas:
+            key = (replica.alias, node.node_id)
+            if replica.state is not ModelState.DOWNLOADING or key in downloads.overdue:
+                continue
+            source = replica.config.source
+            sha256 = source.sha256 if source is not None else by_alias.get(replica.alias)
+            if sha256 is not None:
+                fetching.setdefault(sha256, set()).add(node.node_id)
+    up_ids = {node.node_id for node in up}
+    for alias, node_id in downloads.pending:
+        sha256 = by_alias.get(alias)
+        if sha256 is not None and node_id in up_ids and (alias, node_id) not in downloads.overdue:
+            fetching.setdefault(sha256, set()).add(node_id)
+    return {sha256: sorted(nodes) for sha256, nodes in fetching.items()}
 
 
 def _holder_count(entry: CatalogEntry, up: Sequence[Node], downloads: Downloads) -> int:

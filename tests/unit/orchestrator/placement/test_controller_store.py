@@ -21,7 +21,7 @@ from orchestrator.placement.controller import PlacementController, Timings
 from orchestrator.placement.sources import IndexedStore, estimate_from_file
 from orchestrator.store.index import GgufSummary, StoredModel, StoreIndex
 from tests.support.gguf_files import write_gguf
-from tests.unit.orchestrator.factories import GiB, estimate, node, replica
+from tests.unit.orchestrator.factories import GiB, estimate, node, replica, snapshot
 from tests.unit.orchestrator.placement.test_controller import (
     Clock,
     FakeWorker,
@@ -78,7 +78,11 @@ class ByHost(Workers):
         return self[chr(ord("a") + int(host.rsplit(".", 1)[1]) - 1)]
 
 
-def run(store: IndexedStore | None, scenario: Callable[[Harness], Awaitable[None]]) -> None:
+def run(
+    store: IndexedStore | None,
+    scenario: Callable[[Harness], Awaitable[None]],
+    catalog: list[CatalogEntry] = CATALOG,
+) -> None:
     workers, clock = ByHost(), Clock()
     published: list[tuple[PlacementProblem, ...]] = []
 
@@ -90,7 +94,7 @@ def run(store: IndexedStore | None, scenario: Callable[[Harness], Awaitable[None
 
     async def main() -> None:
         controller = PlacementController(
-            CATALOG, 1.0, no_snapshots, publish, workers, clock=clock, timings=TIMINGS,
+            catalog, 1.0, no_snapshots, publish, workers, clock=clock, timings=TIMINGS,
             store=store, link_bytes_per_second=1e6,
         )  # fmt: skip
         await scenario(Harness(controller, workers, clock, published))
@@ -221,3 +225,48 @@ def test_a_measured_download_rate_steers_the_next_placement(tmp_path: Path) -> N
         assert h.workers.take() == ["b: load m"]
 
     run(store, scenario)
+
+
+def test_a_first_rollout_fetches_from_the_store_once_then_from_the_peer(tmp_path: Path) -> None:
+    model = add_model(tmp_path / "store")
+    store = IndexedStore(tmp_path / "store", STORE_URL)
+    catalog = [CatalogEntry(alias="m", model="llama-q4", n_ctx=512, replicas=3)]
+    store_url = f"{STORE_URL}/v1/store/files/{model.sha256}"
+
+    def roomy(n: Node) -> Node:  # more memory: ranks first, were nothing else to say
+        return dataclasses.replace(n, status=dataclasses.replace(n.status, memory_free=64 * GiB))
+
+    async def scenario(h: Harness) -> None:
+        fetched = asyncio.Event()
+        h.workers["a"].loading = fetched  # a's load runs until the test says it is done
+        await h.controller.reconcile(snapshot(at("a"), at("b"), at("c")))
+        await asyncio.sleep(0)
+        assert h.workers.take() == ["a: load m"]
+        assert h.workers["a"].loaded == []  # still fetching
+        waiting = "waiting for a to finish fetching llama-q4 (peer-to-peer rollout)"
+        assert h.published[-1] == (
+            PlacementProblem("m", f"placed 1 of 3 replicas; b: {waiting}; c: {waiting}"),
+        )
+        # Before a reports DOWNLOADING, b ranks first: still, the load under way counts.
+        await h.controller.reconcile(snapshot(at("a"), roomy(at("b")), at("c")))
+        await asyncio.sleep(0)
+        assert h.workers.take() == []
+        downloading = replica("m", state=ModelState.DOWNLOADING)
+        await h.controller.reconcile(snapshot(at("a", downloading), roomy(at("b")), at("c")))
+        assert h.workers.take() == []
+        fetched.set()
+        await h.controller.settle()
+        (first,) = h.workers["a"].loaded
+        assert first.source is not None and first.source.urls == (store_url,)
+        # a holds the verified file now: b and c fetch from it, the store as a fallback.
+        loading = replica("m", state=ModelState.LOADING)
+        await h.round(at("a", loading, holds=model.sha256), at("b"), at("c"))
+        assert sorted(h.workers.take()) == ["b: load m", "c: load m"]
+        for peer in ("b", "c"):
+            (loaded,) = h.workers[peer].loaded
+            assert loaded.source is not None
+            peer_url = f"http://10.0.1.1:9100/v1/store/files/{model.sha256}"
+            assert loaded.source.urls == (peer_url, store_url)
+        assert h.published[-1] == ()
+
+    run(store, scenario, catalog)

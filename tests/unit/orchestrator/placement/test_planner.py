@@ -679,13 +679,14 @@ def test_among_nodes_that_lack_it_the_quickest_download_wins_measured_or_assumed
 
 def test_the_disk_is_charged_for_every_fetch_planned() -> None:
     # Two store entries naming the same 2 GiB file on a node with 3 GiB of disk: it can
-    # fetch it only once in this plan, so the second goes elsewhere.
+    # fetch it only once in this plan, so the second goes elsewhere (the peer-to-peer
+    # rollout turned off, so that b fetches at once rather than wait for a).
     catalog = [store_entry("m"), CatalogEntry(alias="n", model="llama-q4")]
     nodes = [
         store_node("a", disk_free=3 * GiB),
         store_node("b", disk_free=3 * GiB, memory_free=GiB),
     ]
-    downloads = Downloads(models={"m": STORED, "n": STORED})
+    downloads = Downloads(models={"m": STORED, "n": STORED}, store_fetches_per_file=0)
     result = plan(catalog, nodes, everywhere(catalog, nodes, need=GiB // 2), downloads=downloads)
     assert loads(result) == [("a", "m"), ("b", "n")]
 
@@ -731,3 +732,107 @@ def test_path_entries_plan_as_before_with_downloads_given() -> None:
     nodes = [node("a", reference_tps=10.0), node("b", reference_tps=20.0)]
     result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
     assert loads(result) == [("b", "m")]
+
+
+# ---- a first rollout goes peer to peer ---------------------------------------------------
+
+
+def waiting_for(fetchers: str, *nodes: str) -> str:
+    why = f"waiting for {fetchers} to finish fetching llama-q4 (peer-to-peer rollout)"
+    return "; ".join(f"{n}: {why}" for n in nodes)
+
+
+def test_a_first_rollout_fetches_once_from_the_store_and_the_other_replicas_wait() -> None:
+    catalog = [store_entry(replicas=3)]
+    empty = [store_node("a"), store_node("b"), store_node("c")]
+    first = plan(catalog, empty, everywhere(catalog, empty), downloads=resolved())
+    assert loads(first) == [("a", "m")]  # one store fetch, not three
+    assert first.problems == (
+        PlacementProblem("m", "placed 1 of 3 replicas; " + waiting_for("a", "b", "c")),
+    )
+    # While a downloads, the others keep waiting (nothing else is split or placed).
+    fetching = [store_node("a", replica("m", state=ModelState.DOWNLOADING)), *empty[1:]]
+    during = plan(catalog, fetching, everywhere(catalog, fetching), downloads=resolved())
+    assert during.actions == ()
+    assert during.problems == (
+        PlacementProblem(
+            "m", "placed 1 of 3 replicas; a: already holds it; " + waiting_for("a", "b", "c")
+        ),
+    )
+    # Once a holds a verified copy, b and c are placed together: they fetch from a.
+    held = [store_node("a", replica("m", state=ModelState.LOADING), holds=True), *empty[1:]]
+    after = plan(catalog, held, everywhere(catalog, held), downloads=resolved())
+    assert loads(after) == [("b", "m"), ("c", "m")] and after.problems == ()
+
+
+def test_a_single_replica_is_placed_at_once_as_before() -> None:
+    catalog = [store_entry()]
+    nodes = [store_node("a"), store_node("b")]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert loads(result) == [("a", "m")] and result.problems == ()
+
+
+def test_a_load_the_controller_started_counts_as_a_fetch_before_the_node_reports_it() -> None:
+    # b now ranks first (more memory), but a was sent to fetch a moment ago: b waits for a.
+    catalog = [store_entry(replicas=2)]
+    nodes = [store_node("a"), store_node("b", memory_free=16 * GiB)]
+    pending = frozenset({("m", NodeId("a"))})
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved(pending=pending))
+    assert loads(result) == [("a", "m")]  # the load under way, which the controller skips
+    assert result.problems == (
+        PlacementProblem("m", "placed 1 of 2 replicas; " + waiting_for("a", "b")),
+    )
+    # Without it, b would be sent to the store too.
+    assert loads(plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())) == [
+        ("b", "m")
+    ]
+
+
+def test_another_entry_of_the_same_file_waits_too_and_is_not_split() -> None:
+    catalog = [store_entry("m"), CatalogEntry(alias="n", model="llama-q4")]
+    # Nodes that could split it: waiting for a peer is no reason to split it instead.
+    nodes = [store_node("a", backends=("CPU", "RPC")), store_node("b", backends=("CPU", "RPC"))]
+    downloads = Downloads(models={"m": STORED, "n": STORED})
+    # a has room for one of them only (5 of its 8 GiB each).
+    result = plan(catalog, nodes, everywhere(catalog, nodes, need=5 * GiB), downloads=downloads)
+    assert loads(result) == [("a", "m")] and result.splits == ()
+    assert result.problems == (
+        PlacementProblem("n", "placed 0 of 1 replica; a: needs 5.00 GiB, has 3.00 GiB free; "
+                             "b: waiting for a to finish fetching "
+                         "llama-q4 (peer-to-peer rollout)"),
+    )  # fmt: skip
+
+
+def test_a_peer_holding_the_file_unloaded_lets_every_replica_fetch_from_it() -> None:
+    catalog = [store_entry(replicas=2)]
+    nodes = [store_node("a", holds=True, memory_free=0), store_node("b"), store_node("c")]
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved())
+    assert loads(result) == [("b", "m"), ("c", "m")] and result.problems == ()
+
+
+def test_an_overdue_or_failed_download_holds_no_one_back() -> None:
+    catalog = [store_entry(replicas=2)]
+    stuck = store_node("a", replica("m", state=ModelState.DOWNLOADING))
+    nodes = [stuck, store_node("b"), store_node("c", replica("x", state=ModelState.FAILED))]
+    overdue = {("m", NodeId("a")): "download did not finish in 3600 s"}
+    result = plan(catalog, nodes, everywhere(catalog, nodes), downloads=resolved(overdue=overdue))
+    assert unloads(result) == [("a", "m")]
+    assert loads(result)[0] == ("b", "m")  # to the store, as before the rule
+    # A failed download: FAILED, not DOWNLOADING, so b fetches from the store at once.
+    failed = [store_node("a", replica("m", state=ModelState.FAILED, error="sha256 mismatch")),
+              store_node("b")]  # fmt: skip
+    result = plan(catalog, failed, everywhere(catalog, failed), downloads=resolved())
+    assert loads(result) == [("b", "m")]
+
+
+def test_the_store_may_serve_k_fetches_of_a_file_at_once_or_any_number() -> None:
+    catalog = [store_entry(replicas=3)]
+    nodes = [store_node("a"), store_node("b"), store_node("c")]
+    estimates = everywhere(catalog, nodes)
+    two = plan(catalog, nodes, estimates, downloads=resolved(store_fetches_per_file=2))
+    assert loads(two) == [("a", "m"), ("b", "m")]
+    assert two.problems == (
+        PlacementProblem("m", "placed 2 of 3 replicas; " + waiting_for("a, b", "c")),
+    )
+    off = plan(catalog, nodes, estimates, downloads=resolved(store_fetches_per_file=0))
+    assert loads(off) == [("a", "m"), ("b", "m"), ("c", "m")] and off.problems == ()
