@@ -10,7 +10,10 @@ Files are written to a temporary store dir; the free disk space is the one figur
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import itertools
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -190,6 +193,46 @@ def test_a_server_that_ignores_range_restarts_the_file(tmp_path: Path) -> None:
     store.part(SHA).write_bytes(b"x" * 100)  # not even the right bytes: all replaced
     path, _ = fetch(fetcher(store, server), source())
     assert path.read_bytes() == DATA and server.served == len(DATA)
+
+
+def test_the_kernel_writes_the_part_back_while_it_arrives_not_only_at_the_end(
+    tmp_path: Path,
+) -> None:
+    # The fsync before the rename cost ~25% of a LAN fetch's rate when it had the whole
+    # file to flush: writeback now starts every writeback_bytes, during the transfer.
+    wrote_back = threading.Event()
+    store, server = store_dir(tmp_path), FileServer(pause=wrote_back)
+    store.ensure()
+    store.part(SHA).write_bytes(DATA[:100])  # a resume: writeback starts where it ends
+    ranges: list[tuple[int, int, int]] = []
+
+    def record(fd: int, offset: int, nbytes: int) -> None:
+        ranges.append((offset, nbytes, os.fstat(fd).st_size))
+        wrote_back.set()  # the server sends the rest only once writeback has started
+
+    f = fetcher(store, server, writeback_bytes=CHUNK, start_writeback=record)
+    path, _ = fetch(f, source())
+    assert path.read_bytes() == DATA
+    assert server.served == len(DATA) - 100  # the body was held until writeback started
+    assert ranges[0][0] == 100 and ranges[0][1] >= CHUNK
+    for (offset, nbytes, size), (next_offset, _, _) in itertools.pairwise(ranges):
+        assert next_offset == offset + nbytes and offset + nbytes <= size
+    assert ranges[0][2] < len(DATA)  # the first started before the body had ended
+
+
+def test_a_failed_early_writeback_leaves_the_fetch_to_its_final_fsync(tmp_path: Path) -> None:
+    calls: list[int] = []
+    tried = threading.Event()
+
+    def refuse(fd: int, offset: int, nbytes: int) -> None:
+        calls.append(offset)
+        tried.set()
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    store = store_dir(tmp_path)
+    f = fetcher(store, FileServer(pause=tried), writeback_bytes=CHUNK, start_writeback=refuse)
+    path, _ = fetch(f, source())
+    assert path.read_bytes() == DATA and calls == [0]  # given up after the first error
 
 
 def test_a_flipped_byte_is_caught_deleted_and_fetched_again(tmp_path: Path) -> None:
