@@ -301,12 +301,6 @@ def rollout(store_cluster: StoreCluster) -> dict[str, Fetched]:
     return {f"h{i}": _fetched(cluster, i) for i in (0, 1)}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="placement gives the second node the store while the first is still fetching "
-    "the file (nothing holds a second download of a file under way), so a first rollout "
-    "pushes every copy through the store",
-)
 def test_a_first_rollout_fetches_the_file_once_from_the_store_then_from_the_peer(
     store_cluster: StoreCluster, rollout: dict[str, Fetched]
 ) -> None:
@@ -319,6 +313,9 @@ def test_a_first_rollout_fetches_the_file_once_from_the_store_then_from_the_peer
     assert rollout[first].from_peer == 0, rollout
     assert rollout[second].from_store < HEADERS_SLACK, rollout  # at most a HEAD
     assert size <= rollout[second].from_peer < size + HEADERS_SLACK, rollout
+    # Placement said why the second replica waited (the problem status shows, logged too).
+    waited = f"{second}: waiting for {first} to finish fetching {STORE_NAME} (peer-to-peer rollout)"
+    assert waited in store_cluster.coordinator.log_tail(5000), store_cluster.coordinator.log_tail()
 
 
 def test_each_node_of_the_rollout_fetched_once_and_holds_the_verified_file(
