@@ -199,6 +199,11 @@ class CoordinatorSettings(BaseModel):
         description="a store model still downloading after this long is unloaded there and "
         "placed elsewhere, with the reason in status",
     )  # fmt: skip
+    store_fetches_per_file: int = Field(
+        1, ge=0, le=1024,
+        description="while no node holds a store file yet, how many nodes may fetch it from "
+        "the store at once; the others wait and fetch from them (0 = no limit)",
+    )  # fmt: skip
     api_key: SecretStr | None = Field(
         None,
         description="require 'Authorization: Bearer <key>' on both APIs (better set through "

@@ -220,6 +220,7 @@ class PlacementActor:
             settings.models, settings.placement_interval_s, snapshots, publish,
             self._clients.client, timings=timings, store=self._store,
             link_bytes_per_second=settings.assumed_link_bytes_per_second,
+            store_fetches_per_file=settings.store_fetches_per_file,
         )  # fmt: skip
         self._task: asyncio.Task[None] = _start_soon(self._controller.run())
 
@@ -291,8 +292,11 @@ _STORE_FIELDS = frozenset({
     "log_level",
 })  # fmt: skip
 _PLACEMENT_ONLY = frozenset(
-    {"models", "placement_interval_s", "assumed_link_bytes_per_second", "download_timeout_s"}
-)
+    {
+        "models", "placement_interval_s", "assumed_link_bytes_per_second",
+        "download_timeout_s", "store_fetches_per_file",
+    }
+)  # fmt: skip
 _PLACEMENT_FIELDS = _STATE_FIELDS | _PLACEMENT_ONLY | {"store_dir"}
 # Where the coordinator runs and keeps its records, and what only the CLI reads: no
 # actor's concern.

@@ -51,6 +51,7 @@ def test_a_new_catalog_or_placement_interval_replaces_placement_only() -> None:
     more = (*BASE.models, CatalogEntry(alias="spare", path="builtin:gemma-3-270m", replicas=0))
     assert _replaced(models=more) == {"placement"}
     assert _replaced(placement_interval_s=7.0) == {"placement"}
+    assert _replaced(store_fetches_per_file=3) == {"placement"}
 
 
 def test_gateway_settings_replace_the_gateways_only() -> None:
