@@ -3,7 +3,8 @@
 A store model's file lives at `<first model_dir>/store/<sha256>.gguf` and nowhere else; it
 arrives as `<sha256>.gguf.part`, fetched from the source's URLs in order (peers first, the
 coordinator's store last) with the cluster join token, resumed from the part's size after
-a cut, hashed as it arrives, and renamed into place only once its size and sha256 match.
+a cut, hashed and written back to disk as it arrives (the fsync before the rename then
+has little left to flush), and renamed into place only once its size and sha256 match.
 A file that fails the check is deleted and fetched again, a bounded number of times. So
 llama.cpp is never given a file that has not been verified on this node.
 
