@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from common.errors import InvalidModelFile
 from common.gguf import GGUFFile
 from common.memory import MemoryEstimate
+from common.model_settings import ModelConfig
 
 KV_CELL_PADDING = 256
 # llama.cpp's compile-time limits (src/llama-hparams.h). It aborts the whole process, rather
@@ -26,6 +27,9 @@ KV_CELL_PADDING = 256
 LLAMA_MAX_LAYERS = 512
 LLAMA_MAX_EXPERTS = 1024
 KV_BYTES_PER_ELEMENT = 2  # f16 K and V
+# Slots a generation model gets when its config leaves n_parallel at 0: as many as memory
+# allows, up to this many (the worker halves it while the estimate does not fit).
+AUTO_PARALLEL = 4
 FLOAT_BYTES = 4
 
 
@@ -166,3 +170,15 @@ def _layer_compute(shape: ModelShape, n_ubatch: int, n_ctx: int) -> int:
     attention = n_ubatch * (shape.n_head * kv_cells(n_ctx) + 3 * shape.n_embd)
     ffn = n_ubatch * (2 * shape.n_ff + 2 * shape.n_embd)
     return max(attention, ffn) * FLOAT_BYTES
+
+
+def context_for(config: ModelConfig, shape: ModelShape) -> int | None:
+    """The KV cache tokens per slot `config` asks for: its n_ctx, or the model's training
+    context when n_ctx is 0; None when that is 0 too (the file declares none)."""
+    return (config.n_ctx or shape.n_ctx_train) or None
+
+
+def most_slots(config: ModelConfig) -> int:
+    """The most sequence slots the worker gives `config`: its n_parallel, else one for an
+    embedding model, else up to AUTO_PARALLEL (never more than n_batch)."""
+    return config.n_parallel or (1 if config.embedding else min(AUTO_PARALLEL, config.n_batch))

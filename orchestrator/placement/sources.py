@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.errors import InvalidModelFile
-from common.estimate import ModelShape, estimate_memory
+from common.estimate import ModelShape, context_for, estimate_memory, most_slots
 from common.gguf import read_gguf
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig, ModelSource
@@ -27,9 +27,6 @@ FILES_PATH = "/v1/store/files/"
 # What a fetching worker keeps free beyond the file: the filesystem's own bookkeeping and
 # the logs and caches that share it. A node with less is refused before the download.
 DISK_MARGIN_BYTES = 64 << 20
-# The slots a worker gives a model whose n_parallel is 0 when memory allows
-# (worker.models.registry.AUTO_PARALLEL): the coordinator sizes for the most it may use.
-AUTO_PARALLEL = 4
 
 
 @dataclass(frozen=True)
@@ -165,14 +162,12 @@ def estimate_from_file(path: Path, config: ModelConfig) -> MemoryEstimate:
     fewer when memory is short, never more). Reads only the file's metadata."""
     gguf = read_gguf(path)
     shape = ModelShape.from_gguf(gguf)
-    n_ctx = config.n_ctx or shape.n_ctx_train
-    if n_ctx <= 0:
+    n_ctx = context_for(config, shape)
+    if n_ctx is None:
         raise InvalidModelFile(
             f"n_ctx is 0 (use the model's) but {path} declares no context length"
         )
-    n_parallel = config.n_parallel or (
-        1 if config.embedding else min(AUTO_PARALLEL, config.n_batch)
-    )
+    n_parallel = most_slots(config)
     estimate = estimate_memory(gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel)
     return estimate.without_layers(config.layers_on_rpc(shape.n_layer))
 

@@ -42,6 +42,7 @@ from common.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from common.estimate import ModelShape, context_for, estimate_memory, most_slots
 from common.gguf import read_gguf
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
@@ -49,14 +50,13 @@ from common.status import DownloadProgress, EngineFigures, ModelState, ModelStat
 from worker.config import WorkerSettings
 from worker.engine.pools import BoundedPool, default_pool
 from worker.models import builtin
-from worker.models.estimate import MemoryBudget, ModelShape, estimate_memory
+from worker.models.estimate import MemoryBudget
 from worker.models.fetch import Fetcher, StoreDir
 from worker.models.served import LocalFactory, ModelFacts, ServedModel, SplitFactory
 
 log = logging.getLogger(__name__)
 # Slots a model gets when its config leaves n_parallel at 0, memory permitting; as
 # llama-server's automatic choice.
-AUTO_PARALLEL = 4
 # States in which a model's engine is up and its requests run (DRAINING: only those in flight).
 _SERVING = frozenset({ModelState.READY, ModelState.DRAINING})
 # Longest model path accepted (Linux's PATH_MAX): longer ones fail in the OS anyway.
@@ -351,14 +351,12 @@ class ModelRegistry:
         path = self._locate(config, trusted)
         gguf = read_gguf(path)
         shape = ModelShape.from_gguf(gguf)
-        n_ctx = config.n_ctx or shape.n_ctx_train
-        if n_ctx <= 0:
+        n_ctx = context_for(config, shape)
+        if n_ctx is None:
             raise InvalidArgument(
                 f"n_ctx is 0 (use the model's) but {path} declares no context length"
             )
-        n_parallel = config.n_parallel or (
-            1 if config.embedding else min(AUTO_PARALLEL, config.n_batch)
-        )
+        n_parallel = most_slots(config)
         while True:
             estimate = estimate_memory(
                 gguf, shape, n_ctx, config.n_batch, config.embedding, n_parallel
