@@ -32,18 +32,6 @@ WAIT = 5.0  # seconds; generous, the engine answers in milliseconds
 
 
 @pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    """The clients' event loop, on a thread of its own as the servicer's loop is."""
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(WAIT)
-    loop.close()
-
-
-@pytest.fixture
 def engines() -> Iterator[Callable[..., ModelEngine]]:
     started: list[ModelEngine] = []
 

@@ -5,8 +5,6 @@ between tokens in issue 14). Time is the engine's injected clock, advanced by th
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
 
 import pytest
 from support.fake_backend import FakeBackend, FakeSampler
@@ -41,17 +39,6 @@ class SlowSampler(FakeSampler):
         if self.drawn >= self._slow_from:
             self._clock.now += self._seconds
         return token
-
-
-@pytest.fixture
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield loop
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(WAIT)
-    loop.close()
 
 
 def _run(
