@@ -3,12 +3,18 @@ ClusterView that `--json` prints."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
-from common.layout import device_layer_counts, offloaded_layers
 from common.memory import format_bytes
 from common.status import DownloadProgress, ModelStatus, NodeStatus
 from common.telemetry import GpuSample, JetsonSample, NodeSample, Temperature
+from orchestrator.cluster.splits import (
+    LayerRange,
+    layers_text,
+    lenders,
+    lent_ranges,
+    model_layer_ranges,
+)
 from orchestrator.cluster.view import ClusterView
 
 
@@ -17,8 +23,8 @@ def render_status(view: ClusterView) -> str:
     lines = [f"{len(view.nodes)} workers ({up} up), routing: {view.routing_policy}", ""]
     lines.append(f"{'NODE':16} {'STATE':6} {'KIND':12} {'ADDRESS':22} {'FREE MEM':>10}  MODELS")
     statuses = [n.status for n in view.nodes]
-    lenders = {lease.endpoint: n.node_id for n in statuses for lease in n.leases}
-    layers = lent_layers(statuses)
+    lent_by = lenders(statuses)
+    layers = {endpoint: _layers(held) for endpoint, held in lent_ranges(statuses).items()}
     for entry in view.nodes:
         node = entry.status
         state = "up" if entry.up else "down"
@@ -31,7 +37,7 @@ def render_status(view: ClusterView) -> str:
         if not entry.up:
             lines.append(f"{'':16} {entry.down_reason} ({entry.seconds_since_report:.0f} s ago)")
         lines.extend(f"{'':16} {line}" for line in telemetry_lines(node))
-        lines.extend(f"{'':16} {line}" for line in split_lines(node, lenders, layers))
+        lines.extend(f"{'':16} {line}" for line in split_lines(node, lent_by, layers))
     for problem in view.placement_problems:
         lines.append(f"\nnot placed: {problem.alias}: {problem.reason}")
     return "\n".join(lines)
@@ -43,14 +49,14 @@ def split_lines(
     """Where the layers of the node's split models live, and the devices it lends.
 
     `lenders` maps RPC endpoints to the nodes that lend them; `layers` maps them to the
-    layers they hold (lent_layers).
+    layers they hold, as text.
     """
     lines = []
     for model in node.models:
         servers = model.config.rpc_servers
         if not servers:
             continue
-        head, *helpers = _spans(model)
+        head, *helpers = (_layers(held) for held in model_layer_ranges(model))
         where = [f"{head} here (head)"]
         where += [f"{span} on {lenders.get(endpoint, endpoint)}"
                   for span, endpoint in zip(helpers, servers, strict=True)]  # fmt: skip
@@ -68,43 +74,8 @@ def split_lines(
     return lines
 
 
-def lent_layers(nodes: Sequence[NodeStatus]) -> dict[str, str]:
-    """The layers each RPC endpoint holds, from the split models of every node."""
-    held: dict[str, str] = {}
-    for node in nodes:
-        for model in node.models:
-            if model.config.rpc_servers:
-                _, *helpers = _spans(model)
-                held.update(zip(model.config.rpc_servers, helpers, strict=True))
-    return held
-
-
-def _spans(model: ModelStatus) -> list[str]:
-    """The layers of a split model's head, then of each RPC server, as llama.cpp places
-    them: the last n_gpu_layers layers over the servers in tensor_split proportions."""
-    spec = model.config
-    total = model.estimate.n_layers if model.estimate is not None else 0
-    servers = len(spec.rpc_servers)
-    offloaded = offloaded_layers(spec.n_gpu_layers, total) if total else spec.n_gpu_layers
-    shares = list(spec.tensor_split[:servers])
-    if len(shares) < servers or sum(shares) <= 0:
-        shares = [1.0] * servers  # llama.cpp's own default is unknown here: say equal
-    counts = device_layer_counts(offloaded, shares)
-    if not total:  # no layer count reported: say how many, not which
-        return ["the first layers", *(_layers(None, c) for c in counts)]
-    spans, first = [_layers(0, total - offloaded)], total - offloaded
-    for count in counts:
-        spans.append(_layers(first, count))
-        first += count
-    return spans
-
-
-def _layers(first: int | None, count: int) -> str:
-    if count <= 0:
-        return "no layers"
-    if first is None:
-        return "1 layer" if count == 1 else f"{count} layers"
-    return f"layer {first}" if count == 1 else f"layers {first}-{first + count - 1}"
+def _layers(held: LayerRange) -> str:
+    return layers_text(held.first, held.count)
 
 
 def telemetry_lines(node: NodeStatus) -> list[str]:

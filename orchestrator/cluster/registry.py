@@ -122,6 +122,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         key = metadata_value(context.invocation_metadata(), NODE_KEY_KEY)
         if not key:
             log.warning("refused a heartbeat stream from %s: no node key", context.peer())
+            self._refuse("", context.peer(), "it sent no node key")
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"registration refused: send a node key ({NODE_KEY_KEY} metadata)",
@@ -136,11 +137,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
                     if node_id is not None and node.node_id != node_id:
                         raise BadReport(f"this stream registered {node_id!r}; it cannot switch")
                     if self._tls is not None and peer_common_name(context) != node.node_id:
-                        log.warning(
-                            "refused node id %r from %s: its certificate names %r",
-                            node.node_id, context.peer(), peer_common_name(context),
-                        )  # fmt: skip
-                        raise NodeConflict()
+                        raise NodeConflict(f"its certificate names {peer_common_name(context)!r}")
                     self._state.report(node, stream, credential)
                 except BadReport as exc:
                     log.warning("refused a report from %s: %s", context.peer(), exc)
@@ -148,9 +145,9 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
                     return
                 except NodeConflict as exc:
                     log.warning(
-                        "refused node id %r from %s: it is bound to another node key",
-                        report.node_id, context.peer(),
-                    )  # fmt: skip
+                        "refused node id %r from %s: %s", report.node_id, context.peer(), exc.reason
+                    )
+                    self._refuse(report.node_id, context.peer(), exc.reason)
                     await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
                 if node_id is None:
                     node_id = node.node_id
@@ -169,6 +166,11 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
                 log.info("node %s left routing: %s", node_id, reason)
                 self._state.disconnected(node_id, stream, self._clock(), reason)
                 self._notify()
+
+    def _refuse(self, node_id: str, peer: str, reason: str) -> None:
+        """Records a refused registration for the dashboards (orchestrator.cluster.state)."""
+        self._state.refused(node_id, peer, reason, self._clock())
+        self._notify()
 
     def _notify(self) -> None:
         self._changed.set()

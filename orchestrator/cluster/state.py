@@ -14,11 +14,14 @@ an id after the restart owns it (every reporter already had to present the clust
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hmac
 from dataclasses import dataclass
 
-from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem
+from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem, Refusal
+
+REFUSALS_KEPT = 32  # the latest refused registrations the snapshot carries (for dashboards)
 
 
 @dataclass
@@ -31,10 +34,12 @@ class _Tracked:
 
 class NodeConflict(ValueError):
     """The node id is bound to another credential. The message is what the refused worker
-    hears, so it says nothing about the node that holds the id."""
+    hears, so it says nothing about the node that holds the id; `reason` is for the
+    coordinator's own records (logs, refusals)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str = "its node id is bound to another node key") -> None:
         super().__init__("registration refused")
+        self.reason = reason
 
 
 class ClusterState:
@@ -43,6 +48,8 @@ class ClusterState:
         self._forget_after_s = forget_after_s
         self._nodes: dict[NodeId, _Tracked] = {}
         self._problems: tuple[PlacementProblem, ...] = ()
+        self._refusals: collections.deque[Refusal] = collections.deque(maxlen=REFUSALS_KEPT)
+        self._refusal_seq = 0
         self.version = 0
 
     def report(self, node: Node, stream: int, credential: bytes) -> None:
@@ -85,6 +92,13 @@ class ClusterState:
                 changed = True
         return changed
 
+    def refused(self, node_id: str, peer: str, reason: str, now: float) -> None:
+        """Records a refused registration (never its key): the snapshot carries the latest
+        REFUSALS_KEPT, and the version grows so that readers see it."""
+        self._refusal_seq += 1
+        self._refusals.append(Refusal(self._refusal_seq, now, node_id, peer, reason))
+        self.version += 1
+
     def set_problems(self, problems: tuple[PlacementProblem, ...]) -> None:
         if problems != self._problems:
             self._problems = problems
@@ -92,7 +106,7 @@ class ClusterState:
 
     def snapshot(self, now: float) -> ClusterSnapshot:
         nodes = tuple(sorted((t.node for t in self._nodes.values()), key=lambda n: n.node_id))
-        return ClusterSnapshot(self.version, now, nodes, self._problems)
+        return ClusterSnapshot(self.version, now, nodes, self._problems, tuple(self._refusals))
 
     def _mark_down(self, tracked: _Tracked, now: float, reason: str) -> None:
         tracked.node = dataclasses.replace(tracked.node, up=False, down_reason=reason)

@@ -69,6 +69,20 @@ class PlacementProblem:
 
 
 @dataclass(frozen=True)
+class Refusal:
+    """A registration the registry refused: a forged or conflicting worker (no node key,
+    a node key that does not match the id's, a certificate naming another node). Never
+    the key or the token, only who tried and why. `seq` grows with each refusal (from 1,
+    again after a registry restart); `at` is the registry's clock."""
+
+    seq: int
+    at: float
+    node_id: str  # the id it claimed; "" when refused before it sent a report
+    peer: str  # gRPC's peer string, e.g. ipv4:10.0.0.7:53122
+    reason: str
+
+
+@dataclass(frozen=True)
 class ClusterSnapshot:
     """The whole cluster at one moment. `version` grows with every change."""
 
@@ -76,6 +90,7 @@ class ClusterSnapshot:
     taken_at: float = 0.0
     nodes: tuple[Node, ...] = ()
     problems: tuple[PlacementProblem, ...] = field(default=())
+    refusals: tuple[Refusal, ...] = ()  # the latest refused registrations, oldest first
 
     def node(self, node_id: NodeId) -> Node | None:
         for node in self.nodes:

@@ -110,6 +110,8 @@ def test_a_stream_without_a_node_key_is_refused() -> None:
         refused = await keyless.refusal(report())
         assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
         assert reg.snapshot().nodes == ()
+        (refusal,) = reg.snapshot().refusals
+        assert (refusal.node_id, refusal.reason) == ("", "it sent no node key")
 
     run(scenario)
 
@@ -129,11 +131,16 @@ def test_a_registration_under_a_live_workers_id_with_another_key_is_refused() ->
 
         (node,) = reg.snapshot().nodes
         assert node.up and node.address == "10.0.0.1:50051"
-        assert reg.snapshot().version == version, "the view did not change"
+        # The nodes did not change; only the refusal was recorded (for the dashboards).
+        assert reg.snapshot().version == version + 1
+        (refusal,) = reg.snapshot().refusals
+        assert (refusal.seq, refusal.node_id) == (1, "worker-a")
+        assert refusal.reason == "its node id is bound to another node key"
+        assert refusal.peer.startswith("ipv4:127.0.0.1:")
         # The live worker's stream is unaffected: its reports still go through.
         await live._queue.put(report())
         await asyncio.sleep(0.1)
-        assert reg.snapshot().version == version + 1 and reg.snapshot().nodes[0].up
+        assert reg.snapshot().version == version + 2 and reg.snapshot().nodes[0].up
         await live.close()
 
     run(scenario)
@@ -166,6 +173,7 @@ def test_a_stream_cannot_switch_to_another_node_id() -> None:
         reply = await stream.send(report("worker-b"))
         assert "cannot switch" in reply.error
         assert [n.node_id for n in reg.snapshot().nodes] == ["worker-a"]
+        assert reg.snapshot().refusals == (), "a bad report is not a refused registration"
 
     run(scenario)
 
@@ -215,6 +223,9 @@ def test_with_tls_a_worker_registers_under_its_certificates_name_only(pki: Path)
         refused = await other.refusal(report("worker-b"))
         assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
         assert reg.snapshot().nodes == ()
+        (refusal,) = reg.snapshot().refusals
+        assert refusal.node_id == "worker-b"
+        assert refusal.reason == "its certificate names 'worker-a'"
         own = Stream(channel, metadata(key="key-a"))
         await own.send(report("worker-a"))
         assert [n.node_id for n in reg.snapshot().nodes] == ["worker-a"]

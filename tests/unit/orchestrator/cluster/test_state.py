@@ -8,7 +8,7 @@ import pytest
 
 from common.hardware import HardwareInfo
 from common.status import NodeStatus
-from orchestrator.cluster.state import ClusterState, NodeConflict
+from orchestrator.cluster.state import REFUSALS_KEPT, ClusterState, NodeConflict
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 
 KEY = b"digest-of-node-key-a"
@@ -111,3 +111,15 @@ def test_snapshots_are_immutable_values() -> None:
     snapshot = state.snapshot(0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         snapshot.nodes[0].up = False  # type: ignore[misc]
+
+
+def test_refusals_are_kept_bounded_numbered_and_bump_the_version() -> None:
+    state = ClusterState(down_after_s=3, forget_after_s=60)
+    for i in range(REFUSALS_KEPT + 3):
+        state.refused("a", f"ipv4:10.0.0.9:{i}", "its node id is bound to another node key", 1.0)
+    snapshot = state.snapshot(2.0)
+    assert snapshot.version == REFUSALS_KEPT + 3
+    assert len(snapshot.refusals) == REFUSALS_KEPT
+    assert [r.seq for r in snapshot.refusals] == list(range(4, REFUSALS_KEPT + 4))
+    assert snapshot.refusals[-1].peer == f"ipv4:10.0.0.9:{REFUSALS_KEPT + 2}"
+    assert snapshot.nodes == ()
