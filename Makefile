@@ -8,7 +8,7 @@ STUBS   := $(PROTOS:.proto=_pb2.py)
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image chaos fuzz
+.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image chaos fuzz browser
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(STUBS)
@@ -46,6 +46,19 @@ fuzz: setup  ## the property-based fuzzers (GGUF reader, OpenAI parsing) with th
 # one line per scenario and a non-zero exit when any request is lost (see RELIABILITY.md).
 chaos: setup  ## the chaos and abuse suite (about 8 min on 2 cores)
 	PYTHONPATH=tests $(PY) -m chaos $(ARGS)
+
+# The dashboard in a real browser: Playwright drives Debian's chromium (installed here as root;
+# never a browser a tool downloads) against real `llamaherd up` clusters; screenshots go to
+# tests/browser/artifacts/. Without root and without chromium the tests skip, saying so.
+browser: setup  ## the dashboard's browser tests in Chromium (about 4 min on 2 cores)
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+		else echo "browser: /usr/bin/chromium is missing and installing it needs root (apt-get install -y chromium): the tests will skip"; fi; \
+	fi
+	@$(PY) -c 'import playwright' 2>/dev/null || \
+		PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PY) -m pip install --quiet -e '.[browser]'
+	LLAMAHERD_BROWSER=1 PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 \
+		$(PY) -m pytest tests/browser -q -rs -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: setup  ## gRPC worker vs. llama-cpp-python in-process; figures for BENCHMARKS.md
 	$(PY) tests/bench/bench_worker_overhead.py $(ARGS)
