@@ -2,7 +2,10 @@
 
 The same metric families a worker exports about itself (common.prometheus), built
 from the heartbeats the coordinator keeps, so one scrape of any gateway covers the cluster,
-including nodes whose own /metrics port is not reachable from the monitoring host.
+including nodes whose own /metrics port is not reachable from the monitoring host; and,
+when the Router records traffic, this gateway's own requests (orchestrator.dashboard.traffic:
+`llamaherd_gateway_requests_total`, `..._generated_tokens_total` and the TTFT, inter-token
+latency and duration histograms), counted since the gateway started.
 """
 
 from __future__ import annotations
@@ -38,7 +41,10 @@ def cluster_metrics(router: Router) -> bytes:
         if node.telemetry is not None:
             add_node_sample(metrics, node.telemetry, base)
         add_models(metrics, node.replicas, base)
-    return render(metrics.families())
+    families = list(metrics.families())
+    if router.traffic is not None:
+        families.extend(router.traffic.families())
+    return render(families)
 
 
 class _Families(Collector):

@@ -17,6 +17,10 @@ Every re-send counts against one budget, `retries`. A node is judged failed by i
 snapshot and `update` cancels its calls at once: this is what catches a hung, SIGSTOPped
 worker, whatever it was doing) and, as a backstop, by a started stream that sends nothing
 for `stall_timeout_s` (a live heartbeat with a stuck engine).
+
+With a traffic recorder (orchestrator.dashboard.traffic), each call of `stream`, `complete`
+and `unary` is one trace: its chunks as they are relayed and its outcome once, whether it
+succeeded, failed, found no replica or lost its client, so both front doors are counted.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 
 from common.errors import ErrorKind, Internal, LlamaherdError, Unavailable
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
+from orchestrator.dashboard.traffic import CANCELLED, OK, UNKNOWN_MODEL, RequestTrace, Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
 from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
 from orchestrator.routing.policies import RoutingPolicy
@@ -115,8 +120,10 @@ class Router:
         retries: int,
         clock: Clock = time.monotonic,
         stall_timeout_s: float = 30.0,
+        traffic: Traffic | None = None,
     ) -> None:
         self.policy = policy
+        self.traffic = traffic
         self.clients = clients
         self.retries = retries
         self.stall_timeout_s = stall_timeout_s
@@ -223,37 +230,51 @@ class Router:
         sent = Progress()
         last_error: LlamaherdError | None = None
         failed: NodeId | None = None
-        for _ in range(self.retries + 1):
-            candidate = self._next(request, exclude, last_error, sent)
-            node = candidate.node_id
-            if sent.started:
-                log.warning(
-                    "stream migrated from worker %s to %s after %d tokens (%s)",
-                    failed, node, sent.tokens, last_error.message if last_error else "",
-                )  # fmt: skip
-            call = open_call(self.clients.client(candidate.address), sent)
-            base = sent
-            with self._tracked(candidate, call):
-                try:
-                    async for chunk in self._read(call, node):
-                        if base.started and chunk.finish_reason:
-                            _add_earlier_usage(chunk, base)
-                        sent = sent.after(chunk)
-                        yield node, chunk
-                    return
-                except LlamaherdError as exc:
-                    final = sent.started and (not resumable or exc.kind not in RETRYABLE)
-                    last_error = self._failed(candidate, exc, final)
-                except asyncio.CancelledError:
-                    reason = self._dropped.get(call)
-                    if reason is None:
-                        raise  # our own client went away
-                    last_error = self._node_left(node, reason, sent.started and not resumable)
-                finally:
-                    call.cancel()
-            exclude.add(node)
-            failed = node
-        raise self._gave_up(last_error, sent)
+        trace = self._begin(request)
+        outcome = _Outcome()
+        try:
+            for _ in range(self.retries + 1):
+                candidate = self._next(request, exclude, last_error, sent)
+                node = outcome.node = candidate.node_id
+                if sent.started:
+                    log.warning(
+                        "stream migrated from worker %s to %s after %d tokens (%s)",
+                        failed, node, sent.tokens, last_error.message if last_error else "",
+                    )  # fmt: skip
+                call = open_call(self.clients.client(candidate.address), sent)
+                base = sent
+                with self._tracked(candidate, call):
+                    try:
+                        async for chunk in self._read(call, node):
+                            if base.started and chunk.finish_reason:
+                                _add_earlier_usage(chunk, base)
+                            sent = sent.after(chunk)
+                            trace.chunk(node, len(chunk.token_ids))
+                            if chunk.finish_reason:
+                                # Complete: a client that closes the stream now (as the
+                                # HTTP API does after the last chunk) has had it all.
+                                outcome.name = OK
+                            yield node, chunk
+                        outcome.name = OK
+                        return
+                    except LlamaherdError as exc:
+                        final = sent.started and (not resumable or exc.kind not in RETRYABLE)
+                        last_error = self._failed(candidate, exc, final)
+                    except asyncio.CancelledError:
+                        reason = self._dropped.get(call)
+                        if reason is None:
+                            raise  # our own client went away
+                        last_error = self._node_left(node, reason, sent.started and not resumable)
+                    finally:
+                        call.cancel()
+                exclude.add(node)
+                failed = node
+            raise self._gave_up(last_error, sent)
+        except BaseException as exc:
+            outcome.failed(exc)
+            raise
+        finally:
+            outcome.record(trace)
 
     async def complete(self, request: RouteRequest, open_call: OpenGeneration) -> Completed:
         """A whole generation from a worker chosen for `request`. Its client receives
@@ -262,28 +283,40 @@ class Router:
         had failed)."""
         exclude: set[NodeId] = set()
         last_error: LlamaherdError | None = None
-        for _ in range(self.retries + 1):
-            candidate = self._choose_or_last(request, exclude, last_error)
-            node = candidate.node_id
-            if exclude:
-                log.warning("generation restarted on worker %s after %s", node, last_error)
-            call = open_call(self.clients.client(candidate.address), Progress())
-            with self._tracked(candidate, call):
-                try:
-                    chunks = [chunk async for chunk in self._read(call, node)]
-                    return Completed(chunks, node, sorted(exclude))
-                except LlamaherdError as exc:
-                    last_error = self._failed(candidate, exc, final=False)
-                except asyncio.CancelledError:
-                    reason = self._dropped.get(call)
-                    if reason is None:
-                        raise  # our own client went away
-                    last_error = self._node_left(node, reason, final=False)
-                finally:
-                    call.cancel()
-            exclude.add(node)
-        assert last_error is not None
-        raise last_error
+        trace = self._begin(request)
+        outcome = _Outcome()
+        try:
+            for _ in range(self.retries + 1):
+                candidate = self._choose_or_last(request, exclude, last_error)
+                node = outcome.node = candidate.node_id
+                if exclude:
+                    log.warning("generation restarted on worker %s after %s", node, last_error)
+                call = open_call(self.clients.client(candidate.address), Progress())
+                with self._tracked(candidate, call):
+                    try:
+                        chunks = []
+                        async for chunk in self._read(call, node):
+                            trace.chunk(node, len(chunk.token_ids))
+                            chunks.append(chunk)
+                        outcome.name = OK
+                        return Completed(chunks, node, sorted(exclude))
+                    except LlamaherdError as exc:
+                        last_error = self._failed(candidate, exc, final=False)
+                    except asyncio.CancelledError:
+                        reason = self._dropped.get(call)
+                        if reason is None:
+                            raise  # our own client went away
+                        last_error = self._node_left(node, reason, final=False)
+                    finally:
+                        call.cancel()
+                exclude.add(node)
+            assert last_error is not None
+            raise last_error
+        except BaseException as exc:
+            outcome.failed(exc)
+            raise
+        finally:
+            outcome.record(trace)
 
     async def unary(
         self,
@@ -294,21 +327,35 @@ class Router:
         errors."""
         exclude: set[NodeId] = set()
         last_error: LlamaherdError | None = None
-        for _ in range(self.retries + 1):
-            candidate = self._choose_or_last(request, exclude, last_error)
-            key = (candidate.node_id, candidate.replica.alias)
-            self.inflight[key] += 1
-            try:
-                return await call(self.clients.client(candidate.address)), candidate.node_id
-            except LlamaherdError as exc:
-                last_error = self._failed(candidate, exc, final=False)
-            finally:
-                self.inflight[key] -= 1
-                if self.inflight[key] <= 0:
-                    del self.inflight[key]
-            exclude.add(candidate.node_id)
-        assert last_error is not None
-        raise last_error
+        trace = self._begin(request)
+        outcome = _Outcome()
+        try:
+            for _ in range(self.retries + 1):
+                candidate = self._choose_or_last(request, exclude, last_error)
+                key = (candidate.node_id, candidate.replica.alias)
+                outcome.node = candidate.node_id
+                self.inflight[key] += 1
+                try:
+                    result = await call(self.clients.client(candidate.address))
+                    outcome.name = OK
+                    return result, candidate.node_id
+                except LlamaherdError as exc:
+                    last_error = self._failed(candidate, exc, final=False)
+                finally:
+                    self.inflight[key] -= 1
+                    if self.inflight[key] <= 0:
+                        del self.inflight[key]
+                exclude.add(candidate.node_id)
+            assert last_error is not None
+            raise last_error
+        except BaseException as exc:
+            outcome.failed(exc)
+            raise
+        finally:
+            outcome.record(trace)
+
+    def _begin(self, request: RouteRequest) -> RequestTrace | _Untraced:
+        return _UNTRACED if self.traffic is None else self.traffic.begin(request.alias)
 
     async def _read(self, call: WorkerStream[Chunk], node: NodeId) -> AsyncIterator[Chunk]:
         """The call's chunks; after the first, a silence longer than stall_timeout_s is the
@@ -393,6 +440,43 @@ class Router:
             if last_error is not None:
                 raise last_error from None
             raise
+
+
+class _Untraced:
+    """The trace of a Router without a recorder: records nothing."""
+
+    def chunk(self, node: str, tokens: int) -> None:
+        pass
+
+    def finish(self, outcome: str, node: str = "", model: str | None = None) -> None:
+        pass
+
+
+_UNTRACED = _Untraced()
+
+
+class _Outcome:
+    """How one relayed request ended, recorded once in a `finally`: a request that neither
+    returned nor raised an error was left by its client (CancelledError, or GeneratorExit
+    when a stream is closed early), which is `cancelled`."""
+
+    __slots__ = ("model", "name", "node")
+
+    def __init__(self) -> None:
+        self.name = CANCELLED
+        self.node = ""  # the node chosen last, "" while none is
+        self.model: str | None = None  # the recorded label, when not the request's alias
+
+    def failed(self, exc: BaseException) -> None:
+        if isinstance(exc, LlamaherdError):
+            self.name = exc.kind.value
+            if isinstance(exc, ModelNotServed):
+                self.model = UNKNOWN_MODEL  # the alias is whatever the client sent
+        elif not isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+            self.name = ErrorKind.INTERNAL.value  # a fault of the gateway's own
+
+    def record(self, trace: RequestTrace | _Untraced) -> None:
+        trace.finish(self.name, self.node, self.model)
 
 
 def _add_earlier_usage(final: Chunk, earlier: Progress) -> None:

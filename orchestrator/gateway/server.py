@@ -26,6 +26,7 @@ from common.grpc_errors import ErrorInterceptor
 from common.net import join_host_port
 from orchestrator.cluster.types import ClusterSnapshot
 from orchestrator.config import CoordinatorSettings
+from orchestrator.dashboard.traffic import Traffic
 from orchestrator.gateway.auth import GrpcApiKey, HttpApiKey
 from orchestrator.gateway.grpc_api import InferenceServicer
 from orchestrator.gateway.http_api import build_app
@@ -44,11 +45,13 @@ class Gateway:
         self.settings = settings
         self._snapshots = snapshots
         self.clients = WorkerClients(token=settings.cluster_token, tls=settings.tls())
+        self.traffic = Traffic()  # this gateway's requests, for /metrics and the dashboard
         self.router = Router(
             make_policy(settings.routing_policy, random.Random()),
             self.clients,
             settings.retries,
             stall_timeout_s=settings.stall_timeout_s,
+            traffic=self.traffic,
         )
         self._shared_ports = settings.gateways_per_node > 1
         key = settings.api_key.get_secret_value() if settings.api_key else None
