@@ -1,8 +1,10 @@
 """The OpenAI-compatible HTTP API: /v1/chat/completions, /v1/completions, /v1/embeddings,
-/v1/models, plus /health, /v1/cluster for dashboards and /metrics (Prometheus, every node).
+/v1/models, plus /health, /v1/cluster for dashboards and /metrics (Prometheus, every node);
+and on the same port Ollama's API under /api (orchestrator.gateway.ollama_api).
 
-Routes translate (orchestrator.gateway.openai_schema) and relay through the Router; errors
-are turned into OpenAI's envelope in one handler. A streamed request waits for its first
+Routes translate (orchestrator.gateway.openai_schema) and relay through the Router
+(orchestrator.gateway.http_relay); errors are turned into OpenAI's envelope in one handler,
+or into Ollama's `{"error": "..."}` under /api. A streamed request waits for its first
 chunk before answering, so a refusal (unknown model, no worker, bad sampling value) still
 gets its real status code; a failure after that point arrives as an SSE error event, which
 the official clients raise as an APIError.
@@ -17,12 +19,10 @@ went away is cancelled at once, which frees the worker's slot.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from llamaherd.v1 import generation_pb2 as gen_pb
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -34,37 +34,39 @@ from starlette.routing import Route
 from common.errors import Internal, LlamaherdError
 from orchestrator.cluster.types import NodeId
 from orchestrator.cluster.view import view_to_json
+from orchestrator.gateway import ollama_schema, views
 from orchestrator.gateway import openai_schema as oa
-from orchestrator.gateway import views
 from orchestrator.gateway.errors import BadRequest, http_headers, http_status, openai_envelope
-from orchestrator.gateway.json_body import parse_json, read_body
+from orchestrator.gateway.http_relay import (
+    CLIENT_GONE,
+    NODE_HEADER,
+    Chunks,
+    ClientGone,
+    GenerationRequest,
+    completed_headers,
+    first_chunk,
+    json_body,
+    next_chunk,
+    open_generation,
+    request_id,
+    unless_gone,
+)
 from orchestrator.gateway.metrics import cluster_metrics
+from orchestrator.gateway.ollama_api import OllamaRoutes
 from orchestrator.gateway.route_requests import (
-    continued,
     for_chat,
     for_embed,
     for_generate,
     http_session,
     resumable,
 )
-from orchestrator.gateway.router import Completed, OpenGeneration, Progress, Router
+from orchestrator.gateway.router import Completed, OpenGeneration, Router
 from orchestrator.routing.request import RouteRequest
-from orchestrator.worker_client import WorkerClient, WorkerStream
 
 log = logging.getLogger(__name__)
 
-NODE_HEADER = "x-llamaherd-node"
-RETRIED_HEADER = "x-llamaherd-retried-from"
 MIGRATION_MEMBER = "llamaherd"
 DEFAULT_BODY_TIMEOUT_S = 20.0
-CLIENT_GONE = 499  # nginx's "client closed request": never sent, only logged
-Chunks = AsyncGenerator[tuple[NodeId, gen_pb.GenerationChunk], None]
-GenerationRequest: TypeAlias = gen_pb.GenerateRequest | gen_pb.ChatRequest
-T = TypeVar("T")
-
-
-class ClientGone(Exception):
-    """The HTTP client disconnected before its response started."""
 
 
 def build_app(
@@ -72,6 +74,7 @@ def build_app(
 ) -> Starlette:
     """The ASGI app; `body_timeout_s` bounds how long a client may take to send a body."""
     api = OpenAIRoutes(router, created_unix_s, body_timeout_s)
+    ollama = OllamaRoutes(router, created_unix_s, body_timeout_s)
     return Starlette(
         routes=[
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
@@ -82,6 +85,7 @@ def build_app(
             Route("/v1/cluster", api.cluster, methods=["GET"]),
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.metrics, methods=["GET"]),
+            *ollama.routes(),
         ],
         exception_handlers={
             ClientGone: _client_gone,
@@ -100,42 +104,30 @@ class OpenAIRoutes:
         self._body_timeout_s = body_timeout_s
 
     async def chat(self, request: Request) -> Response:
-        call = oa.parse_chat(await self._json_body(request))
+        call = oa.parse_chat(await json_body(request, self._body_timeout_s))
         route = for_chat(call.request, http_session(request.headers, call.user))
-        rid = _request_id(request)
-
-        def open_call(worker: WorkerClient, sent: Progress) -> WorkerStream[gen_pb.GenerationChunk]:
-            chat = continued(call.request, sent.text, sent.tokens)
-            assert isinstance(chat, gen_pb.ChatRequest)
-            return worker.chat(chat, rid)
-
+        open_call = open_generation(call.request, request_id(request))
         return await self._generation(
             request, route, call.request, open_call, call.model, call.stream,
             call.include_usage, "chat",
         )  # fmt: skip
 
     async def completions(self, request: Request) -> Response:
-        call = oa.parse_completion(await self._json_body(request))
+        call = oa.parse_completion(await json_body(request, self._body_timeout_s))
         route = for_generate(call.request, http_session(request.headers, call.user))
-        rid = _request_id(request)
-
-        def open_call(worker: WorkerClient, sent: Progress) -> WorkerStream[gen_pb.GenerationChunk]:
-            generate = continued(call.request, sent.text, sent.tokens)
-            assert isinstance(generate, gen_pb.GenerateRequest)
-            return worker.generate(generate, rid)
-
+        open_call = open_generation(call.request, request_id(request))
         return await self._generation(
             request, route, call.request, open_call, call.model, call.stream,
             call.include_usage, "text",
         )  # fmt: skip
 
     async def embeddings(self, request: Request) -> Response:
-        call = oa.parse_embeddings(await self._json_body(request))
+        call = oa.parse_embeddings(await json_body(request, self._body_timeout_s))
         route = for_embed(call.request, http_session(request.headers, call.user))
-        reply, node = await _unless_gone(
+        reply, node = await unless_gone(
             request,
             self._router.unary(
-                route, lambda worker: worker.embed(call.request, _request_id(request))
+                route, lambda worker: worker.embed(call.request, request_id(request))
             ),
         )
         body = oa.embeddings_response(call.model, reply, call.encoding_format)
@@ -165,12 +157,6 @@ class OpenAIRoutes:
     def _models(self) -> Any:
         return views.cluster_models(self._router.snapshot, self._created)
 
-    async def _json_body(self, request: Request) -> Any:
-        length = request.headers.get("content-length")
-        declared = int(length) if length and length.isdigit() else None
-        raw = await read_body(request.stream(), declared, self._body_timeout_s)
-        return parse_json(raw)
-
     async def _generation(
         self,
         request: Request,
@@ -185,49 +171,16 @@ class OpenAIRoutes:
         call_id = oa.new_call_id("chatcmpl" if kind == "chat" else "cmpl")
         created = int(time.time())
         if not stream:
-            completed = await _unless_gone(request, self._router.complete(route, open_call))
+            completed = await unless_gone(request, self._router.complete(route, open_call))
             return _collected(completed, call_id, created, model, kind)
         chunks: Chunks = self._router.stream(route, open_call, resumable=resumable(generation))
-        # The first chunk decides the status code: errors before it are real HTTP errors.
-        try:
-            node, first = await _unless_gone(request, anext(chunks))
-        except StopAsyncIteration:
-            raise Internal("the worker ended the stream without a result") from None
-        except BaseException:
-            await chunks.aclose()
-            raise
+        node, first = await first_chunk(request, chunks)
         events = _sse(chunks, node, first, call_id, created, model, kind, include_usage)
         return StreamingResponse(
             events,
             media_type="text/event-stream",
             headers={NODE_HEADER: node, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-
-
-async def _unless_gone(request: Request, work: Awaitable[T]) -> T:
-    """`work`, cancelled (ClientGone raised) when the client disconnects first.
-
-    Starlette reads nothing from the client while a handler runs, so without this a
-    non-streaming client that gives up leaves its generation running to the end. Once the
-    body is read, the only message the server can still receive is the disconnection."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()  # our client left, or we are cancelled ourselves
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    if task.cancelled():
-        raise ClientGone
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 def _collected(completed: Completed, call_id: str, created: int, model: str, kind: str) -> Response:
@@ -243,10 +196,7 @@ def _collected(completed: Completed, call_id: str, created: int, model: str, kin
         body = oa.text_completion(
             call_id, created, model, text, last.finish_reason, last.usage, last.timings
         )
-    headers: dict[str, str] = {NODE_HEADER: completed.node}
-    if completed.retried_from:
-        headers[RETRIED_HEADER] = ",".join(completed.retried_from)
-    return JSONResponse(body, headers=headers)
+    return JSONResponse(body, headers=completed_headers(completed))
 
 
 async def _sse(
@@ -291,7 +241,7 @@ async def _sse(
                     name = "chat.completion.chunk" if chat else "text_completion"
                     yield oa.sse_event(oa.usage_chunk(call_id, created, model, chunk.usage, name))
                 break
-            node, chunk = await _next_chunk(chunks, node)
+            node, chunk = await next_chunk(chunks, node)
     except LlamaherdError as exc:
         log.warning("stream %s ended early: %s", call_id, exc.message)
         yield oa.sse_event(openai_envelope(exc))
@@ -302,23 +252,17 @@ async def _sse(
     yield oa.sse_event("[DONE]")
 
 
-async def _next_chunk(chunks: Chunks, node: NodeId) -> tuple[NodeId, gen_pb.GenerationChunk | None]:
-    try:
-        return await anext(chunks)
-    except StopAsyncIteration:
-        return node, None
-
-
-def _request_id(request: Request) -> str | None:
-    """The client's x-request-id, passed on to the worker; None lets the worker make one."""
-    rid = request.headers.get("x-request-id", "")
-    return rid if 0 < len(rid) <= 128 else None
+def _error_body(request: Request, error: LlamaherdError) -> dict[str, Any]:
+    """The error in the shape of the API the request was for."""
+    if request.url.path.startswith(ollama_schema.PATH_PREFIX):
+        return ollama_schema.error_body(error)
+    return openai_envelope(error)
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, LlamaherdError)
     return JSONResponse(
-        openai_envelope(exc), status_code=http_status(exc), headers=http_headers(exc)
+        _error_body(request, exc), status_code=http_status(exc), headers=http_headers(exc)
     )
 
 
@@ -328,16 +272,19 @@ async def _client_gone(request: Request, exc: Exception) -> Response:
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
-    error = BadRequest(f"no route {request.method} {request.url.path}; the API lives under /v1")
-    return JSONResponse(openai_envelope(error), status_code=404)
+    error = BadRequest(
+        f"no route {request.method} {request.url.path}; the API lives under /v1 "
+        "(Ollama's under /api)"
+    )
+    return JSONResponse(_error_body(request, error), status_code=404)
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     error = BadRequest(f"{request.method} is not allowed on {request.url.path}")
-    return JSONResponse(openai_envelope(error), status_code=405)
+    return JSONResponse(_error_body(request, error), status_code=405)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s", request.url.path, exc_info=exc)
     error = Internal("internal error in the gateway; see its log")
-    return JSONResponse(openai_envelope(error), status_code=500)
+    return JSONResponse(_error_body(request, error), status_code=500)
