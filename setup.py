@@ -27,8 +27,13 @@ setup(
         *find_packages(include=["common*", "worker*", "orchestrator*"]),
         "llamaherd",
         "llamaherd.v1",
+        "orchestrator.dashboard.static",  # the dashboard's page (no Python): data only
     ],
     package_dir={"llamaherd": "protos/llamaherd"},
-    package_data={"llamaherd.v1": ["*.proto", "*.pyi"]},
+    package_data={
+        "llamaherd.v1": ["*.proto", "*.pyi"],
+        # The dashboard's page: served by every gateway, so installed with the package.
+        "orchestrator.dashboard.static": ["**/*"],
+    },
     cmdclass={"build_py": BuildWithStubs},
 )

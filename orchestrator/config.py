@@ -204,6 +204,18 @@ class CoordinatorSettings(BaseModel):
         description="while no node holds a store file yet, how many nodes may fetch it from "
         "the store at once; the others wait and fetch from them (0 = no limit)",
     )  # fmt: skip
+    dashboard: bool = Field(
+        True,
+        description="serve the cluster dashboard on the HTTP port (/dashboard/; its data at "
+        "/v1/dashboard/state and /v1/dashboard/stream, which need the API key when one is set)",
+    )
+    dashboard_interval_s: float = Field(
+        1.0, ge=0.2, le=10, description="seconds between the dashboard's live updates"
+    )
+    dashboard_max_streams: int = Field(
+        32, ge=1, le=10_000,
+        description="dashboard streams one gateway serves at once; more are answered 429",
+    )  # fmt: skip
     api_key: SecretStr | None = Field(
         None,
         description="require 'Authorization: Bearer <key>' on both APIs (better set through "

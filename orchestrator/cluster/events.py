@@ -20,6 +20,7 @@ from orchestrator.cluster.types import ClusterSnapshot, Node
 
 Level = Literal["info", "warning", "error"]
 
+
 @dataclass(frozen=True)
 class ClusterEvent:
     """One change. `node` and `model` are None where the event concerns none."""

@@ -18,7 +18,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from common.errors import PermissionDenied
 from orchestrator.gateway.errors import openai_envelope
 
-OPEN_HTTP_PATHS = {"/health"}
+OPEN_HTTP_PATHS = {"/health", "/", "/dashboard"}
+# The dashboard's static page holds no data (orchestrator.dashboard.routes); its data, under
+# /v1/dashboard/, needs the key like every other API route.
+OPEN_HTTP_PREFIXES = ("/dashboard/",)
 OPEN_GRPC_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -26,6 +29,14 @@ def _authorized(header: str | None, key: str) -> bool:
     if not header or not header.startswith("Bearer "):
         return False
     return hmac.compare_digest(header[7:].encode(), key.encode())
+
+
+def _open_path(path: str) -> bool:
+    # A path with a dot segment is never open: "/dashboard/../v1/cluster" must not pass as
+    # the page (Starlette's routing does not normalise paths; StaticFiles refuses it anyway).
+    if "/." in path:
+        return False
+    return path in OPEN_HTTP_PATHS or path.startswith(OPEN_HTTP_PREFIXES)
 
 
 def _refusal(header: str | None) -> PermissionDenied:
@@ -42,7 +53,7 @@ class HttpApiKey:
         self._key = key
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] not in OPEN_HTTP_PATHS:
+        if scope["type"] == "http" and not _open_path(scope["path"]):
             headers = dict(scope["headers"])
             raw = headers.get(b"authorization")
             header = raw.decode("latin-1") if raw is not None else None

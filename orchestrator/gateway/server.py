@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import random
 import socket
@@ -20,17 +21,24 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from llamaherd.v1 import inference_pb2, inference_pb2_grpc
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.types import ASGIApp
 
 from common.grpc_errors import ErrorInterceptor
 from common.net import join_host_port
 from orchestrator.cluster.types import ClusterSnapshot
+from orchestrator.cluster.view import view_to_json
 from orchestrator.config import CoordinatorSettings
+from orchestrator.dashboard.document import GatewayInfo
+from orchestrator.dashboard.feed import Feed
+from orchestrator.dashboard.routes import dashboard_routes
 from orchestrator.dashboard.traffic import Traffic
 from orchestrator.gateway.auth import GrpcApiKey, HttpApiKey
 from orchestrator.gateway.grpc_api import InferenceServicer
 from orchestrator.gateway.http_api import build_app
 from orchestrator.gateway.router import Router
+from orchestrator.gateway.views import cluster_status
 from orchestrator.routing.policies import make_policy
 from orchestrator.worker_client import WorkerClients
 
@@ -38,6 +46,15 @@ log = logging.getLogger(__name__)
 
 SnapshotSource = Callable[[int], Awaitable[ClusterSnapshot]]
 SERVICE_NAME = inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+
+
+def http_app(api: ASGIApp, feed: Feed | None, api_key: str | None) -> ASGIApp:
+    """The HTTP port: the dashboard's routes (when `feed` is given) before the API's, all
+    behind the API key when one is set (auth opens the dashboard's page, not its data)."""
+    app = api
+    if feed is not None:
+        app = Starlette(routes=[*dashboard_routes(feed), Mount("", app=api)])
+    return HttpApiKey(app, api_key) if api_key else app
 
 
 class Gateway:
@@ -75,9 +92,30 @@ class Gateway:
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._grpc
         )
+        self.feed = self._dashboard_feed() if settings.dashboard else None
         self._http: uvicorn.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.http_port = self.grpc_port = 0
+
+    def _dashboard_feed(self) -> Feed:
+        """The dashboard's live state: the router's view of the cluster and its traffic."""
+        try:
+            version = importlib.metadata.version("llamaherd")
+        except importlib.metadata.PackageNotFoundError:  # run from a source tree
+            version = "unknown"
+        info = GatewayInfo(
+            version=version,
+            started_at=time.time(),
+            interval_s=self.settings.dashboard_interval_s,
+            api_key_required=self._api_key is not None,
+        )
+        return Feed(
+            snapshot=lambda: self.router.snapshot,
+            cluster_json=lambda: view_to_json(cluster_status(self.router)),
+            traffic=self.traffic,
+            gateway=info,
+            max_streams=self.settings.dashboard_max_streams,
+        )
 
     async def start(self) -> tuple[int, int]:
         """Binds both APIs and starts following the cluster; returns (http_port, grpc_port)."""
@@ -92,9 +130,8 @@ class Gateway:
             raise OSError(f"the gateway cannot listen on {address} (gRPC): {exc}") from exc
         await self._grpc.start()
         created = int(time.time())
-        app: ASGIApp = build_app(self.router, created, self.settings.http_body_timeout_s)
-        if self._api_key:
-            app = HttpApiKey(app, self._api_key)
+        api = build_app(self.router, created, self.settings.http_body_timeout_s)
+        app = http_app(api, self.feed, self._api_key)
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -110,6 +147,8 @@ class Gateway:
             asyncio.create_task(self._http.serve(sockets=[sock]), name="gateway-http"),
             asyncio.create_task(self._follow_cluster(), name="gateway-view"),
         ]
+        if self.feed is not None:
+            self._tasks.append(asyncio.create_task(self.feed.run(), name="gateway-dashboard"))
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
         await self._health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -120,11 +159,13 @@ class Gateway:
 
     async def stop(self) -> None:
         await self._health.enter_graceful_shutdown()
+        if self.feed is not None:
+            self.feed.close()  # ends the dashboard streams, so the HTTP server stops at once
         if self._http is not None:
             self._http.should_exit = True
         await self._grpc.stop(1.0)
         for task in self._tasks:
-            if task.get_name() == "gateway-view":
+            if task.get_name() in ("gateway-view", "gateway-dashboard"):
                 task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tasks)
