@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 
 import pytest
@@ -21,12 +22,14 @@ from common.status import ModelState, ModelStatus, NodeStatus
 from orchestrator.cluster.types import ClusterSnapshot, Node, PlacementProblem
 from orchestrator.dashboard.traffic import Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded
+from orchestrator.gateway.http_api import build_app
 from orchestrator.gateway.metrics import render
 from orchestrator.gateway.route_requests import continued
 from orchestrator.gateway.router import Progress, Router
 from orchestrator.routing.policies import RoundRobin
 from orchestrator.routing.request import RouteRequest
 from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
+from tests.unit.orchestrator.gateway.asgi import call
 from tests.unit.orchestrator.gateway.relay_support import two_workers, worker_node
 from tests.unit.worker.api.serving import serving, wait_until
 
@@ -242,6 +245,29 @@ def test_a_stream_on_a_node_that_leaves_the_view_is_one_request(tmp_path):
                     down = dataclasses.replace(node_a, up=False, down_reason="no heartbeat")
                     router.update(ClusterSnapshot(2, 0.0, (down, worker_node("b", b.address))))
             assert requests(traffic) == {("m", "b", "ok"): 1}
+            await router.clients.close()
+
+    asyncio.run(scenario())
+
+
+# ---- through the HTTP front door ------------------------------------------------------------
+def test_an_http_stream_sent_whole_is_ok_and_one_cut_short_is_cancelled(tmp_path):
+    """The HTTP API closes the relay after the last chunk (ok), or when its client
+    disconnects mid-stream (cancelled)."""
+
+    async def scenario() -> None:
+        async with two_workers(tmp_path, step_delay=0.02) as (a, _):
+            router, traffic = traced(worker_node("a", a.address))
+            app = build_app(router, 0)
+            body = {"model": "m", "prompt": "ab", "max_tokens": 5, "stream": True}
+            reply = await call(app, "/v1/completions", json.dumps(body).encode())
+            assert reply.status == 200 and reply.body.endswith(b"data: [DONE]\n\n")
+            assert requests(traffic) == {("m", "a", "ok"): 1}
+            long = json.dumps({**body, "max_tokens": 100}).encode()
+            await call(app, "/v1/completions", long, disconnect_after_s=0.3)
+            await wait_until(lambda: ("m", "a", "cancelled") in requests(traffic), timeout=2.0)
+            assert requests(traffic) == {("m", "a", "ok"): 1, ("m", "a", "cancelled"): 1}
+            assert 3 < tokens(traffic)[("m", "a")] < 100
             await router.clients.close()
 
     asyncio.run(scenario())
