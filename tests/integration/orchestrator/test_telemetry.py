@@ -91,6 +91,30 @@ def test_gateway_metrics_cover_every_node(cluster: Cluster) -> None:
     assert ready == {"worker-a", "worker-b"}
 
 
+def test_gateway_metrics_count_the_requests_it_relays(cluster: Cluster) -> None:
+    """The gateway's traffic recorder (orchestrator.dashboard.traffic) is wired in: a real
+    request and a request for a model nobody serves show in its /metrics."""
+    base = cluster.coordinator.base_url
+    body = {"model": GEMMA, "prompt": "Once upon a time", "max_tokens": 4, "temperature": 0}
+    reply = httpx.post(f"{base}/completions", json=body, timeout=60)
+    node = reply.headers["x-llamaherd-node"]
+    missing = httpx.post(f"{base}/completions", json={**body, "model": "no-such"}, timeout=60)
+    assert missing.status_code == 404
+    metrics = scrape(base.removesuffix("/v1") + "/metrics")
+    requests = {
+        (s["model"], s["node"], s["outcome"]): v
+        for s, v in metrics["llamaherd_gateway_requests_total"]
+    }
+    assert requests[(GEMMA, node, "ok")] >= 1
+    assert requests[("unknown", "", "not_found")] >= 1
+    tokens = {
+        (s["model"], s["node"]): v for s, v in metrics["llamaherd_gateway_generated_tokens_total"]
+    }
+    assert tokens[(GEMMA, node)] >= 4
+    ttft = metrics["llamaherd_gateway_time_to_first_token_seconds_count"]
+    assert any(s["node"] == node and v >= 1 for s, v in ttft)
+
+
 def test_status_shows_key_figures_per_node(cluster: Cluster) -> None:
     def rendered() -> str | None:
         out = subprocess.run(
