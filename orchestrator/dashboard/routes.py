@@ -19,7 +19,7 @@ import contextlib
 from pathlib import Path
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -68,17 +68,16 @@ def dashboard_routes(feed: Feed, static_dir: Path = STATIC_DIR) -> list[BaseRout
     ]
 
 
-class EventStream(Response):
-    """`text/event-stream` of one subscription. Unlike Starlette's StreamingResponse it
-    watches for the client's disconnection itself (whatever the server's ASGI version) and
-    always closes the subscription, so a watcher that left frees its place at once."""
-
-    media_type = "text/event-stream"
+class EventStream(StreamingResponse):
+    """`text/event-stream` of one subscription. Unlike its base class it watches for the
+    client's disconnection itself (whatever the server's ASGI version) and always closes
+    the subscription, so a watcher that left frees its place at once."""
 
     def __init__(self, subscription: Subscription) -> None:
         super().__init__(
+            subscription.frames(),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            media_type=self.media_type,
+            media_type="text/event-stream",
         )
         self._subscription = subscription
 
@@ -87,7 +86,7 @@ class EventStream(Response):
         watcher = asyncio.create_task(_until_disconnected(receive, subscription))
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            async for frame in subscription.frames():
+            async for frame in self.body_iterator:
                 await send({"type": "http.response.body", "body": frame, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except OSError:

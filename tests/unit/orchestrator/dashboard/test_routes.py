@@ -92,6 +92,7 @@ def test_the_stream_sends_the_snapshot_and_ends_when_the_client_leaves(tmp_path:
         start = await client.next()
         assert start["status"] == 200
         assert (b"content-type", b"text/event-stream; charset=utf-8") in start["headers"]
+        assert b"content-length" not in dict(start["headers"]), "a stream has no length"
         body = (await client.next())["body"]
         assert body.startswith(b"event: snapshot\ndata: ")
         assert json.loads(body.split(b"data: ", 1)[1])["full"] is True
