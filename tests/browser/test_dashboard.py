@@ -36,9 +36,17 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
 
 
 def open_live(open_page: OpenPage, url: str, **viewport: int) -> tuple[Page, Watch]:
+    """Opens the page and waits for its first snapshot; fails with what the page saw."""
     page, watch = open_page(url, **viewport)
-    expect(page.get_by_test_id("live")).to_have_attribute("data-state", "live", timeout=LIVE_S)
+    wait_live(page, watch)
     return page, watch
+
+
+def wait_live(page: Page, watch: Watch) -> None:
+    try:
+        expect(page.get_by_test_id("live")).to_have_attribute("data-state", "live", timeout=LIVE_S)
+    except AssertionError as exc:
+        raise AssertionError(f"the page never went live:\n{watch}") from exc
 
 
 def node_card(page: Page, node: str) -> Locator:
@@ -66,7 +74,7 @@ def test_the_overview_shows_what_status_reports_with_no_errors(
 ) -> None:
     page, watch = open_page(cluster.url + "/")  # GET / redirects to the dashboard
     assert page.url == cluster.dashboard
-    expect(page.get_by_test_id("live")).to_have_attribute("data-state", "live", timeout=LIVE_S)
+    wait_live(page, watch)
     status = cluster.status_json()
     nodes = {n["status"]["node_id"]: n for n in status["nodes"]}
     assert set(nodes) == {"worker-1", "worker-2"}
