@@ -318,12 +318,16 @@ def _print_endpoints(settings: CoordinatorSettings, http_port: int, grpc_port: i
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}
     )
-    print(
-        f"\nOpenAI-compatible API: http://{host}:{http_port}/v1\n"
-        f"gRPC Inference API:    {host}:{grpc_port}\n"
+    lines = [""]
+    if settings.dashboard:
+        lines.append(f"Dashboard:             http://{host}:{http_port}/dashboard/")
+    lines += [
+        f"OpenAI-compatible API: http://{host}:{http_port}/v1",
+        f"gRPC Inference API:    {host}:{grpc_port}",
         f"try:  curl -N http://{host}:{http_port}/v1/chat/completions "
-        f"-H 'Content-Type: application/json' -d '{body}'\n"
-        f"      llamaherd status --gateway {host}:{grpc_port}\n"
-        f"      llamaherd chat --gateway {host}:{grpc_port} 'Hi'\n",
-        flush=True,
-    )
+        f"-H 'Content-Type: application/json' -d '{body}'",
+        f"      llamaherd status --gateway {host}:{grpc_port}",
+        f"      llamaherd chat --gateway {host}:{grpc_port} 'Hi'",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
