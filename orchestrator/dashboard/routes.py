@@ -1,6 +1,6 @@
 """The dashboard's HTTP surface on the gateway's port:
 
-- `GET /` redirects (307) to `/dashboard/`;
+- `GET /` (and `/dashboard`) redirects (307) to `/dashboard/`;
 - `/dashboard/...` serves the page (orchestrator/dashboard/static) with strict security
   headers; it holds no data, so it is open even when an API key is set;
 - `GET /v1/dashboard/state`: the full document (orchestrator.dashboard.document);
@@ -62,6 +62,7 @@ def dashboard_routes(feed: Feed, static_dir: Path = STATIC_DIR) -> list[BaseRout
 
     return [
         Route("/", home, methods=["GET"]),
+        Route("/dashboard", home, methods=["GET"]),  # the API's catch-all would answer 404
         Route("/v1/dashboard/state", state, methods=["GET"]),
         Route("/v1/dashboard/stream", stream, methods=["GET"]),
         Mount("/dashboard", app=SecurityHeaders(StaticFiles(directory=static_dir, html=True))),

@@ -35,7 +35,9 @@ def get(app: ASGIApp, path: str, key: str | None = None) -> httpx.Response:
 def test_with_a_key_the_page_is_open_and_its_data_is_not() -> None:
     app = port(KEY)
     assert get(app, "/dashboard/").status_code == 200
-    assert get(app, "/").status_code == 307
+    for path in ("/", "/dashboard"):
+        moved = get(app, path)
+        assert (moved.status_code, moved.headers["location"]) == (307, "/dashboard/"), path
     for path in ("/v1/dashboard/state", "/v1/dashboard/stream", "/v1/models", "/v1/cluster"):
         refused = get(app, path)
         assert refused.status_code == 401, path
