@@ -4,6 +4,7 @@
 import { h, text, attr, show } from "./dom.js";
 import { DashboardStream, getKey, setKey, clearKey, tryKey } from "./api.js";
 import { Store } from "./store.js";
+import { assignColors } from "./colors.js";
 import { Overview } from "./overview.js";
 import { NodePage } from "./node.js";
 import { Playground } from "./playground.js";
@@ -14,8 +15,8 @@ const store = new Store();
 
 // Header.
 const live = h("span", { class: "live", "data-testid": "live", "data-state": "connecting", role: "status" }, h("i"), h("span", null, LIVE_TEXT.connecting));
-const nodesUp = h("span", { class: "chip", "data-field": "nodes-up" });
-const policy = h("span", { class: "chip", "data-field": "policy" });
+const nodesUp = h("span", { class: "chip", "data-field": "nodes-up", hidden: true });
+const policy = h("span", { class: "chip", "data-field": "policy", hidden: true });
 const signout = h("button", { type: "button", class: "quiet", "data-testid": "signout", hidden: true }, "Sign out");
 const navOverview = h("a", { href: "#/", "data-testid": "nav-overview" }, "Overview");
 const navPlayground = h("a", { href: "#/playground", "data-testid": "nav-playground" }, "Playground");
@@ -134,7 +135,9 @@ let pending = false;
 function render() {
   pending = false;
   const nodes = store.nodes();
+  assignColors(nodes.map((n) => n.status.node_id));
   const up = nodes.filter((n) => n.up).length;
+  show(nodesUp, !!store.doc);
   text(nodesUp, `${up}/${nodes.length} nodes up`);
   attr(nodesUp, "class", `chip ${nodes.length && up === nodes.length ? "ok" : up ? "warn" : "bad"}`);
   const pol = store.doc && store.doc.cluster && store.doc.cluster.routing_policy;

@@ -113,7 +113,11 @@ export class NodePage {
     const windowS = store.doc.history.window_s || 900;
     const color = nodeColor(this.id);
     CHARTS.forEach(([series], i) => {
-      this.charts[i].update({ end: now, windowS, t: hist ? hist.t : [], lines: [{ name: this.id, values: hist ? hist[series] || [] : [], color }] });
+      const values = hist ? hist[series] || [] : [];
+      // A figure the node never reported (no GPU, no sensors) gets no chart at all.
+      const never = values.length > 0 && values.every((v) => v === null || v === undefined);
+      show(this.charts[i].el, !never);
+      if (!never) this.charts[i].update({ end: now, windowS, t: hist ? hist.t : [], lines: [{ name: this.id, values, color }] });
     });
 
     const hw = st.hardware;

@@ -31,18 +31,22 @@ export class Overview {
     this.noNodes = h("p", { class: "muted" }, "No node has registered yet.");
     this.noModels = h("p", { class: "muted" }, "No model in the catalog yet.");
     this.noEvents = h("p", { class: "muted" }, "Nothing has happened since the gateway started.");
-    this.el = h(
+    this.waiting = h("p", { class: "panel muted" }, "Waiting for the gateway's first snapshot…");
+    this.body = h(
       "div",
-      { class: "overview" },
+      { hidden: true },
       section("Nodes", "nodes", this.noNodes, this.cards),
       section("Models", "models", this.noModels, this.models),
       h("div", { class: "split-row" }, this.traffic.el, section("Events", "events", this.noEvents, this.events)),
     );
+    this.el = h("div", { class: "overview" }, this.waiting, this.body);
   }
 
   update() {
     const store = this.store;
     const doc = store.doc;
+    show(this.waiting, !doc);
+    show(this.body, !!doc);
     if (!doc) return;
     const now = store.now();
     const nodes = store.nodes().slice().sort((a, b) => a.status.node_id.localeCompare(b.status.node_id));
@@ -119,6 +123,7 @@ function updateCard(card, view, store, now) {
   attr(card, "data-up", view.up ? "true" : "false");
   attr(card, "data-kind", st.hardware.kind);
   card.classList.toggle("down", !view.up);
+  card.style.setProperty("--node", nodeColor(st.node_id));
   text(p.state, fig.stateText(view));
   attr(p.state, "class", `badge ${view.up ? "ok" : "bad"}`);
   text(p.kind, fig.kindText(st));
