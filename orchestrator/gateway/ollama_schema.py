@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from llamaherd.v1 import generation_pb2 as gen_pb
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
 from common.errors import LlamaherdError
@@ -62,8 +62,6 @@ LOAD_OPTIONS = {
     "num_keep", "num_batch", "num_gpu", "main_gpu", "num_thread", "draft_num_predict", "numa",
     "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mmap", "use_mlock", "embedding_only",
 }  # fmt: skip
-# Samplers llama.cpp's server had and Ollama removed: ignored, as Ollama now does.
-DROPPED_SAMPLERS = {"mirostat", "mirostat_tau", "mirostat_eta", "tfs_z", "penalize_newline"}
 KEEP_ALIVE_IGNORED = "keep_alive (placement decides which models stay loaded)"
 LOAD_IGNORED = "options.{} (the catalog sets how a model is loaded)"
 
@@ -129,7 +127,9 @@ def parse_options(raw: object) -> Options:
             body[name] = checked
         elif name in LOAD_OPTIONS:
             ignored.append(LOAD_IGNORED.format(name))
-        # DROPPED_SAMPLERS and unknown names: ignored, as Ollama ignores them
+        # Unknown names are ignored, as Ollama ignores them; so are the samplers it dropped
+        # and its clients still list (mirostat, mirostat_tau, mirostat_eta, tfs_z,
+        # penalize_newline), whose types are checked above all the same.
     return Options(body, num_ctx, tuple(ignored))
 
 
@@ -243,7 +243,7 @@ class _Generation(_Body):
     keep_alive: StrictStr | int | float | None = None
     think: StrictBool | StrictStr | None = None
     logprobs: StrictBool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: StrictInt | None = None
 
 
 class _ChatBody(_Generation):
@@ -265,7 +265,7 @@ class _EmbedBody(_Body):
     model: StrictStr = ""
     input: StrictStr | list[Any] | None = None
     truncate: StrictBool | None = None
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
     options: Any = None
     keep_alive: StrictStr | int | float | None = None
 
@@ -308,7 +308,7 @@ class EmbedCall:
     call: oa.EmbeddingsCall | None
     num_ctx: int | None
     ignored: tuple[str, ...]
-    dimensions: int | None = None
+    dimensions: StrictInt | None = None
     legacy: bool = False
 
 
@@ -449,16 +449,18 @@ def _validate(model: type[_Body], body: object) -> Any:
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
+    """`messages[0].role` from pydantic's error location, without the union members it
+    names on the way ("str", "list[_Message]")."""
     text = ""
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
-        elif not (part[:1].islower() and part.isidentifier()) or part in {"str", "int", "float",
-                                                                          "bool"}:  # fmt: skip
-            continue  # pydantic's union member names ("list[_Message]", "_Message", "str")
-        else:
+        elif part.isidentifier() and part.islower() and part not in _TYPE_NAMES:
             text += f".{part}" if text else part
     return text or "body"
+
+
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
 
 
 def _model(name: str, aliases: Collection[str]) -> tuple[str, str]:
