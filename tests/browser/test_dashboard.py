@@ -70,7 +70,7 @@ def ready_replicas(status: dict[str, Any]) -> dict[str, int]:
 
 
 def test_the_overview_shows_what_status_reports_with_no_errors(
-    cluster: UpCluster, open_page: OpenPage
+    cluster: UpCluster, open_page: OpenPage, request: pytest.FixtureRequest
 ) -> None:
     page, watch = open_page(cluster.url + "/")  # GET / redirects to the dashboard
     assert page.url == cluster.dashboard
@@ -109,6 +109,7 @@ def test_the_overview_shows_what_status_reports_with_no_errors(
     # A node's own page, by its link, without leaving the page.
     node_card(page, "worker-1").get_by_test_id("node-link").click()
     expect(page.locator('[data-testid="node-page"][data-node="worker-1"]')).to_be_visible()
+    screenshot(page, f"{request.node.name}-node")
     page.get_by_test_id("nav-overview").click()
     expect(node_card(page, "worker-2")).to_be_visible()
     assert watch.loads == 1

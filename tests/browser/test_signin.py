@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.browser.cluster import UpCluster, start_up
-from tests.browser.pages import OpenPage
+from tests.browser.pages import OpenPage, screenshot
 
 pytest.importorskip("playwright", reason="the browser tests run through `make browser`")
 from playwright.sync_api import expect
@@ -33,7 +33,7 @@ def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpCluster]:
 
 
 def test_the_page_asks_for_the_key_refuses_a_wrong_one_and_keeps_the_right_one(
-    keyed: UpCluster, open_page: OpenPage
+    keyed: UpCluster, open_page: OpenPage, request: pytest.FixtureRequest
 ) -> None:
     assert keyed.api_key is not None
     page, watch = open_page(keyed.dashboard)
@@ -50,6 +50,7 @@ def test_the_page_asks_for_the_key_refuses_a_wrong_one_and_keeps_the_right_one(
     expect(signin).to_be_visible()
     expect(live).to_have_attribute("data-state", "signed-out")
     expect(cards).to_have_count(0)
+    screenshot(page, f"{request.node.name}-refused")
 
     page.get_by_test_id("api-key").fill(keyed.api_key)
     page.get_by_test_id("signin-submit").click()
