@@ -11,6 +11,7 @@ with no further change.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -72,8 +73,21 @@ def _adapter() -> TypeAdapter[ClusterView]:
 
 
 def view_to_json(view: ClusterView) -> dict[str, Any]:
-    document: dict[str, Any] = _adapter().dump_python(view, mode="json")
+    """The JSON document of `view`; a reading a worker sent as NaN or infinity is null
+    (unknown), so one odd sensor cannot make the document invalid JSON."""
+    document: dict[str, Any] = json_safe(_adapter().dump_python(view, mode="json"))
     return document
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float replaced by None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def view_from_json(document: Any) -> ClusterView:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from orchestrator.cluster.splits import Split
+from orchestrator.cluster.view import json_safe
 from orchestrator.dashboard.history import EventLog, NodeHistory
 
 SCHEMA_VERSION = 1
@@ -71,7 +72,7 @@ def document(
         "full": since is None,
         "at": at,
         "gateway": asdict(gateway),
-        "cluster": json_safe(cluster),
+        "cluster": cluster,
         "splits": [splits_json(split) for split in splits],
         "history": history.to_json(seen.history),
         "traffic": json_safe(traffic_points),
@@ -88,15 +89,3 @@ def document(
 
 def splits_json(split: Split) -> dict[str, Any]:
     return {**asdict(split), "spans": [asdict(span) for span in split.spans]}
-
-
-def json_safe(value: Any) -> Any:
-    """`value` with every non-finite float replaced by None: a sensor that reports NaN
-    must not make the document invalid JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [json_safe(v) for v in value]
-    return value

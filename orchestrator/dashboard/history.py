@@ -82,9 +82,12 @@ class _Series:
         self.columns = {name: collections.deque[Value](maxlen=capacity) for name in SERIES}
 
     def append(self, t: float, figures: dict[str, Value]) -> None:
-        self.t.append(t)
+        # Three decimals are more than a chart shows and keep the document small (a full
+        # 15-minute history is a third of its size with all of a float's digits).
+        self.t.append(round(t, 3))
         for name, column in self.columns.items():
-            column.append(figures[name])
+            value = figures[name]
+            column.append(round(value, 3) if isinstance(value, float) else value)
 
     def drop_before(self, oldest: float) -> None:
         while self.t and self.t[0] < oldest:

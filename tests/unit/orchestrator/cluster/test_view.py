@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 from common.leases import Lease
@@ -18,7 +19,7 @@ from orchestrator.cluster.view import (
     view_from_json,
     view_to_json,
 )
-from tests.support.samples_factory import jetson_sample, node_sample
+from tests.support.samples_factory import host_sample, jetson_sample, node_sample
 from tests.unit.orchestrator.factories import NOW, node, replica, snapshot
 
 SCHEMA_FILE = Path(__file__).parents[4] / "orchestrator" / "cluster" / "cluster.schema.json"
@@ -70,3 +71,15 @@ def test_telemetry_survives_the_document() -> None:
     with_sample = dataclasses.replace(status, telemetry=sample)
     view = dataclasses.replace(view, nodes=(NodeView(with_sample, up=True),))
     assert view_from_json(view_to_json(view)).nodes[0].status.telemetry == sample
+
+
+def test_a_reading_sent_as_nan_is_null_and_the_document_stays_json() -> None:
+    view = _view()
+    status = view.nodes[0].status
+    odd = node_sample(host=host_sample(cpu_usage_ratio=math.nan))
+    view = dataclasses.replace(
+        view, nodes=(NodeView(dataclasses.replace(status, telemetry=odd), up=True),)
+    )
+    document = view_to_json(view)
+    json.dumps(document, allow_nan=False)  # what Starlette's JSONResponse requires
+    assert document["nodes"][0]["status"]["telemetry"]["host"]["cpu_usage_ratio"] is None
