@@ -83,6 +83,7 @@ signinForm.addEventListener("submit", async (e) => {
 
 signout.addEventListener("click", () => {
   clearKey();
+  forget();
   show(signout, false);
   stream.start(); // without a key: live again where none is needed, else the sign-in dialog
 });
@@ -93,7 +94,11 @@ const stream = new DashboardStream({
   onState(state) {
     attr(live, "data-state", state);
     text(live.lastChild, LIVE_TEXT[state] || state);
-    if (state === "signed-out") askForKey();
+    if (state === "signed-out") {
+      forget();
+      askForKey();
+    }
+    overview.waitingFor(state);
   },
   onSnapshot: (doc) => store.applySnapshot(doc),
   onUpdate: (doc) => store.applyUpdate(doc),
@@ -152,6 +157,19 @@ store.subscribe(() => {
     requestAnimationFrame(render);
   }
 });
+
+/** Drop every figure of the cluster from the page (signed out). */
+function forget() {
+  store.clear();
+  if (nodePage) {
+    const id = nodePage.id;
+    nodePage = null;
+    if (current && current.id === id) {
+      current = null;
+      route();
+    }
+  }
+}
 
 window.addEventListener("hashchange", route);
 route();

@@ -47,8 +47,8 @@ export function gpu(status) {
     const total = gpus.reduce((a, g) => a + g.memory_total_bytes, 0);
     mem = f.bytesOf(used, total);
   }
-  const count = gpus.length > 1 ? `${gpus.length}× · ` : "";
-  return `${count}${f.pct(load)}${mem ? ` · ${mem}` : ""}`;
+  const count = gpus.length > 1 ? ` (${gpus.length} GPUs)` : "";
+  return `${f.pct(load)}${mem ? ` · ${mem}` : ""}${count}`;
 }
 
 /** Every temperature the node reports, hottest first: [{sensor, celsius}]. */
@@ -69,9 +69,11 @@ export function temperatures(status) {
 export function hottest(status, n = 2) {
   const temps = temperatures(status);
   if (!temps.length) return "—";
+  // Whole degrees and the sensor's last name part ("coretemp/Package id 0" -> "Package id 0")
+  // keep two readings on one line of a card; the node page lists every sensor in full.
   return temps
     .slice(0, n)
-    .map((x) => `${f.celsius(x.celsius)} ${x.sensor}`)
+    .map((x) => `${Math.round(x.celsius)} °C ${x.sensor.split("/").pop()}`)
     .join(" · ");
 }
 

@@ -4,7 +4,6 @@
 import { h, text, attr, kvList, table, show, keyed } from "./dom.js";
 import { LineChart } from "./charts.js";
 import { nodeColor } from "./colors.js";
-import { swatch } from "./overview.js";
 import * as f from "./format.js";
 import * as fig from "./figures.js";
 
@@ -37,10 +36,11 @@ export class NodePage {
   constructor(store, id) {
     this.store = store;
     this.id = id;
-    this.title = h("h1", { class: "node-title" }, swatch(id), h("span", null, id));
+    // Coloured in update(), once the app has handed out colours in sorted order.
+    this.title = h("h1", { class: "node-title" }, h("i", { class: "swatch", "aria-hidden": "true" }), h("span", null, id));
     this.state = h("span", { class: "badge", "data-field": "state" });
     this.throttled = h("span", { class: "badge warn", "data-testid": "throttled", hidden: true }, "throttled");
-    this.summary = h("dl", { class: "kvs" });
+    this.summary = h("dl", { class: "kvs summary" });
     this.missing = h("p", { class: "muted", hidden: true });
     this.charts = CHARTS.map(([series, label, format, max]) => new LineChart({ series, label, format, max, height: 160 }));
     this.hardware = h("dl", { class: "kvs" });
@@ -56,12 +56,9 @@ export class NodePage {
     this.files = h("table", { class: "data" });
     this.jetsonPanel = panel("Jetson", this.jetson, h("h3", null, "Power rails"), h("div", { class: "scroll" }, this.rails), h("h3", null, "Fans"), h("div", { class: "scroll" }, this.fans));
     this.gpuPanel = panel("GPUs", this.gpus);
-    this.el = h(
+    this.body = h(
       "div",
-      { class: "node-page", "data-testid": "node-page", "data-node": id },
-      h("p", { class: "crumbs" }, h("a", { href: "#/" }, "← Overview")),
-      h("header", { class: "node-head" }, this.title, this.state, this.throttled),
-      this.missing,
+      { hidden: true },
       this.summary,
       panel("History, last 15 minutes", h("div", { class: "charts wide" }, this.charts.map((c) => c.el))),
       h(
@@ -75,12 +72,22 @@ export class NodePage {
       panel("Models", this.models),
       h("div", { class: "columns" }, panel("Leases (devices lent to split models)", h("div", { class: "scroll" }, this.leases)), panel("Stored files", h("div", { class: "scroll" }, this.files))),
     );
+    this.el = h(
+      "div",
+      { class: "node-page", "data-testid": "node-page", "data-node": id },
+      h("p", { class: "crumbs" }, h("a", { href: "#/" }, "← Overview")),
+      h("header", { class: "node-head" }, this.title, this.state, this.throttled),
+      this.missing,
+      this.body,
+    );
   }
 
   update() {
     const store = this.store;
     const view = store.node(this.id);
     show(this.missing, !view);
+    show(this.body, !!view);
+    show(this.state, !!view);
     if (!view) {
       text(this.missing, store.doc ? `No node ${this.id} in the cluster (it may have been forgotten).` : "Waiting for the gateway…");
       return;
@@ -112,6 +119,7 @@ export class NodePage {
     const hist = store.history(this.id);
     const windowS = store.doc.history.window_s || 900;
     const color = nodeColor(this.id);
+    this.title.firstChild.style.background = color;
     CHARTS.forEach(([series], i) => {
       const values = hist ? hist[series] || [] : [];
       // A figure the node never reported (no GPU, no sensors) gets no chart at all.

@@ -42,12 +42,21 @@ export class Overview {
     this.el = h("div", { class: "overview" }, this.waiting, this.body);
   }
 
+  /** What the waiting note says, by the stream's state. */
+  waitingFor(state) {
+    text(this.waiting, state === "signed-out" ? "Sign in to see the cluster." : state === "reconnecting" ? "The gateway does not answer; trying again…" : "Waiting for the gateway's first snapshot…");
+  }
+
   update() {
     const store = this.store;
     const doc = store.doc;
     show(this.waiting, !doc);
     show(this.body, !!doc);
-    if (!doc) return;
+    if (!doc) {
+      // Signed out (or not yet connected): nothing of the cluster stays in the page.
+      for (const list of [this.cards, this.models, this.events, ...this.traffic.lists()]) list.replaceChildren();
+      return;
+    }
     const now = store.now();
     const nodes = store.nodes().slice().sort((a, b) => a.status.node_id.localeCompare(b.status.node_id));
     show(this.noNodes, !nodes.length);
@@ -389,6 +398,11 @@ class Traffic {
       h("h3", null, "By node, last minute"),
       h("div", { class: "scroll" }, this.byNode),
     );
+  }
+
+  /** The containers holding the cluster's figures (emptied on sign-out). */
+  lists() {
+    return [this.tiles, this.errors, ...[this.byModel, this.byNode].map((t) => t.tBodies[0]).filter(Boolean)];
   }
 
   update(doc, now) {

@@ -26,6 +26,12 @@ export class Store {
     for (const fn of this.listeners) fn(this);
   }
 
+  /** Forget the document (after signing out: nothing stays on the page without the key). */
+  clear() {
+    this.doc = null;
+    this._changed();
+  }
+
   applySnapshot(doc) {
     this.doc = {
       ...doc,
