@@ -201,6 +201,27 @@ def test_a_phone_sized_page_never_scrolls_sideways(
     assert watch.problems() == []
 
 
+# Elements that stick out of the viewport sideways, unless a container that scrolls or clips
+# sideways holds them (a wide table in a scrolling box is fine; text cut off by the screen's
+# edge is not).
+STICKING_OUT = """() => {
+    const width = window.innerWidth, out = [];
+    for (const el of document.body.querySelectorAll("*")) {
+        const box = el.getBoundingClientRect();
+        if (box.width === 0 || (box.left >= -0.5 && box.right <= width + 0.5)) continue;
+        let up = el.parentElement, held = false;
+        for (; up && up !== document.body; up = up.parentElement) {
+            if (getComputedStyle(up).overflowX !== "visible") { held = true; break; }
+        }
+        if (!held) out.push(`${el.tagName.toLowerCase()}.${el.getAttribute("class") || ""}`
+            + ` "${(el.textContent || "").trim().slice(0, 30)}" ${box.left}..${box.right}`);
+    }
+    return out;
+}"""
+
+
 def assert_no_sideways_scroll(page: Page, what: str) -> None:
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"the {what} is {width[0]} px wide in a {width[1]} px viewport"
+    out = page.evaluate(STICKING_OUT)
+    assert not out, f"the {what} has elements beyond the viewport's edges:\n" + "\n".join(out)
