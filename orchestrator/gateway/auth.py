@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import PermissionDenied
 from orchestrator.gateway.errors import openai_envelope
+from orchestrator.gateway.ollama_schema import PATH_PREFIX as OLLAMA_PATH_PREFIX
 
 OPEN_HTTP_PATHS = {"/health", "/", "/dashboard"}
 # The dashboard's static page holds no data (orchestrator.dashboard.routes); its data, under
@@ -45,6 +46,16 @@ def _refusal(header: str | None) -> PermissionDenied:
     return PermissionDenied("the API key is not valid")
 
 
+def _refusal_body(path: str, header: str | None) -> dict[str, Any]:
+    refusal = _refusal(header)
+    if path.startswith(OLLAMA_PATH_PREFIX):
+        return {"error": refusal.message}  # Ollama's error shape, as its clients read it
+    # OpenAI's code either way, so its clients raise AuthenticationError.
+    body = openai_envelope(refusal)
+    body["error"]["code"] = "invalid_api_key"
+    return body
+
+
 class HttpApiKey:
     """ASGI middleware (not Starlette's BaseHTTPMiddleware, which buffers streams)."""
 
@@ -58,10 +69,7 @@ class HttpApiKey:
             raw = headers.get(b"authorization")
             header = raw.decode("latin-1") if raw is not None else None
             if not _authorized(header, self._key):
-                # 401 with OpenAI's code either way, so clients raise AuthenticationError.
-                body = openai_envelope(_refusal(header))
-                body["error"]["code"] = "invalid_api_key"
-                response = JSONResponse(body, status_code=401)
+                response = JSONResponse(_refusal_body(scope["path"], header), status_code=401)
                 await response(scope, receive, send)
                 return
         await self._app(scope, receive, send)

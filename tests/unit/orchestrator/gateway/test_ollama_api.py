@@ -129,10 +129,15 @@ def test_the_api_key_covers_every_ollama_route():
                 with pytest.raises(ollama.ResponseError) as info:
                     await refused
                 assert info.value.status_code == 401
+                # Ollama's shape ({"error": "..."}), which its client reads as the message.
+                assert "API key" in info.value.error
         version = await httpx.AsyncClient(transport=httpx.ASGITransport(app)).get(
             "http://gateway/api/version"
         )
         assert version.status_code == 401
+        assert version.json() == {
+            "error": "this gateway requires an API key: Authorization: Bearer <key>"
+        }
         allowed = client(app, headers={"Authorization": f"Bearer {KEY}"})
         assert (await allowed.list()).models == []
         assert (await allowed.ps()).models == []
