@@ -39,7 +39,9 @@ def test_the_page_asks_for_the_key_refuses_a_wrong_one_and_keeps_the_right_one(
     page, watch = open_page(keyed.dashboard)
     signin = page.get_by_test_id("signin")
     live = page.get_by_test_id("live")
-    cards = page.get_by_test_id("node-card")
+    # Nothing of the cluster's: no node, no model, no event.
+    hooks = ("node-card", "model-row", "event")
+    cards = page.locator(", ".join(f'[data-testid="{hook}"]' for hook in hooks))
     expect(signin).to_be_visible(timeout=LIVE_MS)
     expect(live).to_have_attribute("data-state", "signed-out")
     expect(cards).to_have_count(0)
