@@ -69,7 +69,7 @@ def _node_events(old: Node | None, new: Node | None) -> Iterable[ClusterEvent]:
         hw = new.hardware
         yield ClusterEvent(
             "node_joined", "info", node, None,
-            f"{node} joined ({hw.kind}, {new.address}, {len(new.replicas)} models)",
+            f"{node} joined ({hw.kind}, {new.address}, {_models(len(new.replicas))})",
         )  # fmt: skip
         if not new.up:
             yield _down(new)
@@ -78,6 +78,10 @@ def _node_events(old: Node | None, new: Node | None) -> Iterable[ClusterEvent]:
     elif not old.up and new.up:
         yield ClusterEvent("node_back", "info", node, None, f"{node} is back")
     yield from _replica_events(node, old.replicas if old is not None else (), new.replicas)
+
+
+def _models(count: int) -> str:
+    return "1 model" if count == 1 else f"{count} models"
 
 
 def _down(node: Node) -> ClusterEvent:
@@ -116,22 +120,17 @@ def _state_event(node: str, replica: ModelStatus) -> ClusterEvent:
 
 
 def _split_events(before: ClusterSnapshot, after: ClusterSnapshot) -> Iterable[ClusterEvent]:
-    """A split whose layout is new or changed: other nodes, endpoints or layer ranges. A
-    layer count that becomes known for the same nodes is the same plan, said more exactly."""
+    """A split whose layout is new or changed: other nodes, endpoints or layer ranges. The
+    head reports its layer count only once it has read the file, so a split is announced
+    when its ranges are known (an event naming "the first layers" tells nobody much)."""
     old = {(s.model, s.head): s for s in cluster_splits([n.status for n in before.nodes])}
     for split in cluster_splits([n.status for n in after.nodes]):
+        if split.n_layers is None:
+            continue
         previous = old.get((split.model, split.head))
-        if previous is not None and not _replanned(previous, split):
+        if previous is not None and previous.n_layers is not None and previous.spans == split.spans:
             continue
         yield ClusterEvent("split_planned", "info", split.head, split.model, split_text(split))
-
-
-def _replanned(old: Split, new: Split) -> bool:
-    if old.spans == new.spans:
-        return False
-    placed = [(s.node, s.role, s.endpoint) for s in old.spans]
-    same_devices = placed == [(s.node, s.role, s.endpoint) for s in new.spans]
-    return not (same_devices and old.n_layers is None)
 
 
 def split_text(split: Split) -> str:

@@ -27,7 +27,7 @@ def test_nothing_changed_is_no_event() -> None:
 def test_a_node_joining_with_its_models() -> None:
     (joined, ready) = diff(snap(), snap(node("w1", replica("gemma"))))
     assert joined == ClusterEvent(
-        "node_joined", "info", "w1", None, "w1 joined (x86-cpu, w1:50051, 1 models)"
+        "node_joined", "info", "w1", None, "w1 joined (x86-cpu, w1:50051, 1 model)"
     )
     assert ready == ClusterEvent("model_ready", "info", "w1", "gemma", "gemma is ready on w1")
 
@@ -118,10 +118,15 @@ def test_a_split_over_other_nodes_is_planned_again() -> None:
     )
 
 
-def test_a_layer_count_becoming_known_is_the_same_plan() -> None:
-    # The head reports the count only once it has read the file: same nodes, no new event.
+def test_a_split_is_announced_once_its_layer_ranges_are_known() -> None:
+    # The head reports the count only once it has read the file: nothing before, then the
+    # plan with its ranges, then nothing while it stays the same.
     unknown = split_cluster(0, ("10.0.0.3:50070",))
-    assert without_model_events(diff(unknown, split_cluster(18, ("10.0.0.3:50070",)))) == []
+    known = split_cluster(18, ("10.0.0.3:50070",))
+    assert without_model_events(diff(snap(), unknown)) == []
+    (planned,) = without_model_events(diff(unknown, known))
+    assert planned.message == "gemma-split on host0 (layers 0-8), host1 (layers 9-17)"
+    assert without_model_events(diff(known, known)) == []
 
 
 def test_placement_problems_and_their_resolution() -> None:
