@@ -20,6 +20,18 @@ function pathData(ts, vs, x, y) {
   return d;
 }
 
+/**
+ * The span the x axis covers: the whole window once the data fill it, else what the data
+ * cover (at least two minutes, rounded up to a tidy step), so that a fresh gateway's few
+ * minutes are not squeezed against the right edge.
+ */
+export function span(ts, end, windowS) {
+  if (!ts || !ts.length) return windowS;
+  const covered = Math.max(120, end - ts[0]);
+  const step = covered > 1800 ? 600 : covered > 600 ? 300 : 60;
+  return Math.min(windowS, Math.ceil(covered / step) * step);
+}
+
 function finiteMax(arrays) {
   let m = -Infinity;
   for (const a of arrays) for (const v of a) if (v !== null && v !== undefined && v > m) m = v;
@@ -44,7 +56,8 @@ export function updateSparkline(svg, ts, vs, end, windowS, max = null) {
   const W = 120;
   const H = 24;
   const top = max !== null ? max : Math.max(finiteMax([vs]) * 1.1, 1e-9);
-  const x = (t) => W * (1 - (end - t) / windowS);
+  const shown = span(ts, end, windowS);
+  const x = (t) => W * (1 - (end - t) / shown);
   const y = (v) => H - 1 - (H - 2) * Math.min(1, Math.max(0, v / top));
   const line = pathData(ts || [], vs || [], x, y);
   const [area, stroke] = svg.children;
@@ -103,7 +116,8 @@ export class LineChart {
   }
 
   _draw() {
-    const { end, windowS, t, lines } = this.data;
+    const { end, t, lines } = this.data;
+    const windowS = span(t, end, this.data.windowS);
     const W = this.svg.clientWidth || 300;
     this.width = W;
     const H = this.height;
@@ -127,10 +141,10 @@ export class LineChart {
           s("text", { x: pad.l - 6, y: yy + 4, "text-anchor": "end" }, f === 0 ? "0" : this.format(top * f)),
         );
       }
-      const stepS = windowS > 1800 ? 600 : windowS > 600 ? 300 : 60;
+      const stepS = windowS > 1800 ? 600 : windowS > 600 ? 300 : windowS > 150 ? 60 : 30;
       for (let back = 0; back <= windowS + 1e-6; back += stepS) {
         const xx = x(end - back);
-        const label = back === 0 ? "now" : `−${Math.round(back / 60)} min`;
+        const label = back === 0 ? "now" : `−${back / 60} min`;
         this.grid.append(s("text", { x: xx, y: H - 4, "text-anchor": back === 0 ? "end" : back >= windowS ? "start" : "middle" }, label));
       }
       attr(this.empty, "x", W / 2);
