@@ -202,7 +202,8 @@ export class LineChart {
   }
 }
 
-function lastValue(vs) {
+/** The latest non-null value of a column, or null. */
+export function lastValue(vs) {
   for (let i = vs.length - 1; i >= 0; i -= 1) if (vs[i] !== null && vs[i] !== undefined) return vs[i];
   return null;
 }

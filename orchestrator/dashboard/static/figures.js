@@ -9,11 +9,6 @@ export function kindText(status) {
   return (j && j.module) || status.hardware.kind;
 }
 
-/** Node state: "up", or "down" with its reason. */
-export function stateText(view) {
-  return view.up ? "up" : "down";
-}
-
 export function memory(status) {
   const host = status.telemetry && status.telemetry.host;
   const unified = status.hardware.unified_memory;

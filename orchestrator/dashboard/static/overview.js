@@ -2,7 +2,7 @@
 // only what changed, keyed by node id, model alias and event seq.
 
 import { h, text, attr, keyed, table, show } from "./dom.js";
-import { sparkline, updateSparkline, LineChart } from "./charts.js";
+import { sparkline, updateSparkline, LineChart, lastValue } from "./charts.js";
 import { nodeColor, SERIES } from "./colors.js";
 import * as f from "./format.js";
 import * as fig from "./figures.js";
@@ -133,7 +133,7 @@ function updateCard(card, view, store, now) {
   attr(card, "data-kind", st.hardware.kind);
   card.classList.toggle("down", !view.up);
   card.style.setProperty("--node", nodeColor(st.node_id));
-  text(p.state, fig.stateText(view));
+  text(p.state, view.up ? "up" : "down");
   attr(p.state, "class", `badge ${view.up ? "ok" : "bad"}`);
   text(p.kind, fig.kindText(st));
   attr(p.kind, "title", [st.hardware.model, ...(st.hardware.gpus || [])].filter(Boolean).join(" · "));
@@ -156,7 +156,7 @@ function updateCard(card, view, store, now) {
   const models = st.models || [];
   const hist = store.history(st.node_id);
   // The node's decode rate now: its latest history point, else its engines' figures.
-  const recorded = hist && hist.tps ? lastNumber(hist.tps) : null;
+  const recorded = hist && hist.tps ? lastValue(hist.tps) : null;
   const decode = recorded !== null ? recorded : models.reduce((a, x) => a + (x.engine ? x.engine.decode_tps * x.engine.active : 0), 0);
   text(m.tps.children[1], f.tps(decode));
 
@@ -189,11 +189,6 @@ function updateCard(card, view, store, now) {
     attr(flag, "title", reasons.join(", "));
   }
   card.classList.toggle("throttled", reasons.length > 0);
-}
-
-function lastNumber(vs) {
-  for (let i = vs.length - 1; i >= 0; i -= 1) if (vs[i] !== null && vs[i] !== undefined) return vs[i];
-  return null;
 }
 
 // Models: one row per alias, gathered from every node's models, the splits and the
