@@ -101,13 +101,15 @@ export class LineChart {
       attr(this.cursor, "visibility", "hidden");
       this.tip.hidden = true;
     });
-    if (typeof ResizeObserver !== "undefined") {
-      this.width = 0;
-      new ResizeObserver(() => {
-        const w = this.svg.clientWidth;
-        if (w && w !== this.width && this.data) this._draw();
-      }).observe(this.svg);
-    }
+    // The width comes from the observer, so a redraw never forces a layout to measure it.
+    this.width = 0;
+    new ResizeObserver((entries) => {
+      const w = Math.round(entries[entries.length - 1].contentRect.width);
+      if (w && w !== this.width) {
+        this.width = w;
+        if (this.data) this._draw();
+      }
+    }).observe(this.svg);
   }
 
   update(data) {
@@ -118,8 +120,8 @@ export class LineChart {
   _draw() {
     const { end, t, lines } = this.data;
     const windowS = span(t, end, this.data.windowS);
-    const W = this.svg.clientWidth || 300;
-    this.width = W;
+    if (!this.width) this.width = this.svg.clientWidth; // before the observer's first report
+    const W = this.width || 300;
     const H = this.height;
     const pad = { l: 48, r: 8, t: 8, b: 20 };
     attr(this.svg, "viewBox", `0 0 ${W} ${H}`);
