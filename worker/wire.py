@@ -111,6 +111,7 @@ def chunk_from_proto(msg: gen_pb.GenerationChunk) -> GenerationEvent:
             prompt_tokens_per_second=t.prompt_tokens_per_second,
             decode_tokens_per_second=t.decode_tokens_per_second,
         ),
+        stop_sequence=msg.stop_sequence,
     )
 
 
@@ -137,6 +138,7 @@ def chunk_to_proto(event: GenerationEvent) -> gen_pb.GenerationChunk:
             decode_tokens_per_second=t.decode_tokens_per_second,
             total_ms=t.total_ms,
         ),
+        stop_sequence=event.stop_sequence,
     )
 
 

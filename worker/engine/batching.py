@@ -401,7 +401,9 @@ class ModelEngine:
         )  # fmt: skip
         self.rates.record(timings, run.generated, computed)
         usage = Usage(len(run.job.prompt), run.generated, run.reused)
-        run.job.stream.emit(Finished(tail, tuple(run.pending), finish, usage, timings))
+        run.job.stream.emit(
+            Finished(tail, tuple(run.pending), finish, usage, timings, run.text.matched)
+        )
         self._end(slot)
 
     def _end(self, slot: _Slot) -> None:

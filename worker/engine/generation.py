@@ -75,6 +75,7 @@ class Finished:
     finish_reason: FinishReason
     usage: Usage
     timings: Timings
+    stop_sequence: str = ""  # the stop string that ended it, if one did
 
 
 GenerationEvent = TextDelta | Finished

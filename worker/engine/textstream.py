@@ -18,6 +18,7 @@ class TextStream:
         self._stops = tuple(stop)
         self._held = ""
         self.stopped = False
+        self.matched = ""  # the stop string that matched, once one did
 
     def feed(self, piece: bytes) -> str:
         """Returns the text that became final with this piece. After a stop, returns ''."""
@@ -49,8 +50,11 @@ class TextStream:
         return text
 
     def _first_stop(self, text: str) -> int | None:
-        positions = [i for i in (text.find(s) for s in self._stops) if i >= 0]
-        return min(positions) if positions else None
+        found = [(i, n, s) for n, s in enumerate(self._stops) if (i := text.find(s)) >= 0]
+        if not found:
+            return None
+        position, _, self.matched = min(found)  # the earliest; a tie goes to the first listed
+        return position
 
     def _longest_stop_prefix_suffix(self, text: str) -> int:
         """Length of the longest end of `text` that a stop string starts with."""

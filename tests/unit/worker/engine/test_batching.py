@@ -300,6 +300,7 @@ def test_a_stop_string_ends_generation_without_sending_it(loop, engines):
     events = collect(loop, j.stream)
     assert text(events) == " yes. "
     assert finished(events).finish_reason is FinishReason.STOP
+    assert finished(events).stop_sequence == "Q:"
 
 
 def test_tokens_reach_the_client_with_the_text_they_make(loop, engines):

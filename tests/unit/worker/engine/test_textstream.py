@@ -54,7 +54,17 @@ def test_only_the_longest_possible_start_of_a_stop_string_is_held():
 def test_the_earliest_stop_string_in_the_text_wins():
     stream = TextStream(["world", "lo"])
     assert stream.feed(b"hello world") == "hel"
-    assert stream.stopped
+    assert stream.stopped and stream.matched == "lo"
+
+
+def test_the_stop_string_that_matched_is_named_and_a_tie_goes_to_the_first_listed():
+    unmatched = TextStream(["ab", "b"])
+    assert unmatched.feed(b"xa") == "x"
+    assert unmatched.finish() == "a"
+    assert not unmatched.stopped and unmatched.matched == ""
+    tied = TextStream(["b", "bc"])
+    assert tied.feed(b"abc") == "a"
+    assert tied.matched == "b"
 
 
 def test_a_stop_string_can_end_inside_a_multibyte_character():
