@@ -617,6 +617,14 @@ def _run_certs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    # The flags live with the benchmark (orchestrator/bench/cli.py); that module imports
+    # httpx, rich and asyncio only when the command runs.
+    from orchestrator.bench.cli import add_bench_parser
+
+    add_bench_parser(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llamaherd",
@@ -631,6 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate_parser(subparsers)
     _add_models_parser(subparsers)
     _add_certs_parser(subparsers)
+    _add_bench_parser(subparsers)
     return parser
 
 

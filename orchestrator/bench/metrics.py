@@ -1,0 +1,258 @@
+"""Benchmark figures from per-request records, defined as vLLM's `bench serve` and GuideLLM
+define them. Pure functions: every time is a number of seconds on one monotonic clock.
+
+- TTFT: first content chunk's arrival - send.
+- ITL (inter-token latency): the gaps between content chunks; when the chunks carry more
+  tokens than there are chunks, each gap is divided by the tokens per gap.
+- TPOT (time per output token): (e2e - TTFT) / (output tokens - 1).
+- E2E: the last byte's arrival - send.
+- Throughput: over the measured window (first measured send to last measured end;
+  warm-up excluded): requests, output tokens and all tokens per second.
+- Goodput: requests per second, over the same window, that met every SLO term.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+Metric = Literal["ttft", "itl", "tpot", "e2e"]
+METRICS: tuple[Metric, ...] = ("ttft", "itl", "tpot", "e2e")
+STATS = ("mean", "p50", "p90", "p95", "p99")
+
+
+class SloError(ValueError):
+    """An `--slo` string that cannot be read; the message names the term and the form."""
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request as the client saw it. Times are seconds from the run's start."""
+
+    level: int  # index of the load level
+    index: int  # index within the level (warm-up requests first)
+    warmup: bool
+    sent_s: float
+    chunk_s: tuple[float, ...]  # arrival of each chunk that carried content
+    done_s: float
+    output_tokens: int  # usage.completion_tokens, else the number of content chunks
+    prompt_tokens: int | None  # usage.prompt_tokens, when the server reports it
+    node: str | None  # the x-llamaherd-node header, when the endpoint sends it
+    error: str | None = None  # the kind of failure (http_429, timeout, ...); None when served
+    detail: str | None = None  # the failure's message, for the record
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.chunk_s)
+
+    @property
+    def ttft(self) -> float:
+        return self.chunk_s[0] - self.sent_s
+
+    @property
+    def e2e(self) -> float:
+        return self.done_s - self.sent_s
+
+    @property
+    def tpot(self) -> float | None:
+        if self.output_tokens < 2:
+            return None
+        return (self.e2e - self.ttft) / (self.output_tokens - 1)
+
+    @property
+    def itls(self) -> list[float]:
+        return inter_token_latencies(self.chunk_s, self.output_tokens)
+
+
+def inter_token_latencies(chunk_s: Sequence[float], output_tokens: int) -> list[float]:
+    """Gaps between content chunks, per token: when n chunks carried more than n tokens,
+    the n-1 gaps carried output_tokens-1 tokens, so each gap is divided by their ratio."""
+    gaps = [b - a for a, b in itertools.pairwise(chunk_s)]
+    if not gaps or output_tokens <= len(chunk_s):
+        return gaps
+    per_gap = (output_tokens - 1) / len(gaps)
+    return [g / per_gap for g in gaps]
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile with linear interpolation between ranks (numpy's default, which
+    vLLM and GuideLLM use)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * p / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Stats:
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+    def get(self, stat: str) -> float:
+        value: float = getattr(self, stat)
+        return value
+
+
+def stats(values: Sequence[float]) -> Stats | None:
+    if not values:
+        return None
+    return Stats(
+        mean=sum(values) / len(values),
+        p50=percentile(values, 50),
+        p90=percentile(values, 90),
+        p95=percentile(values, 95),
+        p99=percentile(values, 99),
+    )
+
+
+# ---- SLO --------------------------------------------------------------------------------
+SLO_FORM = "METRIC_STAT=NUMBER(ms|s), METRIC one of ttft, itl, tpot, e2e and STAT one of " + (
+    ", ".join(STATS) + "; e.g. ttft_p99=2s,itl_p99=200ms"
+)
+_TERM = re.compile(r"^(?P<metric>[a-z0-9]+)_(?P<stat>[a-z0-9]+)=(?P<number>[0-9.]+)(?P<unit>ms|s)$")
+
+
+@dataclass(frozen=True)
+class SloTerm:
+    metric: Metric
+    stat: str
+    limit_s: float
+
+    @property
+    def text(self) -> str:
+        return f"{self.metric}_{self.stat}={self.limit_s * 1000:g}ms"
+
+
+def parse_slo(text: str) -> tuple[SloTerm, ...]:
+    """`ttft_p99=2s,itl_p99=200ms` -> terms; an unreadable term raises SloError naming it."""
+    terms = []
+    for raw in text.split(","):
+        term = raw.strip()
+        match = _TERM.match(term.lower())
+        if not match:
+            raise SloError(f"--slo term {term!r} is not of the form {SLO_FORM}")
+        metric, stat = match["metric"], match["stat"]
+        if metric not in METRICS:
+            raise SloError(f"--slo term {term!r}: unknown metric {metric!r}; {SLO_FORM}")
+        if stat not in STATS:
+            raise SloError(f"--slo term {term!r}: unknown statistic {stat!r}; {SLO_FORM}")
+        try:
+            number = float(match["number"])
+        except ValueError:
+            raise SloError(f"--slo term {term!r}: {match['number']!r} is not a number") from None
+        if number <= 0:
+            raise SloError(f"--slo term {term!r}: the limit must be more than 0")
+        limit = number / 1000 if match["unit"] == "ms" else number
+        terms.append(SloTerm(metric, stat, limit))
+    return tuple(terms)
+
+
+def request_value(record: RequestRecord, term: SloTerm) -> float | None:
+    """The request's own figure for an SLO term: its TTFT, TPOT or E2E, or the term's
+    statistic of its inter-token latencies."""
+    if term.metric == "ttft":
+        return record.ttft
+    if term.metric == "e2e":
+        return record.e2e
+    if term.metric == "tpot":
+        return record.tpot
+    itl = stats(record.itls)
+    return itl.get(term.stat) if itl else None
+
+
+def meets(record: RequestRecord, slo: Sequence[SloTerm]) -> bool:
+    """Whether a served request met every term (a figure it does not have, such as the ITL
+    of a one-token reply, does not count against it)."""
+    if not record.ok:
+        return False
+    for term in slo:
+        value = request_value(record, term)
+        if value is not None and value > term.limit_s:
+            return False
+    return True
+
+
+# ---- one load level ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Range:
+    mean: float
+    min: int
+    max: int
+
+
+@dataclass(frozen=True)
+class LevelFigures:
+    """Everything measured at one load level, warm-up excluded."""
+
+    requests: int
+    completed: int
+    errors: dict[str, int]
+    window_s: float
+    request_throughput: float
+    output_token_throughput: float
+    total_token_throughput: float
+    ttft: Stats | None
+    itl: Stats | None
+    tpot: Stats | None
+    e2e: Stats | None
+    output_tokens: Range | None
+    prompt_tokens: Range | None
+    node_share: dict[str, float]
+    goodput: float | None  # requests per second meeting the SLO; None without an SLO
+    slo_met: dict[str, bool]  # each term, judged on the level's aggregate figure
+
+
+def _range(values: Sequence[int]) -> Range | None:
+    if not values:
+        return None
+    return Range(sum(values) / len(values), min(values), max(values))
+
+
+def level_figures(records: Sequence[RequestRecord], slo: Sequence[SloTerm]) -> LevelFigures:
+    measured = [r for r in records if not r.warmup]
+    served = [r for r in measured if r.ok]
+    errors = Counter(r.error or "no_content" for r in measured if not r.ok)
+    window = (max(r.done_s for r in measured) - min(r.sent_s for r in measured)) if measured else 0
+    per_s = 1 / window if window > 0 else 0.0
+    output = sum(r.output_tokens for r in served)
+    prompt = sum(r.prompt_tokens or 0 for r in served)
+    nodes = Counter(r.node or "unknown" for r in served)
+    by_metric = {
+        "ttft": stats([r.ttft for r in served]),
+        "itl": stats([gap for r in served for gap in r.itls]),
+        "tpot": stats([t for r in served if (t := r.tpot) is not None]),
+        "e2e": stats([r.e2e for r in served]),
+    }
+    slo_met = {}
+    for term in slo:
+        aggregate = by_metric[term.metric]
+        slo_met[term.text] = aggregate is not None and aggregate.get(term.stat) <= term.limit_s
+    return LevelFigures(
+        requests=len(measured),
+        completed=len(served),
+        errors=dict(sorted(errors.items())),
+        window_s=window,
+        request_throughput=len(served) * per_s,
+        output_token_throughput=output * per_s,
+        total_token_throughput=(output + prompt) * per_s,
+        ttft=by_metric["ttft"],
+        itl=by_metric["itl"],
+        tpot=by_metric["tpot"],
+        e2e=by_metric["e2e"],
+        output_tokens=_range([r.output_tokens for r in served]),
+        prompt_tokens=_range([r.prompt_tokens for r in served if r.prompt_tokens is not None]),
+        node_share={n: c / len(served) for n, c in sorted(nodes.items())},
+        goodput=sum(meets(r, slo) for r in served) * per_s if slo else None,
+        slo_met=slo_met,
+    )
