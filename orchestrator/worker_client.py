@@ -165,6 +165,13 @@ class WorkerClient:
             self._stub.Embed(request, metadata=_with_request_id(self._auth, request_id))
         )
 
+    async def tokenize(
+        self, request: gen_pb.TokenizeRequest, request_id: str | None = None
+    ) -> gen_pb.TokenizeResponse:
+        return await _unary(
+            self._stub.Tokenize(request, metadata=_with_request_id(self._auth, request_id))
+        )
+
 
 def insecure_channel(address: str) -> aio.Channel:
     """A channel with the options above; workers listen without TLS on the cluster network."""

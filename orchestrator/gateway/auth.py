@@ -1,5 +1,6 @@
 """Optional API key on both front doors: `Authorization: Bearer <key>` (what OpenAI clients
-send as their api_key). Health checks stay open so load balancers can probe.
+send as their api_key), or `x-api-key: <key>` under /v1/messages (Anthropic's header).
+Health checks stay open so load balancers can probe.
 
 Keys are compared in constant time and never logged.
 """
@@ -16,6 +17,8 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import PermissionDenied
+from orchestrator.gateway.anthropic_schema import PATH_PREFIX as ANTHROPIC_PATH_PREFIX
+from orchestrator.gateway.anthropic_schema import authentication_error
 from orchestrator.gateway.errors import openai_envelope
 from orchestrator.gateway.ollama_schema import PATH_PREFIX as OLLAMA_PATH_PREFIX
 
@@ -40,6 +43,12 @@ def _open_path(path: str) -> bool:
     return path in OPEN_HTTP_PATHS or path.startswith(OPEN_HTTP_PREFIXES)
 
 
+def _anthropic_key(raw: bytes | None) -> str | None:
+    """Anthropic's clients send the key as `x-api-key: <key>` (its docs, Claude Code with
+    ANTHROPIC_API_KEY); taken as the bearer it stands for."""
+    return f"Bearer {raw.decode('latin-1')}" if raw is not None else None
+
+
 def _refusal(header: str | None) -> PermissionDenied:
     if not header:
         return PermissionDenied("this gateway requires an API key: Authorization: Bearer <key>")
@@ -50,6 +59,8 @@ def _refusal_body(path: str, header: str | None) -> dict[str, Any]:
     refusal = _refusal(header)
     if path.startswith(OLLAMA_PATH_PREFIX):
         return {"error": refusal.message}  # Ollama's error shape, as its clients read it
+    if path.startswith(ANTHROPIC_PATH_PREFIX):
+        return authentication_error(refusal.message)  # Anthropic's, for its clients
     # OpenAI's code either way, so its clients raise AuthenticationError.
     body = openai_envelope(refusal)
     body["error"]["code"] = "invalid_api_key"
@@ -68,6 +79,8 @@ class HttpApiKey:
             headers = dict(scope["headers"])
             raw = headers.get(b"authorization")
             header = raw.decode("latin-1") if raw is not None else None
+            if header is None and scope["path"].startswith(ANTHROPIC_PATH_PREFIX):
+                header = _anthropic_key(headers.get(b"x-api-key"))
             if not _authorized(header, self._key):
                 response = JSONResponse(_refusal_body(scope["path"], header), status_code=401)
                 await response(scope, receive, send)

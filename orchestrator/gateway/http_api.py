@@ -34,8 +34,9 @@ from starlette.routing import Route
 from common.errors import Internal, LlamaherdError
 from orchestrator.cluster.types import NodeId
 from orchestrator.cluster.view import view_to_json
-from orchestrator.gateway import ollama_schema, views
+from orchestrator.gateway import anthropic_schema, ollama_schema, views
 from orchestrator.gateway import openai_schema as oa
+from orchestrator.gateway.anthropic_api import AnthropicRoutes
 from orchestrator.gateway.errors import BadRequest, http_headers, http_status, openai_envelope
 from orchestrator.gateway.http_relay import (
     CLIENT_GONE,
@@ -75,6 +76,7 @@ def build_app(
     """The ASGI app; `body_timeout_s` bounds how long a client may take to send a body."""
     api = OpenAIRoutes(router, created_unix_s, body_timeout_s)
     ollama = OllamaRoutes(router, created_unix_s, body_timeout_s)
+    anthropic = AnthropicRoutes(router, body_timeout_s)
     return Starlette(
         routes=[
             Route("/v1/chat/completions", api.chat, methods=["POST"]),
@@ -86,6 +88,7 @@ def build_app(
             Route("/health", api.health, methods=["GET"]),
             Route("/metrics", api.metrics, methods=["GET"]),
             *ollama.routes(),
+            *anthropic.routes(),
         ],
         exception_handlers={
             ClientGone: _client_gone,
@@ -252,10 +255,15 @@ async def _sse(
     yield oa.sse_event("[DONE]")
 
 
-def _error_body(request: Request, error: LlamaherdError) -> dict[str, Any]:
-    """The error in the shape of the API the request was for."""
+def _error_body(
+    request: Request, error: LlamaherdError, status: int | None = None
+) -> dict[str, Any]:
+    """The error in the shape of the API the request was for; `status` when it is not the
+    error's own (a route or method that does not exist)."""
     if request.url.path.startswith(ollama_schema.PATH_PREFIX):
         return ollama_schema.error_body(error)
+    if request.url.path.startswith(anthropic_schema.PATH_PREFIX):
+        return anthropic_schema.error_body(error, status)
     return openai_envelope(error)
 
 
@@ -276,12 +284,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
         f"no route {request.method} {request.url.path}; the API lives under /v1 "
         "(Ollama's under /api)"
     )
-    return JSONResponse(_error_body(request, error), status_code=404)
+    return JSONResponse(_error_body(request, error, 404), status_code=404)
 
 
 async def _method_not_allowed(request: Request, exc: Exception) -> Response:
     error = BadRequest(f"{request.method} is not allowed on {request.url.path}")
-    return JSONResponse(_error_body(request, error), status_code=405)
+    return JSONResponse(_error_body(request, error, 405), status_code=405)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:

@@ -99,6 +99,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         add_special = request.add_special if request.HasField("add_special") else True
         parse_special = request.parse_special if request.HasField("parse_special") else True
         with self._registry.lease(request.model) as model:
+            if request.HasField("chat"):
+                messages = with_assistant_prefix(
+                    wire.messages_from_proto(list(request.chat.messages)),
+                    request.chat.assistant_prefix,
+                )
+                chat = await model.tokenize_chat(request_id(context), messages, request.with_pieces)
+                return wire.tokenized_to_proto(chat)
             tokenized = await model.tokenize(
                 request_id(context), request.text, add_special, parse_special, request.with_pieces
             )

@@ -274,6 +274,14 @@ class LocalModel:
         pieces = tuple(self.backend.token_bytes(t) for t in tokens) if with_pieces else ()
         return Tokenized(tuple(tokens), pieces)
 
+    async def tokenize_chat(
+        self, request_id: str, messages: Sequence[ChatMessage], with_pieces: bool = False
+    ) -> Tokenized:
+        check_text("messages", _joined(messages), self.limits)
+        tokens = await self._prepare(None, lambda: self._chat_tokens(messages))
+        pieces = tuple(self.backend.token_bytes(t) for t in tokens) if with_pieces else ()
+        return Tokenized(tuple(tokens), pieces)
+
     async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
         return await self._prepare(len(tokens), lambda: self._detokenize(tokens))
 
@@ -333,6 +341,10 @@ class LocalModel:
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
     ) -> GenerationJob:
+        return self._job(request_id, self._chat_tokens(messages), sampling, constraint, stream)
+
+    def _chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The prompt of a chat: its messages rendered with the template, tokenized."""
         self._require_generation()
         check_messages(messages)
         assert self.template is not None  # set for every generation model
@@ -342,7 +354,7 @@ class LocalModel:
         # Templates that write the BOS token themselves would otherwise get a second one.
         if len(tokens) > 1 and tokens[0] == tokens[1] == self.backend.bos:
             del tokens[0]
-        return self._job(request_id, tokens, sampling, constraint, stream)
+        return tokens
 
     def _job(
         self,

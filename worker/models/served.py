@@ -102,6 +102,12 @@ class ServedModel(Protocol):
         with_pieces: bool = False,
     ) -> Tokenized: ...
 
+    async def tokenize_chat(
+        self, request_id: str, messages: Sequence[ChatMessage], with_pieces: bool = False
+    ) -> Tokenized:
+        """The prompt chat(messages) would read: rendered with the chat template, tokenized."""
+        ...
+
     async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str: ...
 
     async def close(self, reason: str) -> None:

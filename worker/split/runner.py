@@ -304,6 +304,14 @@ class SplitModel:
         reply = await self._relay_unary(self._stub.Tokenize, request, request_id)
         return wire.tokenized_from_proto(reply)
 
+    async def tokenize_chat(
+        self, request_id: str, messages: Sequence[ChatMessage], with_pieces: bool = False
+    ) -> Tokenized:
+        chat = gen_pb.ChatRequest(model=self.alias, messages=wire.messages_to_proto(messages))
+        request = gen_pb.TokenizeRequest(model=self.alias, chat=chat, with_pieces=with_pieces)
+        reply = await self._relay_unary(self._stub.Tokenize, request, request_id)
+        return wire.tokenized_from_proto(reply)
+
     async def detokenize(self, request_id: str, tokens: Sequence[int]) -> str:
         request = gen_pb.DetokenizeRequest(model=self.alias, tokens=tokens)
         reply = await self._relay_unary(self._stub.Detokenize, request, request_id)
