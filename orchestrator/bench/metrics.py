@@ -131,7 +131,8 @@ class SloTerm:
 
     @property
     def text(self) -> str:
-        return f"{self.metric}_{self.stat}={self.limit_s * 1000:g}ms"
+        limit = f"{self.limit_s:g}s" if self.limit_s >= 1 else f"{self.limit_s * 1000:g}ms"
+        return f"{self.metric}_{self.stat}={limit}"
 
 
 def parse_slo(text: str) -> tuple[SloTerm, ...]:

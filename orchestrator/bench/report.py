@@ -189,17 +189,18 @@ def compare_table(a: dict[str, Any], b: dict[str, Any], a_name: str, b_name: str
 
 # ---- HTML ---------------------------------------------------------------------------------
 COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
-W, H, PAD_L, PAD_B, PAD_T, PAD_R = 460, 260, 56, 40, 16, 12
+W, H, PAD_L, PAD_B, PAD_T, PAD_R = 460, 270, 56, 40, 40, 12
 
 
-def _nice_max(value: float) -> float:
+def _ticks(value: float) -> list[float]:
+    """Four or five round steps from 0 to at least `value` (steps of 1, 2 or 5 x 10^k)."""
     if value <= 0:
-        return 1.0
-    magnitude = 10.0 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * magnitude:
-            return step * magnitude
-    return 10 * magnitude
+        return [0.0, 0.25, 0.5, 0.75, 1.0]
+    rough = value / 4
+    magnitude = 10.0 ** math.floor(math.log10(rough))
+    step = next(m * magnitude for m in (1, 2, 5, 10) if rough <= m * magnitude)
+    count = math.ceil(value / step - 1e-9)
+    return [round(step * i, 10) for i in range(count + 1)]
 
 
 def line_chart(
@@ -208,7 +209,8 @@ def line_chart(
 ) -> str:  # fmt: skip
     """An SVG line chart: one polyline and its points per series, a legend, ticks."""
     values = [v for vs in series.values() for v in vs if v is not None]
-    y_max = _nice_max(max(values, default=0))
+    ticks = _ticks(max(values, default=0))
+    y_max = ticks[-1]
     x_min, x_max = min(xs, default=0), max(xs, default=1)
     span = (x_max - x_min) or 1
 
@@ -219,8 +221,7 @@ def line_chart(
         return H - PAD_B - y / y_max * (H - PAD_B - PAD_T)
 
     parts = [f'<svg viewBox="0 0 {W} {H}" role="img" aria-label="{html.escape(title)}">']
-    for i in range(5):
-        y = y_max * i / 4
+    for y in ticks:
         parts.append(
             f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{py(y):.1f}" y2="{py(y):.1f}" '
             f'class="grid"/><text x="{PAD_L - 6}" y="{py(y) + 4:.1f}" class="tick" '
@@ -234,8 +235,9 @@ def line_chart(
     parts.append(
         f'<text x="{(W + PAD_L) / 2}" y="{H - 4}" class="axis" text-anchor="middle">'
         f"{html.escape(x_label)}</text>"
-        f'<text x="12" y="{PAD_T + 4}" class="axis">{html.escape(y_label)}</text>'
+        f'<text x="4" y="{PAD_T - 10}" class="axis">{html.escape(y_label)}</text>'
     )
+    legend_x = PAD_L
     for n, (name, ys) in enumerate(series.items()):
         colour = COLOURS[n % len(COLOURS)]
         points = [(px(x), py(y)) for x, y in zip(xs, ys, strict=False) if y is not None]
@@ -245,9 +247,9 @@ def line_chart(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>' for x, y in points
         )
         parts.append(
-            f'<text x="{PAD_L + 8 + 110 * n}" y="{PAD_T + 10}" fill="{colour}" class="legend">'
-            f"{html.escape(name)}</text>"
+            f'<text x="{legend_x}" y="14" fill="{colour}" class="legend">{html.escape(name)}</text>'
         )
+        legend_x += 7 * len(name) + 18  # about 7 px a character at 11 px bold
     parts.append("</svg>")
     return "".join(parts)
 

@@ -1,0 +1,59 @@
+"""`llamaherd bench` against the real gateway serving the real Gemma on two workers (the
+shared cluster of conftest.py): a tiny concurrency sweep gives sane figures, an HTML report
+and a comparison."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from support.models import GEMMA
+
+OUTPUT_TOKENS = 16
+
+
+def _llamaherd(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_a_tiny_sweep_through_the_gateway(cluster, tmp_path):
+    out, page = tmp_path / "run.json", tmp_path / "run.html"
+    done = _llamaherd(
+        "bench", "--url", cluster.coordinator.base_url, "--model", GEMMA,
+        "--prompt-tokens", "32", "--output-tokens", str(OUTPUT_TOKENS),
+        "--concurrency", "1,2", "--requests", "4", "--warmup", "1",
+        "--slo", "ttft_p99=10s,itl_p99=2s", "--out", str(out), "--html", str(page),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "c=2" in done.stdout  # the summary table
+    result = json.loads(out.read_text())
+    calibration = result["prompt_calibration"]
+    assert calibration["reference_prompt_tokens"] == 32, calibration
+    for level in result["levels"]:
+        assert level["completed"] == level["requests"] == 4, level["errors"]
+        assert level["ttft"]["p50"] > 0 and level["itl"]["p50"] > 0 and level["tpot"]["mean"] > 0
+        assert level["ttft"]["p99"] < level["e2e"]["p99"]
+        assert level["output_tokens"] == {"mean": OUTPUT_TOKENS, "min": OUTPUT_TOKENS,
+                                          "max": OUTPUT_TOKENS}  # fmt: skip
+        assert 28 <= level["prompt_tokens"]["mean"] <= 36
+        assert set(level["node_share"]) <= set(cluster.workers)
+        assert sum(level["node_share"].values()) == pytest.approx(1)
+        assert level["request_throughput"] > 0 and level["goodput"] == pytest.approx(
+            level["request_throughput"]
+        )
+    assert page.read_text().count("<svg") == 3
+
+    compared = _llamaherd("bench", "compare", str(out), str(out))
+    assert compared.returncode == 0, compared.stderr
+    assert "TTFT p50 ms" in compared.stdout and "1.00" in compared.stdout
+
+
+def test_a_model_the_gateway_does_not_serve(cluster):
+    done = _llamaherd("bench", "--url", cluster.coordinator.base_url, "--model", "no-such")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"does not serve model 'no-such'; it serves: {GEMMA}" in done.stderr
