@@ -35,7 +35,11 @@ NO_MEDIA = "images and documents are not supported: llamaherd serves text models
 NO_THINKING = "extended thinking is not supported: llamaherd does not separate a model's reasoning"
 
 # Our refusals (openai_schema's) name OpenAI fields; an Anthropic client knows these names.
-ANTHROPIC_NAMES = {"stop": "stop_sequences", "max_completion_tokens": "max_tokens"}
+ANTHROPIC_NAMES = {
+    "stop": "stop_sequences",
+    "max_completion_tokens": "max_tokens",
+    "response_format": "output_config.format",
+}
 _OPENAI_NAME = re.compile(r"\b(" + "|".join(ANTHROPIC_NAMES) + r")\b")
 
 # Block types a client may send, by what llamaherd says of them.
@@ -78,6 +82,7 @@ class _MessagesBody(_CountBody):
     stop_sequences: Any = None
     stream: StrictBool = False
     metadata: _Metadata | None = None
+    output_config: Any = None  # its `format` (structured output) applies; `effort` does not
 
 
 # ---- parsed calls -----------------------------------------------------------------------
@@ -103,6 +108,9 @@ def parse_messages(body: object) -> MessagesCall:
         if not isinstance(parsed.stop_sequences, list):
             raise BadRequest("stop_sequences must be a list of strings", "stop_sequences")
         openai_body["stop"] = parsed.stop_sequences
+    output_format = _output_format(parsed.output_config)
+    if output_format is not None:
+        openai_body["response_format"] = output_format
     if parsed.metadata is not None and parsed.metadata.user_id:
         openai_body["user"] = parsed.metadata.user_id  # routing's session key
     return MessagesCall(parsed.model, _chat(openai_body), parsed.stream)
@@ -145,6 +153,25 @@ def _max_tokens(value: object) -> int:
     if value < 1:
         raise BadRequest(f"max_tokens must be at least 1, not {value}", "max_tokens")
     return value
+
+
+def _output_format(config: object) -> dict[str, Any] | None:
+    """output_config.format (a JSON schema the reply must match) as OpenAI's response_format;
+    `effort` is for reasoning models and ignored, as the models here do not reason."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise BadRequest("output_config must be an object", "output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return None
+    if not (isinstance(fmt, dict) and fmt.get("type") == "json_schema"
+            and isinstance(fmt.get("schema"), dict)):  # fmt: skip
+        raise BadRequest(
+            'output_config.format must be {"type": "json_schema", "schema": {...}}',
+            "output_config.format",
+        )
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
 
 
 def _prompt(parsed: _CountBody) -> dict[str, Any]:

@@ -121,6 +121,19 @@ def test_bad_input_is_refused_naming_the_field(fields, message, param):
     assert message in error.message and error.param == param
 
 
+def test_output_config_format_is_a_json_schema_constraint_and_effort_is_ignored():
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}}
+    parsed = an.parse_messages(
+        body(output_config={"effort": "low", "format": {"type": "json_schema", "schema": schema}})
+    )
+    assert json.loads(parsed.call.request.constraint.json_schema) == schema
+    plain = an.parse_messages(body(output_config={"effort": "high"})).call.request
+    assert plain.constraint.WhichOneof("kind") is None
+    for bad in ({"format": {"type": "json_object"}}, {"format": {"type": "json_schema"}}, "x"):
+        error = refusal(an.parse_messages, body(output_config=bad))
+        assert error.param in ("output_config", "output_config.format")
+
+
 def test_thinking_turned_off_is_accepted_and_the_body_must_be_an_object():
     assert an.parse_messages(body(thinking={"type": "disabled"})).call.request.messages
     assert refusal(an.parse_messages, []).message == "request body must be a JSON object"  # type: ignore[arg-type]
