@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from orchestrator.bench.metrics import RequestRecord, level_figures
@@ -117,29 +118,47 @@ def _ms(stats: dict[str, float] | None, stat: str) -> str:
     return f"{stats[stat] * 1000:.1f}" if stats else "-"
 
 
+def _short_ms(stats: dict[str, float] | None, stat: str) -> str:
+    if not stats:
+        return "-"
+    ms = stats[stat] * 1000
+    return f"{ms:.0f}" if ms >= 10 else f"{ms:.1f}"
+
+
 def summary_table(result: dict[str, Any]) -> Table:
+    """One row per level, narrow enough for 80 columns; who served what in the caption."""
     endpoint = result["endpoint"]
-    table = Table(title=f"{endpoint['model']} at {endpoint['url']} ({endpoint['api']})")
-    heads = ("level", "ok/sent", "req/s", "out tok/s", "TTFT p50/p99 ms", "ITL p50/p99 ms",
-             "TPOT mean ms", "E2E p50/p99 s", "goodput", "nodes")  # fmt: skip
+    table = Table(
+        title=f"{endpoint['model']} at {endpoint['url']} ({endpoint['api']})",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption_justify="left",
+    )
+    heads = ("level", "ok/sent", "req/s", "tok/s\nout", "TTFT ms\np50/p99",
+             "ITL ms\np50/p99", "TPOT ms\nmean", "E2E s\np50/p99", "goodput\nreq/s")  # fmt: skip
     for name in heads:
-        table.add_column(name, justify="left" if name in ("level", "nodes") else "right")
+        table.add_column(name, justify="left" if name == "level" else "right")
+    served_by = []
     for level in result["levels"]:
         e2e = level["e2e"]
         nodes = ", ".join(f"{n} {share:.0%}" for n, share in level["node_share"].items())
-        goodput = "-" if level["goodput"] is None else f"{level['goodput']:.2f}/s"
+        served_by.append(f"{level['label']}: {nodes or '-'}")
         table.add_row(
             level["label"],
             f"{level['completed']}/{level['requests']}",
             f"{level['request_throughput']:.2f}",
             f"{level['output_token_throughput']:.1f}",
-            f"{_ms(level['ttft'], 'p50')} / {_ms(level['ttft'], 'p99')}",
-            f"{_ms(level['itl'], 'p50')} / {_ms(level['itl'], 'p99')}",
-            _ms(level["tpot"], "mean"),
-            f"{e2e['p50']:.2f} / {e2e['p99']:.2f}" if e2e else "-",
-            goodput,
-            nodes,
+            f"{_short_ms(level['ttft'], 'p50')}/{_short_ms(level['ttft'], 'p99')}",
+            f"{_short_ms(level['itl'], 'p50')}/{_short_ms(level['itl'], 'p99')}",
+            _short_ms(level["tpot"], "mean"),
+            f"{e2e['p50']:.2f}/{e2e['p99']:.2f}" if e2e else "-",
+            "-" if level["goodput"] is None else f"{level['goodput']:.2f}",
         )
+    errors = {k: v for level in result["levels"] for k, v in level["errors"].items()}
+    table.caption = "served by: " + "; ".join(served_by)
+    if errors:
+        table.caption += "\nerrors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
     return table
 
 

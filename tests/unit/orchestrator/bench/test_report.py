@@ -72,4 +72,4 @@ def test_the_html_report_is_self_contained_and_escaped():
 
 def test_the_summary_table_has_a_row_per_level():
     text = _text(summary_table(_result([_level("c=1", 1, 0.2, 20.0)])))
-    assert "c=1" in text and "200.0 / 400.0" in text and "a 75%" in text
+    assert "c=1" in text and "200/400" in text and "served by: c=1: a 75%, <b> 25%" in text
