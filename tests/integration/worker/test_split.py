@@ -147,16 +147,21 @@ def test_three_hosts_give_the_single_node_output(
     leases = [lend(stubs[i], "split3@host0", net.hosts[0]) for i in (1, 2)]
     load_split(head, "gemma-split3", [lease.endpoint for lease in leases], [6.0, 6.0])
 
-    def session(alias: str) -> tuple[list[int], list[int]]:
+    def session(alias: str) -> tuple[list[int], list[int], list[int]]:
         chat = gen_pb.ChatRequest(
             model=alias,
             messages=[gen_pb.ChatMessage(role="user", content="Name three colours.")],
             sampling=gen_pb.SamplingParams(temperature=0, max_tokens=TOKENS),
         )
         chatted = [t for c in head.Chat(chat, timeout=120) for t in c.token_ids]
-        # Tokenize is relayed to the child too.
+        # Tokenize is relayed to the child too, a chat's rendered prompt as well.
         request = gen_pb.TokenizeRequest(model=alias, text=PROMPT)
-        return chatted, list(head.Tokenize(request, timeout=30).tokens)
+        rendered = gen_pb.TokenizeRequest(model=alias, chat=chat)
+        return (
+            chatted,
+            list(head.Tokenize(request, timeout=30).tokens),
+            list(head.Tokenize(rendered, timeout=30).tokens),
+        )
 
     split = session("gemma-split3")
     assert len(split[0]) > 8

@@ -40,3 +40,19 @@ def test_pieces_are_the_bytes_of_each_token(stub):
     )
     assert len(reply.pieces) == len(reply.tokens)
     assert b"".join(reply.pieces).decode() == "ab ✓"
+
+
+def test_a_chat_is_counted_as_chat_reads_it_prefix_included(stub):
+    messages = [gen_pb.ChatMessage(role="system", content="Be brief."),
+                gen_pb.ChatMessage(role="user", content="Name a colour.")]  # fmt: skip
+    for prefix in ("", "The colour"):
+        chat = gen_pb.ChatRequest(
+            model=GEMMA, messages=messages, assistant_prefix=prefix,
+            sampling=gen_pb.SamplingParams(max_tokens=1, temperature=0),
+        )  # fmt: skip
+        counted = stub.Tokenize(gen_pb.TokenizeRequest(model=GEMMA, chat=chat), timeout=30)
+        (*_, last) = stub.Chat(chat, timeout=60)
+        assert len(counted.tokens) == last.usage.prompt_tokens
+        assert counted.tokens[0] == BOS and list(counted.tokens).count(BOS) == 1
+    plain = stub.Tokenize(gen_pb.TokenizeRequest(model=GEMMA, text="Name a colour.")).tokens
+    assert len(counted.tokens) > len(plain) + 5, "the template's turns are counted"

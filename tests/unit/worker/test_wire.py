@@ -81,6 +81,7 @@ def test_the_final_chunk_survives_the_wire_with_its_accounting(reason: FinishRea
         token_ids=(1, 2),
         finish_reason=reason,
         usage=Usage(prompt_tokens=5, completion_tokens=2, cached_prompt_tokens=3),
+        stop_sequence="END" if reason is FinishReason.STOP else "",
         timings=Timings(
             queue_ms=0.25, prompt_ms=12.5, time_to_first_token_ms=13.0, decode_ms=40.125,
             total_ms=53.5, prompt_tokens_per_second=400.0, decode_tokens_per_second=24.9,
