@@ -57,3 +57,17 @@ def test_a_model_the_gateway_does_not_serve(cluster):
     done = _llamaherd("bench", "--url", cluster.coordinator.base_url, "--model", "no-such")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"does not serve model 'no-such'; it serves: {GEMMA}" in done.stderr
+
+
+def test_the_chat_api_with_a_rate(cluster):
+    done = _llamaherd(
+        "bench", "--url", cluster.coordinator.base_url, "--model", GEMMA, "--api", "chat",
+        "--prompt-tokens", "24", "--output-tokens", "8", "--rate", "4", "--requests", "3",
+        "--warmup", "0", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["prompt_calibration"]["reference_prompt_tokens"] == 24
+    (level,) = result["levels"]
+    assert level["label"] == "4 req/s" and level["completed"] == 3, level["errors"]
+    assert level["output_tokens"]["min"] == 8 and level["ttft"]["p50"] > 0
