@@ -92,7 +92,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
     parser.add_argument("--html", metavar="PATH", help="write an HTML report here")
     parser.add_argument("--json", action="store_true",
                         help="print the result JSON instead of the table")  # fmt: skip
-    parser.set_defaults(run=run_bench_command, bench_parser=parser)
+    parser.set_defaults(run=run_bench_command)
     actions = parser.add_subparsers(title="actions", metavar="ACTION", dest="bench_action")
     compare = actions.add_parser("compare", help="two results side by side, with ratios")
     compare.add_argument("a", metavar="A.json")
