@@ -4,19 +4,25 @@
 
 import { h, s, attr, text, keyed } from "./dom.js";
 
+// A point with no neighbour (one bucket of latency samples, say) has no segment to draw:
+// give it a short dash of its own, rounded by the line's caps.
+const LONE_POINT = "m-2,0h4";
+
 /** Path data for points (x, y) in pixel space; a null y breaks the line. */
 function pathData(ts, vs, x, y) {
   let d = "";
-  let pen = false;
+  let run = 0; // points in the current run of non-null values
   for (let i = 0; i < ts.length; i += 1) {
     const v = vs[i];
     if (v === null || v === undefined || Number.isNaN(v)) {
-      pen = false;
+      if (run === 1) d += LONE_POINT;
+      run = 0;
       continue;
     }
-    d += `${pen ? "L" : "M"}${x(ts[i]).toFixed(1)},${y(v).toFixed(1)}`;
-    pen = true;
+    d += `${run ? "L" : "M"}${x(ts[i]).toFixed(1)},${y(v).toFixed(1)}`;
+    run += 1;
   }
+  if (run === 1) d += LONE_POINT;
   return d;
 }
 
@@ -63,17 +69,18 @@ export function updateSparkline(svg, ts, vs, end, windowS, max = null) {
   const [area, stroke] = svg.children;
   attr(stroke, "d", line);
   // The area under the line: each run of points closed down to the baseline.
-  attr(area, "d", line.replace(/M([\d.-]+),([\d.-]+)((?:L[\d.-]+,[\d.-]+)*)/g, (_m, x0, y0, rest) => {
+  attr(area, "d", line.split(LONE_POINT).join("").replace(/M([\d.-]+),([\d.-]+)((?:L[\d.-]+,[\d.-]+)*)/g, (_m, x0, y0, rest) => {
     const last = rest ? rest.slice(rest.lastIndexOf("L") + 1).split(",")[0] : x0;
     return `M${x0},${H}L${x0},${y0}${rest}L${last},${H}Z`;
   }));
 }
 
-/** Round a chart's top up to 1, 2, 2.5 or 5 times a power of ten. */
+/** Round a chart's top up to 1, 2 or 5 times a power of ten. */
 function niceTop(v) {
   if (!(v > 0)) return 1;
   const p = 10 ** Math.floor(Math.log10(v));
-  for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+  // Not 2.5: the middle rule would read 1.25.
+  for (const m of [1, 2, 5, 10]) if (v <= m * p) return m * p;
   return 10 * p;
 }
 

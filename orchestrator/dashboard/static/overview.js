@@ -82,7 +82,7 @@ const METRICS = [
   ["gpu", "GPU", "gpu", 1],
   ["temp", "Temp", "temp", null],
   ["power", "Power", "power", null],
-  ["tps", "Decode", "tps", null],
+  ["tps", "Decode", "tps", null], // tokens/s generated now (a replica shows its recent rate)
 ];
 
 function nodeCard(id) {
@@ -141,7 +141,9 @@ function updateCard(card, view, store, now) {
   const started = store.doc.gateway && store.doc.gateway.started_at;
   text(p.since, since ? `since ${f.ago(since, now)}` : started ? `since ≥ ${f.ago(started, now)}` : "");
   attr(p.since, "title", since ? f.clock(since) : "no join or down event kept: at least since the gateway started");
-  text(p.down, view.up ? "" : view.down_reason || `no report for ${f.duration(view.seconds_since_report)}`);
+  // A down node's figures are its last report's: say how old they are.
+  const reason = view.down_reason || "no report";
+  text(p.down, view.up ? "" : `${reason} · figures below are from ${f.duration(view.seconds_since_report)} ago`);
   show(p.down, !view.up);
 
   const mem = fig.memory(st);
@@ -284,7 +286,9 @@ function updateReplica(el, x) {
   attr(head.children[2], "class", `state s-${m.state}`);
   text(el.querySelector('[data-field="slots"]'), `${e.active}/${e.slots_total}`);
   text(el.querySelector('[data-field="queue"]'), e.queued);
-  text(el.querySelector('[data-field="tps"]'), f.tps(e.decode_tps));
+  const tps = el.querySelector('[data-field="tps"]');
+  text(tps, f.tps(e.decode_tps));
+  attr(tps, "title", "recent decode rate of one sequence");
   const extra = el.lastChild;
   let dl = extra.querySelector('[data-testid="download"]');
   if (m.download) {
