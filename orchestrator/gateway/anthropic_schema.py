@@ -22,11 +22,11 @@ from typing import Any
 
 from llamaherd.v1 import generation_pb2 as gen_pb
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
-from pydantic import ValidationError as PydanticValidationError
 
 from common.errors import ErrorKind, LlamaherdError
 from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway.errors import BadRequest, http_status
+from orchestrator.gateway.json_body import validated
 
 PATH_PREFIX = "/v1/messages"  # /v1/messages and /v1/messages/count_tokens
 ROLES = ("user", "assistant")
@@ -97,7 +97,7 @@ class MessagesCall:
 
 def parse_messages(body: object) -> MessagesCall:
     """A /v1/messages body as the chat request it means."""
-    parsed: _MessagesBody = _validate(_MessagesBody, body)
+    parsed: _MessagesBody = validated(_MessagesBody, body)
     openai_body = _prompt(parsed)
     openai_body["max_tokens"] = _max_tokens(parsed.max_tokens)
     for name in ("temperature", "top_p", "top_k"):
@@ -118,31 +118,8 @@ def parse_messages(body: object) -> MessagesCall:
 
 def parse_count_tokens(body: object) -> oa.ChatCall:
     """A /v1/messages/count_tokens body as the chat whose prompt is to be counted."""
-    parsed: _CountBody = _validate(_CountBody, body)
+    parsed: _CountBody = validated(_CountBody, body)
     return _chat(_prompt(parsed))
-
-
-def _validate(model: type[_Body], body: object) -> Any:
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except PydanticValidationError as exc:
-        error = exc.errors()[0]
-        where = _where(error["loc"])
-        raise BadRequest(f"{where}: {error['msg']}", where) from None
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    """`messages[0].role` from pydantic's error location, without the union members it
-    names on the way ("str", "list[any]")."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part.isidentifier() and part.islower() and part not in {"str", "int", "bool"}:
-            text += f".{part}" if text else part
-    return text or "body"
 
 
 def _max_tokens(value: object) -> int:

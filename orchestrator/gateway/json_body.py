@@ -13,7 +13,10 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
 from orchestrator.gateway.errors import BadRequest
 
@@ -22,6 +25,9 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 # levels per object), far below where Python's parser runs out of stack.
 MAX_DEPTH = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Union members pydantic names in an error's location; not fields ("str", "list").
+_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class BodyTimeout(BadRequest):
@@ -105,3 +111,28 @@ def _check_text(text: str, field: str) -> None:
 
 def _too_deep() -> BadRequest:
     return BadRequest(f"request body nests JSON more than {MAX_DEPTH} levels deep")
+
+
+def validated(model: type[Body], body: object) -> Body:
+    """`body` (a parsed JSON body) as `model`; its first problem as a 400 naming the field,
+    e.g. `messages[0].role: Input should be 'user' or 'assistant'`."""
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except PydanticValidationError as exc:
+        error = exc.errors()[0]
+        where = field_path(error["loc"])
+        raise BadRequest(f"{where}: {error['msg']}", where) from None
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """`messages[0].role` from pydantic's error location, without the union members it
+    names on the way ("str", "list[_Message]")."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif part.isidentifier() and part.islower() and part not in _TYPE_NAMES:
+            text += f".{part}" if text else part
+    return text or "body"

@@ -23,13 +23,13 @@ from typing import Any, Literal
 
 from llamaherd.v1 import generation_pb2 as gen_pb
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, StrictStr
-from pydantic import ValidationError as PydanticValidationError
 
 from common.errors import LlamaherdError
 from common.status import ModelStatus
 from orchestrator.cluster.types import ClusterSnapshot
 from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway.errors import BadRequest, ModelNotServed
+from orchestrator.gateway.json_body import validated
 
 # The Ollama release whose API (api/types.go, docs/api.md) these shapes follow; clients
 # compare it to decide which features to use.
@@ -314,7 +314,7 @@ class EmbedCall:
 
 def parse_chat(body: object, aliases: Collection[str]) -> GenerationCall:
     """An /api/chat body, its model resolved against `aliases`."""
-    parsed = _validate(_ChatBody, body)
+    parsed = validated(_ChatBody, body)
     name, alias = _model(parsed.model, aliases)
     options = _common(parsed)
     if not parsed.messages:
@@ -332,7 +332,7 @@ def parse_chat(body: object, aliases: Collection[str]) -> GenerationCall:
 def parse_generate(body: object, aliases: Collection[str]) -> GenerationCall:
     """An /api/generate body. The prompt goes through the model's chat template as a user
     message (after `system`), as Ollama renders it; `raw` sends it as written."""
-    parsed = _validate(_GenerateBody, body)
+    parsed = validated(_GenerateBody, body)
     name, alias = _model(parsed.model, aliases)
     options = _common(parsed)
     if parsed.images:
@@ -371,7 +371,7 @@ def parse_generate(body: object, aliases: Collection[str]) -> GenerationCall:
 
 def parse_embed(body: object, aliases: Collection[str]) -> EmbedCall:
     """An /api/embed body: `input` is a text or a list of texts."""
-    parsed = _validate(_EmbedBody, body)
+    parsed = validated(_EmbedBody, body)
     name, alias = _model(parsed.model, aliases)
     options = parse_options(parsed.options)
     ignored = _keep_alive(parsed.keep_alive, options.ignored)
@@ -388,7 +388,7 @@ def parse_embed(body: object, aliases: Collection[str]) -> EmbedCall:
 def parse_embeddings(body: object, aliases: Collection[str]) -> EmbedCall:
     """An /api/embeddings body (Ollama's older form): one `prompt`, a vector not
     normalised."""
-    parsed = _validate(_EmbeddingsBody, body)
+    parsed = validated(_EmbeddingsBody, body)
     name, alias = _model(parsed.model, aliases)
     options = parse_options(parsed.options)
     ignored = _keep_alive(parsed.keep_alive, options.ignored)
@@ -401,7 +401,7 @@ def parse_embeddings(body: object, aliases: Collection[str]) -> EmbedCall:
 
 def parse_model_name(body: object) -> str:
     """The model an /api/show body names (`model`, or the older `name`)."""
-    parsed = _validate(_ModelBody, body)
+    parsed = validated(_ModelBody, body)
     name: str = parsed.model or parsed.name
     if not name:
         raise BadRequest("model is required", "model")
@@ -435,32 +435,6 @@ def _context(replica: ModelStatus) -> int:
 
 
 _NO_IMAGES = "images are not supported: llamaherd serves text models"
-
-
-def _validate(model: type[_Body], body: object) -> Any:
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    try:
-        return model.model_validate(body)
-    except PydanticValidationError as exc:
-        error = exc.errors()[0]
-        where = _where(error["loc"])
-        raise BadRequest(f"{where}: {error['msg']}", where) from None
-
-
-def _where(loc: tuple[int | str, ...]) -> str:
-    """`messages[0].role` from pydantic's error location, without the union members it
-    names on the way ("str", "list[_Message]")."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif part.isidentifier() and part.islower() and part not in _TYPE_NAMES:
-            text += f".{part}" if text else part
-    return text or "body"
-
-
-_TYPE_NAMES = {"str", "int", "float", "bool", "list", "dict"}
 
 
 def _model(name: str, aliases: Collection[str]) -> tuple[str, str]:
