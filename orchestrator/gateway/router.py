@@ -230,9 +230,7 @@ class Router:
         sent = Progress()
         last_error: LlamaherdError | None = None
         failed: NodeId | None = None
-        trace = self._begin(request)
-        outcome = _Outcome()
-        try:
+        with self._traced(request) as outcome:
             for _ in range(self.retries + 1):
                 candidate = self._next(request, exclude, last_error, sent)
                 node = outcome.node = candidate.node_id
@@ -249,7 +247,7 @@ class Router:
                             if base.started and chunk.finish_reason:
                                 _add_earlier_usage(chunk, base)
                             sent = sent.after(chunk)
-                            trace.chunk(node, len(chunk.token_ids))
+                            outcome.trace.chunk(node, len(chunk.token_ids))
                             if chunk.finish_reason:
                                 # Complete: a client that closes the stream now (as the
                                 # HTTP API does after the last chunk) has had it all.
@@ -270,11 +268,6 @@ class Router:
                 exclude.add(node)
                 failed = node
             raise self._gave_up(last_error, sent)
-        except BaseException as exc:
-            outcome.failed(exc)
-            raise
-        finally:
-            outcome.record(trace)
 
     async def complete(self, request: RouteRequest, open_call: OpenGeneration) -> Completed:
         """A whole generation from a worker chosen for `request`. Its client receives
@@ -283,9 +276,7 @@ class Router:
         had failed)."""
         exclude: set[NodeId] = set()
         last_error: LlamaherdError | None = None
-        trace = self._begin(request)
-        outcome = _Outcome()
-        try:
+        with self._traced(request) as outcome:
             for _ in range(self.retries + 1):
                 candidate = self._choose_or_last(request, exclude, last_error)
                 node = outcome.node = candidate.node_id
@@ -296,7 +287,7 @@ class Router:
                     try:
                         chunks = []
                         async for chunk in self._read(call, node):
-                            trace.chunk(node, len(chunk.token_ids))
+                            outcome.trace.chunk(node, len(chunk.token_ids))
                             chunks.append(chunk)
                         outcome.name = OK
                         return Completed(chunks, node, sorted(exclude))
@@ -312,11 +303,6 @@ class Router:
                 exclude.add(node)
             assert last_error is not None
             raise last_error
-        except BaseException as exc:
-            outcome.failed(exc)
-            raise
-        finally:
-            outcome.record(trace)
 
     async def unary(
         self,
@@ -327,9 +313,7 @@ class Router:
         errors."""
         exclude: set[NodeId] = set()
         last_error: LlamaherdError | None = None
-        trace = self._begin(request)
-        outcome = _Outcome()
-        try:
+        with self._traced(request) as outcome:
             for _ in range(self.retries + 1):
                 candidate = self._choose_or_last(request, exclude, last_error)
                 key = (candidate.node_id, candidate.replica.alias)
@@ -348,14 +332,19 @@ class Router:
                 exclude.add(candidate.node_id)
             assert last_error is not None
             raise last_error
+
+    @contextlib.contextmanager
+    def _traced(self, request: RouteRequest) -> Iterator[_Outcome]:
+        """One relayed request's trace: its outcome is recorded once, however it ends."""
+        trace = _UNTRACED if self.traffic is None else self.traffic.begin(request.alias)
+        outcome = _Outcome(trace)
+        try:
+            yield outcome
         except BaseException as exc:
             outcome.failed(exc)
             raise
         finally:
-            outcome.record(trace)
-
-    def _begin(self, request: RouteRequest) -> RequestTrace | _Untraced:
-        return _UNTRACED if self.traffic is None else self.traffic.begin(request.alias)
+            outcome.record()
 
     async def _read(self, call: WorkerStream[Chunk], node: NodeId) -> AsyncIterator[Chunk]:
         """The call's chunks; after the first, a silence longer than stall_timeout_s is the
@@ -460,9 +449,10 @@ class _Outcome:
     returned nor raised an error was left by its client (CancelledError, or GeneratorExit
     when a stream is closed early), which is `cancelled`."""
 
-    __slots__ = ("model", "name", "node")
+    __slots__ = ("model", "name", "node", "trace")
 
-    def __init__(self) -> None:
+    def __init__(self, trace: RequestTrace | _Untraced) -> None:
+        self.trace = trace
         self.name = CANCELLED
         self.node = ""  # the node chosen last, "" while none is
         self.model: str | None = None  # the recorded label, when not the request's alias
@@ -475,8 +465,8 @@ class _Outcome:
         elif not isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
             self.name = ErrorKind.INTERNAL.value  # a fault of the gateway's own
 
-    def record(self, trace: RequestTrace | _Untraced) -> None:
-        trace.finish(self.name, self.node, self.model)
+    def record(self) -> None:
+        self.trace.finish(self.name, self.node, self.model)
 
 
 def _add_earlier_usage(final: Chunk, earlier: Progress) -> None:
