@@ -82,11 +82,10 @@ class _Series:
         self.columns = {name: collections.deque[Value](maxlen=capacity) for name in SERIES}
 
     def append(self, t: float, figures: dict[str, Value]) -> None:
-        # Three decimals are more than a chart shows and keep the document small (a full
-        # 15-minute history is a third of its size with all of a float's digits).
-        self.t.append(round(t, 3))
+        self.t.append(t)
         for name, column in self.columns.items():
             value = figures[name]
+            # Three decimals are more than a chart shows, and keep the document small.
             column.append(round(value, 3) if isinstance(value, float) else value)
 
     def drop_before(self, oldest: float) -> None:
@@ -139,7 +138,9 @@ class NodeHistory:
         """Records the snapshot's nodes now, if a sample is due; True when it did. A tick
         up to 10 % early counts as on time, so a caller ticking every interval_s / k
         samples every k-th tick."""
-        now = self._clock()
+        # Rounded once, here: the newest point's time is also the mark an update is cut at,
+        # so the two must be the same number (or the point would be sent twice).
+        now = round(self._clock(), 3)
         if self._last is not None and now - self._last < self.interval_s * 0.9:
             return False
         self._last = self.latest = now

@@ -111,6 +111,16 @@ def test_samples_come_every_interval_and_stay_within_the_window() -> None:
     json.dumps(history.to_json(), allow_nan=False)
 
 
+def test_an_update_cut_at_the_newest_point_never_repeats_it() -> None:
+    # Times are kept to the millisecond: a wall clock that rounds up (…0.8176 → …0.818)
+    # must not leave the stored point newer than the mark an update is cut at.
+    clock = Clock(T0 + 0.8176)
+    history = NodeHistory(interval_s=2.0, window_s=10.0, clock=clock)
+    history.sample(snap(with_sample(node("w1"), NodeSample(T0, host()))))
+    assert history.to_json()["nodes"]["w1"]["t"] == [history.latest]
+    assert history.to_json(since=history.latest)["nodes"] == {}
+
+
 def test_a_forgotten_node_is_dropped_once_its_last_point_leaves_the_window() -> None:
     clock = Clock()
     history = NodeHistory(interval_s=1.0, window_s=5.0, clock=clock)
