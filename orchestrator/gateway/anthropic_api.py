@@ -28,6 +28,7 @@ from orchestrator.cluster.types import NodeId
 from orchestrator.gateway import anthropic_schema as an
 from orchestrator.gateway.http_relay import (
     NODE_HEADER,
+    STREAM_HEADERS,
     Chunks,
     completed_headers,
     first_chunk,
@@ -41,8 +42,6 @@ from orchestrator.gateway.route_requests import for_chat, http_session, resumabl
 from orchestrator.gateway.router import Router
 
 log = logging.getLogger(__name__)
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class AnthropicRoutes:
@@ -75,7 +74,7 @@ class AnthropicRoutes:
         node, first = await first_chunk(request, chunks)
         events = _events(chunks, node, first, message_id, parsed.model)
         return StreamingResponse(
-            events, media_type="text/event-stream", headers={NODE_HEADER: node, **SSE_HEADERS}
+            events, media_type="text/event-stream", headers={NODE_HEADER: node, **STREAM_HEADERS}
         )
 
     async def count_tokens(self, request: Request) -> Response:

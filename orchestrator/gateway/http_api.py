@@ -41,6 +41,7 @@ from orchestrator.gateway.errors import BadRequest, http_headers, http_status, o
 from orchestrator.gateway.http_relay import (
     CLIENT_GONE,
     NODE_HEADER,
+    STREAM_HEADERS,
     Chunks,
     ClientGone,
     GenerationRequest,
@@ -182,7 +183,7 @@ class OpenAIRoutes:
         return StreamingResponse(
             events,
             media_type="text/event-stream",
-            headers={NODE_HEADER: node, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={NODE_HEADER: node, **STREAM_HEADERS},
         )
 
 

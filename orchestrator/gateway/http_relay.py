@@ -23,6 +23,8 @@ from orchestrator.worker_client import WorkerClient, WorkerStream
 
 NODE_HEADER = "x-llamaherd-node"
 RETRIED_HEADER = "x-llamaherd-retried-from"
+# A token stream's headers besides its node: never cached, never buffered by a proxy (nginx).
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 CLIENT_GONE = 499  # nginx's "client closed request": never sent, only logged
 Chunks = AsyncGenerator[tuple[NodeId, gen_pb.GenerationChunk], None]
 GenerationRequest: TypeAlias = gen_pb.GenerateRequest | gen_pb.ChatRequest
