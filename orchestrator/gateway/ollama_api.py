@@ -31,6 +31,7 @@ from orchestrator.gateway import ollama_schema as ol
 from orchestrator.gateway.errors import BadRequest, Overloaded
 from orchestrator.gateway.http_relay import (
     NODE_HEADER,
+    STREAM_HEADERS,
     Chunks,
     completed_headers,
     first_chunk,
@@ -130,7 +131,9 @@ class OllamaRoutes:
         chunks: Chunks = self._router.stream(route, open_call, resumable=resumable(generation))
         node, first = await first_chunk(request, chunks)
         lines = self._lines(chunks, node, first, parsed, started)
-        return StreamingResponse(lines, media_type=NDJSON, headers={NODE_HEADER: node, **headers})
+        return StreamingResponse(
+            lines, media_type=NDJSON, headers={NODE_HEADER: node, **STREAM_HEADERS, **headers}
+        )
 
     async def _lines(
         self,
