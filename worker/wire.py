@@ -28,6 +28,14 @@ from worker.engine.generation import (
     GenerationEvent,
     TextDelta,
     Timings,
+    TokenLogprob,
+    TokenLogprobs,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolChoiceMode,
+    Tools,
     Usage,
 )
 from worker.engine.sampling import SamplingParams
@@ -43,6 +51,7 @@ _DEFAULT_SAMPLING = SamplingParams()
 _FINISH = {
     FinishReason.STOP: gen_pb.FINISH_REASON_STOP,
     FinishReason.LENGTH: gen_pb.FINISH_REASON_LENGTH,
+    FinishReason.TOOL_CALLS: gen_pb.FINISH_REASON_TOOL_CALLS,
 }
 _FINISH_FROM = {code: reason for reason, code in _FINISH.items()}
 
@@ -85,17 +94,119 @@ def constraint_to_proto(constraint: Constraint | None) -> gen_pb.OutputConstrain
 
 
 def messages_from_proto(messages: list[gen_pb.ChatMessage]) -> list[ChatMessage]:
-    return [ChatMessage(m.role, m.content) for m in messages]
+    return [
+        ChatMessage(
+            m.role,
+            m.content,
+            tool_calls=tuple(ToolCall(c.id, c.name, c.arguments) for c in m.tool_calls),
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
+        for m in messages
+    ]
 
 
 def messages_to_proto(messages: Sequence[ChatMessage]) -> list[gen_pb.ChatMessage]:
-    return [gen_pb.ChatMessage(role=m.role, content=m.content) for m in messages]
+    return [
+        gen_pb.ChatMessage(
+            role=m.role,
+            content=m.content,
+            tool_calls=[
+                gen_pb.ToolCall(id=c.id, name=c.name, arguments=c.arguments) for c in m.tool_calls
+            ],
+            tool_call_id=m.tool_call_id,
+            name=m.name,
+        )
+        for m in messages
+    ]
+
+
+_TOOL_CHOICE = {
+    gen_pb.ToolChoice.MODE_AUTO: ToolChoiceMode.AUTO,
+    gen_pb.ToolChoice.MODE_NONE: ToolChoiceMode.NONE,
+    gen_pb.ToolChoice.MODE_REQUIRED: ToolChoiceMode.REQUIRED,
+    gen_pb.ToolChoice.MODE_FUNCTION: ToolChoiceMode.FUNCTION,
+}
+_TOOL_CHOICE_TO = {mode: code for code, mode in _TOOL_CHOICE.items()}
+
+
+def tools_from_proto(request: gen_pb.ChatRequest) -> Tools:
+    """The tools a chat request offers; checking them (names, schemas) is the chat layer's."""
+    choice = request.tool_choice
+    return Tools(
+        tools=tuple(Tool(t.name, t.description, t.parameters_json) for t in request.tools),
+        choice=ToolChoice(_TOOL_CHOICE[choice.mode], choice.function),
+        parallel=request.parallel_tool_calls if request.HasField("parallel_tool_calls") else True,
+    )
+
+
+def tools_to_proto(tools: Tools, request: gen_pb.ChatRequest) -> None:
+    """Sets `tools` on `request` (a relay's copy of a chat request)."""
+    request.tools.extend(
+        gen_pb.Tool(name=t.name, description=t.description, parameters_json=t.parameters_json)
+        for t in tools.tools
+    )
+    request.tool_choice.CopyFrom(
+        gen_pb.ToolChoice(mode=_TOOL_CHOICE_TO[tools.choice.mode], function=tools.choice.function)
+    )
+    if not tools.parallel:
+        request.parallel_tool_calls = False
+
+
+def _logprob_from_proto(msg: gen_pb.TokenLogprob) -> TokenLogprob:
+    return TokenLogprob(msg.token_id, msg.piece, msg.logprob)
+
+
+def _logprobs_from_proto(msgs: Sequence[gen_pb.TokenLogprobs]) -> tuple[TokenLogprobs, ...]:
+    return tuple(
+        TokenLogprobs(_logprob_from_proto(m.chosen), tuple(map(_logprob_from_proto, m.top)))
+        for m in msgs
+    )
+
+
+# -inf (a token the grammar or a bias rules out) travels as a finite floor, as OpenAI does.
+LOGPROB_FLOOR = -9999.0
+
+
+def _logprob_to_proto(lp: TokenLogprob) -> gen_pb.TokenLogprob:
+    return gen_pb.TokenLogprob(
+        token_id=lp.token_id, piece=lp.piece, logprob=max(lp.logprob, LOGPROB_FLOOR)
+    )
+
+
+def _logprobs_to_proto(items: Sequence[TokenLogprobs]) -> list[gen_pb.TokenLogprobs]:
+    return [
+        gen_pb.TokenLogprobs(
+            chosen=_logprob_to_proto(i.chosen), top=[_logprob_to_proto(t) for t in i.top]
+        )
+        for i in items
+    ]
+
+
+def _tool_deltas_from_proto(msgs: Sequence[gen_pb.ToolCallDelta]) -> tuple[ToolCallDelta, ...]:
+    return tuple(ToolCallDelta(m.index, m.id, m.name, m.arguments) for m in msgs)
+
+
+def _tool_deltas_to_proto(deltas: Sequence[ToolCallDelta]) -> list[gen_pb.ToolCallDelta]:
+    return [
+        gen_pb.ToolCallDelta(index=d.index, id=d.id, name=d.name, arguments=d.arguments)
+        for d in deltas
+    ]
 
 
 def chunk_from_proto(msg: gen_pb.GenerationChunk) -> GenerationEvent:
     """The event a chunk carries; on the per-token path of a split model's relay."""
+    logprobs = _logprobs_from_proto(msg.logprobs)
+    tool_calls = _tool_deltas_from_proto(msg.tool_calls)
     if msg.finish_reason == gen_pb.FINISH_REASON_UNSPECIFIED:
-        return TextDelta(msg.text, tuple(msg.token_ids))
+        return TextDelta(
+            msg.text,
+            tuple(msg.token_ids),
+            logprobs=logprobs,
+            index=msg.index,
+            reasoning=msg.reasoning,
+            tool_calls=tool_calls,
+        )
     u, t = msg.usage, msg.timings
     return Finished(
         text=msg.text,
@@ -112,24 +223,37 @@ def chunk_from_proto(msg: gen_pb.GenerationChunk) -> GenerationEvent:
             decode_tokens_per_second=t.decode_tokens_per_second,
         ),
         stop_sequence=msg.stop_sequence,
+        logprobs=logprobs,
+        index=msg.index,
+        reasoning=msg.reasoning,
+        tool_calls=tool_calls,
     )
 
 
 def chunk_to_proto(event: GenerationEvent) -> gen_pb.GenerationChunk:
-    if not isinstance(event, Finished):
-        return gen_pb.GenerationChunk(text=event.text, token_ids=event.token_ids)
-    u, t = event.usage, event.timings
-    return gen_pb.GenerationChunk(
+    chunk = gen_pb.GenerationChunk(
         text=event.text,
         token_ids=event.token_ids,
-        finish_reason=_FINISH[event.finish_reason],
-        usage=gen_pb.Usage(
+        index=event.index,
+        reasoning=event.reasoning,
+        logprobs=_logprobs_to_proto(event.logprobs) if event.logprobs else None,
+        tool_calls=_tool_deltas_to_proto(event.tool_calls) if event.tool_calls else None,
+    )
+    if not isinstance(event, Finished):
+        return chunk
+    u, t = event.usage, event.timings
+    chunk.finish_reason = _FINISH[event.finish_reason]
+    chunk.stop_sequence = event.stop_sequence
+    chunk.usage.CopyFrom(
+        gen_pb.Usage(
             prompt_tokens=u.prompt_tokens,
             completion_tokens=u.completion_tokens,
             total_tokens=u.total_tokens,
             cached_prompt_tokens=u.cached_prompt_tokens,
-        ),
-        timings=gen_pb.Timings(
+        )
+    )
+    chunk.timings.CopyFrom(
+        gen_pb.Timings(
             queue_ms=t.queue_ms,
             prompt_ms=t.prompt_ms,
             time_to_first_token_ms=t.time_to_first_token_ms,
@@ -137,9 +261,9 @@ def chunk_to_proto(event: GenerationEvent) -> gen_pb.GenerationChunk:
             prompt_tokens_per_second=t.prompt_tokens_per_second,
             decode_tokens_per_second=t.decode_tokens_per_second,
             total_ms=t.total_ms,
-        ),
-        stop_sequence=event.stop_sequence,
+        )
     )
+    return chunk
 
 
 def embeddings_to_proto(result: EmbeddingResult) -> gen_pb.EmbedResponse:

@@ -16,6 +16,14 @@ from worker.engine.generation import (
     FinishReason,
     TextDelta,
     Timings,
+    TokenLogprob,
+    TokenLogprobs,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolChoiceMode,
+    Tools,
     Usage,
 )
 from worker.engine.sampling import SamplingParams
@@ -102,3 +110,52 @@ def test_tokens_and_their_pieces_survive_the_wire() -> None:
     tokenized = Tokenized((2, 9038, 239), (b"<bos>", b"Once", b"\xe2\x9c"))
     assert wire.tokenized_from_proto(wire.tokenized_to_proto(tokenized)) == tokenized
     assert wire.tokenized_from_proto(wire.tokenized_to_proto(Tokenized((2,)))).pieces == ()
+
+
+def test_tool_calls_and_tool_results_in_the_history_survive_the_wire() -> None:
+    messages = [
+        ChatMessage("user", "Weather in Oslo?"),
+        ChatMessage(
+            "assistant", "", tool_calls=(ToolCall("call_1", "weather", '{"city":"Oslo"}'),)
+        ),
+        ChatMessage("tool", '{"temp": 3}', tool_call_id="call_1", name="weather"),
+    ]
+    assert wire.messages_from_proto(wire.messages_to_proto(messages)) == messages
+
+
+@pytest.mark.parametrize(
+    "tools",
+    [
+        Tools(),
+        Tools((Tool("weather", "Current weather", '{"type":"object"}'),)),
+        Tools(
+            (Tool("a"), Tool("b")),
+            ToolChoice(ToolChoiceMode.FUNCTION, "b"),
+            parallel=False,
+        ),
+        Tools((Tool("a"),), ToolChoice(ToolChoiceMode.REQUIRED)),
+    ],
+)
+def test_tools_survive_the_wire(tools: Tools) -> None:
+    request = gen_pb.ChatRequest(model="m")
+    wire.tools_to_proto(tools, request)
+    assert wire.tools_from_proto(request) == tools
+
+
+def test_a_chunk_with_logprobs_reasoning_and_tool_call_deltas_survives_the_wire() -> None:
+    lp = TokenLogprobs(TokenLogprob(7, b"\xe2\x9c", -0.25), (TokenLogprob(7, b"\xe2\x9c", -0.25),))
+    event = TextDelta(
+        "",
+        (7,),
+        logprobs=(lp,),
+        index=2,
+        reasoning="hmm",
+        tool_calls=(ToolCallDelta(0, "call_1", "weather", '{"ci'),),
+    )
+    assert wire.chunk_from_proto(wire.chunk_to_proto(event)) == event
+
+
+def test_an_impossible_token_travels_with_a_finite_logprob() -> None:
+    lp = TokenLogprobs(TokenLogprob(1, b"a", float("-inf")))
+    chunk = wire.chunk_to_proto(TextDelta("a", (1,), logprobs=(lp,)))
+    assert chunk.logprobs[0].chosen.logprob == wire.LOGPROB_FLOOR
