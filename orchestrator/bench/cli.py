@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from orchestrator.bench.metrics import SloError, parse_slo
-from orchestrator.bench.workload import Level, WorkloadError, parse_levels
+from orchestrator.bench.workload import Level, WorkloadError, parse_lengths, parse_levels
 
 if TYPE_CHECKING:
     from orchestrator.bench.run import BenchConfig, Progress
@@ -42,14 +42,25 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: i
         "LLAMAHERD_API_KEY when set)",
     )  # fmt: skip
     parser.add_argument(
-        "--prompt-tokens",
-        type=int,
-        default=128,
-        metavar="N",
-        help="prompt length in tokens, as the server counts them (default 128)",
-    )
-    parser.add_argument("--output-tokens", type=int, default=64, metavar="N",
-                        help="tokens to generate per request (default 64)")  # fmt: skip
+        "--prompt-tokens", default="128", metavar="N|DIST",
+        help="prompt length in tokens, as the server counts them: N (default 128), "
+        "uniform:MIN-MAX or normal:MEAN,STDEV (drawn per request from the seed)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output-tokens", default="64", metavar="N|DIST",
+        help="tokens to generate per request: N (default 64), uniform:MIN-MAX or "
+        "normal:MEAN,STDEV",
+    )  # fmt: skip
+    parser.add_argument(
+        "--turns", type=int, default=1, metavar="K",
+        help="multi-turn chats (--api chat, --concurrency): each stream is a user holding "
+        "chats of K turns, each turn sending the history so far plus --prompt-tokens new tokens",
+    )  # fmt: skip
+    parser.add_argument(
+        "--system-tokens", type=int, default=0, metavar="N",
+        help="a system prompt of about N tokens shared by every user (--api chat), so a "
+        "server's prefix cache matters",
+    )  # fmt: skip
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
         "--concurrency",
@@ -126,10 +137,18 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         levels = parse_levels("poisson", args.poisson)
     else:
         levels = parse_levels("concurrency", args.concurrency or "1")
-    for flag, value in (("--prompt-tokens", args.prompt_tokens),
-                        ("--output-tokens", args.output_tokens)):  # fmt: skip
-        if value < 1:
-            raise WorkloadError(f"{flag} {value}: must be at least 1")
+    prompt = parse_lengths("--prompt-tokens", str(args.prompt_tokens))
+    output = parse_lengths("--output-tokens", str(args.output_tokens))
+    if args.turns < 1:
+        raise WorkloadError(f"--turns {args.turns}: must be at least 1")
+    if args.system_tokens < 0:
+        raise WorkloadError(f"--system-tokens {args.system_tokens}: must be 0 or more")
+    if args.turns > 1 or args.system_tokens:
+        flag = "--turns" if args.turns > 1 else "--system-tokens"
+        if args.api != "chat":
+            raise WorkloadError(f"{flag} needs --api chat (a chat has turns and a system prompt)")
+        if levels[0].kind != "concurrency":
+            raise WorkloadError(f"{flag} needs --concurrency (each stream is one user's chat)")
     if args.requests is not None and args.requests < 1:
         raise WorkloadError(f"--requests {args.requests}: must be at least 1")
     if args.duration is not None and not args.duration > 0:
@@ -143,8 +162,12 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     return BenchConfig(
         target=Target(args.url.rstrip("/"), args.model, args.api, api_key),
         levels=levels,
-        prompt_tokens=args.prompt_tokens,
-        output_tokens=args.output_tokens,
+        prompt_tokens=prompt.fixed or max(1, round(prompt.mean)),
+        output_tokens=output.fixed or max(1, round(output.mean)),
+        prompt_lengths=None if prompt.fixed else prompt,
+        output_lengths=None if output.fixed else output,
+        turns=args.turns,
+        system_tokens=args.system_tokens,
         requests=None if args.duration else (args.requests or 20),
         duration_s=args.duration,
         warmup=args.warmup,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import httpx
 
-from orchestrator.bench.metrics import RequestRecord
+from orchestrator.bench.metrics import RequestRecord, node_power
 
 Api = Literal["completions", "chat"]
 NODE_HEADER = "x-llamaherd-node"
@@ -93,13 +93,18 @@ async def check_model(client: httpx.AsyncClient, target: Target) -> None:
 
 
 def payload(
-    target: Target, prompt: str, max_tokens: int, sampling: dict[str, Any]
+    target: Target,
+    prompt: str,
+    max_tokens: int,
+    sampling: dict[str, Any],
+    history: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """The request body. `ignore_eos` asks llama-server and vLLM for exactly max_tokens
-    tokens; servers that do not know it ignore it (their real lengths are recorded)."""
+    tokens; servers that do not know it ignore it (their real lengths are recorded).
+    `history` (chat only): the messages before this prompt (system prompt, earlier turns)."""
     body: dict[str, Any] = {"model": target.model, "max_tokens": max_tokens, **sampling}
     if target.api == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = [*history, {"role": "user", "content": prompt}]
     else:
         body["prompt"] = prompt
     return body
@@ -141,12 +146,18 @@ class RequestSpec:
     index: int
     warmup: bool
     body: dict[str, Any]
+    turn: int | None = None  # 1-based turn of a multi-turn chat
 
 
 async def stream_request(
-    client: httpx.AsyncClient, target: Target, spec: RequestSpec, clock: Callable[[], float]
+    client: httpx.AsyncClient,
+    target: Target,
+    spec: RequestSpec,
+    clock: Callable[[], float],
+    text: list[str] | None = None,
 ) -> RequestRecord:
-    """Sends one streamed request and records when each content chunk arrived."""
+    """Sends one streamed request and records when each content chunk arrived; the content
+    itself is appended to `text` when given (a multi-turn chat keeps the reply)."""
     body = {**spec.body, "stream": True, "stream_options": {"include_usage": True}}
     chunks: list[float] = []
     usage: dict[str, Any] = {}
@@ -176,8 +187,10 @@ async def stream_request(
                         error = ("stream_error", _error_message(data))
                         break
                     usage = event.get("usage") or usage
-                    if _content(event, target.api):
+                    if content := _content(event, target.api):
                         chunks.append(now)
+                        if text is not None:
+                            text.append(content)
     except httpx.TimeoutException as exc:
         error = ("timeout", str(exc) or "timed out")
     except httpx.ConnectError as exc:
@@ -199,13 +212,27 @@ async def stream_request(
         node=node,
         error=error[0] if error else None,
         detail=error[1][:300] if error else None,
+        turn=spec.turn,
     )
 
 
-def _content(event: dict[str, Any], api: Api) -> bool:
+def _content(event: dict[str, Any], api: Api) -> str:
     choices = event.get("choices") or []
     if not choices:
-        return False
+        return ""
     choice = choices[0]
     text = (choice.get("delta") or {}).get("content") if api == "chat" else choice.get("text")
-    return bool(text)
+    return text if isinstance(text, str) else ""
+
+
+async def cluster_power(
+    client: httpx.AsyncClient, target: Target
+) -> dict[str, tuple[float, float, str]] | None:
+    """Each node's (taken_at, watts, source) from the endpoint's /v1/cluster, {} when no
+    node reports power, None when the endpoint has no cluster view (a peer such as
+    llama-server) or it could not be read this time: energy is then n/a, never an error."""
+    try:
+        reply = await client.get(f"{target.url}/cluster", headers=target.headers, timeout=5.0)
+        return node_power(reply.json()) if reply.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None

@@ -9,6 +9,8 @@ define them. Pure functions: every time is a number of seconds on one monotonic 
 - Throughput: over the measured window (first measured send to last measured end;
   warm-up excluded): requests, output tokens and all tokens per second.
 - Goodput: requests per second, over the same window, that met every SLO term.
+- Energy per output token (where nodes report power): each node's mean power over the
+  level's samples x the level's window, divided by the output tokens that node served.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RequestRecord:
     node: str | None  # the x-llamaherd-node header, when the endpoint sends it
     error: str | None = None  # the kind of failure (http_429, timeout, ...); None when served
     detail: str | None = None  # the failure's message, for the record
+    turn: int | None = None  # 1-based turn within its conversation (multi-turn chats only)
 
     @property
     def ok(self) -> bool:
@@ -257,3 +260,150 @@ def level_figures(records: Sequence[RequestRecord], slo: Sequence[SloTerm]) -> L
         goodput=sum(meets(r, slo) for r in served) * per_s if slo else None,
         slo_met=slo_met,
     )
+
+
+# ---- per node and per turn ----------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeFigures:
+    """One node's part of a level: what it served and how fast, from the serving-node
+    header (node "unknown" when the endpoint sends none)."""
+
+    requests: int
+    share: float
+    output_tokens: int
+    output_token_throughput: float  # its output tokens over the level's window
+    ttft_p50: float | None
+    itl_p50: float | None
+    e2e_p50: float | None
+
+
+def _p50(values: Sequence[float]) -> float | None:
+    return percentile(values, 50) if values else None
+
+
+def node_figures(records: Sequence[RequestRecord]) -> dict[str, NodeFigures]:
+    """Each node's requests, share, output tokens and median latencies in one level."""
+    measured = [r for r in records if not r.warmup]
+    served = [r for r in measured if r.ok]
+    window = (max(r.done_s for r in measured) - min(r.sent_s for r in measured)) if measured else 0
+    by_node: dict[str, list[RequestRecord]] = {}
+    for r in served:
+        by_node.setdefault(r.node or "unknown", []).append(r)
+    figures = {}
+    for node, mine in sorted(by_node.items()):
+        tokens = sum(r.output_tokens for r in mine)
+        figures[node] = NodeFigures(
+            requests=len(mine),
+            share=len(mine) / len(served),
+            output_tokens=tokens,
+            output_token_throughput=tokens / window if window > 0 else 0.0,
+            ttft_p50=_p50([r.ttft for r in mine]),
+            itl_p50=_p50([gap for r in mine for gap in r.itls]),
+            e2e_p50=_p50([r.e2e for r in mine]),
+        )
+    return figures
+
+
+def turn_ttft(records: Sequence[RequestRecord]) -> dict[int, float]:
+    """Median TTFT by conversation turn (multi-turn chats): a server that caches the shared
+    system prompt and the history answers later turns' long prompts sooner."""
+    by_turn: dict[int, list[float]] = {}
+    for r in records:
+        if not r.warmup and r.ok and r.turn is not None:
+            by_turn.setdefault(r.turn, []).append(r.ttft)
+    return {turn: percentile(ttfts, 50) for turn, ttfts in sorted(by_turn.items())}
+
+
+# ---- energy -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PowerSample:
+    """One node's power as the cluster view reported it while a level ran."""
+
+    level: int
+    node: str
+    taken_at: float  # the node's sample time (unix s): repeated polls of one sample count once
+    watts: float
+    source: str  # "board" (Jetson VDD_IN or rail sum) or "gpu" (sum of the GPUs' NVML power)
+
+
+@dataclass(frozen=True)
+class NodeEnergy:
+    mean_watts: float
+    samples: int
+    source: str
+    joules: float  # mean_watts x the level's window
+    output_tokens: int  # what the node served in the level
+    joules_per_output_token: float | None  # None when it served no output token
+
+
+@dataclass(frozen=True)
+class EnergyFigures:
+    """A level's energy: per node that reported power, and in total over those nodes."""
+
+    nodes: dict[str, NodeEnergy]
+    joules: float
+    joules_per_output_token: float | None
+
+
+def energy_figures(
+    samples: Sequence[PowerSample], records: Sequence[RequestRecord]
+) -> EnergyFigures | None:
+    """Joules per output token per node and in total, or None when no node reported power
+    (then the report says n/a). A node's energy is its mean power over the level's distinct
+    samples times the level's window; the total divides the nodes' joules by the output
+    tokens those nodes served (requests served by nodes without power are left out)."""
+    measured = [r for r in records if not r.warmup]
+    if not samples or not measured:
+        return None
+    window = max(r.done_s for r in measured) - min(r.sent_s for r in measured)
+    tokens: Counter[str] = Counter()
+    for r in measured:
+        if r.ok:
+            tokens[r.node or "unknown"] += r.output_tokens
+    distinct: dict[str, dict[float, PowerSample]] = {}
+    for sample in samples:
+        distinct.setdefault(sample.node, {})[sample.taken_at] = sample
+    nodes = {}
+    for node, by_time in sorted(distinct.items()):
+        watts = [s.watts for s in by_time.values()]
+        mean = sum(watts) / len(watts)
+        joules = mean * window
+        nodes[node] = NodeEnergy(
+            mean_watts=mean,
+            samples=len(watts),
+            source=next(iter(by_time.values())).source,
+            joules=joules,
+            output_tokens=tokens[node],
+            joules_per_output_token=joules / tokens[node] if tokens[node] else None,
+        )
+    total_joules = sum(n.joules for n in nodes.values())
+    total_tokens = sum(n.output_tokens for n in nodes.values())
+    return EnergyFigures(
+        nodes=nodes,
+        joules=total_joules,
+        joules_per_output_token=total_joules / total_tokens if total_tokens else None,
+    )
+
+
+def node_power(document: object) -> dict[str, tuple[float, float, str]]:
+    """(taken_at, watts, source) per node from a /v1/cluster document: the Jetson board
+    input where measured, else the sum of the GPUs' power (as the dashboard charts it);
+    nodes that report neither are left out. Tolerant: a document of another shape gives {}."""
+    found: dict[str, tuple[float, float, str]] = {}
+    nodes = document.get("nodes") if isinstance(document, dict) else None
+    for view in nodes if isinstance(nodes, list) else []:
+        if not isinstance(view, dict) or not isinstance(status := view.get("status"), dict):
+            continue
+        telemetry = status.get("telemetry")
+        if not isinstance(telemetry, dict) or not view.get("up", True):
+            continue
+        jetson = telemetry.get("jetson") or {}
+        board = jetson.get("power_total_watts") if isinstance(jetson, dict) else None
+        gpus = [g.get("power_watts") for g in telemetry.get("gpus") or [] if isinstance(g, dict)]
+        gpu_watts = [float(w) for w in gpus if isinstance(w, int | float)]
+        taken = float(telemetry.get("taken_at") or 0.0)
+        if isinstance(board, int | float):
+            found[str(status.get("node_id"))] = (taken, float(board), "board")
+        elif gpu_watts:
+            found[str(status.get("node_id"))] = (taken, sum(gpu_watts), "gpu")
+    return found

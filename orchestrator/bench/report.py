@@ -14,7 +14,13 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from orchestrator.bench.metrics import RequestRecord, level_figures
+from orchestrator.bench.metrics import (
+    RequestRecord,
+    energy_figures,
+    level_figures,
+    node_figures,
+    turn_ttft,
+)
 from orchestrator.bench.run import BenchConfig, BenchRun
 
 FORMAT = "llamaherd-bench/1"
@@ -41,6 +47,8 @@ def _record(r: RequestRecord) -> dict[str, Any]:
         "e2e": round(r.e2e, 4), "out": r.output_tokens, "in": r.prompt_tokens, "node": r.node,
         "chunks": [round(t - r.sent_s, 4) for t in r.chunk_s],
     }  # fmt: skip
+    if r.turn is not None:
+        row["turn"] = r.turn
     if r.warmup:
         row["warmup"] = True
     if r.error:
@@ -52,15 +60,21 @@ def build_result(config: BenchConfig, run: BenchRun, command: Sequence[str]) -> 
     records = sorted(run.records, key=lambda r: (r.level, r.index))
     levels = []
     for n, level in enumerate(config.levels):
-        figures = level_figures([r for r in records if r.level == n], config.slo)
-        levels.append(
-            {
-                "label": level.label,
-                "kind": level.kind,
-                "value": level.value,
-                **_round(dataclasses.asdict(figures)),
-            }
-        )
+        mine = [r for r in records if r.level == n]
+        figures = level_figures(mine, config.slo)
+        energy = energy_figures([s for s in run.power if s.level == n], mine)
+        entry = {
+            "label": level.label,
+            "kind": level.kind,
+            "value": level.value,
+            **_round(dataclasses.asdict(figures)),
+            "nodes": {k: _round(dataclasses.asdict(v)) for k, v in node_figures(mine).items()},
+            # None: no node reported power (or the endpoint has no cluster view): n/a
+            "energy": _round(dataclasses.asdict(energy)) if energy else None,
+        }
+        if config.turns > 1:
+            entry["ttft_p50_by_turn"] = {str(t): round(v, 6) for t, v in turn_ttft(mine).items()}
+        levels.append(entry)
     served = [r.prompt_tokens for r in records if r.ok and r.prompt_tokens is not None]
     cal = run.calibration
     return {
@@ -75,6 +89,10 @@ def build_result(config: BenchConfig, run: BenchRun, command: Sequence[str]) -> 
         "workload": {
             "prompt_tokens": config.prompt_tokens,
             "output_tokens": config.output_tokens,
+            "prompt_lengths": config.prompt_lengths.text if config.prompt_lengths else None,
+            "output_lengths": config.output_lengths.text if config.output_lengths else None,
+            "turns": config.turns,
+            "system_tokens": config.system_tokens,
             "load": config.levels[0].kind,
             "levels": [level.value for level in config.levels],
             "requests_per_level": config.requests,
@@ -84,14 +102,25 @@ def build_result(config: BenchConfig, run: BenchRun, command: Sequence[str]) -> 
         },
         "seed": config.seed,
         "slo": [term.text for term in config.slo],
+        "power": (
+            "no cluster view"
+            if run.power_reported is None
+            else "reported"
+            if run.power_reported
+            else "no node reports power"
+        ),
         "prompt_calibration": {
             "method": cal.method,
             "words": cal.words,
             "probes": [list(p) for p in cal.probes],
             "reference_prompt_tokens": cal.reference_tokens,
+            "overhead_tokens": cal.overhead,
             "exact_share": (
                 round(sum(t == config.prompt_tokens for t in served) / len(served), 4)
                 if served
+                and config.prompt_lengths is None
+                and config.turns == 1
+                and not config.system_tokens
                 else None
             ),
         },
@@ -157,9 +186,19 @@ def summary_table(result: dict[str, Any]) -> Table:
         )
     errors = {k: v for level in result["levels"] for k, v in level["errors"].items()}
     table.caption = "served by: " + "; ".join(served_by)
+    table.caption += "\nenergy: " + "; ".join(
+        f"{level['label']}: {_joules(level.get('energy'))}" for level in result["levels"]
+    )
     if errors:
         table.caption += "\nerrors: " + ", ".join(f"{k} {v}" for k, v in sorted(errors.items()))
     return table
+
+
+def _joules(energy: dict[str, Any] | None) -> str:
+    """Joules per output token in total, or n/a where no node reported power."""
+    if not energy or energy.get("joules_per_output_token") is None:
+        return "n/a"
+    return f"{energy['joules_per_output_token']:.3g} J/output token"
 
 
 COMPARED: tuple[tuple[str, str, str | None, float], ...] = (
@@ -174,6 +213,7 @@ COMPARED: tuple[tuple[str, str, str | None, float], ...] = (
     ("E2E p50 s", "e2e", "p50", 1),
     ("E2E p99 s", "e2e", "p99", 1),
     ("goodput/s", "goodput", None, 1),
+    ("J/output token", "energy", "joules_per_output_token", 1),
 )
 
 
@@ -342,23 +382,72 @@ def html_report(result: dict[str, Any]) -> str:
                  f"{level['request_throughput']:.2f}", f"{level['output_token_throughput']:.1f}",
                  _ms(level["ttft"], "p50"), _ms(level["ttft"], "p99"), _ms(level["itl"], "p50"),
                  _ms(level["itl"], "p99"), _ms(level["tpot"], "mean"), _ms(level["e2e"], "p50"),
-                 "-" if level["goodput"] is None else f"{level['goodput']:.2f}"]  # fmt: skip
+                 "-" if level["goodput"] is None else f"{level['goodput']:.2f}",
+                 _joules(level.get("energy")).removesuffix(" J/output token")]  # fmt: skip
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     heads = ("level", "ok/sent", "req/s", "out tok/s", "TTFT p50 ms", "TTFT p99 ms",
-             "ITL p50 ms", "ITL p99 ms", "TPOT mean ms", "E2E p50 ms", "goodput/s")  # fmt: skip
+             "ITL p50 ms", "ITL p99 ms", "TPOT mean ms", "E2E p50 ms", "goodput/s",
+             "J/out token")  # fmt: skip
     endpoint, workload = result["endpoint"], result["workload"]
     title = f"llamaherd bench: {endpoint['model']}"
+    prompt = workload.get("prompt_lengths") or workload["prompt_tokens"]
+    output = workload.get("output_lengths") or workload["output_tokens"]
+    chat = ""
+    if workload.get("turns", 1) > 1 or workload.get("system_tokens"):
+        chat = (f", chats of {workload.get('turns', 1)} turns sharing a system prompt of "
+                f"{workload.get('system_tokens', 0)} tokens")  # fmt: skip
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1"><style>{STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>{html.escape(endpoint["url"])} ({html.escape(endpoint["api"])}),
-{workload["prompt_tokens"]} prompt tokens, {workload["output_tokens"]} output tokens,
+{html.escape(str(prompt))} prompt tokens, {html.escape(str(output))} output tokens{chat},
 seed {result["seed"]}{", SLO " + html.escape(", ".join(result["slo"])) if result["slo"] else ""}.
 </p><p><code>{html.escape(result["command"])}</code></p>
 <div class="charts"><figure><figcaption>Latency vs load</figcaption>{latency}</figure>
 <figure><figcaption>Throughput vs load</figcaption>{throughput}</figure>
 <figure><figcaption>Per-node share of served requests</figcaption>{share_chart(levels)}</figure>
 </div><h2>Figures</h2><table><tr>{"".join(f"<th>{h}</th>" for h in heads)}</tr>
-{"".join(rows)}</table></body></html>
+{"".join(rows)}</table>{node_table(levels)}{turn_table(levels)}</body></html>
 """
+
+
+def node_table(levels: Sequence[dict[str, Any]]) -> str:
+    """Per node and level: requests, share, output tokens/s, median TTFT/ITL, J/token."""
+    heads = ("level", "node", "requests", "share", "out tok/s", "TTFT p50 ms", "ITL p50 ms",
+             "mean W", "J/out token")  # fmt: skip
+    rows = []
+    for level in levels:
+        energy = (level.get("energy") or {}).get("nodes", {})
+        for node, f in (level.get("nodes") or {}).items():
+            power = energy.get(node) or {}
+            jpt = power.get("joules_per_output_token")
+            cells = [level["label"], node, str(f["requests"]), f"{f['share']:.0%}",
+                     f"{f['output_token_throughput']:.1f}",
+                     "-" if f["ttft_p50"] is None else f"{f['ttft_p50'] * 1000:.1f}",
+                     "-" if f["itl_p50"] is None else f"{f['itl_p50'] * 1000:.1f}",
+                     f"{power['mean_watts']:.1f}" if power else "n/a",
+                     "n/a" if jpt is None else f"{jpt:.3g}"]  # fmt: skip
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "".join(f"<th>{h}</th>" for h in heads)
+    return f"<h2>Per node</h2><table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def turn_table(levels: Sequence[dict[str, Any]]) -> str:
+    """Median TTFT by chat turn (multi-turn runs only)."""
+    turns = sorted({int(t) for level in levels for t in level.get("ttft_p50_by_turn", {})})
+    if not turns:
+        return ""
+    head = "".join(f"<th>turn {t}</th>" for t in turns)
+    rows = []
+    for level in levels:
+        by_turn = level.get("ttft_p50_by_turn", {})
+        cells = [f"{by_turn[str(t)] * 1000:.1f}" if str(t) in by_turn else "-" for t in turns]
+        rows.append(f"<tr><td>{html.escape(level['label'])}</td>"
+                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")  # fmt: skip
+    return (
+        f"<h2>TTFT p50 ms by chat turn</h2><table><tr><th>level</th>{head}</tr>"
+        f"{''.join(rows)}</table>"
+    )  # fmt: skip

@@ -106,6 +106,81 @@ def request_rng(seed: int, level: int, index: int) -> random.Random:
     return random.Random(f"{seed}:{level}:{index}")
 
 
+# ---- length distributions ------------------------------------------------------------
+LENGTH_FORM = "N, uniform:MIN-MAX or normal:MEAN,STDEV (whole tokens; normal clipped to 1 or more)"
+
+
+@dataclass(frozen=True)
+class Lengths:
+    """A token length per request: `fixed` N, `uniform` over [low, high] inclusive, or
+    `normal` with mean `low` and standard deviation `high`, rounded and clipped to 1 or more.
+    Drawn from a generator passed in, so a seed gives the same lengths."""
+
+    kind: Literal["fixed", "uniform", "normal"]
+    low: float
+    high: float = 0.0
+
+    @property
+    def text(self) -> str:
+        if self.kind == "fixed":
+            return f"{self.low:g}"
+        sep = "-" if self.kind == "uniform" else ","
+        return f"{self.kind}:{self.low:g}{sep}{self.high:g}"
+
+    @property
+    def mean(self) -> float:
+        """The distribution's centre (before clipping): what the prompt is calibrated at."""
+        return (self.low + self.high) / 2 if self.kind == "uniform" else self.low
+
+    @property
+    def fixed(self) -> int | None:
+        return int(self.low) if self.kind == "fixed" else None
+
+    def draw(self, rng: random.Random) -> int:
+        if self.kind == "fixed":
+            return int(self.low)
+        if self.kind == "uniform":
+            return rng.randint(int(self.low), int(self.high))
+        return max(1, round(rng.gauss(self.low, self.high)))
+
+
+def parse_lengths(flag: str, text: str) -> Lengths:
+    """`128`, `uniform:64-256` or `normal:128,32` -> Lengths; WorkloadError naming the flag."""
+    raw = text.strip().lower()
+    kind, _, spec = raw.partition(":")
+    bad = f"{flag} {text!r} is not of the form {LENGTH_FORM}"
+    if not spec:
+        if not kind.isdigit():
+            raise WorkloadError(bad)
+        if int(kind) < 1:
+            raise WorkloadError(f"{flag} {text}: must be at least 1")
+        return Lengths("fixed", int(kind))
+    parts = spec.split("-" if kind == "uniform" else ",")
+    if kind not in ("uniform", "normal") or len(parts) != 2:
+        raise WorkloadError(bad)
+    try:
+        a, b = (float(part) for part in parts)
+    except ValueError:
+        raise WorkloadError(bad) from None
+    if kind == "uniform":
+        if a != int(a) or b != int(b) or not 1 <= a <= b:
+            raise WorkloadError(f"{flag} {text!r}: MIN and MAX must be whole, 1 <= MIN <= MAX")
+    elif not (math.isfinite(a) and math.isfinite(b) and a >= 1 and b >= 0):
+        raise WorkloadError(f"{flag} {text!r}: MEAN must be 1 or more and STDEV 0 or more")
+    return Lengths(kind, a, b)  # type: ignore[arg-type]
+
+
+def length_rng(seed: int, what: str, level: int, index: int) -> random.Random:
+    """The generator for one request's `what` ("prompt" or "output") length."""
+    return random.Random(f"{seed}:{what}-length:{level}:{index}")
+
+
+def words_for(tokens: int, overhead: int) -> int:
+    """Words of WORDS (one token each) that make a prompt of `tokens` tokens when the
+    server adds `overhead` tokens of its own (BOS, chat template)."""
+    return max(tokens - overhead, 1)
+
+
 def next_word_count(points: list[tuple[int, int]], target_tokens: int) -> int:
     """The next word count to try so that a prompt holds `target_tokens` tokens, given
     (words, tokens) measured so far: a secant step through the last two points (one token

@@ -30,6 +30,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/v1/models":
             self._json(200, {"object": "list", "data": [{"id": m} for m in self.server.models]})
+        elif self.path == "/v1/cluster" and self.server.cluster is not None:
+            self._json(200, self.server.cluster)
         else:
             self._json(404, {"error": {"message": "not found"}})
 
@@ -39,8 +41,13 @@ class _Handler(BaseHTTPRequestHandler):
         if self.server.refuse:
             self._json(429, {"error": {"message": "busy"}})
             return
-        prompt_tokens = len(body["prompt"].split()) + 1
+        if "messages" in body:  # one token per word and 2 per message, plus a BOS
+            text = " ".join(m["content"] for m in body["messages"])
+            prompt_tokens = len(text.split()) + 2 * len(body["messages"]) + 1
+        else:
+            prompt_tokens = len(body["prompt"].split()) + 1
         n = body["max_tokens"]
+        chunk = {"delta": {"content": " word"}} if "messages" in body else {"text": " word"}
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n}
         if not body.get("stream"):
             self._json(200, {"choices": [{"text": "x"}], "usage": usage})
@@ -51,7 +58,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         for _ in range(n):
             time.sleep(self.server.token_s)
-            self.wfile.write(b'data: {"choices": [{"text": " word"}]}\n\n')
+            self.wfile.write(f"data: {json.dumps({'choices': [chunk]})}\n\n".encode())
             self.wfile.flush()
         self.wfile.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
         self.wfile.write(b"data: [DONE]\n\n")
@@ -62,6 +69,7 @@ class _Server(ThreadingHTTPServer):
     models: tuple[str, ...] = ("gemma", "other")
     token_s = 0.002
     refuse = False
+    cluster: object = None  # the /v1/cluster document; None: 404, as a peer answers
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

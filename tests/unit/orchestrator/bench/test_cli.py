@@ -113,6 +113,17 @@ def test_an_slo_it_cannot_parse(endpoint, capsys):
         (["--requests", "0"], "--requests 0: must be at least 1"),
         (["--output-tokens", "0"], "--output-tokens 0: must be at least 1"),
         (["--api-key-env", "NO_SUCH_VARIABLE_HERE"], "the variable is not set"),
+        (["--prompt-tokens", "uniform:9-3"], "--prompt-tokens 'uniform:9-3': MIN and MAX"),
+        (["--output-tokens", "normal:64"], "--output-tokens 'normal:64' is not of the form"),
+        (["--turns", "3"], "--turns needs --api chat"),
+        (["--api", "chat", "--turns", "3", "--rate", "2"], "--turns needs --concurrency"),
+        (
+            ["--api", "chat", "--system-tokens", "9", "--poisson", "1"],
+            "--system-tokens needs --concurrency",
+        ),
+        (["--turns", "0"], "--turns 0: must be at least 1"),
+        (["--system-tokens", "-1"], "--system-tokens -1: must be 0 or more"),
+        (["--prompt-tokens", "many"], "--prompt-tokens 'many' is not of the form"),
     ],
 )
 def test_a_load_it_cannot_run(endpoint, capsys, flags, says):
@@ -133,3 +144,86 @@ def test_compare_refuses_a_file_that_is_not_a_result(tmp_path, capsys):
     assert line == f"llamaherd bench: compare: {other} is not a llamaherd bench result " + (
         "(no format 'llamaherd-bench/1')"
     )
+
+
+def _streamed(endpoint):
+    return [b for b in endpoint.bodies if b.get("stream")]
+
+
+def test_distributed_lengths_are_drawn_per_request(endpoint, capsys):
+    argv = ["bench", "--url", endpoint.url, "--model", "gemma", "--prompt-tokens",
+            "uniform:20-40", "--output-tokens", "normal:6,2", "--concurrency", "2",
+            "--requests", "12", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["workload"]["prompt_lengths"] == "uniform:20-40"
+    assert result["workload"]["output_lengths"] == "normal:6,2"
+    assert result["prompt_calibration"]["overhead_tokens"] == 1  # the BOS
+    sent = _streamed(endpoint)
+    prompts = [len(b["prompt"].split()) + 1 for b in sent]  # as the server counts them
+    assert all(20 <= p <= 40 for p in prompts) and len(set(prompts)) > 3
+    outputs = [b["max_tokens"] for b in sent]
+    assert min(outputs) >= 1 and len(set(outputs)) > 1
+    level = result["levels"][0]
+    assert 20 <= level["prompt_tokens"]["min"] < level["prompt_tokens"]["max"] <= 40
+    first = sent
+    endpoint.bodies.clear()
+    assert main(argv) == 0
+    assert _streamed(endpoint) == first, "the seed gives the same lengths and prompts"
+
+
+def test_multi_turn_chats_share_the_system_prompt_and_grow_their_history(endpoint, capsys):
+    argv = ["bench", "--url", endpoint.url, "--model", "gemma", "--api", "chat",
+            "--prompt-tokens", "10", "--output-tokens", "3", "--turns", "3",
+            "--system-tokens", "50", "--concurrency", "2", "--requests", "6",
+            "--warmup", "0", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    sent = _streamed(endpoint)
+    assert len(sent) == 6
+    systems = {b["messages"][0]["content"] for b in sent}
+    assert len(systems) == 1 and len(systems.pop().split()) == 50
+    assert all(b["messages"][0]["role"] == "system" for b in sent)
+    # two users, three turns each: 1 + 2k - 1 messages at turn k (system, history, new)
+    assert sorted(len(b["messages"]) for b in sent) == [2, 2, 4, 4, 6, 6]
+    for b in sent:
+        roles = [m["role"] for m in b["messages"][1:]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) + ["user"]
+        replies = [m["content"] for m in b["messages"] if m["role"] == "assistant"]
+        assert all(r == " word" * 3 for r in replies), "each reply is kept as it streamed"
+    turns = sorted(r["turn"] for r in result["requests"])
+    assert turns == [1, 1, 2, 2, 3, 3]
+    level = result["levels"][0]
+    assert set(level["ttft_p50_by_turn"]) == {"1", "2", "3"}
+    assert level["prompt_tokens"]["max"] > level["prompt_tokens"]["min"] > 50
+
+
+def test_energy_is_na_where_no_node_reports_power(endpoint, tmp_path, capsys):
+    out, page = tmp_path / "r.json", tmp_path / "r.html"
+    argv = ["bench", "--url", endpoint.url, "--model", "gemma", "--prompt-tokens", "8",
+            "--output-tokens", "2", "--requests", "2", "--out", str(out), "--html",
+            str(page)]  # fmt: skip
+    assert main(argv) == 0
+    assert "energy: c=1: n/a" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert result["power"] == "no cluster view" and result["levels"][0]["energy"] is None
+    assert result["levels"][0]["nodes"].keys() == result["levels"][0]["node_share"].keys()
+    assert "Per node" in page.read_text()
+    endpoint.cluster = {"nodes": [{"up": True, "status": {"node_id": "node-0", "telemetry": {
+        "taken_at": 1.0, "gpus": [], "jetson": None}}}]}  # fmt: skip
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["power"] == "no node reports power"
+
+
+def test_energy_per_token_where_a_node_reports_power(endpoint, capsys):
+    endpoint.cluster = {"nodes": [{"up": True, "status": {"node_id": "node-1", "telemetry": {
+        "taken_at": 5.0, "gpus": [{"power_watts": 20.0}], "jetson": None}}}]}  # fmt: skip
+    argv = ["bench", "--url", endpoint.url, "--model", "gemma", "--prompt-tokens", "8",
+            "--output-tokens", "4", "--requests", "4", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    level = result["levels"][0]
+    node = level["energy"]["nodes"]["node-1"]
+    assert result["power"] == "reported" and node["mean_watts"] == 20.0
+    assert node["output_tokens"] == 4 * level["nodes"]["node-1"]["requests"]
+    assert node["joules"] == pytest.approx(20.0 * level["window_s"], rel=1e-3)

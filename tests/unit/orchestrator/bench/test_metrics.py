@@ -11,8 +11,10 @@ from orchestrator.bench.metrics import (
     inter_token_latencies,
     level_figures,
     meets,
+    node_figures,
     parse_slo,
     percentile,
+    turn_ttft,
 )
 
 
@@ -108,3 +110,31 @@ def test_a_level_s_figures():
 
 def test_without_an_slo_there_is_no_goodput():
     assert level_figures([record()], ()).goodput is None
+
+
+def test_each_node_s_part_of_a_level():
+    records = [
+        record(sent=0.0, chunks=(0.2, 0.3, 0.4, 0.5), done=0.5, node="a", index=1),
+        record(sent=0.5, chunks=(0.4, 0.6, 0.8, 1.0), done=1.5, node="a", index=2),  # ends 2.0
+        record(sent=1.0, chunks=(0.1, 0.2), out=2, node="b", index=3),
+        record(sent=1.0, chunks=(0.1,), node=None, index=4),
+        record(sent=0.0, chunks=(0.1,), node="b", index=5, error="http_503"),
+        record(sent=0.0, chunks=(9.0,), node="b", index=0, warmup=True),
+    ]
+    nodes = node_figures(records)
+    assert list(nodes) == ["a", "b", "unknown"]
+    a, b = nodes["a"], nodes["b"]
+    assert (a.requests, a.output_tokens, b.requests, b.output_tokens) == (2, 8, 1, 2)
+    assert a.share == pytest.approx(0.5) and nodes["unknown"].share == pytest.approx(0.25)
+    assert a.output_token_throughput == pytest.approx(8 / 2.0)  # over the level's 2 s window
+    assert a.ttft_p50 == pytest.approx(0.3) and a.e2e_p50 == pytest.approx(1.0)
+    assert a.itl_p50 == pytest.approx(0.15) and b.ttft_p50 == pytest.approx(0.1)
+
+
+def test_ttft_by_turn_shows_what_a_prefix_cache_saves():
+    records = [
+        record(chunks=(0.4,), turn=1, index=1), record(chunks=(0.6,), turn=1, index=2),
+        record(chunks=(0.1,), turn=2, index=3), record(chunks=(0.9,), turn=2, warmup=True),
+        record(chunks=(0.1,), turn=3, error="timeout"), record(chunks=(0.3,), index=4),
+    ]  # fmt: skip
+    assert turn_ttft(records) == pytest.approx({1: 0.5, 2: 0.1})
