@@ -199,6 +199,10 @@ def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
             help="the coordinator's config file, for its store_dir and store_import_hosts",
         )  # fmt: skip
         each.set_defaults(run=_run_store)
+    # Convert runs llama.cpp's converter from the installed llama-cpp-python's source.
+    from orchestrator.models_convert import add_convert_parser
+
+    add_convert_parser(actions)
 
 
 def _run_generate(args: argparse.Namespace) -> int:
