@@ -185,8 +185,6 @@ def _rejection_reason(
     # The kind first: it is permanent, while loading or a full queue will pass.
     if task == "generate" and replica.config.embedding:
         return "serves embeddings only"
-    if task == "embed" and not replica.config.embedding:
-        return "serves generation, not embeddings"
     if replica.state is ModelState.FAILED:
         return "model failed to load: " + (replica.error or "no error reported")
     if replica.download is not None and replica.state is ModelState.DOWNLOADING:

@@ -58,10 +58,21 @@ class GenerationJob:
 
 @dataclass
 class EmbeddingJob:
+    """Pooled embeddings of `inputs` (token lists), L2-normalised when `normalize`.
+
+    `chunk` 0 (an embedding model, whose attention may see the whole input): each input is
+    one decode on the drained context. `chunk` > 0 (a generation model, causal): the job
+    takes one idle slot between generation steps and feeds each input in pieces of at
+    most `chunk` tokens, so llama.cpp's all-token outputs stay small (a 262k-token
+    vocabulary makes each output row 1 MiB); the pieces' mean-pooled states, weighted by
+    their lengths, make the input's mean.
+    """
+
     request_id: str
     inputs: list[list[int]]
     normalize: bool
     stream: EventStream[EmbeddingResult]
+    chunk: int = 0
     arrived: float = field(default=0.0, init=False)  # stamped by ModelEngine.submit
 
     def release(self) -> None:
@@ -243,6 +254,11 @@ class ModelEngine:
             if not idle:
                 break
             job = self._waiting[0]
+            if isinstance(job, EmbeddingJob) and job.chunk:
+                # A generation model's embedding: any idle slot, least recently used first.
+                seq_id, _ = choose_slot([s.view() for s in idle], [])
+                admitted.append((self._waiting.popleft(), self._slots[seq_id], 0))
+                continue
             if isinstance(job, EmbeddingJob):
                 if admitted or self._busy():
                     break  # embeddings use the whole context: they wait for it to drain
@@ -256,7 +272,10 @@ class ModelEngine:
         if isinstance(job, EmbeddingJob):
             self._embedding = job
             try:
-                self._serve_embedding(job)
+                if job.chunk:
+                    self._serve_embedding_in_slot(job, slot)
+                else:
+                    self._serve_embedding(job)
             finally:
                 self._embedding = None
                 job.release()
@@ -435,14 +454,50 @@ class ModelEngine:
             raise _Cancelled
 
     def _serve_embedding(self, job: EmbeddingJob) -> None:
+        """An embedding model's job: each input one decode on the cleared context."""
+
+        def pooled(tokens: list[int]) -> list[float]:
+            self._backend.clear()
+            self._backend.add(tokens, 0, 0, True)
+            self._backend.run(all_logits=True)
+            return self._backend.sequence_embedding(0)
+
+        try:
+            self._embed_inputs(job, pooled)
+        finally:
+            self._backend.clear()
+
+    def _serve_embedding_in_slot(self, job: EmbeddingJob, slot: _Slot) -> None:
+        """A generation model's job on the idle `slot`, whose cached prefix it replaces;
+        the other slots' caches and generations are untouched."""
+
+        def pooled(tokens: list[int]) -> list[float]:
+            self._forget(slot)
+            total: list[float] = []
+            for start in range(0, len(tokens), job.chunk):
+                self._check(job)
+                piece = tokens[start : start + job.chunk]
+                self._backend.add(piece, start, slot.seq_id, True)
+                self._backend.run(all_logits=True)
+                mean = self._backend.sequence_embedding(slot.seq_id)
+                if not total:
+                    total = [0.0] * len(mean)
+                for i, v in enumerate(mean):
+                    total[i] += v * len(piece)
+            return [v / len(tokens) for v in total]
+
+        try:
+            self._embed_inputs(job, pooled)
+        finally:
+            self._forget(slot)
+
+    def _embed_inputs(self, job: EmbeddingJob, pooled: Callable[[list[int]], list[float]]) -> None:
+        """Emits the job's vectors (each input pooled by `pooled`) or its failure."""
         try:
             vectors = []
             for tokens in job.inputs:
                 self._check(job)
-                self._backend.clear()
-                self._backend.add(tokens, 0, 0, True)
-                self._backend.run(all_logits=True)
-                vector = self._backend.sequence_embedding(0)
+                vector = pooled(tokens)
                 if job.normalize:
                     norm = math.sqrt(sum(v * v for v in vector)) or 1.0
                     vector = [v / norm for v in vector]
@@ -456,8 +511,6 @@ class ModelEngine:
         except Exception as exc:
             log.exception("request %s failed in the engine of %s", job.request_id, self.name)
             job.stream.fail(Internal(f"request {job.request_id} failed: {exc}"))
-        finally:
-            self._backend.clear()
             for slot in self._slots:
                 slot.cached.clear()
                 slot.memo_prompt = []

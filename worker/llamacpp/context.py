@@ -70,8 +70,9 @@ class LlamaContext:
         cparams.no_perf = True
         cparams.flash_attn_type = _FLASH_ATTN[params.flash_attn]
         cparams.embeddings = params.embedding
-        if params.embedding:
-            cparams.pooling_type = _POOLING[params.pooling]
+        # Set on generation contexts too: llama.cpp pools only while embeddings are on
+        # (run(all_logits=True) turns them on for one decode), so generation is unaffected.
+        cparams.pooling_type = _POOLING[params.pooling]
         with log.capture() as lines:
             ptr = C.llama_init_from_model(model.ptr, cparams)
         if not ptr:
@@ -125,16 +126,28 @@ class LlamaContext:
         return at + n - 1
 
     def run(self, all_logits: bool = False) -> None:
-        """Decodes the batch built with add(); the sequences' caches grow by its tokens."""
+        """Decodes the batch built with add(); the sequences' caches grow by its tokens.
+
+        With all_logits every token is an output and the batch's sequences are pooled
+        (sequence_embedding); on a generation context that switches llama.cpp's embedding
+        output on for this one decode, as llama-server does for embeddings from a
+        generation model."""
         batch = self._batch
         batch.n_tokens, self._pending = self._pending, 0
         if all_logits:
             for i in range(batch.n_tokens):
                 batch.logits[i] = True
-        if self.model.encoder_only:
-            rc = C.llama_encode(self._ptr, batch)
-        else:
-            rc = C.llama_decode(self._ptr, batch)
+        pooled_once = all_logits and not self._embedding
+        if pooled_once:
+            C.llama_set_embeddings(self._ptr, True)
+        try:
+            if self.model.encoder_only:
+                rc = C.llama_encode(self._ptr, batch)
+            else:
+                rc = C.llama_decode(self._ptr, batch)
+        finally:
+            if pooled_once:
+                C.llama_set_embeddings(self._ptr, False)
         if rc != 0:
             raise DecodeError(rc)
 

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Protocol, TypeVar
 
 from common.errors import FailedPrecondition, InvalidArgument, Unavailable
-from common.model_settings import ModelConfig
+from common.model_settings import ModelConfig, Pooling
 from common.status import EngineFigures
 from worker.config import WorkerSettings
 from worker.engine.backend import Backend, TokenSampler
@@ -45,6 +45,9 @@ from worker.models.served import ModelFacts, Tokenized
 log = logging.getLogger(__name__)
 
 MAX_EMBED_INPUTS = 256
+# Tokens per decode when a generation model embeds: every token is then an output with a
+# full row of logits (1 MiB each for a 262k vocabulary), so pieces keep that buffer small.
+EMBED_CHUNK = 32
 # Plain texts up to this size (no template, no grammar) are cheaper to tokenize inline than
 # to hand to a thread; anything larger, any chat and any constraint is prepared on the
 # worker's request pool, so no request can stall the event loop.
@@ -122,7 +125,9 @@ def load_local(
                 n_threads=config.threads,
                 n_threads_batch=config.threads_batch,
                 embedding=config.embedding,
-                pooling=config.pooling,
+                # A generation model's embeddings are mean-pooled, as llama-server's and
+                # Ollama's (EmbeddingJob adds its chunks' means up).
+                pooling=config.pooling if config.embedding else Pooling.MEAN,
                 flash_attn=config.flash_attn,
             ),
             max_sample_s=limits.max_sample_s,
@@ -387,16 +392,16 @@ class LocalModel:
         normalize: bool,
         stream: EventStream[EmbeddingResult],
     ) -> EmbeddingJob:
-        if not self.config.embedding:
-            raise FailedPrecondition(
-                f"model {self.alias!r} serves generation; embeddings need a model loaded "
-                "with embedding: true"
-            )
         if not 1 <= len(inputs) <= MAX_EMBED_INPUTS:
             raise InvalidArgument(
                 f"inputs must hold 1 to {MAX_EMBED_INPUTS} texts, got {len(inputs)}"
             )
-        limit = min(self.backend.n_batch, self.n_ctx)
+        # A generation model embeds on one of its sequences, in causal chunks (EmbeddingJob):
+        # an input may fill that sequence's context. An embedding model decodes each input
+        # in one batch.
+        chunk = 0 if self.config.embedding else EMBED_CHUNK
+        limit = self.n_ctx if chunk else min(self.backend.n_batch, self.n_ctx)
+        what = "context" if chunk else "n_batch"
         tokenized = []
         for i, text in enumerate(inputs):
             tokens = self._tokens(text)
@@ -405,10 +410,10 @@ class LocalModel:
             if len(tokens) > limit:
                 raise InvalidArgument(
                     f"inputs[{i}] is {len(tokens)} tokens; model {self.alias!r} embeds at most "
-                    f"{limit} tokens per input (n_batch)"
+                    f"{limit} tokens per input ({what})"
                 )
             tokenized.append(tokens)
-        return EmbeddingJob(request_id, tokenized, normalize, stream)
+        return EmbeddingJob(request_id, tokenized, normalize, stream, chunk)
 
     def _require_generation(self) -> None:
         if self.config.embedding:

@@ -120,11 +120,9 @@ def test_model_that_fits_nowhere_is_unavailable_with_the_reason(inference):
     assert [p.alias for p in status.placement_problems] == ["nowhere"]
 
 
-def test_generation_model_asked_for_embeddings_is_refused_clearly(inference):
-    with pytest.raises(grpc.RpcError) as err:
-        inference.Embed(gen_pb.EmbedRequest(model=GEMMA, inputs=["x"]))
-    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert "serves generation" in err.value.details()
+def test_a_generation_model_embeds_through_the_gateway(inference):
+    reply = inference.Embed(gen_pb.EmbedRequest(model=GEMMA, inputs=["x", "y z"]))
+    assert [len(e.values) for e in reply.embeddings] == [640, 640]
 
 
 def test_worker_refusals_pass_through_with_their_code(inference):

@@ -130,12 +130,14 @@ def test_generate_on_an_embedding_model_is_a_failed_precondition(stub):
     assert "embedding" in err.details()
 
 
-def test_embed_on_a_generation_model_is_a_failed_precondition(stub):
+def test_embed_on_a_generation_model_longer_than_its_context(stub):
     err = rpc_error(
-        lambda: stub.Embed(gen_pb.EmbedRequest(model=GEMMA, inputs=["hi"]), timeout=TIMEOUT)
+        lambda: stub.Embed(
+            gen_pb.EmbedRequest(model=GEMMA, inputs=["ok", "word " * 5000]), timeout=TIMEOUT
+        )
     )
-    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "embedding: true" in err.details()
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs[1] is" in err.details() and "(context)" in err.details()
 
 
 def test_embed_without_inputs(stub):

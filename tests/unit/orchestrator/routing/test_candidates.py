@@ -156,11 +156,13 @@ def test_generation_request_skips_embedding_replicas() -> None:
     assert reasons(rejected) == {"e": "serves embeddings only"}
 
 
-def test_embedding_request_skips_generation_replicas() -> None:
+def test_embedding_request_takes_generation_and_embedding_replicas() -> None:
+    """A generation model embeds too (pooled hidden states), so Embed goes to any ready
+    replica of the alias."""
     snap = snapshot(node("a", replica()), node("e", replica(embedding=True)))
     found, rejected = candidates_for(snap, "m", now=NOW, task="embed")
-    assert ids(found) == ["e"]
-    assert reasons(rejected) == {"a": "serves generation, not embeddings"}
+    assert sorted(ids(found)) == ["a", "e"]
+    assert reasons(rejected) == {}
 
 
 def test_full_queue_is_overloaded() -> None:
@@ -230,8 +232,8 @@ def test_route_hands_the_policy_the_request_itself() -> None:
 def test_route_offers_only_replicas_of_the_requests_task() -> None:
     policy = FirstPolicy()
     snap = snapshot(node("a", replica()), node("e", replica(embedding=True)))
-    assert route(snap, RouteRequest("m", "embed"), now=NOW, policy=policy).node_id == "e"
-    assert ids(policy.offered) == ["e"]
+    route(snap, RouteRequest("m", "embed"), now=NOW, policy=policy)
+    assert sorted(ids(policy.offered)) == ["a", "e"]  # any model embeds
     assert route(snap, RouteRequest("m", "generate"), now=NOW, policy=policy).node_id == "a"
     assert ids(policy.offered) == ["a"]
 

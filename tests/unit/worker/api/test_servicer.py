@@ -147,14 +147,16 @@ def test_a_token_outside_the_vocabulary_is_invalid_argument(tmp_path):
     asyncio.run(scenario())
 
 
-def test_the_wrong_kind_of_model_is_failed_precondition(tmp_path):
+def test_generation_on_an_embedding_model_is_failed_precondition(tmp_path):
     async def scenario() -> None:
         async with serving(tmp_path, {"alias": "m"}, {"alias": "e", "embedding": True}) as w:
-            error = await refusal(w.stub.Embed(gen_pb.EmbedRequest(model="m", inputs=["a"])))
-            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "embedding: true" in error.details()
             error = await refusal(w.stub.Generate(generate_request("a", model="e")))
             assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "embedding: true" in error.details()
+            # A generation model embeds (pooled hidden states): no config step needed.
+            reply = await w.stub.Embed(gen_pb.EmbedRequest(model="m", inputs=["a", "bc"]))
+            assert [len(e.values) for e in reply.embeddings] == [4, 4]
+            assert reply.prompt_tokens == 3
 
     asyncio.run(scenario())
 

@@ -442,3 +442,33 @@ def test_embeddings_wait_for_the_context_to_drain_and_keep_their_place(loop, eng
     assert max(n for n, _ in entries_of(backend, "generating and t")) < embedded
     assert embedded < first_run_of(backend, "after")
     assert embedded not in [n for n, _ in entries_of(backend, "after")]
+
+
+def test_a_generation_models_embedding_takes_a_free_slot_between_steps(loop, engines):
+    """chunk > 0: no waiting for the context to drain; the input goes into the idle slot
+    in causal pieces whose pooled means are weighted by their lengths, and the generating
+    slot's cache and reply are untouched."""
+    backend = FakeBackend(n_seq=2)
+    gate = Gate(backend)
+    engine = engines(backend)
+    backend.script("generating", " and then some")
+    generating = job(loop, backend, "generating", max_tokens=6)
+    engine.submit(generating)
+    gate.wait()
+    stream: EventStream[EmbeddingResult] = EventStream(loop)
+    tokens = backend.tokenize("embed me")
+    engine.submit(EmbeddingJob("embed", [tokens], False, stream, chunk=5))
+    gate.release()
+    [result] = collect(loop, stream)
+    assert text(collect(loop, generating.stream)) == " and t"
+    # The fake pools a sequence's whole cache: [n, sum, 1, 0] after 5, then after 8 tokens.
+    first, second = sum(tokens[:5]), sum(tokens)
+    expected = ((5 * 5 + 8 * 3) / 8, (first * 5 + second * 3) / 8, 1.0, 0.0)
+    assert result.vectors == (expected,)
+    embedding_runs = [
+        (n, e) for n, batch in enumerate(backend.runs) for e in batch if e.seq_id == 1
+    ]
+    assert [(e.start_pos, len(e.tokens)) for _, e in embedding_runs] == [(0, 5), (5, 3)]
+    generation_runs = [n for n, _ in entries_of(backend, "generating and t")]
+    assert min(generation_runs) < embedding_runs[0][0] < max(generation_runs)
+    assert backend.cells[1] == []  # the slot it borrowed holds nothing afterwards
