@@ -495,6 +495,11 @@ def _add_status_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
         "--json-schema", action="store_true",
         help="print the JSON Schema of --json's document and exit (no gateway needed)",
     )  # fmt: skip
+    parser.add_argument(
+        "--target-streams", type=int, metavar="N",
+        help="with measured capacities (llamaherd capacity): how many replicas each model "
+        "needs for N concurrent streams",
+    )  # fmt: skip
     parser.set_defaults(run=_run_status)
 
 
@@ -531,6 +536,10 @@ def _run_status(args: argparse.Namespace) -> int:
     if args.json_schema:
         print(json.dumps(json_schema(), indent=2))
         return 0
+    if args.target_streams is not None and args.target_streams < 1:
+        print(f"llamaherd status: --target-streams {args.target_streams}: must be at least 1",
+              file=sys.stderr)  # fmt: skip
+        return 2
     key = _api_key(args)
     with GatewayClient(args.gateway, timeout=10, api_key=key) as client:
         try:
@@ -539,7 +548,10 @@ def _run_status(args: argparse.Namespace) -> int:
             print(_gateway_failure("status", exc, args.gateway, key is not None), file=sys.stderr)
             return 1
     view = view_from_proto(status)
-    print(json.dumps(view_to_json(view), indent=2) if args.json else render_status(view))
+    if args.json:
+        print(json.dumps(view_to_json(view), indent=2))
+    else:
+        print(render_status(view, args.target_streams))
     return 0
 
 
@@ -627,6 +639,10 @@ def _add_bench_parser(subparsers: argparse._SubParsersAction) -> None:  # type: 
     from orchestrator.bench.cli import add_bench_parser
 
     add_bench_parser(subparsers)
+    # `llamaherd capacity` measures one node through the gateway with the same machinery.
+    from orchestrator.bench.capacity_cli import add_capacity_parser
+
+    add_capacity_parser(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:

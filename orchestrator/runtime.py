@@ -54,6 +54,7 @@ import ray._private.ray_constants as ray_constants
 from ray._private.authentication.authentication_token_setup import enable_token_auth_by_default
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from orchestrator.cluster.capacity import CAPACITY_FILE
 from orchestrator.cluster.registry import WorkerRegistry
 from orchestrator.cluster.types import ClusterSnapshot, PlacementProblem
 from orchestrator.config import CoordinatorSettings
@@ -108,6 +109,7 @@ class ClusterStateActor:
         self._registry = WorkerRegistry(
             settings.heartbeat_interval_s, settings.down_after_s, settings.forget_after_s,
             settings.cluster_token, tls=settings.tls(),
+            capacity_file=settings.state_dir / CAPACITY_FILE,
         )  # fmt: skip
         self._started = _start_soon(self._registry.start(settings.host, settings.registry_port))
 

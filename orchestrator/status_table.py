@@ -3,11 +3,12 @@ ClusterView that `--json` prints."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from common.memory import format_bytes
 from common.status import DownloadProgress, ModelStatus, NodeStatus
 from common.telemetry import GpuSample, JetsonSample, NodeSample, Temperature
+from orchestrator.cluster.capacity import CapacityRecord, replicas_needed
 from orchestrator.cluster.splits import (
     LayerRange,
     layers_text,
@@ -18,7 +19,7 @@ from orchestrator.cluster.splits import (
 from orchestrator.cluster.view import ClusterView
 
 
-def render_status(view: ClusterView) -> str:
+def render_status(view: ClusterView, target_streams: int | None = None) -> str:
     up = sum(1 for n in view.nodes if n.up)
     lines = [f"{len(view.nodes)} workers ({up} up), routing: {view.routing_policy}", ""]
     lines.append(f"{'NODE':16} {'STATE':6} {'KIND':12} {'ADDRESS':22} {'FREE MEM':>10}  MODELS")
@@ -40,7 +41,38 @@ def render_status(view: ClusterView) -> str:
         lines.extend(f"{'':16} {line}" for line in split_lines(node, lent_by, layers))
     for problem in view.placement_problems:
         lines.append(f"\nnot placed: {problem.alias}: {problem.reason}")
+    lines.extend(capacity_lines(view.capacities, target_streams))
     return "\n".join(lines)
+
+
+def capacity_lines(records: Sequence[CapacityRecord], target_streams: int | None) -> list[str]:
+    """The measured capacities (llamaherd capacity), one line per node and model, then per
+    model the streams measured in all and, for `target_streams`, the replicas it needs."""
+    if not records:
+        return []
+    lines = ["", "measured capacity (llamaherd capacity):"]
+    by_model: dict[str, list[CapacityRecord]] = {}
+    for r in records:
+        by_model.setdefault(r.model, []).append(r)
+        per_watt = r.streams_per_watt
+        power = f", {per_watt:.3g} streams/W ({r.watts:.0f} W)" if per_watt is not None else ""
+        lines.append(
+            f"  {r.model} on {r.node}, n_ctx {r.n_ctx}: {r.max_streams} streams at {r.slo}; "
+            f"prefill {r.prefill_tps:.0f} tok/s, decode {r.decode_tps_stream:.1f} tok/s per "
+            f"stream, {r.decode_tps_total:.1f} in all{power}"
+        )
+    for model, measured in sorted(by_model.items()):
+        streams = [r.max_streams for r in measured]
+        line = f"  {model}: {sum(streams)} streams on {len(streams)} measured replicas"
+        if target_streams is not None:
+            needed = replicas_needed(target_streams, streams)
+            line += (
+                f"; {target_streams} streams need {needed} replicas"
+                if needed is not None
+                else f"; {target_streams} streams: no replica meets the SLO"
+            )
+        lines.append(line)
+    return lines
 
 
 def split_lines(

@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -33,6 +34,7 @@ from common.cluster_auth import (
 from common.cluster_secrets import credential_digest
 from common.cluster_tls import listen, peer_common_name
 from common.net import join_host_port
+from orchestrator.cluster.capacity import CapacityFileError, load_records
 from orchestrator.cluster.reports import BadReport, node_from_report
 from orchestrator.cluster.state import ClusterState, NodeConflict
 from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
@@ -58,8 +60,13 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         token: SecretStr,
         clock: Clock = time.monotonic,
         tls: TlsFiles | None = None,
+        capacity_file: Path | None = None,
     ) -> None:
         self._token = token
+        # Measured capacities (llamaherd capacity --save writes the file): read at start
+        # and whenever the file changes, and carried by every snapshot.
+        self._capacity_file = capacity_file
+        self._capacity_stamp: tuple[int, int] | None = None
         self._tls = tls
         self._interval = heartbeat_interval_s
         self._state = ClusterState(down_after_s, forget_after_s)
@@ -82,6 +89,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         except RuntimeError as exc:
             raise OSError(f"the worker registry cannot listen on {address}: {exc}") from exc
         await self._server.start()
+        self._reload_capacities()
         self._expiry = asyncio.create_task(self._expire_loop(), name="registry-expiry")
         log.info("worker registry listening on %s", join_host_port(host, self.port))
         return self.port
@@ -172,6 +180,28 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         self._state.refused(node_id, peer, reason, self._clock())
         self._notify()
 
+    def _reload_capacities(self) -> None:
+        """Reads the capacity file again when it changed (or appeared, or went away); a
+        file that cannot be read keeps the records already known, and says why."""
+        if self._capacity_file is None:
+            return
+        try:
+            stat = self._capacity_file.stat()
+            stamp: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._capacity_stamp:
+            return
+        self._capacity_stamp = stamp
+        try:
+            records = load_records(self._capacity_file)
+        except CapacityFileError as exc:
+            log.warning("capacities unchanged: %s", exc)
+            return
+        log.info("%d measured capacities from %s", len(records), self._capacity_file)
+        self._state.set_capacities(records)
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
@@ -179,6 +209,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
     async def _expire_loop(self) -> None:
         while True:
             await asyncio.sleep(min(self._interval, 0.5))
+            self._reload_capacities()
             if self._state.expire(self._clock()):
                 for node in self.snapshot().nodes:
                     if not node.up:

@@ -7,6 +7,7 @@ themselves are common.wire's, shared with the worker that wrote the report.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 from llamaherd.v1 import cluster_pb2 as cl_pb
@@ -15,6 +16,7 @@ from llamaherd.v1 import inference_pb2 as inf_pb
 from common.model_settings import ALIAS_PATTERN
 from common.net import split_host_port
 from common.wire.status import node_status_from_report, node_status_to_report
+from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import Node, PlacementProblem
 from orchestrator.cluster.view import ClusterView, NodeView
 
@@ -45,6 +47,7 @@ def view_to_proto(view: ClusterView) -> inf_pb.ClusterStatusResponse:
         ],
         routing_policy=view.routing_policy,
         state_version=view.state_version,
+        capacities=[_capacity_to_proto(r) for r in view.capacities],
     )
 
 
@@ -57,7 +60,22 @@ def view_from_proto(message: inf_pb.ClusterStatusResponse) -> ClusterView:
         ),
         routing_policy=message.routing_policy,
         state_version=message.state_version,
+        capacities=tuple(_capacity_from_proto(r) for r in message.capacities),
     )
+
+
+def _capacity_to_proto(record: CapacityRecord) -> inf_pb.CapacityRecord:
+    fields = dataclasses.asdict(record)
+    if record.watts is None:
+        del fields["watts"]
+    return inf_pb.CapacityRecord(**fields)
+
+
+def _capacity_from_proto(message: inf_pb.CapacityRecord) -> CapacityRecord:
+    names = [f.name for f in dataclasses.fields(CapacityRecord) if f.name != "watts"]
+    values = {name: getattr(message, name) for name in names}
+    watts = message.watts if message.HasField("watts") else None
+    return CapacityRecord(**values, watts=watts)
 
 
 def _node_view_to_proto(view: NodeView) -> inf_pb.NodeStatus:

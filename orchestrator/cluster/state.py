@@ -19,6 +19,7 @@ import dataclasses
 import hmac
 from dataclasses import dataclass
 
+from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem, Refusal
 
 REFUSALS_KEPT = 32  # the latest refused registrations the snapshot carries (for dashboards)
@@ -50,6 +51,7 @@ class ClusterState:
         self._problems: tuple[PlacementProblem, ...] = ()
         self._refusals: collections.deque[Refusal] = collections.deque(maxlen=REFUSALS_KEPT)
         self._refusal_seq = 0
+        self._capacities: tuple[CapacityRecord, ...] = ()
         self.version = 0
 
     def report(self, node: Node, stream: int, credential: bytes) -> None:
@@ -104,9 +106,17 @@ class ClusterState:
             self._problems = problems
             self.version += 1
 
+    def set_capacities(self, records: tuple[CapacityRecord, ...]) -> None:
+        """The measured capacities (orchestrator.cluster.capacity) every snapshot carries."""
+        if records != self._capacities:
+            self._capacities = records
+            self.version += 1
+
     def snapshot(self, now: float) -> ClusterSnapshot:
         nodes = tuple(sorted((t.node for t in self._nodes.values()), key=lambda n: n.node_id))
-        return ClusterSnapshot(self.version, now, nodes, self._problems, tuple(self._refusals))
+        return ClusterSnapshot(
+            self.version, now, nodes, self._problems, tuple(self._refusals), self._capacities
+        )
 
     def _mark_down(self, tracked: _Tracked, now: float, reason: str) -> None:
         tracked.node = dataclasses.replace(tracked.node, up=False, down_reason=reason)

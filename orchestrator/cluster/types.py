@@ -16,6 +16,7 @@ from common.hardware import HardwareInfo
 from common.leases import Lease
 from common.status import ModelStatus, NodeStatus
 from common.telemetry import NodeSample
+from orchestrator.cluster.capacity import CapacityRecord
 
 NodeId = NewType("NodeId", str)
 
@@ -91,6 +92,7 @@ class ClusterSnapshot:
     nodes: tuple[Node, ...] = ()
     problems: tuple[PlacementProblem, ...] = field(default=())
     refusals: tuple[Refusal, ...] = ()  # the latest refused registrations, oldest first
+    capacities: tuple[CapacityRecord, ...] = ()  # measured by `llamaherd capacity`
 
     def node(self, node_id: NodeId) -> Node | None:
         for node in self.nodes:

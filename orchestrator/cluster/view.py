@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from common.status import NodeStatus
+from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
 
 SCHEMA_VERSION = 1
@@ -37,13 +38,17 @@ class NodeView:
 
 @dataclass(frozen=True)
 class ClusterView:
-    """Every node, the models the catalog could not place and why, and the routing policy."""
+    """Every node, the models the catalog could not place and why, the routing policy and
+    the measured capacities."""
 
     nodes: tuple[NodeView, ...] = ()
     placement_problems: tuple[PlacementProblem, ...] = ()
     routing_policy: str = ""
     state_version: int = 0  # grows with every change the coordinator sees
     schema_version: int = SCHEMA_VERSION
+    # What `llamaherd capacity` measured per node, model and context (admission caps each
+    # replica at its max_streams; nodes never measured have no cap).
+    capacities: tuple[CapacityRecord, ...] = ()
 
 
 def cluster_view(
@@ -64,6 +69,7 @@ def cluster_view(
         placement_problems=snapshot.problems,
         routing_policy=policy,
         state_version=snapshot.version,
+        capacities=snapshot.capacities,
     )
 
 

@@ -59,6 +59,7 @@ from orchestrator.gateway.route_requests import (
     for_chat,
     for_embed,
     for_generate,
+    http_pinned,
     http_session,
     resumable,
 )
@@ -110,6 +111,7 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         call = oa.parse_chat(await json_body(request, self._body_timeout_s))
         route = for_chat(call.request, http_session(request.headers, call.user))
+        route = http_pinned(route, request.headers)
         open_call = open_generation(call.request, request_id(request))
         return await self._generation(
             request, route, call.request, open_call, call.model, call.stream,
@@ -119,6 +121,7 @@ class OpenAIRoutes:
     async def completions(self, request: Request) -> Response:
         call = oa.parse_completion(await json_body(request, self._body_timeout_s))
         route = for_generate(call.request, http_session(request.headers, call.user))
+        route = http_pinned(route, request.headers)
         open_call = open_generation(call.request, request_id(request))
         return await self._generation(
             request, route, call.request, open_call, call.model, call.stream,

@@ -8,6 +8,7 @@ both doors (an HTTP header, gRPC metadata); the HTTP API also takes OpenAI's `us
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 from llamaherd.v1 import generation_pb2 as gen_pb
@@ -17,6 +18,9 @@ from orchestrator.routing.request import RouteRequest, session_key
 
 # The header (HTTP) or metadata key (gRPC) that names a client's session.
 SESSION_HEADER = "x-session-id"
+# The request header that pins an HTTP generation to one node (llamaherd capacity measures
+# one node through the gateway); it passes the gateway's API key check like any request.
+PIN_HEADER = "x-llamaherd-node"
 
 
 def for_generate(request: gen_pb.GenerateRequest, session: str | None = None) -> RouteRequest:
@@ -82,3 +86,9 @@ def grpc_session(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | No
     lower-cases metadata keys on the wire)."""
     values = (v for k, v in metadata or () if k == SESSION_HEADER and isinstance(v, str))
     return session_key(values)
+
+
+def http_pinned(route: RouteRequest, headers: Mapping[str, str]) -> RouteRequest:
+    """`route` pinned to the node the PIN_HEADER names, if the request sent one."""
+    node = (headers.get(PIN_HEADER) or "").strip()
+    return dataclasses.replace(route, node=node) if node else route

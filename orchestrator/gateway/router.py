@@ -37,10 +37,18 @@ from typing import Any, TypeAlias, TypeVar
 from llamaherd.v1 import generation_pb2 as gen_pb
 
 from common.errors import ErrorKind, Internal, LlamaherdError, Unavailable
+from orchestrator.cluster.capacity import record_for
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.dashboard.traffic import CANCELLED, OK, UNKNOWN_MODEL, RequestTrace, Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
-from orchestrator.routing.candidates import Candidate, NoCandidate, UnknownModel, route
+from orchestrator.routing.admission import ReplicaLoad, admit
+from orchestrator.routing.candidates import (
+    Candidate,
+    NoCandidate,
+    UnknownModel,
+    candidates_for,
+    route,
+)
 from orchestrator.routing.policies import RoutingPolicy
 from orchestrator.routing.request import RouteRequest
 from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
@@ -134,6 +142,7 @@ class Router:
         self._suspects: dict[NodeId, float] = {}
         # Running calls per node, so a node that leaves the view fails its streams at once.
         self._calls: dict[NodeId, set[WorkerStream[Any]]] = {}
+        self._call_started: dict[WorkerStream[Any], float] = {}  # for Retry-After estimates
         self._dropped: dict[WorkerStream[Any], str] = {}
 
     # ---- the view ----------------------------------------------------------------------
@@ -159,6 +168,16 @@ class Router:
         alias = request.alias
         now = self._clock()
         suspects = {n for n, until in self._suspects.items() if until > now}
+        if request.node is not None:
+            # Pinned (measuring one node): every other node is out, and no admission cap
+            # applies, or re-measuring a node could never exceed its last measurement.
+            if self.snapshot.node(NodeId(request.node)) is None:
+                known = ", ".join(n.node_id for n in self.snapshot.nodes) or "none"
+                raise Unavailable(f"node {request.node!r} is not in the cluster (nodes: {known})")
+            others = {n.node_id for n in self.snapshot.nodes if n.node_id != request.node}
+            exclude = exclude | others
+        else:
+            exclude = exclude | self._admitted(request, exclude)
         try:
             try:
                 return self._route(request, exclude | suspects)
@@ -176,6 +195,30 @@ class Router:
                 raise Overloaded(str(exc)) from None
             raise Unavailable(str(exc)) from None
 
+    def _admitted(self, request: RouteRequest, exclude: set[NodeId]) -> set[NodeId]:
+        """The replicas at their measured capacity (orchestrator.routing.admission), to
+        leave out; raises Overloaded when every replica that could serve is at it."""
+        if not self.snapshot.capacities:
+            return set()
+        candidates, _ = candidates_for(
+            self.snapshot, request.alias, now=self.state_clock(), inflight=self.inflight,
+            exclude=exclude, task=request.task,
+        )  # fmt: skip
+        loads = [self._replica_load(c) for c in candidates]
+        decision = admit(request.alias, loads, self._clock())
+        if not decision.admitted:
+            raise Overloaded(decision.reason, decision.retry_after_s)
+        return {NodeId(n) for n in decision.full}
+
+    def _replica_load(self, candidate: Candidate) -> ReplicaLoad:
+        replica = candidate.replica
+        record = record_for(
+            self.snapshot.capacities, candidate.node_id, replica.alias, replica.config.n_ctx
+        )
+        calls = self._calls.get(candidate.node_id, ())
+        started = [self._call_started[c] for c in calls if c in self._call_started]
+        return ReplicaLoad(candidate.node_id, candidate.load, record, min(started, default=None))
+
     def not_served(self, alias: str) -> LlamaherdError:
         """The error for a model no node serves, listing the ones that are served."""
         served = {r.alias for n in self.snapshot.up_nodes for r in n.replicas if r.ready}
@@ -192,6 +235,7 @@ class Router:
         key = (candidate.node_id, candidate.replica.alias)
         self.inflight[key] += 1
         self._calls.setdefault(candidate.node_id, set()).add(call)
+        self._call_started[call] = self._clock()
         try:
             yield
         finally:
@@ -199,6 +243,7 @@ class Router:
             if self.inflight[key] <= 0:
                 del self.inflight[key]
             self._calls[candidate.node_id].discard(call)
+            self._call_started.pop(call, None)
             self._dropped.pop(call, None)
 
     def _fail_calls(self, node_id: NodeId, reason: str) -> None:

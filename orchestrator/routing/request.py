@@ -42,7 +42,8 @@ class RouteRequest:
     `alias` and `task` decide which replicas may serve it; the rest is for policies that
     want it (the built-in ones read only `alias`): `prompt_tokens` is an estimate from the
     text length, `prefix` a stable fingerprint of the prompt's opening ("" when there is
-    none, as for embeddings), `session` the caller's session key or None.
+    none, as for embeddings), `session` the caller's session key or None, `node` the node
+    the caller pinned it to or None.
     """
 
     alias: str
@@ -50,6 +51,9 @@ class RouteRequest:
     prompt_tokens: int = 0
     prefix: str = ""
     session: str | None = None
+    # The node the caller pinned the request to (the x-llamaherd-node header, for
+    # measuring one node: llamaherd capacity); None: any replica, as routing chooses.
+    node: str | None = None
 
 
 def for_prompt(alias: str, prompt: str, session: str | None = None) -> RouteRequest:

@@ -165,3 +165,24 @@ def test_a_downloading_model_shows_bytes_rate_eta_and_source() -> None:
 def test_a_download_waiting_for_its_turn_says_so() -> None:
     text = render(inf_pb.ClusterStatusResponse(nodes=[node_status("a", downloading(0))]))
     assert "big [downloading: waiting for a download slot, 2.00 GiB]" in text
+
+
+def test_measured_capacity_shows_streams_rates_power_and_replicas_needed() -> None:
+    from orchestrator.cluster.capacity import CapacityRecord
+    from orchestrator.cluster.view import ClusterView
+
+    def measured(node: str, streams: int, watts: float | None) -> CapacityRecord:
+        return CapacityRecord(
+            node=node, model="gemma", n_ctx=4096, slo="ttft_p99=2s", max_streams=streams,
+            prefill_tps=950.0, decode_tps_stream=21.5, decode_tps_total=60.2, e2e_s=3.0,
+            prompt_tokens=128, output_tokens=64, measured_at=0.0, watts=watts,
+        )  # fmt: skip
+
+    view = ClusterView(capacities=(measured("a", 4, 20.0), measured("b", 2, None)))
+    text = render_status(view, target_streams=9)
+    assert (
+        "gemma on a, n_ctx 4096: 4 streams at ttft_p99=2s; prefill 950 tok/s, decode 21.5 "
+        "tok/s per stream, 60.2 in all, 0.2 streams/W (20 W)"
+    ) in text
+    assert "gemma: 6 streams on 2 measured replicas; 9 streams need 3 replicas" in text
+    assert "measured capacity" not in render_status(ClusterView())
