@@ -16,8 +16,6 @@ recorded is that of the longest (it holds for every shorter prompt).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -30,11 +28,10 @@ from orchestrator.bench.client import BenchError, Target
 from orchestrator.bench.metrics import LevelFigures, SloTerm, level_figures
 from orchestrator.bench.run import BenchConfig, run_bench
 from orchestrator.bench.workload import Level
-from orchestrator.cluster.capacity import CapacityRecord, node_watts
+from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.view import ClusterView, view_from_json
 
 PIN_HEADER = "x-llamaherd-node"
-POWER_POLL_S = 1.0
 _QUANT = re.compile(r"(?i)(?:^|[-_.])((?:i?q\d(?:_[a-z0-9]+)*)|bf16|f16|f32)(?=\.gguf$|[-.]|$)")
 
 
@@ -214,21 +211,6 @@ def check_contexts(replica: Replica, model: str, contexts: Sequence[int]) -> Non
         )
 
 
-async def _sample_power(client: httpx.AsyncClient, target: Target, node: str) -> list[float]:
-    """The node's reported power, polled until cancelled (what it reports; none on a VM)."""
-    readings: list[float] = []
-    with contextlib.suppress(asyncio.CancelledError):
-        while True:
-            with contextlib.suppress(BenchError, httpx.HTTPError):
-                view = await fetch_view(client, target)
-                entry = next((e for e in view.nodes if e.status.node_id == node), None)
-                watts = node_watts(entry.status) if entry is not None else None
-                if watts is not None:
-                    readings.append(watts)
-            await asyncio.sleep(POWER_POLL_S)
-    return readings
-
-
 async def measure_capacity(
     config: CapacityConfig, started: LevelStarted | None = None, progress: Any = None
 ) -> CapacityResult:
@@ -239,15 +221,8 @@ async def measure_capacity(
         check_contexts(replica, config.target.model, config.contexts)
         target = PinnedTarget(**_target_fields(config.target), node=replica.node)
         result = CapacityResult(replica)
-        power = asyncio.create_task(_sample_power(client, target, replica.node))
-        try:
-            for prompt_tokens in config.prompt_tokens:
-                await _sweep(config, target, prompt_tokens, result, started, progress)
-        finally:
-            power.cancel()
-            watts_readings = await power
-    watts = sum(watts_readings) / len(watts_readings) if watts_readings else None
-    result.records = [replace(r, watts=watts) for r in result.records]
+        for prompt_tokens in config.prompt_tokens:
+            await _sweep(config, target, prompt_tokens, result, started, progress)
     return result
 
 
@@ -265,6 +240,7 @@ async def _sweep(
 ) -> None:
     outcomes: dict[int, bool] = {}
     figures: dict[int, LevelFigures] = {}
+    watts: dict[int, list[float]] = {}  # the node's power readings per level (bench's)
     while (streams := next_concurrency(outcomes, config.max_concurrency)) is not None:
         requests = max(config.requests_per_stream * streams, config.min_requests)
         if started:
@@ -279,9 +255,14 @@ async def _sweep(
         level = level_figures(run.records, config.slo)
         outcomes[streams] = meets_slo(level)
         figures[streams] = level
+        watts[streams] = [p.watts for p in run.power if p.node == target.node]
         result.levels.append(LevelResult(prompt_tokens, streams, outcomes[streams], level))
     best = max_streams(outcomes)
-    result.records.append(_record(config, result.replica, prompt_tokens, best, figures))
+    record = _record(config, result.replica, prompt_tokens, best, figures)
+    readings = watts[best or 1]
+    if readings:
+        record = replace(record, watts=sum(readings) / len(readings))
+    result.records.append(record)
 
 
 def _record(

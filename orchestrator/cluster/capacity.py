@@ -20,8 +20,6 @@ from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
 
-from common.status import NodeStatus
-
 CAPACITY_FILE = "capacity.json"
 FILE_VERSION = 1
 
@@ -161,15 +159,3 @@ def replicas_needed(target_streams: int, measured: Sequence[int]) -> int | None:
     if mean <= 0:
         return None
     return len(per_replica) + math.ceil((target_streams - total) / mean)
-
-
-def node_watts(status: NodeStatus) -> float | None:
-    """The power a node reports now: a Jetson's board input, else its GPUs' sum; None where
-    it reports none (a PC without NVML, this VM)."""
-    sample = status.telemetry
-    if sample is None:
-        return None
-    if sample.jetson is not None and sample.jetson.power_total_watts is not None:
-        return sample.jetson.power_total_watts
-    readings = [g.power_watts for g in sample.gpus if g.power_watts is not None]
-    return sum(readings) if readings else None

@@ -23,6 +23,7 @@ from orchestrator.bench.client import BenchError
 from orchestrator.cli import build_parser
 from orchestrator.cluster.capacity import load_records
 from orchestrator.cluster.view import ClusterView, cluster_view, view_to_json
+from tests.support.samples_factory import dgpu, node_sample
 from tests.unit.orchestrator.factories import node, replica, snapshot
 
 
@@ -113,6 +114,18 @@ def test_a_sweep_saves_the_largest_passing_concurrency(cluster_endpoint, tmp_pat
     assert result["saved_to"] == str(saved)
     assert [r.max_streams for r in load_records(saved)] == [2]
     assert stat.S_IMODE(os.stat(saved).st_mode) == 0o600
+
+
+def test_the_nodes_reported_power_is_recorded(endpoint, capsys):
+    cluster = view(node("node-1", replica("gemma")))
+    status = dataclasses.replace(cluster.nodes[0].status, telemetry=node_sample(jetson=None))
+    nodes = (dataclasses.replace(cluster.nodes[0], status=status),)
+    endpoint.cluster = view_to_json(dataclasses.replace(cluster, nodes=nodes))
+    argv = ["capacity", "--url", endpoint.url, "--model", "gemma", "--prompt-tokens", "8",
+            "--output-tokens", "3", "--max-concurrency", "1", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    watts = json.loads(capsys.readouterr().out)["record"]["watts"]
+    assert watts == dgpu(0).power_watts
 
 
 def test_a_slo_nothing_meets_gives_zero_streams_after_one_level(cluster_endpoint, capsys):

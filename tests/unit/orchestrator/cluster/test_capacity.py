@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import stat
 
 import pytest
 from pydantic import SecretStr
 
-from common.hardware import HardwareInfo
-from common.status import NodeStatus
-from common.telemetry import GpuSample, NodeSample
 from orchestrator.cluster.capacity import (
     CapacityFileError,
     CapacityRecord,
     load_records,
-    node_watts,
     record_for,
     replicas_needed,
     save_record,
@@ -89,19 +84,6 @@ def test_replicas_needed_takes_the_best_measured_first_then_the_average():
 def test_streams_per_watt_needs_a_power_reading():
     assert record(max_streams=4, watts=20.0).streams_per_watt == pytest.approx(0.2)
     assert record().streams_per_watt is None
-
-
-def test_node_watts_sums_gpus_and_is_none_without_power():
-    gpu = GpuSample(
-        index=0, name="x", unified=False, compute_capability="8.9",
-        memory_total_bytes=1, memory_used_bytes=0, memory_free_bytes=1, power_watts=70.0,
-    )  # fmt: skip
-    status = NodeStatus("a", "a:1", HardwareInfo("x86-cuda"))
-    assert node_watts(status) is None
-    with_gpus = dataclasses.replace(
-        status, telemetry=NodeSample(taken_at=0.0, host=None, gpus=(gpu, gpu))
-    )
-    assert node_watts(with_gpus) == 140.0
 
 
 def test_the_registry_reads_the_file_at_start_and_again_when_it_changes(tmp_path):
