@@ -8,7 +8,7 @@ STUBS   := $(PROTOS:.proto=_pb2.py)
 ARGS    ?=
 PYTEST_ARGS ?=
 
-.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image chaos fuzz browser
+.PHONY: setup run test unit lint bench clean fleet fleet-lint fleet-tools fleet-image chaos fuzz browser convert-test
 .DEFAULT_GOAL := run
 
 setup: $(STAMP) $(STUBS)
@@ -94,3 +94,24 @@ fleet: setup fleet-lint  ## converge, re-converge and rolling-upgrade three real
 fleet-image: setup  ## build the CPU worker image from the fleet's root filesystem and wheelhouse; check it serves
 	tests/fleet/check_cpu_image.sh "$$(ls -d $(FLEET_CACHE)/rootfs-* | head -n 1)" \
 		"$$(ls -td $(FLEET_CACHE)/wheelhouse/deps-* | head -n 1)"
+
+# From a Hugging Face checkpoint to a served quant: a tiny random Llama made by transformers,
+# `llamaherd models convert`, quantize, serve. The converter's dependencies (the convert extra:
+# torch, transformers) go into a venv cached outside the repository, keyed by the extra.
+# torch 2.13.0 is pinned there because pip finds a CPU build of it on this machine kind;
+# elsewhere PyPI's x86_64 torch is a CUDA build of several GB (it works, only heavier).
+CONVERT_CACHE ?= $(if $(filter 0,$(shell id -u)),/var/cache/llamaherd-convert,$(HOME)/.cache/llamaherd-convert)
+CONVERT_TORCH ?= torch==2.13.0
+CONVERT_VENV = $(CONVERT_CACHE)/venv-$(shell { sed -n '/^convert = \[/,/^\]/p' pyproject.toml; \
+	echo '$(CONVERT_TORCH)'; } | sha256sum | cut -c1-12)
+
+convert-test: setup  ## HF checkpoint -> models convert -> quantize -> a worker generates (~1 min cached)
+	@if [ ! -f $(CONVERT_VENV)/.ready ]; then \
+		rm -rf $(CONVERT_VENV) && $(PY) -m venv $(CONVERT_VENV) && \
+		$(PY) -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['convert']))" \
+			> $(CONVERT_VENV)/requirements.txt && \
+		$(CONVERT_VENV)/bin/pip install --quiet '$(CONVERT_TORCH)' -r $(CONVERT_VENV)/requirements.txt && \
+		touch $(CONVERT_VENV)/.ready; \
+	fi
+	LLAMAHERD_CONVERT_PYTHON=$(CONVERT_VENV)/bin/python $(PY) -m pytest -q -rs -p no:cacheprovider \
+		tests/integration/orchestrator/test_models_convert.py $(PYTEST_ARGS)
