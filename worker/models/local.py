@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,13 +26,15 @@ from worker.engine.batching import EmbeddingJob, GenerationJob, Job, ModelEngine
 from worker.engine.generation import (
     ChatMessage,
     Constraint,
+    ConstraintKind,
     EmbeddingResult,
     Finished,
     GenerationEvent,
+    ToolChoiceMode,
+    Tools,
 )
 from worker.engine.limits import RequestLimits, check_text
 from worker.engine.pools import BoundedPool, default_pool
-from worker.engine.sampling import SamplingParams, check_token_ids
 from worker.engine.streams import EventStream
 from worker.llamacpp import rpc
 from worker.llamacpp.backend import LlamaBackend
@@ -39,8 +42,11 @@ from worker.llamacpp.chat_templates import RENDER_LIMITS
 from worker.llamacpp.context import ContextParams
 from worker.llamacpp.gbnf import constraint_grammar
 from worker.llamacpp.model import LlamaModel
-from worker.models.chat import ChatTemplate, check_messages, select_template
+from worker.models.chat import ChatTemplate, check_messages, render_chat, select_template
+from worker.models.chat_stream import OutputPlan, shape_output
+from worker.models.reasoning import prompt_opens_think
 from worker.models.served import ModelFacts, Tokenized
+from worker.models.tool_calls import NO_TOOLS, check_tools, required_grammar
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +170,10 @@ class LocalModel:
         template: ChatTemplate | None,
         pool: BoundedPool | None = None,
         limits: RequestLimits | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng or random.Random()  # tool call ids
         self.facts = facts
         self.backend = backend
         self.template = template
@@ -241,13 +249,14 @@ class LocalModel:
         messages: Sequence[ChatMessage],
         sampling: SamplingParams,
         constraint: Constraint | None,
+        tools: Tools = NO_TOOLS,
     ) -> AsyncIterator[GenerationEvent]:
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
         check_text("messages", _joined(messages), self.limits)
-        job = await self._prepare(
-            None, lambda: self._chat_job(request_id, messages, sampling, constraint, stream)
+        job, plan = await self._prepare(
+            None, lambda: self._chat_job(request_id, messages, sampling, constraint, stream, tools)
         )
-        async for event in self._run(job, stream):
+        async for event in shape_output(self._run(job, stream), plan, self._rng):
             _log_finished(request_id, self.alias, event)
             yield event
 
@@ -280,10 +289,14 @@ class LocalModel:
         return Tokenized(tuple(tokens), pieces)
 
     async def tokenize_chat(
-        self, request_id: str, messages: Sequence[ChatMessage], with_pieces: bool = False
+        self,
+        request_id: str,
+        messages: Sequence[ChatMessage],
+        with_pieces: bool = False,
+        tools: Tools = NO_TOOLS,
     ) -> Tokenized:
         check_text("messages", _joined(messages), self.limits)
-        tokens = await self._prepare(None, lambda: self._chat_tokens(messages))
+        tokens = await self._prepare(None, lambda: self._chat_tokens(messages, tools))
         pieces = tuple(self.backend.token_bytes(t) for t in tokens) if with_pieces else ()
         return Tokenized(tuple(tokens), pieces)
 
@@ -345,21 +358,48 @@ class LocalModel:
         sampling: SamplingParams,
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
-    ) -> GenerationJob:
-        return self._job(request_id, self._chat_tokens(messages), sampling, constraint, stream)
+        tools: Tools = NO_TOOLS,
+    ) -> tuple[GenerationJob, OutputPlan]:
+        """The chat's job, and how its output is read (reasoning, tool calls)."""
+        tokens, plan, grammar = self._chat_prompt(messages, tools)
+        if grammar is not None:
+            if constraint is not None:
+                raise InvalidArgument(
+                    f"tool_choice {tools.choice.mode.value} makes the reply a tool call, "
+                    "enforced by a grammar; it cannot also follow constraint (response_format "
+                    "or grammar): drop one of them"
+                )
+            constraint = Constraint(ConstraintKind.GRAMMAR, grammar)
+        return self._job(request_id, tokens, sampling, constraint, stream), plan
 
-    def _chat_tokens(self, messages: Sequence[ChatMessage]) -> list[int]:
+    def _chat_tokens(self, messages: Sequence[ChatMessage], tools: Tools = NO_TOOLS) -> list[int]:
         """The prompt of a chat: its messages rendered with the template, tokenized."""
+        return self._chat_prompt(messages, tools)[0]
+
+    def _chat_prompt(
+        self, messages: Sequence[ChatMessage], tools: Tools
+    ) -> tuple[list[int], OutputPlan, str | None]:
+        """A chat's prompt tokens, how its output is read, and the grammar its tool choice
+        needs (None: none)."""
         self._require_generation()
         check_messages(messages)
+        schemas = check_tools(tools, self.limits)
         assert self.template is not None  # set for every generation model
-        text = self.template.render(messages)
-        check_text("the rendered chat", text, self.limits)
-        tokens = self._tokens(text)
+        rendered = render_chat(self.template, messages, tools, schemas)
+        check_text("the rendered chat", rendered.text, self.limits)
+        tokens = self._tokens(rendered.text)
         # Templates that write the BOS token themselves would otherwise get a second one.
         if len(tokens) > 1 and tokens[0] == tokens[1] == self.backend.bos:
             del tokens[0]
-        return tokens
+        calls = tools.choice.mode is not ToolChoiceMode.NONE
+        plan = OutputPlan(
+            tool_format=rendered.tool_format,
+            tool_names=frozenset(schemas) if calls else frozenset(),
+            reasoning=self.config.reasoning_format,
+            think_open=prompt_opens_think(rendered.text),
+        )
+        grammar = required_grammar(tools, schemas, rendered.tool_format, self.limits)
+        return tokens, plan, grammar
 
     def _job(
         self,
@@ -424,7 +464,10 @@ class LocalModel:
 
 
 def _joined(messages: Sequence[ChatMessage]) -> str:
-    return "".join(m.content for m in messages)
+    """What the size limit counts of a chat before it is prepared: its texts and calls
+    (the tools are counted by check_tools)."""
+    calls = "".join(c.name + c.arguments for m in messages for c in m.tool_calls)
+    return "".join(m.content for m in messages) + calls
 
 
 def _log_finished(rid: str, alias: str, event: GenerationEvent) -> None:
