@@ -37,6 +37,13 @@ class Pooling(str, enum.Enum):
     LAST = "last"
 
 
+class ReasoningFormat(str, enum.Enum):
+    """Where a reasoning model's <think> block goes (llama-server's --reasoning-format)."""
+
+    AUTO = "auto"  # into the reply's separate reasoning text
+    NONE = "none"  # left in the reply's text
+
+
 class ModelSource(BaseModel):
     """Where a worker fetches a store model's file, and what the file must be.
 
@@ -93,6 +100,10 @@ class ModelConfig(BaseModel):
     flash_attn: FlashAttention = Field(FlashAttention.AUTO, description="flash attention")
     chat_format: str | None = Field(None, description="llama.cpp built-in chat template name")
     chat_template: str | None = Field(None, description="Jinja chat template overriding the GGUF")
+    reasoning_format: ReasoningFormat = Field(
+        ReasoningFormat.AUTO,
+        description="auto: a reply's <think> block becomes its reasoning text; none: kept in text",
+    )
     embedding: bool = Field(False, description="serve embeddings instead of generation")
     pooling: Pooling = Field(Pooling.MEAN, description="embedding pooling")
     n_parallel: int = Field(

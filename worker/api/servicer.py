@@ -80,9 +80,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         messages = with_assistant_prefix(
             wire.messages_from_proto(list(request.messages)), request.assistant_prefix
         )
+        tools = wire.tools_from_proto(request)  # checked by the model, on its request pool
         rid = request_id(context)
         with self._registry.lease(request.model) as model:
-            async for event in model.chat(rid, messages, sampling, constraint):
+            async for event in model.chat(rid, messages, sampling, constraint, tools):
                 yield wire.chunk_to_proto(event)
 
     async def Embed(
@@ -104,7 +105,12 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
                     wire.messages_from_proto(list(request.chat.messages)),
                     request.chat.assistant_prefix,
                 )
-                chat = await model.tokenize_chat(request_id(context), messages, request.with_pieces)
+                chat = await model.tokenize_chat(
+                    request_id(context),
+                    messages,
+                    request.with_pieces,
+                    wire.tools_from_proto(request.chat),
+                )
                 return wire.tokenized_to_proto(chat)
             tokenized = await model.tokenize(
                 request_id(context), request.text, add_special, parse_special, request.with_pieces

@@ -161,7 +161,10 @@ def _bounded_range(*args: int) -> range:
     return numbers
 
 
-def _bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` as a filter counted against the render's budget (steps, argument sizes, result
+    size), as every filter of BoundedEnvironment is."""
+
     @functools.wraps(fn)  # keeps jinja's pass_context/pass_environment marks
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = _budget()
@@ -208,7 +211,7 @@ class BoundedEnvironment(ImmutableSandboxedEnvironment):
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        self.filters = {name: _bounded_filter(name, fn) for name, fn in self.filters.items()}
+        self.filters = {name: bounded_filter(name, fn) for name, fn in self.filters.items()}
         self.filters[_LOOP_FILTER] = _bounded_loop
         self.filters[_SIZE_FILTER] = _bounded_size
         self.globals["range"] = _bounded_range

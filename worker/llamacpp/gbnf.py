@@ -11,9 +11,13 @@ their repetition counts bound the work and memory a constraint costs.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF, SchemaConverter, json_schema_to_gbnf
 
 from common.errors import InvalidArgument
 from worker.engine.generation import Constraint, ConstraintKind
@@ -121,3 +125,66 @@ def constraint_grammar(constraint: Constraint, limits: RequestLimits | None = No
         raise InvalidArgument(f"constraint.json_schema cannot be enforced: {exc}") from exc
     check_grammar(grammar, limits, "the grammar of constraint.json_schema")
     return grammar
+
+
+# ---- tool calls -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CallLayout:
+    """How a model family writes its calls, for the grammar that makes it call tools:
+    `prefix`, then each call as `call_open` + JSON object + `call_close`, separated by
+    `separator`, then `suffix`. The object is {"name": ..., `arguments_key`: {...}}."""
+
+    arguments_key: str = "arguments"
+    prefix: str = ""
+    call_open: str = ""
+    call_close: str = ""
+    separator: str = ", "
+    suffix: str = ""
+
+
+def tool_calls_grammar(
+    schemas: Mapping[str, dict[str, Any]],
+    layout: CallLayout,
+    *,
+    one_call: bool,
+    limits: RequestLimits | None = None,
+) -> str:
+    """A GBNF grammar whose every sentence is one call (`one_call`) or several to the tools
+    `schemas` (each tool's arguments JSON Schema, by name), written as `layout` says
+    (blocking: the schemas are converted in Python)."""
+    limits = limits or RequestLimits()
+    converter = SchemaConverter(  # type: ignore[no-untyped-call]
+        prop_order={"name": 0, layout.arguments_key: 1},
+        allow_fetch=False, dotall=False, raw_pattern=False,
+    )  # fmt: skip
+    try:
+        alternatives = []
+        for i, (name, schema) in enumerate(schemas.items()):
+            resolved = converter.resolve_refs(schema, f"tools-{i}")  # each schema's own #/ refs
+            alternatives.append({
+                "type": "object",
+                "properties": {"name": {"const": name}, layout.arguments_key: resolved},
+                "required": ["name", layout.arguments_key],
+            })  # fmt: skip
+        call = {"anyOf": alternatives} if len(alternatives) > 1 else alternatives[0]
+        converter.visit(call, "call")  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the converter raises bare Exceptions on schemas it cannot express
+        raise InvalidArgument(f"tools[].parameters cannot be enforced: {exc}") from exc
+    item = " ".join(
+        part for part in (_literal(layout.call_open), "call", _literal(layout.call_close)) if part
+    )
+    more = "" if one_call else f" ({_literal(layout.separator)} {item})*"
+    body = " ".join(
+        part for part in (_literal(layout.prefix), f"{item}{more}", _literal(layout.suffix)) if part
+    )
+    rules = converter.format_grammar()  # type: ignore[no-untyped-call]
+    grammar = f"root ::= {body}\n{rules}"
+    check_grammar(grammar, limits, "the grammar of the tools (tool_choice required)")
+    return grammar
+
+
+def _literal(text: str) -> str:
+    """`text` as a GBNF string literal ("" when empty)."""
+    if not text:
+        return ""
+    return json.dumps(text)

@@ -20,11 +20,19 @@ from typing import Any, Protocol
 import jinja2
 
 from common.errors import InvalidArgument
-from worker.engine.generation import ChatMessage
+from worker.engine.generation import ChatMessage, Tools
 from worker.llamacpp.chat_templates import (
     BoundedEnvironment,
     apply_builtin_template,
+    bounded_filter,
     builtin_template_names,
+)
+from worker.models.tool_calls import (
+    ToolFormat,
+    arguments_object,
+    detect_format,
+    generic_messages,
+    tool_dicts,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,37 @@ class ChatTemplate(Protocol):
 
 
 @dataclass(frozen=True)
+class RenderedChat:
+    """A chat's prompt, and the call syntax the model was taught for the tools in it."""
+
+    text: str
+    tool_format: ToolFormat = ToolFormat.GENERIC
+
+
+def render_chat(
+    template: ChatTemplate,
+    messages: Sequence[ChatMessage],
+    tools: Tools,
+    schemas: dict[str, dict[str, Any]],
+) -> RenderedChat:
+    """Renders `messages` offering `tools` (`schemas`: their checked parameters by name).
+
+    A Jinja template gets the tools and the calls in the history as Hugging Face templates
+    take them. When it ignores them (it renders the same text without the tools), and for
+    llama.cpp's built-in templates, which take no tools, the tools are described in the
+    system turn instead and the model is asked for the generic JSON form."""
+    if isinstance(template, JinjaTemplate):
+        if not tools.tools:
+            return RenderedChat(template.render(messages))
+        text = template.render(messages, tool_dicts(tools.tools, schemas))
+        if text != template.render(messages):
+            return RenderedChat(text, template.tool_format)
+    elif not tools.tools and not any(m.tool_calls or m.role == "tool" for m in messages):
+        return RenderedChat(template.render(messages))
+    return RenderedChat(template.render(generic_messages(messages, tools, schemas)))
+
+
+@dataclass(frozen=True)
 class BuiltinTemplate:
     """One of llama.cpp's built-in templates, applied by llama_chat_apply_template."""
 
@@ -72,7 +111,7 @@ class JinjaTemplate:
     def __init__(self, text: str, source: str, bos_token: str, eos_token: str) -> None:
         # Bounded: loops, output and time per render (worker.llamacpp.chat_templates).
         env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.filters["tojson"] = _tojson
+        env.filters["tojson"] = bounded_filter("tojson", _tojson)
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         try:
@@ -80,17 +119,23 @@ class JinjaTemplate:
         except jinja2.TemplateError as exc:
             raise InvalidArgument(f"the {source} chat template does not compile: {exc}") from exc
         self.source = source
+        self.tool_format = detect_format(text)
         self._bos = bos_token
         self._eos = eos_token
 
-    def render(self, messages: Sequence[ChatMessage]) -> str:
+    def render(
+        self, messages: Sequence[ChatMessage], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """The prompt; `tools` in OpenAI's shape when the chat offers any."""
         turns, prefix = split_assistant_prefix(messages)
+        extra = {"tools": tools} if tools else {}
         try:
             text = self._template.render(
-                messages=[{"role": m.role, "content": m.content} for m in turns],
+                messages=[_message_dict(m) for m in turns],
                 add_generation_prompt=True,
                 bos_token=self._bos,
                 eos_token=self._eos,
+                **extra,
             )
         except jinja2.TemplateError as exc:
             raise InvalidArgument(f"the chat template rejected the messages: {exc}") from exc
@@ -108,6 +153,26 @@ def split_assistant_prefix(messages: Sequence[ChatMessage]) -> tuple[Sequence[Ch
     if messages and messages[-1].role == ASSISTANT_PREFIX_ROLE:
         return messages[:-1], messages[-1].content
     return messages, ""
+
+
+def _message_dict(m: ChatMessage) -> dict[str, Any]:
+    """A message as Hugging Face templates read it: calls with their arguments as objects,
+    tool results with the id and name of the call they answer."""
+    message: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": arguments_object(c.arguments)},
+            }
+            for c in m.tool_calls
+        ]
+    if m.tool_call_id:
+        message["tool_call_id"] = m.tool_call_id
+    if m.name:
+        message["name"] = m.name
+    return message
 
 
 def _raise_exception(message: str) -> None:

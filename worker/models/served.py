@@ -20,7 +20,13 @@ from common.gguf import GGUFFile
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
 from common.status import EngineFigures
-from worker.engine.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
+from worker.engine.generation import (
+    ChatMessage,
+    Constraint,
+    EmbeddingResult,
+    GenerationEvent,
+    Tools,
+)
 from worker.engine.sampling import SamplingParams
 
 OnLost = Callable[[str], None]
@@ -87,7 +93,11 @@ class ServedModel(Protocol):
         messages: Sequence[ChatMessage],
         sampling: SamplingParams,
         constraint: Constraint | None,
-    ) -> AsyncIterator[GenerationEvent]: ...
+        tools: Tools = ...,
+    ) -> AsyncIterator[GenerationEvent]:
+        """The reply to a chat offering `tools` (default none): reasoning and tool calls
+        separated from its text as the model's settings and tool choice say."""
+        ...
 
     async def embed(
         self, request_id: str, inputs: Sequence[str], normalize: bool
@@ -103,7 +113,11 @@ class ServedModel(Protocol):
     ) -> Tokenized: ...
 
     async def tokenize_chat(
-        self, request_id: str, messages: Sequence[ChatMessage], with_pieces: bool = False
+        self,
+        request_id: str,
+        messages: Sequence[ChatMessage],
+        with_pieces: bool = False,
+        tools: Tools = ...,
     ) -> Tokenized:
         """The prompt chat(messages) would read: rendered with the chat template, tokenized."""
         ...

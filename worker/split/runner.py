@@ -44,9 +44,16 @@ from common.status import EngineFigures
 from common.wire.status import model_status_from_proto
 from worker import wire
 from worker.config import WorkerSettings
-from worker.engine.generation import ChatMessage, Constraint, EmbeddingResult, GenerationEvent
+from worker.engine.generation import (
+    ChatMessage,
+    Constraint,
+    EmbeddingResult,
+    GenerationEvent,
+    Tools,
+)
 from worker.engine.sampling import SamplingParams
 from worker.models.served import ModelFacts, OnLost, Tokenized
+from worker.models.tool_calls import NO_TOOLS
 from worker.split.lifetime import end
 
 log = logging.getLogger(__name__)
@@ -270,6 +277,7 @@ class SplitModel:
         messages: Sequence[ChatMessage],
         sampling: SamplingParams,
         constraint: Constraint | None,
+        tools: Tools = NO_TOOLS,
     ) -> AsyncIterator[GenerationEvent]:
         request = gen_pb.ChatRequest(
             model=self.alias,
@@ -277,6 +285,7 @@ class SplitModel:
             sampling=wire.sampling_to_proto(sampling),
             constraint=wire.constraint_to_proto(constraint),
         )
+        wire.tools_to_proto(tools, request)  # the child worker parses the calls
         return self._relay_stream(self._stub.Chat, request, request_id)
 
     async def embed(
@@ -305,9 +314,14 @@ class SplitModel:
         return wire.tokenized_from_proto(reply)
 
     async def tokenize_chat(
-        self, request_id: str, messages: Sequence[ChatMessage], with_pieces: bool = False
+        self,
+        request_id: str,
+        messages: Sequence[ChatMessage],
+        with_pieces: bool = False,
+        tools: Tools = NO_TOOLS,
     ) -> Tokenized:
         chat = gen_pb.ChatRequest(model=self.alias, messages=wire.messages_to_proto(messages))
+        wire.tools_to_proto(tools, chat)
         request = gen_pb.TokenizeRequest(model=self.alias, chat=chat, with_pieces=with_pieces)
         reply = await self._relay_unary(self._stub.Tokenize, request, request_id)
         return wire.tokenized_from_proto(reply)
