@@ -19,10 +19,12 @@ went away is cancelled at once, which frees the worker's slot.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from llamaherd.v1 import generation_pb2 as gen_pb
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -46,9 +48,7 @@ from orchestrator.gateway.http_relay import (
     ClientGone,
     GenerationRequest,
     completed_headers,
-    first_chunk,
     json_body,
-    next_chunk,
     open_generation,
     request_id,
     unless_gone,
@@ -59,7 +59,6 @@ from orchestrator.gateway.route_requests import (
     for_chat,
     for_embed,
     for_generate,
-    http_pinned,
     http_session,
     resumable,
 )
@@ -67,6 +66,7 @@ from orchestrator.gateway.router import Completed, OpenGeneration, Router
 from orchestrator.routing.request import RouteRequest
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIGRATION_MEMBER = "llamaherd"
 DEFAULT_BODY_TIMEOUT_S = 20.0
@@ -111,22 +111,41 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         call = oa.parse_chat(await json_body(request, self._body_timeout_s))
         route = for_chat(call.request, http_session(request.headers, call.user))
-        route = http_pinned(route, request.headers)
-        open_call = open_generation(call.request, request_id(request))
-        return await self._generation(
-            request, route, call.request, open_call, call.model, call.stream,
-            call.include_usage, "chat",
-        )  # fmt: skip
+        generation = _Generation(
+            route, call.request, open_generation(call.request, request_id(request))
+        )
+        call_id, created = oa.new_call_id("chatcmpl"), int(time.time())
+        logprobs = call.request.sampling.HasField("top_logprobs")
+        if not call.stream:
+            completed = await self._complete(request, [generation])
+            body = oa.chat_completion(call_id, created, call.model, completed[0].chunks, logprobs)
+            return JSONResponse(body, headers=completed_headers(completed[0]))
+        encoder = oa.ChatStream(call_id, created, call.model, max(call.request.n, 1), logprobs)
+        return await self._stream(request, [generation], encoder, call.include_usage)
 
     async def completions(self, request: Request) -> Response:
         call = oa.parse_completion(await json_body(request, self._body_timeout_s))
-        route = for_generate(call.request, http_session(request.headers, call.user))
-        route = http_pinned(route, request.headers)
-        open_call = open_generation(call.request, request_id(request))
-        return await self._generation(
-            request, route, call.request, open_call, call.model, call.stream,
-            call.include_usage, "text",
-        )  # fmt: skip
+        session = http_session(request.headers, call.user)
+        generations = [
+            _Generation(
+                for_generate(r, session), r,
+                open_generation(r, request_id(request)),
+            )
+            for r in call.requests
+        ]  # fmt: skip
+        call_id, created = oa.new_call_id("cmpl"), int(time.time())
+        logprobs = call.request.sampling.HasField("top_logprobs")
+        if not call.stream:
+            completed = await self._complete(request, generations)
+            body = oa.text_completion(
+                call_id, created, call.model, [c.chunks for c in completed], call.n,
+                call.echoed, logprobs,
+            )  # fmt: skip
+            return JSONResponse(body, headers=_headers(completed))
+        encoder = oa.CompletionStream(
+            call_id, created, call.model, len(generations), call.n, call.echoed, logprobs
+        )
+        return await self._stream(request, generations, encoder, call.include_usage)
 
     async def embeddings(self, request: Request) -> Response:
         call = oa.parse_embeddings(await json_body(request, self._body_timeout_s))
@@ -164,98 +183,176 @@ class OpenAIRoutes:
     def _models(self) -> Any:
         return views.cluster_models(self._router.snapshot, self._created)
 
-    async def _generation(
+    async def _complete(self, request: Request, generations: list[_Generation]) -> list[Completed]:
+        """Each generation whole (a completion's prompts side by side), or the first error."""
+        tasks = [
+            asyncio.ensure_future(self._router.complete(g.route, g.open_call)) for g in generations
+        ]
+        return await unless_gone(request, _all(tasks))
+
+    async def _stream(
         self,
         request: Request,
-        route: RouteRequest,
-        generation: GenerationRequest,
-        open_call: OpenGeneration,
-        model: str,
-        stream: bool,
+        generations: list[_Generation],
+        events: _Events,
         include_usage: bool,
-        kind: str,
     ) -> Response:
-        call_id = oa.new_call_id("chatcmpl" if kind == "chat" else "cmpl")
-        created = int(time.time())
-        if not stream:
-            completed = await unless_gone(request, self._router.complete(route, open_call))
-            return _collected(completed, call_id, created, model, kind)
-        chunks: Chunks = self._router.stream(route, open_call, resumable=resumable(generation))
-        node, first = await first_chunk(request, chunks)
-        events = _sse(chunks, node, first, call_id, created, model, kind, include_usage)
+        """The generations' chunks merged into one SSE stream, answered once each has its
+        first chunk (so a refusal still gets its real status code)."""
+        streams: list[Chunks] = [
+            self._router.stream(g.route, g.open_call, resumable=resumable(g.request))
+            for g in generations
+        ]
+        firsts = [asyncio.ensure_future(_first(s)) for s in streams]
+        try:
+            started = await unless_gone(request, _all(firsts))
+        except BaseException:
+            for stream in streams:
+                await stream.aclose()
+            raise
+        body = _sse(streams, started, events, include_usage)
         return StreamingResponse(
-            events,
+            body,
             media_type="text/event-stream",
-            headers={NODE_HEADER: node, **STREAM_HEADERS},
+            headers={NODE_HEADER: started[0][0], **STREAM_HEADERS},
         )
 
 
-def _collected(completed: Completed, call_id: str, created: int, model: str, kind: str) -> Response:
-    if not completed.chunks:
-        raise Internal("the worker ended the stream without a result")
-    last = completed.chunks[-1]
-    text = "".join(chunk.text for chunk in completed.chunks)
-    if kind == "chat":
-        body = oa.chat_completion(
-            call_id, created, model, text, last.finish_reason, last.usage, last.timings
-        )
-    else:
-        body = oa.text_completion(
-            call_id, created, model, text, last.finish_reason, last.usage, last.timings
-        )
-    return JSONResponse(body, headers=completed_headers(completed))
+@dataclass(frozen=True)
+class _Generation:
+    """One generation of a request (a completion's prompts are one each)."""
+
+    route: RouteRequest
+    request: GenerationRequest
+    open_call: OpenGeneration
+
+
+class _Events(Protocol):
+    """An API's stream encoder (openai_schema.ChatStream, CompletionStream)."""
+
+    def start(self) -> list[dict[str, Any]]: ...
+
+    def payload(self, generation: int, chunk: gen_pb.GenerationChunk) -> dict[str, Any] | None: ...
+
+    @property
+    def done(self) -> bool: ...
+
+    def usage(self) -> dict[str, Any]: ...
+
+
+def _headers(completed: list[Completed]) -> dict[str, str]:
+    """The first prompt's node (routing's pick for the others is in the worker logs), and
+    every node that failed one of the generations first."""
+    retried = sorted({node for c in completed for node in c.retried_from})
+    return completed_headers(Completed([], completed[0].node, retried))
+
+
+async def _all(tasks: Sequence[asyncio.Future[T]]) -> list[T]:
+    """Every task's result, in order; on the first failure the others are cancelled (a
+    completion's other prompts stop generating) and that failure is raised."""
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _first(chunks: Chunks) -> tuple[NodeId, gen_pb.GenerationChunk]:
+    try:
+        return await anext(chunks)
+    except StopAsyncIteration:
+        raise Internal("the worker ended the stream without a result") from None
+
+
+async def _merged(
+    streams: list[Chunks],
+) -> AsyncGenerator[tuple[int, NodeId, gen_pb.GenerationChunk], None]:
+    """The chunks of several relayed streams as they arrive, each with its stream's
+    position; one stream is read in place."""
+    if len(streams) == 1:
+        async for node, chunk in streams[0]:
+            yield 0, node, chunk
+        return
+    queue: asyncio.Queue[tuple[int, NodeId, gen_pb.GenerationChunk] | int | BaseException]
+    queue = asyncio.Queue()
+
+    async def pump(i: int, chunks: Chunks) -> None:
+        try:
+            async for node, chunk in chunks:
+                await queue.put((i, node, chunk))
+            await queue.put(i)  # this stream ended
+        except LlamaherdError as exc:
+            await queue.put(exc)
+
+    pumps = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        running = len(streams)
+        while running:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, int):
+                running -= 1
+                continue
+            yield item
+    finally:
+        for task in pumps:
+            task.cancel()
+        await asyncio.gather(*pumps, return_exceptions=True)
 
 
 async def _sse(
-    chunks: Chunks,
-    node: NodeId,
-    first: gen_pb.GenerationChunk,
-    call_id: str,
-    created: int,
-    model: str,
-    kind: str,
+    streams: list[Chunks],
+    started: list[tuple[NodeId, gen_pb.GenerationChunk]],
+    events: _Events,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    chat = kind == "chat"
-    if chat:
-        yield oa.sse_event(oa.chat_chunk(call_id, created, model, role=True))
-    chunk: gen_pb.GenerationChunk | None = first
-    serving = node
-    moved: dict[str, str] | None = None  # told with the next chunk sent
+    serving = [node for node, _ in started]
+    call_id = ""
+    merged = _merged(streams)
+
+    def encoded(i: int, node: NodeId, chunk: gen_pb.GenerationChunk) -> bytes | None:
+        payload = events.payload(i, chunk)
+        if payload is None:
+            return None
+        if node != serving[i]:
+            # Told with the first chunk sent after the move.
+            payload[MIGRATION_MEMBER] = {"migrated_from": serving[i], "migrated_to": node}
+            serving[i] = node
+        return oa.sse_event(payload)
+
     try:
-        while chunk is not None:
-            if node != serving:
-                moved = {"migrated_from": serving, "migrated_to": node}
-                serving = node
-            finish = oa.finish_reason_name(chunk.finish_reason)
-            if chunk.text or finish:
-                if chat:
-                    payload = oa.chat_chunk(
-                        call_id, created, model, text=chunk.text or None, finish_reason=finish
-                    )
-                else:
-                    payload = oa.completion_chunk(
-                        call_id, created, model, text=chunk.text, finish_reason=finish
-                    )
-                if finish:
-                    payload["timings"] = oa.timings_dict(chunk.usage, chunk.timings)
-                if moved is not None:
-                    payload[MIGRATION_MEMBER] = moved
-                    moved = None
-                yield oa.sse_event(payload)
-            if finish:
-                if include_usage:
-                    name = "chat.completion.chunk" if chat else "text_completion"
-                    yield oa.sse_event(oa.usage_chunk(call_id, created, model, chunk.usage, name))
-                break
-            node, chunk = await next_chunk(chunks, node)
+        for payload in events.start():
+            call_id = payload["id"]
+            yield oa.sse_event(payload)
+        for i, (node, chunk) in enumerate(started):
+            event = encoded(i, node, chunk)
+            if event is not None:
+                yield event
+        if not events.done:
+            async for i, node, chunk in merged:
+                event = encoded(i, node, chunk)
+                if event is not None:
+                    yield event
+                if events.done:
+                    break
+        if include_usage and events.done:
+            yield oa.sse_event(events.usage())
     except LlamaherdError as exc:
         log.warning("stream %s ended early: %s", call_id, exc.message)
         yield oa.sse_event(openai_envelope(exc))
     finally:
-        # A client that disconnects closes this generator at a yield; closing the relay
-        # cancels the worker's call, which stops its generation at the next token.
-        await chunks.aclose()
+        # A client that disconnects closes this generator at a yield; closing the relays
+        # cancels the workers' calls, which stops their generation at the next token
+        # (the merge first, which stops the tasks reading them).
+        await merged.aclose()
+        for stream in streams:
+            await stream.aclose()
     yield oa.sse_event("[DONE]")
 
 

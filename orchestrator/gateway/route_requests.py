@@ -71,8 +71,16 @@ def continued(
 
 def resumable(request: gen_pb.GenerateRequest | gen_pb.ChatRequest) -> bool:
     """Whether a stream of `request` can continue elsewhere from its partial text: not
-    under an output constraint, whose grammar would start again from its root."""
-    return request.constraint.WhichOneof("kind") is None
+    under an output constraint, whose grammar would start again from its root; not with
+    n > 1 (one continuation cannot resume n sequences from their different texts), nor
+    with logprobs (a continuation's first tokens are scored after the prefix, not as they
+    were sampled), nor with tools (calls already parsed out of the text are not in the
+    prefix a continuation sees). Those are retried only before their first chunk."""
+    if request.constraint.WhichOneof("kind") is not None or request.n > 1:
+        return False
+    if request.sampling.HasField("top_logprobs"):
+        return False
+    return not (isinstance(request, gen_pb.ChatRequest) and len(request.tools) > 0)
 
 
 def http_session(headers: Mapping[str, str], user: str | None) -> str | None:

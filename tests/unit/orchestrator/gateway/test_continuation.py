@@ -59,6 +59,17 @@ def test_constrained_requests_are_not_resumable():
     assert resumable(plain) and not resumable(constrained)
 
 
+def test_n_logprobs_and_tools_requests_are_not_resumable():
+    """A continuation cannot resume n sequences, re-score tokens already sent, or see
+    tool calls parsed out of the text: those streams are retried only before they start."""
+    assert not resumable(gen_pb.GenerateRequest(model="m", prompt="x", n=2))
+    assert resumable(gen_pb.GenerateRequest(model="m", prompt="x", n=1))
+    scored = gen_pb.SamplingParams(top_logprobs=0)
+    assert not resumable(gen_pb.GenerateRequest(model="m", prompt="x", sampling=scored))
+    tools = gen_pb.ChatRequest(model="m", tools=[gen_pb.Tool(name="f")])
+    assert not resumable(tools) and resumable(gen_pb.ChatRequest(model="m"))
+
+
 def test_a_chat_stream_moves_with_its_reply_as_the_assistant_prefix(tmp_path):
     async def scenario() -> None:
         chat_model = {"alias": "m", "chat_template": TEMPLATE}

@@ -18,7 +18,7 @@ from support.fake_backend import DEFAULT_REPLY
 from common.errors import ErrorKind, LlamaherdError
 from orchestrator.cluster.types import ClusterSnapshot
 from orchestrator.gateway.errors import Overloaded, UpstreamFailed
-from orchestrator.gateway.route_requests import continued
+from orchestrator.gateway.route_requests import continued, resumable
 from orchestrator.gateway.router import Progress
 from orchestrator.routing.request import RouteRequest
 from orchestrator.worker_client import WorkerClient, WorkerStream
@@ -142,6 +142,37 @@ def test_a_constrained_stream_is_not_continued_and_ends_incomplete(tmp_path):
             assert "worker a failed" in err.value.message
             assert "incomplete" in err.value.message
             assert busy(b) == 0
+            await router.clients.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_logprobs_stream_is_retried_before_its_first_chunk_and_never_moved_after(tmp_path):
+    """Tokens already scored cannot be re-scored by a continuation: a failure before the
+    first chunk is a plain retry, one after it ends the stream incomplete."""
+
+    async def scenario() -> None:
+        async with two_workers(tmp_path) as (a, b):
+            request = _request(12, n=1)
+            request.sampling.top_logprobs = 2
+            assert not resumable(request)
+            router = make_router(worker_node("a", a.address), worker_node("b", b.address))
+            received = 0
+            with pytest.raises(UpstreamFailed) as err:
+                relay = router.stream(ROUTE, _opener(request, []), resumable=resumable(request))
+                async for node, _ in relay:
+                    received += 1
+                    if received == 2:
+                        assert node == "a"
+                        await a.server.stop(0)  # b could take over, and must not
+            assert "incomplete" in err.value.message
+            assert busy(b) == 0
+            # a is down before anything was sent: a plain retry on b.
+            router = make_router(worker_node("a", a.address), worker_node("b", b.address))
+            opened: list[gen_pb.GenerateRequest] = []
+            nodes = [n async for n, _ in router.stream(ROUTE, _opener(request, opened),
+                                                       resumable=resumable(request))]  # fmt: skip
+            assert set(nodes) == {"b"} and opened[-1] == request
             await router.clients.close()
 
     asyncio.run(scenario())
