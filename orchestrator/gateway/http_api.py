@@ -59,6 +59,7 @@ from orchestrator.gateway.route_requests import (
     for_chat,
     for_embed,
     for_generate,
+    http_pinned,
     http_session,
     resumable,
 )
@@ -111,6 +112,7 @@ class OpenAIRoutes:
     async def chat(self, request: Request) -> Response:
         call = oa.parse_chat(await json_body(request, self._body_timeout_s))
         route = for_chat(call.request, http_session(request.headers, call.user))
+        route = http_pinned(route, request.headers)
         generation = _Generation(
             route, call.request, open_generation(call.request, request_id(request))
         )
@@ -128,7 +130,7 @@ class OpenAIRoutes:
         session = http_session(request.headers, call.user)
         generations = [
             _Generation(
-                for_generate(r, session), r,
+                http_pinned(for_generate(r, session), request.headers), r,
                 open_generation(r, request_id(request)),
             )
             for r in call.requests
