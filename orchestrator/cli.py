@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from common.settings import ConfigError
 from orchestrator.launch import add_coordinator_parser, add_up_parser
-from worker.cli import add_worker_parser
+from worker.cli import add_model_tool_parsers, add_worker_parser
 
 if TYPE_CHECKING:
     import grpc
@@ -199,6 +199,8 @@ def _add_models_parser(subparsers: argparse._SubParsersAction) -> None:  # type:
             help="the coordinator's config file, for its store_dir and store_import_hosts",
         )  # fmt: skip
         each.set_defaults(run=_run_store)
+    # Quantize and perplexity act on local files with llama.cpp: the worker's tools.
+    add_model_tool_parsers(actions)
     # Convert runs llama.cpp's converter from the installed llama-cpp-python's source.
     from orchestrator.models_convert import add_convert_parser
 

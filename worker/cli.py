@@ -13,6 +13,7 @@ from typing import Any
 from common.cluster_secrets import refuse_token_flag
 from common.settings import ConfigError, add_settings_flags
 from worker.config import WorkerSettings, build_settings
+from worker.models.tools_cli import add_model_tool_parsers
 
 DESCRIPTION = (
     "Run a worker: hosts GGUF models with llama.cpp and serves them over gRPC (the "
@@ -24,6 +25,9 @@ INTERNAL_SETTINGS = {"split_child"}
 # The join token never goes on a command line (ps, shell history): LLAMAHERD_CLUSTER_TOKEN,
 # the config file or --cluster-token-file.
 SECRET_SETTINGS = {"cluster_token"}
+
+
+__all__ = ["add_model_tool_parsers", "add_worker_parser", "configure_parser", "run_worker"]
 
 
 def add_worker_parser(subparsers: Any) -> None:
