@@ -459,7 +459,7 @@ def _progress(what: str) -> Iterator[Callable[[str], None]]:
         SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
         TextColumn("[dim]{task.fields[line]}"), console=console, transient=True,
     ) as bar:  # fmt: skip
-        task = bar.add_task(what, line="")
+        task = bar.add_task(what, line="loading torch and transformers")
 
         def update(line: str) -> None:
             bar.update(task, line=line.strip()[:width])
