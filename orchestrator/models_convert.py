@@ -383,7 +383,8 @@ def _convert(args: argparse.Namespace) -> int:
     tail: collections.deque[str] = collections.deque(maxlen=25)
     started = time.monotonic()
     try:
-        with _progress(f"converting {checkpoint.path.name} ({checkpoint.architecture})") as show:
+        title = f"converting {checkpoint.path.name} ({checkpoint.architecture})"
+        with _progress(title) as (show, echoed):
 
             def on_line(line: str) -> None:
                 tail.append(line)
@@ -391,7 +392,8 @@ def _convert(args: argparse.Namespace) -> int:
 
             code = run_converter(command, converter_env(dict(os.environ)), on_line)
         if code != 0:
-            sys.stderr.write("\n".join(tail) + "\n")
+            if not echoed:  # a spinner showed one line at a time: show the end in full
+                sys.stderr.write("\n".join(tail) + "\n")
             raise FailedPrecondition(
                 f"llama.cpp's converter failed (exit {code}) on {checkpoint.path}; its last "
                 "lines are above"
@@ -437,7 +439,7 @@ def _report(
 
 
 @contextlib.contextmanager
-def _progress(what: str) -> Iterator[Callable[[str], None]]:
+def _progress(what: str) -> Iterator[tuple[Callable[[str], None], bool]]:
     """On a terminal: a spinner with the elapsed time and the converter's latest line.
     Elsewhere (CI, a pipe): the converter's lines as they come, on stderr."""
     try:
@@ -452,7 +454,7 @@ def _progress(what: str) -> Iterator[Callable[[str], None]]:
         def echo(line: str) -> None:
             print(line, file=sys.stderr, flush=True)
 
-        yield echo
+        yield echo, True
         return
     width = max(20, console.width - 40)
     with Progress(
@@ -464,4 +466,4 @@ def _progress(what: str) -> Iterator[Callable[[str], None]]:
         def update(line: str) -> None:
             bar.update(task, line=line.strip()[:width])
 
-        yield update
+        yield update, False

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +156,21 @@ def test_converting_over_an_existing_file_needs_force(
     assert done.stderr.strip() == (
         f"llamaherd models convert: {converted} exists: pass --force to overwrite it"
     )
+
+
+def test_a_failing_conversion_leaves_no_file_and_says_so(
+    checkpoint: tuple[Path, dict[str, list[int]]], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint[0], broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # cut inside its header
+    out = tmp_path / "broken.gguf"
+    done = _llamaherd("models", "convert", str(broken), str(out), "--python", CONVERT_PYTHON)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"llamaherd models convert: llama.cpp's converter failed (exit 1) on {broken}; its "
+        "last lines are above"
+    )
+    assert "Could not read complete metadata" in done.stderr  # the converter's own words
+    assert list(tmp_path.glob("broken.gguf*")) == []
