@@ -5,8 +5,9 @@ A thin adapter: anthropic_schema turns each body into the OpenAI API's parsed ch
 same generation protos), and the request is relayed exactly as the OpenAI routes relay
 theirs (http_relay, the Router's stream/complete/unary), so retries, migrations,
 cancellation and errors behave the same. Replies are Anthropic's: a Message object, or its
-server-sent events while streaming (message_start, content_block_start, ping,
-content_block_delta, content_block_stop, message_delta, message_stop), and
+server-sent events while streaming (message_start, ping, then per content block -- thinking,
+text, tool_use -- content_block_start, content_block_delta, content_block_stop; then
+message_delta, message_stop), and
 `{"type": "error", ...}` on failure (the app's error handlers use that shape under
 /v1/messages). A stream that fails after it started ends with an `error` event, as
 Anthropic's do. Counting tokens renders the chat through the model's template on a worker
@@ -67,12 +68,12 @@ class AnthropicRoutes:
             completed = await unless_gone(request, self._router.complete(route, open_call))
             if not completed.chunks:
                 raise Internal("the worker ended the stream without a result")
-            text = "".join(c.text for c in completed.chunks)
-            body = an.message(message_id, parsed.model, text, completed.chunks[-1])
+            body = an.message(message_id, parsed.model, completed.chunks, parsed.thinking)
             return JSONResponse(body, headers=completed_headers(completed))
         chunks: Chunks = self._router.stream(route, open_call, resumable=resumable(call.request))
         node, first = await first_chunk(request, chunks)
-        events = _events(chunks, node, first, message_id, parsed.model)
+        events = _events(chunks, node, first, an.MessageStream(message_id, parsed.model,
+                                                               parsed.thinking))  # fmt: skip
         return StreamingResponse(
             events, media_type="text/event-stream", headers={NODE_HEADER: node, **STREAM_HEADERS}
         )
@@ -89,22 +90,20 @@ class AnthropicRoutes:
 
 
 async def _events(
-    chunks: Chunks, node: NodeId, first: gen_pb.GenerationChunk, message_id: str, model: str
+    chunks: Chunks, node: NodeId, first: gen_pb.GenerationChunk, stream: an.MessageStream
 ) -> AsyncIterator[bytes]:
-    for event in an.stream_start(message_id, model):
+    for event in stream.start():
         yield event
     chunk: gen_pb.GenerationChunk | None = first
     try:
         while chunk is not None:
-            if chunk.text:
-                yield an.text_delta(chunk.text)
+            for event in stream.chunk(chunk):
+                yield event
             if chunk.finish_reason:
-                for event in an.stream_end(chunk):
-                    yield event
                 break
             node, chunk = await next_chunk(chunks, node)
     except LlamaherdError as exc:
-        log.warning("anthropic stream %s ended early: %s", message_id, exc.message)
+        log.warning("anthropic stream %s ended early: %s", stream.message_id, exc.message)
         yield an.sse("error", an.error_body(exc))
     finally:
         # A client that disconnects closes this generator at a yield; closing the relay

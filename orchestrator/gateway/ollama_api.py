@@ -126,6 +126,7 @@ class OllamaRoutes:
             reply = ol.final(
                 parsed.kind, parsed.name, ol.timestamp(self._clock()), text,
                 last.finish_reason, last.usage, last.timings, self._elapsed_ns(started),
+                ol.Extras.of(completed.chunks, parsed),
             )  # fmt: skip
             return JSONResponse(reply, headers={**completed_headers(completed), **headers})
         chunks: Chunks = self._router.stream(route, open_call, resumable=resumable(generation))
@@ -144,20 +145,30 @@ class OllamaRoutes:
         started: float,
     ) -> AsyncIterator[bytes]:
         chunk: gen_pb.GenerationChunk | None = first
+        seen: list[gen_pb.GenerationChunk] = []  # those with tool call deltas
         try:
             while chunk is not None:
                 created_at = ol.timestamp(self._clock())
+                extras = ol.Extras.of([chunk], parsed, calls=False)
+                if chunk.tool_calls:
+                    seen.append(chunk)
                 if chunk.finish_reason:
+                    # The calls, whole, on a line of their own before the last, as Ollama's.
+                    calls = ol.Extras.calls_of(seen)
+                    if calls.tool_calls:
+                        yield ol.ndjson(ol.chunk(parsed.kind, parsed.name, created_at, "", calls))
                     yield ol.ndjson(
                         ol.final(
                             parsed.kind, parsed.name, created_at, chunk.text,
                             chunk.finish_reason, chunk.usage, chunk.timings,
-                            self._elapsed_ns(started),
+                            self._elapsed_ns(started), extras,
                         )
                     )  # fmt: skip
                     break
-                if chunk.text:
-                    yield ol.ndjson(ol.chunk(parsed.kind, parsed.name, created_at, chunk.text))
+                if chunk.text or extras.thinking or extras.logprobs:
+                    yield ol.ndjson(
+                        ol.chunk(parsed.kind, parsed.name, created_at, chunk.text, extras)
+                    )
                 node, chunk = await next_chunk(chunks, node)
         except LlamaherdError as exc:
             log.warning("ollama stream of %s ended early: %s", parsed.name, exc.message)

@@ -8,6 +8,16 @@ values, stop strings, seeds, JSON constraints and their refusals therefore live 
 place; a refusal from there is reworded with Ollama's field names (`max_tokens` becomes
 `options.num_predict`). Replies follow Ollama's api/types.go: NDJSON lines, durations in
 nanoseconds, `done_reason`, and `{"error": "..."}` for every error.
+
+Tools: /api/chat's `tools` have OpenAI's shape and pass through; Ollama's tool calls carry
+no ids, so the history's calls get ids here (`call_<message>_<call>`) and each `tool`
+message answers the earliest unanswered call of its `tool_name` (or the earliest
+unanswered one). Ollama has no tool_choice: the model decides (auto); a `tool_choice` in
+OpenAI's shape is accepted as a llamaherd extension. Replies carry the worker's calls in
+`message.tool_calls` (arguments as an object) and Ollama's done_reason "stop".
+`think`: the model's separated reasoning comes back in `thinking` (message.thinking for a
+chat) unless think is false; a model that reasons cannot be told not to, so think: false
+only drops it. `logprobs`/`top_logprobs` come back per chunk in Ollama's shape.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from orchestrator.cluster.types import ClusterSnapshot
 from orchestrator.gateway import openai_schema as oa
 from orchestrator.gateway.errors import BadRequest, ModelNotServed
 from orchestrator.gateway.json_body import validated
+from orchestrator.gateway.tool_deltas import AssembledCall, assembled
 
 # The Ollama release whose API (api/types.go, docs/api.md) these shapes follow; clients
 # compare it to decide which features to use.
@@ -225,14 +236,18 @@ class _ToolFunction(_Body):
 
 
 class _ToolCall(_Body):
+    id: StrictStr | None = None  # newer Ollama releases number their calls
     function: _ToolFunction
 
 
 class _Message(_Body):
     role: StrictStr
     content: StrictStr | None = None
+    thinking: StrictStr | None = None  # an earlier turn's reasoning: not shown to the model
     images: list[Any] | None = None
     tool_calls: list[_ToolCall] | None = None
+    tool_name: StrictStr | None = None  # a tool message: the function that answered
+    tool_call_id: StrictStr | None = None
 
 
 class _Generation(_Body):
@@ -249,6 +264,7 @@ class _Generation(_Body):
 class _ChatBody(_Generation):
     messages: list[_Message] | None = None
     tools: list[Any] | None = None
+    tool_choice: Any = None  # a llamaherd extension in OpenAI's shape; Ollama has none
 
 
 class _GenerateBody(_Generation):
@@ -297,6 +313,8 @@ class GenerationCall:
     stream: bool
     num_ctx: int | None
     ignored: tuple[str, ...]
+    thinking: bool = True  # the reply carries the model's separated reasoning
+    logprobs: bool = False  # the reply carries each token's logprobs
 
 
 @dataclass(frozen=True)
@@ -319,14 +337,17 @@ def parse_chat(body: object, aliases: Collection[str]) -> GenerationCall:
     options = _common(parsed)
     if not parsed.messages:
         return GenerationCall(name, alias, "chat", None, False, options.num_ctx, options.ignored)
-    messages = [_openai_message(i, m) for i, m in enumerate(parsed.messages)]
+    messages = _openai_messages(parsed.messages)
     openai_body = {**_openai_body(alias, parsed, options), "messages": messages}
     if parsed.tools is not None:
         openai_body["tools"] = parsed.tools
+    if parsed.tool_choice is not None:
+        openai_body["tool_choice"] = parsed.tool_choice
     call = _reworded(oa.parse_chat, openai_body)
     return GenerationCall(
-        name, alias, "chat", call, _stream(parsed), options.num_ctx, options.ignored
-    )
+        name, alias, "chat", call, _stream(parsed), options.num_ctx, options.ignored,
+        parsed.think is not False, bool(parsed.logprobs),
+    )  # fmt: skip
 
 
 def parse_generate(body: object, aliases: Collection[str]) -> GenerationCall:
@@ -360,13 +381,19 @@ def parse_generate(body: object, aliases: Collection[str]) -> GenerationCall:
     openai_body = _openai_body(alias, parsed, options)
     call: oa.ChatCall | oa.CompletionCall
     if parsed.raw:
+        # A completion's logprobs is the count of alternatives (OpenAI's legacy form).
+        openai_body.pop("top_logprobs", None)
+        if openai_body.pop("logprobs", None):
+            openai_body["logprobs"] = parsed.top_logprobs or 0
         call = _reworded(oa.parse_completion, {**openai_body, "prompt": parsed.prompt})
     else:
         system = [{"role": "system", "content": parsed.system}] if parsed.system else []
         messages = [*system, {"role": "user", "content": parsed.prompt}]
         call = _reworded(oa.parse_chat, {**openai_body, "messages": messages})
-    stream = _stream(parsed)
-    return GenerationCall(name, alias, "generate", call, stream, options.num_ctx, options.ignored)
+    return GenerationCall(
+        name, alias, "generate", call, _stream(parsed), options.num_ctx, options.ignored,
+        parsed.think is not False, bool(parsed.logprobs),
+    )  # fmt: skip
 
 
 def parse_embed(body: object, aliases: Collection[str]) -> EmbedCall:
@@ -446,10 +473,10 @@ def _model(name: str, aliases: Collection[str]) -> tuple[str, str]:
 def _common(parsed: _Generation) -> Options:
     """The options and fields chat and generate share."""
     options = parse_options(parsed.options)
-    if parsed.think not in (None, False):
+    if isinstance(parsed.think, str) and parsed.think not in THINK_LEVELS:
         raise BadRequest(
-            "think is not supported: llamaherd does not separate a model's reasoning yet; "
-            "leave think out or send false",
+            f"think must be true, false or one of {', '.join(THINK_LEVELS)}, not "
+            f"{json.dumps(parsed.think)}",
             "think",
         )
     return Options(options.openai, options.num_ctx, _keep_alive(parsed.keep_alive,
@@ -464,6 +491,10 @@ def _stream(parsed: _Generation) -> bool:
     return parsed.stream is not False  # Ollama streams unless told not to
 
 
+# Ollama's reasoning efforts (for models that have levels); any of them turns thinking on.
+THINK_LEVELS = ("high", "medium", "low")
+
+
 def _openai_body(alias: str, parsed: _Generation, options: Options) -> dict[str, Any]:
     body: dict[str, Any] = {"model": alias, **options.openai}
     fmt = response_format(parsed.format)
@@ -475,24 +506,64 @@ def _openai_body(alias: str, parsed: _Generation, options: Options) -> dict[str,
     return body
 
 
+def _openai_messages(messages: list[_Message]) -> list[dict[str, Any]]:
+    """The history in OpenAI's shape, the calls given ids and the tool messages tied to
+    them (OpenAI's tool messages name the call they answer; Ollama's name the function)."""
+    unanswered: list[tuple[str, str]] = []  # (call id, function name), oldest first
+    out = []
+    for i, message in enumerate(messages):
+        converted = _openai_message(i, message)
+        for call in converted.get("tool_calls", ()):
+            unanswered.append((call["id"], call["function"]["name"]))
+        if converted["role"] == "tool":
+            converted["tool_call_id"] = _answered(i, message, unanswered)
+        out.append(converted)
+    return out
+
+
+def _answered(index: int, message: _Message, unanswered: list[tuple[str, str]]) -> str:
+    """The id of the call a tool message answers, which is then answered."""
+    wanted = message.tool_call_id
+    for j, (call_id, name) in enumerate(unanswered):
+        if (call_id == wanted) if wanted else (not message.tool_name or name == message.tool_name):
+            del unanswered[j]
+            return call_id
+    # A result with no call before it (a client injecting tool output): still shown.
+    return wanted or f"call_{index}"
+
+
 def _openai_message(index: int, message: _Message) -> dict[str, Any]:
     if message.images:
         raise BadRequest(_NO_IMAGES, f"messages[{index}].images")
     role = message.role.lower()  # Ollama lower-cases roles
     out: dict[str, Any] = {"role": role, "content": message.content or ""}
+    if message.tool_name:
+        out["name"] = message.tool_name
     if message.tool_calls:
         out["tool_calls"] = [
             {
+                "id": call.id or f"call_{index}_{j}",
                 "type": "function",
                 "function": {
                     "name": call.function.name,
                     # Ollama sends arguments as an object, OpenAI as JSON text
-                    "arguments": json.dumps(call.function.arguments or {}),
+                    "arguments": _arguments(call.function.arguments, index, j),
                 },
             }
-            for call in message.tool_calls
+            for j, call in enumerate(message.tool_calls)
         ]
     return out
+
+
+def _arguments(arguments: object, index: int, j: int) -> str:
+    if arguments is None:
+        return "{}"
+    if isinstance(arguments, dict):
+        return json.dumps(arguments)
+    if isinstance(arguments, str):  # OpenAI's form, which some clients send here too
+        return arguments
+    where = f"messages[{index}].tool_calls[{j}].function.arguments"
+    raise BadRequest(f"{where} must be an object", where)
 
 
 def _reworded(parse: Any, body: dict[str, Any]) -> Any:
@@ -512,9 +583,40 @@ def timestamp(unix_s: float) -> str:
     return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
-def chunk(kind: Kind, name: str, created_at: str, text: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Extras:
+    """What a reply (or a streamed piece) carries besides its text, in Ollama's shapes:
+    the reasoning, each token's logprobs, the tool calls."""
+
+    thinking: str = ""
+    logprobs: tuple[gen_pb.TokenLogprobs, ...] = ()
+    tool_calls: tuple[AssembledCall, ...] = ()
+
+    @staticmethod
+    def of(
+        chunks: list[gen_pb.GenerationChunk], call: GenerationCall, calls: bool = True
+    ) -> Extras:
+        """The extras of `chunks` that `call` asked for (tool calls, when `calls`, whole)."""
+        return Extras(
+            "".join(c.reasoning for c in chunks) if call.thinking else "",
+            tuple(lp for c in chunks for lp in c.logprobs) if call.logprobs else (),
+            tuple(assembled(chunks)) if calls else (),
+        )
+
+    @staticmethod
+    def calls_of(chunks: list[gen_pb.GenerationChunk]) -> Extras:
+        """Only the tool calls the deltas of `chunks` make, whole."""
+        return Extras(tool_calls=tuple(assembled(chunks)))
+
+
+def chunk(
+    kind: Kind, name: str, created_at: str, text: str, extras: Extras = Extras()
+) -> dict[str, Any]:
     """One streamed piece of a reply."""
-    return {"model": name, "created_at": created_at, **_text(kind, text), "done": False}
+    return {
+        "model": name, "created_at": created_at, **_text(kind, text, extras), "done": False,
+        **_logprobs(extras),
+    }  # fmt: skip
 
 
 def final(
@@ -526,16 +628,20 @@ def final(
     usage: gen_pb.Usage,
     timings: gen_pb.Timings,
     total_ns: int,
+    extras: Extras = Extras(),
 ) -> dict[str, Any]:
     """The last object of a reply: the rest of its text (all of it when not streamed), why
     it ended and its counts. `total_duration` is the gateway's whole handling of the request;
-    the model is always loaded, so `load_duration` is 0; `context` is left out (deprecated)."""
+    the model is always loaded, so `load_duration` is 0; `context` is left out (deprecated).
+    A turn that called tools ends with "stop", as Ollama's do."""
+    reason = "stop" if finish == gen_pb.FINISH_REASON_TOOL_CALLS else oa.finish_reason_name(finish)
     return {
         "model": name,
         "created_at": created_at,
-        **_text(kind, text),
+        **_text(kind, text, extras),
+        **_logprobs(extras),
         "done": True,
-        "done_reason": oa.finish_reason_name(finish) or "stop",
+        "done_reason": reason or "stop",
         "total_duration": total_ns,
         "load_duration": 0,
         "prompt_eval_count": usage.prompt_tokens,
@@ -553,10 +659,27 @@ def loaded(kind: Kind, name: str, created_at: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _text(kind: Kind, text: str) -> dict[str, Any]:
+def _text(kind: Kind, text: str, extras: Extras = Extras()) -> dict[str, Any]:
     if kind == "chat":
-        return {"message": {"role": "assistant", "content": text}}
-    return {"response": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if extras.thinking:
+            message["thinking"] = extras.thinking
+        if extras.tool_calls:
+            message["tool_calls"] = [_tool_call(i, c) for i, c in enumerate(extras.tool_calls)]
+        return {"message": message}
+    return {"response": text, **({"thinking": extras.thinking} if extras.thinking else {})}
+
+
+def _tool_call(index: int, call: AssembledCall) -> dict[str, Any]:
+    """An Ollama tool call: arguments as an object; the id and index newer releases send."""
+    function = {"index": index, "name": call.name, "arguments": call.arguments_object()}
+    return {"id": call.id, "function": function}
+
+
+def _logprobs(extras: Extras) -> dict[str, Any]:
+    """Ollama's `logprobs`: per token its text, logprob, bytes and top alternatives (the
+    same entries as OpenAI chat's logprobs.content)."""
+    return {"logprobs": oa.chat_logprobs(extras.logprobs)} if extras.logprobs else {}
 
 
 def embed_reply(
@@ -701,7 +824,9 @@ def show(model: Served, modified_at: str) -> dict[str, Any]:
         "template": "",
         "details": details(replica),
         "model_info": info,
-        "capabilities": ["embedding"] if config.embedding else ["completion"],
+        # A generation model embeds too (/api/embed), but Ollama lists "embedding" only for
+        # embedding models; clients read it to pick one for retrieval.
+        "capabilities": ["embedding"] if config.embedding else ["completion", "tools"],
         "modified_at": modified_at,
     }
 

@@ -60,8 +60,60 @@ def test_refusals_are_anthropics_errors(client):
     assert "no-such-model" in missing.value.message
     with pytest.raises(anthropic.BadRequestError) as refused:
         client.messages.create(
-            model=GEMMA, max_tokens=4, messages=HI,
-            tools=[{"name": "f", "input_schema": {"type": "object"}}],
+            model=GEMMA, max_tokens=4, messages=HI, tools=[WEATHER],
+            tool_choice={"type": "tool", "name": "get_time"},
         )  # fmt: skip
     assert refused.value.body["error"]["type"] == "invalid_request_error"  # type: ignore[index]
-    assert "tool use is not supported yet" in refused.value.message
+    assert 'tool_choice.name "get_time" is not among tools (get_weather)' in refused.value.message
+    for tool, field in (({"input_schema": {"type": "object"}}, "tools[0].name is required"),
+                        ({"name": "f", "input_schema": {"type": "array"}},
+                         "tools[0].input_schema must be a JSON Schema object")):  # fmt: skip
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client.messages.create(model=GEMMA, max_tokens=4, messages=HI, tools=[tool])
+        assert field in refused.value.message
+
+
+WEATHER = {
+    "name": "get_weather",
+    "description": "The current weather in a city.",
+    "input_schema": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"],
+    },
+}
+ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
+
+
+def test_a_forced_tool_use_then_its_result_answered(client):
+    """tool_choice any is grammar-enforced on the worker: even the small Gemma calls."""
+    first = client.messages.create(
+        model=GEMMA, max_tokens=64, messages=ASK, tools=[WEATHER], tool_choice={"type": "any"},
+        thinking={"type": "enabled", "budget_tokens": 1024}, **GREEDY,
+    )  # fmt: skip
+    assert first.stop_reason == "tool_use", first
+    [use] = [block for block in first.content if block.type == "tool_use"]
+    assert use.id.startswith("toolu_") and use.name == "get_weather"
+    assert isinstance(use.input, dict) and isinstance(use.input["city"], str)
+    assert not [b for b in first.content if b.type == "thinking"]  # Gemma does not reason
+    answer = client.messages.create(
+        model=GEMMA, max_tokens=8, tools=[WEATHER], **GREEDY,
+        messages=[*ASK, {"role": "assistant", "content": first.content},
+                  {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                "content": "18 C and sunny"}]}],
+    )  # fmt: skip
+    assert answer.stop_reason in ("end_turn", "max_tokens") and answer.content[0].type == "text"
+
+
+def test_a_named_tool_use_streamed(client):
+    with client.messages.stream(
+        model=GEMMA, max_tokens=64, messages=ASK, tools=[WEATHER],
+        tool_choice={"type": "tool", "name": "get_weather", "disable_parallel_tool_use": True},
+        **GREEDY,
+    ) as stream:  # fmt: skip
+        kinds = [event.type for event in stream]
+        final = stream.get_final_message()
+    assert "content_block_start" in kinds and kinds[-1] == "message_stop"
+    assert final.stop_reason == "tool_use"
+    [use] = [block for block in final.content if block.type == "tool_use"]
+    assert use.name == "get_weather" and isinstance(use.input["city"], str)

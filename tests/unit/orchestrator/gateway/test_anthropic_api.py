@@ -158,7 +158,7 @@ def test_a_stream_that_fails_after_it_started_ends_with_an_error_event(tmp_path)
             assert reply.headers["content-type"].startswith("text/event-stream")
             events = [block.split("\n") for block in reply.body.decode().strip().split("\n\n")]
             names = [lines[0].removeprefix("event: ") for lines in events]
-            assert names[:3] == ["message_start", "content_block_start", "ping"]
+            assert names[:3] == ["message_start", "ping", "content_block_start"]
             assert "content_block_delta" in names
             assert names[-1] == "error" and "message_stop" not in names
             error = json.loads(events[-1][1].removeprefix("data: "))
@@ -192,8 +192,15 @@ def test_errors_are_anthropics_shape_with_its_types_and_statuses():
             await api.messages.create(
                 model="m", max_tokens=5, messages=hi,
                 tools=[{"name": "f", "input_schema": {"type": "object"}}],
+                tool_choice={"type": "tool", "name": "g"},
             )  # fmt: skip
-        assert "tool use is not supported yet" in refused.value.message
+        assert refused.value.body == {
+            "type": "error",
+            "error": {
+                "type": "invalid_request_error",
+                "message": 'tool_choice.name "g" is not among tools (f)',
+            },
+        }
         with pytest.raises(anthropic.BadRequestError) as refused:
             await api.messages.count_tokens(
                 model="m", messages=[{"role": "assistant", "content": "x"}]

@@ -157,7 +157,7 @@ def test_version_tags_ps_and_show_over_the_router_view():
         running = (await api.ps()).models
         assert [m.name for m in running] == ["m:latest"] and running[0].context_length == 4096
         shown = await api.show("m:latest")
-        assert shown.capabilities == ["completion"] and shown.details is not None
+        assert shown.capabilities == ["completion", "tools"] and shown.details is not None
         version = await httpx.AsyncClient(transport=httpx.ASGITransport(app)).get(
             "http://gateway/api/version"
         )

@@ -226,12 +226,76 @@ def test_refusals_from_the_openai_rules_name_ollamas_fields():
     assert "surrogate" in error.message
 
 
-def test_think_and_tools_are_refused_until_supported():
-    error = chat_refusal(think=True)
-    assert error.param == "think" and "reasoning" in error.message
-    assert chat(think=False).call is not None
-    tool = {"type": "function", "function": {"name": "f", "parameters": {}}}
-    assert chat_refusal(tools=[tool]).param == "tools"
+WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}}}
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Now",
+                                            "parameters": WEATHER_SCHEMA}}  # fmt: skip
+
+
+def test_think_asks_for_the_reasoning_and_false_drops_it():
+    assert chat().thinking and chat(think=True).thinking and chat(think="high").thinking
+    assert not chat(think=False).thinking
+    error = chat_refusal(think="very")
+    assert error.param == "think" and "true, false or one of high, medium, low" in error.message
+
+
+def test_tools_pass_as_openais_and_tool_choice_is_an_extension():
+    call = chat(tools=[WEATHER])
+    assert call.call is not None
+    request = call.call.request
+    assert isinstance(request, gen_pb.ChatRequest)
+    assert [(t.name, t.description) for t in request.tools] == [("get_weather", "Now")]
+    assert json.loads(request.tools[0].parameters_json) == WEATHER_SCHEMA
+    assert request.tool_choice.mode == gen_pb.ToolChoice.MODE_AUTO
+    forced = chat(tools=[WEATHER], tool_choice="required").call
+    assert forced is not None and forced.request.tool_choice.mode == gen_pb.ToolChoice.MODE_REQUIRED
+
+
+@pytest.mark.parametrize(
+    ("tools", "param"),
+    [
+        ([{"type": "function", "function": {"parameters": {}}}], "tools[0].function.name"),
+        ([{"type": "function", "function": {"name": "f", "parameters": {"type": 5}}}],
+         "tools[0].function.parameters"),
+    ],
+)  # fmt: skip
+def test_bad_tools_are_refused_naming_the_field(tools, param):
+    assert chat_refusal(tools=tools).param == param
+
+
+def test_history_calls_get_ids_and_tool_messages_answer_them_by_name():
+    history = [
+        *HI,
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}},
+            {"function": {"name": "get_time", "arguments": {}}}]},
+        {"role": "tool", "content": "09:00", "tool_name": "get_time"},
+        {"role": "tool", "content": "18 C"},
+    ]  # fmt: skip
+    call = chat(messages=history, tools=[WEATHER])
+    assert call.call is not None
+    messages = call.call.request.messages
+    assert [(c.id, c.name, json.loads(c.arguments)) for c in messages[1].tool_calls] == [
+        ("call_1_0", "get_weather", {"city": "Paris"}), ("call_1_1", "get_time", {})
+    ]  # fmt: skip
+    assert [(m.role, m.tool_call_id, m.name, m.content) for m in messages[2:]] == [
+        ("tool", "call_1_1", "get_time", "09:00"), ("tool", "call_1_0", "get_weather", "18 C")
+    ]  # fmt: skip
+    error = chat_refusal(messages=[*HI, {"role": "assistant", "tool_calls": [
+        {"function": {"name": "f", "arguments": [1]}}]}])  # fmt: skip
+    assert error.param == "messages[1].tool_calls[0].function.arguments"
+
+
+def test_logprobs_map_to_the_chat_and_the_completion_forms():
+    call = chat(logprobs=True, top_logprobs=3)
+    assert call.logprobs and call.call is not None
+    assert call.call.request.sampling.top_logprobs == 3
+    raw = ol.parse_generate(
+        {"model": "gemma", "prompt": "Hi", "raw": True, "logprobs": True, "top_logprobs": 2},
+        ALIASES,
+    )
+    assert raw.logprobs and raw.call is not None and raw.call.request.sampling.top_logprobs == 2
+    assert not chat().call.request.sampling.HasField("top_logprobs")  # type: ignore[union-attr]
+    assert chat_refusal(logprobs=True, top_logprobs=50).param == "top_logprobs"
 
 
 def test_an_empty_chat_is_a_load_request():
@@ -427,7 +491,7 @@ def test_tags_ps_and_show_shapes():
     assert running["llamaherd"] == {"replicas": 2, "nodes": ["a", "b"]}
     assert datetime.fromisoformat(running["expires_at"].replace("Z", "+00:00")).year == 9999
     shown = ol.show(ol.served(snap)[1], "T")
-    assert shown["capabilities"] == ["completion"]
+    assert shown["capabilities"] == ["completion", "tools"]
     assert shown["model_info"] == {"general.architecture": "gemma3",
                                    "gemma3.context_length": 32768}  # fmt: skip
     assert ol.show(ol.served(snap)[0], "T")["capabilities"] == ["embedding"]
@@ -437,3 +501,44 @@ def test_digest_is_stable_and_follows_the_file():
     assert ol.digest(replica("gemma")) == ol.digest(replica("gemma", n_ctx=8))
     assert ol.digest(replica("gemma")) != ol.digest(replica("other"))
     assert int(ol.digest(replica("gemma")), 16) >= 0  # hex, as Ollama's digests
+
+
+def lp(piece: bytes, logprob: float) -> gen_pb.TokenLogprob:
+    return gen_pb.TokenLogprob(token_id=1, piece=piece, logprob=logprob)
+
+
+CALL_CHUNKS = [
+    gen_pb.GenerationChunk(reasoning="Paris, so weather.", text="",
+                           logprobs=[gen_pb.TokenLogprobs(chosen=lp(b"P", -0.5),
+                                                          top=[lp(b"P", -0.5), lp(b"Q", -1.5)])]),
+    gen_pb.GenerationChunk(tool_calls=[gen_pb.ToolCallDelta(
+        index=0, id="call_" + "c" * 24, name="get_weather", arguments='{"city": ')]),
+    gen_pb.GenerationChunk(tool_calls=[gen_pb.ToolCallDelta(index=0, arguments='"Paris"}')],
+                           finish_reason=gen_pb.FINISH_REASON_TOOL_CALLS),
+]  # fmt: skip
+
+
+def test_a_reply_carries_thinking_tool_calls_and_logprobs_as_the_client_reads_them():
+    from ollama import ChatResponse, GenerateResponse
+
+    asked = chat(logprobs=True, top_logprobs=2)
+    usage, timings = gen_pb.Usage(prompt_tokens=3, completion_tokens=4), gen_pb.Timings()
+    reply = ol.final(
+        "chat", "gemma", "T", "", gen_pb.FINISH_REASON_TOOL_CALLS, usage, timings, 1,
+        ol.Extras.of(CALL_CHUNKS, asked),
+    )  # fmt: skip
+    parsed = ChatResponse.model_validate(reply)
+    assert parsed.done_reason == "stop"  # Ollama's, for a turn that called tools
+    assert parsed.message.thinking == "Paris, so weather."
+    [call] = parsed.message.tool_calls or []
+    assert (call.function.name, dict(call.function.arguments)) == ("get_weather", {"city": "Paris"})
+    assert reply["message"]["tool_calls"][0]["id"] == "call_" + "c" * 24
+    [entry] = parsed.logprobs or []
+    assert (entry.token, entry.logprob) == ("P", -0.5)
+    assert [(t.token, t.logprob) for t in entry.top_logprobs or []] == [("P", -0.5), ("Q", -1.5)]
+    unasked = ol.final("chat", "gemma", "T", "", gen_pb.FINISH_REASON_STOP, usage, timings, 1,
+                       ol.Extras.of(CALL_CHUNKS, chat(think=False)))  # fmt: skip
+    assert "thinking" not in unasked["message"] and "logprobs" not in unasked
+    generated = ol.chunk("generate", "g", "T", "Hi", ol.Extras.of(CALL_CHUNKS[:1], asked, False))
+    parsed_piece = GenerateResponse.model_validate(generated)
+    assert parsed_piece.thinking == "Paris, so weather." and parsed_piece.logprobs
