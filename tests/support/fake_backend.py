@@ -9,6 +9,9 @@ the file) with deterministic, readable behaviour instead of a model:
   its reply) favours the reply's next byte, then EOS; any other sequence favours
   DEFAULT_REPLY[position % 26] (so the sampled letter tells which position was sampled);
 - samplers are greedy: they take the favoured token;
+- the distribution behind the logits: the favoured token has probability 1/2, the token j
+  ids after it (wrapping around the vocabulary) 1/2**(j+1), so logprobs are exact and known;
+- copy(src, dst) copies a sequence's cells, as llama_memory_seq_cp (listed in `copies`);
 - it keeps llama.cpp's rules that the engine must respect, and raises where llama.cpp would
   fail a decode: positions of a sequence must continue its cache, a sequence holds at most
   n_ctx_seq cells, a batch at most n_batch tokens, logits exist only where asked for.
@@ -21,11 +24,14 @@ end generation), and `record` (keep every batch in `runs`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from worker.engine.generation import TokenLogprob, TokenLogprobs
 
 EOS = 256
 N_VOCAB = 257
@@ -106,6 +112,7 @@ class FakeBackend:
         self.logits: dict[int, int] = {}  # batch index of the last run -> favoured token
         self.saved: dict[int, int] = {}  # seq_id -> favoured token of its saved logits
         self.runs: list[tuple[Entry, ...]] = []  # every batch run, when `record`
+        self.copies: list[tuple[int, int]] = []  # every copy(src, dst)
         self.embedded: list[float] = []
         self._scripts: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
         self._batch: list[Entry] = []
@@ -194,6 +201,32 @@ class FakeBackend:
     def clear(self) -> None:
         for cells in self.cells:
             cells.clear()
+
+    def copy(self, src: int, dst: int) -> None:
+        if not 0 <= src < self.n_seq or not 0 <= dst < self.n_seq or src == dst:
+            raise ValueError(f"cannot copy sequence {src} to {dst}")
+        self.copies.append((src, dst))
+        self.cells[dst] = list(self.cells[src])
+
+    def logprobs(self, index: int, token: int, k: int) -> TokenLogprobs:
+        try:
+            return self._logprobs(self.logits[index], token, k)
+        except KeyError:
+            raise FakeDecodeError(f"no logits at batch index {index}") from None
+
+    def saved_logprobs(self, seq_id: int, token: int, k: int) -> TokenLogprobs:
+        try:
+            return self._logprobs(self.saved[seq_id], token, k)
+        except KeyError:
+            raise FakeDecodeError(f"no logits saved for sequence {seq_id}") from None
+
+    def _logprobs(self, favoured: int, token: int, k: int) -> TokenLogprobs:
+        def entry(t: int) -> TokenLogprob:
+            rank = (t - favoured) % N_VOCAB
+            return TokenLogprob(t, self.piece(t), -(rank + 1) * math.log(2))
+
+        top = tuple(entry((favoured + j) % N_VOCAB) for j in range(k))
+        return TokenLogprobs(entry(token), top)
 
     def save_logits(self, seq_id: int, index: int) -> None:
         try:

@@ -16,7 +16,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
-from common.errors import FailedPrecondition
+from common.errors import FailedPrecondition, InvalidArgument
 from common.grpc_errors import request_id
 from common.wire.leases import lease_to_proto
 from common.wire.models import estimate_to_proto
@@ -67,9 +67,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
     ) -> AsyncIterator[gen_pb.GenerationChunk]:
         sampling = wire.sampling_from_proto(request.sampling)
         constraint = wire.constraint_from_proto(request.constraint)
+        if request.prompt and request.prompt_tokens:
+            raise InvalidArgument("give prompt or prompt_tokens, not both")
+        prompt = list(request.prompt_tokens) if request.prompt_tokens else request.prompt
         rid = request_id(context)
         with self._registry.lease(request.model) as model:
-            async for event in model.generate(rid, request.prompt, sampling, constraint):
+            events = model.generate(rid, prompt, sampling, constraint, request.n or 1)
+            async for event in events:
                 yield wire.chunk_to_proto(event)
 
     async def Chat(

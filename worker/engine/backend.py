@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from worker.engine.generation import TokenLogprobs
+
 
 class TokenSampler(Protocol):
     """One request's sampler: its state (grammar, penalties, seeded draw) spans the request.
@@ -91,10 +93,25 @@ class Backend(Protocol):
         """Empties every sequence's cache."""
         ...
 
+    def copy(self, src: int, dst: int) -> None:
+        """Makes sequence `dst`'s cache a copy of all of `src`'s (what it held is dropped),
+        so that n sequences share one prefilled prompt."""
+        ...
+
     # ---- outputs -----------------------------------------------------------------------
     def save_logits(self, seq_id: int, index: int) -> None:
         """Copies the logits at batch `index` of the last run into `seq_id`'s saved row (one
         per sequence, overwritten), for TokenSampler.sample_saved."""
+        ...
+
+    def logprobs(self, index: int, token: int, k: int) -> TokenLogprobs:
+        """`token`'s log-probability under the logits at batch `index` of the last run (the
+        model's distribution: log-softmax of the raw logits) and the `k` most likely tokens,
+        most likely first."""
+        ...
+
+    def saved_logprobs(self, seq_id: int, token: int, k: int) -> TokenLogprobs:
+        """As logprobs(), from the logits saved for `seq_id` (save_logits)."""
         ...
 
     def sequence_embedding(self, seq_id: int) -> list[float]:

@@ -8,6 +8,11 @@ sequence with its own sampler and streams its text to its own client. A finished
 cancelled request frees its slot at once; its tokens stay in the slot's KV cache, so a later
 request that starts the same way (the next chat turn, a shared system prompt) skips
 recomputing them. Cancellation and shutdown are checked at every step.
+
+A request for n sequences takes n slots at once: its prompt is prefilled in one of them and
+its cache copied to the others, each then drawing with its own sampler and ending with its
+own Finished. When asked, every sampled token carries its log-probabilities, which the
+backend computes from the logits the token was drawn from.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from worker.engine.generation import (
     GenerationEvent,
     TextDelta,
     Timings,
+    TokenLogprobs,
     Usage,
 )
+from worker.engine.sampling import check_sequences
 from worker.engine.slots import SlotView, choose_slot
 from worker.engine.streams import EventStream
 from worker.engine.textstream import TextStream
@@ -50,10 +57,21 @@ class GenerationJob:
     max_tokens: int
     stream: EventStream[GenerationEvent]
     constrained: bool = False  # the sampler enforces a grammar: its per-token time is capped
+    # Log-probabilities: with each token, its own and this many most likely alternatives.
+    logprobs: int | None = None
+    # The samplers of sequences 1 .. n-1 when n > 1 (`sampler` draws sequence 0).
+    siblings: tuple[TokenSampler, ...] = ()
     arrived: float = field(default=0.0, init=False)  # stamped by ModelEngine.submit
+
+    @property
+    def n(self) -> int:
+        """Sequences drawn from the prompt: the slots the job takes at once."""
+        return 1 + len(self.siblings)
 
     def release(self) -> None:
         self.sampler.close()
+        for sampler in self.siblings:
+            sampler.close()
 
 
 @dataclass
@@ -84,15 +102,20 @@ Job = GenerationJob | EmbeddingJob
 
 @dataclass
 class _Generation:
-    """A request in progress in a slot."""
+    """One sequence of a request in progress in a slot."""
 
     job: GenerationJob
+    sampler: TokenSampler  # this sequence's
     order: int  # admission order: prompts are prefilled first come, first served
     started: float
     reused: int  # prompt tokens found in the slot's cache
     fed: int  # prompt tokens in the cache so far
     text: TextStream
+    group: list[_Slot]  # the slots of the job's sequences (shared), the prefilling one first
+    index: int = 0  # which of the job's sequences
+    follows: _Slot | None = None  # waits for the prompt prefilled there, to copy its cache
     pending: list[int] = field(default_factory=list)  # sampled, not yet sent as text
+    pending_logprobs: list[TokenLogprobs] = field(default_factory=list)  # with `pending`
     generated: int = 0
     prefilled: float = 0.0
     first_at: float | None = None
@@ -145,6 +168,8 @@ class ModelEngine:
         self._clock = clock
         self._waiting: deque[Job] = deque()
         self._slots = [_Slot(i) for i in range(backend.n_seq)]
+        # Admitted jobs of n > 1 sequences: the slot that prefills -> the slots that copy it.
+        self._followers: dict[int, list[_Slot]] = {}
         self._embedding: EmbeddingJob | None = None
         self._closing: str | None = None
         self._cond = threading.Condition()
@@ -184,9 +209,11 @@ class ModelEngine:
         )
 
     def submit(self, job: Job) -> None:
-        """Queues a job, or refuses at once when the model is closing or its queue is full;
-        stamps its arrival with the engine's clock."""
+        """Queues a job, or refuses at once when the model is closing, its queue is full or
+        it asks for more sequences than there are slots; stamps its arrival."""
         job.arrived = self._clock()
+        if isinstance(job, GenerationJob):
+            check_sequences(job.n, len(self._slots), self.name)
         with self._cond:
             if self._closing is not None:
                 raise Unavailable(self._closing)
@@ -246,10 +273,13 @@ class ModelEngine:
 
     def _admit_locked(self) -> list[tuple[Job, _Slot, int]]:
         """Moves waiting jobs, first come first served, into idle slots; with each, how many
-        of the slot's cached tokens its prompt shares."""
+        of the slot's cached tokens its prompt shares. A job of n sequences takes n slots
+        (the others in _followers); it waits at the head of the queue until it has them:
+        later jobs do not overtake it, and running ones always end, so it starts."""
         admitted: list[tuple[Job, _Slot, int]] = []
         while self._waiting and self._closing is None:
             taken = {slot.seq_id for _, slot, _ in admitted}
+            taken.update(s.seq_id for slots in self._followers.values() for s in slots)
             idle = [s for s in self._slots if s.run is None and s.seq_id not in taken]
             if not idle:
                 break
@@ -264,7 +294,12 @@ class ModelEngine:
                     break  # embeddings use the whole context: they wait for it to drain
                 admitted.append((self._waiting.popleft(), idle[0], 0))
                 break
+            if len(idle) < job.n:
+                break
             seq_id, shared = choose_slot([s.view() for s in idle], job.prompt)
+            if job.n > 1:  # the copies overwrite their caches: the least recently used
+                others = sorted((s for s in idle if s.seq_id != seq_id), key=lambda s: s.last_used)
+                self._followers[seq_id] = others[: job.n - 1]
             admitted.append((self._waiting.popleft(), self._slots[seq_id], shared))
         return admitted
 
@@ -281,13 +316,20 @@ class ModelEngine:
                 job.release()
             return
         self._admitted += 1
-        run = _Generation(job, self._admitted, self._clock(), 0, 0, TextStream(job.stop))
-        slot.run = run
+        started = self._clock()
+        group = [slot, *self._followers.pop(slot.seq_id, [])]
+        samplers = (job.sampler, *job.siblings)
+        for index, member in enumerate(group):
+            member.run = _Generation(
+                job, samplers[index], self._admitted, started, 0, 0, TextStream(job.stop),
+                group, index, follows=slot if index else None,
+            )  # fmt: skip
+        run = slot.run
+        assert run is not None
         try:
             run.reused = run.fed = self._reuse_prefix(slot, job.prompt, shared)
             if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
-                run.prefilled = self._clock()
-                self._on_token(slot, self._sample(job, job.sampler.sample_saved, slot.seq_id))
+                self._prompt_in(slot, None)
         except Exception as exc:
             self._fail(slot, exc)
 
@@ -325,7 +367,11 @@ class ModelEngine:
                     self._fail(slot, exc)
         decoding = [s for s in self._slots if s.run is not None and s.run.next_token is not None]
         prefilling = sorted(
-            (s for s in self._slots if s.run is not None and s.run.next_token is None),
+            (
+                s
+                for s in self._slots
+                if s.run is not None and s.run.next_token is None and s.run.follows is None
+            ),
             key=lambda s: s.run.order if s.run is not None else 0,
         )
         entries: list[tuple[_Slot, list[int], int | None]] = []
@@ -358,36 +404,77 @@ class ModelEngine:
             return
         for slot, tokens, logits_at in entries:
             run = slot.run
-            assert run is not None
+            if run is None:  # failed with another sequence of its request: cache forgotten
+                continue
             slot.cached.extend(tokens)
             try:
                 if run.next_token is not None:
                     run.next_token = None
                     assert logits_at is not None
-                    self._on_token(slot, self._sample(run.job, run.job.sampler.sample, logits_at))
+                    self._draw(slot, logits_at, slot)
                     continue
                 run.fed += len(tokens)
                 if logits_at is not None:  # the prompt is in: sample its first token
-                    run.prefilled = self._clock()
                     self._backend.save_logits(slot.seq_id, logits_at)
                     slot.memo_prompt = run.job.prompt
-                    self._on_token(slot, self._sample(run.job, run.job.sampler.sample, logits_at))
+                    self._prompt_in(slot, logits_at)
             except Exception as exc:
                 self._fail(slot, exc)
 
-    def _sample(self, job: GenerationJob, draw: Callable[[int], int], where: int) -> int:
-        """One token from `draw(where)`; a constrained job whose draw took too long fails."""
+    def _prompt_in(self, slot: _Slot, logits_at: int | None) -> None:
+        """The prompt is in `slot`'s cache, its last logits at batch index `logits_at` (None:
+        the saved ones, an exact repeat): copies the cache to the request's other sequences
+        and draws every sequence's first token."""
+        run = slot.run
+        assert run is not None
+        run.prefilled = self._clock()
+        followers = [s for s in run.group if s.run is not None and s.run.follows is slot]
+        for other in followers:
+            assert other.run is not None
+            self._backend.copy(slot.seq_id, other.seq_id)
+            other.cached = list(slot.cached)
+            other.memo_prompt = []
+            if logits_at is not None:  # the copy's memo too, for an exact repeat later
+                self._backend.save_logits(other.seq_id, logits_at)
+                other.memo_prompt = slot.memo_prompt
+            other.run.follows = None
+            other.run.reused, other.run.fed = run.reused, run.fed
+            other.run.prefilled = run.prefilled
+        for drawing in (slot, *followers):
+            if drawing.run is None:  # ended by another sequence's failure
+                continue
+            try:
+                self._draw(drawing, logits_at, slot)
+            except Exception as exc:
+                self._fail(drawing, exc)
+
+    def _draw(self, slot: _Slot, logits_at: int | None, source: _Slot) -> None:
+        """Samples the slot's next token from batch index `logits_at` of the last run (None:
+        from `source`'s saved logits), with its log-probabilities when asked, and passes it
+        on. A constrained job whose draw took too long fails."""
+        run = slot.run
+        assert run is not None
+        job = run.job
         started = self._clock()
-        token = draw(where)
+        if logits_at is None:
+            token = run.sampler.sample_saved(source.seq_id)
+        else:
+            token = run.sampler.sample(logits_at)
         spent = self._clock() - started
         if job.constrained and self._max_sample_s is not None and spent > self._max_sample_s:
             raise InvalidArgument(
                 f"request {job.request_id}: its grammar took {spent * 1e3:.0f} ms to sample "
                 f"one token; the limit is {self._max_sample_s * 1e3:.0f} ms (max_sample_ms)"
             )
-        return token
+        logprobs = None
+        if job.logprobs is not None:
+            if logits_at is None:
+                logprobs = self._backend.saved_logprobs(source.seq_id, token, job.logprobs)
+            else:
+                logprobs = self._backend.logprobs(logits_at, token, job.logprobs)
+        self._on_token(slot, token, logprobs)
 
-    def _on_token(self, slot: _Slot, token: int) -> None:
+    def _on_token(self, slot: _Slot, token: int, logprobs: TokenLogprobs | None) -> None:
         run = slot.run
         assert run is not None
         job = run.job
@@ -398,6 +485,8 @@ class ModelEngine:
             return
         run.generated += 1
         run.pending.append(token)
+        if logprobs is not None:  # queued with its token: the text may be held back
+            run.pending_logprobs.append(logprobs)
         piece = run.text.feed(self._backend.piece(token))
         if run.text.stopped:
             self._finish(slot, FinishReason.STOP, piece)
@@ -405,8 +494,10 @@ class ModelEngine:
             self._finish(slot, FinishReason.LENGTH, piece + run.text.finish())
         else:
             if piece:
-                job.stream.emit(TextDelta(piece, tuple(run.pending)))
+                pending, logprobs_of = tuple(run.pending), tuple(run.pending_logprobs)
+                job.stream.emit(TextDelta(piece, pending, logprobs_of, run.index))
                 run.pending = []
+                run.pending_logprobs = []
             run.next_token = token
 
     def _finish(self, slot: _Slot, finish: FinishReason, tail: str) -> None:
@@ -418,22 +509,30 @@ class ModelEngine:
             run.job.arrived, run.started, run.prefilled, run.first_at, ended, computed,
             run.generated,
         )  # fmt: skip
-        self.rates.record(timings, run.generated, computed)
+        # The request's other sequences copied the prompt: it counts once in the rates.
+        self.rates.record(timings, run.generated, 0 if run.index else computed)
         usage = Usage(len(run.job.prompt), run.generated, run.reused)
         run.job.stream.emit(
-            Finished(tail, tuple(run.pending), finish, usage, timings, run.text.matched)
-        )
+            Finished(
+                tail, tuple(run.pending), finish, usage, timings, run.text.matched,
+                tuple(run.pending_logprobs), run.index,
+            )
+        )  # fmt: skip
         self._end(slot)
 
     def _end(self, slot: _Slot) -> None:
+        """Frees the slot; the request's stream closes with its last sequence."""
         run = slot.run
         assert run is not None
-        run.job.stream.close()
-        run.job.release()
         slot.run = None
         slot.last_used = self._steps
+        if not any(s.run is not None and s.run.job is run.job for s in run.group):
+            run.job.stream.close()
+            run.job.release()
 
     def _fail(self, slot: _Slot, exc: Exception) -> None:
+        """Fails the slot's request with all its sequences, forgetting their caches: a
+        failure can leave them in any state."""
         run = slot.run
         assert run is not None
         if not isinstance(exc, LlamaherdError):
@@ -442,10 +541,12 @@ class ModelEngine:
                 exc_info=exc,
             )  # fmt: skip
             exc = Internal(f"request {run.job.request_id} failed: {exc}")
-        self._forget(slot)
+        for member in run.group:
+            if member.run is not None and member.run.job is run.job:
+                self._forget(member)
+                member.run = None
         run.job.stream.fail(exc)
         run.job.release()
-        slot.run = None
 
     def _check(self, job: Job) -> None:
         if self._closing is not None:

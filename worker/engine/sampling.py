@@ -17,7 +17,10 @@ from common.errors import InvalidArgument
 MAX_STOP_STRINGS = 16
 MAX_STOP_LENGTH = 512
 MAX_LOGIT_BIAS = 1024
+MAX_TOP_LOGPROBS = 20  # as OpenAI
+MAX_SEQUENCES = 16  # n: sequences drawn from one prompt
 SEED_RANDOM = None
+SEED_LIMIT = 0xFFFFFFFF  # seeds are in [0, SEED_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     max_tokens: int | None = None
     logit_bias: tuple[tuple[int, float], ...] = field(default=())
+    # Set: each token comes with its log-probability and this many most likely alternatives.
+    top_logprobs: int | None = None
 
     @property
     def greedy(self) -> bool:
@@ -72,9 +77,11 @@ class SamplingParams:
         _in_range("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
         _in_range("repeat_last_n", self.repeat_last_n, -1, 1 << 20)
         if self.seed is not None:
-            _in_range("seed", self.seed, 0, 0xFFFFFFFE)
+            _in_range("seed", self.seed, 0, SEED_LIMIT - 1)
         if self.max_tokens is not None:
             _in_range("max_tokens", self.max_tokens, 1, 1 << 24)
+        if self.top_logprobs is not None:
+            _in_range("top_logprobs", self.top_logprobs, 0, MAX_TOP_LOGPROBS)
 
 
 def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False) -> None:
@@ -116,6 +123,18 @@ def _logit_bias(
                 f"sampling.logit_bias[{token}] must be in [-100, 100], got {value}"
             )
     return tuple(sorted(pairs))
+
+
+def check_sequences(n: int, slots: int, model: str) -> None:
+    """n sequences from one prompt: within [1, MAX_SEQUENCES] and the model's slots, which
+    they take all at once."""
+    if not 1 <= n <= MAX_SEQUENCES:
+        raise InvalidArgument(f"n must be in [1, {MAX_SEQUENCES}], got {n}")
+    if n > slots:
+        raise InvalidArgument(
+            f"n = {n} sequences need {n} slots at once, but model {model!r} has {slots} "
+            f"(n_parallel); ask for at most {slots}"
+        )
 
 
 def check_token_ids(where: str, tokens: Sequence[int], n_vocab: int) -> None:

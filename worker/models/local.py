@@ -15,6 +15,7 @@ import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Protocol, TypeVar
 
 from common.errors import FailedPrecondition, InvalidArgument, Unavailable
@@ -35,7 +36,7 @@ from worker.engine.generation import (
 )
 from worker.engine.limits import RequestLimits, check_text
 from worker.engine.pools import BoundedPool, default_pool
-from worker.engine.sampling import SamplingParams, check_token_ids
+from worker.engine.sampling import SEED_LIMIT, SamplingParams, check_sequences, check_token_ids
 from worker.engine.streams import EventStream
 from worker.llamacpp import rpc
 from worker.llamacpp.backend import LlamaBackend
@@ -230,15 +231,20 @@ class LocalModel:
     async def generate(
         self,
         request_id: str,
-        prompt: str,
+        prompt: str | Sequence[int],
         sampling: SamplingParams,
         constraint: Constraint | None,
+        n: int = 1,
     ) -> AsyncIterator[GenerationEvent]:
+        """A raw prompt's continuation: `prompt` as text, or as token ids used as given;
+        `n` sequences drawn from it (their events tagged with their index)."""
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
-        check_text("prompt", prompt, self.limits)
+        if isinstance(prompt, str):
+            check_text("prompt", prompt, self.limits)
+        check_sequences(n, self.engine.slots_total, self.alias)
         job = await self._prepare(
-            len(prompt) if constraint is None else None,
-            lambda: self._generate_job(request_id, prompt, sampling, constraint, stream),
+            len(prompt) if constraint is None and n == 1 else None,
+            lambda: self._generate_job(request_id, prompt, sampling, constraint, stream, n),
         )
         async for event in self._run(job, stream):
             _log_finished(request_id, self.alias, event)
@@ -344,13 +350,19 @@ class LocalModel:
     def _generate_job(
         self,
         request_id: str,
-        prompt: str,
+        prompt: str | Sequence[int],
         sampling: SamplingParams,
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
+        n: int = 1,
     ) -> GenerationJob:
         self._require_generation()
-        return self._job(request_id, self._tokens(prompt), sampling, constraint, stream)
+        if isinstance(prompt, str):
+            tokens = self._tokens(prompt)
+        else:
+            check_token_ids("prompt_tokens", prompt, self.backend.n_vocab)
+            tokens = list(prompt)
+        return self._job(request_id, tokens, sampling, constraint, stream, n)
 
     def _chat_job(
         self,
@@ -409,7 +421,10 @@ class LocalModel:
         sampling: SamplingParams,
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
+        n: int = 1,
     ) -> GenerationJob:
+        """The engine's job for a prompt's tokens: `n` sequences, each with its own sampler
+        (seeded seed + i when a seed is given, else each its own random seed)."""
         if not tokens:
             raise InvalidArgument("prompt is empty")
         if len(tokens) >= self.n_ctx:
@@ -421,10 +436,21 @@ class LocalModel:
         room = self.n_ctx - len(tokens)
         max_tokens = min(sampling.max_tokens or room, room)
         grammar = constraint_grammar(constraint, self.limits) if constraint is not None else None
-        sampler = self.backend.sampler(sampling, grammar)
+        samplers: list[TokenSampler] = []
+        try:
+            for i in range(n):
+                seeded = sampling
+                if i and sampling.seed is not None:
+                    seeded = replace(sampling, seed=(sampling.seed + i) % SEED_LIMIT)
+                samplers.append(self.backend.sampler(seeded, grammar))
+        except BaseException:
+            for sampler in samplers:
+                sampler.close()
+            raise
         return GenerationJob(
-            request_id, tokens, sampler, sampling.stop, max_tokens, stream, grammar is not None
-        )
+            request_id, tokens, samplers[0], sampling.stop, max_tokens, stream,
+            grammar is not None, sampling.top_logprobs, tuple(samplers[1:]),
+        )  # fmt: skip
 
     def _embedding_job(
         self,

@@ -82,10 +82,13 @@ class ServedModel(Protocol):
     def generate(
         self,
         request_id: str,
-        prompt: str,
+        prompt: str | Sequence[int],
         sampling: SamplingParams,
         constraint: Constraint | None,
-    ) -> AsyncIterator[GenerationEvent]: ...
+        n: int = 1,
+    ) -> AsyncIterator[GenerationEvent]:
+        """`prompt` as text or as token ids (used as given); `n` sequences from it."""
+        ...
 
     def chat(
         self,

@@ -259,15 +259,19 @@ class SplitModel:
     def generate(
         self,
         request_id: str,
-        prompt: str,
+        prompt: str | Sequence[int],
         sampling: SamplingParams,
         constraint: Constraint | None,
+        n: int = 1,
     ) -> AsyncIterator[GenerationEvent]:
+        text, tokens = (prompt, ()) if isinstance(prompt, str) else ("", prompt)
         request = gen_pb.GenerateRequest(
             model=self.alias,
-            prompt=prompt,
+            prompt=text,
+            prompt_tokens=tokens,
             sampling=wire.sampling_to_proto(sampling),
             constraint=wire.constraint_to_proto(constraint),
+            n=n,
         )
         return self._relay_stream(self._stub.Generate, request, request_id)
 

@@ -38,6 +38,26 @@ def test_generate_streams_the_reply_then_its_accounting(tmp_path):
     asyncio.run(scenario())
 
 
+def test_generate_n_sequences_from_token_ids_with_logprobs(tmp_path):
+    async def scenario() -> None:
+        async with serving(tmp_path, {"alias": "m", "n_parallel": 2}) as worker:
+            request = gen_pb.GenerateRequest(
+                model="m", prompt_tokens=list(b"ab"), n=2,
+                sampling=gen_pb.SamplingParams(max_tokens=3, top_logprobs=1),
+            )  # fmt: skip
+            chunks = [c async for c in worker.stub.Generate(request)]
+            for index in (0, 1):
+                mine = [c for c in chunks if c.index == index]
+                assert "".join(c.text for c in mine) == "cde"
+                assert mine[-1].finish_reason == gen_pb.FINISH_REASON_LENGTH
+                assert mine[-1].usage.prompt_tokens == 2
+                logprobs = [lp for c in mine for lp in c.logprobs]
+                assert [lp.chosen.token_id for lp in logprobs] == list(b"cde")
+                assert all(len(lp.top) == 1 for lp in logprobs)
+
+    asyncio.run(scenario())
+
+
 def test_generate_stops_at_max_tokens_with_finish_length(tmp_path):
     async def scenario() -> None:
         async with serving(tmp_path, {"alias": "m"}) as worker:
@@ -124,6 +144,14 @@ def test_an_unknown_model_is_not_found_naming_the_loaded_ones(tmp_path):
             ),
             "json_schema",
         ),
+        (generate_request("hi", top_logprobs=50), "sampling.top_logprobs must be in [0, 20]"),
+        (gen_pb.GenerateRequest(model="m", prompt="hi", n=1000), "n must be in [1, 16]"),
+        (gen_pb.GenerateRequest(model="m", prompt="hi", n=2), "n = 2 sequences need 2 slots"),
+        (
+            gen_pb.GenerateRequest(model="m", prompt="hi", prompt_tokens=[104]),
+            "prompt or prompt_tokens, not both",
+        ),
+        (gen_pb.GenerateRequest(model="m", prompt_tokens=[104, 9999]), "prompt_tokens[1] = 9999"),
     ],
 )
 def test_bad_requests_are_invalid_argument_naming_the_problem(tmp_path, request_, fragment):

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 import pytest
 from support.fake_backend import EOS, Entry, FakeBackend, FakeSampler
 
 from common.errors import Internal, ResourceExhausted, Unavailable
-from worker.engine.batching import EmbeddingJob, GenerationJob, ModelEngine
+from worker.engine.batching import EmbeddingJob, GenerationJob
 from worker.engine.generation import (
     EmbeddingResult,
     Finished,
@@ -29,20 +29,6 @@ from worker.engine.streams import EventStream
 
 T = TypeVar("T")
 WAIT = 5.0  # seconds; generous, the engine answers in milliseconds
-
-
-@pytest.fixture
-def engines() -> Iterator[Callable[..., ModelEngine]]:
-    started: list[ModelEngine] = []
-
-    def make(backend: FakeBackend, max_queue: int = 8, **kwargs: object) -> ModelEngine:
-        engine = ModelEngine("fake", backend, max_queue, **kwargs)  # type: ignore[arg-type]
-        started.append(engine)
-        return engine
-
-    yield make
-    for engine in started:
-        assert engine.close("test over", WAIT)
 
 
 class Gate:

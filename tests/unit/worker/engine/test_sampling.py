@@ -12,6 +12,7 @@ from worker.engine.sampling import (
     MAX_STOP_LENGTH,
     MAX_STOP_STRINGS,
     SamplingParams,
+    check_sequences,
     check_token_ids,
 )
 
@@ -46,6 +47,8 @@ def test_temperature_zero_is_greedy_and_any_penalty_counts():
         ("seed", -1, "sampling.seed must be in [0, 4294967294]"),
         ("seed", 0xFFFFFFFF, "sampling.seed must be in [0, 4294967294], got 4294967295"),
         ("max_tokens", 0, "sampling.max_tokens must be in [1, "),
+        ("top_logprobs", 21, "sampling.top_logprobs must be in [0, 20], got 21"),
+        ("top_logprobs", -1, "sampling.top_logprobs must be in [0, 20]"),
     ],
 )
 def test_each_out_of_range_value_is_refused_naming_its_field(field, value, message):
@@ -67,6 +70,8 @@ def test_each_out_of_range_value_is_refused_naming_its_field(field, value, messa
         ("seed", 0xFFFFFFFE),
         ("presence_penalty", -2.0),
         ("max_tokens", 1),
+        ("top_logprobs", 0),
+        ("top_logprobs", 20),
     ],
 )
 def test_the_ends_of_each_range_are_accepted(field, value):
@@ -107,3 +112,13 @@ def test_token_ids_outside_the_vocabulary_are_refused_with_their_place():
         check_token_ids("tokens", [5, 100], n_vocab=100)
     with pytest.raises(InvalidArgument, match=r"sampling.logit_bias\[0\] = -1"):
         check_token_ids("sampling.logit_bias", [-1], n_vocab=100)
+
+
+def test_n_is_within_1_to_16_and_the_models_slots():
+    check_sequences(4, 4, "m")
+    with pytest.raises(InvalidArgument, match=r"n must be in \[1, 16\], got 1000"):
+        check_sequences(1000, 64, "m")
+    with pytest.raises(InvalidArgument, match=r"n must be in \[1, 16\], got 0"):
+        check_sequences(0, 4, "m")
+    with pytest.raises(InvalidArgument, match=r"n = 5 .* model 'm' has 4 \(n_parallel\)"):
+        check_sequences(5, 4, "m")
