@@ -1,7 +1,7 @@
 """From a Hugging Face checkpoint to a served quant, the whole path: a tiny random Llama that
 `transformers` makes here (tests/support/tiny_hf_model.py), `llamaherd models convert` (llama.cpp's
-own converter from the llama-cpp-python source), quantized with llama.cpp's quantizer, added
-to a store, loaded by a real worker, generating.
+own converter from the llama-cpp-python source), `llamaherd models quantize`, added to a
+store, loaded by a real worker, generating.
 
 The converter needs torch and transformers (the convert extra), which the project's venv does
 not carry: `make convert-test` installs them once into a cached venv and points
@@ -10,7 +10,6 @@ LLAMAHERD_CONVERT_PYTHON at its Python. Without it these tests skip, saying so.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
@@ -76,14 +75,12 @@ def converted(checkpoint: tuple[Path, dict[str, list[int]]], models_folder: Path
 
 @pytest.fixture(scope="module")
 def quantized(converted: Path) -> Path:
-    # The quantizer llamaherd models quantize wraps: llama.cpp's own, in llama-cpp-python.
+    """The next step convert prints: `llamaherd models quantize` (llama.cpp's quantizer)."""
     out = converted.with_name("tiny-llama-Q4_K_M.gguf")
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    code = llama_cpp.llama_model_quantize(
-        str(converted).encode(), str(out).encode(), ctypes.byref(params)
-    )
-    assert code == 0
+    done = _llamaherd("models", "quantize", str(converted), str(out), "--type", "Q4_K_M",
+                      "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["dst_bytes"] < converted.stat().st_size / 2
     return out
 
 
