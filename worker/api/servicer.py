@@ -87,7 +87,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):  # type: ignore[misc]
         tools = wire.tools_from_proto(request)  # checked by the model, on its request pool
         rid = request_id(context)
         with self._registry.lease(request.model) as model:
-            async for event in model.chat(rid, messages, sampling, constraint, tools):
+            async for event in model.chat(
+                rid, messages, sampling, constraint, tools, request.n or 1
+            ):
                 yield wire.chunk_to_proto(event)
 
     async def Embed(

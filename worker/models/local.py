@@ -257,11 +257,14 @@ class LocalModel:
         sampling: SamplingParams,
         constraint: Constraint | None,
         tools: Tools = NO_TOOLS,
+        n: int = 1,
     ) -> AsyncIterator[GenerationEvent]:
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
         check_text("messages", _joined(messages), self.limits)
+        check_sequences(n, self.engine.slots_total, self.alias)
         job, plan = await self._prepare(
-            None, lambda: self._chat_job(request_id, messages, sampling, constraint, stream, tools)
+            None,
+            lambda: self._chat_job(request_id, messages, sampling, constraint, stream, tools, n),
         )
         async for event in shape_output(self._run(job, stream), plan, self._rng):
             _log_finished(request_id, self.alias, event)
@@ -372,6 +375,7 @@ class LocalModel:
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
         tools: Tools = NO_TOOLS,
+        n: int = 1,
     ) -> tuple[GenerationJob, OutputPlan]:
         """The chat's job, and how its output is read (reasoning, tool calls)."""
         tokens, plan, grammar = self._chat_prompt(messages, tools)
@@ -383,7 +387,7 @@ class LocalModel:
                     "or grammar): drop one of them"
                 )
             constraint = Constraint(ConstraintKind.GRAMMAR, grammar)
-        return self._job(request_id, tokens, sampling, constraint, stream), plan
+        return self._job(request_id, tokens, sampling, constraint, stream, n), plan
 
     def _chat_tokens(self, messages: Sequence[ChatMessage], tools: Tools = NO_TOOLS) -> list[int]:
         """The prompt of a chat: its messages rendered with the template, tokenized."""

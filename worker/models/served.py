@@ -97,9 +97,11 @@ class ServedModel(Protocol):
         sampling: SamplingParams,
         constraint: Constraint | None,
         tools: Tools = ...,
+        n: int = 1,
     ) -> AsyncIterator[GenerationEvent]:
         """The reply to a chat offering `tools` (default none): reasoning and tool calls
-        separated from its text as the model's settings and tool choice say."""
+        separated from its text as the model's settings and tool choice say; `n` replies
+        (sequences, by index) drawn from the one prompt."""
         ...
 
     async def embed(

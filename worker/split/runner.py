@@ -282,12 +282,14 @@ class SplitModel:
         sampling: SamplingParams,
         constraint: Constraint | None,
         tools: Tools = NO_TOOLS,
+        n: int = 1,
     ) -> AsyncIterator[GenerationEvent]:
         request = gen_pb.ChatRequest(
             model=self.alias,
             messages=wire.messages_to_proto(messages),
             sampling=wire.sampling_to_proto(sampling),
             constraint=wire.constraint_to_proto(constraint),
+            n=n,
         )
         wire.tools_to_proto(tools, request)  # the child worker parses the calls
         return self._relay_stream(self._stub.Chat, request, request_id)

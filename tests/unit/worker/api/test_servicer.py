@@ -86,6 +86,26 @@ def test_chat_renders_the_messages_with_the_models_template(tmp_path):
     asyncio.run(scenario())
 
 
+def test_chat_with_n_replies_once_per_sequence(tmp_path):
+    async def scenario() -> None:
+        config = {"alias": "m", "chat_template": TEMPLATE, "n_parallel": 3}
+        async with serving(tmp_path, config) as worker:
+            worker.models.backends["m"].script("[user]Hi[assistant]", "Hello!")
+            request = gen_pb.ChatRequest(
+                model="m", messages=[gen_pb.ChatMessage(role="user", content="Hi")], n=3
+            )
+            chunks = [c async for c in worker.stub.Chat(request)]
+            for index in range(3):
+                mine = [c for c in chunks if c.index == index]
+                assert "".join(c.text for c in mine) == "Hello!"
+                assert mine[-1].finish_reason == gen_pb.FINISH_REASON_STOP
+            error = await refusal(worker.stub.Chat(gen_pb.ChatRequest(model="m", n=4)))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "n = 4 sequences need 4 slots" in error.details()
+
+    asyncio.run(scenario())
+
+
 def test_tokenize_and_detokenize_round_trip_with_pieces(tmp_path):
     async def scenario() -> None:
         async with serving(tmp_path, {"alias": "m"}) as worker:
