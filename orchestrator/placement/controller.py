@@ -277,7 +277,9 @@ class PlacementController:
         needed = estimates_needed(self._catalog, nodes, downloads)
         estimates = await self._gather_estimates(snapshot, needed)
         estimates.update(await self._size_fetches(nodes, downloads, estimates))
-        result = plan(self._catalog, nodes, estimates, self._provenance, downloads)
+        result = plan(
+            self._catalog, nodes, estimates, self._provenance, downloads, snapshot.capacities
+        )
         for action in (*result.actions, *self._stale_orphans(nodes)):
             self._start(action, snapshot)
         problems = tuple(sorted(result.problems, key=lambda p: p.alias))

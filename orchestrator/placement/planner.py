@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from common.memory import MemoryEstimate, format_bytes
 from common.status import ModelState, ModelStatus
+from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
@@ -230,13 +231,16 @@ def plan(
     estimates: Estimates,
     provenance: Provenances | None = None,
     downloads: Downloads | None = None,
+    capacities: Sequence[CapacityRecord] = (),
 ) -> Plan:
     """Loads and unloads that bring the up nodes toward the catalog, and the problems
     that stop it. The same inputs always give the same plan.
 
     `provenance` orders surplus replicas for unloading (see Provenance); without it, every
     replica is equally unknown and the least loaded go first. `downloads` resolves store
-    entries and times their fetches (see Downloads)."""
+    entries and times their fetches (see Downloads). `capacities` (llamaherd capacity)
+    rank the nodes measured with power by streams per watt (scorers.most_streams_per_watt)."""
+    per_watt = {(r.model, NodeId(r.node)): spw for r in capacities if (spw := r.streams_per_watt)}
     up = _up_sorted(nodes)
     downloads = downloads or Downloads()
     free = {node.node_id: node.memory_free for node in up}  # charged as loads are planned
@@ -267,7 +271,7 @@ def plan(
             problems.append(PlacementProblem(entry.alias, model))
             continue
         fetch = _Fetch(model, disk, downloads, up, fetching) if model is not None else None
-        placed, split, problem = _fill(entry, holders, up, free, estimates, fetch)
+        placed, split, problem = _fill(entry, holders, up, free, estimates, fetch, per_watt)
         loads += placed
         splits += split
         if problem is not None:
@@ -333,6 +337,7 @@ def _fill(
     free: dict[NodeId, int],
     estimates: Estimates,
     fetch: _Fetch | None = None,
+    per_watt: Mapping[tuple[str, NodeId], float] | None = None,
 ) -> tuple[list[Load], list[LoadSplit], PlacementProblem | None]:
     """Single-node loads or a split for the replicas `entry` lacks, and the problem if short."""
     if entry.split_nodes >= 2:
@@ -340,7 +345,7 @@ def _fill(
         if isinstance(split, LoadSplit):
             return [], [split], None
         return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
-    loads, problem, waits = _place(entry, holders, up, free, estimates, fetch)
+    loads, problem, waits = _place(entry, holders, up, free, estimates, fetch, per_watt)
     if (
         problem is None
         or loads
@@ -404,6 +409,7 @@ def _place(
     free: dict[NodeId, int],
     estimates: Estimates,
     fetch: _Fetch | None = None,
+    per_watt: Mapping[tuple[str, NodeId], float] | None = None,
 ) -> tuple[list[Load], PlacementProblem | None, bool]:
     """Loads for the replicas `entry` lacks, charged to `free` (and the disk of nodes that
     fetch the file), the problem if short, and whether a replica waits for a peer to fetch
@@ -429,6 +435,7 @@ def _place(
                     free_after=free[node.node_id] - need.total_bytes,
                     has_file=has_file,
                     download_s=download_s,
+                    streams_per_watt=(per_watt or {}).get((entry.alias, node.node_id), 0.0),
                 )
             )
     chosen: list[Fit] = []

@@ -26,6 +26,9 @@ class Fit:
     # None (it does not say: a path entry, whose files are the operator's business).
     has_file: bool | None = None
     download_s: float = 0.0  # expected time to fetch the file first; 0 when it has it
+    # Measured concurrent streams of the model per watt (llamaherd capacity, on a node that
+    # reports power); 0 = not measured.
+    streams_per_watt: float = 0.0
 
 
 Scorer = Callable[[Fit], float]
@@ -45,6 +48,13 @@ def soonest_ready(fit: Fit) -> float:
     return -fit.download_s
 
 
+def most_streams_per_watt(fit: Fit) -> float:
+    """Where `llamaherd capacity` measured the model on nodes that report power, the node
+    serving the most streams per watt; unmeasured nodes (0) come after every measured one,
+    so a cluster without measurements ranks as before."""
+    return fit.streams_per_watt
+
+
 def fastest(fit: Fit) -> float:
     """A faster node serves sooner. Unmeasured nodes (0) come after every measured one."""
     return fit.reference_tps
@@ -59,8 +69,10 @@ def most_free_memory(fit: Fit) -> float:
 # Precedence, first to last. File presence first: it tells nodes apart for store models
 # (nodes report their store files), and then it saves a download; then the expected
 # download time among those that must fetch. For a path entry both are neutral everywhere
-# and the order is speed, then memory.
-RANKING: tuple[Scorer, ...] = (model_file_present, soonest_ready, fastest, most_free_memory)
+# and the order is measured streams per watt (where measured), speed, then memory.
+RANKING: tuple[Scorer, ...] = (
+    model_file_present, soonest_ready, most_streams_per_watt, fastest, most_free_memory,
+)  # fmt: skip
 
 
 def rank(fits: Iterable[Fit], scorers: Sequence[Scorer] = RANKING) -> list[Fit]:

@@ -836,3 +836,26 @@ def test_the_store_may_serve_k_fetches_of_a_file_at_once_or_any_number() -> None
     )
     off = plan(catalog, nodes, estimates, downloads=resolved(store_fetches_per_file=0))
     assert loads(off) == [("a", "m"), ("b", "m"), ("c", "m")] and off.problems == ()
+
+
+def test_measured_streams_per_watt_come_before_speed_and_unmeasured_nodes_after() -> None:
+    from orchestrator.cluster.capacity import CapacityRecord
+
+    def measured(node_id: str, streams: int, watts: float | None) -> CapacityRecord:
+        return CapacityRecord(
+            node=node_id, model="m", n_ctx=4096, slo="ttft_p99=2s", max_streams=streams,
+            prefill_tps=1.0, decode_tps_stream=1.0, decode_tps_total=1.0, e2e_s=1.0,
+            prompt_tokens=1, output_tokens=1, measured_at=0.0, watts=watts,
+        )  # fmt: skip
+
+    catalog = [entry("m", replicas=2)]
+    nodes = [
+        fast_node("agx", 200.0, memory_free=8 * GiB),  # fastest, 8 streams at 60 W
+        fast_node("nano", 40.0, memory_free=8 * GiB),  # 3 streams at 10 W: the most per watt
+        fast_node("pc", 300.0, memory_free=8 * GiB),  # measured without power: as unmeasured
+    ]
+    capacities = [measured("agx", 8, 60.0), measured("nano", 3, 10.0), measured("pc", 9, None)]
+    estimates = everywhere(catalog, nodes)
+    chosen = loads(plan(catalog, nodes, estimates, capacities=capacities))
+    assert chosen == [("nano", "m"), ("agx", "m")]
+    assert loads(plan(catalog, nodes, estimates)) == [("pc", "m"), ("agx", "m")]  # as before
