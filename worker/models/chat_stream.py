@@ -48,55 +48,84 @@ def new_call_id(rng: random.Random) -> str:
 
 
 class CallStream:
-    """Parses one sequence's streamed text for tool calls in `fmt`."""
+    """Parses one sequence's streamed text for tool calls in `fmt`.
+
+    Holds back only what is undecided: a possible marker (a few characters), a call whose
+    closer has not come yet, or, for formats whose calls run to the end of the reply,
+    everything from the first call on. Pieces are kept in lists, never re-joined per piece,
+    so a reply costs O(its length)."""
 
     def __init__(self, fmt: ToolFormat, names: frozenset[str], rng: random.Random) -> None:
         self._fmt = fmt
         self._syntax = SYNTAX[fmt]
         self._names = names
         self._rng = rng
-        self._text = ""
-        self._pos = 0  # text before this is decided: passed on or parsed
-        self._locked = False  # a call began that runs to the end of the reply
-        self._closer_from = 0  # where to look for the closer of the open call next
+        self._pending = ""  # may start a marker: held back
+        self._open: list[str] | None = None  # a call that waits for its closer, or the end
+        self._tail = ""  # the open call's last characters, where a closer may have begun
+        self._started = False  # text other than whitespace was passed on
         self.calls = 0
 
     def feed(self, piece: str) -> tuple[str, tuple[ToolCallDelta, ...]]:
         """The text and calls that `piece` makes final."""
-        self._text += piece
-        if self._locked:
+        if self._open is None:
+            return self._scan(self._pending + piece)
+        self._open.append(piece)
+        closer = self._syntax.closer
+        if closer is None:
             return "", ()
+        window = self._tail + piece
+        found = window.find(closer)
+        if found < 0:
+            self._tail = window[-(len(closer) - 1) :]
+            return "", ()
+        block = "".join(self._open)
+        end = len(block) - len(window) + found + len(closer)
+        self._open, self._tail = None, ""
+        parsed = parse_calls(self._fmt, block[:end], self._names)
+        first = self._deltas(parsed.calls)  # numbered before any call after it
+        self._pass([], parsed.text)
+        text, deltas = self._scan(block[end:])
+        return parsed.text + text, first + deltas
+
+    def _scan(self, text: str) -> tuple[str, tuple[ToolCallDelta, ...]]:
         out: list[str] = []
-        deltas: list[ToolCallDelta] = []
-        text, syntax = self._text, self._syntax
+        deltas: tuple[ToolCallDelta, ...] = ()
+        syntax, pos = self._syntax, 0
         while True:
-            start = call_start(syntax, text, self._pos, final=False)
+            if self._started and not syntax.bare_anywhere:
+                syntax = dataclasses.replace(syntax, bare=())  # bare JSON only opens a reply
+            start = call_start(syntax, text, pos, final=False)
             if start is None:
-                out.append(text[self._pos :])
-                self._pos = len(text)
+                start = len(text)
+            self._pass(out, text[pos:start])
+            pos = start
+            if start == len(text) or call_start(syntax, text, start, final=True) != start:
+                self._pending = text[start:]  # may still become a marker: hold it back
                 break
-            out.append(text[self._pos : start])
-            self._pos = start
-            if call_start(syntax, text, start, final=True) != start:
-                break  # may still become a marker: hold it back
-            if syntax.closer is None:
-                self._locked = True  # the calls run to the end: parse them then
+            closer = syntax.closer
+            end = -1 if closer is None else text.find(closer, start)
+            if closer is None or end < 0:
+                self._open, self._pending = [text[start:]], ""
+                self._tail = text[-(len(closer) - 1) :] if closer else ""
                 break
-            end = text.find(syntax.closer, max(self._closer_from, start))
-            if end < 0:
-                self._closer_from = max(start, len(text) - len(syntax.closer) + 1)
-                break
-            block_end = end + len(syntax.closer)
+            block_end = end + len(closer)
             parsed = parse_calls(self._fmt, text[start:block_end], self._names)
-            out.append(parsed.text)
-            deltas.extend(self._deltas(parsed.calls))
-            self._pos = self._closer_from = block_end
-        return "".join(out), tuple(deltas)
+            self._pass(out, parsed.text)
+            deltas += self._deltas(parsed.calls)
+            pos = block_end
+        return "".join(out), deltas
+
+    def _pass(self, out: list[str], text: str) -> None:
+        out.append(text)
+        if not self._started and text.strip():
+            self._started = True
 
     def flush(self) -> tuple[str, tuple[ToolCallDelta, ...]]:
         """The rest, at the end of the reply: calls parsed, what is not a call as text."""
-        parsed = parse_calls(self._fmt, self._text[self._pos :], self._names)
-        self._pos = len(self._text)
+        rest = "".join(self._open) if self._open is not None else self._pending
+        self._open, self._pending = None, ""
+        parsed = parse_calls(self._fmt, rest, self._names)
         return parsed.text, self._deltas(parsed.calls)
 
     def _deltas(self, calls: tuple[ParsedCall, ...]) -> tuple[ToolCallDelta, ...]:

@@ -21,7 +21,7 @@ from worker.engine.generation import (
     ToolCallDelta,
     Usage,
 )
-from worker.models.chat_stream import OutputPlan, new_call_id, shape_output
+from worker.models.chat_stream import CallStream, OutputPlan, new_call_id, shape_output
 from worker.models.reasoning import ThinkSplitter, prompt_opens_think
 from worker.models.tool_calls import ToolFormat, parse_calls
 
@@ -178,3 +178,24 @@ def test_the_stage_costs_little_on_a_plain_chat():
     assert out[5] is events[5]  # once the answer began, events pass on unchanged
     print(f"20k deltas: no stage {t1 - t0:.3f} s, reasoning auto {t2 - t1:.3f} s")
     assert (t2 - t1) < 3 * (t1 - t0) + 0.05
+
+
+def test_bare_json_after_text_is_text_and_is_not_held_back():
+    reply = 'Like this: {"name": "get_weather", "parameters": {}} ok'
+    out = _run(_events(reply, range(1, len(reply))), OutputPlan(ToolFormat.LLAMA3, NAMES))
+    assert _joined(out) == (reply, "", ())
+    assert all(e.text == reply[i] for i, e in enumerate(out))  # passed on as it came
+
+
+@pytest.mark.parametrize("fmt", [ToolFormat.HERMES, ToolFormat.GENERIC])
+def test_a_long_call_costs_linear_time(fmt):
+    padding = "x" * 200_000
+    call = f'{{"name": "get_weather", "arguments": {{"location": "{padding}"}}}}'
+    reply = f"<tool_call>{call}</tool_call>" if fmt is ToolFormat.HERMES else call
+    stream = CallStream(fmt, NAMES, random.Random(0))
+    started = time.perf_counter()
+    fed = [stream.feed(char) for char in reply]
+    text, calls = stream.flush()
+    assert time.perf_counter() - started < 3.0  # re-joining per piece would take minutes
+    assert "".join(t for t, _ in fed) + text == ""
+    assert [len(c.arguments) for _, d in [*fed, (text, calls)] for c in d] == [len(padding) + 16]
