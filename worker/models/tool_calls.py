@@ -5,7 +5,8 @@ Pure functions over text: nothing here touches llama.cpp or the engine. The form
 models are trained to write them (llama.cpp's server learns the same from the template):
 
 - HERMES (Hermes 2 Pro, Qwen 2.5/3, many fine-tunes): ``<tool_call>{"name": .., "arguments":
-  {..}}</tool_call>``, one block per call, anywhere in the reply.
+  {..}}</tool_call>``, one block per call, anywhere in the reply; inside the block, Qwen3-Coder
+  and later Qwens write ``<function=NAME><parameter=KEY>VALUE</parameter></function>``.
 - LLAMA3 (Llama 3.1-3.3): the reply is ``{"name": .., "parameters": {..}}`` (calls separated
   by ``;``), possibly after ``<|python_tag|>``.
 - MISTRAL (Mistral/Mixtral/Nemo instruct): ``[TOOL_CALLS][{"name": .., "arguments": {..}}]``.
@@ -314,12 +315,28 @@ def _parse_closed(text: str, syntax: Syntax, known: frozenset[str]) -> Parsed:
     return Parsed("".join(kept), tuple(calls))
 
 
+_XML_FUNCTION = re.compile(r"\s*<function=([^>\s]+)>(.*?)(?:</function>\s*)?$", re.DOTALL)
+_XML_PARAMETER = re.compile(r"<parameter=([^>\s]+)>\n?(.*?)\n?</parameter>", re.DOTALL)
+
+
 def _one_call(body: str, syntax: Syntax, known: frozenset[str]) -> ParsedCall | None:
+    xml = _XML_FUNCTION.match(body)
+    if xml is not None:  # Qwen3-Coder and later Qwens: <function=name><parameter=k>v</parameter>
+        arguments = {k: _xml_value(v) for k, v in _XML_PARAMETER.findall(xml.group(2))}
+        return _as_call({"name": xml.group(1), "arguments": arguments}, syntax, known)
     try:
         value = json.loads(body)
     except ValueError:
         return None
     return _as_call(value, syntax, known)
+
+
+def _xml_value(text: str) -> Any:
+    """A parameter's value: JSON where it parses as JSON (numbers, objects), else the text."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _json_calls(

@@ -60,6 +60,16 @@ def test_hermes_calls_after_text_and_several_calls():
     assert parsed.text.strip() == "Let me look that up."
 
 
+def test_qwen3_coder_xml_calls_inside_tool_call_blocks():
+    reply = (
+        "I'll check.\n<tool_call>\n<function=get_weather>\n<parameter=location>\nParis\n"
+        "</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>"
+    )
+    parsed = parse_calls(ToolFormat.HERMES, reply, NAMES)
+    assert parsed.calls == (ParsedCall("get_weather", '{"location": "Paris", "days": 3}'),)
+    assert parsed.text == "I'll check.\n"
+
+
 def test_arguments_given_as_a_json_string_become_an_object():
     arguments = json.dumps(json.dumps({"location": "Paris"}))
     reply = f'<tool_call>{{"name": "get_weather", "arguments": {arguments}}}</tool_call>'
