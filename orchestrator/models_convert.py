@@ -269,10 +269,13 @@ def converter_command(
 
 
 def converter_env(base: dict[str, str]) -> dict[str, str]:
-    """The converter's environment: unbuffered, so its lines stream as it works, and always
-    with the gguf-py it ships (NO_LOCAL_GGUF would pick an installed gguf of another age)."""
+    """The converter's environment: unbuffered, so its lines stream as it works; always
+    with the gguf-py it ships (NO_LOCAL_GGUF would pick an installed gguf of another age);
+    and the Hugging Face hub off unless the caller set HF_HUB_OFFLINE: it converts the
+    folder it is given, and an offline node would otherwise wait on connection timeouts."""
     env = {k: v for k, v in base.items() if k != "NO_LOCAL_GGUF"}
     env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")
     return env
 
 

@@ -228,9 +228,11 @@ def test_the_converter_output_is_streamed_line_by_line_progress_updates_too() ->
     )
 
 
-def test_the_converter_always_uses_the_gguf_py_it_ships() -> None:
+def test_the_converter_uses_the_gguf_py_it_ships_and_not_the_hub() -> None:
     env = converter_env({"NO_LOCAL_GGUF": "1", "HOME": "/root"})
-    assert env == {"HOME": "/root", "PYTHONUNBUFFERED": "1"}
+    assert env == {"HOME": "/root", "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
+    # Whoever wants the hub says so.
+    assert converter_env({"HF_HUB_OFFLINE": "0"})["HF_HUB_OFFLINE"] == "0"
 
 
 def test_next_steps_quantize_then_add_to_the_store() -> None:
