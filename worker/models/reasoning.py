@@ -23,9 +23,10 @@ class _State(enum.Enum):
 
 
 def prompt_opens_think(prompt: str) -> bool:
-    """Whether the rendered prompt ends inside a think block the template opened."""
-    tail = prompt[-256:]
-    return tail.rfind(OPEN) > tail.rfind(CLOSE)
+    """Whether the rendered prompt ends inside a think block the template opened (as
+    DeepSeek R1's does: its generation prompt ends with <think>). Only at the very end: a
+    user's message mentioning <think> earlier in the prompt opens nothing."""
+    return prompt.rstrip().endswith(OPEN)
 
 
 class ThinkSplitter:

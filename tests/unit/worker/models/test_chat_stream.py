@@ -147,6 +147,7 @@ def test_reasoning_then_a_call():
 def test_a_template_that_opened_the_think_block():
     assert prompt_opens_think("<|im_start|>assistant\n<think>\n")
     assert not prompt_opens_think("<think>x</think><|im_start|>assistant\n")
+    assert not prompt_opens_think("user: what does <think> do?<|im_start|>assistant\n")
     plan = OutputPlan(reasoning=ReasoningFormat.AUTO, think_open=True)
     assert _joined(_run(_events("plan</think>Answer", [2]), plan))[:2] == ("Answer", "plan")
 
