@@ -164,10 +164,20 @@ async def stream_request(
     node: str | None = None
     error: tuple[str, str] | None = None
     sent = clock()
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        # The request counts as sent when its headers start going out, after the client got
+        # a connection (pool wait, TCP connect): client-side set-up is not the server's
+        # latency. GuideLLM times from the same httpcore event.
+        nonlocal sent
+        if event.endswith(".send_request_headers.started"):
+            sent = clock()
+
     try:
         async with client.stream(
-            "POST", f"{target.url}{target.path}", json=body, headers=target.headers
-        ) as reply:
+            "POST", f"{target.url}{target.path}", json=body, headers=target.headers,
+            extensions={"trace": trace},
+        ) as reply:  # fmt: skip
             node = reply.headers.get(NODE_HEADER)
             if reply.status_code != 200:
                 error = (

@@ -72,3 +72,18 @@ def test_a_dropped_connection_is_recorded():
 
     record = _send(handler)
     assert record.error == "disconnected" and "peer closed" in record.detail
+
+
+def test_a_request_counts_as_sent_when_its_headers_go_out(endpoint):
+    """After the client got its connection, as GuideLLM times it: the first clock reading
+    (before connecting) is replaced by the one httpcore's send_request_headers event takes."""
+    ticks = itertools.count()
+    target = Target(endpoint.url, "gemma")
+    spec = RequestSpec(0, 0, False, {"model": "gemma", "prompt": "a b", "max_tokens": 2})
+
+    async def go():
+        async with httpx.AsyncClient() as client:
+            return await stream_request(client, target, spec, lambda: float(next(ticks)))
+
+    record = asyncio.run(go())
+    assert record.ok and record.sent_s == 1.0 and record.chunk_s[0] == 2.0
