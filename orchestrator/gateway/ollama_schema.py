@@ -12,9 +12,10 @@ nanoseconds, `done_reason`, and `{"error": "..."}` for every error.
 Tools: /api/chat's `tools` have OpenAI's shape and pass through; Ollama's tool calls carry
 no ids, so the history's calls get ids here (`call_<message>_<call>`) and each `tool`
 message answers the earliest unanswered call of its `tool_name` (or the earliest
-unanswered one). Ollama has no tool_choice: the model decides (auto); a `tool_choice` in
-OpenAI's shape is accepted as a llamaherd extension. Replies carry the worker's calls in
-`message.tool_calls` (arguments as an object) and Ollama's done_reason "stop".
+unanswered one). Ollama has no tool_choice: the model decides (auto); `tool_choice` and
+`parallel_tool_calls` in OpenAI's shapes are accepted as llamaherd extensions. Replies carry
+the worker's calls in `message.tool_calls` (arguments as an object) and Ollama's done_reason
+"stop".
 `think`: the model's separated reasoning comes back in `thinking` (message.thinking for a
 chat) unless think is false; a model that reasons cannot be told not to, so think: false
 only drops it. `logprobs`/`top_logprobs` come back per chunk in Ollama's shape.
@@ -264,7 +265,9 @@ class _Generation(_Body):
 class _ChatBody(_Generation):
     messages: list[_Message] | None = None
     tools: list[Any] | None = None
-    tool_choice: Any = None  # a llamaherd extension in OpenAI's shape; Ollama has none
+    # llamaherd extensions in OpenAI's shapes; Ollama has neither
+    tool_choice: Any = None
+    parallel_tool_calls: Any = None
 
 
 class _GenerateBody(_Generation):
@@ -341,8 +344,9 @@ def parse_chat(body: object, aliases: Collection[str]) -> GenerationCall:
     openai_body = {**_openai_body(alias, parsed, options), "messages": messages}
     if parsed.tools is not None:
         openai_body["tools"] = parsed.tools
-    if parsed.tool_choice is not None:
-        openai_body["tool_choice"] = parsed.tool_choice
+    for extension in ("tool_choice", "parallel_tool_calls"):
+        if getattr(parsed, extension) is not None:
+            openai_body[extension] = getattr(parsed, extension)
     call = _reworded(oa.parse_chat, openai_body)
     return GenerationCall(
         name, alias, "chat", call, _stream(parsed), options.num_ctx, options.ignored,

@@ -246,8 +246,10 @@ def test_tools_pass_as_openais_and_tool_choice_is_an_extension():
     assert [(t.name, t.description) for t in request.tools] == [("get_weather", "Now")]
     assert json.loads(request.tools[0].parameters_json) == WEATHER_SCHEMA
     assert request.tool_choice.mode == gen_pb.ToolChoice.MODE_AUTO
-    forced = chat(tools=[WEATHER], tool_choice="required").call
+    forced = chat(tools=[WEATHER], tool_choice="required", parallel_tool_calls=False).call
     assert forced is not None and forced.request.tool_choice.mode == gen_pb.ToolChoice.MODE_REQUIRED
+    assert forced.request.parallel_tool_calls is False
+    assert chat_refusal(tools=[WEATHER], tool_choice="always").param == "tool_choice"
 
 
 @pytest.mark.parametrize(
