@@ -176,6 +176,7 @@ def _state_dir(args: argparse.Namespace) -> Path:
 def run_capacity_command(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
+    from common.settings import ConfigError
     from orchestrator.bench.capacity import measure_capacity
     from orchestrator.bench.client import BenchError
     from orchestrator.cluster.capacity import CAPACITY_FILE, CapacityFileError, save_record
@@ -187,6 +188,8 @@ def run_capacity_command(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except ValidationError as exc:
         return _fail(f"the coordinator's settings: {exc.errors()[0]['msg']}")
+    except ConfigError as exc:
+        return _fail(str(exc))
     try:
         with _progress(args.json or not sys.stderr.isatty()) as (started, advance):
             result = asyncio.run(measure_capacity(config, started, advance))

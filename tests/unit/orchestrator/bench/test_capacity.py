@@ -160,6 +160,7 @@ def _free_port() -> int:
         (["--n-ctx", "8192"], "serves gemma with n_ctx 4096, not 8192; a benchmark does not "
          "reload models"),
         (["--node", "node-9"], "no node 'node-9' in the cluster; nodes: node-1"),
+        (["--save", "--config", "/nonexistent.yaml"], "cannot read config file /nonexistent"),
     ],
 )  # fmt: skip
 def test_bad_input_is_one_line_and_exit_2(cluster_endpoint, capsys, args, message):
