@@ -19,6 +19,7 @@ from orchestrator.gateway.auth import HttpApiKey
 from orchestrator.gateway.http_api import build_app
 from tests.unit.orchestrator.gateway.asgi import call
 from tests.unit.orchestrator.gateway.relay_support import make_router, two_workers, worker_node
+from tests.unit.worker.api.serving import serving
 
 KEY = "a-key-for-tests"
 CYCLE = (DEFAULT_REPLY * 3).decode()
@@ -253,5 +254,59 @@ def test_the_api_key_covers_every_anthropic_route_in_either_header():
             "http://gateway/v1/models", headers={"x-api-key": KEY}
         )
         assert other.status_code == 401
+
+    asyncio.run(scenario())
+
+
+WEATHER = {"name": "get_weather", "description": "Weather now",
+           "input_schema": {"type": "object",
+                            "properties": {"city": {"type": "string"}}}}  # fmt: skip
+# What a model that reasons and calls tools in the generic JSON form writes.
+CALLING = (
+    '<think>Use the tool.</think>{"tool_calls": [{"name": "get_weather", '
+    '"arguments": {"city": "Paris"}}]}'
+)
+
+
+async def script_rendered(worker, body: dict) -> None:  # type: ignore[no-untyped-def]
+    """Scripts CALLING as the reply to the prompt the worker renders for `body` (its own
+    Tokenize of the chat, tools included; the fake's tokens are bytes)."""
+    from llamaherd.v1 import generation_pb2 as gen_pb
+
+    from orchestrator.gateway import anthropic_schema as an
+
+    chat = an.parse_count_tokens(body).request
+    reply = await worker.stub.Tokenize(gen_pb.TokenizeRequest(model="m", chat=chat))
+    worker.models.backends["m"].script(bytes(reply.tokens).decode(), CALLING)
+
+
+def test_tool_use_and_thinking_blocks_whole_and_streamed_through_the_client(tmp_path):
+    async def scenario() -> None:
+        # A longer context than two_workers' models: the tools' instruction fills 500 tokens.
+        async with serving(tmp_path, {"alias": "m", "n_ctx": 1024}) as a:
+            router = make_router(worker_node("a", a.address))
+            api = client(build_app(router, 0))
+            ask = {"model": "m", "messages": [{"role": "user", "content": "Weather?"}],
+                   "tools": [WEATHER]}  # fmt: skip
+            await script_rendered(a, ask)
+            thinking = {"type": "enabled", "budget_tokens": 1024}
+            whole = await api.messages.create(max_tokens=200, thinking=thinking, **ask)
+            assert [b.type for b in whole.content] == ["thinking", "tool_use"]
+            assert whole.content[0].thinking == "Use the tool."
+            use = whole.content[1]
+            assert use.id.startswith("toolu_") and (use.name, use.input) == (
+                "get_weather", {"city": "Paris"}
+            )  # fmt: skip
+            assert whole.stop_reason == "tool_use"
+            async with api.messages.stream(max_tokens=200, thinking=thinking, **ask) as stream:
+                kinds = [event.type async for event in stream]
+                final = await stream.get_final_message()
+            assert "thinking" in kinds and "input_json" in kinds
+            assert [b.type for b in final.content] == ["thinking", "tool_use"]
+            assert final.content[1].input == {"city": "Paris"}
+            assert final.stop_reason == "tool_use"
+            plain = await api.messages.create(max_tokens=200, **ask)  # thinking not asked
+            assert [b.type for b in plain.content] == ["tool_use"]
+            await router.clients.close()
 
     asyncio.run(scenario())

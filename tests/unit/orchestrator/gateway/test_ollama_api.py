@@ -10,12 +10,15 @@ import json
 import httpx
 import ollama
 import pytest
+from llamaherd.v1 import generation_pb2 as gen_pb
 from support.fake_backend import DEFAULT_REPLY
 
+from orchestrator.gateway import ollama_schema as ol
 from orchestrator.gateway.auth import HttpApiKey
 from orchestrator.gateway.http_api import build_app
 from tests.unit.orchestrator.gateway.asgi import call
 from tests.unit.orchestrator.gateway.relay_support import make_router, two_workers, worker_node
+from tests.unit.worker.api.serving import serving
 
 KEY = "a-key-for-tests"
 
@@ -162,5 +165,48 @@ def test_version_tags_ps_and_show_over_the_router_view():
             "http://gateway/api/version"
         )
         assert version.json()["version"].count(".") == 2
+
+    asyncio.run(scenario())
+
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Weather now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}  # fmt: skip
+# What a model that reasons and calls tools in the generic JSON form writes.
+CALLING = (
+    '<think>Use the tool.</think>{"tool_calls": [{"name": "get_weather", '
+    '"arguments": {"city": "Paris"}}]}'
+)
+
+
+def test_thinking_and_tool_calls_whole_and_streamed_through_the_client(tmp_path):
+    async def scenario() -> None:
+        # A longer context than two_workers' models: the tools' instruction fills 500 tokens.
+        async with serving(tmp_path, {"alias": "m", "n_ctx": 1024}) as a:
+            router = make_router(worker_node("a", a.address))
+            api = client(build_app(router, 0))
+            ask = [{"role": "user", "content": "Weather?"}]
+            # The prompt the worker renders (its own Tokenize; the fake's tokens are bytes).
+            parsed = ol.parse_chat({"model": "m", "messages": ask, "tools": [WEATHER]}, {"m"})
+            assert parsed.call is not None
+            chat = gen_pb.TokenizeRequest(model="m", chat=parsed.call.request)
+            prompt = bytes((await a.stub.Tokenize(chat)).tokens).decode()
+            a.models.backends["m"].script(prompt, CALLING)
+
+            whole = await api.chat("m", ask, tools=[WEATHER], stream=False)
+            assert whole.message.thinking == "Use the tool."
+            [call] = whole.message.tool_calls or []
+            assert (call.function.name, dict(call.function.arguments)) == (
+                "get_weather", {"city": "Paris"}
+            )  # fmt: skip
+            assert whole.done_reason == "stop" and not whole.message.content
+            parts = [p async for p in await api.chat("m", ask, tools=[WEATHER], stream=True)]
+            assert "".join(p.message.thinking or "" for p in parts) == "Use the tool."
+            calls = [c for p in parts for c in p.message.tool_calls or []]
+            assert [c.function.arguments for c in calls] == [{"city": "Paris"}]
+            assert parts[-1].done and not parts[-1].message.tool_calls
+            quiet = await api.chat("m", ask, tools=[WEATHER], think=False, stream=False)
+            assert quiet.message.thinking is None and quiet.message.tool_calls
+            await router.clients.close()
 
     asyncio.run(scenario())
