@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from pydantic import ValidationError as PydanticValidationError
 
 from orchestrator.gateway.errors import BadRequest
+from orchestrator.gateway.tool_deltas import ToolCallAssembler
 
 INT32 = 2**31 - 1
 UINT32 = 2**32 - 1
@@ -710,7 +711,7 @@ class _Choice:
     def __init__(self) -> None:
         self.text = ""
         self.reasoning = ""
-        self.calls: dict[int, dict[str, str]] = {}
+        self.calls = ToolCallAssembler()
         self.logprobs: list[gen_pb.TokenLogprobs] = []
         self.final: Chunk | None = None
 
@@ -718,11 +719,7 @@ class _Choice:
         self.text += chunk.text
         self.reasoning += chunk.reasoning
         self.logprobs.extend(chunk.logprobs)
-        for delta in chunk.tool_calls:
-            call = self.calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
-            call["id"] = delta.id or call["id"]
-            call["name"] = delta.name or call["name"]
-            call["arguments"] += delta.arguments
+        self.calls.add(chunk.tool_calls)
         if chunk.finish_reason:
             self.final = chunk
 
@@ -731,7 +728,7 @@ class _Choice:
         return finish_reason_name(self.final.finish_reason if self.final else 0) or "stop"
 
     def message(self) -> dict[str, Any]:
-        calls = [self.calls[i] for i in sorted(self.calls)]
+        calls = self.calls.calls
         message: dict[str, Any] = {
             "role": "assistant",
             # OpenAI's content is null in a reply that only calls tools.
@@ -739,8 +736,8 @@ class _Choice:
         }
         if calls:
             message["tool_calls"] = [
-                {"id": c["id"], "type": "function",
-                 "function": {"name": c["name"], "arguments": c["arguments"]}}
+                {"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments}}
                 for c in calls
             ]  # fmt: skip
         if self.reasoning:
