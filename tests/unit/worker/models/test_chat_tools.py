@@ -184,3 +184,17 @@ def test_tool_choice_none_parses_nothing(tmp_path):
             assert chunks[-1].finish_reason == gen_pb.FINISH_REASON_STOP
 
     asyncio.run(scenario())
+
+
+def test_tokenize_counts_the_prompt_chat_reads_tools_included(tmp_path):
+    async def scenario() -> None:
+        config = {"alias": "m", "chat_template": HERMES, "n_ctx": 1024, "n_parallel": 1}
+        async with serving(tmp_path, config) as worker:
+            request = _tool_request(sampling=gen_pb.SamplingParams(max_tokens=2))
+            counted = await worker.stub.Tokenize(gen_pb.TokenizeRequest(model="m", chat=request))
+            plain = gen_pb.ChatRequest(model="m", messages=request.messages)
+            without = await worker.stub.Tokenize(gen_pb.TokenizeRequest(model="m", chat=plain))
+            chunks = [c async for c in worker.stub.Chat(request)]
+            assert chunks[-1].usage.prompt_tokens == len(counted.tokens) > len(without.tokens)
+
+    asyncio.run(scenario())
