@@ -161,15 +161,18 @@ def _bounded_range(*args: int) -> range:
     return numbers
 
 
-def bounded_filter(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def bounded_filter(
+    name: str, fn: Callable[..., Any], data_arguments: int = 0
+) -> Callable[..., Any]:
     """`fn` as a filter counted against the render's budget (steps, argument sizes, result
-    size), as every filter of BoundedEnvironment is."""
+    size), as every filter of BoundedEnvironment is. The first `data_arguments` arguments
+    are data (a message's text), not sizes or formats: their numbers are not checked."""
 
     @functools.wraps(fn)  # keeps jinja's pass_context/pass_environment marks
     def bounded(*args: Any, **kwargs: Any) -> Any:
         budget = _budget()
         budget.step()
-        budget.check_arguments(*args, *kwargs.values())
+        budget.check_arguments(*args[data_arguments:], *kwargs.values())
         return budget.check_size(fn(*args, **kwargs))
 
     return bounded

@@ -111,7 +111,8 @@ class JinjaTemplate:
     def __init__(self, text: str, source: str, bos_token: str, eos_token: str) -> None:
         # Bounded: loops, output and time per render (worker.llamacpp.chat_templates).
         env = BoundedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.filters["tojson"] = bounded_filter("tojson", _tojson)
+        # tojson writes messages and tools: its value is data, only `indent` is a size
+        env.filters["tojson"] = bounded_filter("tojson", _tojson, data_arguments=1)
         env.globals["raise_exception"] = _raise_exception
         env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
         try:

@@ -97,6 +97,15 @@ def test_a_chat_without_tools_renders_as_before():
     assert render_chat(template, messages, Tools(), {}).text == template.render(messages)
 
 
+def test_tojson_writes_any_content_but_refuses_a_huge_indent():
+    messages = [ChatMessage("user", "{ 99999999999999999 } %99999999999d")]
+    text = JinjaTemplate("{{ messages | tojson }}", "config", "", "").render(messages)
+    assert "99999999999999999" in text
+    huge = JinjaTemplate("{{ messages | tojson(indent=10**9) }}", "config", "", "")
+    with pytest.raises(InvalidArgument, match="max_prompt_bytes"):
+        huge.render(messages)
+
+
 def test_the_render_limits_cover_the_tools():
     many = Tools(tuple(Tool(f"f{i}", "d" * 200) for i in range(100)))
     template = JinjaTemplate(HERMES, "gguf", "", "")
