@@ -29,8 +29,10 @@ class FakeModelBackend(FakeBackend):
         super().__init__(n_seq=n_seq, n_batch=n_batch, n_ctx_seq=n_ctx_seq, record=False)
         self.bos = NO_BOS
         self.closed = False
+        self.sampled_with: list[SamplingParams] = []  # the params of every sampler built
 
     def sampler(self, params: SamplingParams, grammar: str | None) -> FakeSampler:  # type: ignore[override]
+        self.sampled_with.append(params)
         return FakeSampler(self)  # greedy whatever the params: the scripted token
 
     def detokenize(self, tokens: Sequence[int]) -> str:

@@ -58,6 +58,20 @@ def test_generate_n_sequences_from_token_ids_with_logprobs(tmp_path):
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(
+    ("seed", "seeds"), [(5, [5, 6, 7]), (0xFFFFFFFE, [0xFFFFFFFE, 0, 1]), (None, [None] * 3)]
+)
+def test_each_of_n_sequences_gets_its_own_sampler_seeded_seed_plus_i(tmp_path, seed, seeds):
+    async def scenario() -> None:
+        async with serving(tmp_path, {"alias": "m", "n_parallel": 3}) as worker:
+            sampling = gen_pb.SamplingParams(max_tokens=1, seed=seed)
+            request = gen_pb.GenerateRequest(model="m", prompt="ab", n=3, sampling=sampling)
+            assert len([c async for c in worker.stub.Generate(request)]) == 3
+            assert [p.seed for p in worker.models.backends["m"].sampled_with] == seeds
+
+    asyncio.run(scenario())
+
+
 def test_generate_stops_at_max_tokens_with_finish_length(tmp_path):
     async def scenario() -> None:
         async with serving(tmp_path, {"alias": "m"}) as worker:
