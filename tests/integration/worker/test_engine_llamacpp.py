@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 
 import pytest
 
@@ -47,20 +48,19 @@ def engine(gemma_path) -> Iterator[tuple[ModelEngine, Recording]]:
 
 
 def run(
-    engine: ModelEngine, backend: LlamaBackend, sampling: SamplingParams, n: int = 1
+    engine: ModelEngine,
+    backend: LlamaBackend,
+    sampling: SamplingParams,
+    n: int = 1,
+    prompt: str = PROMPT,
 ) -> list[GenerationEvent]:
     async def go() -> list[GenerationEvent]:
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
-        samplers = [backend.sampler(sampling, None) for _ in range(n)]
-        if sampling.seed is not None:  # as LocalModel seeds them: seed + i
-            samplers[1:] = [
-                backend.sampler(
-                    SamplingParams.create(**{**vars(sampling), "seed": sampling.seed + i}), None
-                )
-                for i in range(1, n)
-            ]
+        seeds = [None if sampling.seed is None else sampling.seed + i for i in range(n)]
+        # As LocalModel builds them: seed + i when seeded.
+        samplers = [backend.sampler(replace(sampling, seed=seed), None) for seed in seeds]
         job = GenerationJob(
-            "t", backend.tokenize(PROMPT), samplers[0], (), sampling.max_tokens or 8, stream,
+            "t", backend.tokenize(prompt), samplers[0], (), sampling.max_tokens or 8, stream,
             logprobs=sampling.top_logprobs, siblings=tuple(samplers[1:]),
         )  # fmt: skip
         engine.submit(job)
@@ -96,13 +96,14 @@ def test_greedy_logprobs_rank_the_chosen_token_first(engine):
 def test_n_sequences_prefill_the_prompt_once_and_match_a_single_run(engine):
     engine, backend = engine
     greedy = SamplingParams.create(temperature=0.0, max_tokens=6)
-    alone = texts(run(engine, backend, greedy))[0]
+    fresh = "The capital of France is"  # not in any slot yet: prefilled, then copied
     backend.added.clear()
-    events = run(engine, backend, SamplingParams.create(temperature=0.0, max_tokens=6, seed=1), n=3)
-    assert texts(events) == {0: alone, 1: alone, 2: alone}  # the copies hold the same cache
-    prompt = len(backend.tokenize(PROMPT))
-    prefilled = [a for a in backend.added if a[1] < prompt]
-    assert sum(n for _, _, n in prefilled) <= 1  # an exact repeat: at most its last token
+    events = run(engine, backend, greedy, n=3, prompt=fresh)
+    prompt = len(backend.tokenize(fresh))
+    assert sum(n for _, start, n in backend.added if start < prompt) == prompt  # once
+    sequences = texts(events)
+    assert sequences[0] == sequences[1] == sequences[2]  # the copies hold the same cache
+    assert texts(run(engine, backend, greedy, prompt=fresh))[0] == sequences[0]
     finals = [e for e in events if isinstance(e, Finished)]
     assert sorted(f.index for f in finals) == [0, 1, 2]
     assert all(f.usage.prompt_tokens == prompt and f.usage.completion_tokens == 6 for f in finals)
@@ -111,9 +112,9 @@ def test_n_sequences_prefill_the_prompt_once_and_match_a_single_run(engine):
 def test_seeded_sequences_differ_from_each_other_and_repeat_exactly(engine):
     engine, backend = engine
     sampling = SamplingParams.create(temperature=1.0, seed=7, max_tokens=6)
-    backend.added.clear()
     first = texts(run(engine, backend, sampling, n=3))
-    prompt = len(backend.tokenize(PROMPT))
-    assert sum(n for _, start, n in backend.added if start < prompt) <= prompt  # once
     assert len(set(first.values())) == 3
+    backend.added.clear()
     assert texts(run(engine, backend, sampling, n=3)) == first
+    prompt = len(backend.tokenize(PROMPT))
+    assert all(start >= prompt for _, start, _ in backend.added)  # the repeat: none recomputed
