@@ -102,6 +102,23 @@ def test_the_head_relays_the_childs_stream_exactly(tmp_path):
     asyncio.run(scenario())
 
 
+def test_n_token_id_prompts_and_logprobs_cross_the_relay(tmp_path):
+    async def scenario() -> None:
+        async with split_over(tmp_path, n_parallel=2) as (head, _, _):
+            request = gen_pb.GenerateRequest(
+                model="s", prompt_tokens=list(b"ab"), n=2,
+                sampling=gen_pb.SamplingParams(max_tokens=2, top_logprobs=1),
+            )  # fmt: skip
+            chunks = [c async for c in head.stub.Generate(request)]
+            assert sorted({c.index for c in chunks}) == [0, 1]
+            for index in (0, 1):
+                mine = [c for c in chunks if c.index == index]
+                assert "".join(c.text for c in mine) == "cd"
+                assert [lp.chosen.token_id for c in mine for lp in c.logprobs] == list(b"cd")
+
+    asyncio.run(scenario())
+
+
 def test_tokenize_detokenize_and_embed_are_relayed(tmp_path):
     async def scenario() -> None:
         async with split_over(tmp_path) as (head, _, _):
