@@ -36,13 +36,15 @@ from typing import Any, TypeAlias, TypeVar
 
 from llamaherd.v1 import generation_pb2 as gen_pb
 
-from common.errors import ErrorKind, Internal, LlamaherdError, Unavailable
+from common.errors import ErrorKind, FailedPrecondition, Internal, LlamaherdError, Unavailable
 from orchestrator.cluster.capacity import record_for
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.dashboard.traffic import CANCELLED, OK, UNKNOWN_MODEL, RequestTrace, Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
 from orchestrator.routing.admission import ReplicaLoad, admit
 from orchestrator.routing.candidates import (
+    EMBEDDINGS_ONLY,
+    NOT_LOADED,
     Candidate,
     NoCandidate,
     UnknownModel,
@@ -193,6 +195,14 @@ class Router:
         except NoCandidate as exc:
             if exc.overloaded:
                 raise Overloaded(str(exc)) from None
+            reasons = {r.reason for r in exc.rejections}
+            if EMBEDDINGS_ONLY in reasons and reasons <= {EMBEDDINGS_ONLY, NOT_LOADED}:
+                # Every replica there is refuses this kind of request: the client's mistake
+                # (400), not a cluster that cannot serve now (503).
+                raise FailedPrecondition(
+                    f"model {alias!r} serves embeddings only (loaded with embedding: true): "
+                    "send it to /v1/embeddings, or generate with another model"
+                ) from None
             raise Unavailable(str(exc)) from None
 
     def _admitted(self, request: RouteRequest, exclude: set[NodeId]) -> set[NodeId]:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # policies import Candidate from here: avoid the import cycle
 
 ALREADY_FAILED = "already failed this request"
 NOT_LOADED = "model not loaded"
+EMBEDDINGS_ONLY = "serves embeddings only"
 OVERLOADED = "overloaded: "
 
 
@@ -184,7 +185,7 @@ def _rejection_reason(
         return NOT_LOADED
     # The kind first: it is permanent, while loading or a full queue will pass.
     if task == "generate" and replica.config.embedding:
-        return "serves embeddings only"
+        return EMBEDDINGS_ONLY
     if replica.state is ModelState.FAILED:
         return "model failed to load: " + (replica.error or "no error reported")
     if replica.download is not None and replica.state is ModelState.DOWNLOADING:

@@ -16,7 +16,7 @@ from typing import Literal
 
 import openai
 import pytest
-from support.models import GEMMA
+from support.models import GEMMA, GEMMA_EMBED
 
 WEATHER = {
     "type": "function",
@@ -198,6 +198,12 @@ def test_token_id_prompts(client):
 def test_embeddings_from_the_generation_model(client):
     reply = client.embeddings.create(model=GEMMA, input=["a cat", "a dog"])
     assert [len(d.embedding) for d in reply.data] == [640, 640]
+
+
+def test_generating_with_an_embedding_only_model_is_400_saying_why(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=GEMMA_EMBED, messages=ASK, max_tokens=2)
+    assert "serves embeddings only" in err.value.message
 
 
 @pytest.mark.parametrize(

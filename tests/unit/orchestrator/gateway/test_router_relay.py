@@ -15,8 +15,8 @@ import pytest
 from llamaherd.v1 import generation_pb2 as gen_pb
 from support.fake_backend import DEFAULT_REPLY
 
-from common.errors import ErrorKind, LlamaherdError
-from orchestrator.cluster.types import ClusterSnapshot
+from common.errors import ErrorKind, FailedPrecondition, LlamaherdError
+from orchestrator.cluster.types import ClusterSnapshot, Node
 from orchestrator.gateway.errors import Overloaded, UpstreamFailed
 from orchestrator.gateway.route_requests import continued, resumable
 from orchestrator.gateway.router import Progress
@@ -271,3 +271,18 @@ def test_every_queue_full_is_overloaded_not_unavailable():
     with pytest.raises(LlamaherdError) as unavailable:
         router.choose(ROUTE, set())
     assert unavailable.value.kind is ErrorKind.UNAVAILABLE
+
+
+# ---- a request the model cannot serve -------------------------------------------------------
+def test_generating_with_an_embedding_model_is_the_clients_mistake_not_a_503():
+    status = worker_node("e", "127.0.0.1:1").status
+    (replica,) = status.models
+    config = replica.config.model_copy(update={"embedding": True})
+    models = (dataclasses.replace(replica, config=config),)
+    embedder = Node(dataclasses.replace(status, models=models))
+    # Nodes without the model do not change that.
+    elsewhere = Node(dataclasses.replace(status, node_id="x", models=()))
+    router = make_router(embedder, elsewhere)
+    with pytest.raises(FailedPrecondition, match=r"serves embeddings only.*/v1/embeddings"):
+        router.choose(RouteRequest("m", "generate"), set())
+    assert router.choose(RouteRequest("m", "embed"), set()).node_id == "e"
