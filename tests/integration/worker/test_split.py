@@ -100,6 +100,16 @@ def greedy(stub: worker_pb2_grpc.WorkerStub, alias: str) -> list[int]:
     return generate(stub, alias, PROMPT, temperature=0, max_tokens=TOKENS).token_ids
 
 
+def embedding(stub: worker_pb2_grpc.WorkerStub, alias: str) -> list[float]:
+    request = gen_pb.EmbedRequest(model=alias, inputs=[PROMPT])
+    return list(stub.Embed(request, timeout=60).embeddings[0].values)
+
+
+def cosine(a: list[float], b: list[float]) -> float:
+    dot = sum(x * y for x, y in zip(a, b, strict=True))
+    return dot / (sum(x * x for x in a) * sum(y * y for y in b)) ** 0.5
+
+
 def single_node(head: worker_pb2_grpc.WorkerStub, run: Callable[[str], T]) -> T:
     """`run` against a freshly loaded single-node copy: the reference a fresh split must
     equal. Fresh matters: a request that reuses a cached prefix computes the rest of its
@@ -135,6 +145,10 @@ def test_two_hosts_give_the_single_node_output(
     tokens = greedy(head, "gemma-split2")
     assert len(tokens) == TOKENS
     assert tokens == single_node(head, lambda alias: greedy(head, alias))
+    # A split generation model embeds too (pooled on the head, layers on the helper).
+    split_vector = embedding(head, "gemma-split2")
+    assert len(split_vector) == 640
+    assert cosine(split_vector, single_node(head, lambda alias: embedding(head, alias))) > 0.999
 
     head.UnloadModel(w_pb.UnloadModelRequest(alias="gemma-split2"), timeout=60)
     helper.StopRpcServer(w_pb.StopRpcServerRequest(lease_id="split2@host0"), timeout=30)

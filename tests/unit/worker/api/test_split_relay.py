@@ -147,8 +147,12 @@ def test_the_childs_refusals_keep_their_status_codes(tmp_path):
             error = await refusal(head.stub.Generate(generate_request("x" * 200, model="s")))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "n_ctx" in error.details()
-            error = await refusal(head.stub.Embed(gen_pb.EmbedRequest(model="s", inputs=["a"])))
-            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+            # A split generation model embeds; an empty input is refused where it runs.
+            reply = await head.stub.Embed(gen_pb.EmbedRequest(model="s", inputs=["a"]))
+            assert len(reply.embeddings) == 1
+            error = await refusal(head.stub.Embed(gen_pb.EmbedRequest(model="s", inputs=[""])))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "inputs[0] is empty" in error.details()
             request = gen_pb.DetokenizeRequest(model="s", tokens=[9999])
             error = await refusal(head.stub.Detokenize(request))
             assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
