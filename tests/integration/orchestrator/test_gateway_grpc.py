@@ -137,3 +137,18 @@ def test_empty_model_is_invalid(inference):
     with pytest.raises(grpc.RpcError) as err:
         _generate(inference, "hi", model="")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_n_sequences_and_logprobs_pass_through_unchanged(inference):
+    sampling = gen_pb.SamplingParams(temperature=0.8, seed=4, max_tokens=3, top_logprobs=2)
+    call = inference.Generate(
+        gen_pb.GenerateRequest(model=GEMMA, prompt="The sky is", sampling=sampling, n=2)
+    )
+    chunks = list(call)
+    finals = sorted(c.index for c in chunks if c.finish_reason)
+    assert finals == [0, 1], "each sequence ends with its own final chunk"
+    for index in (0, 1):
+        mine = [c for c in chunks if c.index == index]
+        tokens = sum(len(c.token_ids) for c in mine)
+        assert tokens == 3 and sum(len(c.logprobs) for c in mine) == tokens
+        assert all(len(lp.top) == 2 for c in mine for lp in c.logprobs)
