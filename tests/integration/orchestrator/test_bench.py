@@ -71,3 +71,25 @@ def test_the_chat_api_with_a_rate(cluster):
     (level,) = result["levels"]
     assert level["label"] == "4 req/s" and level["completed"] == 3, level["errors"]
     assert level["output_tokens"]["min"] == 8 and level["ttft"]["p50"] > 0
+
+
+def test_multi_turn_chats_with_a_shared_system_prompt(cluster):
+    done = _llamaherd(
+        "bench", "--url", cluster.coordinator.base_url, "--model", GEMMA, "--api", "chat",
+        "--prompt-tokens", "uniform:8-16", "--output-tokens", "4", "--turns", "2",
+        "--system-tokens", "24", "--concurrency", "2", "--requests", "4", "--warmup", "0",
+        "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    (level,) = result["levels"]
+    assert level["completed"] == 4, level["errors"]
+    requests = result["requests"]
+    assert sorted(r["turn"] for r in requests) == [1, 1, 2, 2]
+    first = max(r["in"] for r in requests if r["turn"] == 1)
+    second = min(r["in"] for r in requests if r["turn"] == 2)
+    # turn 2 carries the system prompt, turn 1's message and its 4-token reply, and more
+    assert first > 24 + 8 and second > first, requests
+    assert set(level["ttft_p50_by_turn"]) == {"1", "2"}
+    assert result["power"] == "no node reports power" and level["energy"] is None
+    assert set(level["nodes"]) <= set(cluster.workers)
