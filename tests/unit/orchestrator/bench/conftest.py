@@ -83,7 +83,8 @@ class _Server(ThreadingHTTPServer):
 @pytest.fixture
 def endpoint() -> Iterator[_Server]:
     server = _Server()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # a short poll interval: shutdown() waits for one, at every test's teardown
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
