@@ -9,6 +9,7 @@ reads when nothing can serve it, so each one names its cause precisely.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 from common.hardware import HardwareInfo
 from common.memory import format_bytes
 from common.status import DownloadProgress, ModelState, ModelStatus
+from common.telemetry import NodeSample
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
 from orchestrator.routing.request import RouteRequest, Task
 
@@ -37,6 +39,7 @@ class Candidate:
     hardware: HardwareInfo
     replica: ModelStatus
     inflight: int = 0  # requests this gateway is relaying to that node for that model now
+    telemetry: NodeSample | None = None  # the node's latest sample (heat, power); None: none
 
     @property
     def load(self) -> int:
@@ -125,6 +128,7 @@ def candidates_for(
                 hardware=node.hardware,
                 replica=replica,
                 inflight=local,
+                telemetry=node.telemetry,
             )
         )
     return candidates, rejections
@@ -146,12 +150,19 @@ def route(
     and NoCandidate, with every node's reason, when nodes know it but none can serve now.
     """
     alias = request.alias
-    if not any(node.replica(alias) is not None for node in snapshot.nodes):
+    holders = snapshot.holders.get(alias, ())
+    if not holders:
         raise UnknownModel(alias, known_aliases(snapshot))
-    candidates, rejections = candidates_for(
-        snapshot, alias, now=now, inflight=inflight, exclude=exclude, task=request.task
-    )
+    # Every other node is rejected as NOT_LOADED, so the candidates come from the holders
+    # alone (in the same node id order); every node's reason is needed only for the error.
+    candidates, _ = candidates_for(
+        dataclasses.replace(snapshot, nodes=holders), alias,
+        now=now, inflight=inflight, exclude=exclude, task=request.task,
+    )  # fmt: skip
     if not candidates:
+        _, rejections = candidates_for(
+            snapshot, alias, now=now, inflight=inflight, exclude=exclude, task=request.task
+        )
         raise NoCandidate(alias, tuple(rejections))
     return policy.choose(request, candidates)
 

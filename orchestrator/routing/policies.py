@@ -14,14 +14,26 @@ from __future__ import annotations
 import math
 import random
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from orchestrator.routing.affinity import SessionMemory, rendezvous
 from orchestrator.routing.candidates import Candidate
+from orchestrator.routing.heat import WeightCache, node_watts
 from orchestrator.routing.request import RouteRequest
 
 # Scores within this relative distance are ties: float rounding must not decide a route.
 TIE_REL_TOL = 1e-9
+# session-affinity: a session stays on its node while that node's expected latency is at
+# most this many times the best candidate's.
+AFFINITY_GUARD = 2.0
+# tokens-per-joule: only candidates expected within this factor of the best latency compete
+# on efficiency, so saving energy never queues a request far behind a free node.
+ENERGY_GUARD = 1.5
+
+# The clock of telemetry samples' taken_at: unix time.
+WallClock = Callable[[], float]
 
 
 class RoutingPolicy(Protocol):
@@ -111,18 +123,119 @@ class LeastExpectedLatency:
     this model's measured rates compare with their nodes' reference speeds elsewhere, or, if
     no candidate has measured it, by the reference speeds alone. A replica with neither
     gets the median of the others, or 1.0, so a new node neither attracts all traffic nor
-    starves before it has served anything. Ties go at random.
+    starves before it has served anything.
+
+    Heat: the rate is multiplied by the node's heat weight (orchestrator.routing.heat), 1
+    for a cool node and for one without fresh telemetry, lower as its hottest zone nears
+    its limit and sharply lower while it reports thermal or power throttling: a hot node
+    takes proportionally less new work and its share comes back as it cools.
+
+    Ties go at random, except for a request with a session key: among tied candidates it
+    goes back to the node that served the session last, else to the one its key hashes to
+    (affinity.rendezvous, the same on every gateway). Only ties: a session never waits
+    longer for its node than any other request would, so this cannot lose on the score.
+    `clock` reads unix time, to judge how old a telemetry sample is.
     """
 
     name = "least-expected-latency"
 
-    def __init__(self, rng: random.Random) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: WallClock = time.time,
+        sessions: SessionMemory | None = None,
+    ) -> None:
         self._rng = rng
+        self._clock = clock
+        self._sessions = sessions if sessions is not None else SessionMemory()
+        self._heat = WeightCache()
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+        scores = expected_seconds(candidates, self._clock(), self._heat)
+        if request.session is None:
+            return _lowest_scored(list(zip(scores, candidates, strict=True)), self._rng)
+        best = min(scores)
+        tied = [c for s, c in zip(scores, candidates, strict=True) if _close(s, best)]
+        return _stick(self._sessions, request, tied, request.session)
+
+
+class SessionAffinity(LeastExpectedLatency):
+    """least-expected-latency, but a request with a session key returns to the node that
+    served its session last while that node is a candidate and its expected latency is at
+    most AFFINITY_GUARD (2x) the best candidate's; otherwise the usual choice, and the
+    session moves there.
+
+    Worth it for multi-turn chats with long histories: the node that served the last turn
+    holds the conversation in its KV cache and skips recomputing it, a saving the latency
+    score does not see. The guard keeps one busy session's node from queueing it far
+    behind a free one. Requests without a session key route exactly as the default.
+    """
+
+    name = "session-affinity"
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+        session = request.session
+        if session is None:
+            return super().choose(request, candidates)
+        scores = expected_seconds(candidates, self._clock(), self._heat)
+        best = min(scores)
+        last = self._sessions.last(request.alias, session)
+        for score, cand in zip(scores, candidates, strict=True):
+            if cand.node_id == last and score <= AFFINITY_GUARD * best * (1 + TIE_REL_TOL):
+                self._sessions.remember(request.alias, session, cand.node_id)
+                return cand
+        tied = [c for s, c in zip(scores, candidates, strict=True) if _close(s, best)]
+        return _stick(self._sessions, request, tied, session)
+
+
+class TokensPerJoule:
+    """Among the candidates expected within ENERGY_GUARD (1.5x) of the best latency (the
+    default's heat-weighted score), the one that makes the most tokens per joule; where no
+    such candidate reports its power, the default's choice.
+
+    Tokens per joule is the node's token rate for the model now (its per-sequence rate
+    times the sequences it decodes, at least one) over what the node draws now
+    (heat.node_watts: a Jetson's board power, a PC's discrete GPUs' draw). An idle node
+    draws its idle power, so it looks efficient and fills first; once loaded, the figure
+    reflects the work it does. Jetson and PC figures measure different boundaries (board
+    against GPU only), so mixed fleets compare them only roughly. Ties go at random.
+    """
+
+    name = "tokens-per-joule"
+
+    def __init__(self, rng: random.Random, clock: WallClock = time.time) -> None:
+        self._rng = rng
+        self._clock = clock
+        self._heat = WeightCache()
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+        now = self._clock()
+        scores = expected_seconds(candidates, now, self._heat)
         rates = expected_rates(candidates)
-        by_node = {c.node_id: rate for c, rate in zip(candidates, rates, strict=True)}
-        return _lowest(candidates, lambda c: (c.load_per_slot + 1) / by_node[c.node_id], self._rng)
+        best = min(scores)
+        efficiency: list[tuple[float, Candidate]] = []
+        for score, rate, cand in zip(scores, rates, candidates, strict=True):
+            watts = node_watts(cand.telemetry, now)
+            if watts is None or score > ENERGY_GUARD * best * (1 + TIE_REL_TOL):
+                continue
+            tokens_per_s = rate * max(cand.replica.engine.active, 1)
+            efficiency.append((-tokens_per_s / watts, cand))  # lowest = most tokens per joule
+        if efficiency:
+            return _lowest_scored(efficiency, self._rng)
+        return _lowest_scored(list(zip(scores, candidates, strict=True)), self._rng)
+
+
+def expected_seconds(
+    candidates: Sequence[Candidate], now: float, heat: WeightCache | None = None
+) -> list[float]:
+    """Each candidate's least-expected-latency score: (load per slot + 1) over its expected
+    rate times its heat weight at `now` (unix time; heat.heat_weight, through `heat`)."""
+    weights = heat if heat is not None else WeightCache()
+    rates = expected_rates(candidates)
+    return [
+        (c.load_per_slot + 1) / (rate * weights.weight(c.node_id, c.telemetry, now))
+        for c, rate in zip(candidates, rates, strict=True)
+    ]
 
 
 def expected_rates(candidates: Sequence[Candidate]) -> list[float]:
@@ -153,10 +266,32 @@ def _lowest(
     candidates: Sequence[Candidate], score: Callable[[Candidate], float], rng: random.Random
 ) -> Candidate:
     """The candidate with the lowest score; among (nearly) equal ones, one at random."""
-    scored = [(score(c), c) for c in candidates]
+    return _lowest_scored([(score(c), c) for c in candidates], rng)
+
+
+def _lowest_scored(scored: Sequence[tuple[float, Candidate]], rng: random.Random) -> Candidate:
+    """The candidate of the lowest score in (score, candidate) pairs; ties at random."""
     best = min(s for s, _ in scored)
-    tied = [c for s, c in scored if math.isclose(s, best, rel_tol=TIE_REL_TOL)]
+    tied = [c for s, c in scored if _close(s, best)]
     return tied[0] if len(tied) == 1 else rng.choice(tied)
+
+
+def _close(score: float, best: float) -> bool:
+    return math.isclose(score, best, rel_tol=TIE_REL_TOL)
+
+
+def _stick(
+    sessions: SessionMemory, request: RouteRequest, tied: Sequence[Candidate], session: str
+) -> Candidate:
+    """Among equally good `tied` candidates, the session's last node if it is one of them,
+    else the one the session key hashes to; remembered as the session's node."""
+    last = sessions.last(request.alias, session)
+    chosen = next((c for c in tied if c.node_id == last), None)
+    if chosen is None:
+        node_id = rendezvous(session, (c.node_id for c in tied))
+        chosen = next(c for c in tied if c.node_id == node_id)
+    sessions.remember(request.alias, session, chosen.node_id)
+    return chosen
 
 
 PolicyFactory = Callable[[random.Random], RoutingPolicy]
@@ -164,6 +299,8 @@ PolicyFactory = Callable[[random.Random], RoutingPolicy]
 # The registry: every policy a configuration may name, the default first.
 POLICIES: dict[str, PolicyFactory] = {
     LeastExpectedLatency.name: LeastExpectedLatency,
+    SessionAffinity.name: SessionAffinity,
+    TokensPerJoule.name: TokensPerJoule,
     PowerOfTwoChoices.name: PowerOfTwoChoices,
     LeastLoaded.name: LeastLoaded,
     RoundRobin.name: lambda _rng: RoundRobin(),

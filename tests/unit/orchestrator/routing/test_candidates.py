@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
+from support.samples_factory import node_sample
 
 from common.status import DownloadProgress, ModelState
 from orchestrator.cluster.types import NodeId
@@ -286,3 +288,12 @@ def test_wrong_task_is_no_candidate_with_the_reason() -> None:
     snap = snapshot(node("a", replica(embedding=True)))
     with pytest.raises(NoCandidate, match="serves embeddings only"):
         route(snap, RouteRequest("m", "generate"), now=NOW, policy=FirstPolicy())
+
+
+def test_candidates_carry_their_nodes_latest_telemetry() -> None:
+    # Heat- and power-aware policies read it from the candidate.
+    sample = node_sample(taken_at=NOW)
+    plain = node("a", replica())
+    sampled = dataclasses.replace(plain, status=dataclasses.replace(plain.status, telemetry=sample))
+    found, _ = candidates_for(snapshot(sampled, node("b", replica())), "m", now=NOW)
+    assert [c.telemetry for c in found] == [sample, None]

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from collections.abc import Sequence
 
 import pytest
+from support.samples_factory import dgpu, jetson_sample, node_sample
 
+from common.telemetry import NodeSample
 from orchestrator.routing.candidates import Candidate
 from orchestrator.routing.policies import (
     POLICY_NAMES,
@@ -16,6 +19,8 @@ from orchestrator.routing.policies import (
     PowerOfTwoChoices,
     RoundRobin,
     RoutingPolicy,
+    SessionAffinity,
+    TokensPerJoule,
     make_policy,
 )
 from orchestrator.routing.request import RouteRequest
@@ -210,6 +215,209 @@ def test_lel_counts_slots() -> None:
         candidate("batched", load=3, slots=4, decode_tps=20.0),
     ]
     assert LeastExpectedLatency(random.Random(0)).choose(M, cands).node_id == "batched"
+
+
+# ---- heat: hot and throttling nodes take less ------------------------------------------------
+
+WALL = 1_764_000_000.0  # the policies' clock, unix time, as the samples' taken_at
+
+
+def wall() -> float:
+    return WALL
+
+
+def cool_gpu(taken_at: float = WALL) -> NodeSample:
+    return node_sample(taken_at=taken_at, gpus=(dgpu(0, throttle_reasons=()),))
+
+
+def gpu_throttled(reason: str, taken_at: float = WALL) -> NodeSample:
+    return node_sample(taken_at=taken_at, gpus=(dgpu(0, throttle_reasons=(reason,)),))
+
+
+def jetson(*reasons: str) -> NodeSample:
+    """An AGX Orin: its integrated GPU with `reasons`, its zones cool, 30.1 W on the board."""
+    gpu = dgpu(0, unified=True, throttle_reasons=reasons, power_watts=12.4)
+    return node_sample(taken_at=WALL, gpus=(gpu,), jetson=jetson_sample())
+
+
+def hot(cand: Candidate, sample: NodeSample | None) -> Candidate:
+    return dataclasses.replace(cand, telemetry=sample)
+
+
+def test_lel_choices_are_unchanged_for_cool_nodes_without_sessions() -> None:
+    rng = random.Random(9)
+    for seed in range(30):
+        plain = [
+            candidate(f"n{i}", load=rng.randrange(4), decode_tps=rng.choice([0.0, 10.0, 30.0]))
+            for i in range(5)
+        ]
+        samples = [cool_gpu(), jetson(), None, cool_gpu(WALL - 3600), jetson()]
+        cool = [hot(c, s) for c, s in zip(plain, samples, strict=True)]
+        reference = picks(LeastExpectedLatency(random.Random(seed), wall), plain, 20)
+        assert picks(LeastExpectedLatency(random.Random(seed), wall), cool, 20) == reference
+
+
+def _fill(policy: RoutingPolicy, samples: dict[str, NodeSample | None], n: int) -> dict[str, int]:
+    """Routes n requests one by one, each adding to its node's load; equal nodes, 20 tok/s."""
+    loads = dict.fromkeys(samples, 0)
+    for _ in range(n):
+        cands = [
+            hot(candidate(name, load=loads[name], decode_tps=20.0), sample)
+            for name, sample in samples.items()
+        ]
+        loads[policy.choose(M, cands).node_id] += 1
+    return loads
+
+
+def test_lel_gives_a_power_capped_node_proportionally_less_work() -> None:
+    policy = LeastExpectedLatency(random.Random(2), wall)
+    loads = _fill(policy, {"cool": cool_gpu(), "capped": gpu_throttled("sw_power_cap")}, 30)
+    # Weight 0.5: the capped node counts as 10 tok/s and takes half the cool one's share.
+    assert loads == {"cool": 20, "capped": 10}
+
+
+def test_lel_thermal_throttling_takes_sharply_less_and_recovers_when_cleared() -> None:
+    policy = LeastExpectedLatency(random.Random(2), wall)
+    throttled = _fill(policy, {"cool": jetson(), "hot": jetson("thermal:gpu")}, 30)
+    assert throttled == {"cool": 25, "hot": 5}  # weight 0.2: a fifth of the cool one's share
+    # The next heartbeat says it cooled down: equal shares again.
+    assert _fill(policy, {"cool": jetson(), "hot": jetson()}, 30) == {"cool": 15, "hot": 15}
+
+
+def test_lel_prefers_a_cool_slow_node_to_a_throttling_fast_one() -> None:
+    policy = LeastExpectedLatency(random.Random(0), wall)
+    nano = candidate("nano", decode_tps=NANO_TPS)
+    agx = candidate("agx", decode_tps=AGX_TPS)
+    # AGX at 30 tok/s thermally throttled counts as 6: the idle Nano's 10 is faster.
+    assert policy.choose(M, [nano, hot(agx, jetson("hw_thermal_slowdown"))]).node_id == "nano"
+    assert policy.choose(M, [nano, hot(agx, jetson())]).node_id == "agx"
+
+
+def test_lel_ignores_stale_telemetry() -> None:
+    policy = LeastExpectedLatency(random.Random(0), wall)
+    nano = candidate("nano", decode_tps=NANO_TPS)
+    agx = candidate("agx", decode_tps=AGX_TPS)
+    stale = gpu_throttled("hw_thermal_slowdown", taken_at=WALL - 120.0)
+    assert policy.choose(M, [nano, hot(agx, stale)]).node_id == "agx"
+
+
+# ---- sessions -------------------------------------------------------------------------------
+
+
+def session(key: str) -> RouteRequest:
+    return RouteRequest("m", session=key)
+
+
+def test_lel_keeps_a_session_on_its_node_among_equal_ones() -> None:
+    policy = LeastExpectedLatency(random.Random(5), wall)
+    equal = [candidate(n, decode_tps=10.0) for n in "abcd"]
+    assert len({policy.choose(session("s"), equal).node_id for _ in range(30)}) == 1
+    # Many sessions still spread over equal nodes (by their keys' hashes).
+    counts = Counter(policy.choose(session(f"user-{i}"), equal).node_id for i in range(400))
+    assert set(counts) == set("abcd") and min(counts.values()) > 60
+
+
+def test_lel_never_trades_latency_for_a_session() -> None:
+    policy = LeastExpectedLatency(random.Random(5), wall)
+    first = policy.choose(session("s"), [candidate("a"), candidate("b")]).node_id
+    other = "b" if first == "a" else "a"
+    # Its node now holds one request: the idle one is faster, and the session moves there.
+    busy = [candidate(first, load=1), candidate(other)]
+    assert policy.choose(session("s"), busy).node_id == other
+    # ... and stays there once both are equal again.
+    assert policy.choose(session("s"), [candidate("a"), candidate("b")]).node_id == other
+
+
+def test_lel_sessions_do_not_change_requests_without_one() -> None:
+    cands = [candidate(n, load=i % 2, decode_tps=10.0) for i, n in enumerate("abcdef")]
+    reference = picks(LeastExpectedLatency(random.Random(3), wall), cands, 40)
+    mixed = LeastExpectedLatency(random.Random(3), wall)
+    got = []
+    for i in range(40):
+        mixed.choose(session(f"s{i}"), cands)  # draws nothing from the generator
+        got.append(mixed.choose(M, cands).node_id)
+    assert got == reference
+
+
+def test_session_affinity_stays_within_twice_the_best_latency() -> None:
+    policy = SessionAffinity(random.Random(1), wall)
+    first = policy.choose(session("s"), [candidate("a"), candidate("b")]).node_id
+    other = "b" if first == "a" else "a"
+    # One request ahead on its node: expected 2x the idle node's, within the guard.
+    assert policy.choose(session("s"), [candidate(first, load=1), candidate(other)]).node_id == (
+        first
+    )
+    # Two ahead: 3x, so the session moves to the idle node ...
+    assert policy.choose(session("s"), [candidate(first, load=2), candidate(other)]).node_id == (
+        other
+    )
+    # ... and now stays there, its new node, while within the guard.
+    assert policy.choose(session("s"), [candidate(first), candidate(other, load=1)]).node_id == (
+        other
+    )
+
+
+def test_session_affinity_moves_a_session_whose_node_left() -> None:
+    policy = SessionAffinity(random.Random(1), wall)
+    first = policy.choose(session("s"), [candidate("a"), candidate("b")]).node_id
+    other = "b" if first == "a" else "a"
+    assert policy.choose(session("s"), [candidate(other, load=3)]).node_id == other
+    assert policy.choose(session("s"), [candidate("a"), candidate("b")]).node_id == other
+
+
+def test_session_affinity_counts_heat_in_its_guard() -> None:
+    policy = SessionAffinity(random.Random(1), wall)
+    first = policy.choose(session("s"), [candidate("a"), candidate("b")]).node_id
+    other = "b" if first == "a" else "a"
+    throttled = hot(candidate(first), jetson("thermal:gpu"))  # 5x the idle node's latency
+    assert policy.choose(session("s"), [throttled, candidate(other)]).node_id == other
+
+
+def test_session_affinity_without_a_session_is_the_default() -> None:
+    cands = [candidate(n, load=i % 3, decode_tps=10.0 + i) for i, n in enumerate("abcdef")]
+    reference = picks(LeastExpectedLatency(random.Random(8), wall), cands, 40)
+    assert picks(SessionAffinity(random.Random(8), wall), cands, 40) == reference
+
+
+# ---- tokens per joule -----------------------------------------------------------------------
+
+
+def pc(decode_tps: float, load: int = 0) -> Candidate:
+    """A PC whose one GPU draws 301.5 W, unthrottled."""
+    return hot(candidate("pc", decode_tps=decode_tps, load=load), cool_gpu())
+
+
+def agx_board(decode_tps: float = AGX_TPS, load: int = 0) -> Candidate:
+    """An AGX Orin drawing 30.1 W on the board."""
+    return hot(candidate("agx", decode_tps=decode_tps, load=load), jetson())
+
+
+def test_tokens_per_joule_takes_the_efficient_node_within_the_guard() -> None:
+    policy = TokensPerJoule(random.Random(0), wall)
+    # PC 40 tok/s (1/40 = 0.025 s), AGX 30 (0.033, 1.33x): both in the guard; the AGX makes
+    # ~1.0 token per joule, the PC ~0.13.
+    assert policy.choose(M, [pc(40.0), agx_board()]).node_id == "agx"
+    # The default takes the PC.
+    assert LeastExpectedLatency(random.Random(0), wall).choose(M, [pc(40.0), agx_board()]) == (
+        pc(40.0)
+    )
+
+
+def test_tokens_per_joule_never_queues_beyond_the_guard() -> None:
+    policy = TokensPerJoule(random.Random(0), wall)
+    # PC at 100 tok/s: the AGX's 1/30 is 3.3x its 1/100, outside the 1.5x guard.
+    assert policy.choose(M, [pc(100.0), agx_board()]).node_id == "pc"
+    # A loaded AGX falls out of the guard: (1 + 1) / 30 = 0.067 against the PC's 0.025.
+    assert policy.choose(M, [pc(40.0), agx_board(load=1)]).node_id == "pc"
+
+
+def test_tokens_per_joule_without_power_is_the_default() -> None:
+    cands = [candidate(n, load=i % 2, decode_tps=10.0 + 5 * i) for i, n in enumerate("abcd")]
+    reference = picks(LeastExpectedLatency(random.Random(4), wall), cands, 30)
+    assert picks(TokensPerJoule(random.Random(4), wall), cands, 30) == reference
+    # Power reported only outside the guard counts for nothing either.
+    cpu_box = candidate("cpu", decode_tps=100.0)
+    assert TokensPerJoule(random.Random(0), wall).choose(M, [cpu_box, agx_board()]) is cpu_box
 
 
 # ---- replay and construction --------------------------------------------------------------
