@@ -54,27 +54,59 @@ def _fill(message: Message, value: Any) -> None:
 
 
 def _build(cls: type[T], message: Message) -> T:
-    hints = _hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        values[f.name] = _value(hints[f.name], message, f.name)
+    for field in _fields(cls):
+        values[field.name] = _value(field, message)
     return cls(**values)
 
 
-def _value(hint: Any, message: Message, name: str) -> Any:
-    inner, optional = _unwrap_optional(hint)
-    field = message.DESCRIPTOR.fields_by_name[name]
-    if optional and field.has_presence and not message.HasField(name):
+@dataclasses.dataclass(frozen=True)
+class _Field:
+    """What decoding one dataclass field needs, read once from its type hint."""
+
+    name: str
+    optional: bool  # `X | None`: an unset optional proto field is None
+    repeated: bool  # `tuple[X, ...]`
+    nested: type | None  # the dataclass of the field (or of its elements), if any
+
+
+def _value(field: _Field, message: Message) -> Any:
+    name = field.name
+    if (
+        field.optional
+        and message.DESCRIPTOR.fields_by_name[name].has_presence
+        and not message.HasField(name)
+    ):
         return None
     raw = getattr(message, name)
-    if typing.get_origin(inner) is tuple:
-        element = typing.get_args(inner)[0]
-        if dataclasses.is_dataclass(element):
-            return tuple(_build(element, m) for m in raw)  # type: ignore[arg-type]
+    if field.repeated:
+        if field.nested is not None:
+            return tuple(_build(field.nested, m) for m in raw)
         return tuple(raw)
-    if dataclasses.is_dataclass(inner):
-        return _build(inner, raw)  # type: ignore[arg-type]
+    if field.nested is not None:
+        return _build(field.nested, raw)
     return raw
+
+
+_FIELDS: dict[type, tuple[_Field, ...]] = {}
+
+
+def _fields(cls: type) -> tuple[_Field, ...]:
+    # Inspecting the type hints on every report was most of a heartbeat's decoding time
+    # at fleet scale (tests/bench/simulate_fleet.py): done once per class.
+    if cls not in _FIELDS:
+        hints = _hints(cls)
+        fields: list[_Field] = []
+        for f in dataclasses.fields(cls):
+            inner, optional = _unwrap_optional(hints[f.name])
+            repeated = typing.get_origin(inner) is tuple
+            target = typing.get_args(inner)[0] if repeated else inner
+            nested = (
+                target if isinstance(target, type) and dataclasses.is_dataclass(target) else None
+            )
+            fields.append(_Field(f.name, optional, repeated, nested))
+        _FIELDS[cls] = tuple(fields)
+    return _FIELDS[cls]
 
 
 def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
