@@ -344,7 +344,6 @@ def _timed(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
     """The median seconds of `repeats` calls, and the last call's result."""
     times: list[float] = []
     result: Any = None
-    gc.collect()  # the garbage of earlier steps is not this step's cost
     for _ in range(repeats):
         started = clock()
         result = function()
@@ -353,6 +352,7 @@ def _timed(function: Callable[[], Any], repeats: int) -> tuple[float, Any]:
 
 
 def snapshot_figures(registry: WorkerRegistry, repeats: int) -> tuple[dict[str, Any], Any]:
+    gc.collect()  # the garbage of earlier steps is not this step's cost
     build_s, snapshot = _timed(registry.snapshot, repeats)
     # What a gateway's first route() on a new snapshot adds: the alias index (cached then).
     index_s, _ = _timed(lambda: dataclasses.replace(snapshot).holders, repeats)
@@ -454,6 +454,7 @@ def placement_figures(
 ) -> dict[str, Any]:
     """plan() placing the catalog on the same fleet with nothing loaded, then a steady
     round on the fleet as it is (every replica placed: nothing to do)."""
+    gc.collect()
     replicas = max(1, round(0.04 * len(statuses)))
     empty = [Node(dataclasses.replace(s, models=()), last_report=0.0) for s in statuses]
     wanted = catalog(empty, models, replicas)

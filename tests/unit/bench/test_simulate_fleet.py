@@ -16,7 +16,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "simulate_fleet.py"
 TINY = [
     "--nodes", "12", "40", "--models", "3", "--heartbeat-rounds", "2", "--route-samples", "30",
-    "--repeats", "1", "--sim-nodes", "5", "--sim-requests", "300", "--loads", "0.5", "0.9",
+    "--repeats", "1", "--sim-nodes", "5", "--sim-requests", "200", "--loads", "0.5", "0.9",
     "--gateways", "2",
 ]  # fmt: skip
 
@@ -78,7 +78,7 @@ def test_the_simulation_measures_each_policy_at_each_load(
         assert set(by_load) == {"0.5", "0.9"}
         for figures in by_load.values():
             assert figures["rejected"] == 0
-            assert figures["measured"] == 300 - 300 // 10  # all but the warm-up
+            assert figures["measured"] == 200 - 200 // 10  # all but the warm-up
             assert figures["ttft_p50_s"] > figures["queue_p50_s"] >= 0
             assert figures["ttft_p99_s"] >= figures["ttft_p50_s"]
         # More load, more waiting (the same arrivals, only closer together).
