@@ -73,7 +73,7 @@ from common.model_settings import ModelConfig
 from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
 from common.telemetry import NodeSample, Temperature
 from common.wire.status import node_status_to_report
-from orchestrator.bench.report import COLOURS, H, W, line_chart
+from orchestrator.bench.report import COLOURS
 from orchestrator.cluster.registry import WorkerRegistry
 from orchestrator.cluster.reports import view_to_proto
 from orchestrator.cluster.state import ClusterState
@@ -644,31 +644,88 @@ def simulation_figures(args: argparse.Namespace) -> dict[str, dict[str, dict[str
 
 
 # ---- output --------------------------------------------------------------------------------
+PANEL_W, PANEL_H, PAD_LEFT, PAD_TOP, PAD_BOTTOM, LEGEND_W = 400, 300, 56, 34, 40, 280
+
+
+def _log_panel(
+    x0: float, title: str, loads: Sequence[float], series: dict[str, list[float]]
+) -> str:
+    """One chart of `series` (seconds, log scale) against the load, at x offset `x0`."""
+    values = [v for vs in series.values() for v in vs if v > 0]
+    low = math.floor(math.log10(min(values, default=0.01)))
+    high = max(math.ceil(math.log10(max(values, default=1.0))), low + 1)
+    left, right = x0 + PAD_LEFT, x0 + PANEL_W - 12
+    top, bottom = PAD_TOP, PANEL_H - PAD_BOTTOM
+    span = (max(loads) - min(loads)) or 1.0
+
+    def px(load: float) -> float:
+        return left + (load - min(loads)) / span * (right - left)
+
+    def py(value: float) -> float:
+        return bottom - (math.log10(value) - low) / (high - low) * (bottom - top)
+
+    parts = [f'<text x="{left}" y="{top - 14}" class="title">{title}</text>']
+    for power in range(low, high + 1):
+        y = py(10.0**power)
+        parts.append(
+            f'<line x1="{left}" x2="{right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" class="tick" text-anchor="end">'
+            f"{10.0**power:g} s</text>"
+        )
+    for load in loads:
+        parts.append(
+            f'<text x="{px(load):.1f}" y="{bottom + 16}" class="tick" text-anchor="middle">'
+            f"{load:g}</text>"
+        )
+    parts.append(
+        f'<text x="{(left + right) / 2}" y="{PANEL_H - 6}" class="axis" text-anchor="middle">'
+        "load (share of the fleet's capacity)</text>"
+    )
+    for n, values_ in enumerate(series.values()):
+        colour = COLOURS[n % len(COLOURS)]
+        points = [(px(x), py(v)) for x, v in zip(loads, values_, strict=True) if v > 0]
+        path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+        dash = ' stroke-dasharray="6 4"' if n % 2 else ""
+        parts.append(
+            f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"{dash}/>'
+        )
+    return "".join(parts)
+
+
 def svg_plot(simulation: dict[str, dict[str, dict[str, float]]], loads: Sequence[float]) -> str:
-    """Two charts side by side: TTFT p99 and queueing delay p99 (ms) against the load."""
-    charts = []
-    for field, title in (
-        ("ttft_p99_s", "TTFT p99 (ms)"),
-        ("queue_p99_s", "queueing delay p99 (ms)"),
-    ):
-        series: dict[str, Sequence[float | None]] = {
-            name: [by_load[f"{load:g}"][field] * 1e3 for load in loads]
+    """TTFT p50 and p99 against the load, one line per policy (log scale: round-robin on a
+    mixed fleet is orders of magnitude off the others), and a legend that names policies
+    whose figures are identical to an earlier one's."""
+    panels = []
+    for n, (field, title) in enumerate((("ttft_p50_s", "TTFT p50"), ("ttft_p99_s", "TTFT p99"))):
+        series = {
+            name: [by_load[f"{load:g}"][field] for load in loads]
             for name, by_load in simulation.items()
         }
-        charts.append(line_chart(title, "load (share of fleet capacity)", title, loads, series))
-    body = "".join(
-        chart.replace("<svg ", f'<svg x="{i * W}" y="0" width="{W}" height="{H}" ', 1)
-        for i, chart in enumerate(charts)
-    )
+        panels.append(_log_panel(n * PANEL_W, title, loads, series))
+    legend = []
+    seen: dict[str, str] = {}
+    for n, (name, by_load) in enumerate(simulation.items()):
+        key = json.dumps(by_load, sort_keys=True)
+        same = f" (= {seen[key]})" if key in seen else ""
+        seen.setdefault(key, name)
+        y, x, colour = PAD_TOP + 18 * n, 2 * PANEL_W, COLOURS[n % len(COLOURS)]
+        dash = ' stroke-dasharray="6 4"' if n % 2 else ""  # as its line in the panels
+        legend.append(
+            f'<line x1="{x}" x2="{x + 24}" y1="{y - 4}" y2="{y - 4}" stroke="{colour}" '
+            f'stroke-width="2"{dash}/><text x="{x + 30}" y="{y}" fill="{colour}" '
+            f'class="legend">{name}{same}</text>'
+        )
+    width = 2 * PANEL_W + LEGEND_W
     style = (
-        ".grid{stroke:#e5e7eb} .tick{font-size:10px;fill:#555} .axis{font-size:11px;fill:#333}"
-        " .legend{font-size:11px;font-weight:600} text{font-family:sans-serif}"
+        "text{font-family:sans-serif} .grid{stroke:#e5e7eb} .tick{font-size:10px;fill:#555}"
+        " .axis{font-size:11px;fill:#333} .legend{font-size:11px;font-weight:600}"
+        " .title{font-size:13px;font-weight:600;fill:#111}"
     )
-    assert COLOURS  # the charts' palette: one colour per policy, in POLICIES order
     return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{2 * W}" height="{H}" '
-        f'viewBox="0 0 {2 * W} {H}"><style>{style}</style>'
-        f'<rect width="100%" height="100%" fill="white"/>{body}</svg>'
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{PANEL_H}" '
+        f'viewBox="0 0 {width} {PANEL_H}"><style>{style}</style>'
+        f'<rect width="100%" height="100%" fill="white"/>{"".join(panels)}{"".join(legend)}</svg>'
     )
 
 
