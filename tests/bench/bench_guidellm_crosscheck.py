@@ -3,8 +3,11 @@
 Runs the two tools interleaved (bench, guidellm, bench, guidellm, ...) so that drifts of a
 shared machine hit both alike, at each concurrency, on /v1/completions with synthetic
 prompts of the same token count and `max_tokens` with `ignore_eos` (both tools send it), no
-warm-up for either. Prints, per level, the median over rounds of each figure and the ratio
-llamaherd/GuideLLM:
+warm-up for either, greedy in both (GuideLLM sends no temperature of its own, so the script
+passes temperature 0 as a backend extra). llamaherd's gateway ignores `ignore_eos`, so
+against it pass `--ban-tokens 1,106` (Gemma's end tokens): both tools then send that logit
+bias and every request runs to `max_tokens`. Prints, per level, the median over rounds of
+each figure and the ratio llamaherd/GuideLLM:
 
 - TTFT median and mean: the same definition in both (first content chunk - send).
 - ITL mean: GuideLLM's per-request ITL is (last token - first token) / (output tokens - 1),
@@ -23,7 +26,7 @@ GuideLLM needs a Hugging Face tokenizer; with no hub here, make one from the GGU
 
     .venv/bin/python tests/bench/bench_guidellm_crosscheck.py --url http://127.0.0.1:18100 \
         --model gemma-3-270m --guidellm /tmp/guidellm/bin/guidellm --tokenizer /tmp/gtok \
-        --concurrency 1,4 --rounds 2 --requests 16 --output-tokens 32
+        --concurrency 1,4 --rounds 3 --requests 10 --output-tokens 32 --ban-tokens 1,106
 """
 
 from __future__ import annotations
@@ -83,17 +86,28 @@ def run_llamaherd(args: argparse.Namespace, streams: int, out: Path, seed: int) 
          "--model", args.model, "--prompt-tokens", str(args.prompt_tokens),
          "--output-tokens", str(args.output_tokens), "--concurrency", str(streams),
          "--requests", str(args.requests * streams), "--warmup", "0",
-         "--seed", str(seed), "--out", str(out), "--json"],
+         "--seed", str(seed), "--out", str(out), "--json",
+         *(["--ban-tokens", args.ban_tokens] if args.ban_tokens else [])],
         cwd=ROOT, check=True, capture_output=True, text=True,
     )  # fmt: skip
     return llamaherd_figures(out)
+
+
+def guidellm_extras(ban_tokens: str | None) -> str:
+    """GuideLLM's backend arguments that make its requests sample as `llamaherd bench`'s
+    do: greedy (bench's default; GuideLLM sends no temperature, so the server's default
+    sampling applies) and, with `ban_tokens`, the same -100 logit bias on those ids."""
+    extras = ",extras.body.temperature=0"
+    for token in (t.strip() for t in (ban_tokens or "").split(",") if t.strip()):
+        extras += f",extras.body.logit_bias.{token}=-100"
+    return extras
 
 
 def run_guidellm(args: argparse.Namespace, streams: int, out: Path) -> Figures:
     subprocess.run(
         [args.guidellm, "run",
          "--backend", f"kind=openai_http,target={args.url},model={args.model},"
-         "request_format=/v1/completions",
+         f"request_format=/v1/completions{guidellm_extras(args.ban_tokens)}",
          "--tokenizer", f"kind=huggingface_auto,model={args.tokenizer}",
          "--data", f"kind=synthetic_text,prompt_tokens={args.prompt_tokens},"
          f"output_tokens={args.output_tokens}",
@@ -125,6 +139,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=12, help="per stream, per run")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--output-tokens", type=int, default=32)
+    parser.add_argument(
+        "--ban-tokens", metavar="ID[,ID...]",
+        help="token ids both tools bias by -100, so every request runs to max_tokens on a "
+        "server that ignores ignore_eos, as llamaherd's gateway does (Gemma: 1,106)",
+    )  # fmt: skip
     parser.add_argument("--keep", metavar="DIR", help="keep every run's JSON here")
     args = parser.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="crosscheck-"))
