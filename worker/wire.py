@@ -43,7 +43,7 @@ from worker.models.served import Tokenized
 
 _OPTIONAL_SAMPLING = (
     "temperature", "top_p", "top_k", "min_p", "repeat_penalty", "presence_penalty",
-    "frequency_penalty", "repeat_last_n", "seed", "max_tokens", "top_logprobs",
+    "frequency_penalty", "repeat_last_n", "seed", "max_tokens", "top_logprobs", "ignore_eos",
 )  # fmt: skip
 
 _DEFAULT_SAMPLING = SamplingParams()

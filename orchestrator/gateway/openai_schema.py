@@ -136,6 +136,7 @@ class _Sampling(_Body):
     seed: Seed | None = None
     stop: StrictStr | list[StrictStr] | None = None
     logit_bias: dict[str, Number] | None = None
+    ignore_eos: StrictBool = False  # llama-server's and vLLM's extension; benchmarks send it
     n: StrictInt | None = None
     top_logprobs: StrictInt | None = None
     grammar: StrictStr | None = None
@@ -568,6 +569,8 @@ def _sampling(
         params.seed = body.seed & UINT32
     if max_tokens is not None:
         params.max_tokens = max_tokens
+    if body.ignore_eos:
+        params.ignore_eos = True
     if top_logprobs is not None:
         if not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
             name = "top_logprobs" if isinstance(body, _ChatBody) else "logprobs"

@@ -39,6 +39,7 @@ class SamplingParams:
     logit_bias: tuple[tuple[int, float], ...] = field(default=())
     # Set: each token comes with its log-probability and this many most likely alternatives.
     top_logprobs: int | None = None
+    ignore_eos: bool = False  # end-of-generation tokens are never sampled
 
     @property
     def greedy(self) -> bool:

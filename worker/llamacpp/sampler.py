@@ -8,6 +8,7 @@ the truncating samplers so that they choose among tokens the grammar allows.
 from __future__ import annotations
 
 import ctypes
+import math
 import random
 import time
 
@@ -54,11 +55,18 @@ class Sampler:
         C.llama_sampler_chain_add(self._chain, sampler)
 
     def _build(self, model: LlamaModel, p: SamplingParams, grammar: str | None, n_ctx: int) -> None:
-        if p.logit_bias:
-            biases = (C.llama_logit_bias * len(p.logit_bias))(
-                *(C.llama_logit_bias(token, bias) for token, bias in p.logit_bias)
+        bias = list(p.logit_bias)
+        if p.ignore_eos:
+            # As llama-server does: the end tokens cannot be drawn at all (a client's own bias
+            # on one of them is overridden).
+            banned = set(model.eog_tokens)
+            bias = [(t, b) for t, b in bias if t not in banned]
+            bias += [(t, -math.inf) for t in sorted(banned)]
+        if bias:
+            biases = (C.llama_logit_bias * len(bias))(
+                *(C.llama_logit_bias(token, value) for token, value in bias)
             )
-            self._add(C.llama_sampler_init_logit_bias(model.n_vocab, len(p.logit_bias), biases))
+            self._add(C.llama_sampler_init_logit_bias(model.n_vocab, len(bias), biases))
         if p.penalised:
             last_n = n_ctx if p.repeat_last_n == -1 else p.repeat_last_n
             self._add(

@@ -95,6 +95,21 @@ def test_logit_bias_bans_a_token(stub):
     assert biased.token_ids[0] != first
 
 
+def test_ignore_eos_runs_to_max_tokens_even_past_a_forced_end(stub):
+    # A client bias that makes the end token certain: the reply ends at once...
+    eos = {1: 100.0, 106: 100.0}  # Gemma's <eos> and <end_of_turn>
+    ended = generate(stub, GEMMA, STORY, temperature=0, max_tokens=6, logit_bias=eos)
+    assert ended.final.finish_reason == gen_pb.FINISH_REASON_STOP
+    assert ended.final.usage.completion_tokens <= 1
+    # ...and ignore_eos bans every end token, overriding that bias.
+    full = generate(
+        stub, GEMMA, STORY, temperature=0, max_tokens=6, logit_bias=eos, ignore_eos=True
+    )
+    assert full.final.finish_reason == gen_pb.FINISH_REASON_LENGTH
+    assert full.final.usage.completion_tokens == 6
+    assert not set(full.token_ids) & {1, 106}
+
+
 def test_max_tokens_is_capped_by_the_context(stub):
     # 1000-token prompt in a 1024-token context leaves room for at most 24 tokens.
     prompt = "word " * 999

@@ -41,7 +41,8 @@ def test_sampling_a_client_set_survives_a_relay_exactly() -> None:
     sent = gen_pb.SamplingParams(
         temperature=0.7, top_p=0.9, top_k=7, min_p=0.1, repeat_penalty=1.1,
         presence_penalty=0.5, frequency_penalty=-0.5, repeat_last_n=-1, seed=42,
-        stop=["\n\n", "END"], max_tokens=12, logit_bias={5: -100.0, 3: 2.5}, top_logprobs=3,
+        stop=["\n\n", "END"], max_tokens=12, logit_bias={5: -100.0, 3: 2.5}, ignore_eos=True,
+        top_logprobs=3,
     )  # fmt: skip
     received = wire.sampling_from_proto(sent)
     relayed = wire.sampling_to_proto(received)

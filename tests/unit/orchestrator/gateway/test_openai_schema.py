@@ -49,6 +49,7 @@ def test_chat_maps_messages_and_every_sampling_option():
             "repeat_penalty": 1.1, "repeat_last_n": 32, "presence_penalty": 0.2,
             "frequency_penalty": 0.3, "seed": 7, "stop": "END", "max_tokens": 99,
             "logit_bias": {"12": -100}, "user": "ignored", "metadata": {"ignored": True},
+            "ignore_eos": True,
         }
     )  # fmt: skip
     assert call.model == "gemma" and call.stream and call.include_usage
@@ -60,12 +61,13 @@ def test_chat_maps_messages_and_every_sampling_option():
     assert s.min_p == pytest.approx(0.05) and s.repeat_penalty == pytest.approx(1.1)
     assert s.presence_penalty == pytest.approx(0.2) and s.frequency_penalty == pytest.approx(0.3)
     assert list(s.stop) == ["END"] and dict(s.logit_bias) == {12: -100.0}
+    assert s.ignore_eos
     assert not call.request.HasField("constraint")
 
 
 def test_unset_sampling_fields_stay_unset_so_the_worker_applies_its_defaults():
     sampling = schema.parse_chat(CHAT).request.sampling
-    for name in ("temperature", "top_p", "top_k", "seed", "max_tokens"):
+    for name in ("temperature", "top_p", "top_k", "seed", "max_tokens", "ignore_eos"):
         assert not sampling.HasField(name), name
 
 
