@@ -68,7 +68,7 @@ def add_capacity_parser(subparsers: argparse._SubParsersAction) -> None:  # type
         type=int,
         default=3,
         metavar="N",
-        help="measured requests per level per stream, at least 6 (default 3)",
+        help="measured requests per level for each stream (default 3; at least 6 a level)",
     )
     parser.add_argument("--ban-tokens", metavar="ID[,ID...]",
                         help="token ids given a -100 logit bias (see llamaherd bench)")  # fmt: skip
@@ -151,7 +151,7 @@ def _progress(quiet: bool) -> Iterator[tuple[LevelStarted | None, Any]]:
 
     def started(prompt_tokens: int, streams: int, requests: int) -> None:
         errors[0] = 0
-        label = f"{prompt_tokens}-token prompts, {streams} streams"
+        label = f"{prompt_tokens}-token prompts, {_streams(streams)}"
         current[:] = [bar.add_task(label, total=requests, errors=0)]
 
     def advance(level: int, record: Any) -> None:
@@ -213,7 +213,7 @@ def run_capacity_command(args: argparse.Namespace) -> int:
         if saved is not None:
             print(
                 f"saved to {saved}: gateways cap {result.record.node} at "
-                f"{max(result.record.max_streams, 1)} streams of {result.record.model}"
+                f"{_streams(max(result.record.max_streams, 1))} of {result.record.model}"
             )
     return 0
 
@@ -255,7 +255,7 @@ def summary_table(result: CapacityResult) -> Any:
             f"{f.output_token_throughput:.1f}", str(sum(f.errors.values())),
         )  # fmt: skip
     lines = [
-        f"{r.prompt_tokens}-token prompts: {r.max_streams} streams; prefill "
+        f"{r.prompt_tokens}-token prompts: {_streams(r.max_streams)}; prefill "
         f"{r.prefill_tps:.0f} tok/s, decode {r.decode_tps_stream:.1f} tok/s per stream, "
         f"{r.decode_tps_total:.1f} in all" + (f", {r.watts:.0f} W" if r.watts is not None else "")
         for r in result.records
@@ -271,3 +271,7 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     code: int = args.run(args)
     return code
+
+
+def _streams(count: int) -> str:
+    return f"{count} stream" if count == 1 else f"{count} streams"

@@ -142,7 +142,7 @@ def test_the_table_is_the_default_output(cluster_endpoint, capsys):
             "8", "--output-tokens", "3", "--max-concurrency", "1"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "capacity of gemma on node-1" in out and "8-token prompts: 1 streams" in out
+    assert "capacity of gemma on node-1" in out and "8-token prompts: 1 stream;" in out
 
 
 def _free_port() -> int:
