@@ -15,3 +15,4 @@ class Lease:
     reserved_bytes: int = 0
     running: bool = True
     error: str = ""  # why the server exited
+    guard: str = ""  # how only the head is admitted: "bpf" or "forwarder" ("" if unknown)

@@ -100,6 +100,8 @@ def split_lines(
             f"{format_bytes(lease.reserved_bytes)} reserved",
             lease.endpoint,
         ]
+        if lease.guard:
+            parts.append(f"guard {lease.guard}")
         if not lease.running:
             parts.append("stopped: " + (lease.error or "no error reported"))
         lines.append(" · ".join(parts))

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 from pydantic import (
@@ -182,6 +182,12 @@ class WorkerSettings(BaseModel):
         8, ge=0, le=256,
         description="RPC servers (split-model leases) this node lends at most at once",
     )  # fmt: skip
+    rpc_guard: Literal["auto", "forwarder"] = Field(
+        "auto",
+        description="how a lent ggml RPC server admits only its head: auto = a kernel socket "
+        "filter on ggml's listener where it works (Linux, IPv4), else the forwarder; "
+        "forwarder = always a filtering TCP relay in front of ggml (slower)",
+    )
     max_downloads: int = Field(
         2, ge=1, le=16,
         description="store model files fetched at once; more loads wait their turn "

@@ -95,7 +95,7 @@ class WorkerServer:
         if supports_rpc() and not settings.split_child:
             self.lender = RpcLender(
                 settings.host, _advertised_host(settings), self.budget, default_threads(),
-                settings.max_leases,
+                settings.max_leases, settings.rpc_guard,
             )  # fmt: skip
         self.health = health.aio.HealthServicer()
         # With a token, every call but health needs it, reflection included: it serves only

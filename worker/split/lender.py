@@ -54,8 +54,10 @@ class RpcLender:
         budget: MemoryBudget,
         threads: int,
         max_leases: int = 8,
+        guard: str = "auto",
     ) -> None:
         self._max_leases = max_leases
+        self._guard = guard  # rpc_server's --guard: auto (kernel filter if it works), forwarder
         self._listen_host = listen_host
         self._advertise_host = advertise_host
         self._budget = budget
@@ -109,9 +111,9 @@ class RpcLender:
             self._leases[lease_id] = started
             started.watcher = asyncio.create_task(self._watch(started), name=f"rpc:{lease_id}")
         log.info(
-            "lending %s as %s to %s for %s (%s set aside)",
+            "lending %s as %s to %s for %s (%s set aside, guard %s)",
             started.lease.device, started.lease.endpoint, head_host, lease_id,
-            format_bytes(reserve_bytes),
+            format_bytes(reserve_bytes), started.lease.guard,
         )  # fmt: skip
         self._changed()
         return started.lease
@@ -138,6 +140,7 @@ class RpcLender:
                 "--allow", head_host,
                 "--threads", str(n_threads or self._threads),
                 "--ready-fd", str(write_fd),
+                "--guard", self._guard,
                 pass_fds=(write_fd,),
                 stdin=asyncio.subprocess.DEVNULL,
                 env={**os.environ, "GGML_NO_BACKTRACE": "1"},  # abort messages, not gdb
@@ -167,6 +170,7 @@ class RpcLender:
             head_host=head_host,
             device=ready["device"],
             reserved_bytes=reserve_bytes,
+            guard=ready["guard"],
         )
         return _Running(lease, process)
 

@@ -1,12 +1,14 @@
 """A TCP forwarder that admits only the planned head, in front of ggml's RPC server.
 
-ggml's RPC server authenticates nobody and serves whoever connects, and it has had memory
-safety advisories; it listens on loopback only and this forwarder, on the node's cluster
-address, is the way in. A connection from any other address is closed at once, unread.
+The fallback guard (worker.split.rpc_server), where the kernel socket filter cannot be
+used: ggml's RPC server authenticates nobody and serves whoever connects, and it has had
+memory safety advisories; it listens on loopback only and this forwarder, on the node's
+cluster address, is the way in. A connection from any other address is closed at once,
+unread. Every byte of the head's traffic crosses two threads here, hence the fallback.
 
-A connection that closes before sending anything is a liveness probe from the head (a head
-notices a lost link sooner by probing than by waiting on TCP): it is answered by the accept
-alone and never reaches ggml, which serves one client at a time.
+A connection that closes before sending anything (the TCP liveness probe of heads before
+the UDP one) is answered by the accept alone and never reaches ggml, which serves one
+client at a time.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ link drops leaves it blocked in a read for as long as TCP retries. Neither may r
 worker, so the model lives in a child worker (same code, `split_child` set, loopback only)
 and this worker relays its requests there, through the servicer's own protobuf converters,
 serving it as any worker.models.served.ServedModel. A watchdog notices a lost helper
-within seconds, by the child exiting or by failed probes of the helpers' endpoints (the
-helpers' peer filters answer a connect-and-close without troubling ggml), then kills the
+within seconds, by the child exiting or by failed probes of the helpers' endpoints (UDP
+datagrams to the RPC port number, echoed by the helper's RPC server process: ggml serves
+one TCP connection at a time and would queue a TCP probe behind the head's), then kills the
 child and reports the model lost: requests in flight end with UNAVAILABLE at once and new
 ones are refused until the coordinator re-plans.
 """
@@ -61,6 +62,7 @@ log = logging.getLogger(__name__)
 START_TIMEOUT_S = 600.0  # the weights cross the network to the helpers while it loads
 PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
+PROBE_RESEND_S = 0.25
 PROBE_FAILURES = 3  # consecutive failed probes of one helper before the split is given up
 STATS_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 10.0
@@ -397,16 +399,48 @@ def _without_tls(environ: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in environ.items() if not k.startswith("LLAMAHERD_TLS_")}
 
 
+class _Echo(asyncio.DatagramProtocol):
+    """Waits for a helper to echo one probe token."""
+
+    def __init__(self, token: bytes) -> None:
+        self.answered: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._token = token
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if data == self._token and not self.answered.done():
+            self.answered.set_result(True)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable: the helper's host is up but its RPC server is gone.
+        if not self.answered.done():
+            self.answered.set_result(False)
+
+
 async def _reachable(endpoint: str) -> bool:
+    """Whether the helper's RPC server process echoes a datagram within PROBE_TIMEOUT_S
+    (sent again every PROBE_RESEND_S: one lost datagram is not a lost link)."""
     host, port = split_host_port(endpoint)
+    token = os.urandom(8)
+    loop = asyncio.get_running_loop()
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE_TIMEOUT_S)
-    except (OSError, TimeoutError):
+        transport, echo = await loop.create_datagram_endpoint(
+            lambda: _Echo(token), remote_addr=(host, port)
+        )
+    except OSError:
         return False
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    return True
+
+    async def ask() -> bool:
+        while not echo.answered.done():
+            transport.sendto(token)
+            await asyncio.wait({echo.answered}, timeout=PROBE_RESEND_S)
+        return echo.answered.result()
+
+    try:
+        return await asyncio.wait_for(ask(), PROBE_TIMEOUT_S)
+    except asyncio.TimeoutError:  # TimeoutError's alias from Python 3.11
+        return False
+    finally:
+        transport.close()
 
 
 def _free_loopback_port() -> int:

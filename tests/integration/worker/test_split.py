@@ -4,7 +4,8 @@ Three workers, each in its own network namespace with its own address: the head 
 real Gemma model with some layers on one or two helpers' lent devices. With greedy sampling
 the split must produce the single-node output token for token; a helper that dies or loses
 its link must turn into prompt UNAVAILABLE errors while the head keeps serving everything
-else; and the lent device must refuse any address but the head's.
+else; and the lent device must refuse any address but the head's, with either guard (host 1
+lends behind the kernel socket filter, host 2 behind the forwarder).
 """
 
 from __future__ import annotations
@@ -40,6 +41,12 @@ HEAD_MODEL = {
 }  # fmt: skip
 
 
+# Host 1 lends with the default guard (the kernel filter on this Linux), host 2 with the
+# forwarder forced: the tests below use both, and the security test checks each.
+GUARD_ARGS: list[tuple[str, ...]] = [(), (), ("--rpc-guard", "forwarder")]
+GUARDS = {1: "bpf", 2: "forwarder"}
+
+
 @pytest.fixture(scope="module")
 def net() -> Iterator[Network]:
     with network(3) as created:
@@ -56,7 +63,8 @@ def workers(
         for i, host in enumerate(net.hosts):
             # The helpers serve the default model of their own while they lend their CPU.
             config = {"models": [HEAD_MODEL]} if i == 0 else None
-            started.append(start_worker(folder, config, name=f"host{i}", host=host))
+            args = GUARD_ARGS[i]
+            started.append(start_worker(folder, config, *args, name=f"host{i}", host=host))
         yield started
     finally:
         for worker in started:
@@ -185,34 +193,79 @@ def test_three_hosts_give_the_single_node_output(
         stubs[i].StopRpcServer(w_pb.StopRpcServerRequest(lease_id="split3@host0"), timeout=30)
 
 
+@pytest.mark.parametrize(("lender", "third"), [(1, 2), (2, 1)], ids=["bpf", "forwarder"])
 def test_only_the_head_may_connect(
-    net: Network, workers: list[WorkerProcess], stubs: list[worker_pb2_grpc.WorkerStub]
+    net: Network,
+    workers: list[WorkerProcess],
+    stubs: list[worker_pb2_grpc.WorkerStub],
+    lender: int,
+    third: int,
 ) -> None:
-    lease = lend(stubs[1], "refuse@host0", net.hosts[0])
+    guard = GUARDS[lender]
+    lease = lend(stubs[lender], "refuse@host0", net.hosts[0])
+    assert lease.guard == guard
     host, port = lease.endpoint.rsplit(":", 1)
-    # From the root namespace: a real address on the bridge, but not the head's. The filter
-    # closes at once with a reset, which can reach us while connect() is still returning.
+    # From the root namespace: a real address on the bridge, but not the head's. The
+    # forwarder accepts and resets at once (the reset can reach us while connect() is still
+    # returning); the kernel filter drops the SYN, so the handshake never completes.
+    assert _outcome_of_connecting(host, int(port)) == (
+        "no answer" if guard == "bpf" else "reset or closed unread"
+    )
+    # A real ggml RPC client on another host fails its handshake and gets nothing: reset
+    # by the forwarder (ggml aborts), or left unanswered by the filter (ggml would wait
+    # for TCP's retries, minutes: the check stops it after a few seconds).
+    command = [
+        *net.hosts[third].exec_prefix(), sys.executable, "-c",
+        "from worker.llamacpp import ensure_backend, rpc; ensure_backend(); "
+        f"rpc.use_servers(['{lease.endpoint}']); print('CONNECTED'.lower())",
+    ]  # fmt: skip
     try:
-        with socket.create_connection((host, int(port)), timeout=5) as sock:
-            sock.settimeout(5)
-            sock.sendall(b"\x00" * 16)
-            refused = sock.recv(1) == b""
-    except ConnectionResetError:
-        refused = True
-    assert refused
-    # A real ggml RPC client on another host (host 2) fails its handshake and gets nothing.
-    probe = subprocess.run(
-        [*net.hosts[2].exec_prefix(), sys.executable, "-c",
-         "from worker.llamacpp import ensure_backend, rpc; ensure_backend(); "
-         f"rpc.use_servers(['{lease.endpoint}']); print('CONNECTED'.lower())"],
+        probe = subprocess.run(
+            command, capture_output=True, text=True, timeout=8, cwd=Path(__file__).parents[3]
+        )
+        stdout, answered = probe.stdout, probe.returncode == 0
+    except subprocess.TimeoutExpired as waited:
+        assert guard == "bpf", "the forwarder must refuse at once"
+        out = waited.stdout or b""
+        stdout, answered = (out.decode() if isinstance(out, bytes) else out), False
+    # (ggml's abort prints a backtrace quoting the command, hence the spelled-out check.)
+    assert "connected" not in stdout.splitlines()
+    assert not answered
+    if guard == "forwarder":
+        log = workers[lender].log_tail(400)
+        assert f"refused a ggml RPC connection from {net.gateway}" in log
+        assert f"refused a ggml RPC connection from {net.hosts[third].address}" in log
+    else:  # the kernel cannot name the senders; it counts what it dropped
+        _wait_log(workers[lender], "may connect (the filter cannot name the senders)", 5)
+        assert f"only {net.hosts[0].address} may connect" in workers[lender].log_tail(400)
+    # The head itself still gets through, and its liveness probe is answered.
+    head = subprocess.run(
+        [*net.hosts[0].exec_prefix(), sys.executable, "-c",
+         "import asyncio; from worker.split.runner import _reachable; "
+         f"print(asyncio.run(_reachable('{lease.endpoint}')))"],
         capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[3],
     )  # fmt: skip
-    # (ggml's abort prints a backtrace quoting the command, hence the spelled-out check.)
-    assert "connected" not in probe.stdout.splitlines()
-    assert probe.returncode != 0
-    assert f"refused a ggml RPC connection from {net.gateway}" in workers[1].log_tail(400)
-    assert f"refused a ggml RPC connection from {net.hosts[2].address}" in workers[1].log_tail(400)
-    stubs[1].StopRpcServer(w_pb.StopRpcServerRequest(lease_id="refuse@host0"), timeout=30)
+    assert head.stdout.strip() == "True", head.stderr
+    stubs[lender].StopRpcServer(w_pb.StopRpcServerRequest(lease_id="refuse@host0"), timeout=30)
+
+
+def _outcome_of_connecting(host: str, port: int) -> str:
+    try:
+        with socket.create_connection((host, port), timeout=3) as sock:
+            sock.settimeout(5)
+            sock.sendall(b"\x00" * 16)
+            return "reset or closed unread" if sock.recv(1) == b"" else "answered"
+    except ConnectionResetError:
+        return "reset or closed unread"
+    except TimeoutError:
+        return "no answer"
+
+
+def _wait_log(worker: WorkerProcess, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log_tail(400):
+        assert time.monotonic() < deadline, f"{text!r} not in the log: {worker.log_tail(20)}"
+        time.sleep(0.2)
 
 
 def test_a_lease_is_validated(stubs: list[worker_pb2_grpc.WorkerStub]) -> None:

@@ -135,6 +135,15 @@ def test_a_stopped_unused_lease_says_why() -> None:
     ]
 
 
+def test_a_lease_says_how_it_admits_only_its_head() -> None:
+    lease = lent("10.0.0.2:50100")
+    lease.guard = "bpf"
+    status = inf_pb.ClusterStatusResponse(nodes=[node_status("node-b", leases=(lease,))])
+    assert lines_under(render(status), "node-b") == [
+        "lends CUDA0 to big@node-a · not in use · 1.20 GiB reserved · 10.0.0.2:50100 · guard bpf"
+    ]
+
+
 def test_models_that_are_not_split_add_no_lines() -> None:
     spec = w_pb.ModelSpec(alias="m", path="/models/m.gguf", n_gpu_layers=-1)
     plain = w_pb.ModelInfo(alias="m", spec=spec, state=w_pb.MODEL_STATE_READY)
