@@ -5,8 +5,10 @@ layer split of the embedded Gemma 3 270M Q4_K_M (the last --remote-layers of its
 on the helper's CPU) runs
 
   (a) through llamaherd: a worker on each host; the helper lends its CPU (StartRpcServer,
-      behind the head-only peer filter), the head loads the model with rpc_servers, and the
-      client streams from the head's Worker API;
+      behind its head-only guard: the kernel socket filter, or with --guards forwarder the
+      userspace forwarder; with --guards auto,forwarder one helper host for each, side by
+      side), the head loads the model with rpc_servers, and the client streams from the
+      head's Worker API;
   (b) through llama.cpp: `rpc-server` on the helper, `llama-server --rpc ... -ngl N -ts 1`
       on the head, streaming /completion;
 
@@ -82,7 +84,12 @@ def decode_rate(stream: Stream) -> float:
 
 # ---- llamaherd ---------------------------------------------------------------------------
 def llamaherd_variants(
-    stack: ExitStack, workdir: Path, head: Host, helper: Host, remote: int, threads: int
+    stack: ExitStack,
+    workdir: Path,
+    head: Host,
+    helpers: dict[str, Host],
+    remote: int,
+    threads: int,
 ) -> list[Variant]:
     model = {"path": "builtin:gemma-3-270m", "n_ctx": N_CTX, "n_parallel": 1,
              "n_threads": threads, "flash_attn": "off"}  # fmt: skip
@@ -91,22 +98,28 @@ def llamaherd_variants(
     use_run_token()  # workers beyond loopback need one; they inherit it
     head_worker = start_worker(workdir, config, name="head", host=head)
     stack.callback(head_worker.stop)
-    # The helper serves the default model of its own, idle, as it would in a cluster.
-    helper_worker = start_worker(
-        workdir, {"log_level": "WARNING", "reference_speed": False}, name="helper", host=helper
-    )
-    stack.callback(helper_worker.stop)
     head_stub = worker_pb2_grpc.WorkerStub(worker_channel(head_worker.address))
-    helper_stub = worker_pb2_grpc.WorkerStub(worker_channel(helper_worker.address))
-    lease = helper_stub.StartRpcServer(
-        w_pb.StartRpcServerRequest(
-            lease_id="bench@head", head_host=head.address, reserve_bytes=0, n_threads=threads
-        ),
-        timeout=60,
-    )
-    spec = w_pb.ModelSpec(alias="split", n_gpu_layers=remote, rpc_servers=[lease.endpoint],
-                          tensor_split=[1.0], **model)  # fmt: skip
-    head_stub.LoadModel(w_pb.LoadModelRequest(spec=spec), timeout=300)
+    splits = []
+    for guard, helper in helpers.items():
+        # The helper serves the default model of its own, idle, as it would in a cluster.
+        helper_worker = start_worker(
+            workdir, {"log_level": "WARNING", "reference_speed": False}, "--rpc-guard", guard,
+            name=f"helper-{guard}", host=helper,
+        )  # fmt: skip
+        stack.callback(helper_worker.stop)
+        helper_stub = worker_pb2_grpc.WorkerStub(worker_channel(helper_worker.address))
+        lease = helper_stub.StartRpcServer(
+            w_pb.StartRpcServerRequest(
+                lease_id="bench@head", head_host=head.address, reserve_bytes=200 * 1024**2,
+                n_threads=threads,
+            ),
+            timeout=60,
+        )  # fmt: skip
+        alias = f"split-{lease.guard}"
+        spec = w_pb.ModelSpec(alias=alias, n_gpu_layers=remote, rpc_servers=[lease.endpoint],
+                              tensor_split=[1.0], **model)  # fmt: skip
+        head_stub.LoadModel(w_pb.LoadModelRequest(spec=spec), timeout=300)
+        splits.append(alias)
 
     def runner(alias: str) -> Callable[[str, int], Stream]:
         def run(prompt: str, max_tokens: int) -> Stream:
@@ -123,7 +136,7 @@ def llamaherd_variants(
 
         return run
 
-    return [Variant("llamaherd split", runner("split")),
+    return [*(Variant(f"llamaherd {alias.replace('-', ' (')})", runner(alias)) for alias in splits),
             Variant("llamaherd single node", runner("single"))]  # fmt: skip
 
 
@@ -194,17 +207,24 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="per process")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--guards", default="auto",
+        help="the helper's rpc_guard setting(s), comma-separated: auto, forwarder, or both "
+        "(one helper host each, side by side)",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench-split"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
 
-    with network(2) as net, ExitStack() as stack:
-        head, helper = net.hosts
-        print("starting llamaherd and llama.cpp on two namespaced hosts ...", file=sys.stderr)
-        variants = llama_cpp_variants(stack, args, head, helper)
+    guards = args.guards.split(",")
+    with network(1 + len(guards)) as net, ExitStack() as stack:
+        head, *helpers = net.hosts
+        print("starting llamaherd and llama.cpp on namespaced hosts ...", file=sys.stderr)
+        variants = llama_cpp_variants(stack, args, head, helpers[0])
         variants += llamaherd_variants(
-            stack, args.workdir, head, helper, args.remote_layers, args.threads
-        )
+            stack, args.workdir, head, dict(zip(guards, helpers, strict=True)),
+            args.remote_layers, args.threads,
+        )  # fmt: skip
         for variant in variants:  # warm-up: page cache, graphs, connections
             variant.run(prompt_for(-1), 8)
         for r in range(args.rounds):
@@ -233,9 +253,11 @@ def main() -> int:
         decode, ttft = statistics.median(v.decode), statistics.median(v.ttft)
         print(f"| {v.name} | {decode:.1f} | {decode / ref_decode:.2f}x | {ttft:.0f} "
               f"| {ttft / ref_ttft:.2f}x |")  # fmt: skip
-    split, single = by_name["llamaherd split"].texts, by_name["llamaherd single node"].texts
-    same = sum(a == b for a, b in zip(split, single, strict=True))
-    print(f"\nllamaherd split output equal to its single-node output: {same}/{args.rounds}")
+    single = by_name["llamaherd single node"].texts
+    for v in variants:
+        if v.name.startswith("llamaherd split"):
+            same = sum(a == b for a, b in zip(v.texts, single, strict=True))
+            print(f"\n{v.name} output equal to its single-node output: {same}/{args.rounds}")
     return 0
 
 
