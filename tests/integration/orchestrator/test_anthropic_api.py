@@ -6,6 +6,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 from support.models import GEMMA
+from support.tools import WEATHER_DESCRIPTION, WEATHER_NAME, WEATHER_PARAMETERS
 
 HI = [{"role": "user", "content": "Name a colour."}]
 # The SDK's create() no longer takes sampling fields (newer Claude models fix them); other
@@ -74,15 +75,9 @@ def test_refusals_are_anthropics_errors(client):
 
 
 WEATHER = {
-    "name": "get_weather",
-    "description": "The current weather in a city.",
-    "input_schema": {
-        "type": "object",
-        # an enum, not a free string: a grammar inside a string admits most of Gemma's
-        # 262k tokens, which on a loaded 2-core machine can pass max_sample_ms per token
-        "properties": {"city": {"enum": ["Paris", "London", "Tokyo"]}},
-        "required": ["city"],
-    },
+    "name": WEATHER_NAME,
+    "description": WEATHER_DESCRIPTION,
+    "input_schema": WEATHER_PARAMETERS,
 }
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 

@@ -9,6 +9,7 @@ import httpx
 import ollama
 import pytest
 from support.models import GEMMA, GEMMA_EMBED, N_CTX
+from support.tools import WEATHER_FUNCTION
 
 NODE_HEADER = "x-llamaherd-node"
 HI = [{"role": "user", "content": "Name a colour."}]
@@ -85,20 +86,7 @@ def test_a_generation_model_embeds_with_no_config_step(client):
     assert again.embeddings[0] == pytest.approx(reply.embeddings[0], abs=1e-5)
 
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            # an enum, not a free string: a grammar inside a string admits most of Gemma's
-            # 262k tokens, which on a loaded 2-core machine can pass max_sample_ms per token
-            "properties": {"city": {"enum": ["Paris", "London", "Tokyo"]}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = WEATHER_FUNCTION
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 GREEDY = {"num_predict": 64, "temperature": 0}
 

@@ -9,43 +9,16 @@ answered with a 400 naming the field. Each test is a few short, greedy generatio
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
 from typing import Literal
 
 import openai
 import pytest
 from support.models import GEMMA, GEMMA_EMBED
+from support.tools import CITIES, WEATHER_FUNCTION
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The current weather in a city.",
-        "parameters": {
-            "type": "object",
-            # An enum, not a free string: a grammar inside a string admits most of Gemma's
-            # 262k tokens, which on a loaded 2-core machine can pass max_sample_ms a token.
-            "properties": {"city": {"enum": ["Oslo", "Paris", "Tokyo"]}},
-            "required": ["city"],
-        },
-    },
-}
+WEATHER = WEATHER_FUNCTION
 ASK = [{"role": "user", "content": "What is the weather in Oslo?"}]
-
-
-@contextlib.contextmanager
-def grammar_in_time() -> Iterator[None]:
-    """Skips a test whose grammar the worker refused for taking over max_sample_ms a token:
-    on an overloaded machine (CI shares 2 cores) sampling Gemma's 262k-token vocabulary
-    under a grammar can, and the refusal itself is the worker's documented behaviour."""
-    try:
-        yield
-    except openai.APIError as exc:  # a 400, or a stream's error event once it had started
-        if "max_sample_ms" not in str(exc):
-            raise
-        pytest.skip(f"the machine is too loaded for the tool grammar: {exc.message}")
 
 
 @pytest.fixture(scope="module")
@@ -54,39 +27,37 @@ def client(cluster) -> openai.OpenAI:
 
 
 def test_a_required_tool_call_whole(client):
-    with grammar_in_time():
-        reply = client.chat.completions.create(
-            model=GEMMA, messages=ASK, tools=[WEATHER], tool_choice="required",
-            parallel_tool_calls=False, temperature=0, max_tokens=64,
-        )  # fmt: skip
+    reply = client.chat.completions.create(
+        model=GEMMA, messages=ASK, tools=[WEATHER], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=64,
+    )  # fmt: skip
     choice = reply.choices[0]
     assert choice.finish_reason == "tool_calls", choice
     assert choice.message.content is None
     (call,) = choice.message.tool_calls or []
     assert call.type == "function" and call.id.startswith("call_")
     assert call.function.name == "get_weather"
-    assert json.loads(call.function.arguments)["city"] in ("Oslo", "Paris", "Tokyo")
+    assert json.loads(call.function.arguments)["city"] in CITIES
 
 
 def test_a_named_tool_call_streamed_then_answered(client):
-    with grammar_in_time():
-        stream = client.chat.completions.create(
-            model=GEMMA, messages=ASK, tools=[WEATHER], temperature=0, max_tokens=64, stream=True,
-            tool_choice={"type": "function", "function": {"name": "get_weather"}},
-            parallel_tool_calls=False, stream_options={"include_usage": True},
-        )  # fmt: skip
-        calls: dict[int, dict[str, str]] = {}
-        finishes = []
-        usage = None
-        for chunk in stream:
-            usage = chunk.usage or usage
-            for choice in chunk.choices:
-                finishes += [choice.finish_reason] if choice.finish_reason else []
-                for delta in choice.delta.tool_calls or []:
-                    call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
-                    call["id"] += delta.id or ""
-                    call["name"] += (delta.function and delta.function.name) or ""
-                    call["arguments"] += (delta.function and delta.function.arguments) or ""
+    stream = client.chat.completions.create(
+        model=GEMMA, messages=ASK, tools=[WEATHER], temperature=0, max_tokens=64, stream=True,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        parallel_tool_calls=False, stream_options={"include_usage": True},
+    )  # fmt: skip
+    calls: dict[int, dict[str, str]] = {}
+    finishes = []
+    usage = None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for choice in chunk.choices:
+            finishes += [choice.finish_reason] if choice.finish_reason else []
+            for delta in choice.delta.tool_calls or []:
+                call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+                call["id"] += delta.id or ""
+                call["name"] += (delta.function and delta.function.name) or ""
+                call["arguments"] += (delta.function and delta.function.arguments) or ""
     assert finishes == ["tool_calls"]
     assert usage is not None and usage.completion_tokens > 0
     (call,) = calls.values()
@@ -124,10 +95,9 @@ def test_langchain_bind_tools_round_trip(cluster):
     )  # fmt: skip
     history: list = [HumanMessage("What is the weather in Oslo?")]
     bound = llm.bind_tools([get_weather], tool_choice="get_weather", parallel_tool_calls=False)
-    with grammar_in_time():
-        reply = bound.invoke(history)
+    reply = bound.invoke(history)
     (call,) = reply.tool_calls
-    assert call["name"] == "get_weather" and call["args"]["city"] in ("Oslo", "Paris", "Tokyo")
+    assert call["name"] == "get_weather" and call["args"]["city"] in CITIES
     history += [reply, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
     answer = llm.bind(max_tokens=8).invoke(history)
     assert isinstance(answer.content, str) and answer.content
