@@ -1,0 +1,79 @@
+"""The delay proxy on loopback: the delay it adds to a round trip, and bytes kept intact."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+
+import pytest
+from support.delay_proxy import DelayProxy, EchoServer, rtt
+
+LOOPBACK = ("127.0.0.1", 0)
+
+
+def test_a_round_trip_gains_twice_the_one_way_delay() -> None:
+    with EchoServer(LOOPBACK) as echo, DelayProxy(LOOPBACK, echo.address) as proxy:
+        base = rtt(proxy.address, n=20)
+        proxy.set_delay(0.005)
+        delayed = rtt(proxy.address, n=20)
+    # 2 x 5 ms added; the tolerance covers the scheduler of a shared, busy machine.
+    assert 0.010 <= delayed - base < 0.016, (base, delayed)
+
+
+def test_the_delay_is_per_direction_not_per_chunk_so_throughput_is_not_capped() -> None:
+    # 4 MiB there and back through 20 ms each way: chunks are forwarded 20 ms after each
+    # arrives, so the transfer takes about 40 ms more than direct, not 20 ms per chunk
+    # (the 16+ chunks of 256 KiB or less would take 0.6 s or more).
+    payload = os.urandom(4 * 1024 * 1024)
+    with EchoServer(LOOPBACK) as echo, DelayProxy(LOOPBACK, echo.address, 0.020) as proxy:
+        started = time.monotonic()
+        got = _round_trip(proxy.address, payload)
+        elapsed = time.monotonic() - started
+    assert got == payload
+    assert 0.040 <= elapsed < 0.5, elapsed
+
+
+def test_concurrent_connections_keep_their_bytes_intact_and_in_order() -> None:
+    payloads = [os.urandom(300_000 + i * 7919) for i in range(6)]
+    results: dict[int, bytes] = {}
+    with EchoServer(LOOPBACK) as echo, DelayProxy(LOOPBACK, echo.address, 0.001) as proxy:
+
+        def client(i: int) -> None:
+            results[i] = _round_trip(proxy.address, payloads[i])
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(len(payloads))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        relayed = proxy.relayed()
+    for i, payload in enumerate(payloads):
+        assert hashlib.sha256(results[i]).digest() == hashlib.sha256(payload).digest(), i
+    assert sorted(r.bytes_up for r in relayed) == sorted(len(p) for p in payloads)
+    assert sorted(r.bytes_down for r in relayed) == sorted(len(p) for p in payloads)
+
+
+def test_a_negative_delay_is_refused() -> None:
+    proxy = DelayProxy(LOOPBACK, ("127.0.0.1", 9))
+    with pytest.raises(ValueError, match="delay must be >= 0"):
+        proxy.set_delay(-0.001)
+
+
+def _round_trip(address: tuple[str, int], payload: bytes) -> bytes:
+    """Sends `payload` while reading the echo, then the end; returns what came back."""
+    with socket.create_connection(address, timeout=30) as sock:
+        sender = threading.Thread(target=_send_then_end, args=(sock, payload))
+        sender.start()
+        received = bytearray()
+        while chunk := sock.recv(65536):
+            received += chunk
+        sender.join(30)
+    return bytes(received)
+
+
+def _send_then_end(sock: socket.socket, payload: bytes) -> None:
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
