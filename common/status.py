@@ -36,6 +36,11 @@ class ModelState(str, enum.Enum):
         return self in (ModelState.LOADING, ModelState.DOWNLOADING, ModelState.READY)
 
 
+# The most prefix hashes a model reports: a few slots' chains (common.prefix.DEPTHS each),
+# few enough that a heartbeat of many models stays small.
+MAX_PREFIX_HASHES = 64
+
+
 @dataclass(frozen=True)
 class EngineFigures:
     """A hosted model's engine: its load now and its recent speed."""
@@ -47,6 +52,9 @@ class EngineFigures:
     decode_tps: float = 0.0  # recent per-sequence decode rate; 0 = not measured yet
     prompt_tps: float = 0.0  # recent prefill rate; 0 = not measured yet
     completed: int = 0  # requests finished since the model was loaded
+    # Prefix hashes (common.prefix) of what the slots' caches hold, most recent first, at
+    # most MAX_PREFIX_HASHES: prefix-aware routing matches requests against them.
+    prefix_hashes: tuple[int, ...] = ()
 
     @property
     def load(self) -> int:

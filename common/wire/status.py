@@ -10,6 +10,7 @@ from llamaherd.v1 import worker_pb2 as w_pb
 from common.model_settings import ModelConfig
 from common.status import (
     DownloadProgress,
+    MAX_PREFIX_HASHES,
     EngineFigures,
     ModelState,
     ModelStatus,
@@ -72,6 +73,7 @@ def model_status_to_proto(status: ModelStatus) -> w_pb.ModelInfo:
         decode_tokens_per_second=figures.decode_tps,
         prompt_tokens_per_second=figures.prompt_tps,
         completed_requests=figures.completed,
+        prefix_hashes=figures.prefix_hashes,
         download=download_to_proto(status.download) if status.download is not None else None,
     )
 
@@ -97,6 +99,8 @@ def model_status_from_proto(info: w_pb.ModelInfo) -> ModelStatus:
             decode_tps=info.decode_tokens_per_second,
             prompt_tps=info.prompt_tokens_per_second,
             completed=info.completed_requests,
+            # Bounded here too: a report is trusted for its figures, not for its size.
+            prefix_hashes=tuple(info.prefix_hashes[:MAX_PREFIX_HASHES]),
         ),
         download=download_from_proto(info.download) if info.HasField("download") else None,
     )

@@ -5,7 +5,9 @@ hand it through the Router to the policy, in the spirit of Ray Serve's
 `choose_replicas(candidates, request)`: a policy that wants to route on the prompt (cache
 affinity) or on the caller (session stickiness) reads it here, and no signature changes on
 the way. Everything is cheap and bounded: no tokenizer runs on the gateway, and at most
-PREFIX_CHARS characters are hashed whatever the prompt's length.
+common.prefix.MAX_CHARS characters are hashed whatever the prompt's length: once for the
+prefix chain that workers report the same way (common.prefix), and PREFIX_CHARS of them
+again for the short `prefix` fingerprint.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
+
+from common.prefix import MAX_CHARS, chain_of, chat_text
 
 Task = Literal["generate", "embed"]
 
@@ -29,10 +33,6 @@ PREFIX_CHARS = 512
 # Session keys longer than this are replaced by a digest, so a policy that keeps per-session
 # state holds small keys whatever a client sends.
 MAX_SESSION_CHARS = 128
-# Field separators for the chat prefix: control characters that real messages rarely hold,
-# so ("ab", "c") and ("a", "bc") do not fingerprint alike.
-_ROLE_END = "\x1f"
-_MESSAGE_END = "\x1e"
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,10 @@ class RouteRequest:
     `alias` and `task` decide which replicas may serve it; the rest is for policies that
     want it (the built-in ones read only `alias`): `prompt_tokens` is an estimate from the
     text length, `prefix` a stable fingerprint of the prompt's opening ("" when there is
-    none, as for embeddings), `session` the caller's session key or None, `node` the node
-    the caller pinned it to or None.
+    none, as for embeddings), `prefix_chain` the chained block hashes of the prompt's
+    canonical text (common.prefix; empty for embeddings and prompts under one block),
+    `session` the caller's session key or None, `node` the node the caller pinned it to or
+    None.
     """
 
     alias: str
@@ -54,6 +56,7 @@ class RouteRequest:
     # The node the caller pinned the request to (the x-llamaherd-node header, for
     # measuring one node: llamaherd capacity); None: any replica, as routing chooses.
     node: str | None = None
+    prefix_chain: tuple[int, ...] = ()
 
 
 def for_prompt(alias: str, prompt: str, session: str | None = None) -> RouteRequest:
@@ -64,6 +67,7 @@ def for_prompt(alias: str, prompt: str, session: str | None = None) -> RouteRequ
         prompt_tokens=estimate_tokens(len(prompt)),
         prefix=fingerprint(prompt[:PREFIX_CHARS]),
         session=session,
+        prefix_chain=chain_of(prompt[:MAX_CHARS]).hashes,
     )
 
 
@@ -73,18 +77,21 @@ def for_chat(
     """A chat of (role, content) messages, in order.
 
     The gateway does not render the chat template (only the worker knows it), so the
-    prefix covers the first PREFIX_CHARS characters of the messages joined with their roles:
-    two chats that open with the same system prompt and turns share it, as their rendered
-    prompts share a prefix.
+    prefix covers the first PREFIX_CHARS characters of the messages joined with their roles
+    (common.prefix.chat_text): two chats that open with the same system prompt and turns
+    share it, as their rendered prompts share a prefix. The prefix chain covers the same
+    text, up to MAX_CHARS.
     """
     chars = sum(len(content) for _, content in messages)
     tokens = estimate_tokens(chars) + MESSAGE_OVERHEAD_TOKENS * len(messages)
+    opening = chat_text(messages)
     return RouteRequest(
         alias,
         "generate",
         prompt_tokens=tokens,
-        prefix=fingerprint(_chat_opening(messages)),
+        prefix=fingerprint(opening[:PREFIX_CHARS]),
         session=session,
+        prefix_chain=chain_of(opening).hashes,
     )
 
 
@@ -115,17 +122,3 @@ def session_key(candidates: Iterable[str | None]) -> str | None:
         return key
     return "blake2b:" + fingerprint(key)
 
-
-def _chat_opening(messages: Sequence[tuple[str, str]]) -> str:
-    """The first PREFIX_CHARS characters of the messages in a canonical form, built without
-    joining more than that (a long conversation costs no more than a short one)."""
-    parts: list[str] = []
-    left = PREFIX_CHARS
-    for role, content in messages:
-        # Slice the content before concatenating, so a huge message is never copied.
-        part = f"{role}{_ROLE_END}{content[:left]}{_MESSAGE_END}"[:left]
-        parts.append(part)
-        left -= len(part)
-        if left <= 0:
-            break
-    return "".join(parts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from llamaherd.v1 import worker_pb2 as w_pb
 
 from common.hardware import HardwareInfo
@@ -9,6 +11,7 @@ from common.leases import Lease
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig, ModelSource
 from common.status import (
+    MAX_PREFIX_HASHES,
     DownloadProgress,
     EngineFigures,
     ModelState,
@@ -87,3 +90,19 @@ def test_a_report_without_disk_figures_reads_as_unknown() -> None:
     back = node_status_from_report(node_status_to_report(node, sequence=1))
     assert back.model_disk_free_bytes is None and back.stored_files == ()
     assert back.files_port is None
+
+
+def test_prefix_hashes_round_trip_over_the_full_unsigned_range() -> None:
+    # fixed64 on the wire: the chain's hashes are unsigned 64-bit integers, extremes included.
+    hashes = (0, 1, 2**63, 2**64 - 1, 123456789)
+    status = dataclasses.replace(
+        _model(), engine=dataclasses.replace(_model().engine, prefix_hashes=hashes)
+    )
+    assert model_status_from_proto(model_status_to_proto(status)) == status
+
+
+def test_a_report_of_too_many_prefix_hashes_is_cut_to_the_bound() -> None:
+    wire = model_status_to_proto(_model())
+    wire.prefix_hashes.extend(range(MAX_PREFIX_HASHES + 10))
+    engine = model_status_from_proto(wire).engine
+    assert engine.prefix_hashes == tuple(range(MAX_PREFIX_HASHES))
