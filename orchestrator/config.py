@@ -154,7 +154,11 @@ class CoordinatorSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="address the worker registry listens on")
     registry_port: int = Field(50050, ge=0, le=65535, description="port workers heartbeat to")
-    gateway_host: str = Field("127.0.0.1", description="address the gateways listen on")
+    gateway_host: str = Field(
+        "127.0.0.1",
+        description="address the gateways listen on; ray-node: each on its own Ray node's "
+        "address (a coordinator host that joined with ray start --address)",
+    )
     http_port: int = Field(8000, ge=0, le=65535, description="OpenAI-compatible HTTP API")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC Inference API")
     gateways_per_node: int = Field(

@@ -145,7 +145,7 @@ def run_coordinator(args: argparse.Namespace) -> int:
         stop.install()
         if endpoints.adopted:
             print(f"adopted the running control plane: {', '.join(endpoints.adopted)}", flush=True)
-        _print_endpoints(settings, endpoints.http_port, endpoints.grpc_port)
+        _print_endpoints(settings, endpoints.gateway_host, endpoints.http_port, endpoints.grpc_port)
         registry = f"{_reachable(settings.host)}:{endpoints.registry_port}"
         print(_join_hint(settings, registry), flush=True)
         while not stop.wait(SUPERVISE_EVERY_S):
@@ -196,10 +196,10 @@ def run_up(args: argparse.Namespace) -> int:
             )
         print(f"started {len(workers)} workers (logs in {log_dir})", flush=True)
         print(_join_hint(settings, registry), flush=True)
-        gateway = f"{_reachable(settings.gateway_host)}:{endpoints.grpc_port}"
+        gateway = f"{_reachable(endpoints.gateway_host)}:{endpoints.grpc_port}"
         if not _wait_until_placed(settings, gateway, workers, stop):
             return 1
-        _print_endpoints(settings, endpoints.http_port, endpoints.grpc_port)
+        _print_endpoints(settings, endpoints.gateway_host, endpoints.http_port, endpoints.grpc_port)
         print("press Ctrl-C to stop", flush=True)
         while not stop.wait(SUPERVISE_EVERY_S):
             for worker in workers:
@@ -312,8 +312,11 @@ def _reachable(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-def _print_endpoints(settings: CoordinatorSettings, http_port: int, grpc_port: int) -> None:
-    host = _reachable(settings.gateway_host)
+def _print_endpoints(
+    settings: CoordinatorSettings, gateway_host: str, http_port: int, grpc_port: int
+) -> None:
+    """`gateway_host`: where this machine's gateway listens (Endpoints.gateway_host)."""
+    host = _reachable(gateway_host)
     model = settings.models[0].alias if settings.models else "MODEL"
     body = json.dumps(
         {"model": model, "messages": [{"role": "user", "content": "Hi"}], "stream": True}

@@ -78,6 +78,9 @@ START_TIMEOUT_S = 60.0
 # An adopted actor answers in milliseconds; one that does not within this is replaced.
 ADOPT_TIMEOUT_S = 3.0
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+# gateway_host's value for "each gateway on its own Ray node's address": on a cluster of
+# several coordinator hosts, one gateway per host on the address Ray knows the host by.
+RAY_NODE_HOST = "ray-node"
 
 
 def _configure_logging(level: str) -> None:
@@ -250,6 +253,8 @@ class GatewayActor:
             snapshot: ClusterSnapshot = await state.snapshot_after.remote(version, LONG_POLL_S)
             return snapshot
 
+        if settings.gateway_host == RAY_NODE_HOST:  # each coordinator host's own address
+            settings = settings.model_copy(update={"gateway_host": _node_address()})
         self._gateway = Gateway(settings, snapshots)
         self._started = _start_soon(self._gateway.start())
 
@@ -274,6 +279,12 @@ PlacementRemote = _Remote(PlacementActor)
 StoreRemote = _Remote(StoreActor)
 GatewayRemote = _Remote(GatewayActor)
 _PERSISTENT: dict[str, Any] = {"lifetime": "detached", "max_restarts": -1}
+
+
+def _node_address() -> str:
+    """The address this process's Ray node joined the cluster with."""
+    address: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return address
 
 
 def _ray_nodes() -> list[dict[str, Any]]:
@@ -342,6 +353,7 @@ class Endpoints:
     gateways: int
     adopted: tuple[str, ...] = ()  # the actors found serving and kept (coordinator only)
     store_port: int = 0  # the model store's file service
+    gateway_host: str = ""  # where this machine's gateways listen ("" for 0.0.0.0 and ::)
 
 
 @dataclass
@@ -381,7 +393,11 @@ class ControlPlane:
         settings = self.settings
         # Placement and the store read the store directory: on this machine, as the CLI.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        self._state = self._actor(STATE_ACTOR, StateActor, _STATE_FIELDS, settings)
+        # The registry too: it listens on `host`, an address of this machine, and must not
+        # die with another coordinator host (Ray may place a 0-CPU actor on any node).
+        self._state = self._actor(
+            STATE_ACTOR, StateActor, _STATE_FIELDS, settings, scheduling_strategy=here
+        )
         (registry_port,) = self._describe(self._state).ports
         self._placement = self._actor(
             PLACEMENT_ACTOR, PlacementRemote, _PLACEMENT_FIELDS, settings, self._state,
@@ -400,7 +416,7 @@ class ControlPlane:
         )
         self.endpoints = Endpoints(
             registry_port, http_port, grpc_port, sum(map(len, self._gateways.by_node.values())),
-            tuple(self._adopted), store_port,
+            tuple(self._adopted), store_port, self._gateway_host(),
         )  # fmt: skip
         if self._adopted:
             log.info(
@@ -408,6 +424,13 @@ class ControlPlane:
                 time.monotonic() - started, ", ".join(self._adopted),
             )  # fmt: skip
         return self.endpoints
+
+    def _gateway_host(self) -> str:
+        """Where this machine's gateway listens, as a client here can reach it."""
+        host = self.settings.gateway_host
+        if host == RAY_NODE_HOST:
+            return _node_address()
+        return "" if host in ("0.0.0.0", "", "::") else host
 
     # ---- actors --------------------------------------------------------------------------
     def _actor(
@@ -501,8 +524,16 @@ class ControlPlane:
                 for actor in self._gateways.by_node.pop(node_id):
                     if self.persistent:  # detached: it would wait for that node forever
                         _end(actor)
-        if alive - set(self._gateways.by_node):
-            self._ensure_gateways()
+        wanted = self.settings.gateways_per_node
+        if any(len(self._gateways.by_node.get(n, ())) < wanted for n in alive):
+            try:
+                self._ensure_gateways()
+            except ray.exceptions.RayError as exc:
+                # A node that joined but cannot run a gateway (its Python lacks a package,
+                # it left meanwhile) must not take the control plane down: the next
+                # round tries again.
+                log.warning("a gateway did not start on a joined Ray node: %s",
+                            str(exc).splitlines()[0])  # fmt: skip
 
     def stop(self) -> None:
         """Stops every actor this plane holds, then Ray: the head too, if this plane
