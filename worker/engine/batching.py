@@ -9,6 +9,11 @@ cancelled request frees its slot at once; its tokens stay in the slot's KV cache
 request that starts the same way (the next chat turn, a shared system prompt) skips
 recomputing them. Cancellation and shutdown are checked at every step.
 
+Each slot also remembers the prefix chain (common.prefix) of the request whose tokens it
+holds: the prompt's when the request starts, the prompt with its reply's once the model
+says what the reply was (remember_reply), forgotten when the slot's cache is. The figures
+report their union, so routing can send a request to the node that holds its opening.
+
 A request for n sequences takes n slots at once: its prompt is prefilled in one of them and
 its cache copied to the others, each then drawing with its own sampler and ending with its
 own Finished. When asked, every sampled token carries its log-probabilities, which the
@@ -26,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from common.errors import Internal, InvalidArgument, LlamaherdError, ResourceExhausted, Unavailable
-from common.status import EngineFigures
+from common.status import MAX_PREFIX_HASHES, EngineFigures
 from worker.engine.backend import Backend, TokenSampler
 from worker.engine.generation import (
     EmbeddingResult,
@@ -61,6 +66,9 @@ class GenerationJob:
     logprobs: int | None = None
     # The samplers of sequences 1 .. n-1 when n > 1 (`sampler` draws sequence 0).
     siblings: tuple[TokenSampler, ...] = ()
+    # The prompt's prefix chain (common.prefix hashes), which its slots report once they
+    # hold it; empty: a prompt that has none (token ids, or under one block).
+    prefix: tuple[int, ...] = ()
     arrived: float = field(default=0.0, init=False)  # stamped by ModelEngine.submit
 
     @property
@@ -136,6 +144,11 @@ class _Slot:
         self.memo_prompt: list[int] = []
         self.last_used = 0
         self.run: _Generation | None = None
+        # The job whose tokens the cache holds, which of its sequences, and their prefix
+        # chain; None: nothing reportable. One attribute, replaced whole under the engine's
+        # prefix lock, so a reply remembered from another thread never lands on a slot a
+        # newer job has taken.
+        self.held: tuple[GenerationJob, int, tuple[int, ...]] | None = None
 
     def view(self) -> SlotView:
         return SlotView(self.seq_id, self.cached, self.last_used)
@@ -173,6 +186,7 @@ class ModelEngine:
         self._embedding: EmbeddingJob | None = None
         self._closing: str | None = None
         self._cond = threading.Condition()
+        self._held_lock = threading.Lock()  # guards every slot's `held`
         self._steps = 0
         self._admitted = 0
         self.rates = RateTracker()
@@ -206,7 +220,34 @@ class ModelEngine:
             decode_tps=self.rates.decode_tps,
             prompt_tps=self.rates.prompt_tps,
             completed=self.rates.completed,
+            prefix_hashes=self.prefix_hashes(),
         )
+
+    def prefix_hashes(self) -> tuple[int, ...]:
+        """The prefix hashes the slots' caches hold, deduplicated: running slots first,
+        then the most recently used, each slot's chain whole, at most MAX_PREFIX_HASHES."""
+        with self._held_lock:
+            held = [(s.run is not None, s.last_used, s.held) for s in self._slots]
+        held.sort(key=lambda h: (h[0], h[1]), reverse=True)
+        seen: dict[int, None] = {}  # insertion-ordered set
+        for _, _, entry in held:
+            if entry is None:
+                continue
+            for h in entry[2]:
+                seen.setdefault(h, None)
+            if len(seen) >= MAX_PREFIX_HASHES:
+                break
+        return tuple(seen)[:MAX_PREFIX_HASHES]
+
+    def remember_reply(self, job: GenerationJob, index: int, chain: tuple[int, ...]) -> None:
+        """`chain` is what sequence `index` of `job` left in its slot's cache (its prompt and
+        reply): reported from now on, unless the slot has since been taken by another job or
+        cleared. Any thread."""
+        with self._held_lock:
+            for slot in self._slots:
+                held = slot.held
+                if held is not None and held[0] is job and held[1] == index:
+                    slot.held = (job, index, chain)
 
     def submit(self, job: Job) -> None:
         """Queues a job, or refuses at once when the model is closing, its queue is full or
@@ -328,6 +369,9 @@ class ModelEngine:
         assert run is not None
         try:
             run.reused = run.fed = self._reuse_prefix(slot, job.prompt, shared)
+            with self._held_lock:  # the caches are the job's from now on, for routing
+                for index, member in enumerate(group):
+                    member.held = (job, index, job.prefix)
             if run.reused == len(job.prompt):  # an exact repeat: sample from the saved logits
                 self._prompt_in(slot, None)
         except Exception as exc:
@@ -352,6 +396,8 @@ class ModelEngine:
         self._backend.remove(slot.seq_id, 0)
         slot.cached.clear()
         slot.memo_prompt = []
+        with self._held_lock:
+            slot.held = None
 
     def _step(self) -> None:
         """One decode of every generating slot's next token and of waiting prompt chunks."""
@@ -615,6 +661,8 @@ class ModelEngine:
             for slot in self._slots:
                 slot.cached.clear()
                 slot.memo_prompt = []
+                with self._held_lock:
+                    slot.held = None
 
 
 class RateTracker:

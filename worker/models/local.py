@@ -46,6 +46,7 @@ from worker.llamacpp.gbnf import constraint_grammar
 from worker.llamacpp.model import LlamaModel
 from worker.models.chat import ChatTemplate, check_messages, render_chat, select_template
 from worker.models.chat_stream import OutputPlan, shape_output
+from worker.models.prefixes import Replies, chat_opening, prompt_opening
 from worker.models.reasoning import prompt_opens_think
 from worker.models.served import ModelFacts, Tokenized
 from worker.models.tool_calls import NO_TOOLS, check_tools, required_grammar
@@ -242,11 +243,16 @@ class LocalModel:
         if isinstance(prompt, str):
             check_text("prompt", prompt, self.limits)
         check_sequences(n, self.engine.slots_total, self.alias)
+        opening = prompt_opening(prompt)
         job = await self._prepare(
             len(prompt) if constraint is None and n == 1 else None,
-            lambda: self._generate_job(request_id, prompt, sampling, constraint, stream, n),
+            lambda: self._generate_job(
+                request_id, prompt, sampling, constraint, stream, n, opening.hashes
+            ),
         )
+        replies = Replies(opening, chat=False)
         async for event in self._run(job, stream):
+            self._remember(job, replies, event)
             _log_finished(request_id, self.alias, event)
             yield event
 
@@ -262,13 +268,24 @@ class LocalModel:
         stream: EventStream[GenerationEvent] = EventStream(asyncio.get_running_loop())
         check_text("messages", _joined(messages), self.limits)
         check_sequences(n, self.engine.slots_total, self.alias)
+        opening, start = chat_opening(messages)
         job, plan = await self._prepare(
             None,
-            lambda: self._chat_job(request_id, messages, sampling, constraint, stream, tools, n),
+            lambda: self._chat_job(
+                request_id, messages, sampling, constraint, stream, tools, n, opening.hashes
+            ),
         )
+        replies = Replies(opening, chat=True, start=start)
         async for event in shape_output(self._run(job, stream), plan, self._rng):
+            self._remember(job, replies, event)
             _log_finished(request_id, self.alias, event)
             yield event
+
+    def _remember(self, job: GenerationJob, replies: Replies, event: GenerationEvent) -> None:
+        """At a sequence's end, tells the engine the chain of what its slot now holds."""
+        ended = replies.feed(event)
+        if ended is not None:
+            self.engine.remember_reply(job, *ended)
 
     async def embed(
         self, request_id: str, inputs: Sequence[str], normalize: bool
@@ -358,6 +375,7 @@ class LocalModel:
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
         n: int = 1,
+        prefix: tuple[int, ...] = (),
     ) -> GenerationJob:
         self._require_generation()
         if isinstance(prompt, str):
@@ -365,7 +383,7 @@ class LocalModel:
         else:
             check_token_ids("prompt_tokens", prompt, self.backend.n_vocab)
             tokens = list(prompt)
-        return self._job(request_id, tokens, sampling, constraint, stream, n)
+        return self._job(request_id, tokens, sampling, constraint, stream, n, prefix)
 
     def _chat_job(
         self,
@@ -376,6 +394,7 @@ class LocalModel:
         stream: EventStream[GenerationEvent],
         tools: Tools = NO_TOOLS,
         n: int = 1,
+        prefix: tuple[int, ...] = (),
     ) -> tuple[GenerationJob, OutputPlan]:
         """The chat's job, and how its output is read (reasoning, tool calls)."""
         tokens, plan, grammar = self._chat_prompt(messages, tools)
@@ -387,7 +406,7 @@ class LocalModel:
                     "or grammar): drop one of them"
                 )
             constraint = Constraint(ConstraintKind.GRAMMAR, grammar)
-        return self._job(request_id, tokens, sampling, constraint, stream, n), plan
+        return self._job(request_id, tokens, sampling, constraint, stream, n, prefix), plan
 
     def _chat_tokens(self, messages: Sequence[ChatMessage], tools: Tools = NO_TOOLS) -> list[int]:
         """The prompt of a chat: its messages rendered with the template, tokenized."""
@@ -426,9 +445,11 @@ class LocalModel:
         constraint: Constraint | None,
         stream: EventStream[GenerationEvent],
         n: int = 1,
+        prefix: tuple[int, ...] = (),
     ) -> GenerationJob:
         """The engine's job for a prompt's tokens: `n` sequences, each with its own sampler
-        (seeded seed + i when a seed is given, else each its own random seed)."""
+        (seeded seed + i when a seed is given, else each its own random seed); `prefix` the
+        prompt's chain (common.prefix), which its slots report."""
         if not tokens:
             raise InvalidArgument("prompt is empty")
         if len(tokens) >= self.n_ctx:
@@ -453,7 +474,7 @@ class LocalModel:
             raise
         return GenerationJob(
             request_id, tokens, samplers[0], sampling.stop, max_tokens, stream,
-            grammar is not None, sampling.top_logprobs, tuple(samplers[1:]),
+            grammar is not None, sampling.top_logprobs, tuple(samplers[1:]), prefix,
         )  # fmt: skip
 
     def _embedding_job(
