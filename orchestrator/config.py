@@ -208,6 +208,13 @@ class CoordinatorSettings(BaseModel):
         description="while no node holds a store file yet, how many nodes may fetch it from "
         "the store at once; the others wait and fetch from them (0 = no limit)",
     )  # fmt: skip
+    power_budget_w: float | None = Field(
+        None, gt=0,
+        description="the cluster's power budget in watts (default: none): placement starts no "
+        "replica that would take the draw the nodes report past it, and the gateways answer "
+        "new requests 429 while the draw is over it (again below 95%); nodes that report no "
+        "power are listed as unmeasured, not counted",
+    )  # fmt: skip
     dashboard: bool = Field(
         True,
         description="serve the cluster dashboard on the HTTP port (/dashboard/; its data at "

@@ -226,6 +226,7 @@ class PlacementActor:
             self._clients.client, timings=timings, store=self._store,
             link_bytes_per_second=settings.assumed_link_bytes_per_second,
             store_fetches_per_file=settings.store_fetches_per_file,
+            power_budget_w=settings.power_budget_w,
         )  # fmt: skip
         self._task: asyncio.Task[None] = _start_soon(self._controller.run())
 
@@ -310,7 +311,8 @@ _PLACEMENT_ONLY = frozenset(
         "download_timeout_s", "store_fetches_per_file",
     }
 )  # fmt: skip
-_PLACEMENT_FIELDS = _STATE_FIELDS | _PLACEMENT_ONLY | {"store_dir"}
+# The power budget is both placement's and the gateways' (admission).
+_PLACEMENT_FIELDS = _STATE_FIELDS | _PLACEMENT_ONLY | {"store_dir", "power_budget_w"}
 # Where the coordinator runs and keeps its records, and what only the CLI reads: no
 # actor's concern.
 _COORDINATOR_FIELDS = frozenset(

@@ -66,6 +66,7 @@ from orchestrator.placement.planner import (
     plan,
     store_candidates,
 )
+from orchestrator.placement.power import power_figures, refuse_over_budget, within_budget
 from orchestrator.placement.sources import (
     ModelStore,
     StoreModel,
@@ -186,7 +187,8 @@ class PlacementController:
     store entries (none: every store entry is a problem); `link_bytes_per_second` is the
     download rate assumed for a node that has not reported one; `store_fetches_per_file`
     how many nodes may fetch one file from the store at once while no node holds it (0: no
-    limit)."""
+    limit); `power_budget_w` the cluster's power budget (orchestrator.placement.power),
+    None for none."""
 
     def __init__(
         self,
@@ -200,6 +202,7 @@ class PlacementController:
         store: ModelStore | None = None,
         link_bytes_per_second: float = DEFAULT_LINK_BYTES_PER_SECOND,
         store_fetches_per_file: int = 1,
+        power_budget_w: float | None = None,
     ) -> None:
         self._catalog = tuple(catalog)
         self._interval = interval_s
@@ -232,6 +235,7 @@ class PlacementController:
         # Coordinator-side estimates of store models: (alias, sha256) -> estimate or reason
         self._store_estimates: dict[tuple[str, str], MemoryEstimate | str] = {}
         self._downloads = Downloads()  # this round's, for the loads it starts
+        self._power_budget_w = power_budget_w
 
     async def run(self) -> None:
         version = -1
@@ -277,9 +281,17 @@ class PlacementController:
         needed = estimates_needed(self._catalog, nodes, downloads)
         estimates = await self._gather_estimates(snapshot, needed)
         estimates.update(await self._size_fetches(nodes, downloads, estimates))
+        power = None
+        if self._power_budget_w is not None:  # the samples' clock is the registry's
+            power = power_figures(
+                self._power_budget_w, nodes, snapshot.taken_at, snapshot.capacities
+            )
+            estimates = refuse_over_budget(estimates, power)
         result = plan(
             self._catalog, nodes, estimates, self._provenance, downloads, snapshot.capacities
         )
+        if power is not None:
+            result = within_budget(result, power)
         for action in (*result.actions, *self._stale_orphans(nodes)):
             self._start(action, snapshot)
         problems = tuple(sorted(result.problems, key=lambda p: p.alias))

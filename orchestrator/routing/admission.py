@@ -7,20 +7,34 @@ estimate of when a stream frees (the gateway answers 429 with Retry-After, gRPC
 RESOURCE_EXHAUSTED), instead of queueing it and letting latency blow past the SLO. When some
 replicas are full and others are not, the full ones are named so the router does not pick
 them. A replica never measured has no cap (today's behaviour), so it always admits.
+
+With a cluster power budget (CoordinatorSettings.power_budget_w), `power_admission` refuses
+every new request while the cluster draws more than the budget (cluster_draw: the up nodes'
+reported power), and admits again only once the draw falls below RESUME_RATIO of it, so a
+draw hovering at the budget does not flip admission on every heartbeat. Requests already
+relayed are never cut: only new ones are asked. Nodes that report no power are listed as
+unmeasured, not counted as drawing 0 (orchestrator.placement.power says why).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 from orchestrator.cluster.capacity import CapacityRecord
+from orchestrator.cluster.types import Node, NodeId
+from orchestrator.routing.heat import MAX_AGE_S, node_watts
 
 # Bounds of the Retry-After estimate: a client told 0 would come straight back, and an
 # estimate beyond a minute is more likely a stale measurement than a real wait.
 MIN_RETRY_AFTER_S = 1
 MAX_RETRY_AFTER_S = 60
+# Over the power budget: admit again below this share of it (hysteresis), and ask clients to
+# come back after POWER_RETRY_AFTER_S, a few heartbeats, by when the streams that were
+# running have mostly ended and the draw has been measured again.
+RESUME_RATIO = 0.95
+POWER_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -91,3 +105,72 @@ def _held(replica: ReplicaLoad) -> str:
         f"{replica.node} holds {replica.inflight} of {replica.cap} streams "
         f"(measured at {replica.capacity.slo})"
     )
+
+
+# ---- the cluster power budget ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClusterDraw:
+    """What the up nodes draw now: `watts` summed over the `measured` ones; `unmeasured`
+    report no power (no figure, or a sample too old), so `watts` is a lower bound when
+    there are any."""
+
+    watts: float = 0.0
+    measured: tuple[NodeId, ...] = ()
+    unmeasured: tuple[NodeId, ...] = ()
+    per_node: Mapping[NodeId, float] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """ "310 W", with the unmeasured nodes named: "310 W (b, c report no power)"."""
+        text = f"{self.watts:.0f} W"
+        if self.unmeasured:
+            names = ", ".join(self.unmeasured[:3]) + (", ..." if len(self.unmeasured) > 3 else "")
+            verb = "reports" if len(self.unmeasured) == 1 else "report"
+            text += f" ({len(self.unmeasured)} unmeasured: {names} {verb} no power)"
+        return text
+
+
+def cluster_draw(nodes: Iterable[Node], now: float, max_age_s: float = MAX_AGE_S) -> ClusterDraw:
+    """The draw of the up nodes among `nodes` at `now` (the clock of their samples'
+    `taken_at`): each node's heat.node_watts, its Jetson board total or its discrete GPUs'
+    draw."""
+    per_node: dict[NodeId, float] = {}
+    unmeasured: list[NodeId] = []
+    for node in nodes:
+        if not node.up:
+            continue
+        watts = node_watts(node.telemetry, now, max_age_s)
+        if watts is None:
+            unmeasured.append(node.node_id)
+        else:
+            per_node[node.node_id] = watts
+    return ClusterDraw(
+        sum(per_node.values()), tuple(sorted(per_node)), tuple(sorted(unmeasured)), per_node
+    )
+
+
+@dataclass(frozen=True)
+class PowerAdmission:
+    """Whether new requests are admitted under the power budget. `refusing` is the state to
+    pass to the next call (the hysteresis); a refusal carries `retry_after_s` and a
+    `reason` naming the budget and the draw."""
+
+    admitted: bool = True
+    refusing: bool = False
+    retry_after_s: int = 0
+    reason: str = ""
+
+
+def power_admission(draw: ClusterDraw, budget_w: float, refusing: bool) -> PowerAdmission:
+    """Refuses new requests while `draw` is over `budget_w`; once refusing (`refusing`, the
+    last decision's), until it falls below RESUME_RATIO of the budget."""
+    resume_w = RESUME_RATIO * budget_w
+    over = draw.watts > budget_w or (refusing and draw.watts >= resume_w)
+    if not over:
+        return PowerAdmission()
+    reason = (
+        f"the cluster is over its power budget of {budget_w:g} W: it draws {draw.text()}; "
+        f"new requests are admitted again below {resume_w:g} W"
+    )
+    return PowerAdmission(False, True, POWER_RETRY_AFTER_S, reason)
