@@ -20,6 +20,12 @@ Rules, in short:
   least sum of layers / speed over the members), the fastest on a tie.
 - Layers follow speed (an unmeasured node counts as the median of the measured ones), are
   capped by each node's memory, and every member gets at least one.
+- With link round trips known (SplitLinks), a token is estimated to cost its compute plus
+  k x RTT for each helper, k the head <-> helper round trips per token that
+  tests/bench/bench_split_rtt.py measures: among sets of as many nodes, the nearest set may
+  replace the fastest when its estimate is better; the head is the member with the best
+  estimate (the nearest, among equals); and a split estimated below min_tokens_per_second
+  is not made. Without known round trips, or with equal ones, the plan is as above.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.memory import MemoryEstimate, format_bytes
 from common.model_settings import RPC_MAX_SERVERS
@@ -40,6 +46,37 @@ MAX_NODES = RPC_MAX_SERVERS + 1  # the head and as many helpers as llama.cpp acc
 
 # A node's estimate for the entry, or the reason it could not give one.
 SplitEstimates = Mapping[NodeId, MemoryEstimate | str]
+
+# Synchronous head <-> helper round trips per decoded token: ggml's RPC client sends a
+# helper its inputs and the graph without waiting, then waits once for the output
+# (GET_TENSOR). Measured, with the fit, by tests/bench/bench_split_rtt.py (BENCHMARKS.md,
+# "Link latency: the k x RTT fit").
+ROUND_TRIPS_PER_TOKEN = 1.0
+
+
+@dataclass(frozen=True)
+class SplitLinks:
+    """What the planner knows of the links between nodes.
+
+    `rtt_s`: each node's link round trip in seconds, what its own link adds to a round trip
+    with any other node (about its ping to a wired host on the same switch: a fraction of a
+    millisecond wired, several over Wi-Fi); between two nodes the planner assumes the sum
+    of theirs. A node missing here counts as 0. `round_trips_per_token`: k, see
+    ROUND_TRIPS_PER_TOKEN. `min_tokens_per_second`: a split whose estimate is lower is not
+    made (0: any); only estimates from measured reference speeds are held to it.
+    """
+
+    rtt_s: Mapping[NodeId, float] = field(default_factory=dict)
+    round_trips_per_token: float = ROUND_TRIPS_PER_TOKEN
+    min_tokens_per_second: float = 0.0
+
+    def between(self, a: NodeId, b: NodeId) -> float:
+        """The round trip assumed between nodes `a` and `b`, in seconds."""
+        return self.rtt_s.get(a, 0.0) + self.rtt_s.get(b, 0.0)
+
+    def known_for(self, node_ids: Sequence[NodeId]) -> bool:
+        """Whether any of these nodes has a round trip above zero."""
+        return any(self.rtt_s.get(node_id, 0.0) > 0 for node_id in node_ids)
 
 
 @dataclass(frozen=True)
@@ -63,6 +100,9 @@ class SplitPlan:
 
     alias: str
     parts: tuple[SplitPart, ...]
+    # Estimated decode tokens/s with the link round trips, when they and every member's
+    # reference speed are known; for explanations, not part of the plan's identity.
+    tokens_per_second: float | None = field(default=None, compare=False)
 
     @property
     def head(self) -> NodeId:
@@ -86,7 +126,10 @@ class SplitPlan:
     def explanation(self) -> str:
         head, *helpers = self.parts
         spans = [f"layers {head.span} on {head.node_id} (head)"]
-        return ", ".join(spans + [f"{part.span} on {part.node_id}" for part in helpers])
+        text = ", ".join(spans + [f"{part.span} on {part.node_id}" for part in helpers])
+        if self.tokens_per_second is not None:
+            text += f" (about {self.tokens_per_second:.1f} tokens/s with its link round trips)"
+        return text
 
 
 @dataclass(frozen=True)
@@ -106,11 +149,13 @@ def plan_split(
     nodes: Sequence[Node],
     estimates: SplitEstimates,
     free: Mapping[NodeId, int] | None = None,
+    links: SplitLinks | None = None,
 ) -> SplitPlan | str:
     """Where `entry`'s layers go across nodes, or why they cannot be split now.
 
     `free` overrides nodes' reported free memory (the planner charges loads it planned
-    before this one); a node missing from it has its reported figure.
+    before this one); a node missing from it has its reported figure. `links`: the link
+    round trips, which make the planner prefer nearer nodes (see SplitLinks).
     """
     if entry.split_nodes == 1:
         return "split_nodes is 1: never split"
@@ -131,10 +176,28 @@ def plan_split(
         alone = next((c for c in candidates if c.head_layers >= n), None)
         if alone is not None:
             return f"fits on {alone.node_id} alone; no split needed"
+    if links is not None and not links.known_for([c.node_id for c in candidates]):
+        links = None  # no round trip known: nothing to weigh
+    too_slow: str | None = None
     for size in _sizes(entry.split_nodes, len(candidates)):
         members = _fastest_set(candidates, size, n)
-        if members:
+        if not members:
+            continue
+        if links is None:
             return _assign(entry.alias, members, n)
+        plan = _nearest(entry.alias, candidates, members, n, links)
+        if plan.tokens_per_second is not None and (
+            plan.tokens_per_second < links.min_tokens_per_second
+        ):
+            # More nodes may still do better (faster ones), though each adds round trips.
+            too_slow = too_slow or (
+                f"the best split ({plan.explanation}) is below the "
+                f"{links.min_tokens_per_second:g} tokens/s a split must reach"
+            )
+            continue
+        return plan
+    if too_slow is not None:
+        return _refusal(too_slow, refusals)
     return _refusal(_shortfall(entry.split_nodes, candidates, n), refusals)
 
 
@@ -256,7 +319,42 @@ def _most_layers(chosen: list[_Candidate], rest: list[_Candidate], size: int) ->
     return best
 
 
-def _assign(alias: str, members: list[_Candidate], n: int) -> SplitPlan:
+def _nearest(
+    alias: str, candidates: list[_Candidate], fastest: list[_Candidate], n: int, links: SplitLinks
+) -> SplitPlan:
+    """The better of the fastest set and the nearest set of as many nodes, by estimated
+    time per token with the link round trips (the fastest on a tie)."""
+    plans = [_assign(alias, fastest, n, links)]
+    nearest_first = sorted(
+        candidates, key=lambda c: (links.rtt_s.get(c.node_id, 0.0), -c.speed, -c.free, c.node_id)
+    )
+    nearest = _fastest_set(nearest_first, len(fastest), n)
+    if nearest and {m.node_id for m in nearest} != {m.node_id for m in fastest}:
+        plans.append(_assign(alias, nearest, n, links))
+    return min(plans, key=lambda plan: _token_seconds(plan, candidates, n, links))
+
+
+def _token_seconds(
+    plan: SplitPlan, candidates: list[_Candidate], n: int, links: SplitLinks
+) -> float:
+    """A token's estimated seconds on `plan`: each member's share of the layers at its
+    reference speed (unmeasured: the median of the measured), plus k x RTT per helper."""
+    speed = {c.node_id: c.speed for c in candidates}
+    weights = _weights([speed[part.node_id] for part in plan.parts])
+    compute = sum(part.n_layers / n / w for part, w in zip(plan.parts, weights, strict=True))
+    return compute + _link_seconds(plan.head, [p.node_id for p in plan.helpers], links)
+
+
+def _link_seconds(head: NodeId, helpers: Sequence[NodeId], links: SplitLinks | None) -> float:
+    """What the round trips between the head and its helpers add to a token."""
+    if links is None:
+        return 0.0
+    return links.round_trips_per_token * sum(links.between(head, h) for h in helpers)
+
+
+def _assign(
+    alias: str, members: list[_Candidate], n: int, links: SplitLinks | None = None
+) -> SplitPlan:
     """Layer counts for a set known to hold all n layers, head first."""
     speeds = _weights([m.speed for m in members])
     weight = {m.node_id: w for m, w in zip(members, speeds, strict=True)}
@@ -268,8 +366,10 @@ def _assign(alias: str, members: list[_Candidate], n: int) -> SplitPlan:
         caps = [head.head_layers] + [m.helper_layers for m in ordered[1:]]
         counts = _proportional(n, [weight[m.node_id] for m in ordered], caps)
         # A token passes every layer in turn: the head that lets the fast nodes take the
-        # most layers gives the quickest token. Ties go to the preferred node.
+        # most layers gives the quickest token. Ties go to the preferred node. The sum is
+        # n x seconds per token, so the round trips count n times (nothing without links).
         token_time = sum(c / weight[m.node_id] for m, c in zip(ordered, counts, strict=True))
+        token_time += n * _link_seconds(head.node_id, [m.node_id for m in ordered[1:]], links)
         layouts.append((token_time, rank, ordered, counts))
     _, _, ordered, counts = min(layouts, key=lambda layout: layout[:2])
     parts, first = [], 0
@@ -281,7 +381,10 @@ def _assign(alias: str, members: list[_Candidate], n: int) -> SplitPlan:
             reserve = count * estimate.layer_bytes + estimate.layer_compute_bytes
         parts.append(SplitPart(member.node_id, first, count, reserve))
         first += count
-    return SplitPlan(alias, tuple(parts))
+    plan = SplitPlan(alias, tuple(parts))
+    if links is None or any(m.speed <= 0 for m in members):
+        return plan  # no estimate in tokens/s without every member's measured speed
+    return SplitPlan(alias, plan.parts, 1.0 / _token_seconds(plan, members, n, links))
 
 
 def _holds(head: _Candidate, members: list[_Candidate], n: int) -> bool:
