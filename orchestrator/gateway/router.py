@@ -41,7 +41,14 @@ from orchestrator.cluster.capacity import record_for
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.dashboard.traffic import CANCELLED, OK, UNKNOWN_MODEL, RequestTrace, Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
-from orchestrator.routing.admission import ReplicaLoad, admit
+from orchestrator.routing.admission import (
+    ClusterDraw,
+    PowerAdmission,
+    ReplicaLoad,
+    admit,
+    cluster_draw,
+    power_admission,
+)
 from orchestrator.routing.candidates import (
     EMBEDDINGS_ONLY,
     NOT_LOADED,
@@ -120,7 +127,8 @@ class Router:
 
     `retries`: how many times one request may be sent again after a failure (a retry, a
     restart or a migration alike); `stall_timeout_s`: the longest silence allowed between
-    two chunks of a started stream (0: no limit).
+    two chunks of a started stream (0: no limit); `power_budget_w`: the cluster's power
+    budget (None: none), over which new requests are refused (admission.power_admission).
     """
 
     def __init__(
@@ -131,6 +139,7 @@ class Router:
         clock: Clock = time.monotonic,
         stall_timeout_s: float = 30.0,
         traffic: Traffic | None = None,
+        power_budget_w: float | None = None,
     ) -> None:
         self.policy = policy
         self.traffic = traffic
@@ -146,12 +155,20 @@ class Router:
         self._calls: dict[NodeId, set[WorkerStream[Any]]] = {}
         self._call_started: dict[WorkerStream[Any], float] = {}  # for Retry-After estimates
         self._dropped: dict[WorkerStream[Any], str] = {}
+        self.power_budget_w = power_budget_w
+        # The draw of the last snapshot and the admission it gave (with its hysteresis);
+        # computed once per snapshot, not per request: samples change once per heartbeat.
+        self.power_draw = ClusterDraw()
+        self.power = PowerAdmission()
 
     # ---- the view ----------------------------------------------------------------------
     def update(self, snapshot: ClusterSnapshot) -> None:
         was_up = {n.node_id for n in self.snapshot.nodes if n.up}
         self.snapshot = snapshot
         self._snapshot_at = self._clock()
+        if self.power_budget_w is not None:
+            self.power_draw = cluster_draw(snapshot.nodes, snapshot.taken_at)
+            self.power = power_admission(self.power_draw, self.power_budget_w, self.power.refusing)
         for node in snapshot.nodes:
             if node.node_id in was_up and not node.up:
                 self._fail_calls(node.node_id, f"worker {node.node_id} left: {node.down_reason}")
@@ -204,6 +221,14 @@ class Router:
                     "send it to /v1/embeddings, or generate with another model"
                 ) from None
             raise Unavailable(str(exc)) from None
+
+    def _admit_power(self, request: RouteRequest) -> None:
+        """Raises Overloaded while the cluster is over its power budget. Asked once per
+        request, before its first attempt: a retry, a restart or a migration of a request
+        already admitted is never refused for power. A pinned request (measuring one node)
+        is exempt, as from the capacity cap."""
+        if not self.power.admitted and request.node is None:
+            raise Overloaded(self.power.reason, self.power.retry_after_s)
 
     def _admitted(self, request: RouteRequest, exclude: set[NodeId]) -> set[NodeId]:
         """The replicas at their measured capacity (orchestrator.routing.admission), to
@@ -286,6 +311,7 @@ class Router:
         last_error: LlamaherdError | None = None
         failed: NodeId | None = None
         with self._traced(request) as outcome:
+            self._admit_power(request)
             for _ in range(self.retries + 1):
                 candidate = self._next(request, exclude, last_error, sent)
                 node = outcome.node = candidate.node_id
@@ -332,6 +358,7 @@ class Router:
         exclude: set[NodeId] = set()
         last_error: LlamaherdError | None = None
         with self._traced(request) as outcome:
+            self._admit_power(request)
             for _ in range(self.retries + 1):
                 candidate = self._choose_or_last(request, exclude, last_error)
                 node = outcome.node = candidate.node_id
@@ -369,6 +396,7 @@ class Router:
         exclude: set[NodeId] = set()
         last_error: LlamaherdError | None = None
         with self._traced(request) as outcome:
+            self._admit_power(request)
             for _ in range(self.retries + 1):
                 candidate = self._choose_or_last(request, exclude, last_error)
                 key = (candidate.node_id, candidate.replica.alias)

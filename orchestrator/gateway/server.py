@@ -69,6 +69,7 @@ class Gateway:
             settings.retries,
             stall_timeout_s=settings.stall_timeout_s,
             traffic=self.traffic,
+            power_budget_w=settings.power_budget_w,
         )
         self._shared_ports = settings.gateways_per_node > 1
         key = settings.api_key.get_secret_value() if settings.api_key else None
