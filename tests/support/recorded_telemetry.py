@@ -108,6 +108,22 @@ class RecordedGpuBox:
             )
         return self
 
+    def heat_to(self, celsius: int) -> RecordedGpuBox:
+        """Every GPU reads `celsius` (NVML reports whole degrees)."""
+        for device in self.fake.fixture["devices"]:
+            device["nvmlDeviceGetTemperature"] = {"NVML_TEMPERATURE_GPU": celsius}
+        return self
+
+    def clocks_held(self, *reasons: int) -> RecordedGpuBox:
+        """Every GPU reports these clock event reasons (pynvml.nvmlClocksEventReason*); none
+        for clocks running free."""
+        mask = 0
+        for reason in reasons:
+            mask |= reason
+        for device in self.fake.fixture["devices"]:
+            device["nvmlDeviceGetCurrentClocksEventReasons"] = mask
+        return self
+
     def sample(self, now: float) -> NodeSample:
         reading = self.source.sample()
         return NodeSample(now, None, reading.gpus, None, ("nvml",))
