@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
+from common.prefix import chars_by_hash, matched_chars
 from orchestrator.routing.affinity import SessionMemory, rendezvous
 from orchestrator.routing.candidates import Candidate
 from orchestrator.routing.heat import WeightCache, node_watts
-from orchestrator.routing.request import RouteRequest
+from orchestrator.routing.request import CHARS_PER_TOKEN, RouteRequest
 
 # Scores within this relative distance are ties: float rounding must not decide a route.
 TIE_REL_TOL = 1e-9
@@ -225,6 +226,97 @@ class TokensPerJoule:
         return _lowest_scored(list(zip(scores, candidates, strict=True)), self._rng)
 
 
+# prefix-cache: a candidate's cached prefix counts only while its load per slot is within
+# this margin of the least loaded candidate's (Ray Serve's prefix router has the same kind
+# of imbalance threshold), so a hot prefix cannot pile every request onto one node.
+PREFIX_LOAD_GUARD = 1.0
+# prefix-cache: the reply length it assumes for the requests a candidate already holds,
+# to turn its load into a wait (the gateway does not know their max_tokens).
+TYPICAL_REPLY_TOKENS = 128
+# prefix-cache: prefill over decode rate assumed when no candidate has measured its prefill
+# (prompts are processed many tokens per step; llama.cpp on a CPU runs about 10x).
+PREFILL_PER_DECODE = 10.0
+
+
+class PrefixCache:
+    """The candidate expected to send this request's first token soonest, counting the
+    prompt it would not recompute because its slots' caches hold the request's opening.
+
+    Each worker reports the prefix hashes of what its slots hold (common.prefix); the
+    request carries its own chain (RouteRequest.prefix_chain). A candidate's cached part is
+    the deepest of the request's hashes it holds, in estimated tokens, at most the request's
+    prompt. For each candidate:
+
+        expected TTFT ~ load_per_slot * TYPICAL_REPLY_TOKENS / decode rate
+                        + (prompt tokens - cached tokens) / prefill rate
+
+    both rates as the default estimates them (expected_rates; prefill from prompt_tps, the
+    same way) and times the node's heat weight. Load guard: the cached part counts only for
+    candidates within PREFIX_LOAD_GUARD (1) requests per slot of the least loaded one.
+    Where no candidate within the guard holds any of the request's opening (no chain, no
+    match), it routes exactly as the default (least-expected-latency). Ties go as the
+    default's: to a session's node, else at random.
+    """
+
+    name = "prefix-cache"
+
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: WallClock = time.time,
+        sessions: SessionMemory | None = None,
+    ) -> None:
+        self._rng = rng
+        self._clock = clock
+        self._sessions = sessions if sessions is not None else SessionMemory()
+        self._heat = WeightCache()
+        self._default = LeastExpectedLatency(rng, clock, self._sessions)
+
+    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+        cached = self._cached_chars(request, candidates)
+        if not any(cached):
+            return self._default.choose(request, candidates)
+        now = self._clock()
+        rates = expected_rates(candidates)
+        prefill = expected_prefill_rates(candidates, rates)
+        prompt = request.prompt_tokens
+        scored: list[tuple[float, Candidate]] = []
+        for cand, rate, fill, chars in zip(candidates, rates, prefill, cached, strict=True):
+            weight = self._heat.weight(cand.node_id, cand.telemetry, now)
+            wait = cand.load_per_slot * TYPICAL_REPLY_TOKENS / (rate * weight)
+            compute = prompt - min(chars // CHARS_PER_TOKEN, prompt)
+            scored.append((wait + compute / (fill * weight), cand))
+        if request.session is None:
+            return _lowest_scored(scored, self._rng)
+        best = min(s for s, _ in scored)
+        tied = [c for s, c in scored if _close(s, best)]
+        return _stick(self._sessions, request, tied, request.session)
+
+    @staticmethod
+    def _cached_chars(request: RouteRequest, candidates: Sequence[Candidate]) -> list[int]:
+        """Each candidate's cached characters of the request's opening, 0 beyond the guard."""
+        if not request.prefix_chain or len(candidates) < 2:
+            return [0] * len(candidates)
+        index = chars_by_hash(request.prefix_chain)
+        limit = min(c.load_per_slot for c in candidates) + PREFIX_LOAD_GUARD
+        return [
+            matched_chars(index, c.replica.engine.prefix_hashes) if c.load_per_slot <= limit else 0
+            for c in candidates
+        ]
+
+
+def expected_prefill_rates(
+    candidates: Sequence[Candidate], decode_rates: Sequence[float]
+) -> list[float]:
+    """Each candidate's prefill rate for the model (tokens/s): measured (prompt_tps), else
+    its expected decode rate (`decode_rates`) times the median prefill-to-decode ratio of
+    the candidates that measured both, or PREFILL_PER_DECODE when none has."""
+    measured = [c.replica.engine.prompt_tps for c in candidates]
+    ratios = [m / d for m, d in zip(measured, decode_rates, strict=True) if m > 0 and d > 0]
+    scale = statistics.median(ratios) if ratios else PREFILL_PER_DECODE
+    return [m if m > 0 else d * scale for m, d in zip(measured, decode_rates, strict=True)]
+
+
 def expected_seconds(
     candidates: Sequence[Candidate], now: float, heat: WeightCache | None = None
 ) -> list[float]:
@@ -301,6 +393,7 @@ POLICIES: dict[str, PolicyFactory] = {
     LeastExpectedLatency.name: LeastExpectedLatency,
     SessionAffinity.name: SessionAffinity,
     TokensPerJoule.name: TokensPerJoule,
+    PrefixCache.name: PrefixCache,
     PowerOfTwoChoices.name: PowerOfTwoChoices,
     LeastLoaded.name: LeastLoaded,
     RoundRobin.name: lambda _rng: RoundRobin(),

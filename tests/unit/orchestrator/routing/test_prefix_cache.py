@@ -1,0 +1,146 @@
+"""The prefix-cache policy: it aims at the node whose slots hold the request's opening,
+weighs that against queue and speed, spreads a hot prefix (load guard), and routes as the
+default when nothing matches."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import Counter
+
+from common.prefix import chat_chain
+from orchestrator.routing.candidates import Candidate
+from orchestrator.routing.policies import (
+    PREFIX_LOAD_GUARD,
+    LeastExpectedLatency,
+    PrefixCache,
+    expected_prefill_rates,
+)
+from orchestrator.routing.request import RouteRequest, for_chat
+from tests.unit.orchestrator.factories import candidate
+
+WALL = 1_000.0
+SYSTEM = ("system", "You are the operations assistant of a fleet of Jetson boards. " * 60)
+OTHER_SYSTEM = ("system", "You translate German maintenance logs into English. " * 60)
+
+
+def wall() -> float:
+    return WALL
+
+
+def chat(*messages: tuple[str, str], session: str | None = None) -> RouteRequest:
+    return for_chat("m", list(messages), session)
+
+
+def holding(cand: Candidate, *messages: tuple[str, str], prompt_tps: float = 0.0) -> Candidate:
+    """`cand` whose slots hold the chain of a chat of `messages`."""
+    engine = dataclasses.replace(
+        cand.replica.engine,
+        prefix_hashes=chat_chain(messages).hashes,
+        prompt_tps=prompt_tps or cand.replica.engine.prompt_tps,
+    )
+    return dataclasses.replace(cand, replica=dataclasses.replace(cand.replica, engine=engine))
+
+
+def test_a_follow_up_goes_to_the_node_holding_its_conversation() -> None:
+    request = chat(SYSTEM, ("user", "Which board runs hottest?"))
+    for seed in range(20):
+        policy = PrefixCache(random.Random(seed), wall)
+        nodes = [candidate("a", decode_tps=10.0), candidate("b", decode_tps=10.0)]
+        nodes += [holding(candidate("c", decode_tps=10.0), SYSTEM)]
+        assert policy.choose(request, nodes).node_id == "c"
+
+
+def test_the_deeper_match_wins() -> None:
+    turn = ("user", "Which board runs hottest? " * 40)
+    request = chat(SYSTEM, turn, ("user", "And the coolest?"))
+    shallow = holding(candidate("a", decode_tps=10.0), SYSTEM)
+    deep = holding(candidate("b", decode_tps=10.0), SYSTEM, turn)
+    for seed in range(10):
+        assert PrefixCache(random.Random(seed), wall).choose(request, [shallow, deep]) is deep
+
+
+def test_a_cached_node_with_a_queue_loses_to_an_idle_one_when_recomputing_is_cheap() -> None:
+    # A short prompt on fast prefill (2,000 tokens/s): recomputing it takes ~0.4 s, while the
+    # cached node's queue holds two requests of ~128 tokens at 10 tokens/s each.
+    request = chat(SYSTEM, ("user", "?"))
+    cached = holding(candidate("a", load=2, decode_tps=10.0), SYSTEM, prompt_tps=2000.0)
+    idle = holding(candidate("b", decode_tps=10.0), OTHER_SYSTEM, prompt_tps=2000.0)
+    assert PrefixCache(random.Random(0), wall).choose(request, [cached, idle]) is idle
+
+
+def test_no_match_anywhere_routes_exactly_as_the_default() -> None:
+    rng = random.Random(7)
+    request = chat(SYSTEM, ("user", "hi"))
+    ours, default = (
+        PrefixCache(random.Random(3), wall),
+        LeastExpectedLatency(random.Random(3), wall),
+    )
+    for _ in range(300):
+        nodes = [
+            holding(candidate(n, load=rng.randrange(3), decode_tps=rng.choice([5.0, 10.0])),
+                    OTHER_SYSTEM)
+            for n in "abcd"
+        ]  # fmt: skip
+        assert ours.choose(request, nodes) is default.choose(request, nodes)
+
+
+def test_a_request_without_a_chain_routes_exactly_as_the_default() -> None:
+    short = chat(("user", "hi"))  # under one block: nothing to match
+    assert short.prefix_chain == ()
+    nodes = [holding(candidate(n, load=i % 2, decode_tps=10.0), SYSTEM) for i, n in enumerate("ab")]
+    ours, default = (
+        PrefixCache(random.Random(1), wall),
+        LeastExpectedLatency(random.Random(1), wall),
+    )
+    assert [ours.choose(short, nodes) for _ in range(50)] == [
+        default.choose(short, nodes) for _ in range(50)
+    ]
+
+
+def test_the_load_guard_spreads_a_hot_prefix() -> None:
+    assert PREFIX_LOAD_GUARD == 1.0
+    # A very long shared prompt on slow prefill: without a guard the cached node would look
+    # best until its queue were ~30 requests long. Requests arrive and never finish here.
+    request = chat(SYSTEM, ("user", "Status report, please."))
+    loads = {"a": 0, "b": 0, "c": 0}
+    policy = PrefixCache(random.Random(0), wall)
+    for _ in range(60):
+        nodes = [candidate(n, load=loads[n], decode_tps=10.0) for n in loads]
+        nodes[0] = holding(nodes[0], SYSTEM, prompt_tps=20.0)
+        chosen = policy.choose(request, nodes).node_id
+        loads[chosen] += 1
+        # the guard (one request per slot) plus the request just placed
+        assert max(loads.values()) - min(loads.values()) <= 2
+    assert loads["a"] > loads["b"]  # the cached node still takes the larger share
+
+
+def test_within_the_guard_the_cached_node_takes_a_queued_request() -> None:
+    # One request per slot more than the idle node: within the guard, and a long prompt on
+    # slow prefill costs more to recompute than the wait.
+    request = chat(SYSTEM, ("user", "?"))
+    busy_cached = holding(candidate("a", load=1, decode_tps=10.0), SYSTEM, prompt_tps=20.0)
+    idle = candidate("b", decode_tps=10.0)
+    assert PrefixCache(random.Random(0), wall).choose(request, [busy_cached, idle]) is busy_cached
+    beyond = holding(candidate("a", load=2, decode_tps=10.0), SYSTEM, prompt_tps=20.0)
+    assert PrefixCache(random.Random(0), wall).choose(request, [beyond, idle]) is idle
+
+
+def test_a_session_among_equally_cached_nodes_stays_on_its_node() -> None:
+    policy = PrefixCache(random.Random(5), wall)
+    equal = [holding(candidate(n, decode_tps=10.0), SYSTEM) for n in "abcd"]
+    request = chat(SYSTEM, ("user", "hi"), session="alice")
+    assert len({policy.choose(request, equal).node_id for _ in range(30)}) == 1
+    spread = Counter(
+        policy.choose(chat(SYSTEM, ("user", "hi"), session=f"u{i}"), equal).node_id
+        for i in range(200)
+    )
+    assert set(spread) == set("abcd")
+
+
+def test_prefill_rates_are_measured_or_scaled_from_decode() -> None:
+    measured = holding(candidate("a", decode_tps=10.0), SYSTEM, prompt_tps=300.0)
+    unmeasured = candidate("b", decode_tps=20.0)
+    assert expected_prefill_rates([measured, unmeasured], [10.0, 20.0]) == [300.0, 600.0]
+    # Nothing measured: the default ratio.
+    assert expected_prefill_rates([unmeasured], [20.0]) == [200.0]
