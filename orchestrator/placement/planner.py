@@ -57,14 +57,13 @@ from common.status import ModelState, ModelStatus
 from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
-from orchestrator.placement.eligibility import HOLDING_STATES, missing_labels, node_refusal
+from orchestrator.placement.eligibility import HOLDING_STATES, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
-from orchestrator.placement.scorers import Fit, rank
+from orchestrator.placement.scorers import Fit, ranked
 from orchestrator.placement.sources import (
     StoreModel,
     disk_refusal,
     download_seconds,
-    holds_file,
     unknown_model,
 )
 from orchestrator.placement.split import SplitPlan, plan_split
@@ -185,7 +184,7 @@ def estimates_needed(
     Asking for nothing more keeps a round cheap: estimating reads GGUF metadata on the
     worker, and a healthy cluster needs no estimate at all.
     """
-    up = _up_sorted(nodes)
+    up = _Up(nodes)
     downloads = downloads or Downloads()
     needed: list[tuple[CatalogEntry, NodeId]] = []
     for entry in catalog:
@@ -193,11 +192,9 @@ def estimates_needed(
         if isinstance(model, str) or _holder_count(entry, up, downloads) >= entry.replicas:
             continue
         needed += [
-            (entry, node.node_id)
-            for node in up
-            if node.replica(entry.alias) is None
-            and not missing_labels(entry, node)
-            and (model is None or holds_file(node, model.sha256))
+            (entry, node_id)
+            for node_id in up.candidates(entry)
+            if model is None or up.holds_file(node_id, model.sha256)
         ]
     return needed
 
@@ -207,7 +204,7 @@ def store_candidates(
 ) -> list[tuple[CatalogEntry, StoreModel, NodeId]]:
     """The store entries short of replicas and the up nodes lacking their file that could
     take them: the pairs the coordinator sizes itself, since those nodes cannot."""
-    up = _up_sorted(nodes)
+    up = _Up(nodes)
     pairs: list[tuple[CatalogEntry, StoreModel, NodeId]] = []
     for entry in catalog:
         model = downloads.model(entry)
@@ -216,11 +213,9 @@ def store_candidates(
         if _holder_count(entry, up, downloads) >= entry.replicas:
             continue
         pairs += [
-            (entry, model, node.node_id)
-            for node in up
-            if node.replica(entry.alias) is None
-            and not missing_labels(entry, node)
-            and not holds_file(node, model.sha256)
+            (entry, model, node_id)
+            for node_id in up.candidates(entry)
+            if not up.holds_file(node_id, model.sha256)
         ]
     return pairs
 
@@ -241,11 +236,11 @@ def plan(
     entries and times their fetches (see Downloads). `capacities` (llamaherd capacity)
     rank the nodes measured with power by streams per watt (scorers.most_streams_per_watt)."""
     per_watt = {(r.model, NodeId(r.node)): spw for r in capacities if (spw := r.streams_per_watt)}
-    up = _up_sorted(nodes)
+    up = _Up(nodes)
     downloads = downloads or Downloads()
-    free = {node.node_id: node.memory_free for node in up}  # charged as loads are planned
+    free = {node.node_id: node.memory_free for node in up.nodes}  # charged as loads are planned
     # Charged as fetches are planned; None: the node does not say.
-    disk = {node.node_id: node.status.model_disk_free_bytes for node in up}
+    disk = {node.node_id: node.status.model_disk_free_bytes for node in up.nodes}
     # sha256 -> the nodes fetching that file now, and those this plan sends to fetch it.
     fetching = _fetching(catalog, up, downloads)
     loads: list[Load] = []
@@ -287,7 +282,7 @@ class _Fetch:
     model: StoreModel
     disk: dict[NodeId, int | None]
     downloads: Downloads
-    up: Sequence[Node]
+    up: _Up
     fetching: dict[str, list[NodeId]]
 
     def overdue(self, alias: str, node: Node) -> str | None:
@@ -296,13 +291,13 @@ class _Fetch:
 
     def refusal(self, node: Node) -> str | None:
         """Why `node` cannot get the file, None when it holds it or has room for it."""
-        if holds_file(node, self.model.sha256):
+        if self.up.holds_file(node.node_id, self.model.sha256):
             return None
         return disk_refusal(self.model, self.disk[node.node_id])
 
     def fit(self, node: Node) -> tuple[bool, float]:
         """Whether the node holds the file, and the seconds it would take to fetch it."""
-        if holds_file(node, self.model.sha256):
+        if self.up.holds_file(node.node_id, self.model.sha256):
             return True, 0.0
         return False, download_seconds(self.model.size_bytes, self.downloads.rate(node.node_id))
 
@@ -314,7 +309,7 @@ class _Fetch:
         fetchers = self.fetching.get(self.model.sha256, [])
         if has_file or limit <= 0 or node_id in fetchers or len(fetchers) < limit:
             return None
-        if any(holds_file(node, self.model.sha256) for node in self.up):
+        if self.up.file_holders(self.model.sha256):
             return None
         return (
             f"waiting for {', '.join(fetchers)} to finish fetching {self.model.name} "
@@ -333,7 +328,7 @@ class _Fetch:
 def _fill(
     entry: CatalogEntry,
     holders: int,
-    up: Sequence[Node],
+    up: _Up,
     free: dict[NodeId, int],
     estimates: Estimates,
     fetch: _Fetch | None = None,
@@ -341,7 +336,7 @@ def _fill(
 ) -> tuple[list[Load], list[LoadSplit], PlacementProblem | None]:
     """Single-node loads or a split for the replicas `entry` lacks, and the problem if short."""
     if entry.split_nodes >= 2:
-        split = _split(entry, up, free, estimates)
+        split = _split(entry, up.nodes, free, estimates)
         if isinstance(split, LoadSplit):
             return [], [split], None
         return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
@@ -352,11 +347,11 @@ def _fill(
         or holders
         or waits  # its file is on its way to a peer: the replica comes from there, whole
         or entry.split_nodes == 1
-        or not _can_split_here(up)
+        or not _can_split_here(up.nodes)
     ):
         return loads, [], problem
     # No node holds it or can take it alone: spread one replica over several.
-    split = _split(entry, up, free, estimates)
+    split = _split(entry, up.nodes, free, estimates)
     if isinstance(split, LoadSplit):
         return [], [split], None
     return [], [], PlacementProblem(entry.alias, f"{problem.reason}; cannot split: {split}")
@@ -381,7 +376,7 @@ def _can_split_here(up: Sequence[Node]) -> bool:
     return any("RPC" in node.hardware.backends for node in up)
 
 
-def _failed_splits(entry: CatalogEntry, up: Sequence[Node]) -> tuple[list[Unload], list[StopLease]]:
+def _failed_splits(entry: CatalogEntry, up: _Up) -> tuple[list[Unload], list[StopLease]]:
     """Unloads of split replicas their heads report FAILED, and stops of their leases.
 
     Unlike a failed single-node load, a failed split is worth trying again: it fails when
@@ -389,23 +384,22 @@ def _failed_splits(entry: CatalogEntry, up: Sequence[Node]) -> tuple[list[Unload
     """
     unloads: list[Unload] = []
     stops: list[StopLease] = []
-    for node in up:
-        replica = node.replica(entry.alias)
-        if replica is None or replica.state is not ModelState.FAILED:
+    for node, replica in up.replicas(entry.alias):
+        if replica.state is not ModelState.FAILED:
             continue
         if not replica.config.rpc_servers:  # a single-node failure: not retried
             continue
         why = "its split failed: " + (replica.error or "no error reported")
         unloads.append(Unload(node.node_id, entry.alias, why))
         stops += [StopLease(helper, lease.lease_id, why)
-                  for helper, lease in leases_of(entry.alias, node.node_id, up)]  # fmt: skip
+                  for helper, lease in leases_of(entry.alias, node.node_id, up.nodes)]  # fmt: skip
     return unloads, stops
 
 
 def _place(
     entry: CatalogEntry,
     holders: int,
-    up: Sequence[Node],
+    up: _Up,
     free: dict[NodeId, int],
     estimates: Estimates,
     fetch: _Fetch | None = None,
@@ -414,49 +408,93 @@ def _place(
     """Loads for the replicas `entry` lacks, charged to `free` (and the disk of nodes that
     fetch the file), the problem if short, and whether a replica waits for a peer to fetch
     the file first."""
-    fitting: list[Fit] = []
-    refusals: dict[NodeId, str] = {}
-    for node in up:
-        need = estimates.get((entry.alias, node.node_id))
-        refusal = fetch.overdue(entry.alias, node) if fetch is not None else None
-        if refusal is None:
-            refusal = _refusal(entry, node, need, free[node.node_id])
-        if refusal is None and fetch is not None:
-            refusal = fetch.refusal(node)
-        if refusal is not None:
-            refusals[node.node_id] = refusal
-        elif isinstance(need, MemoryEstimate):  # always: _refusal refuses anything else
-            # A path entry's file is the operator's business: has_file stays None (neutral).
-            has_file, download_s = fetch.fit(node) if fetch is not None else (None, 0.0)
-            fitting.append(
-                Fit(
-                    node.node_id,
-                    reference_tps=node.hardware.reference_decode_tps,
-                    free_after=free[node.node_id] - need.total_bytes,
-                    has_file=has_file,
-                    download_s=download_s,
-                    streams_per_watt=(per_watt or {}).get((entry.alias, node.node_id), 0.0),
-                )
-            )
     chosen: list[Fit] = []
-    waits = False
-    for fit in rank(fitting):
-        if holders + len(chosen) >= entry.replicas:
-            break
+    waiting: dict[NodeId, str] = {}
+    fits = _fits(entry, up, free, estimates, fetch, per_watt or {})
+    # The caller places only an entry short of replicas (holders < entry.replicas).
+    for fit in ranked(fits, first=entry.replicas - holders):
         wait = fetch.waiting(fit.node_id, fit.has_file) if fetch is not None else None
         if wait is not None:
-            refusals[fit.node_id] = wait
-            waits = True
+            waiting[fit.node_id] = wait
             continue
         chosen.append(fit)
         free[fit.node_id] = fit.free_after
         if fetch is not None:
             fetch.charge(fit.node_id, fit.has_file)
+        if holders + len(chosen) >= entry.replicas:
+            break  # before asking `ranked` for more than it needs
     loads = [Load(fit.node_id, entry) for fit in chosen]
     placed = holders + len(chosen)
     if placed >= entry.replicas:
-        return loads, None, waits
-    return loads, PlacementProblem(entry.alias, _shortfall(entry, placed, up, refusals)), waits
+        return loads, None, bool(waiting)
+    # Short: every node that could take it took it or waits, so each other one was refused
+    # (its free memory and disk are as they were when the fits were made).
+    taken = {fit.node_id for fit in chosen}
+    refusals = {
+        node.node_id: refusal
+        for node in up.nodes
+        if node.node_id not in taken
+        and node.node_id not in waiting
+        and (refusal := _node_refusal(entry, node, estimates, free, fetch)) is not None
+    }
+    refusals.update(waiting)
+    return (
+        loads,
+        PlacementProblem(entry.alias, _shortfall(entry, placed, up.nodes, refusals)),
+        bool(waiting),
+    )
+
+
+def _fits(
+    entry: CatalogEntry,
+    up: _Up,
+    free: Mapping[NodeId, int],
+    estimates: Estimates,
+    fetch: _Fetch | None,
+    per_watt: Mapping[tuple[str, NodeId], float],
+) -> list[Fit]:
+    """The nodes that can take `entry` now, with the figures the scorers read: those
+    _node_refusal finds no reason to refuse, found without writing the reasons (they are
+    written only for an entry left short)."""
+    alias = entry.alias
+    spw = {node_id: v for (a, node_id), v in per_watt.items() if a == alias}
+    tps = up.reference_tps
+    fits: list[Fit] = []
+    for node_id in up.candidates(entry):
+        need = estimates.get((alias, node_id))
+        if not isinstance(need, MemoryEstimate):
+            continue
+        free_after = free[node_id] - need.total_bytes
+        if free_after < 0:
+            continue
+        # A path entry's file is the operator's business: has_file stays None (neutral).
+        has_file: bool | None = None
+        download_s = 0.0
+        if fetch is not None:
+            node = up.by_id[node_id]
+            if fetch.overdue(alias, node) is not None or fetch.refusal(node) is not None:
+                continue
+            has_file, download_s = fetch.fit(node)
+        spw_here = spw.get(node_id, 0.0) if spw else 0.0
+        fits.append(Fit(node_id, tps[node_id], free_after, has_file, download_s, spw_here))
+    return fits
+
+
+def _node_refusal(
+    entry: CatalogEntry,
+    node: Node,
+    estimates: Estimates,
+    free: Mapping[NodeId, int],
+    fetch: _Fetch | None,
+) -> str | None:
+    """Why `entry` cannot be loaded on `node` now, its download included, or None."""
+    refusal = fetch.overdue(entry.alias, node) if fetch is not None else None
+    if refusal is None:
+        need = estimates.get((entry.alias, node.node_id))
+        refusal = _refusal(entry, node, need, free[node.node_id])
+    if refusal is None and fetch is not None:
+        refusal = fetch.refusal(node)
+    return refusal
 
 
 def _refusal(
@@ -488,7 +526,7 @@ def _shortfall(
     return f"placed {placed} of {entry.replicas} {noun}; {reasons}"
 
 
-def _surplus(entry: CatalogEntry, up: Sequence[Node], provenance: Provenances) -> list[Unload]:
+def _surplus(entry: CatalogEntry, up: _Up, provenance: Provenances) -> list[Unload]:
     """Unloads for READY replicas beyond `entry.replicas`, least trusted first.
 
     Only READY replicas beyond the wanted count go: a loading one cannot be unloaded,
@@ -500,7 +538,7 @@ def _surplus(entry: CatalogEntry, up: Sequence[Node], provenance: Provenances) -
     id order, the reverse of placement's tie-break, so the nodes placement favours keep
     their models.
     """
-    ready = [(r, n.node_id) for n in up if (r := n.replica(entry.alias)) is not None and r.ready]
+    ready = [(r, n.node_id) for n, r in up.replicas(entry.alias) if r.ready]
     surplus = len(ready) - entry.replicas
     if surplus <= 0:
         return []
@@ -517,12 +555,55 @@ def _surplus(entry: CatalogEntry, up: Sequence[Node], provenance: Provenances) -
     return [Unload(node_id, entry.alias) for _, node_id in ready[:surplus]]
 
 
-def _up_sorted(nodes: Sequence[Node]) -> list[Node]:
-    return sorted((n for n in nodes if n.up), key=lambda n: n.node_id)
+class _Up:
+    """The up nodes of one plan, by node id, and what the plan reads of them for every
+    catalog entry, looked up once: each alias's replicas, each store file's holders, each
+    node's labels and speed. Scanning every node's models for every entry was most of a
+    plan's time at 10,000 nodes (tests/bench/simulate_fleet.py)."""
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.nodes = sorted((n for n in nodes if n.up), key=lambda n: n.node_id)
+        self.by_id = {node.node_id: node for node in self.nodes}
+        self.reference_tps = {nid: n.hardware.reference_decode_tps for nid, n in self.by_id.items()}
+        self._labels = [(nid, n.hardware.labels) for nid, n in self.by_id.items()]
+        # alias -> (node, its replica) in node id order; a node's first report of an alias
+        # is its replica, as NodeStatus.model reads it.
+        self._replicas: dict[str, list[tuple[Node, ModelStatus]]] = {}
+        self._files: dict[str, set[NodeId]] = {}  # sha256 -> nodes with a verified copy
+        for node in self.nodes:
+            seen: set[str] = set()
+            for replica in node.replicas:
+                if replica.alias not in seen:
+                    seen.add(replica.alias)
+                    self._replicas.setdefault(replica.alias, []).append((node, replica))
+            for stored in node.status.stored_files:
+                self._files.setdefault(stored.sha256, set()).add(node.node_id)
+
+    def replicas(self, alias: str) -> list[tuple[Node, ModelStatus]]:
+        """The nodes reporting `alias` in any state, with their replica, by node id."""
+        return self._replicas.get(alias, [])
+
+    def candidates(self, entry: CatalogEntry) -> list[NodeId]:
+        """The nodes node_refusal lets take part in placing `entry`: no replica of it in
+        any state, and every label it asks for. By node id."""
+        present = {node.node_id for node, _ in self.replicas(entry.alias)}
+        wanted = frozenset(entry.labels)
+        return [
+            node_id
+            for node_id, labels in self._labels
+            if node_id not in present and wanted <= labels
+        ]
+
+    def holds_file(self, node_id: NodeId, sha256: str) -> bool:
+        """Whether the node reports a verified copy of the file (sources.holds_file)."""
+        return node_id in self._files.get(sha256, ())
+
+    def file_holders(self, sha256: str) -> set[NodeId]:
+        return self._files.get(sha256, set())
 
 
 def _fetching(
-    catalog: Sequence[CatalogEntry], up: Sequence[Node], downloads: Downloads
+    catalog: Sequence[CatalogEntry], up: _Up, downloads: Downloads
 ) -> dict[str, list[NodeId]]:
     """For each store file, the up nodes fetching it now, by node id: replicas reported
     DOWNLOADING (the file named by their source, else by their catalog entry) and loads
@@ -534,7 +615,7 @@ def _fetching(
         if isinstance(model := downloads.model(entry), StoreModel)
     }
     fetching: dict[str, set[NodeId]] = {}
-    for node in up:
+    for node in up.nodes:
         for replica in node.replicas:
             key = (replica.alias, node.node_id)
             if replica.state is not ModelState.DOWNLOADING or key in downloads.overdue:
@@ -543,20 +624,17 @@ def _fetching(
             sha256 = source.sha256 if source is not None else by_alias.get(replica.alias)
             if sha256 is not None:
                 fetching.setdefault(sha256, set()).add(node.node_id)
-    up_ids = {node.node_id for node in up}
     for alias, node_id in downloads.pending:
         sha256 = by_alias.get(alias)
-        if sha256 is not None and node_id in up_ids and (alias, node_id) not in downloads.overdue:
+        if sha256 is not None and node_id in up.by_id and (alias, node_id) not in downloads.overdue:
             fetching.setdefault(sha256, set()).add(node_id)
     return {sha256: sorted(nodes) for sha256, nodes in fetching.items()}
 
 
-def _holder_count(entry: CatalogEntry, up: Sequence[Node], downloads: Downloads) -> int:
+def _holder_count(entry: CatalogEntry, up: _Up, downloads: Downloads) -> int:
     """Nodes holding the entry, not counting downloads past their timeout (unloaded now)."""
     return sum(
         1
-        for n in up
-        if (r := n.replica(entry.alias)) is not None
-        and r.state in HOLDING_STATES
-        and (entry.alias, n.node_id) not in downloads.overdue
+        for n, r in up.replicas(entry.alias)
+        if r.state in HOLDING_STATES and (entry.alias, n.node_id) not in downloads.overdue
     )

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
+import random
+
 import pytest
 
 from orchestrator.cluster.types import NodeId
 from orchestrator.placement.scorers import (
+    RANKING,
     Fit,
     fastest,
     model_file_present,
     most_free_memory,
     rank,
+    ranked,
     soonest_ready,
 )
 
@@ -101,3 +106,40 @@ def test_among_nodes_that_must_fetch_the_quicker_download_beats_a_faster_node() 
         fit("pc-holder", tps=10.0, has_file=True),
     ]
     assert ids(rank(fits)) == ["pc-holder", "nano-lan", "agx-wifi"]
+
+
+# ---- ranked: rank's order, lazily ---------------------------------------------------------
+
+
+def random_fits(count: int, seed: int) -> list[Fit]:
+    """Fits with few distinct figures, so every scorer and the node id break ties."""
+    rng = random.Random(seed)
+    return [
+        Fit(
+            NodeId(f"n{rng.randrange(10**6):06d}-{i}"),
+            reference_tps=rng.choice([0.0, 40.0, 200.0]),
+            free_after=rng.choice([1, 2, 3]) * GiB,
+            has_file=rng.choice([None, True, False]),
+            download_s=rng.choice([0.0, 30.0, 400.0]),
+            streams_per_watt=rng.choice([0.0, 0.1]),
+        )
+        for i in range(count)
+    ]
+
+
+@pytest.mark.parametrize("first", [1, 3, 50, 500])
+def test_ranked_yields_every_fit_in_rank_order_whatever_the_first_batch(first: int) -> None:
+    fits = random_fits(300, seed=first)
+    assert list(ranked(fits, first=first)) == rank(fits)
+
+
+def test_ranked_takes_any_scorers_like_rank() -> None:
+    fits = random_fits(200, seed=7)
+    for scorers in ([], [most_free_memory], [fastest, most_free_memory], list(RANKING)):
+        assert list(ranked(fits, scorers, first=5)) == rank(fits, scorers)
+
+
+def test_the_first_few_of_ranked_are_the_first_few_of_rank() -> None:
+    fits = random_fits(1000, seed=3)
+    assert list(itertools.islice(ranked(fits, first=10), 10)) == rank(fits)[:10]
+    assert list(ranked([])) == []
