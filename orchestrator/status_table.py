@@ -16,12 +16,15 @@ from orchestrator.cluster.splits import (
     lent_ranges,
     model_layer_ranges,
 )
-from orchestrator.cluster.view import ClusterView
+from orchestrator.cluster.view import ClusterView, PowerView
 
 
 def render_status(view: ClusterView, target_streams: int | None = None) -> str:
     up = sum(1 for n in view.nodes if n.up)
-    lines = [f"{len(view.nodes)} workers ({up} up), routing: {view.routing_policy}", ""]
+    lines = [f"{len(view.nodes)} workers ({up} up), routing: {view.routing_policy}"]
+    if view.power is not None:
+        lines.append(power_line(view.power))
+    lines.append("")
     lines.append(f"{'NODE':16} {'STATE':6} {'KIND':12} {'ADDRESS':22} {'FREE MEM':>10}  MODELS")
     statuses = [n.status for n in view.nodes]
     lent_by = lenders(statuses)
@@ -43,6 +46,18 @@ def render_status(view: ClusterView, target_streams: int | None = None) -> str:
         lines.append(f"\nnot placed: {problem.alias}: {problem.reason}")
     lines.extend(capacity_lines(view.capacities, target_streams))
     return "\n".join(lines)
+
+
+def power_line(power: PowerView) -> str:
+    """The cluster's draw against its power budget, and whether new requests get in."""
+    line = f"power: {power.draw_w:.0f} W of a {power.budget_w:g} W budget"
+    if not power.admitting:
+        line += f", over: new requests refused until below {power.resume_below_w:g} W"
+    if power.unmeasured_nodes:
+        count = len(power.unmeasured_nodes)
+        verb = "reports" if count == 1 else "report"
+        line += f"; {count} unmeasured ({', '.join(power.unmeasured_nodes)} {verb} no power)"
+    return line
 
 
 def capacity_lines(records: Sequence[CapacityRecord], target_streams: int | None) -> list[str]:

@@ -18,7 +18,7 @@ from common.net import split_host_port
 from common.wire.status import node_status_from_report, node_status_to_report
 from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import Node, PlacementProblem
-from orchestrator.cluster.view import ClusterView, NodeView
+from orchestrator.cluster.view import ClusterView, NodeView, PowerView
 
 
 class BadReport(ValueError):
@@ -48,6 +48,7 @@ def view_to_proto(view: ClusterView) -> inf_pb.ClusterStatusResponse:
         routing_policy=view.routing_policy,
         state_version=view.state_version,
         capacities=[_capacity_to_proto(r) for r in view.capacities],
+        power=_power_to_proto(view.power),
     )
 
 
@@ -61,6 +62,24 @@ def view_from_proto(message: inf_pb.ClusterStatusResponse) -> ClusterView:
         routing_policy=message.routing_policy,
         state_version=message.state_version,
         capacities=tuple(_capacity_from_proto(r) for r in message.capacities),
+        power=_power_from_proto(message.power) if message.HasField("power") else None,
+    )
+
+
+def _power_to_proto(power: PowerView | None) -> inf_pb.PowerBudget | None:
+    if power is None:
+        return None
+    return inf_pb.PowerBudget(**dataclasses.asdict(power))
+
+
+def _power_from_proto(message: inf_pb.PowerBudget) -> PowerView:
+    return PowerView(
+        budget_w=message.budget_w,
+        draw_w=message.draw_w,
+        measured_nodes=tuple(message.measured_nodes),
+        unmeasured_nodes=tuple(message.unmeasured_nodes),
+        admitting=message.admitting,
+        resume_below_w=message.resume_below_w,
     )
 
 

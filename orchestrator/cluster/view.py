@@ -37,6 +37,20 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class PowerView:
+    """The cluster's power budget, where one is set: what the up nodes that report power
+    draw now against it, those that report none (not in `draw_w`), and whether the gateway
+    admits new requests (once refusing, again only below `resume_below_w`)."""
+
+    budget_w: float
+    draw_w: float
+    measured_nodes: tuple[str, ...] = ()
+    unmeasured_nodes: tuple[str, ...] = ()
+    admitting: bool = True
+    resume_below_w: float = 0.0
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """Every node, the models the catalog could not place and why, the routing policy and
     the measured capacities."""
@@ -49,10 +63,15 @@ class ClusterView:
     # What `llamaherd capacity` measured per node, model and context (admission caps each
     # replica at its max_streams; nodes never measured have no cap).
     capacities: tuple[CapacityRecord, ...] = ()
+    power: PowerView | None = None  # the power budget; None: none set
 
 
 def cluster_view(
-    snapshot: ClusterSnapshot, now: float, inflight: Callable[[NodeId], int], policy: str
+    snapshot: ClusterSnapshot,
+    now: float,
+    inflight: Callable[[NodeId], int],
+    policy: str,
+    power: PowerView | None = None,
 ) -> ClusterView:
     """The view of `snapshot` at `now` (the registry's clock)."""
     return ClusterView(
@@ -70,6 +89,7 @@ def cluster_view(
         routing_policy=policy,
         state_version=snapshot.version,
         capacities=snapshot.capacities,
+        power=power,
     )
 
 

@@ -6,8 +6,9 @@ from llamaherd.v1 import inference_pb2 as inf_pb
 
 from common.status import ModelStatus
 from orchestrator.cluster.types import ClusterSnapshot
-from orchestrator.cluster.view import ClusterView, cluster_view
+from orchestrator.cluster.view import ClusterView, PowerView, cluster_view
 from orchestrator.gateway.router import Router
+from orchestrator.routing.admission import RESUME_RATIO
 
 
 def cluster_models(
@@ -39,5 +40,22 @@ def cluster_models(
 def cluster_status(router: Router) -> ClusterView:
     """The cluster as this gateway sees it now; the gRPC and HTTP APIs serve it."""
     return cluster_view(
-        router.snapshot, router.state_clock(), router.inflight_to, router.policy.name
+        router.snapshot, router.state_clock(), router.inflight_to, router.policy.name,
+        power_view(router),
+    )  # fmt: skip
+
+
+def power_view(router: Router) -> PowerView | None:
+    """The power budget as `router` last judged it; None without a budget."""
+    budget = router.power_budget_w
+    if budget is None:
+        return None
+    draw = router.power_draw
+    return PowerView(
+        budget_w=budget,
+        draw_w=draw.watts,
+        measured_nodes=draw.measured,
+        unmeasured_nodes=draw.unmeasured,
+        admitting=router.power.admitted,
+        resume_below_w=RESUME_RATIO * budget,
     )

@@ -58,6 +58,10 @@ class Relayed:
     upstream: tuple[str, int]
     bytes_up: int = 0  # client -> upstream
     bytes_down: int = 0  # upstream -> client
+    # Replies: upstream data arriving after client data. A request/response protocol's
+    # synchronous round trips; messages that need no reply add none.
+    turns: int = 0
+    _last_up: bool = False
 
 
 class DelayProxy:
@@ -137,7 +141,10 @@ class DelayProxy:
 
     def relayed(self) -> list[Relayed]:
         with self._lock:
-            return [Relayed(r.client, r.upstream, r.bytes_up, r.bytes_down) for r in self._relayed]
+            return [
+                Relayed(r.client, r.upstream, r.bytes_up, r.bytes_down, r.turns)
+                for r in self._relayed
+            ]
 
     # ---- the relay ---------------------------------------------------------------------
     def _serve(self, ready: queue.SimpleQueue[socket.socket | BaseException]) -> None:
@@ -170,19 +177,24 @@ class DelayProxy:
                 self._sockets.update((client, upstream))
             for sock in (client, upstream):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._pipe(client, upstream, record, "bytes_up")
-            self._pipe(upstream, client, record, "bytes_down")
+            self._pipe(client, upstream, record, up=True)
+            self._pipe(upstream, client, record, up=False)
 
-    def _pipe(
-        self, source: socket.socket, sink: socket.socket, record: Relayed, count: str
-    ) -> None:
+    def _pipe(self, source: socket.socket, sink: socket.socket, record: Relayed, up: bool) -> None:
         """One direction: a reader stamps each chunk, a writer sends it when it is due."""
         chunks: queue.SimpleQueue[tuple[float, bytes]] = queue.SimpleQueue()
+        count = "bytes_up" if up else "bytes_down"
 
         def read() -> None:
             with contextlib.suppress(OSError):
                 while data := source.recv(CHUNK):
-                    chunks.put((time.monotonic() + self._delay_s, data))
+                    arrived = time.monotonic()
+                    # Noted before the chunk can be sent on, so its reply finds it noted.
+                    with self._lock:
+                        if not up and record._last_up:
+                            record.turns += 1
+                        record._last_up = up
+                    chunks.put((arrived + self._delay_s, data))
             chunks.put((0.0, b""))  # the end, in order after every chunk
 
         def write() -> None:

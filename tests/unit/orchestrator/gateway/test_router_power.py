@@ -16,12 +16,16 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from support.recorded_telemetry import RecordedJetson
 
 from common.errors import ErrorKind
+from orchestrator.cluster.reports import view_from_proto, view_to_proto
 from orchestrator.cluster.types import ClusterSnapshot, Node
+from orchestrator.cluster.view import PowerView, view_from_json, view_to_json
 from orchestrator.gateway.errors import Overloaded, http_headers, http_status, openai_envelope
 from orchestrator.gateway.router import Progress, Router
+from orchestrator.gateway.views import cluster_status
 from orchestrator.routing.admission import POWER_RETRY_AFTER_S
 from orchestrator.routing.policies import RoundRobin
 from orchestrator.routing.request import RouteRequest
+from orchestrator.status_table import render_status
 from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
 from tests.unit.orchestrator.gateway.relay_support import two_workers, worker_node
 
@@ -147,3 +151,36 @@ def test_a_stream_in_flight_is_never_cut_even_when_it_moves_over_the_budget(
             await router.clients.close()
 
     asyncio.run(scenario())
+
+
+# ---- what status and /v1/cluster show ------------------------------------------------------
+
+
+def test_status_and_the_cluster_document_show_the_draw_against_the_budget(
+    boards: tuple[RecordedJetson, RecordedJetson],
+) -> None:
+    cluster = Cluster(boards, ["127.0.0.1:1", "127.0.0.1:2"])
+    router = Router(RoundRobin(), WorkerClients(), 2, power_budget_w=BUDGET_W)
+    snapshot = cluster.snapshot(26.824)
+    cpu = dataclasses.replace(worker_node("c", "127.0.0.1:3"), last_report=NOW)  # no power
+    router.update(dataclasses.replace(snapshot, nodes=(*snapshot.nodes, cpu)))
+    view = cluster_status(router)
+    assert view.power == PowerView(
+        budget_w=30.0, draw_w=pytest.approx(35.324), measured_nodes=("a", "b"),
+        unmeasured_nodes=("c",), admitting=False, resume_below_w=28.5,
+    )  # fmt: skip
+    document = view_to_json(view)
+    assert document["power"]["unmeasured_nodes"] == ["c"]
+    assert view_from_json(document) == view
+    assert view_from_proto(view_to_proto(view)) == view  # what llamaherd status receives
+    assert render_status(view).splitlines()[1] == (
+        "power: 35 W of a 30 W budget, over: new requests refused until below 28.5 W; "
+        "1 unmeasured (c reports no power)"
+    )
+    # Without a budget there is no power block at all.
+    plain = Router(RoundRobin(), WorkerClients(), 2)
+    plain.update(snapshot)
+    view = cluster_status(plain)
+    assert view.power is None and view_to_json(view)["power"] is None
+    assert view_from_proto(view_to_proto(view)).power is None
+    assert not any(line.startswith("power:") for line in render_status(view).splitlines())
