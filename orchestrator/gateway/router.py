@@ -128,7 +128,8 @@ class Router:
     `retries`: how many times one request may be sent again after a failure (a retry, a
     restart or a migration alike); `stall_timeout_s`: the longest silence allowed between
     two chunks of a started stream (0: no limit); `power_budget_w`: the cluster's power
-    budget (None: none), over which new requests are refused (admission.power_admission).
+    budget (None: none), over which new requests are refused (admission.power_admission);
+    `wall_clock` reads unix time, the clock of the telemetry samples' `taken_at`.
     """
 
     def __init__(
@@ -140,6 +141,7 @@ class Router:
         stall_timeout_s: float = 30.0,
         traffic: Traffic | None = None,
         power_budget_w: float | None = None,
+        wall_clock: Clock = time.time,
     ) -> None:
         self.policy = policy
         self.traffic = traffic
@@ -156,6 +158,7 @@ class Router:
         self._call_started: dict[WorkerStream[Any], float] = {}  # for Retry-After estimates
         self._dropped: dict[WorkerStream[Any], str] = {}
         self.power_budget_w = power_budget_w
+        self._wall_clock = wall_clock
         # The draw of the last snapshot and the admission it gave (with its hysteresis);
         # computed once per snapshot, not per request: samples change once per heartbeat.
         self.power_draw = ClusterDraw()
@@ -167,7 +170,7 @@ class Router:
         self.snapshot = snapshot
         self._snapshot_at = self._clock()
         if self.power_budget_w is not None:
-            self.power_draw = cluster_draw(snapshot.nodes, snapshot.taken_at)
+            self.power_draw = cluster_draw(snapshot.nodes, self._wall_clock())
             self.power = power_admission(self.power_draw, self.power_budget_w, self.power.refusing)
         for node in snapshot.nodes:
             if node.node_id in was_up and not node.up:

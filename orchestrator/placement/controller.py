@@ -188,7 +188,7 @@ class PlacementController:
     download rate assumed for a node that has not reported one; `store_fetches_per_file`
     how many nodes may fetch one file from the store at once while no node holds it (0: no
     limit); `power_budget_w` the cluster's power budget (orchestrator.placement.power),
-    None for none."""
+    None for none, judged on the telemetry samples' clock, unix time (`wall_clock`)."""
 
     def __init__(
         self,
@@ -203,6 +203,7 @@ class PlacementController:
         link_bytes_per_second: float = DEFAULT_LINK_BYTES_PER_SECOND,
         store_fetches_per_file: int = 1,
         power_budget_w: float | None = None,
+        wall_clock: Clock = time.time,
     ) -> None:
         self._catalog = tuple(catalog)
         self._interval = interval_s
@@ -236,6 +237,7 @@ class PlacementController:
         self._store_estimates: dict[tuple[str, str], MemoryEstimate | str] = {}
         self._downloads = Downloads()  # this round's, for the loads it starts
         self._power_budget_w = power_budget_w
+        self._wall_clock = wall_clock
 
     async def run(self) -> None:
         version = -1
@@ -282,9 +284,9 @@ class PlacementController:
         estimates = await self._gather_estimates(snapshot, needed)
         estimates.update(await self._size_fetches(nodes, downloads, estimates))
         power = None
-        if self._power_budget_w is not None:  # the samples' clock is the registry's
+        if self._power_budget_w is not None:
             power = power_figures(
-                self._power_budget_w, nodes, snapshot.taken_at, snapshot.capacities
+                self._power_budget_w, nodes, self._wall_clock(), snapshot.capacities
             )
             estimates = refuse_over_budget(estimates, power)
         result = plan(

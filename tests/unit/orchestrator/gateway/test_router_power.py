@@ -29,7 +29,8 @@ from orchestrator.status_table import render_status
 from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
 from tests.unit.orchestrator.gateway.relay_support import two_workers, worker_node
 
-NOW = 1_764_000_000.0
+NOW = 1_764_000_000.0  # unix time, the samples' clock (the Router's wall_clock)
+REGISTRY_NOW = 5_000.0
 ROUTE = RouteRequest("m")
 BUDGET_W = 30.0
 
@@ -59,7 +60,12 @@ class Cluster:
             _reporting(worker_node(name, address), board.sample(NOW))
             for name, address, board in zip("ab", self.addresses, (agx, nano), strict=True)
         )
-        return ClusterSnapshot(version=self.version, taken_at=NOW, nodes=nodes)
+        # The registry's clock is monotonic, not the samples' unix time.
+        return ClusterSnapshot(version=self.version, taken_at=REGISTRY_NOW, nodes=nodes)
+
+
+def budgeted_router() -> Router:
+    return Router(RoundRobin(), WorkerClients(), 2, power_budget_w=BUDGET_W, wall_clock=lambda: NOW)
 
 
 def _reporting(node: Node, sample: object) -> Node:
@@ -95,7 +101,7 @@ def test_over_the_budget_new_requests_get_a_429_naming_it_until_the_draw_falls_b
     boards: tuple[RecordedJetson, RecordedJetson],
 ) -> None:
     cluster = Cluster(boards, ["127.0.0.1:1", "127.0.0.1:2"])  # never called: all refused
-    router = Router(RoundRobin(), WorkerClients(), 2, power_budget_w=BUDGET_W)
+    router = budgeted_router()
     router.update(cluster.snapshot(20.0))  # 20 + 8.5 W: within 30 W
     assert router.power.admitted
     assert router.choose(ROUTE, set()).node_id == "a"
@@ -132,7 +138,7 @@ def test_a_stream_in_flight_is_never_cut_even_when_it_moves_over_the_budget(
     async def scenario() -> None:
         async with two_workers(tmp_path) as (a, b):
             cluster = Cluster(boards, [a.address, b.address])
-            router = Router(RoundRobin(), WorkerClients(), 2, power_budget_w=BUDGET_W)
+            router = budgeted_router()
             router.update(cluster.snapshot(10.0))
             nodes, text = [], ""
             async for node, chunk in router.stream(ROUTE, _open):
@@ -160,7 +166,7 @@ def test_status_and_the_cluster_document_show_the_draw_against_the_budget(
     boards: tuple[RecordedJetson, RecordedJetson],
 ) -> None:
     cluster = Cluster(boards, ["127.0.0.1:1", "127.0.0.1:2"])
-    router = Router(RoundRobin(), WorkerClients(), 2, power_budget_w=BUDGET_W)
+    router = budgeted_router()
     snapshot = cluster.snapshot(26.824)
     cpu = dataclasses.replace(worker_node("c", "127.0.0.1:3"), last_report=NOW)  # no power
     router.update(dataclasses.replace(snapshot, nodes=(*snapshot.nodes, cpu)))

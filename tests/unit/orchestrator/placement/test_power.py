@@ -251,12 +251,13 @@ def test_the_controller_starts_no_replica_over_the_budget_and_publishes_why(
             reporting("agx", agx.draw(agx_watts).sample(NOW)),
             reporting("nano", nano.sample(NOW)),
         )
-        return ClusterSnapshot(version=1, taken_at=NOW, nodes=nodes)
+        # The registry's clock is monotonic; the samples' is unix time (wall_clock).
+        return ClusterSnapshot(version=1, taken_at=NOW - 900.0, nodes=nodes)
 
     async def main() -> None:
         controller = PlacementController(
             [entry("m")], 1.0, no_snapshots, publish, workers,
-            clock=clock, timings=TIMINGS, power_budget_w=30.0,
+            clock=clock, timings=TIMINGS, power_budget_w=30.0, wall_clock=lambda: NOW,
         )  # fmt: skip
         await controller.reconcile(cluster(AGX_W))
         await controller.settle()
