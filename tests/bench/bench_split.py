@@ -18,6 +18,14 @@ per "host" on a 2-core machine). Rounds rotate the order; each request has a fre
 Reported: medians of decode tokens/s (after the first token) and TTFT, and their ratio to
 llama.cpp's split.
 
+With --streams 1,4,8, every round also runs waves of N concurrent streams on each variant
+(both sides get max(--streams) slots: n_parallel and llama-server's -np, n_ctx each), and
+reports the medians of the waves' aggregate decode tokens/s (every stream's tokens after
+its first, over the time from the wave's first first token to its last token) and
+end-to-end tokens/s (all tokens over the wave's wall time). For llamaherd's splits it also
+reports the CPU time per token of the head worker process, which only relays chunks from
+the child process hosting the model (worker.split.runner), and of that child.
+
 Peers are built in a temporary folder from the sources llama-cpp-python vendors, never
 committed (see tests/bench/bench_batching.py for the download):
 
@@ -32,11 +40,14 @@ committed (see tests/bench/bench_batching.py for the download):
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +81,26 @@ class Variant:
     decode: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
+    # The processes whose CPU time is reported per token: llamaherd's head worker (the
+    # relay) and, when it hosts a split model, its children (the model itself).
+    pid: int | None = None
+    idle_cpu: tuple[float, float] = (0.0, 0.0)  # CPU s/s of pid and its children at rest
+    # Per stream count N>1: each wave's aggregate decode and end-to-end tokens/s, TTFTs.
+    waves: dict[int, list[float]] = field(default_factory=dict)
+    e2e: dict[int, list[float]] = field(default_factory=dict)
+    wave_ttft: dict[int, list[float]] = field(default_factory=dict)
+    # Per stream count: CPU µs per token of the head process and of its children.
+    head_cpu: dict[int, list[float]] = field(default_factory=dict)
+    child_cpu: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Wave:
+    """N concurrent streams started together."""
+
+    streams: list[Stream]
+    decode_rate: float  # every stream's tokens after its first / first first token to last
+    e2e_rate: float  # all tokens / the wave's wall time
 
 
 def prompt_for(n: int) -> str:
@@ -82,6 +113,43 @@ def decode_rate(stream: Stream) -> float:
     return len(stream.gaps_ms) / seconds if seconds > 0 else float("nan")
 
 
+def wave(run: Callable[[str, int], Stream], prompts: list[str], max_tokens: int) -> Wave:
+    """Runs one stream per prompt at once (a barrier releases them together)."""
+    barrier = threading.Barrier(len(prompts))
+
+    def one(prompt: str) -> tuple[float, Stream]:
+        barrier.wait()
+        started = time.perf_counter()
+        return started, run(prompt, max_tokens)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        timed = list(pool.map(one, prompts))
+    begun = min(start for start, _ in timed)
+    firsts = [start + s.ttft_ms / 1e3 for start, s in timed]
+    ends = [first + sum(s.gaps_ms) / 1e3 for first, (_, s) in zip(firsts, timed, strict=True)]
+    streams = [s for _, s in timed]
+    decoded = sum(len(s.gaps_ms) for s in streams)
+    window = max(ends) - min(firsts)
+    return Wave(
+        streams,
+        decoded / window if window > 0 else float("nan"),
+        sum(s.tokens for s in streams) / (max(ends) - begun),
+    )
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) used so far by process `pid` and by its live children."""
+
+    def of(p: int) -> float:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    children = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        children += [int(c) for c in (task / "children").read_text().split()]
+    return of(pid), sum(of(c) for c in children)
+
+
 # ---- llamaherd ---------------------------------------------------------------------------
 def llamaherd_variants(
     stack: ExitStack,
@@ -90,8 +158,9 @@ def llamaherd_variants(
     helpers: dict[str, Host],
     remote: int,
     threads: int,
+    slots: int = 1,
 ) -> list[Variant]:
-    model = {"path": "builtin:gemma-3-270m", "n_ctx": N_CTX, "n_parallel": 1,
+    model = {"path": "builtin:gemma-3-270m", "n_ctx": N_CTX, "n_parallel": slots,
              "n_threads": threads, "flash_attn": "off"}  # fmt: skip
     config = {"models": [{"alias": "single", **model}], "log_level": "WARNING",
               "reference_speed": False}  # fmt: skip
@@ -136,13 +205,15 @@ def llamaherd_variants(
 
         return run
 
-    return [*(Variant(f"llamaherd {alias.replace('-', ' (')})", runner(alias)) for alias in splits),
+    pid = head_worker.process.pid  # `ip netns exec` execs the worker: the same process
+    return [*(Variant(f"llamaherd {alias.replace('-', ' (')})", runner(alias), pid=pid)
+              for alias in splits),
             Variant("llamaherd single node", runner("single"))]  # fmt: skip
 
 
 # ---- llama.cpp -----------------------------------------------------------------------------
 def llama_cpp_variants(
-    stack: ExitStack, args: argparse.Namespace, head: Host, helper: Host
+    stack: ExitStack, args: argparse.Namespace, head: Host, helper: Host, slots: int = 1
 ) -> list[Variant]:
     model = resolve("builtin:gemma-3-270m")
     rpc_log = (args.workdir / "rpc-server.log").open("wb")
@@ -154,8 +225,9 @@ def llama_cpp_variants(
     stack.callback(_stop, rpc)
     time.sleep(1.0)
     threads = str(args.threads)
-    common = ["-m", str(model), "-c", str(N_CTX), "-np", "1", "-t", threads, "-tb", threads,
-              "-fa", "off", "--no-webui", "--host", head.address]  # fmt: skip
+    # -c is the context of all slots together: N_CTX each, as llamaherd's n_ctx.
+    common = ["-m", str(model), "-c", str(N_CTX * slots), "-np", str(slots), "-t", threads,
+              "-tb", threads, "-fa", "off", "--no-webui", "--host", head.address]  # fmt: skip
     variants = []
     for offset, (name, extra) in enumerate([
         ("llama.cpp RPC split", ["--rpc", f"{helper.address}:{RPC_PORT}",
@@ -199,6 +271,112 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
+def idle_cpu(pid: int, seconds: float = 5.0) -> tuple[float, float]:
+    """CPU seconds per second that process `pid` and its children use with nothing to do."""
+    head, child = cpu_seconds(pid)
+    time.sleep(seconds)
+    head_after, child_after = cpu_seconds(pid)
+    return (head_after - head) / seconds, (child_after - child) / seconds
+
+
+def parse_streams(text: str) -> list[int]:
+    """--streams: comma-separated positive stream counts, e.g. 1,4,8."""
+    try:
+        counts = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--streams takes counts like 1,4,8, not {text!r}"
+        ) from None
+    if not counts or counts[0] < 1:
+        raise argparse.ArgumentTypeError(f"--streams counts must be at least 1, got {text!r}")
+    return counts
+
+
+def measure_round(variants: list[Variant], r: int, streams: list[int], max_tokens: int) -> None:
+    """One round: every stream count, every variant, in an order that rotates by round."""
+    order = variants[r % len(variants) :] + variants[: r % len(variants)]
+    for n in streams:
+        prompts = [prompt_for(1000 * n + r * n + i) for i in range(n)]
+        for variant in order:
+            before = cpu_seconds(variant.pid) if variant.pid else None
+            started = time.perf_counter()
+            done = wave(variant.run, prompts, max_tokens)
+            elapsed = time.perf_counter() - started
+            tokens = sum(s.tokens for s in done.streams)
+            if before is not None and variant.pid is not None:
+                # Less what the processes burn at rest (heartbeats, telemetry, probes).
+                head, child = cpu_seconds(variant.pid)
+                head -= before[0] + variant.idle_cpu[0] * elapsed
+                child -= before[1] + variant.idle_cpu[1] * elapsed
+                variant.head_cpu.setdefault(n, []).append(head / tokens * 1e6)
+                variant.child_cpu.setdefault(n, []).append(child / tokens * 1e6)
+            for stream in done.streams:
+                if stream.tokens != max_tokens:
+                    print(f"warning: {variant.name} gave {stream.tokens} tokens", file=sys.stderr)
+            if n == 1:
+                stream = done.streams[0]
+                variant.decode.append(decode_rate(stream))
+                variant.ttft.append(stream.ttft_ms)
+                variant.texts.append(stream.text)
+            else:
+                variant.waves.setdefault(n, []).append(done.decode_rate)
+                variant.e2e.setdefault(n, []).append(done.e2e_rate)
+                variant.wave_ttft.setdefault(n, []).extend(s.ttft_ms for s in done.streams)
+        rates = ", ".join(
+            f"{v.name} {v.decode[-1] if n == 1 else v.waves[n][-1]:.1f}" for v in variants
+        )
+        print(f"round {r + 1}, {n} stream(s), decode tok/s: {rates}", file=sys.stderr, flush=True)
+
+
+def report(variants: list[Variant], args: argparse.Namespace, slots: int) -> None:
+    by_name = {v.name: v for v in variants}
+    reference = by_name["llama.cpp RPC split"]
+    print(f"\nGemma 3 270M Q4_K_M, last {args.remote_layers} of 18 layers on the helper host, "
+          f"{args.threads} thread(s) per process, {slots} slot(s) per server, greedy, "
+          f"{args.max_tokens} tokens per stream, {args.rounds} rounds\n")  # fmt: skip
+    if 1 in args.streams:
+        ref_decode = statistics.median(reference.decode)
+        ref_ttft = statistics.median(reference.ttft)
+        print("| variant | decode tok/s (median) | vs llama.cpp RPC | TTFT ms (median) "
+              "| vs llama.cpp RPC |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|")
+        for v in variants:
+            decode, ttft = statistics.median(v.decode), statistics.median(v.ttft)
+            print(f"| {v.name} | {decode:.1f} | {decode / ref_decode:.2f}x | {ttft:.0f} "
+                  f"| {ttft / ref_ttft:.2f}x |")  # fmt: skip
+    many = [n for n in args.streams if n > 1]
+    if many:
+        print("\n| variant | streams | aggregate decode tok/s (median) | vs llama.cpp RPC "
+              "| end-to-end tok/s (median) | vs llama.cpp RPC | TTFT ms (median) |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for n in many:
+            ref = statistics.median(reference.waves[n])
+            ref_e2e = statistics.median(reference.e2e[n])
+            for v in variants:
+                decode, e2e = statistics.median(v.waves[n]), statistics.median(v.e2e[n])
+                print(
+                    f"| {v.name} | {n} | {decode:.1f} | {decode / ref:.2f}x | {e2e:.1f} "
+                    f"| {e2e / ref_e2e:.2f}x | {statistics.median(v.wave_ttft[n]):.0f} |"
+                )
+    relayed = [v for v in variants if v.head_cpu]
+    if relayed:
+        print("\n| variant | streams | head worker (relay) CPU µs/token | child (model) CPU "
+              "µs/token |")  # fmt: skip
+        print("|---|---:|---:|---:|")
+        for v in relayed:
+            for n in args.streams:
+                print(
+                    f"| {v.name} | {n} | {statistics.median(v.head_cpu[n]):.0f} "
+                    f"| {statistics.median(v.child_cpu[n]):.0f} |"
+                )
+    if 1 in args.streams:
+        single = by_name["llamaherd single node"].texts
+        for v in variants:
+            if v.name.startswith("llamaherd split"):
+                same = sum(a == b for a, b in zip(v.texts, single, strict=True))
+                print(f"\n{v.name} output equal to its single-node output: {same}/{args.rounds}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llama-server", type=Path, required=True)
@@ -208,6 +386,11 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument(
+        "--streams", type=parse_streams, default=[1],
+        help="concurrent stream counts, comma-separated (e.g. 1,4,8); every server gets "
+        "the largest count of slots",
+    )  # fmt: skip
+    parser.add_argument(
         "--guards", default="auto",
         help="the helper's rpc_guard setting(s), comma-separated: auto, forwarder, or both "
         "(one helper host each, side by side)",
@@ -215,49 +398,26 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench-split"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
+    slots = max(args.streams)
 
     guards = args.guards.split(",")
     with network(1 + len(guards)) as net, ExitStack() as stack:
         head, *helpers = net.hosts
         print("starting llamaherd and llama.cpp on namespaced hosts ...", file=sys.stderr)
-        variants = llama_cpp_variants(stack, args, head, helpers[0])
+        variants = llama_cpp_variants(stack, args, head, helpers[0], slots)
         variants += llamaherd_variants(
             stack, args.workdir, head, dict(zip(guards, helpers, strict=True)),
-            args.remote_layers, args.threads,
+            args.remote_layers, args.threads, slots,
         )  # fmt: skip
         for variant in variants:  # warm-up: page cache, graphs, connections
-            variant.run(prompt_for(-1), 8)
+            wave(variant.run, [prompt_for(-1 - i) for i in range(slots)], 8)
+        for variant in variants:
+            if variant.pid is not None:
+                variant.idle_cpu = idle_cpu(variant.pid)
         for r in range(args.rounds):
-            order = variants[r % len(variants) :] + variants[: r % len(variants)]
-            for variant in order:
-                stream = variant.run(prompt_for(r), args.max_tokens)
-                if stream.tokens != args.max_tokens:
-                    print(f"warning: {variant.name} gave {stream.tokens} tokens", file=sys.stderr)
-                variant.decode.append(decode_rate(stream))
-                variant.ttft.append(stream.ttft_ms)
-                variant.texts.append(stream.text)
-            rates = ", ".join(f"{v.name} {v.decode[-1]:.1f} tok/s" for v in variants)
-            print(f"round {r + 1}: {rates}", file=sys.stderr, flush=True)
+            measure_round(variants, r, args.streams, args.max_tokens)
 
-    by_name = {v.name: v for v in variants}
-    reference = by_name["llama.cpp RPC split"]
-    ref_decode = statistics.median(reference.decode)
-    ref_ttft = statistics.median(reference.ttft)
-    print(f"\nGemma 3 270M Q4_K_M, last {args.remote_layers} of 18 layers on the helper host, "
-          f"{args.threads} thread(s) per process, greedy, {args.max_tokens} tokens, "
-          f"{args.rounds} rounds\n")  # fmt: skip
-    print("| variant | decode tok/s (median) | vs llama.cpp RPC | TTFT ms (median) "
-          "| vs llama.cpp RPC |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|")
-    for v in variants:
-        decode, ttft = statistics.median(v.decode), statistics.median(v.ttft)
-        print(f"| {v.name} | {decode:.1f} | {decode / ref_decode:.2f}x | {ttft:.0f} "
-              f"| {ttft / ref_ttft:.2f}x |")  # fmt: skip
-    single = by_name["llamaherd single node"].texts
-    for v in variants:
-        if v.name.startswith("llamaherd split"):
-            same = sum(a == b for a, b in zip(v.texts, single, strict=True))
-            print(f"\n{v.name} output equal to its single-node output: {same}/{args.rounds}")
+    report(variants, args, slots)
     return 0
 
 

@@ -36,7 +36,7 @@ from llamaherd.v1 import generation_pb2 as gen_pb
 from llamaherd.v1 import worker_pb2 as pb
 from llamaherd.v1 import worker_pb2_grpc
 
-from common.cluster_auth import aio_interceptors
+from common.cluster_auth import Metadata, auth_metadata
 from common.errors import FailedPrecondition, LlamaherdError, Unavailable
 from common.grpc_errors import REQUEST_ID_KEY, error_from_rpc
 from common.model_settings import ModelConfig
@@ -89,6 +89,7 @@ class SplitModel:
         process: asyncio.subprocess.Process,
         channel: aio.Channel,
         on_lost: OnLost,
+        auth: Metadata = (),
     ) -> None:
         self.config = config
         self.facts = facts
@@ -97,6 +98,9 @@ class SplitModel:
         self._process = process
         self._channel = channel
         self._stub = worker_pb2_grpc.WorkerStub(channel)
+        # The join token goes with each call rather than through channel interceptors:
+        # grpc.aio wraps every streamed message of an intercepted call in extra layers.
+        self._auth = auth
         self._on_lost = on_lost
         self._lost: str | None = None
         self._closing: str | None = None  # why it is being stopped on purpose
@@ -135,10 +139,9 @@ class SplitModel:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # a Ctrl-C for the worker reaches it via the worker
             )  # fmt: skip
-            channel = aio.insecure_channel(
-                f"127.0.0.1:{port}", interceptors=aio_interceptors(settings.cluster_token)
-            )
-            model = cls(config, facts, process, channel, on_lost)
+            channel = aio.insecure_channel(f"127.0.0.1:{port}")
+            auth = auth_metadata(settings.cluster_token)
+            model = cls(config, facts, process, channel, on_lost, auth)
             model._tasks.append(asyncio.create_task(model._copy_log(), name="split-log"))
             try:
                 await asyncio.wait_for(model._wait_ready(), START_TIMEOUT_S)
@@ -172,7 +175,7 @@ class SplitModel:
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     break
             await asyncio.sleep(0.1)
-        listing = await self._stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
+        listing = await self._list_models()
         for info in listing.models:
             if info.alias == self.alias and info.state == pb.MODEL_STATE_FAILED:
                 raise FailedPrecondition(f"split model {self.alias!r} could not load: {info.error}")
@@ -204,9 +207,7 @@ class SplitModel:
         try:
             while not wait.done():
                 with contextlib.suppress(aio.AioRpcError):
-                    self._update(
-                        await self._stub.ListModels(pb.ListModelsRequest(), timeout=STATS_TIMEOUT_S)
-                    )
+                    self._update(await self._list_models())
                 await asyncio.wait({wait}, timeout=PROBE_INTERVAL_S)
         finally:
             wait.cancel()
@@ -243,6 +244,12 @@ class SplitModel:
             line = raw.decode("utf-8", errors="replace").rstrip()
             self._log_tail.append(line)
             log.info("[%s] %s", self.alias, line)
+
+    async def _list_models(self) -> pb.ListModelsResponse:
+        reply: pb.ListModelsResponse = await self._stub.ListModels(
+            pb.ListModelsRequest(), metadata=self._auth, timeout=STATS_TIMEOUT_S
+        )
+        return reply
 
     def _update(self, listing: pb.ListModelsResponse) -> None:
         for info in listing.models:
@@ -343,7 +350,7 @@ class SplitModel:
     async def _relay_stream(
         self, method: Any, request: Any, request_id: str
     ) -> AsyncIterator[GenerationEvent]:
-        call = method(request, metadata=((REQUEST_ID_KEY, request_id),))
+        call = method(request, metadata=(*self._auth, (REQUEST_ID_KEY, request_id)))
         try:
             async for chunk in call:
                 yield wire.chunk_from_proto(chunk)
@@ -354,7 +361,7 @@ class SplitModel:
 
     async def _relay_unary(self, method: Any, request: Any, request_id: str) -> Any:
         try:
-            return await method(request, metadata=((REQUEST_ID_KEY, request_id),))
+            return await method(request, metadata=(*self._auth, (REQUEST_ID_KEY, request_id)))
         except aio.AioRpcError as exc:
             raise self._relayed(exc) from None
 
@@ -377,6 +384,9 @@ def _child_settings(
 ) -> dict[str, Any]:
     model = config.model_dump(mode="json")
     model["path"] = config.path if config.is_builtin else str(facts.path)
+    # The slots this worker sized the model for (n_parallel 0: from its memory budget), so
+    # that the child batches as many streams as the head reserved memory and reports for.
+    model["n_parallel"] = facts.n_parallel
     model.pop("source", None)  # a store model's child loads the verified file by its path
     return {
         "host": "127.0.0.1",
