@@ -151,3 +151,12 @@ def test_download_settings_are_checked() -> None:
         build_coordinator_settings(environ={}, overrides={"assumed_link_bytes_per_second": 0})
     with pytest.raises(ConfigError, match="download_timeout_s: Input should be greater"):
         build_coordinator_settings(environ={}, overrides={"download_timeout_s": -1})
+
+
+def test_the_power_budget_is_off_by_default_and_must_be_positive() -> None:
+    assert build_coordinator_settings(environ={}).power_budget_w is None
+    env = {"LLAMAHERD_COORDINATOR_POWER_BUDGET_W": "450"}
+    assert build_coordinator_settings(environ=env).power_budget_w == 450.0
+    for bad in (0, -5):
+        with pytest.raises(ConfigError, match="power_budget_w: Input should be greater than 0"):
+            build_coordinator_settings(environ={}, overrides={"power_budget_w": bad})

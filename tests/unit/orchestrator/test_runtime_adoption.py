@@ -109,3 +109,8 @@ def test_an_upgraded_llamaherd_replaces_every_actor(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(runtime, "_code_version", lambda: "99.0.0")
     after = {role: settings_key(BASE, fields) for role, fields in ROLES.items()}
     assert all(before[role] != after[role] for role in ROLES)
+
+
+def test_the_power_budget_replaces_placement_and_the_gateways() -> None:
+    # Placement refuses replicas over it, the gateways refuse requests over it.
+    assert _replaced(power_budget_w=500.0) == {"placement", "gateway"}

@@ -29,7 +29,15 @@ from orchestrator.placement.power import (
 )
 from orchestrator.routing.admission import cluster_draw
 from orchestrator.routing.heat import MAX_AGE_S
-from tests.unit.orchestrator.factories import NOW, GiB, entry, estimate, node
+from tests.unit.orchestrator.factories import (
+    NOW,
+    GiB,
+    MiB,
+    entry,
+    estimate,
+    layered_estimate,
+    node,
+)
 from tests.unit.orchestrator.placement.test_controller import TIMINGS, Clock, Workers
 
 # The recorded draws: the AGX Orin's rail sum, the Orin Nano's VDD_IN, the RTX 4090's NVML.
@@ -270,3 +278,34 @@ def test_the_controller_starts_no_replica_over_the_budget_and_publishes_why(
         await controller.stop()
 
     asyncio.run(main())
+
+
+def test_a_split_is_charged_for_every_node_it_spans(
+    agx: RecordedJetson, nano: RecordedJetson
+) -> None:
+    # 18 layers of 100 MiB: neither 1.2 GiB node holds it alone, so plan() splits it over
+    # both. Each node's replica fits 35 W alone (16.5 W now, +15 W or +6.5 W); the split
+    # adds both.
+    big = layered_estimate(18, 100 * MiB, rest_bytes=200 * MiB, compute_bytes=50 * MiB,
+                           layer_compute_bytes=20 * MiB)  # fmt: skip
+    catalog = [entry("big")]
+    nodes = [
+        _rpc(reporting("agx", agx.draw(8.0).sample(NOW), memory_free=1200 * MiB)),
+        _rpc(reporting("nano", nano.sample(NOW), memory_free=1200 * MiB)),
+    ]
+    estimates = {("big", n.node_id): big for n in nodes}
+    assert len(plan(catalog, nodes, estimates).splits) == 1
+    for budget, kept in ((40.0, 1), (35.0, 0)):
+        power = power_figures(budget, nodes, NOW)
+        result = within_budget(plan(catalog, nodes, refuse_over_budget(estimates, power)), power)
+        assert len(result.splits) == kept
+    assert only_problem(result).startswith(
+        "agx, nano: power budget 35 W: the cluster draws 16 W and a replica here adds about "
+        "22 W (Jetson default, power mode 15W)"
+    )
+
+
+def _rpc(node: Node) -> Node:
+    """`node`, able to lend and use devices over RPC (layer splits)."""
+    hardware = dataclasses.replace(node.status.hardware, backends=("CPU", "RPC"))
+    return dataclasses.replace(node, status=dataclasses.replace(node.status, hardware=hardware))
