@@ -212,7 +212,7 @@ class CoordinatorSettings(BaseModel):
         None, gt=0,
         description="the cluster's power budget in watts (default: none): placement starts no "
         "replica that would take the draw the nodes report past it, and the gateways answer "
-        "new requests 429 while the draw is over it (again below 95%); nodes that report no "
+        "new requests 429 while the draw is over it (again below 95 percent); nodes that report no "
         "power are listed as unmeasured, not counted",
     )  # fmt: skip
     dashboard: bool = Field(

@@ -160,3 +160,14 @@ def test_the_power_budget_is_off_by_default_and_must_be_positive() -> None:
     for bad in (0, -5):
         with pytest.raises(ConfigError, match="power_budget_w: Input should be greater than 0"):
             build_coordinator_settings(environ={}, overrides={"power_budget_w": bad})
+
+
+def test_the_help_of_every_coordinator_setting_renders(capsys: pytest.CaptureFixture[str]) -> None:
+    # argparse formats each help with %: a bare "95%" in a description broke --help.
+    from orchestrator.cli import main
+
+    for command in ("coordinator", "up"):
+        with pytest.raises(SystemExit) as done:
+            main([command, "--help"])
+        assert done.value.code == 0
+        assert "--power-budget-w" in capsys.readouterr().out
