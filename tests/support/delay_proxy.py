@@ -56,6 +56,7 @@ class Relayed:
 
     client: str
     upstream: tuple[str, int]
+    # Counted on arrival, so a side that has had its data back finds it counted.
     bytes_up: int = 0  # client -> upstream
     bytes_down: int = 0  # upstream -> client
     # Replies: upstream data arriving after client data. A request/response protocol's
@@ -194,6 +195,7 @@ class DelayProxy:
                         if not up and record._last_up:
                             record.turns += 1
                         record._last_up = up
+                        setattr(record, count, getattr(record, count) + len(data))
                     chunks.put((arrived + self._delay_s, data))
             chunks.put((0.0, b""))  # the end, in order after every chunk
 
@@ -208,8 +210,6 @@ class DelayProxy:
                     if wait > 0:
                         time.sleep(wait)
                     sink.sendall(data)
-                    with self._lock:
-                        setattr(record, count, getattr(record, count) + len(data))
             except OSError:
                 # The far side is gone: tear the connection down both ways.
                 for sock in (source, sink):

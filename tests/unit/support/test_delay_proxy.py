@@ -15,13 +15,17 @@ LOOPBACK = ("127.0.0.1", 0)
 
 
 def test_a_round_trip_gains_twice_the_one_way_delay() -> None:
+    added = []
     with EchoServer(LOOPBACK) as echo, DelayProxy(LOOPBACK, echo.address) as proxy:
-        base = rtt(proxy.address, n=20)
-        proxy.set_delay(0.010)
-        delayed = rtt(proxy.address, n=20)
-    # 2 x 10 ms added (one delay, not three, nor one per direction and chunk); the margin
-    # above covers the scheduler of a shared, busy machine.
-    assert 0.020 <= delayed - base < 0.030, (base, delayed)
+        for _ in range(3):
+            proxy.set_delay(0.0)
+            base = rtt(proxy.address, n=20)
+            proxy.set_delay(0.010)
+            added.append(rtt(proxy.address, n=20) - base)
+    # 2 x 10 ms added, never less; the best of three tries within 10 ms above that, for a
+    # shared, busy machine (one delay per chunk each way would add 20 ms, not 0).
+    assert min(added) >= 0.020 - 0.001, added  # the clock's and the median's slack
+    assert min(added) < 0.030, added
 
 
 def test_it_counts_the_replies_of_a_ping_pong_as_turns() -> None:
@@ -37,12 +41,14 @@ def test_the_delay_is_per_direction_not_per_chunk_so_throughput_is_not_capped() 
     # arrives, so the transfer takes about 40 ms more than direct, not 20 ms per chunk
     # (the 16+ chunks of 256 KiB or less would take 0.6 s or more).
     payload = os.urandom(4 * 1024 * 1024)
+    took = []
     with EchoServer(LOOPBACK) as echo, DelayProxy(LOOPBACK, echo.address, 0.020) as proxy:
-        started = time.monotonic()
-        got = _round_trip(proxy.address, payload)
-        elapsed = time.monotonic() - started
-    assert got == payload
-    assert 0.040 <= elapsed < 0.5, elapsed
+        for _ in range(3):  # the best of three, for a shared, busy machine
+            started = time.monotonic()
+            got = _round_trip(proxy.address, payload)
+            took.append(time.monotonic() - started)
+            assert got == payload
+    assert 0.040 <= min(took) < 0.5, took
 
 
 def test_concurrent_connections_keep_their_bytes_intact_and_in_order() -> None:
