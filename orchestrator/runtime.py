@@ -55,6 +55,7 @@ from ray._private.authentication.authentication_token_setup import enable_token_
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from orchestrator.cluster.capacity import CAPACITY_FILE
+from orchestrator.cluster.feed import SnapshotFollower
 from orchestrator.cluster.registry import WorkerRegistry
 from orchestrator.cluster.types import ClusterSnapshot, PlacementProblem
 from orchestrator.config import CoordinatorSettings
@@ -125,6 +126,11 @@ class ClusterStateActor:
 
     async def snapshot_after(self, version: int, timeout_s: float) -> ClusterSnapshot:
         return await self._registry.snapshot_after(version, timeout_s)
+
+    async def update_after(self, epoch: str, version: int, timeout_s: float) -> bytes:
+        """What gateways and placement follow: encoded deltas, published at most once per
+        interval (orchestrator.cluster.feed); bytes, so Ray only copies them."""
+        return await self._registry.update_after(epoch, version, timeout_s)
 
     async def set_problems(self, problems: tuple[PlacementProblem, ...]) -> None:
         self._registry.set_problems(problems)
@@ -208,8 +214,12 @@ class PlacementActor:
         self._key = key
         self._store = _FollowedStore(settings)
 
+        follower = SnapshotFollower()
+
         async def snapshots(version: int, timeout_s: float) -> ClusterSnapshot:
-            snapshot: ClusterSnapshot = await state.snapshot_after.remote(version, timeout_s)
+            # The follower's version is the one placement last took (`version`).
+            blob: bytes = await state.update_after.remote(*follower.since(), timeout_s)
+            snapshot = follower.take(blob)
             await self._store.refresh_url()
             return snapshot
 
@@ -250,9 +260,12 @@ class GatewayActor:
         _configure_logging(settings.log_level)
         self._key = key
 
+        follower = SnapshotFollower()
+
         async def snapshots(version: int) -> ClusterSnapshot:
-            snapshot: ClusterSnapshot = await state.snapshot_after.remote(version, LONG_POLL_S)
-            return snapshot
+            # The follower's version is the one the gateway last took (`version`).
+            blob: bytes = await state.update_after.remote(*follower.since(), LONG_POLL_S)
+            return follower.take(blob)
 
         if settings.gateway_host == RAY_NODE_HOST:  # each coordinator host's own address
             settings = settings.model_copy(update={"gateway_host": _node_address()})

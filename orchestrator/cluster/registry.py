@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -35,6 +36,7 @@ from common.cluster_secrets import credential_digest
 from common.cluster_tls import listen, peer_common_name
 from common.net import join_host_port
 from orchestrator.cluster.capacity import CapacityFileError, load_records
+from orchestrator.cluster.feed import SnapshotFeed
 from orchestrator.cluster.reports import BadReport, node_from_report
 from orchestrator.cluster.state import ClusterState, NodeConflict
 from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
@@ -47,6 +49,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
+
+# Readers following the feed (update_after) get at most one snapshot per this many seconds:
+# at 10,000 nodes every heartbeat is a change, and a snapshot per change could not be
+# shipped, let alone decoded (tests/bench/simulate_fleet.py).
+PUBLISH_INTERVAL_S = 0.5
 
 
 class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc]
@@ -61,6 +68,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         clock: Clock = time.monotonic,
         tls: TlsFiles | None = None,
         capacity_file: Path | None = None,
+        publish_interval_s: float = PUBLISH_INTERVAL_S,
     ) -> None:
         self._token = token
         # Measured capacities (llamaherd capacity --save writes the file): read at start
@@ -72,6 +80,9 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         self._state = ClusterState(down_after_s, forget_after_s)
         self._clock = clock
         self._changed = asyncio.Event()  # replaced by a fresh one at every change
+        self._feed = SnapshotFeed()  # what update_after's readers follow
+        self._publish_interval = publish_interval_s
+        self._published_at = -math.inf  # on self._clock
         self._streams = itertools.count(1)
         self._server: aio.Server | None = None
         self._expiry: asyncio.Task[None] | None = None
@@ -117,6 +128,44 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), remaining)
         return self.snapshot()
+
+    async def update_after(self, epoch: str, version: int, timeout_s: float) -> bytes:
+        """The encoded update (orchestrator.cluster.feed) that takes a reader holding
+        `version` of feed `epoch` to the next published snapshot, or to the latest after
+        `timeout_s`: a delta when it holds a recent publication, else the whole snapshot
+        (a new reader passes epoch "" and version -1).
+
+        A change is published at once after a quiet spell of `publish_interval_s`, else at
+        the end of that interval since the last publication, so readers get at most one
+        snapshot per interval however often the nodes report."""
+        deadline = self._clock() + timeout_s
+        while True:
+            wait = self._publish_when_due()
+            latest = self._feed.latest
+            if latest is not None and (epoch != self._feed.epoch or latest.version != version):
+                break
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                break
+            if wait is None:  # nothing new: wait for a change
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+            else:  # a change waits for its interval: sleep through the heartbeats until then
+                await asyncio.sleep(min(wait, remaining))
+        return self._feed.encoded(epoch, version)
+
+    def _publish_when_due(self) -> float | None:
+        """Publishes the state if it changed since the last publication and the interval
+        has passed; otherwise the seconds until it may (None: nothing to publish)."""
+        latest = self._feed.latest
+        if latest is not None and latest.version == self._state.version:
+            return None
+        wait = self._published_at + self._publish_interval - self._clock()
+        if wait > 0 and latest is not None:
+            return wait
+        self._feed.publish(self.snapshot())
+        self._published_at = self._clock()
+        return None
 
     def set_problems(self, problems: tuple[PlacementProblem, ...]) -> None:
         self._state.set_problems(problems)
