@@ -24,7 +24,7 @@ text gives the same hashes in every process, on every run.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,19 +123,18 @@ def chat_chain(messages: Iterable[tuple[str, str]]) -> PrefixChain:
     return chain_of(chat_text(messages))
 
 
-def chars_by_hash(chain: Sequence[int]) -> dict[int, int]:
-    """Each hash of `chain` and the characters it covers: built once per request, so
-    matching it against many nodes' hashes costs one set intersection per node."""
-    return {h: DEPTHS[i] * BLOCK_CHARS for i, h in enumerate(chain)}
-
-
-def matched_chars(index: Mapping[int, int], held: Iterable[int]) -> int:
-    """How many characters of a request's canonical text (`index`: its chars_by_hash) a
-    node holding the hashes `held` has cached, as far as the hashes tell: the depth of the
-    deepest of the request's hashes it holds, 0 for none (a deeper hash covers every
-    shallower one, so the deepest is the whole match)."""
-    common = index.keys() & held
-    return max(index[h] for h in common) if common else 0
+def matched_chars(chain: Sequence[int], held: Collection[int]) -> int:
+    """How many characters of the text whose chain is `chain` a node holding the hashes
+    `held` has cached, as far as the hashes tell: the depth of the deepest hash of `chain`
+    in `held`, 0 for none (a deeper hash covers every shallower one, so the search stops
+    at the first found from the deepest up). `held` is best a set: at most len(DEPTHS)
+    lookups."""
+    if not held:
+        return 0
+    for i in range(len(chain) - 1, -1, -1):
+        if chain[i] in held:
+            return DEPTHS[i] * BLOCK_CHARS
+    return 0
 
 
 def _encode(text: str) -> bytes:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from common.prefix import chars_by_hash, matched_chars
+from common.prefix import matched_chars
 from orchestrator.routing.affinity import SessionMemory, rendezvous
 from orchestrator.routing.candidates import Candidate
 from orchestrator.routing.heat import WeightCache, node_watts
@@ -236,6 +236,9 @@ TYPICAL_REPLY_TOKENS = 128
 # prefix-cache: prefill over decode rate assumed when no candidate has measured its prefill
 # (prompts are processed many tokens per step; llama.cpp on a CPU runs about 10x).
 PREFILL_PER_DECODE = 10.0
+# prefix-cache: the most replicas whose hash sets it keeps (a 10,000-node fleet of a few
+# models each fits; past it the cache starts again).
+MAX_HELD_SETS = 65_536
 
 
 class PrefixCache:
@@ -271,6 +274,9 @@ class PrefixCache:
         self._sessions = sessions if sessions is not None else SessionMemory()
         self._heat = WeightCache()
         self._default = LeastExpectedLatency(rng, clock, self._sessions)
+        # (node, alias) -> (the reported hashes, as a set): one set per report, not per
+        # request; a snapshot keeps the same tuple object until the node reports again.
+        self._held: dict[tuple[str, str], tuple[tuple[int, ...], frozenset[int]]] = {}
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
         cached = self._cached_chars(request, candidates)
@@ -292,17 +298,32 @@ class PrefixCache:
         tied = [c for s, c in scored if _close(s, best)]
         return _stick(self._sessions, request, tied, request.session)
 
-    @staticmethod
-    def _cached_chars(request: RouteRequest, candidates: Sequence[Candidate]) -> list[int]:
+    def _cached_chars(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[int]:
         """Each candidate's cached characters of the request's opening, 0 beyond the guard."""
-        if not request.prefix_chain or len(candidates) < 2:
+        chain = request.prefix_chain
+        if not chain or len(candidates) < 2:
             return [0] * len(candidates)
-        index = chars_by_hash(request.prefix_chain)
-        limit = min(c.load_per_slot for c in candidates) + PREFIX_LOAD_GUARD
-        return [
-            matched_chars(index, c.replica.engine.prefix_hashes) if c.load_per_slot <= limit else 0
-            for c in candidates
-        ]
+        loads = [c.load_per_slot for c in candidates]
+        limit = min(loads) + PREFIX_LOAD_GUARD
+        cached: list[int] = []
+        for cand, load in zip(candidates, loads, strict=True):
+            hashes = cand.replica.engine.prefix_hashes
+            if not hashes or load > limit:
+                cached.append(0)
+                continue
+            cached.append(matched_chars(chain, self._held_set(cand, hashes)))
+        return cached
+
+    def _held_set(self, cand: Candidate, hashes: tuple[int, ...]) -> frozenset[int]:
+        key = (cand.node_id, cand.replica.alias)
+        known = self._held.get(key)
+        if known is not None and known[0] is hashes:
+            return known[1]
+        if len(self._held) >= MAX_HELD_SETS:
+            self._held.clear()
+        held = frozenset(hashes)
+        self._held[key] = (hashes, held)
+        return held
 
 
 def expected_prefill_rates(

@@ -19,7 +19,7 @@ from llamaherd.v1 import inference_pb2_grpc
 from support.cluster import Coordinator, ready_replicas, start_coordinator, start_node, wait_for
 from support.models import GEMMA
 
-from common.prefix import chars_by_hash, chat_chain, matched_chars
+from common.prefix import chat_chain, matched_chars
 
 NODE_KEY = "x-llamaherd-node"
 CATALOG = [
@@ -75,8 +75,8 @@ def _reported(coordinator: Coordinator, node: str, messages: Messages) -> bool:
     last message deep (the conversation so far, reply included), from a heartbeat sent
     after the turn ended (idle again: a report from during the turn shows its load, which
     rightly counts against the node)."""
-    index = chars_by_hash(chat_chain(messages).hashes)
-    known = chars_by_hash(chat_chain(messages[:-1]).hashes)
+    chain = chat_chain(messages).hashes
+    history = chat_chain(messages[:-1])  # what the node's slot should hold
     for entry in coordinator.status().nodes:
         if entry.status.node_id != node:
             continue
@@ -84,8 +84,8 @@ def _reported(coordinator: Coordinator, node: str, messages: Messages) -> bool:
             if model.alias == GEMMA:
                 if model.active_requests or model.queued_requests:
                     return False
-                held = matched_chars(index, model.prefix_hashes)
-                return held > 0 and held == max(known.values(), default=0)
+                held = matched_chars(chain, set(model.prefix_hashes))
+                return held > 0 and held == history.depth_chars
     return False
 
 

@@ -7,7 +7,7 @@ from llamaherd.v1 import worker_pb2 as pb
 from support.models import GEMMA
 from support.rpc import TIMEOUT, chat, generate
 
-from common.prefix import BLOCK_CHARS, DEPTHS, chain_of, chars_by_hash, chat_chain, chat_text
+from common.prefix import BLOCK_CHARS, DEPTHS, chain_of, chat_chain, chat_text
 from common.prefix import matched_chars as matched
 
 # ~1,100 characters: four blocks, well inside the test worker's 1,024-token context.
@@ -30,12 +30,12 @@ def test_a_chats_slot_reports_the_chain_its_next_turn_matches(stub):
     held = _hashes(stub)
     assert 0 < len(held) <= 64
     next_turn = [*history, ("assistant", reply), ("user", "And the coolest?")]
-    chars = matched(chars_by_hash(chat_chain(next_turn).hashes), held)
+    chars = matched(chat_chain(next_turn).hashes, held)
     # As deep as the history and the reply go: the worker hashed the same text.
     assert chars == _deepest(len(chat_text([*history, ("assistant", reply)])))
     # A conversation with another system prompt matches nothing.
     stranger = chat_chain([("system", SYSTEM.upper()), ("user", "Which board runs hottest?")])
-    assert matched(chars_by_hash(stranger.hashes), held) == 0
+    assert matched(stranger.hashes, held) == 0
 
 
 def test_a_completions_slot_reports_its_prompt_and_output(stub):
@@ -43,4 +43,4 @@ def test_a_completions_slot_reports_its_prompt_and_output(stub):
     output = generate(stub, GEMMA, prompt, max_tokens=16, temperature=0.0).text
     held = _hashes(stub)
     continued = chain_of(prompt + output + " and more").hashes
-    assert matched(chars_by_hash(continued), held) == _deepest(len(prompt + output))
+    assert matched(continued, held) == _deepest(len(prompt + output))

@@ -13,7 +13,6 @@ from common.prefix import (
     MAX_CHARS,
     PrefixChain,
     chain_of,
-    chars_by_hash,
     chat_chain,
     chat_text,
     matched_chars,
@@ -92,23 +91,23 @@ def test_the_next_turn_of_a_chat_matches_its_reply() -> None:
     # The client sends the reply back as the next turn's history.
     follow_up = chat_chain([*history, ("assistant", reply), ("user", "And the coolest?")])
     shared = len(chat_text([*history, ("assistant", reply)]))
-    chars = matched_chars(chars_by_hash(follow_up.hashes), held.hashes)
+    chars = matched_chars(follow_up.hashes, held.hashes)
     assert chars == max(d * BLOCK_CHARS for d in DEPTHS if d * BLOCK_CHARS <= shared)
     # A different reply in the history matches only as far as the messages before it.
     other = chat_chain([*history, ("assistant", "No idea."), ("user", "And the coolest?")])
     opening = len(chat_text(history))
     deepest_before = max(d * BLOCK_CHARS for d in DEPTHS if d * BLOCK_CHARS <= opening)
-    assert matched_chars(chars_by_hash(other.hashes), held.hashes) == deepest_before
+    assert matched_chars(other.hashes, held.hashes) == deepest_before
 
 
 def test_matching_takes_the_deepest_hash_held_and_nothing_for_none() -> None:
     chain = chain_of(TEXT).hashes
-    index = chars_by_hash(chain)
-    assert matched_chars(index, ()) == 0
-    assert matched_chars(index, (1, 2, 3)) == 0
-    assert matched_chars(index, (chain[0], chain[5], 7)) == DEPTHS[5] * BLOCK_CHARS
-    assert matched_chars(index, chain) == MAX_CHARS
-    assert matched_chars({}, chain) == 0
+    assert matched_chars(chain, ()) == 0
+    assert matched_chars(chain, {1, 2, 3}) == 0
+    assert matched_chars(chain, {chain[0], chain[5], 7}) == DEPTHS[5] * BLOCK_CHARS
+    assert matched_chars(chain, (chain[0], chain[5], 7)) == DEPTHS[5] * BLOCK_CHARS
+    assert matched_chars(chain, frozenset(chain)) == MAX_CHARS
+    assert matched_chars((), chain) == 0
 
 
 def test_text_utf8_cannot_encode_still_hashes() -> None:

@@ -144,3 +144,16 @@ def test_prefill_rates_are_measured_or_scaled_from_decode() -> None:
     assert expected_prefill_rates([measured, unmeasured], [10.0, 20.0]) == [300.0, 600.0]
     # Nothing measured: the default ratio.
     assert expected_prefill_rates([unmeasured], [20.0]) == [200.0]
+
+
+def test_a_new_report_replaces_what_a_node_held() -> None:
+    policy = PrefixCache(random.Random(0), wall)
+    request = chat(SYSTEM, ("user", "?"))
+    first = [holding(candidate("a", decode_tps=10.0), SYSTEM), candidate("b", decode_tps=10.0)]
+    assert policy.choose(request, first).node_id == "a"
+    # The next heartbeats: a's slot went to another conversation, b now holds this one.
+    second = [
+        holding(candidate("a", decode_tps=10.0), OTHER_SYSTEM),
+        holding(candidate("b", decode_tps=10.0), SYSTEM),
+    ]
+    assert all(policy.choose(request, second).node_id == "b" for _ in range(10))

@@ -7,7 +7,6 @@ from common.prefix import (
     BLOCK_CHARS,
     MAX_CHARS,
     chain_of,
-    chars_by_hash,
     chat_chain,
     matched_chars,
 )
@@ -112,4 +111,4 @@ def test_a_short_chat_reaches_a_block_with_its_reply() -> None:
     assert opening.hashes == ()
     _, chain = ended(Replies(opening, chat=True), end("y" * 300))
     next_turn = chat_chain([("user", "hi"), ("assistant", "y" * 300), ("user", "more")])
-    assert matched_chars(chars_by_hash(next_turn.hashes), chain) == BLOCK_CHARS
+    assert matched_chars(next_turn.hashes, chain) == BLOCK_CHARS
