@@ -9,8 +9,8 @@ from llamaherd.v1 import worker_pb2 as w_pb
 
 from common.model_settings import ModelConfig
 from common.status import (
-    DownloadProgress,
     MAX_PREFIX_HASHES,
+    DownloadProgress,
     EngineFigures,
     ModelState,
     ModelStatus,

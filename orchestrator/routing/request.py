@@ -121,4 +121,3 @@ def session_key(candidates: Iterable[str | None]) -> str | None:
     if key is None or len(key) <= MAX_SESSION_CHARS:
         return key
     return "blake2b:" + fingerprint(key)
-
