@@ -8,9 +8,14 @@ and ClusterState bookkeeping run as they do behind gRPC. From the registry's sna
 
 - heartbeat ingestion: reports per second through WorkerRegistry.Heartbeat (a stream per
   node, one registration round, then --heartbeat-rounds steady rounds);
-- the snapshot: time to build it (WorkerRegistry.snapshot), its size as the gateways
-  receive it (pickled, as Ray ships it between actors; the /v1/cluster JSON document and
-  the ClusterStatusResponse proto for comparison) and the time to pickle and unpickle it;
+- the snapshot: time to build it (WorkerRegistry.snapshot), its size pickled whole (as Ray
+  shipped it to every gateway on every change before the feed; the /v1/cluster JSON
+  document and the ClusterStatusResponse proto for comparison) and the time to pickle and
+  unpickle it;
+- its propagation through the feed the gateways follow (orchestrator.cluster.feed): bytes
+  and time to publish, encode and take (decode and apply) a whole snapshot (a new gateway)
+  and the delta after half the fleet reported (the steady state: one publication per
+  0.5 s, heartbeats once a second);
 - routing: orchestrator.routing.candidates.route plus each policy of POLICIES, per
   request, on a catalog of --models models each READY on 3-5% of the nodes (goal: p99
   <= 50 us at 10,000 nodes);
@@ -74,7 +79,8 @@ from common.status import EngineFigures, ModelState, ModelStatus, NodeStatus
 from common.telemetry import NodeSample, Temperature
 from common.wire.status import node_status_to_report
 from orchestrator.bench.report import COLOURS
-from orchestrator.cluster.registry import WorkerRegistry
+from orchestrator.cluster.feed import SnapshotFeed, SnapshotFollower
+from orchestrator.cluster.registry import PUBLISH_INTERVAL_S, WorkerRegistry
 from orchestrator.cluster.reports import view_to_proto
 from orchestrator.cluster.state import ClusterState
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
@@ -362,6 +368,7 @@ def snapshot_figures(registry: WorkerRegistry, repeats: int) -> tuple[dict[str, 
     json_s, document = _timed(lambda: json.dumps(view_to_json(view)), 1)
     proto = view_to_proto(view)
     figures = {
+        **feed_figures(snapshot, repeats),
         "build_ms": build_s * 1e3,
         "pickle_bytes": len(blob),
         "pickle_ms": pickle_s * 1e3,
@@ -373,6 +380,58 @@ def snapshot_figures(registry: WorkerRegistry, repeats: int) -> tuple[dict[str, 
         "proto_bytes": proto.ByteSize(),
     }
     return figures, snapshot
+
+
+def feed_figures(snapshot: ClusterSnapshot, repeats: int) -> dict[str, Any]:
+    """What a gateway following the feed costs: a whole snapshot (a new gateway), then the
+    delta after half the nodes reported again (new Node values, as the registry makes for
+    every report); the registry's side (publish, encode) and the gateway's (take: decode
+    with the collector paused, then patch its copy). Medians of `repeats`."""
+    gc.collect()
+    base = dataclasses.replace(snapshot, version=1)
+    half = {n.node_id for n in base.nodes[::2]}
+    moved = tuple(
+        dataclasses.replace(n, last_report=n.last_report + 0.5) if n.node_id in half else n
+        for n in base.nodes
+    )
+    after = dataclasses.replace(base, version=2, taken_at=base.taken_at + 0.5, nodes=moved)
+    times: dict[str, list[float]] = collections.defaultdict(list)
+    whole = delta = b""
+    for _ in range(repeats):
+        feed = SnapshotFeed(epoch="sim")
+        feed.publish(base)
+        started = clock()
+        whole = feed.encoded("", -1)
+        times["whole_encode"].append(clock() - started)
+        started = clock()
+        feed.publish(after)
+        times["publish"].append(clock() - started)
+        started = clock()
+        delta = feed.encoded("sim", 1)
+        times["delta_encode"].append(clock() - started)
+    for _ in range(repeats):
+        started = clock()
+        SnapshotFollower().take(whole)
+        times["whole_take"].append(clock() - started)
+        gateway = SnapshotFollower()  # a gateway holding version 1
+        gateway.snapshot, gateway.epoch = base, "sim"
+        started = clock()
+        patched = gateway.take(delta)
+        times["delta_take"].append(clock() - started)
+        if patched.nodes != after.nodes:
+            raise RuntimeError("the gateway's copy differs from the registry's snapshot")
+    ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+    return {
+        "feed_publish_ms": ms["publish"],
+        "feed_whole_bytes": len(whole),
+        "feed_whole_encode_ms": ms["whole_encode"],
+        "feed_whole_take_ms": ms["whole_take"],
+        "feed_delta_nodes": len(half),
+        "feed_delta_bytes": len(delta),
+        "feed_delta_encode_ms": ms["delta_encode"],
+        "feed_delta_take_ms": ms["delta_take"],
+        "feed_interval_s": PUBLISH_INTERVAL_S,
+    }
 
 
 # ---- routing -------------------------------------------------------------------------------
@@ -747,6 +806,27 @@ def fleet_table(sizes: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def feed_table(sizes: dict[str, dict[str, Any]]) -> Table:
+    table = Table(
+        title="a snapshot update to one gateway: whole snapshot per change (before) and the "
+        f"feed (one publication per {PUBLISH_INTERVAL_S:g} s, half the fleet changed)"
+    )
+    for column in ("nodes", "before: KB", "pickle+unpickle ms", "feed whole: KB", "encode+take ms",
+                   "feed delta: nodes", "KB", "publish ms", "encode ms", "take ms"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for count, f in sizes.items():
+        s = f["snapshot"]
+        table.add_row(
+            count, f"{s['pickle_bytes'] / 1e3:,.0f}", f"{s['pickle_ms'] + s['unpickle_ms']:,.1f}",
+            f"{s['feed_whole_bytes'] / 1e3:,.0f}",
+            f"{s['feed_whole_encode_ms'] + s['feed_whole_take_ms']:,.1f}",
+            f"{s['feed_delta_nodes']:,}", f"{s['feed_delta_bytes'] / 1e3:,.0f}",
+            f"{s['feed_publish_ms']:,.1f}", f"{s['feed_delta_encode_ms']:,.1f}",
+            f"{s['feed_delta_take_ms']:,.1f}",
+        )  # fmt: skip
+    return table
+
+
 def route_table(sizes: dict[str, dict[str, Any]]) -> Table:
     table = Table(title=f"route() + policy per request, µs (goal p99 <= {ROUTE_GOAL_US:g})")
     table.add_column("nodes", justify="right")
@@ -847,6 +927,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     console.log(f"simulating requests on {args.sim_nodes} nodes ...")
     simulation = simulation_figures(args)
     console.print(fleet_table(sizes))
+    console.print(feed_table(sizes))
     console.print(route_table(sizes))
     console.print(simulation_table(simulation, args.sim_nodes))
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])

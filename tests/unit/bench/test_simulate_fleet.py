@@ -54,6 +54,17 @@ def test_the_snapshot_holds_every_node(result: dict[str, Any]) -> None:
     assert large["json_bytes"] > large["proto_bytes"] > 0
 
 
+def test_the_feed_sends_a_following_gateway_only_the_nodes_that_changed(
+    result: dict[str, Any],
+) -> None:
+    for size in ("12", "40"):
+        snapshot = result["sizes"][size]["snapshot"]
+        assert snapshot["feed_delta_nodes"] == int(size) // 2  # half the fleet reported
+        assert snapshot["feed_whole_bytes"] >= snapshot["pickle_bytes"] * 0.9  # every node
+        assert snapshot["feed_delta_bytes"] < 0.75 * snapshot["feed_whole_bytes"]
+        assert snapshot["feed_delta_take_ms"] > 0 and snapshot["feed_whole_take_ms"] > 0
+
+
 def test_every_policy_routes_every_request(result: dict[str, Any], simulator: ModuleType) -> None:
     for size in ("12", "40"):
         routing = result["sizes"][size]["routing"]
