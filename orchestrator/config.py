@@ -215,6 +215,18 @@ class CoordinatorSettings(BaseModel):
         "new requests 429 while the draw is over it (again below 95 percent); nodes that report no "
         "power are listed as unmeasured, not counted",
     )  # fmt: skip
+    link_rtts: tuple[str, ...] = Field(
+        (),
+        description="the round trip a node's own link adds, as NODE_OR_LABEL=MS (e.g. wifi=4 "
+        "for the nodes labelled wifi): between two nodes the split planner assumes the sum of "
+        "theirs, a token costs about one per helper, and it prefers nearer nodes; a node "
+        "named by several counts the largest, one named by none 0",
+    )
+    split_min_tokens_per_second: float = Field(
+        0.0, ge=0,
+        description="a split the planner estimates below this many tokens/s (from the nodes' "
+        "reference speeds and link_rtts) is not made (0 = any)",
+    )  # fmt: skip
     dashboard: bool = Field(
         True,
         description="serve the cluster dashboard on the HTTP port (/dashboard/; its data at "
@@ -292,6 +304,17 @@ class CoordinatorSettings(BaseModel):
     def _known_level(cls, level: str) -> str:
         return log_level_name(level)
 
+    @field_validator("link_rtts")
+    @classmethod
+    def _link_rtts(cls, items: tuple[str, ...]) -> tuple[str, ...]:
+        for item in items:
+            _link_rtt(item)
+        return items
+
+    def link_rtt_ms(self) -> dict[str, float]:
+        """link_rtts as {node id or label: milliseconds}."""
+        return dict(_link_rtt(item) for item in self.link_rtts)
+
     @field_validator(
         "cluster_token_file", "tls_ca", "tls_cert", "tls_key", "state_dir", "store_dir"
     )
@@ -320,6 +343,18 @@ class CoordinatorSettings(BaseModel):
                 f"({self.heartbeat_interval_s}), or healthy workers would flap"
             )
         return self
+
+
+def _link_rtt(item: str) -> tuple[str, float]:
+    """One link_rtts item, NODE_OR_LABEL=MS."""
+    name, _, value = item.partition("=")
+    try:
+        ms = float(value)
+    except ValueError:
+        ms = -1.0
+    if not name.strip() or not 0 <= ms <= 60_000:
+        raise ValueError(f"link_rtts: {item!r} is not NODE_OR_LABEL=MS with MS from 0 to 60000")
+    return name.strip(), ms
 
 
 def build_coordinator_settings(

@@ -237,6 +237,8 @@ class PlacementActor:
             link_bytes_per_second=settings.assumed_link_bytes_per_second,
             store_fetches_per_file=settings.store_fetches_per_file,
             power_budget_w=settings.power_budget_w,
+            link_rtt_ms=settings.link_rtt_ms(),
+            split_min_tokens_per_second=settings.split_min_tokens_per_second,
         )  # fmt: skip
         self._task: asyncio.Task[None] = _start_soon(self._controller.run())
 
@@ -321,7 +323,8 @@ _STORE_FIELDS = frozenset({
 _PLACEMENT_ONLY = frozenset(
     {
         "models", "placement_interval_s", "assumed_link_bytes_per_second",
-        "download_timeout_s", "store_fetches_per_file",
+        "download_timeout_s", "store_fetches_per_file", "link_rtts",
+        "split_min_tokens_per_second",
     }
 )  # fmt: skip
 # The power budget is both placement's and the gateways' (admission).

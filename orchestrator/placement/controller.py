@@ -75,7 +75,7 @@ from orchestrator.placement.sources import (
     source_for,
     unknown_model,
 )
-from orchestrator.placement.split import SplitPart
+from orchestrator.placement.split import SplitPart, split_links
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,9 @@ class PlacementController:
     download rate assumed for a node that has not reported one; `store_fetches_per_file`
     how many nodes may fetch one file from the store at once while no node holds it (0: no
     limit); `power_budget_w` the cluster's power budget (orchestrator.placement.power),
-    None for none, judged on the telemetry samples' clock, unix time (`wall_clock`)."""
+    None for none, judged on the telemetry samples' clock, unix time (`wall_clock`);
+    `link_rtt_ms` the round trip each node's link adds, by node id or label, and
+    `split_min_tokens_per_second` the estimate a split must reach (split.SplitLinks)."""
 
     def __init__(
         self,
@@ -204,6 +206,8 @@ class PlacementController:
         store_fetches_per_file: int = 1,
         power_budget_w: float | None = None,
         wall_clock: Clock = time.time,
+        link_rtt_ms: Mapping[str, float] | None = None,
+        split_min_tokens_per_second: float = 0.0,
     ) -> None:
         self._catalog = tuple(catalog)
         self._interval = interval_s
@@ -238,6 +242,8 @@ class PlacementController:
         self._downloads = Downloads()  # this round's, for the loads it starts
         self._power_budget_w = power_budget_w
         self._wall_clock = wall_clock
+        self._link_rtt_ms = dict(link_rtt_ms or {})
+        self._split_floor = split_min_tokens_per_second
 
     async def run(self) -> None:
         version = -1
@@ -289,9 +295,11 @@ class PlacementController:
                 self._power_budget_w, nodes, self._wall_clock(), snapshot.capacities
             )
             estimates = refuse_over_budget(estimates, power)
+        links = split_links(nodes, self._link_rtt_ms, self._split_floor)
         result = plan(
-            self._catalog, nodes, estimates, self._provenance, downloads, snapshot.capacities
-        )
+            self._catalog, nodes, estimates, self._provenance, downloads, snapshot.capacities,
+            links,
+        )  # fmt: skip
         if power is not None:
             result = within_budget(result, power)
         for action in (*result.actions, *self._stale_orphans(nodes)):

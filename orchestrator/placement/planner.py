@@ -66,7 +66,7 @@ from orchestrator.placement.sources import (
     download_seconds,
     unknown_model,
 )
-from orchestrator.placement.split import SplitPlan, plan_split
+from orchestrator.placement.split import SplitLinks, SplitPlan, plan_split
 
 # What the entry needs on the node, or the reason the node could not say.
 Estimates = Mapping[tuple[str, NodeId], MemoryEstimate | str]
@@ -227,6 +227,7 @@ def plan(
     provenance: Provenances | None = None,
     downloads: Downloads | None = None,
     capacities: Sequence[CapacityRecord] = (),
+    links: SplitLinks | None = None,
 ) -> Plan:
     """Loads and unloads that bring the up nodes toward the catalog, and the problems
     that stop it. The same inputs always give the same plan.
@@ -234,7 +235,8 @@ def plan(
     `provenance` orders surplus replicas for unloading (see Provenance); without it, every
     replica is equally unknown and the least loaded go first. `downloads` resolves store
     entries and times their fetches (see Downloads). `capacities` (llamaherd capacity)
-    rank the nodes measured with power by streams per watt (scorers.most_streams_per_watt)."""
+    rank the nodes measured with power by streams per watt (scorers.most_streams_per_watt).
+    `links`: the link round trips between nodes, for splits (split.SplitLinks)."""
     per_watt = {(r.model, NodeId(r.node)): spw for r in capacities if (spw := r.streams_per_watt)}
     up = _Up(nodes)
     downloads = downloads or Downloads()
@@ -266,7 +268,7 @@ def plan(
             problems.append(PlacementProblem(entry.alias, model))
             continue
         fetch = _Fetch(model, disk, downloads, up, fetching) if model is not None else None
-        placed, split, problem = _fill(entry, holders, up, free, estimates, fetch, per_watt)
+        placed, split, problem = _fill(entry, holders, up, free, estimates, fetch, per_watt, links)
         loads += placed
         splits += split
         if problem is not None:
@@ -333,10 +335,11 @@ def _fill(
     estimates: Estimates,
     fetch: _Fetch | None = None,
     per_watt: Mapping[tuple[str, NodeId], float] | None = None,
+    links: SplitLinks | None = None,
 ) -> tuple[list[Load], list[LoadSplit], PlacementProblem | None]:
     """Single-node loads or a split for the replicas `entry` lacks, and the problem if short."""
     if entry.split_nodes >= 2:
-        split = _split(entry, up.nodes, free, estimates)
+        split = _split(entry, up.nodes, free, estimates, links)
         if isinstance(split, LoadSplit):
             return [], [split], None
         return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
@@ -351,18 +354,22 @@ def _fill(
     ):
         return loads, [], problem
     # No node holds it or can take it alone: spread one replica over several.
-    split = _split(entry, up.nodes, free, estimates)
+    split = _split(entry, up.nodes, free, estimates, links)
     if isinstance(split, LoadSplit):
         return [], [split], None
     return [], [], PlacementProblem(entry.alias, f"{problem.reason}; cannot split: {split}")
 
 
 def _split(
-    entry: CatalogEntry, up: Sequence[Node], free: dict[NodeId, int], estimates: Estimates
+    entry: CatalogEntry,
+    up: Sequence[Node],
+    free: dict[NodeId, int],
+    estimates: Estimates,
+    links: SplitLinks | None = None,
 ) -> LoadSplit | str:
     """A split of `entry` charged to `free`, or why there is none."""
     mine = {n.node_id: e for n in up if (e := estimates.get((entry.alias, n.node_id))) is not None}
-    result = plan_split(entry, up, mine, free)
+    result = plan_split(entry, up, mine, free, links)
     if isinstance(result, str):
         return result
     for part in result.parts:
@@ -588,6 +595,8 @@ class _Up:
         any state, and every label it asks for. By node id."""
         present = {node.node_id for node, _ in self.replicas(entry.alias)}
         wanted = frozenset(entry.labels)
+        if not wanted:  # most entries: no label to check on 10,000 nodes
+            return [node_id for node_id in self.by_id if node_id not in present]
         return [
             node_id
             for node_id, labels in self._labels

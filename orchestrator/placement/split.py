@@ -79,6 +79,19 @@ class SplitLinks:
         return any(self.rtt_s.get(node_id, 0.0) > 0 for node_id in node_ids)
 
 
+def split_links(
+    nodes: Sequence[Node], rtt_ms: Mapping[str, float], min_tokens_per_second: float = 0.0
+) -> SplitLinks:
+    """The links as configured (the coordinator's link_rtts): each node's round trip is the
+    largest of the milliseconds given for its node id or any of its labels, 0 when none."""
+    rtt_s = {}
+    for node in nodes:
+        named = [rtt_ms[key] for key in (node.node_id, *node.hardware.labels) if key in rtt_ms]
+        if named:
+            rtt_s[node.node_id] = max(named) / 1e3
+    return SplitLinks(rtt_s, min_tokens_per_second=min_tokens_per_second)
+
+
 @dataclass(frozen=True)
 class SplitPart:
     """Consecutive layers on one node, and the memory it sets aside for them."""

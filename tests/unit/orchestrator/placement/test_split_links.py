@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.cluster.types import Node, NodeId
-from orchestrator.placement.split import SplitLinks, SplitPlan, plan_split
+from orchestrator.placement.split import (
+    ROUND_TRIPS_PER_TOKEN,
+    SplitLinks,
+    SplitPlan,
+    plan_split,
+    split_links,
+)
 from tests.unit.orchestrator.factories import GiB, MiB, entry, rpc_node
 from tests.unit.orchestrator.placement.test_split import layout, same_estimate, split
 
@@ -161,3 +167,16 @@ def test_the_round_trip_between_two_nodes_is_the_sum_of_theirs() -> None:
     links = SplitLinks(rtts(a=2, b=0.5))
     assert links.between(NodeId("a"), NodeId("b")) == pytest.approx(2.5 * MS)
     assert links.between(NodeId("a"), NodeId("z")) == pytest.approx(2 * MS)
+
+
+def test_configured_round_trips_name_nodes_or_labels_and_the_largest_wins() -> None:
+    nodes = [
+        rpc_node("jetson-1", labels=("wifi",)),
+        rpc_node("jetson-2", labels=("wifi", "far")),
+        rpc_node("pc", labels=("wired",)),
+        rpc_node("other"),
+    ]
+    links = split_links(nodes, {"wifi": 4.0, "far": 9.0, "pc": 0.3}, min_tokens_per_second=5)
+    assert links.rtt_s == pytest.approx(rtts(**{"jetson-1": 4, "jetson-2": 9, "pc": 0.3}))
+    assert links.min_tokens_per_second == 5
+    assert links.round_trips_per_token == ROUND_TRIPS_PER_TOKEN
