@@ -189,6 +189,12 @@ def llamaherd_variants(
                               tensor_split=[1.0], **model)  # fmt: skip
         head_stub.LoadModel(w_pb.LoadModelRequest(spec=spec), timeout=300)
         splits.append(alias)
+    # The split's child must batch as many streams as llama-server's -np (its ListModels,
+    # relayed by the head, says how many slots its engine has).
+    time.sleep(2.0)  # the head refreshes the child's figures every second
+    for info in head_stub.ListModels(w_pb.ListModelsRequest(), timeout=10).models:
+        if info.slots_total != slots:
+            raise SystemExit(f"{info.alias} has {info.slots_total} slots, not {slots}")
 
     def runner(alias: str) -> Callable[[str, int], Stream]:
         def run(prompt: str, max_tokens: int) -> Stream:
