@@ -23,7 +23,9 @@ Two ways to use it:
   split helper's kernel socket filter) still admits it.
 
 `set_delay` changes the delay of everything that arrives from then on; `rtt` measures a
-round trip through the proxy against any echo server (`EchoServer` is one).
+round trip through the proxy against any echo server (`EchoServer` is one). `observe`, when
+given, sees every chunk as it arrives (the connection, True for client -> upstream, the
+bytes), on the connection's reader thread: a benchmark can parse a protocol with it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import statistics
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,8 +78,10 @@ class DelayProxy:
         upstream: tuple[str, int] | None,
         delay_s: float = 0.0,
         netns: str | None = None,
+        observe: Callable[[Relayed, bool, bytes], None] | None = None,
     ) -> None:
         self._listen = listen
+        self._observe = observe
         self._upstream = upstream
         self._netns = netns
         self._delay_s = delay_s
@@ -196,6 +200,8 @@ class DelayProxy:
                             record.turns += 1
                         record._last_up = up
                         setattr(record, count, getattr(record, count) + len(data))
+                    if self._observe is not None:
+                        self._observe(record, up, data)
                     chunks.put((arrived + self._delay_s, data))
             chunks.put((0.0, b""))  # the end, in order after every chunk
 

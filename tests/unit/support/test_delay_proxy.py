@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from support.delay_proxy import DelayProxy, EchoServer, rtt
+from support.delay_proxy import DelayProxy, EchoServer, Relayed, rtt
 
 LOOPBACK = ("127.0.0.1", 0)
 
@@ -34,6 +34,18 @@ def test_it_counts_the_replies_of_a_ping_pong_as_turns() -> None:
         (relayed,) = proxy.relayed()
     assert relayed.turns == 25
     assert relayed.bytes_up == relayed.bytes_down == 25 * 64
+
+
+def test_an_observer_sees_every_chunk_each_way() -> None:
+    seen: dict[bool, bytearray] = {True: bytearray(), False: bytearray()}
+
+    def observe(_: Relayed, up: bool, data: bytes) -> None:
+        seen[up] += data
+
+    payload = os.urandom(200_000)
+    with EchoServer(LOOPBACK) as echo, DelayProxy(LOOPBACK, echo.address, observe=observe) as p:
+        assert _round_trip(p.address, payload) == payload
+    assert seen[True] == seen[False] == payload
 
 
 def test_the_delay_is_per_direction_not_per_chunk_so_throughput_is_not_capped() -> None:
