@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 from collections.abc import Sequence
 from typing import Any
+
+import pytest
 
 from common.memory import MemoryEstimate
 from common.status import ModelState, ModelStatus, StoredFile
@@ -859,3 +862,21 @@ def test_measured_streams_per_watt_come_before_speed_and_unmeasured_nodes_after(
     chosen = loads(plan(catalog, nodes, estimates, capacities=capacities))
     assert chosen == [("nano", "m"), ("agx", "m")]
     assert loads(plan(catalog, nodes, estimates)) == [("pc", "m"), ("agx", "m")]  # as before
+
+
+# ---- the garbage collector ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_planning_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
+    catalog = [entry("m", replicas=2)]
+    nodes = [node("a"), node("b", replica("m", ModelState.FAILED))]
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        assert loads(plan(catalog, nodes, everywhere(catalog, nodes))) == [("a", "m")]
+        assert estimates_needed(catalog, nodes) == [(catalog[0], "a")]
+        assert store_candidates(catalog, nodes, Downloads()) == []
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
