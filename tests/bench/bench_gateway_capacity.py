@@ -9,8 +9,8 @@ chat completion, goes to each proxy's /v1/chat/completions:
 
 - llamaherd: the real `llamaherd coordinator` on a Ray head (the gateway relays over gRPC:
   it reaches workers only that way);
-- litellm: `litellm --config` with one model pointing at the stand-in's HTTP face (one
-  uvicorn worker per gateway: 1, then 2);
+- litellm: `litellm --config` with one model pointing at the stand-in's HTTP face, one
+  process (one uvicorn worker) per gateway;
 - direct: the stand-in's HTTP face itself, the baseline for added latency.
 
 Capacity: N clients in a closed loop (each sends its next request when the last is
@@ -22,7 +22,8 @@ alternate the order of the systems; the table shows medians over rounds.
 
 Two gateways (root only): a second Ray node joins from a network namespace (support.netns,
 support.ray_nodes) and gets its own gateway; the clients split across both gateways, and
-LiteLLM is restarted with two workers. Without root, only one gateway is measured.
+a second LiteLLM process serves half of LiteLLM's clients (two processes behind no
+balancer: `--num_workers 2` never came up here). Without root, one gateway is measured.
 
     flock /tmp/bench.lock .venv/bin/python tests/bench/bench_gateway_capacity.py \\
         --litellm /tmp/litellm-venv/bin/litellm [--rounds 5] [--seconds 8] [--clients 16] \\
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -75,6 +77,9 @@ from support.ray_nodes import (  # noqa: E402
 from support.worker_process import free_port, wait_health  # noqa: E402
 
 MODEL = "bench"
+# Both proxies check a bearer key on every request (LiteLLM refuses to start without one).
+API_KEY = "sk-" + secrets.token_hex(24)
+HEADERS = {"Authorization": f"Bearer {API_KEY}"}
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
 STANDIN = ROOT / "tests" / "bench" / "standin_worker.py"
 # The gateway's Ray actor renames its process ray::[name:]GatewayActor[.method].
@@ -119,7 +124,7 @@ async def closed_loop(urls: list[str], clients: int, seconds: float) -> tuple[in
     is answered, for `seconds`; returns (answered, errors, elapsed)."""
     done = errors = 0
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=30, headers=HEADERS) as client:
         deadline = time.perf_counter() + seconds
 
         async def one(url: str) -> None:
@@ -139,7 +144,7 @@ async def closed_loop(urls: list[str], clients: int, seconds: float) -> tuple[in
 def latencies(url: str, n: int) -> list[float]:
     """Milliseconds of `n` sequential requests from one client (one connection)."""
     out = []
-    with httpx.Client(timeout=30) as client:
+    with httpx.Client(timeout=30, headers=HEADERS) as client:
         for _ in range(n):
             start = time.perf_counter()
             reply = client.post(url, json=BODY)
@@ -208,10 +213,10 @@ def _gateway_actors(processes: Iterable[psutil.Process]) -> Iterator[psutil.Proc
 
 
 def model_ready(gateway: str) -> bool:
+    metadata = (("authorization", HEADERS["Authorization"]),)
     with grpc.insecure_channel(gateway) as channel:
-        status = inference_pb2_grpc.InferenceStub(channel).ClusterStatus(
-            inf_pb.ClusterStatusRequest(), timeout=5
-        )
+        stub = inference_pb2_grpc.InferenceStub(channel)
+        status = stub.ClusterStatus(inf_pb.ClusterStatusRequest(), timeout=5, metadata=metadata)
     return any(
         n.up and any(m.alias == MODEL and m.state == 2 for m in n.status.models)
         for n in status.nodes
@@ -246,24 +251,27 @@ def _answers(url: str) -> bool:
 
 
 @contextmanager
-def litellm(binary: str, backend: str, workers: int, workdir: Path) -> Iterator[tuple[str, Any]]:
+def litellm(binary: str, backend: str, n: int, workdir: Path) -> Iterator[tuple[str, Any]]:
     """LiteLLM's proxy on loopback with one model at `backend`; yields its base URL and
     its process tree. Its model cost map is read from the package (no fetch from the
     internet), and its telemetry is off."""
     port = free_port()
-    config = workdir / f"litellm-{workers}.yaml"
+    config = workdir / f"litellm-{n}.yaml"
     model = {"model": f"openai/{MODEL}", "api_base": backend, "api_key": "standin"}
     settings = {
         "model_list": [{"model_name": MODEL, "litellm_params": model}],
         "litellm_settings": {"telemetry": False, "drop_params": True},
     }
     config.write_text(yaml.safe_dump(settings))
-    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR",
-           "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True", "NO_DOCS": "True"}  # fmt: skip
-    log = (workdir / f"litellm-{workers}.log").open("ab")
+    env = {
+        **os.environ, "LITELLM_MASTER_KEY": API_KEY, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_ADMIN_UI": "True",
+        "NO_DOCS": "True",
+    }  # fmt: skip
+    log = (workdir / f"litellm-{n}.log").open("ab")
     process = subprocess.Popen(
         [binary, "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
-         "--num_workers", str(workers)],
+         "--num_workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
     try:
@@ -275,8 +283,9 @@ def litellm(binary: str, backend: str, workers: int, workdir: Path) -> Iterator[
         root = psutil.Process(process.pid)
         yield url, root
     finally:
-        for child in psutil.Process(process.pid).children(recursive=True):
-            child.kill()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
         process.kill()
         process.wait(10)
         log.close()
@@ -296,8 +305,9 @@ def run_rounds(
     """Interleaved rounds of every system; latency (one gateway only) against direct."""
     names = list(systems)
     for urls, _ in systems.values():  # warm-up: connections, caches
-        asyncio.run(closed_loop(urls, args.clients, 1.0))
-        latencies(f"{urls[0]}/chat/completions", 20)
+        asyncio.run(closed_loop(urls, args.clients, args.warmup))
+        for url in urls:
+            latencies(f"{url}/chat/completions", 50)
     for r in range(args.rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
@@ -358,6 +368,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--latency-requests", type=int, default=300)
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of load before")
     parser.add_argument("--gateways", default="1,2", help="1, 2 or 1,2 (2 needs root)")
     parser.add_argument("--json", type=Path, help="write every sample here")
     args = parser.parse_args()
@@ -376,7 +387,7 @@ def main() -> int:
     with ExitStack() as stack:
         net = stack.enter_context(network(1)) if os.geteuid() == 0 else None
         address = net.gateway if net is not None else "127.0.0.1"
-        env = ray_env(secrets.token_hex(32))
+        env = {**ray_env(secrets.token_hex(32)), "LLAMAHERD_COORDINATOR_API_KEY": API_KEY}
         if net is None:  # a one-machine Ray may keep 127.0.0.1 (as llamaherd's own does)
             env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
         head_dir, node_dir = ray_temp_dir("head"), ray_temp_dir("node")
@@ -391,8 +402,9 @@ def main() -> int:
         direct = stack.enter_context(standin(address, registry, workdir))
         wait_for(lambda: model_ready(coordinator.gateway(address)), 60, "the stand-in routed")
         first = gateway_process(address, coordinator.http_port)
+        litellms = [stack.enter_context(litellm(args.litellm, direct, 1, workdir))]
         if 1 in counts:
-            url, root = stack.enter_context(litellm(args.litellm, direct, 1, workdir))
+            url, root = litellms[0]
             systems = {
                 "llamaherd": ([coordinator.base_url(address)], [first]),
                 "litellm": ([url], tree(root)),
@@ -400,13 +412,13 @@ def main() -> int:
             run_rounds(args, 1, systems, direct, samples)
         if 2 in counts and net is not None:
             second = _second_gateway(net.hosts[0], head, node_dir, env, coordinator)
-            url, root = stack.enter_context(litellm(args.litellm, direct, 2, workdir))
+            litellms.append(stack.enter_context(litellm(args.litellm, direct, 2, workdir)))
             systems = {
                 "llamaherd": (
                     [coordinator.base_url(address), coordinator.base_url(net.hosts[0].address)],
                     [first, second],
                 ),
-                "litellm": ([url], tree(root)),
+                "litellm": ([u for u, _ in litellms], [p for _, r in litellms for p in tree(r)]),
             }
             run_rounds(args, 2, systems, direct, samples)
     print(f"\nload after: {os.getloadavg()}\n")
