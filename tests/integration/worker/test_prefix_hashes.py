@@ -10,8 +10,8 @@ from support.rpc import TIMEOUT, chat, generate
 from common.prefix import BLOCK_CHARS, DEPTHS, chain_of, chat_chain, chat_text
 from common.prefix import matched_chars as matched
 
-# ~1,100 characters: four blocks, well inside the test worker's 1,024-token context.
-SYSTEM = "You are the duty engineer of a fleet of Jetson boards; answer in one line. " * 15
+# ~600 characters: two blocks, short enough to prefill in moments on one thread.
+SYSTEM = "You are the duty engineer of a fleet of Jetson boards; answer in one line. " * 8
 
 
 def _hashes(stub) -> tuple[int, ...]:
@@ -26,7 +26,7 @@ def _deepest(chars: int) -> int:
 
 def test_a_chats_slot_reports_the_chain_its_next_turn_matches(stub):
     history = [("system", SYSTEM), ("user", "Which board runs hottest?")]
-    reply = chat(stub, GEMMA, history, max_tokens=24, temperature=0.0).text
+    reply = chat(stub, GEMMA, history, max_tokens=12, temperature=0.0).text
     held = _hashes(stub)
     assert 0 < len(held) <= 64
     next_turn = [*history, ("assistant", reply), ("user", "And the coolest?")]
@@ -39,8 +39,8 @@ def test_a_chats_slot_reports_the_chain_its_next_turn_matches(stub):
 
 
 def test_a_completions_slot_reports_its_prompt_and_output(stub):
-    prompt = "Log of node jetson-07, one line per hour: temperature nominal. " * 10
-    output = generate(stub, GEMMA, prompt, max_tokens=16, temperature=0.0).text
+    prompt = "Log of node jetson-07, one line per hour: temperature nominal. " * 5
+    output = generate(stub, GEMMA, prompt, max_tokens=8, temperature=0.0).text
     held = _hashes(stub)
     continued = chain_of(prompt + output + " and more").hashes
     assert matched(continued, held) == _deepest(len(prompt + output))
