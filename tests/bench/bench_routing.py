@@ -31,11 +31,12 @@ A policy that piles onto one node or misses the caches pays in TTFT (requests qu
 slot, or share a host's CPU) and in throughput (the same work takes longer).
 
 Every segment's prompts (and session keys) open with a segment tag, so no policy finds a
-cache or a session its predecessor left. Policies rotate their order each round. Reported
-per workload and policy: TTFT p50/p99 (streamed, at the client), completion tokens/s and
-requests/s (served requests over the segments' wall time, from the first request to the
-last reply), the TTFT p50 ratio to round-robin's and to least-loaded's, the throughput ratio
-to least-loaded's, and the busiest node's share of requests.
+cache or a session its predecessor left. Policies run in a new order each round
+(round_order: reversed every other round, so drift in the machine's load favours none).
+Reported per workload and policy: TTFT p50/p99 (streamed, at the client), completion
+tokens/s and requests/s (served requests over the segments' wall time, from the first
+request to the last reply), the TTFT p50 ratio to round-robin's and to least-loaded's, the
+throughput ratio to least-loaded's, and the busiest node's share of requests.
 
     .venv/bin/python tests/bench/bench_routing.py [--quick] [--json out.json] \\
         [--plot docs/routing-bench.svg] [--policies round-robin,least-loaded,...]
@@ -82,7 +83,6 @@ from orchestrator.bench.client import RequestSpec, Target, payload, stream_reque
 from orchestrator.bench.metrics import RequestRecord, percentile  # noqa: E402
 from orchestrator.reaper import reap  # noqa: E402
 from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES  # noqa: E402
-from orchestrator.runtime import HEAD_RECORD, read_head_record  # noqa: E402
 
 ALIAS = "gemma-bench"
 CPU_ROOT = Path("/sys/fs/cgroup/cpu")
@@ -368,6 +368,10 @@ class ControlPlane:
     def stop(self) -> None:
         """A clean stop ends the actors and the Ray head; whatever a failed start left of
         this run's head (its record still there) is reaped by its session directory."""
+        # Imported here: orchestrator.runtime imports Ray, which the rest of the script (and
+        # its unit test) does without.
+        from orchestrator.runtime import HEAD_RECORD, read_head_record
+
         if self.current is not None:
             self.current.stop()
         state_dir = self.workdir / "coordinator-state"
@@ -500,11 +504,18 @@ def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}x"
 
 
+PANEL_TITLES = {
+    "shared": "shared system prompts (3-turn chats)",
+    "none": "no shared prefix",
+    "mixed": "mixed (1/4 of requests shared)",
+}
+
+
 def plot(summary: dict[str, dict[str, Any]], path: Path, caption: str) -> None:
     """TTFT p50 (solid) and p99 (pale) bars per policy, one panel per workload."""
     import matplotlib
 
-    matplotlib.use("svg")
+    matplotlib.use("agg")  # no display
     import matplotlib.pyplot as plt
 
     plt.rcParams["svg.hashsalt"] = "llamaherd-routing-bench"  # stable ids: diffable files
@@ -519,19 +530,32 @@ def plot(summary: dict[str, dict[str, Any]], path: Path, caption: str) -> None:
                    label="p99" if i == 0 else None)  # fmt: skip
             ax.bar(i, s["ttft_p50_s"] or 0, color=colour, width=0.7,
                    label="p50" if i == 0 else None)  # fmt: skip
-        ax.set_xticks(range(len(policies)), policies, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"{workload} prefixes" if workload != "mixed" else "mixed (1/4 shared)")
+        labels = [f"{p} (default)" if p == DEFAULT_POLICY else p for p in policies]
+        ax.set_xticks(range(len(policies)), labels, rotation=35, ha="right", fontsize=8)
+        ax.set_title(PANEL_TITLES[workload], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("TTFT at the client (s)")
     axes[0].legend(fontsize=8)
     figure.suptitle(caption, fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="svg", metadata={"Date": None})
+    if path.suffix == ".svg":
+        figure.savefig(path, format="svg", metadata={"Date": None})  # no date: diffable
+    else:
+        figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
 # ---- the run ----------------------------------------------------------------------------------
+def round_order(policies: Sequence[str], round_index: int) -> list[str]:
+    """The policies' order in a round: rotated by one every two rounds and reversed in every
+    odd one, so that over each pair of rounds every policy's mean position is the same and a
+    machine that grows busier or quieter during the run favours none."""
+    shift = (round_index // 2) % len(policies)
+    order = [*policies[shift:], *policies[:shift]]
+    return order[::-1] if round_index % 2 else order
+
+
 def report_segment(console: Console, segment: Segment, elapsed_s: float) -> None:
     ttft = [x.ttft for x in segment.ok]
     p50 = percentile(ttft, 50) if ttft else float("nan")
@@ -578,14 +602,17 @@ def main() -> int:
     parser.add_argument("--cpus-per-host", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=19)
     parser.add_argument(
-        "--quick", action="store_true", help="one round, 3 clients, 6 singles: a few minutes"
-    )
+        "--quick", action="store_true",
+        help="development: one round, 3 clients, 6 singles, and (without --policies) only "
+        "round-robin and the default: about two minutes",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="write the TTFT plot (SVG) here")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench-routing"))
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.clients, args.singles = 1, 3, 6
+        args.policies = args.policies or f"round-robin,{DEFAULT_POLICY}"
     policies = policies_to_run(args.policies)
     sizes = Sizes(args.clients, args.singles, args.turns, args.system_prompts,
                   args.system_words, args.single_words, args.max_tokens)  # fmt: skip
@@ -616,7 +643,7 @@ def main() -> int:
         console.print(f"starting 3 workers at {args.cpus_per_host} CPU each ...")
         start_workers(stack, args.workdir, hosts, plane.registry, args.slots)
         for r in range(args.rounds):
-            order = policies[r % len(policies) :] + policies[: r % len(policies)]
+            order = round_order(policies, r)
             for policy in order:
                 coordinator = plane.route_with(policy)
                 for workload in WORKLOADS:
