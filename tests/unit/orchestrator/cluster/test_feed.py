@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -175,37 +174,45 @@ def test_decoding_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> 
 
 
 def test_the_registry_publishes_at_once_then_at_most_once_per_interval() -> None:
-    interval = 0.6
+    """On the registry's own clock (a hand-moved one here): a change within the interval
+    of the last publication waits for the clock to pass it; a change after a quiet spell
+    goes out at once, without the clock moving."""
+    interval = 0.3
+    now = [100.0]
 
     async def main() -> None:
-        reg = WorkerRegistry(1.0, 3.0, 60.0, TOKEN, publish_interval_s=interval)
+        reg = WorkerRegistry(
+            1.0, 3.0, 60.0, TOKEN, clock=lambda: now[0], publish_interval_s=interval
+        )
         port = await reg.start("127.0.0.1", 0)
         channel = aio.insecure_channel(f"127.0.0.1:{port}")
         follower = SnapshotFollower()
         try:
             empty = follower.take(await reg.update_after(*follower.since(), 5.0))
-            first = time.monotonic()
             assert empty.nodes == ()
             worker = Stream(channel, metadata())
             await worker.send(report("worker-a"))
-            # A change within the interval of the first publication waits for its end.
-            joined = follower.take(await reg.update_after(*follower.since(), 5.0))
-            assert time.monotonic() - first >= interval * 0.95
+            waiting = asyncio.ensure_future(reg.update_after(*follower.since(), 5.0))
+            await asyncio.sleep(2 * interval)
+            assert not waiting.done(), "published within the interval of the last one"
+            now[0] += interval
+            joined = follower.take(await asyncio.wait_for(waiting, 5.0))
             assert [(n.node_id, n.up) for n in joined.nodes] == [("worker-a", True)]
-            await asyncio.sleep(interval)  # a quiet spell: the next change goes out at once
 
+            now[0] += 10 * interval  # a quiet spell
             waiting = asyncio.ensure_future(reg.update_after(*follower.since(), 5.0))
             await asyncio.sleep(0.05)
-            assert not waiting.done()  # nothing changed yet
-            started = time.monotonic()
+            assert not waiting.done(), "nothing changed yet"
             await worker.close()
-            left = follower.take(await waiting)
-            assert time.monotonic() - started < interval / 2
+            left = follower.take(await asyncio.wait_for(waiting, 5.0))  # the clock stood still
             assert [(n.node_id, n.up, n.down_reason) for n in left.nodes] == [
                 ("worker-a", False, "heartbeat stream closed")
             ]
             # Nothing changes: after the timeout the reader keeps the snapshot it has.
-            assert follower.take(await reg.update_after(*follower.since(), 0.1)) is left
+            waiting = asyncio.ensure_future(reg.update_after(*follower.since(), 0.2))
+            await asyncio.sleep(0.05)
+            now[0] += 0.2
+            assert follower.take(await asyncio.wait_for(waiting, 5.0)) is left
         finally:
             await channel.close()
             await reg.stop()
