@@ -10,9 +10,9 @@ between Ray actors.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import NewType
+from typing import Any, NewType
 
 from common.hardware import HardwareInfo
 from common.leases import Lease
@@ -118,3 +118,21 @@ class ClusterSnapshot:
             for replica in node.replicas:
                 index.setdefault(replica.alias, []).append(node)
         return {alias: tuple(nodes) for alias, nodes in index.items()}
+
+    @functools.cached_property
+    def memo(self) -> dict[Hashable, Any]:
+        """Values other modules derive from this snapshot, kept as long as it lives.
+
+        A snapshot never changes, so what is derived from it once holds for every request
+        routed on it (orchestrator.routing.candidates keeps each model's ready replicas
+        here). Keys are namespaced by their owner; no one but the owner reads an entry."""
+        return {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Only the fields travel (to gateways, between actors): what was derived here
+        # (holders, memo) is rebuilt on demand on the other side, and would only grow
+        # the pickle.
+        return {f: v for f, v in self.__dict__.items() if f not in _DERIVED}
+
+
+_DERIVED = frozenset({"holders", "memo"})

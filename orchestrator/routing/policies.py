@@ -7,6 +7,18 @@ random.Random so a seeded generator replays the same choices.
 
 POLICIES is the one registry of policies by name: configuration validates against it and
 make_policy builds from it, so a new policy is one class plus one line there.
+
+Large fleets: a policy that also has `choose_among(request, pool)` is handed the request's
+CandidatePool by route() instead of every candidate. The latency-scored policies
+(least-expected-latency, session-affinity, tokens-per-joule) and power-of-two use it to
+score a random sample of SAMPLE_SIZE candidates (power of d choices) when more than
+EXACT_UP_TO replicas are ready, plus the session's node; at or below that, they score
+every candidate exactly as choose() does. A sample's decode rates are estimated against
+the whole table (CandidatePool.table_rates with expected_rates), as if it were scored in
+full. A new policy that scores candidates with expected_seconds can do the same: in
+choose_among, take pool.eligible() below the threshold, else pool.sample(...) with the
+nodes it wants (say, those holding the request's prefix) in `include`, and pass
+pool.table_rates(sample, expected_rates) to expected_seconds.
 """
 
 from __future__ import annotations
@@ -19,9 +31,10 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from common.prefix import matched_chars
+from orchestrator.cluster.types import NodeId
 from orchestrator.routing.affinity import SessionMemory, rendezvous
-from orchestrator.routing.candidates import Candidate
-from orchestrator.routing.heat import WeightCache, node_watts
+from orchestrator.routing.candidates import Candidate, CandidatePool
+from orchestrator.routing.heat import MAX_AGE_S, WeightCache, heat_weight, node_watts
 from orchestrator.routing.request import CHARS_PER_TOKEN, RouteRequest
 
 # Scores within this relative distance are ties: float rounding must not decide a route.
@@ -32,6 +45,11 @@ AFFINITY_GUARD = 2.0
 # tokens-per-joule: only candidates expected within this factor of the best latency compete
 # on efficiency, so saving energy never queues a request far behind a free node.
 ENERGY_GUARD = 1.5
+# Large fleets: above EXACT_UP_TO ready replicas of a model, the latency-scored policies
+# score SAMPLE_SIZE of them drawn at random (plus a session's node) instead of all; the
+# fleet simulator (tests/bench/simulate_fleet.py) measured the choice and its cost.
+EXACT_UP_TO = 64
+SAMPLE_SIZE = 16
 
 # The clock of telemetry samples' taken_at: unix time.
 WallClock = Callable[[], float]
@@ -103,6 +121,12 @@ class PowerOfTwoChoices:
         pair = self._rng.sample(list(candidates), 2)
         return _lowest(pair, lambda c: c.load_per_slot, self._rng)
 
+    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
+        """choose() for a large pool: the pair is drawn from the table, not every candidate."""
+        if len(pool) <= EXACT_UP_TO:
+            return self.choose(request, pool.eligible())
+        return _lowest(pool.sample(self._rng, 2), lambda c: c.load_per_slot, self._rng)
+
 
 class LeastExpectedLatency:
     """The candidate expected to start streaming this request's tokens soonest (default).
@@ -136,6 +160,9 @@ class LeastExpectedLatency:
     (affinity.rendezvous, the same on every gateway). Only ties: a session never waits
     longer for its node than any other request would, so this cannot lose on the score.
     `clock` reads unix time, to judge how old a telemetry sample is.
+
+    Above `exact_up_to` ready replicas (choose_among), it scores `sample_size` of them drawn
+    at random, plus the session's last node: the best of a sample, not of the fleet.
     """
 
     name = "least-expected-latency"
@@ -145,14 +172,66 @@ class LeastExpectedLatency:
         rng: random.Random,
         clock: WallClock = time.time,
         sessions: SessionMemory | None = None,
+        *,
+        sample_size: int = SAMPLE_SIZE,
+        exact_up_to: int = EXACT_UP_TO,
     ) -> None:
+        if sample_size < 1:
+            raise ValueError(f"sample_size must be at least 1, got {sample_size}")
         self._rng = rng
         self._clock = clock
         self._sessions = sessions if sessions is not None else SessionMemory()
         self._heat = WeightCache()
+        self._sample_size = sample_size
+        self._exact_up_to = exact_up_to
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
-        scores = expected_seconds(candidates, self._clock(), self._heat)
+        return self._pick(request, candidates, expected_rates(candidates))
+
+    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
+        """choose() over every candidate of a small pool, over a sample of a large one."""
+        if len(pool) <= self._exact_up_to:
+            every = pool.eligible()
+            return self._pick(request, every, _rates_of_every(pool, every))
+        session = request.session
+        if session is None:
+            return self._sampled(pool)
+        last = self._sessions.last(request.alias, session)
+        include = (NodeId(last),) if last is not None else ()
+        sample = pool.sample(self._rng, self._sample_size, include)
+        return self._pick(request, sample, pool.table_rates(sample, expected_rates))
+
+    def _sampled(self, pool: CandidatePool) -> Candidate:
+        """_pick() on a sample of `pool` for a request without a session, scored from the
+        figures prepared once per table (idle_seconds): what a request adds is its local
+        in-flight counts and the heat weights now."""
+        indexes, changed = pool.draw(self._rng, self._sample_size)
+        idle = pool.table_figures(idle_seconds)
+        rates = pool.table_figures(expected_rates)
+        taken = pool.table_figures(_sample_times)
+        heat = pool.table_figures(_unknown_heat)  # filled in below on first use
+        table = pool.table.candidates
+        now = self._clock()
+        scored: list[tuple[float, Candidate]] = []
+        for i in indexes:
+            # heat.fresh() and WeightCache.weight() inline: a call costs more than this.
+            weight = 1.0
+            if abs(now - taken[i]) <= MAX_AGE_S:
+                weight = heat[i]
+                if weight != weight:  # NaN: not worked out yet
+                    weight = heat[i] = heat_weight(table[i].telemetry, taken[i])
+            cand = changed.get(i)
+            if cand is None:  # the table's own: the reported load
+                scored.append((idle[i] / weight, table[i]))
+            else:
+                scored.append(((cand.load_per_slot + 1) / (rates[i] * weight), cand))
+        return _lowest_scored(scored, self._rng)
+
+    def _pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], rates: Sequence[float]
+    ) -> Candidate:
+        """The choice among `candidates`, whose per-sequence decode rates are `rates`."""
+        scores = expected_seconds(candidates, self._clock(), self._heat, rates)
         if request.session is None:
             return _lowest_scored(list(zip(scores, candidates, strict=True)), self._rng)
         best = min(scores)
@@ -174,11 +253,13 @@ class SessionAffinity(LeastExpectedLatency):
 
     name = "session-affinity"
 
-    def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+    def _pick(
+        self, request: RouteRequest, candidates: Sequence[Candidate], rates: Sequence[float]
+    ) -> Candidate:
         session = request.session
         if session is None:
-            return super().choose(request, candidates)
-        scores = expected_seconds(candidates, self._clock(), self._heat)
+            return super()._pick(request, candidates, rates)
+        scores = expected_seconds(candidates, self._clock(), self._heat, rates)
         best = min(scores)
         last = self._sessions.last(request.alias, session)
         for score, cand in zip(scores, candidates, strict=True):
@@ -204,15 +285,36 @@ class TokensPerJoule:
 
     name = "tokens-per-joule"
 
-    def __init__(self, rng: random.Random, clock: WallClock = time.time) -> None:
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: WallClock = time.time,
+        *,
+        sample_size: int = SAMPLE_SIZE,
+        exact_up_to: int = EXACT_UP_TO,
+    ) -> None:
+        if sample_size < 1:
+            raise ValueError(f"sample_size must be at least 1, got {sample_size}")
         self._rng = rng
         self._clock = clock
         self._heat = WeightCache()
+        self._sample_size = sample_size
+        self._exact_up_to = exact_up_to
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
+        return self._pick(candidates, expected_rates(candidates))
+
+    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
+        """choose() over every candidate of a small pool, over a sample of a large one."""
+        if len(pool) <= self._exact_up_to:
+            every = pool.eligible()
+            return self._pick(every, _rates_of_every(pool, every))
+        sample = pool.sample(self._rng, self._sample_size)
+        return self._pick(sample, pool.table_rates(sample, expected_rates))
+
+    def _pick(self, candidates: Sequence[Candidate], rates: Sequence[float]) -> Candidate:
         now = self._clock()
-        scores = expected_seconds(candidates, now, self._heat)
-        rates = expected_rates(candidates)
+        scores = expected_seconds(candidates, now, self._heat, rates)
         best = min(scores)
         efficiency: list[tuple[float, Candidate]] = []
         for score, rate, cand in zip(scores, rates, candidates, strict=True):
@@ -339,16 +441,43 @@ def expected_prefill_rates(
 
 
 def expected_seconds(
-    candidates: Sequence[Candidate], now: float, heat: WeightCache | None = None
+    candidates: Sequence[Candidate],
+    now: float,
+    heat: WeightCache | None = None,
+    rates: Sequence[float] | None = None,
 ) -> list[float]:
     """Each candidate's least-expected-latency score: (load per slot + 1) over its expected
-    rate times its heat weight at `now` (unix time; heat.heat_weight, through `heat`)."""
+    rate times its heat weight at `now` (unix time; heat.heat_weight, through `heat`).
+    `rates`: the candidates' expected rates when already known (a sample's, estimated
+    against its whole pool); None: expected_rates(candidates)."""
     weights = heat if heat is not None else WeightCache()
-    rates = expected_rates(candidates)
+    if rates is None:
+        rates = expected_rates(candidates)
     return [
         (c.load_per_slot + 1) / (rate * weights.weight(c.node_id, c.telemetry, now))
         for c, rate in zip(candidates, rates, strict=True)
     ]
+
+
+def idle_seconds(candidates: Sequence[Candidate]) -> list[float]:
+    """expected_seconds() with every heat weight 1: each candidate's (load per slot + 1)
+    over its expected rate. Dividing by a candidate's heat weight gives its score."""
+    return [
+        (c.load_per_slot + 1) / rate
+        for c, rate in zip(candidates, expected_rates(candidates), strict=True)
+    ]
+
+
+def _sample_times(candidates: Sequence[Candidate]) -> list[float]:
+    """When each candidate's telemetry sample was taken (-inf: it has none)."""
+    return [c.telemetry.taken_at if c.telemetry is not None else -math.inf for c in candidates]
+
+
+def _unknown_heat(candidates: Sequence[Candidate]) -> list[float]:
+    """A heat weight per candidate, each NaN until worked out (heat_weight of its sample at
+    its own time: the weight whenever the sample is fresh, as heat() reads `now` only
+    to judge that)."""
+    return [math.nan] * len(candidates)
 
 
 def expected_rates(candidates: Sequence[Candidate]) -> list[float]:
@@ -375,6 +504,14 @@ def expected_rates(candidates: Sequence[Candidate]) -> list[float]:
     return [r if r is not None else fallback for r in rates]
 
 
+def _rates_of_every(pool: CandidatePool, every: Sequence[Candidate]) -> list[float]:
+    """expected_rates(every) for all of `pool`'s candidates: when they are the whole table
+    (nothing excluded or full, the common case), the table's, worked out once."""
+    if len(every) == len(pool):
+        return pool.table_rates(every, expected_rates)
+    return expected_rates(every)
+
+
 def _lowest(
     candidates: Sequence[Candidate], score: Callable[[Candidate], float], rng: random.Random
 ) -> Candidate:
@@ -385,7 +522,10 @@ def _lowest(
 def _lowest_scored(scored: Sequence[tuple[float, Candidate]], rng: random.Random) -> Candidate:
     """The candidate of the lowest score in (score, candidate) pairs; ties at random."""
     best = min(s for s, _ in scored)
-    tied = [c for s, c in scored if _close(s, best)]
+    # Only a score within 2 x TIE_REL_TOL of the best can be close to it: skip the rest
+    # without a call.
+    near = best + 2 * TIE_REL_TOL * abs(best)
+    tied = [c for s, c in scored if s <= near and _close(s, best)]
     return tied[0] if len(tied) == 1 else rng.choice(tied)
 
 
