@@ -37,6 +37,7 @@ from common.cluster_tls import listen, peer_common_name
 from common.net import join_host_port
 from orchestrator.cluster.capacity import CapacityFileError, load_records
 from orchestrator.cluster.feed import SnapshotFeed
+from orchestrator.cluster.interning import Interner
 from orchestrator.cluster.reports import BadReport, node_from_report
 from orchestrator.cluster.state import ClusterState, NodeConflict
 from orchestrator.cluster.types import ClusterSnapshot, NodeId, PlacementProblem
@@ -81,6 +82,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         self._clock = clock
         self._changed = asyncio.Event()  # replaced by a fresh one at every change
         self._feed = SnapshotFeed()  # what update_after's readers follow
+        self._interner = Interner()  # one object per distinct hardware and model config
         self._publish_interval = publish_interval_s
         self._published_at = -math.inf  # on self._clock
         self._streams = itertools.count(1)
@@ -190,7 +192,7 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
         try:
             async for report in requests:
                 try:
-                    node = node_from_report(report, self._clock())
+                    node = self._interner.node(node_from_report(report, self._clock()))
                     if node_id is not None and node.node_id != node_id:
                         raise BadReport(f"this stream registered {node_id!r}; it cannot switch")
                     if self._tls is not None and peer_common_name(context) != node.node_id:
