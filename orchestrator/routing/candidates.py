@@ -17,6 +17,7 @@ Every node's reason is worked out only when nothing can serve.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import random
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -210,6 +211,10 @@ def replica_table(snapshot: ClusterSnapshot, alias: str, task: Task | None) -> R
 _TABLE_KEY = "routing.candidates.ReplicaTable"
 
 
+def _node_of(key: tuple[NodeId, str]) -> str:
+    return key[0]
+
+
 def _build_table(holders: Iterable[Node], alias: str, task: Task | None) -> ReplicaTable:
     candidates: list[Candidate] = []
     room: list[bool] = []
@@ -330,6 +335,19 @@ class CandidatePool:
                     if found is not table.candidates[index]:
                         changed[index] = found
         return picked, changed
+
+    def following(self, node_id: str | None) -> Candidate:
+        """The first candidate in node id order whose id comes after `node_id`, else the
+        first of all (None: the first of all): a rotation's next turn, found by bisection
+        instead of a scan of every candidate."""
+        table = self.table
+        start = 0 if node_id is None else bisect.bisect_right(table.keys, node_id, key=_node_of)
+        n = len(table)
+        for step in range(n):
+            found = self._at((start + step) % n)
+            if found is not None:
+                return found
+        raise self.refusal()
 
     def _admit(self, index: int, changed: dict[int, Candidate]) -> bool:
         """Whether the table's replica at `index` can serve this request; its candidate

@@ -33,7 +33,7 @@ from typing import Protocol
 from common.prefix import matched_chars
 from orchestrator.cluster.types import NodeId
 from orchestrator.routing.affinity import SessionMemory, rendezvous
-from orchestrator.routing.candidates import Candidate, CandidatePool
+from orchestrator.routing.candidates import Candidate, CandidatePool, ReplicaTable
 from orchestrator.routing.heat import MAX_AGE_S, WeightCache, heat_weight, node_watts
 from orchestrator.routing.request import CHARS_PER_TOKEN, RouteRequest
 
@@ -85,6 +85,12 @@ class RoundRobin:
         ordered = sorted(candidates, key=lambda c: c.node_id)
         last = self._last.get(request.alias)
         chosen = next((c for c in ordered if last is None or c.node_id > last), ordered[0])
+        self._last[request.alias] = chosen.node_id
+        return chosen
+
+    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
+        """choose() without sorting every candidate: the pool is in node id order."""
+        chosen = pool.following(self._last.get(request.alias))
         self._last[request.alias] = chosen.node_id
         return chosen
 
@@ -379,6 +385,9 @@ class PrefixCache:
         # (node, alias) -> (the reported hashes, as a set): one set per report, not per
         # request; a snapshot keeps the same tuple object until the node reports again.
         self._held: dict[tuple[str, str], tuple[tuple[int, ...], frozenset[int]]] = {}
+        # alias -> (the snapshot's table of its replicas, hash -> the nodes reporting it):
+        # built once per snapshot, for pools too large to score whole (choose_among).
+        self._indexes: dict[str, tuple[ReplicaTable, dict[int, list[NodeId]]]] = {}
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
         cached = self._cached_chars(request, candidates)
@@ -399,6 +408,41 @@ class PrefixCache:
         best = min(s for s, _ in scored)
         tied = [c for s, c in scored if _close(s, best)]
         return _stick(self._sessions, request, tied, request.session)
+
+    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
+        """choose() over every candidate of a small pool. Over a large one (more than
+        EXACT_UP_TO), choose() over the nodes that hold the request's deepest hashes (at
+        most SAMPLE_SIZE, found in an index of the snapshot) plus SAMPLE_SIZE drawn at
+        random; where no node holds any, the default's choice."""
+        if len(pool) <= EXACT_UP_TO:
+            return self.choose(request, pool.eligible())
+        holders = self._holders(request, pool.table)
+        if not holders:
+            return self._default.choose_among(request, pool)
+        return self.choose(request, pool.sample(self._rng, SAMPLE_SIZE, holders))
+
+    def _holders(self, request: RouteRequest, table: ReplicaTable) -> list[NodeId]:
+        """Up to SAMPLE_SIZE nodes of `table` reporting the request's hashes, the deepest
+        hash's first (at random among more than fit)."""
+        if not request.prefix_chain:
+            return []
+        known = self._indexes.get(table.alias)
+        if known is None or known[0] is not table:
+            index: dict[int, list[NodeId]] = {}
+            for cand in table.candidates:
+                for value in cand.replica.engine.prefix_hashes:
+                    index.setdefault(value, []).append(cand.node_id)
+            known = self._indexes[table.alias] = (table, index)
+        found: dict[NodeId, None] = {}  # insertion-ordered set
+        for value in reversed(request.prefix_chain):
+            nodes = known[1].get(value, ())
+            room = SAMPLE_SIZE - len(found)
+            fresh = [n for n in nodes if n not in found]
+            for node in fresh if len(fresh) <= room else self._rng.sample(fresh, room):
+                found[node] = None
+            if len(found) >= SAMPLE_SIZE:
+                break
+        return list(found)
 
     def _cached_chars(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[int]:
         """Each candidate's cached characters of the request's opening, 0 beyond the guard."""

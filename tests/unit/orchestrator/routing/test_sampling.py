@@ -28,6 +28,7 @@ from orchestrator.routing.policies import (
     POLICIES,
     LeastExpectedLatency,
     PowerOfTwoChoices,
+    RoundRobin,
     RoutingPolicy,
     SessionAffinity,
     TokensPerJoule,
@@ -215,7 +216,9 @@ def test_a_sample_never_holds_a_node_that_cannot_serve(make: object) -> None:
         inflight = local_counts(snap, rng)
         exclude = {n.node_id for n in snap.nodes if rng.random() < 0.5}
         request = RouteRequest("m", session=f"s{i % 5}" if i % 2 else None)
-        every, _ = candidates_for(snap, "m", now=NOW, inflight=inflight, exclude=exclude)
+        every, _ = candidates_for(
+            snap, "m", now=NOW, inflight=inflight, exclude=exclude, task="generate"
+        )
         try:
             got = route(snap, request, now=NOW, policy=policy, inflight=inflight, exclude=exclude)
         except NoCandidate:
@@ -274,3 +277,17 @@ def test_candidate_figures_are_computed_once() -> None:
     assert cand.load == 3
     assert cand.load_per_slot == 1.5
     assert "load_per_slot" in vars(cand)  # cached on the frozen candidate
+
+
+def test_round_robin_turns_over_a_large_pool_exactly_as_over_every_candidate() -> None:
+    snap = fleet(3 * EXACT_UP_TO, 21, mixed=True)
+    rng = random.Random(22)
+    routed, chosen = RoundRobin(), RoundRobin()
+    for _ in range(300):
+        inflight = local_counts(snap, rng)
+        exclude = {n.node_id for n in snap.nodes if rng.random() < 0.3}
+        every, _ = candidates_for(
+            snap, "m", now=NOW, inflight=inflight, exclude=exclude, task="generate"
+        )
+        got = route(snap, M, now=NOW, policy=routed, inflight=inflight, exclude=exclude)
+        assert got == chosen.choose(M, every)
