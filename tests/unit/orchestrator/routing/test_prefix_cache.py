@@ -9,15 +9,17 @@ import random
 from collections import Counter
 
 from common.prefix import chat_chain
-from orchestrator.routing.candidates import Candidate
+from orchestrator.cluster.types import ClusterSnapshot
+from orchestrator.routing.candidates import Candidate, route
 from orchestrator.routing.policies import (
+    EXACT_UP_TO,
     PREFIX_LOAD_GUARD,
     LeastExpectedLatency,
     PrefixCache,
     expected_prefill_rates,
 )
 from orchestrator.routing.request import RouteRequest, for_chat
-from tests.unit.orchestrator.factories import candidate
+from tests.unit.orchestrator.factories import NOW, candidate, node, replica, snapshot
 
 WALL = 1_000.0
 SYSTEM = ("system", "You are the operations assistant of a fleet of Jetson boards. " * 60)
@@ -157,3 +159,35 @@ def test_a_new_report_replaces_what_a_node_held() -> None:
         holding(candidate("b", decode_tps=10.0), SYSTEM),
     ]
     assert all(policy.choose(request, second).node_id == "b" for _ in range(10))
+
+
+# ---- large fleets (choose_among) ---------------------------------------------------------------
+
+
+def _fleet(size: int, holders: dict[int, tuple[tuple[str, str], ...]]) -> ClusterSnapshot:
+    """`size` idle nodes of equal speed; node i holds the chat `holders[i]` if listed."""
+    nodes = []
+    for i in range(size):
+        hashes = chat_chain(holders[i]).hashes if i in holders else ()
+        nodes.append(node(f"n{i:04d}", replica("m", decode_tps=10.0, prefix_hashes=hashes)))
+    return snapshot(*nodes)
+
+
+def test_in_a_large_fleet_the_nodes_holding_the_prefix_are_always_scored() -> None:
+    fleet = _fleet(EXACT_UP_TO * 4, {137: (SYSTEM,), 200: (OTHER_SYSTEM,)})
+    request = chat(SYSTEM, ("user", "hi"))
+    for seed in range(10):
+        policy = PrefixCache(random.Random(seed), wall)
+        assert route(fleet, request, now=NOW, policy=policy).node_id == "n0137"
+
+
+def test_in_a_large_fleet_without_a_holder_it_routes_as_the_default() -> None:
+    fleet = _fleet(EXACT_UP_TO * 4, {200: (OTHER_SYSTEM,)})
+    request = chat(SYSTEM, ("user", "hi"))
+    ours, default = (
+        PrefixCache(random.Random(4), wall),
+        LeastExpectedLatency(random.Random(4), wall),
+    )
+    for _ in range(20):
+        mine = route(fleet, request, now=NOW, policy=ours)
+        assert mine.node_id == route(fleet, request, now=NOW, policy=default).node_id
