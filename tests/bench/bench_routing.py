@@ -491,6 +491,28 @@ def goals(summary: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
+def markdown(summary: dict[str, dict[str, Any]]) -> str:
+    """The table as Markdown, for BENCHMARKS.md."""
+    lines = [
+        "| workload | policy | requests | TTFT p50 s | TTFT p99 s | p50 vs round-robin "
+        "| p50 vs least-loaded | tokens/s | requests/s | tokens/s vs least-loaded "
+        "| busiest node |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for workload, by_policy in summary.items():
+        for policy, s in by_policy.items():
+            name = f"{policy} (default)" if policy == DEFAULT_POLICY else policy
+            share = s["busiest_node_share"]
+            lines.append(
+                f"| {workload} | {name} | {_served(s)} | {_num(s['ttft_p50_s'], 2)} "
+                f"| {_num(s['ttft_p99_s'], 2)} | {_x(s['ttft_p50_vs_round_robin'])} "
+                f"| {_x(s['ttft_p50_vs_least_loaded'])} | {_num(s['tokens_per_s'], 1)} "
+                f"| {_num(s['requests_per_s'], 2)} | {_x(s['tokens_per_s_vs_least_loaded'])} "
+                f"| {'n/a' if share is None else f'{share:.0%}'} |"
+            )
+    return "\n".join(lines)
+
+
 def _served(s: dict[str, Any]) -> str:
     served = f"{s['requests'] - s['failed']}"
     return served + (f" ({s['failed']} failed)" if s["failed"] else "")
@@ -595,7 +617,7 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=6, help="concurrent clients")
     parser.add_argument("--turns", type=int, default=3)
     parser.add_argument("--system-prompts", type=int, default=3)
-    parser.add_argument("--system-words", type=int, default=180)
+    parser.add_argument("--system-words", type=int, default=220)
     parser.add_argument("--single-words", type=int, default=60)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--slots", type=int, default=2, help="sequence slots per worker")
@@ -608,6 +630,7 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--plot", type=Path, help="write the TTFT plot (SVG) here")
+    parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench-routing"))
     args = parser.parse_args()
     if args.quick:
@@ -669,6 +692,7 @@ def main() -> int:
             **vars(args),
             "json": str(args.json),
             "plot": str(args.plot),
+            "markdown": str(args.markdown),
             "workdir": str(args.workdir),
             "policies": policies,
         },
@@ -705,6 +729,8 @@ def main() -> int:
         args.json.write_text(json.dumps(result, indent=1))
     if args.plot:
         plot(summary, args.plot, caption)
+    if args.markdown:
+        args.markdown.write_text(markdown(summary) + "\n")
     return 0
 
 
