@@ -230,7 +230,8 @@ def standin(host: str, registry: str, workdir: Path) -> Iterator[str]:
     log = (workdir / "standin.log").open("ab")
     process = subprocess.Popen(
         [sys.executable, str(STANDIN), "--host", host, "--grpc-port", str(grpc_port),
-         "--http-port", str(http_port), "--coordinator", registry, "--model", MODEL],
+         "--http-port", str(http_port), "--coordinator", registry, "--model", MODEL,
+         "--key-dir", str(workdir / "standin-key")],
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

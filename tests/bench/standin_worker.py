@@ -143,9 +143,11 @@ def node_status(node_id: str, address: str, model: str) -> NodeStatus:
     )  # fmt: skip
 
 
-async def heartbeat(coordinator: str, status: NodeStatus, token: SecretStr | None) -> None:
-    """Registers with the coordinator and reports every 0.5 s, reconnecting when it drops."""
-    keys = Path(tempfile.mkdtemp(prefix="standin-key-"))
+async def heartbeat(
+    coordinator: str, status: NodeStatus, token: SecretStr | None, keys: Path
+) -> None:
+    """Registers with the coordinator and reports every 0.5 s, reconnecting when it drops;
+    its node key is kept in `keys`."""
     metadata = (*auth_metadata(token), (NODE_KEY_KEY, node_key(keys, status.node_id)))
 
     async def reports() -> AsyncIterator[cl_pb.NodeReport]:
@@ -184,7 +186,8 @@ async def serve(args: argparse.Namespace) -> None:
         secret = os.environ.get(TOKEN_ENV)
         token = SecretStr(secret) if secret else None
         status = node_status(args.node_id, address, args.model)
-        tasks.append(asyncio.ensure_future(heartbeat(args.coordinator, status, token)))
+        keys = args.key_dir or Path(tempfile.mkdtemp(prefix="standin-key-"))
+        tasks.append(asyncio.ensure_future(heartbeat(args.coordinator, status, token, keys)))
     print(f"stand-in serving gRPC on {address} and HTTP on port {args.http_port}", flush=True)
     try:
         await asyncio.gather(*tasks)
@@ -202,6 +205,9 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--coordinator", default="", help="registry HOST:PORT to register with")
     parser.add_argument("--node-id", default="standin")
+    parser.add_argument(
+        "--key-dir", type=Path, help="where its node key goes (default: a new temp dir)"
+    )
     parser.add_argument("--model", default="bench")
     parser.add_argument("--tokens", type=int, default=4)
     args = parser.parse_args()
