@@ -49,8 +49,8 @@ SplitEstimates = Mapping[NodeId, MemoryEstimate | str]
 
 # Synchronous head <-> helper round trips per decoded token: ggml's RPC client sends a
 # helper its inputs and the graph without waiting, then waits once for the output
-# (GET_TENSOR). Measured, with the fit, by tests/bench/bench_split_rtt.py (BENCHMARKS.md,
-# "Link latency: the k x RTT fit").
+# (GET_TENSOR). tests/bench/bench_split_rtt.py counted 0.98 and fitted 1.0-1.1 (BENCHMARKS.md,
+# "Link latency: the k x RTT fit for a two-host split").
 ROUND_TRIPS_PER_TOKEN = 1.0
 
 
