@@ -212,7 +212,7 @@ def test_a_sample_never_holds_a_node_that_cannot_serve(make: object) -> None:
     snap = fleet(3 * EXACT_UP_TO, 11, mixed=True)
     rng = random.Random(12)
     policy: RoutingPolicy = make(13)  # type: ignore[operator]
-    for i in range(300):
+    for i in range(150):
         inflight = local_counts(snap, rng)
         exclude = {n.node_id for n in snap.nodes if rng.random() < 0.5}
         request = RouteRequest("m", session=f"s{i % 5}" if i % 2 else None)
@@ -283,7 +283,7 @@ def test_round_robin_turns_over_a_large_pool_exactly_as_over_every_candidate() -
     snap = fleet(3 * EXACT_UP_TO, 21, mixed=True)
     rng = random.Random(22)
     routed, chosen = RoundRobin(), RoundRobin()
-    for _ in range(300):
+    for _ in range(150):
         inflight = local_counts(snap, rng)
         exclude = {n.node_id for n in snap.nodes if rng.random() < 0.3}
         every, _ = candidates_for(
