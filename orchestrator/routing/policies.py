@@ -89,7 +89,9 @@ class RoundRobin:
         return chosen
 
     def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
-        """choose() without sorting every candidate: the pool is in node id order."""
+        """choose(), without sorting every candidate of a large pool (in node id order)."""
+        if len(pool) <= EXACT_UP_TO:
+            return self.choose(request, pool.eligible())
         chosen = pool.following(self._last.get(request.alias))
         self._last[request.alias] = chosen.node_id
         return chosen
