@@ -337,7 +337,8 @@ class ModelEngine:
                 break
             if len(idle) < job.n:
                 break
-            seq_id, shared = choose_slot([s.view() for s in idle], job.prompt)
+            busy = taken | {s.seq_id for s in self._slots if s.run is not None}
+            seq_id, shared = choose_slot([s.view() for s in idle], job.prompt, busy)
             if job.n > 1:  # the copies overwrite their caches: the least recently used
                 others = sorted((s for s in idle if s.seq_id != seq_id), key=lambda s: s.last_used)
                 self._followers[seq_id] = others[: job.n - 1]

@@ -1,4 +1,5 @@
-"""Which slot a request takes: the one its prompt continues, else the least recently used."""
+"""Which slot a request takes: the one its prompt continues, else one next to the busy
+slots, else the least recently used."""
 
 from __future__ import annotations
 
@@ -54,3 +55,21 @@ def test_never_used_slots_go_first_in_order():
 def test_no_idle_slot_is_a_programming_error():
     with pytest.raises(ValueError, match="no idle slot"):
         choose_slot([], [1])
+
+
+def test_a_new_request_takes_a_slot_next_to_the_busy_ones():
+    # Slot 0 is the least recently used, but 4 keeps the decoding ids consecutive (2-4):
+    # llama.cpp decodes them in one micro-batch only then.
+    idle = [SlotView(0, [4], 1), SlotView(4, [5], 6), SlotView(6, [6], 3)]
+    assert choose_slot(idle, [7, 8], busy={2, 3}) == (4, 0)
+
+
+def test_a_slot_that_closes_a_gap_between_busy_ones_goes_first():
+    idle = [SlotView(1, [4], 9), SlotView(4, [5], 1), SlotView(6, [6], 2)]
+    assert choose_slot(idle, [7, 8], busy={2, 3, 5}) == (4, 0)
+
+
+def test_a_continued_conversation_still_goes_back_to_its_slot_when_others_are_busy():
+    conversation = [1, 10, 11, 12, 13]
+    idle = [SlotView(1, [9], 1), SlotView(6, conversation, 4)]
+    assert choose_slot(idle, [*conversation, 14], busy={0, 2}) == (6, len(conversation))
