@@ -86,7 +86,7 @@ def test_summary_ratios_and_goals_follow_from_the_requests(bench: ModuleType) ->
     segments = [
         bench.Segment(workload, policy, 0, 10.0,
                       [record(ttft[policy], "host0"), record(ttft[policy], "host1"),
-                       record(9.0, "host0", error="timeout")])
+                       record(9.0, "host0", error="timeout")], [None, None, None])
         for workload in bench.WORKLOADS for policy in ttft
     ]  # fmt: skip
     summary = bench.summarise(segments, list(ttft))
@@ -104,7 +104,7 @@ def test_summary_ratios_and_goals_follow_from_the_requests(bench: ModuleType) ->
 
 def test_a_policy_slower_than_least_loaded_misses_its_goal(bench: ModuleType) -> None:
     ttft = {"round-robin": 4.0, "least-loaded": 3.0, "prefix-cache": 3.3}
-    segments = [bench.Segment(w, p, 0, 10.0, [record(t, "host0")])
+    segments = [bench.Segment(w, p, 0, 10.0, [record(t, "host0")], [None])
                 for w in bench.WORKLOADS for p, t in ttft.items()]  # fmt: skip
     (line,) = bench.goals(bench.summarise(segments, list(ttft)))
     assert "shared p50 <= 0.5x RR 0.82x MISSED" in line
@@ -119,3 +119,20 @@ def test_over_two_rounds_every_policy_runs_at_the_same_mean_position(bench: Modu
         means = {p: sum(order.index(p) for order in rounds) / 2 for p in policies}
         assert set(means.values()) == {2.0}
     assert bench.round_order(policies, 2) != bench.round_order(policies, 0)
+
+
+def test_turns_kept_counts_later_turns_on_the_previous_turns_node(bench: ModuleType) -> None:
+    records = [
+        record(1.0, "host0"),
+        record(1.0, "host1"),
+        record(1.0, "host0"),
+        record(1.0, "host2"),
+        record(1.0, "host1"),
+        record(1.0, "host2", error="timeout"),
+    ]
+    sessions = ["a", "b", "a", None, "a", "b"]  # a: 0 -> 0 -> 1; b's second turn failed
+    segment = bench.Segment("mixed", "round-robin", 0, 10.0, records, sessions)
+    assert segment.follow_ups() == (2, 1)
+    summary = bench.summarise([segment], ["round-robin"])
+    assert summary["mixed"]["round-robin"]["turns_kept_on_node"] == 0.5
+    assert summary["none"]["round-robin"]["turns_kept_on_node"] is None
