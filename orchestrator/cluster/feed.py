@@ -25,13 +25,11 @@ any other, published within one interval.
 from __future__ import annotations
 
 import collections
-import contextlib
-import gc
 import pickle
 import secrets
-from collections.abc import Iterator
 from dataclasses import dataclass
 
+from common.collector import collector_paused
 from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId, PlacementProblem, Refusal
 
@@ -60,24 +58,13 @@ class StaleUpdate(ValueError):
     """A delta for a version other than the one the reader holds."""
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def encode(update: SnapshotUpdate) -> bytes:
     return pickle.dumps(update, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def decode(blob: bytes) -> SnapshotUpdate:
     """The update in `blob` (from encode: the registry's own bytes, never a worker's)."""
-    with _collector_paused():
+    with collector_paused():
         update = pickle.loads(blob)  # the registry actor's own bytes, over Ray
     if not isinstance(update, SnapshotUpdate):
         raise TypeError(f"not a snapshot update: {type(update).__name__}")

@@ -48,12 +48,11 @@ Rules, in short:
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from common.collector import collector_paused
 from common.memory import MemoryEstimate, format_bytes
 from common.status import ModelState, ModelStatus
 from orchestrator.cluster.capacity import CapacityRecord
@@ -175,24 +174,7 @@ class Plan:
         return not (self.actions or self.problems)
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's garbage collector paused for one planning call, and as it was after.
-
-    A plan at 10,000 nodes keeps hundreds of thousands of new objects (fits, pairs) while
-    the fleet's own millions are alive, and the collector walked all of them several times
-    per call: most of estimates_needed's time (tests/bench/simulate_fleet.py). Planning
-    makes no reference cycles, so nothing waits for the collector meanwhile."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_collector_paused()
+@collector_paused()
 def estimates_needed(
     catalog: Sequence[CatalogEntry], nodes: Sequence[Node], downloads: Downloads | None = None
 ) -> list[tuple[CatalogEntry, NodeId]]:
@@ -219,7 +201,7 @@ def estimates_needed(
     return needed
 
 
-@_collector_paused()
+@collector_paused()
 def store_candidates(
     catalog: Sequence[CatalogEntry], nodes: Sequence[Node], downloads: Downloads
 ) -> list[tuple[CatalogEntry, StoreModel, NodeId]]:
@@ -241,7 +223,7 @@ def store_candidates(
     return pairs
 
 
-@_collector_paused()
+@collector_paused()
 def plan(
     catalog: Sequence[CatalogEntry],
     nodes: Sequence[Node],
