@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from common.errors import FailedPrecondition, LlamaherdError, NotFound, ResourceExhausted
 from common.leases import Lease
@@ -137,8 +138,15 @@ class Harness:
         await self.controller.settle()
 
 
-def run(catalog: list[CatalogEntry], scenario: Callable[[Harness], Awaitable[None]]) -> None:
-    workers, clock = Workers(), Clock()
+def run(
+    catalog: list[CatalogEntry],
+    scenario: Callable[[Harness], Awaitable[None]],
+    workers: Workers | None = None,
+    **options: Any,
+) -> None:
+    """`scenario` against a PlacementController of `catalog` (and `options`, passed on to
+    it), on `workers` (a fresh Workers by default) and a hand-moved clock."""
+    workers, clock = workers if workers is not None else Workers(), Clock()
     published: list[tuple[PlacementProblem, ...]] = []
 
     async def publish(problems: tuple[PlacementProblem, ...]) -> None:
@@ -148,8 +156,9 @@ def run(catalog: list[CatalogEntry], scenario: Callable[[Harness], Awaitable[Non
         raise AssertionError("the tests drive reconcile themselves")
 
     async def main() -> None:
+        options.setdefault("timings", TIMINGS)
         controller = PlacementController(
-            catalog, 1.0, no_snapshots, publish, workers, clock=clock, timings=TIMINGS
+            catalog, 1.0, no_snapshots, publish, workers, clock=clock, **options
         )
         await scenario(Harness(controller, workers, clock, published))
         await controller.stop()

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from orchestrator.cluster.types import ClusterSnapshot, PlacementProblem
 from orchestrator.config import CatalogEntry, CoordinatorSettings
-from orchestrator.placement.controller import PlacementController
 from tests.unit.orchestrator.factories import MiB, entry, rpc_node
 from tests.unit.orchestrator.placement.test_controller import (
     BIG,
-    TIMINGS,
-    Clock,
     Harness,
-    Workers,
+)
+from tests.unit.orchestrator.placement.test_controller import (
+    run as run_controller,
 )
 
 # a and b decode the model at 100 tokens/s, c and d at 60; each holds half of it.
@@ -33,25 +30,13 @@ def run(
     settings: CoordinatorSettings,
     scenario: Callable[[Harness], Awaitable[None]],
 ) -> None:
-    workers, clock = Workers(), Clock()
-    published: list[tuple[PlacementProblem, ...]] = []
-
-    async def publish(problems: tuple[PlacementProblem, ...]) -> None:
-        published.append(problems)
-
-    async def no_snapshots(version: int, timeout_s: float) -> ClusterSnapshot:
-        raise AssertionError("the tests drive reconcile themselves")
-
-    async def main() -> None:
-        controller = PlacementController(
-            catalog, 1.0, no_snapshots, publish, workers, clock=clock, timings=TIMINGS,
-            link_rtt_ms=settings.link_rtt_ms(),
-            split_min_tokens_per_second=settings.split_min_tokens_per_second,
-        )  # fmt: skip
-        await scenario(Harness(controller, workers, clock, published))
-        await controller.stop()
-
-    asyncio.run(main())
+    """`scenario` against a controller with the link settings of `settings`."""
+    run_controller(
+        catalog,
+        scenario,
+        link_rtt_ms=settings.link_rtt_ms(),
+        split_min_tokens_per_second=settings.split_min_tokens_per_second,
+    )
 
 
 @pytest.mark.parametrize(

@@ -15,18 +15,20 @@ import numpy as np
 from common.memory import format_bytes
 from common.model_settings import ModelSource
 from common.status import DownloadProgress, ModelState, ModelStatus, StoredFile
-from orchestrator.cluster.types import ClusterSnapshot, Node, PlacementProblem
+from orchestrator.cluster.types import Node, PlacementProblem
 from orchestrator.config import CatalogEntry
-from orchestrator.placement.controller import PlacementController, Timings
+from orchestrator.placement.controller import Timings
 from orchestrator.placement.sources import IndexedStore, estimate_from_file
 from orchestrator.store.index import GgufSummary, StoredModel, StoreIndex
 from tests.support.gguf_files import write_gguf
 from tests.unit.orchestrator.factories import GiB, estimate, node, replica, snapshot
 from tests.unit.orchestrator.placement.test_controller import (
-    Clock,
     FakeWorker,
     Harness,
     Workers,
+)
+from tests.unit.orchestrator.placement.test_controller import (
+    run as run_controller,
 )
 
 TIMINGS = Timings(rejoin_grace_s=0.0, download_timeout_s=100.0)
@@ -83,24 +85,15 @@ def run(
     scenario: Callable[[Harness], Awaitable[None]],
     catalog: list[CatalogEntry] = CATALOG,
 ) -> None:
-    workers, clock = ByHost(), Clock()
-    published: list[tuple[PlacementProblem, ...]] = []
-
-    async def publish(problems: tuple[PlacementProblem, ...]) -> None:
-        published.append(problems)
-
-    async def no_snapshots(version: int, timeout_s: float) -> ClusterSnapshot:
-        raise AssertionError("the tests drive reconcile themselves")
-
-    async def main() -> None:
-        controller = PlacementController(
-            catalog, 1.0, no_snapshots, publish, workers, clock=clock, timings=TIMINGS,
-            store=store, link_bytes_per_second=1e6,
-        )  # fmt: skip
-        await scenario(Harness(controller, workers, clock, published))
-        await controller.stop()
-
-    asyncio.run(main())
+    """`scenario` against a controller with `store`, on workers that fetch by host."""
+    run_controller(
+        catalog,
+        scenario,
+        ByHost(),
+        timings=TIMINGS,
+        store=store,
+        link_bytes_per_second=1e6,
+    )
 
 
 def test_a_name_not_in_the_store_is_a_problem_until_it_is_added(tmp_path: Path) -> None:
