@@ -137,7 +137,7 @@ class PowerOfTwoChoices:
 
 
 class LeastExpectedLatency:
-    """The candidate expected to start streaming this request's tokens soonest (default).
+    """The candidate expected to start streaming this request's tokens soonest.
 
     Model: a replica with `slots_total` slots decodes each sequence at `decode_tps`
     tokens/s, and holds `load` requests. A new request of T tokens waits for about
@@ -256,7 +256,8 @@ class SessionAffinity(LeastExpectedLatency):
     Worth it for multi-turn chats with long histories: the node that served the last turn
     holds the conversation in its KV cache and skips recomputing it, a saving the latency
     score does not see. The guard keeps one busy session's node from queueing it far
-    behind a free one. Requests without a session key route exactly as the default.
+    behind a free one. Requests without a session key route exactly as
+    least-expected-latency. The default policy (see POLICIES).
     """
 
     name = "session-affinity"
@@ -280,8 +281,8 @@ class SessionAffinity(LeastExpectedLatency):
 
 class TokensPerJoule:
     """Among the candidates expected within ENERGY_GUARD (1.5x) of the best latency (the
-    default's heat-weighted score), the one that makes the most tokens per joule; where no
-    such candidate reports its power, the default's choice.
+    least-expected-latency's heat-weighted score), the one that makes the most tokens per
+    joule; where no such candidate reports its power, least-expected-latency's choice.
 
     Tokens per joule is the node's token rate for the model now (its per-sequence rate
     times the sequences it decodes, at least one) over what the node draws now
@@ -597,8 +598,12 @@ PolicyFactory = Callable[[random.Random], RoutingPolicy]
 
 # The registry: every policy a configuration may name, the default first.
 POLICIES: dict[str, PolicyFactory] = {
-    LeastExpectedLatency.name: LeastExpectedLatency,
+    # session-affinity is least-expected-latency plus sticky sessions; it is the default
+    # because on multi-turn chats it alone met the routing benchmark's goal (TTFT p50
+    # 0.24x round-robin's: BENCHMARKS.md, "Routing by caches"), and without a session key
+    # it routes exactly as least-expected-latency.
     SessionAffinity.name: SessionAffinity,
+    LeastExpectedLatency.name: LeastExpectedLatency,
     TokensPerJoule.name: TokensPerJoule,
     PrefixCache.name: PrefixCache,
     PowerOfTwoChoices.name: PowerOfTwoChoices,

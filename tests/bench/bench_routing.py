@@ -91,7 +91,8 @@ CFS_PERIOD_US = 100_000
 TEXT = ROOT / "tests" / "support" / "texts" / "apache-2.0.txt"
 WORKLOADS = ("shared", "none", "mixed")
 MIXED_SHARED = 0.25  # the share of requests in shared chats in the mixed workload
-WANTED = ("round-robin", "least-loaded", DEFAULT_POLICY, "session-affinity", "prefix-cache")
+_COMPARED = ("round-robin", "least-loaded", DEFAULT_POLICY, "least-expected-latency")
+WANTED = tuple(dict.fromkeys((*_COMPARED, "session-affinity", "prefix-cache")))
 TOPICS = ("warranty", "patents", "trademarks", "liability", "notices", "derivative works",
           "contributions", "redistribution", "sublicensing", "termination")  # fmt: skip
 

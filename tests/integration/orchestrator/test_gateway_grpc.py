@@ -41,7 +41,7 @@ def test_status_lists_both_workers_with_their_models(inference):
     assert {m.alias for m in nodes["worker-a"].status.models} == {GEMMA}
     assert nodes["worker-a"].status.hardware.kind == "x86-cpu"
     assert "RPC" in nodes["worker-a"].status.hardware.backends
-    assert status.routing_policy == "least-expected-latency"
+    assert status.routing_policy == "session-affinity"
 
 
 def test_list_models_counts_ready_replicas(inference):
