@@ -45,6 +45,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -123,9 +124,6 @@ class ClusterStateActor:
 
     async def describe(self) -> Described:
         return Described(self._key, (await self.start(),))
-
-    async def snapshot_after(self, version: int, timeout_s: float) -> ClusterSnapshot:
-        return await self._registry.snapshot_after(version, timeout_s)
 
     async def update_after(self, epoch: str, version: int, timeout_s: float) -> bytes:
         """What gateways and placement follow: encoded deltas, published at most once per
@@ -214,12 +212,11 @@ class PlacementActor:
         self._key = key
         self._store = _FollowedStore(settings)
 
-        follower = SnapshotFollower()
+        follow = _following(state)
 
         async def snapshots(version: int, timeout_s: float) -> ClusterSnapshot:
             # The follower's version is the one placement last took (`version`).
-            blob: bytes = await state.update_after.remote(*follower.since(), timeout_s)
-            snapshot = follower.take(blob)
+            snapshot = await follow(timeout_s)
             await self._store.refresh_url()
             return snapshot
 
@@ -262,12 +259,11 @@ class GatewayActor:
         _configure_logging(settings.log_level)
         self._key = key
 
-        follower = SnapshotFollower()
+        follow = _following(state)
 
         async def snapshots(version: int) -> ClusterSnapshot:
             # The follower's version is the one the gateway last took (`version`).
-            blob: bytes = await state.update_after.remote(*follower.since(), LONG_POLL_S)
-            return follower.take(blob)
+            return await follow(LONG_POLL_S)
 
         if settings.gateway_host == RAY_NODE_HOST:  # each coordinator host's own address
             settings = settings.model_copy(update={"gateway_host": _node_address()})
@@ -295,6 +291,18 @@ PlacementRemote = _Remote(PlacementActor)
 StoreRemote = _Remote(StoreActor)
 GatewayRemote = _Remote(GatewayActor)
 _PERSISTENT: dict[str, Any] = {"lifetime": "detached", "max_restarts": -1}
+
+
+def _following(state: Any) -> Callable[[float], Awaitable[ClusterSnapshot]]:
+    """A reader of the state actor's snapshot feed (orchestrator.cluster.feed): each call
+    long-polls for up to the given seconds and gives the snapshot after the update."""
+    follower = SnapshotFollower()
+
+    async def follow(timeout_s: float) -> ClusterSnapshot:
+        blob: bytes = await state.update_after.remote(*follower.since(), timeout_s)
+        return follower.take(blob)
+
+    return follow
 
 
 def _node_address() -> str:

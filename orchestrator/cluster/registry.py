@@ -119,18 +119,6 @@ class WorkerRegistry(cluster_pb2_grpc.CoordinatorServicer):  # type: ignore[misc
     def snapshot(self) -> ClusterSnapshot:
         return self._state.snapshot(self._clock())
 
-    async def snapshot_after(self, version: int, timeout_s: float) -> ClusterSnapshot:
-        """The next snapshot whose version differs from `version` (a restarted registry counts
-        from zero again), or the current one after `timeout_s`."""
-        deadline = self._clock() + timeout_s
-        while self._state.version == version:
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                break
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-        return self.snapshot()
-
     async def update_after(self, epoch: str, version: int, timeout_s: float) -> bytes:
         """The encoded update (orchestrator.cluster.feed) that takes a reader holding
         `version` of feed `epoch` to the next published snapshot, or to the latest after

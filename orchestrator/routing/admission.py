@@ -112,14 +112,22 @@ def _held(replica: ReplicaLoad) -> str:
 
 @dataclass(frozen=True)
 class ClusterDraw:
-    """What the up nodes draw now: `watts` summed over the `measured` ones; `unmeasured`
-    report no power (no figure, or a sample too old), so `watts` is a lower bound when
-    there are any."""
+    """What the up nodes draw now: `per_node` for the measured ones; `unmeasured` report
+    no power (no figure, or a sample too old), so `watts` is a lower bound when there are
+    any."""
 
-    watts: float = 0.0
-    measured: tuple[NodeId, ...] = ()
-    unmeasured: tuple[NodeId, ...] = ()
     per_node: Mapping[NodeId, float] = field(default_factory=dict)
+    unmeasured: tuple[NodeId, ...] = ()
+
+    @property
+    def watts(self) -> float:
+        """The measured nodes' draw, summed."""
+        return sum(self.per_node.values())
+
+    @property
+    def measured(self) -> tuple[NodeId, ...]:
+        """The nodes that report their power, sorted."""
+        return tuple(sorted(self.per_node))
 
     def text(self) -> str:
         """ "310 W", with the unmeasured nodes named: "310 W (b, c report no power)"."""
@@ -145,9 +153,7 @@ def cluster_draw(nodes: Iterable[Node], now: float, max_age_s: float = MAX_AGE_S
             unmeasured.append(node.node_id)
         else:
             per_node[node.node_id] = watts
-    return ClusterDraw(
-        sum(per_node.values()), tuple(sorted(per_node)), tuple(sorted(unmeasured)), per_node
-    )
+    return ClusterDraw(per_node, tuple(sorted(unmeasured)))
 
 
 @dataclass(frozen=True)

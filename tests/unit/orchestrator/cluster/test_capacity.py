@@ -17,6 +17,7 @@ from orchestrator.cluster.capacity import (
     replicas_needed,
     save_record,
 )
+from orchestrator.cluster.feed import SnapshotFollower
 from orchestrator.cluster.registry import WorkerRegistry
 from orchestrator.cluster.reports import view_from_proto, view_to_proto
 from orchestrator.cluster.types import ClusterSnapshot
@@ -94,10 +95,11 @@ def test_the_registry_reads_the_file_at_start_and_again_when_it_changes(tmp_path
         reg = WorkerRegistry(0.2, 3.0, 60.0, SecretStr("t"), capacity_file=path)
         await reg.start("127.0.0.1", 0)
         try:
-            first = reg.snapshot()
+            follower = SnapshotFollower()
+            first = follower.take(await reg.update_after(*follower.since(), 5.0))
             assert [r.max_streams for r in first.capacities] == [2]
             save_record(path, record("a", max_streams=5))
-            changed = await reg.snapshot_after(first.version, 5.0)
+            changed = follower.take(await reg.update_after(*follower.since(), 5.0))
             assert [r.max_streams for r in changed.capacities] == [5]
             path.write_text("not json")  # a broken file keeps what was known
             await asyncio.sleep(0.6)

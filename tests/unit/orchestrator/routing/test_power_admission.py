@@ -23,7 +23,7 @@ from tests.unit.orchestrator.factories import NOW, node
 
 
 def draw(watts: float, unmeasured: tuple[str, ...] = ()) -> ClusterDraw:
-    return ClusterDraw(watts, (NodeId("a"),), tuple(NodeId(n) for n in unmeasured))
+    return ClusterDraw({NodeId("a"): watts}, tuple(NodeId(n) for n in unmeasured))
 
 
 def test_refuses_over_the_budget_and_admits_again_only_below_95_percent() -> None:
