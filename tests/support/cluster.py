@@ -3,6 +3,7 @@ gateway) and real workers that register with it, each a separate process on loop
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import grpc
 import yaml
 from llamaherd.v1 import inference_pb2 as inf_pb
 from llamaherd.v1 import inference_pb2_grpc
+from support.leftovers import MARK_ENV, end_marked, new_mark, submark
 from support.worker_process import LLAMAHERD, WorkerProcess, free_port, start_worker, wait_health
 
 T = TypeVar("T")
@@ -33,6 +35,9 @@ class Coordinator:
     http_port: int
     grpc_port: int
     args: list[str] = field(default_factory=list)
+    # In the environment of it and of all it starts (support.leftovers), its detached Ray
+    # head included: the same for every coordinator of one workdir (a restart adopts).
+    mark: str = ""
 
     @property
     def registry(self) -> str:
@@ -54,6 +59,8 @@ class Coordinator:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Sends `sig` (SIGKILL leaves its Ray head serving, for a successor to adopt).
+        One that does not stop in time is killed with everything it started."""
         if self.alive():
             self.process.send_signal(sig)
             try:
@@ -61,7 +68,15 @@ class Coordinator:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+                self.end_leftovers()
         return self.process.returncode
+
+    def end_leftovers(self) -> None:
+        """Kills every process it (or a coordinator before it in its workdir) started and
+        left: its Ray head's GCS, raylet, actors and agents, even those of a head whose
+        start was cut short before it was recorded anywhere."""
+        if self.mark:
+            end_marked(self.mark, exclude=frozenset({os.getpid()}))
 
     def ports(self) -> tuple[int, int, int]:
         return (self.registry_port, self.http_port, self.grpc_port)
@@ -120,16 +135,18 @@ def start_coordinator(
         "--store-port", str(_store_port(workdir)), "--store-dir", str(workdir / "store"), *args,
     ]  # fmt: skip
     log_path = workdir / f"{name}.log"
+    mark = _coordinator_mark(workdir)
     environ = {
         **os.environ, "PYTHONUNBUFFERED": "1", "RAY_USAGE_STATS_ENABLED": "0",
         # Its Ray head's record: a restart in the same workdir adopts what a killed one left.
         "LLAMAHERD_COORDINATOR_STATE_DIR": str(workdir / "coordinator-state"), **(env or {}),
+        MARK_ENV: mark,
     }  # fmt: skip
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=environ, start_new_session=True
         )
-    coordinator = Coordinator(process, log_path, registry, http, grpc_port, list(args))
+    coordinator = Coordinator(process, log_path, registry, http, grpc_port, list(args), mark)
     try:
         wait_health(
             coordinator.gateway, process, coordinator.log_tail, "coordinator", ready_timeout
@@ -139,8 +156,17 @@ def start_coordinator(
         wait_for(lambda: _printed_endpoints(coordinator), ready_timeout, f"{name}'s endpoints")
     except BaseException:
         coordinator.stop()  # a clean stop: a killed one would leave its Ray head running
+        # A start cut short (a failure, a timeout, Ctrl-C) may have left a Ray head that
+        # nothing recorded: its GCS outlives its starter (support.leftovers).
+        coordinator.end_leftovers()
         raise
     return coordinator
+
+
+def _coordinator_mark(workdir: Path) -> str:
+    """The mark of the coordinators of `workdir`, inside this test run's own."""
+    run = os.environ.get(MARK_ENV) or new_mark("cluster")
+    return submark(run, "coordinator-" + hashlib.sha1(str(workdir).encode()).hexdigest()[:12])
 
 
 def _printed_endpoints(coordinator: Coordinator) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 from support.cluster import TIMINGS
 from support.netns import Host
@@ -55,19 +57,41 @@ def ray_temp_dir(role: str) -> str:
     return tempfile.mkdtemp(prefix=f"lh-ray{role}-", dir="/tmp")
 
 
+# `ray start` processes not yet waited for, by their --temp-dir: end_ray ends one still
+# starting before it ends the daemons it started, or it would go on starting more.
+_starting: dict[str, list[subprocess.Popen[str]]] = {}
+
+
 def ray_start(prefix: list[str], env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     """`ray start ...` (it starts Ray's daemons and exits); wait for it with `started`.
     No CPUs: the control plane's actors take none, and nothing else may run there."""
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [*prefix, RAY, "start", "--disable-usage-stats", "--num-cpus", "0", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    if "--temp-dir" in args:
+        temp_dir = args[args.index("--temp-dir") + 1]
+        _starting.setdefault(temp_dir, []).append(process)
+    return process
 
 
-def started(process: subprocess.Popen[str]) -> None:
-    output, _ = process.communicate(timeout=120)
+def started(process: subprocess.Popen[str], timeout: float = 120.0) -> None:
+    """Waits for `ray start`; one that fails, hangs or is interrupted is killed (end_ray
+    then ends what it had started)."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except BaseException:
+        _kill(process)
+        raise
     if process.returncode != 0:
         raise RuntimeError(f"{process.args!r} failed:\n{output}")
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.communicate(timeout=10)
 
 
 def start_head(address: str, temp_dir: str, env: dict[str, str]) -> str:
@@ -104,11 +128,42 @@ def end_namespace(host: Host) -> None:
 
 
 def end_ray(temp_dir: str) -> None:
-    """Ends the Ray processes of the session under `temp_dir`, then removes it."""
-    session = Path(temp_dir) / "session_latest"
-    if session.exists():
-        reap(session.resolve(), RAY_PACKAGE, why="the test ends its Ray")
+    """Ends the Ray processes under `temp_dir` (a `ray start` still starting first, then
+    every daemon with a file or an argument there: one whose start failed or was
+    interrupted has no session_latest link yet), then removes it."""
+    for process in _starting.pop(temp_dir, []):
+        _kill(process)
+    left = reap(Path(temp_dir), RAY_PACKAGE, why="the test ends its Ray")
+    # The head's Ray Client server (`python -m ray.util.client.server`) names neither the
+    # directory nor a file of Ray's package, so the reaper passes it over; it writes its
+    # logs there.
+    clients = [p for p in _ray_modules() if _has_open_under(p, temp_dir)]
+    for process in clients:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    _, alive = psutil.wait_procs(clients, timeout=10)
+    if left or alive:
+        raise RuntimeError(f"Ray processes under {temp_dir} survived SIGKILL: {left + alive}")
     shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _ray_modules() -> list[psutil.Process]:
+    """The processes running one of Ray's modules (`python -m ray.<...>`)."""
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            command = process.cmdline()
+            if any(a == "-m" and b.startswith("ray.") for a, b in itertools.pairwise(command)):
+                found.append(process)
+    return found
+
+
+def _has_open_under(process: psutil.Process, directory: str) -> bool:
+    prefix = str(Path(directory).resolve()) + os.sep
+    try:
+        return any(f.path.startswith(prefix) for f in process.open_files())
+    except psutil.Error:
+        return False
 
 
 @dataclass
