@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import importlib.util
 import json
@@ -59,7 +60,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -229,6 +230,7 @@ class Segment:
     wall_s: float  # from the first request to the last reply
     records: list[RequestRecord]
     sessions: list[str | None] = field(default_factory=list)  # each record's chat, if any
+    trace: list[dict[str, Any]] | None = None  # --trace: the gateway's view, polled
 
     @property
     def ok(self) -> list[RequestRecord]:
@@ -254,10 +256,12 @@ async def run_segment(
     systems: Sequence[str],
     tag: str,
     sizes: Sizes,
+    trace: list[dict[str, Any]] | None = None,
 ) -> tuple[float, list[RequestRecord], list[str | None]]:
     """`sizes.clients` clients take the items in order until none is left, each sending its
     item's requests one after the other (a chat's turns with the history so far). Returns
-    the wall time, every request, and each one's session key (None for a single)."""
+    the wall time, every request, and each one's session key (None for a single). With
+    `trace`, the gateway's view of the nodes is polled into it meanwhile (poll_cluster)."""
     target = Target(base_url, ALIAS, api="chat")
     sampling = {"temperature": 0, "ignore_eos": True}
     records: list[RequestRecord] = []
@@ -301,8 +305,47 @@ async def run_segment(
 
     limits = httpx.Limits(max_connections=sizes.clients + 4)
     async with httpx.AsyncClient(timeout=300, limits=limits) as client:
-        await asyncio.gather(*(client_loop(client) for _ in range(sizes.clients)))
+        poller = None
+        if trace is not None:
+            poller = asyncio.create_task(poll_cluster(client, base_url, clock, trace))
+        try:
+            await asyncio.gather(*(client_loop(client) for _ in range(sizes.clients)))
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
     return time.perf_counter() - started, records, sessions
+
+
+TRACE_INTERVAL_S = 0.1
+
+
+async def poll_cluster(
+    client: httpx.AsyncClient, base_url: str, clock: Callable[[], float], out: list[dict[str, Any]]
+) -> None:
+    """Diagnostics (--trace): every TRACE_INTERVAL_S, what the gateway knows of each node
+    (/v1/cluster: the last report's load and rates, its age, the gateway's in-flight count),
+    appended to `out` with the segment's clock reading, until cancelled."""
+    while True:
+        reply = await client.get(f"{base_url.removesuffix('/v1')}/v1/cluster")
+        reply.raise_for_status()
+        at = clock()
+        nodes: dict[str, dict[str, float]] = {}
+        for node in reply.json()["nodes"]:
+            status = node["status"]
+            model = next((m for m in status["models"] if m["alias"] == ALIAS), None)
+            if model is None:
+                continue
+            engine = model["engine"]
+            nodes[status["node_id"]] = {
+                "load": engine["queued"] + engine["active"], "active": engine["active"],
+                "queued": engine["queued"], "decode_tps": engine["decode_tps"],
+                "prompt_tps": engine["prompt_tps"], "inflight": node["gateway_inflight"],
+                "report_age_s": node["seconds_since_report"],
+            }  # fmt: skip
+        out.append({"t": at, "nodes": nodes})
+        await asyncio.sleep(TRACE_INTERVAL_S)
 
 
 # ---- the cluster ------------------------------------------------------------------------------
@@ -461,6 +504,69 @@ def summarise(segments: Sequence[Segment], policies: Sequence[str]) -> dict[str,
                 summary, by_policy.get("least-loaded"), "tokens_per_s"
             )
         out[workload] = by_policy
+    return out
+
+
+def diagnose(segments: Sequence[Segment], slots: int) -> dict[str, dict[str, Any]]:
+    """Diagnostics (--trace), per workload and policy, from where each request went (the
+    clients' records) and what the gateway knew then (the last poll before it was sent):
+
+      misrouted   sent to a node with more requests in flight (the clients' own count)
+                  than another node had then: least-loaded with fresh figures never does;
+      queued      sent to a node whose slots were all busy then (it waited for one);
+      view_ties   the gateway's view (load = max(reported, in flight), as Candidate.load)
+                  had two or more nodes at the lowest load: the tie-break decided;
+      off_least   sent to a node the view did not have at the lowest load: the rates decided;
+      rate_spread the fastest node's reported decode rate over the slowest's (median);
+      rate_at_active  the median reported per-sequence rate by the reporting node's number of
+                  running sequences (is a busy node's rate lower because it is busy?).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for segment in segments:
+        if not segment.trace:
+            continue
+        ok = segment.ok
+        times = [poll["t"] for poll in segment.trace]
+        tally = out.setdefault(segment.workload, {}).setdefault(segment.policy, {
+            "requests": 0, "misrouted": 0, "queued": 0, "view_ties": 0, "off_least": 0,
+            "spreads": [], "by_active": {},
+        })  # fmt: skip
+        for poll in segment.trace:
+            for figures in poll["nodes"].values():
+                if figures["decode_tps"] > 0:
+                    active = str(int(figures["active"]))
+                    tally["by_active"].setdefault(active, []).append(figures["decode_tps"])
+        for record in ok:
+            at = bisect.bisect_right(times, record.sent_s) - 1
+            if at < 0 or record.node is None:
+                continue
+            view = segment.trace[at]["nodes"]
+            if record.node not in view:
+                continue
+            running = dict.fromkeys(view, 0)
+            for other in ok:
+                if other is not record and other.sent_s < record.sent_s < other.done_s:
+                    running[other.node or "?"] = running.get(other.node or "?", 0) + 1
+            seen = {n: max(f["load"], running.get(n, 0)) for n, f in view.items()}
+            lowest = min(seen.values())
+            tally["requests"] += 1
+            tally["misrouted"] += running[record.node] > min(running[n] for n in view)
+            tally["queued"] += running[record.node] >= slots
+            tally["view_ties"] += sum(load == lowest for load in seen.values()) >= 2
+            tally["off_least"] += seen[record.node] > lowest
+            rates = [f["decode_tps"] for f in view.values() if f["decode_tps"] > 0]
+            if len(rates) >= 2:
+                tally["spreads"].append(max(rates) / min(rates))
+    for by_policy in out.values():
+        for policy, tally in by_policy.items():
+            n = max(tally["requests"], 1)
+            by_policy[policy] = {
+                "requests": tally["requests"],
+                **{k: tally[k] / n for k in ("misrouted", "queued", "view_ties", "off_least")},
+                "rate_spread_p50": percentile(tally["spreads"], 50) if tally["spreads"] else None,
+                "rate_at_active_p50": {a: percentile(v, 50)
+                                       for a, v in sorted(tally["by_active"].items())},
+            }  # fmt: skip
     return out
 
 
@@ -663,11 +769,24 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="write the TTFT plot (SVG) here")
     parser.add_argument("--markdown", type=Path, help="write the table as Markdown here")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench-routing"))
+    parser.add_argument(
+        "--workloads", default=",".join(WORKLOADS),
+        help=f"comma-separated, of {', '.join(WORKLOADS)} (diagnostics: fewer, sooner)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace", action="store_true",
+        help="diagnostics: poll the gateway's view of the nodes every "
+        f"{TRACE_INTERVAL_S} s during each segment, keep it in the JSON and report where "
+        "requests went against it (diagnose); the polls cost the coordinator a little CPU",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.clients, args.singles = 1, 3, 6
         args.policies = args.policies or f"round-robin,{DEFAULT_POLICY}"
     policies = policies_to_run(args.policies)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    if not workloads or not set(workloads) <= set(WORKLOADS):
+        raise SystemExit(f"--workloads: choose among {', '.join(WORKLOADS)}")
     sizes = Sizes(args.clients, args.singles, args.turns, args.system_prompts,
                   args.system_words, args.single_words, args.max_tokens)  # fmt: skip
     if os.geteuid() != 0:
@@ -700,12 +819,14 @@ def main() -> int:
             order = round_order(policies, r)
             for policy in order:
                 coordinator = plane.route_with(policy)
-                for workload in WORKLOADS:
+                for workload in workloads:
                     tag = f"segment {len(segments) + 1:03d}"
+                    trace: list[dict[str, Any]] | None = [] if args.trace else None
                     wall, records, sessions = asyncio.run(
-                        run_segment(coordinator.base_url, schedules[workload], systems, tag, sizes)
-                    )
-                    segments.append(Segment(workload, policy, r, wall, records, sessions))
+                        run_segment(coordinator.base_url, schedules[workload], systems, tag,
+                                    sizes, trace)
+                    )  # fmt: skip
+                    segments.append(Segment(workload, policy, r, wall, records, sessions, trace))
                     report_segment(console, segments[-1], time.monotonic() - started)
         throttled = {f"host{i}": throttled_s(g) for i, g in enumerate(groups)}
 
@@ -716,6 +837,9 @@ def main() -> int:
     Console(width=150).print(table(summary, caption))
     for line in goals(summary):
         print(line)
+    diagnosis = diagnose(segments, args.slots) if args.trace else None
+    if diagnosis:
+        print(json.dumps(diagnosis, indent=1))
     result = {
         "format": "llamaherd-bench-routing/1",
         "command": command,
@@ -732,6 +856,7 @@ def main() -> int:
         "elapsed_s": time.monotonic() - started,
         "throttled_s": throttled,
         "summary": summary,
+        **({"diagnosis": diagnosis} if diagnosis is not None else {}),
         "segments": [
             {
                 "workload": s.workload,
@@ -745,12 +870,15 @@ def main() -> int:
                         "output_tokens": x.output_tokens,
                         "prompt_tokens": x.prompt_tokens,
                         "node": x.node,
+                        "sent_s": x.sent_s,
+                        "done_s": x.done_s,
                         "session": session,
                         "turn": x.turn,
                         "error": x.error,
                     }
                     for x, session in zip(s.records, s.sessions, strict=True)
                 ],
+                **({"trace": s.trace} if s.trace is not None else {}),
             }
             for s in segments
         ],
