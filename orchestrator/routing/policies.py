@@ -50,6 +50,12 @@ ENERGY_GUARD = 1.5
 # fleet simulator (tests/bench/simulate_fleet.py) measured the choice and its cost.
 EXACT_UP_TO = 64
 SAMPLE_SIZE = 16
+# Measured decode rates within a factor (1 + RATE_TOLERANCE) of a group's median compare as
+# equal (comparable_rates). On the routing benchmark's identical hosts one node's reported
+# per-sequence rate ranged 1.3-2x between its 10th and 90th percentile within a minute, and
+# three nodes' rates at one moment were 1.28-1.55x apart (median): 1.5 holds 87% of those
+# moments in one group, while a Nano against an AGX (3x) or an Orin NX (about 2x) stays apart.
+RATE_TOLERANCE = 0.5
 
 # The clock of telemetry samples' taken_at: unix time.
 WallClock = Callable[[], float]
@@ -136,7 +142,29 @@ class PowerOfTwoChoices:
         return _lowest(pool.sample(self._rng, 2), lambda c: c.load_per_slot, self._rng)
 
 
-class LeastExpectedLatency:
+class _LatencyScored:
+    """What the latency-scored policies share: their random generator and clock, the heat
+    weights they have worked out, and how they score a large pool (a sample of
+    `sample_size` above `exact_up_to` ready replicas; see choose_among)."""
+
+    def __init__(
+        self,
+        rng: random.Random,
+        clock: WallClock = time.time,
+        *,
+        sample_size: int = SAMPLE_SIZE,
+        exact_up_to: int = EXACT_UP_TO,
+    ) -> None:
+        if sample_size < 1:
+            raise ValueError(f"sample_size must be at least 1, got {sample_size}")
+        self._rng = rng
+        self._clock = clock
+        self._heat = WeightCache()
+        self._sample_size = sample_size
+        self._exact_up_to = exact_up_to
+
+
+class LeastExpectedLatency(_LatencyScored):
     """The candidate expected to start streaming this request's tokens soonest.
 
     Model: a replica with `slots_total` slots decodes each sequence at `decode_tps`
@@ -184,17 +212,11 @@ class LeastExpectedLatency:
         sample_size: int = SAMPLE_SIZE,
         exact_up_to: int = EXACT_UP_TO,
     ) -> None:
-        if sample_size < 1:
-            raise ValueError(f"sample_size must be at least 1, got {sample_size}")
-        self._rng = rng
-        self._clock = clock
+        super().__init__(rng, clock, sample_size=sample_size, exact_up_to=exact_up_to)
         self._sessions = sessions if sessions is not None else SessionMemory()
-        self._heat = WeightCache()
-        self._sample_size = sample_size
-        self._exact_up_to = exact_up_to
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
-        return self._pick(request, candidates, expected_rates(candidates))
+        return self._pick(request, candidates, comparable_rates(candidates))
 
     def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
         """choose() over every candidate of a small pool, over a sample of a large one."""
@@ -207,7 +229,7 @@ class LeastExpectedLatency:
         last = self._sessions.last(request.alias, session)
         include = (NodeId(last),) if last is not None else ()
         sample = pool.sample(self._rng, self._sample_size, include)
-        return self._pick(request, sample, pool.table_rates(sample, expected_rates))
+        return self._pick(request, sample, pool.table_rates(sample, comparable_rates))
 
     def _sampled(self, pool: CandidatePool) -> Candidate:
         """_pick() on a sample of `pool` for a request without a session, scored from the
@@ -215,7 +237,7 @@ class LeastExpectedLatency:
         in-flight counts and the heat weights now."""
         indexes, changed = pool.draw(self._rng, self._sample_size)
         idle = pool.table_figures(idle_seconds)
-        rates = pool.table_figures(expected_rates)
+        rates = pool.table_figures(comparable_rates)
         taken = pool.table_figures(_sample_times)
         heat = pool.table_figures(_unknown_heat)  # filled in below on first use
         table = pool.table.candidates
@@ -279,7 +301,7 @@ class SessionAffinity(LeastExpectedLatency):
         return _stick(self._sessions, request, tied, session)
 
 
-class TokensPerJoule:
+class TokensPerJoule(_LatencyScored):
     """Among the candidates expected within ENERGY_GUARD (1.5x) of the best latency (the
     least-expected-latency's heat-weighted score), the one that makes the most tokens per
     joule; where no such candidate reports its power, least-expected-latency's choice.
@@ -294,24 +316,8 @@ class TokensPerJoule:
 
     name = "tokens-per-joule"
 
-    def __init__(
-        self,
-        rng: random.Random,
-        clock: WallClock = time.time,
-        *,
-        sample_size: int = SAMPLE_SIZE,
-        exact_up_to: int = EXACT_UP_TO,
-    ) -> None:
-        if sample_size < 1:
-            raise ValueError(f"sample_size must be at least 1, got {sample_size}")
-        self._rng = rng
-        self._clock = clock
-        self._heat = WeightCache()
-        self._sample_size = sample_size
-        self._exact_up_to = exact_up_to
-
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
-        return self._pick(candidates, expected_rates(candidates))
+        return self._pick(candidates, comparable_rates(candidates))
 
     def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
         """choose() over every candidate of a small pool, over a sample of a large one."""
@@ -319,7 +325,7 @@ class TokensPerJoule:
             every = pool.eligible()
             return self._pick(every, _rates_of_every(pool, every))
         sample = pool.sample(self._rng, self._sample_size)
-        return self._pick(sample, pool.table_rates(sample, expected_rates))
+        return self._pick(sample, pool.table_rates(sample, comparable_rates))
 
     def _pick(self, candidates: Sequence[Candidate], rates: Sequence[float]) -> Candidate:
         now = self._clock()
@@ -495,11 +501,11 @@ def expected_seconds(
 ) -> list[float]:
     """Each candidate's least-expected-latency score: (load per slot + 1) over its expected
     rate times its heat weight at `now` (unix time; heat.heat_weight, through `heat`).
-    `rates`: the candidates' expected rates when already known (a sample's, estimated
-    against its whole pool); None: expected_rates(candidates)."""
+    `rates`: the candidates' rates when already known (a sample's, estimated against its
+    whole pool); None: comparable_rates(candidates)."""
     weights = heat if heat is not None else WeightCache()
     if rates is None:
-        rates = expected_rates(candidates)
+        rates = comparable_rates(candidates)
     return [
         (c.load_per_slot + 1) / (rate * weights.weight(c.node_id, c.telemetry, now))
         for c, rate in zip(candidates, rates, strict=True)
@@ -508,10 +514,10 @@ def expected_seconds(
 
 def idle_seconds(candidates: Sequence[Candidate]) -> list[float]:
     """expected_seconds() with every heat weight 1: each candidate's (load per slot + 1)
-    over its expected rate. Dividing by a candidate's heat weight gives its score."""
+    over its comparable rate. Dividing by a candidate's heat weight gives its score."""
     return [
         (c.load_per_slot + 1) / rate
-        for c, rate in zip(candidates, expected_rates(candidates), strict=True)
+        for c, rate in zip(candidates, comparable_rates(candidates), strict=True)
     ]
 
 
@@ -551,12 +557,57 @@ def expected_rates(candidates: Sequence[Candidate]) -> list[float]:
     return [r if r is not None else fallback for r in rates]
 
 
+def comparable_rates(candidates: Sequence[Candidate]) -> list[float]:
+    """expected_rates(), with rates that differ by no more than noise made equal
+    (snap_rates with RATE_TOLERANCE): what the latency-scored policies compare.
+
+    A per-sequence decode rate is measured over a node's last few generations, so it moves
+    with how many sequences the node happened to batch meanwhile and with whatever else
+    held its CPU: identical nodes report rates 30-50% apart that change from one heartbeat
+    to the next. Compared as they are, those differences decide every choice between
+    equally loaded nodes, always for the one that looked fastest, so it takes more than
+    its share and queues while another has a free slot. Made equal, identical nodes
+    compare on load alone (ties at random), exactly as least-loaded; a node really faster
+    (beyond the tolerance: a Jetson AGX against a Nano, 3x) keeps its own rate and its
+    larger share, and heat weights still multiply the result. Worked out once per
+    snapshot's table on large pools (CandidatePool.table_figures)."""
+    return snap_rates(expected_rates(candidates))
+
+
+def snap_rates(rates: Sequence[float], tolerance: float = RATE_TOLERANCE) -> list[float]:
+    """`rates` with each group of rates close to each other replaced by one rate.
+
+    The group: every rate within a factor (1 + tolerance) of the median rate (the lower
+    median, a rate some node reports); they all take that median. The rates above the group
+    and those below it are grouped the same way on their own, and so on, so that a fleet of
+    a few kinds of hardware keeps one rate per kind. Anchored at a median rather than at the
+    fastest or slowest rate, one outlier (the node that ran alone for a while) does not
+    split identical nodes apart; any rates whose ratios are all within the factor end in
+    one group."""
+    snapped = list(rates)
+    factor = 1 + tolerance
+    pending = [list(range(len(snapped)))]
+    while pending:
+        group = pending.pop()
+        if not group:
+            continue
+        centre = statistics.median_low(snapped[i] for i in group)
+        low, high = centre / factor, centre * factor
+        below = [i for i in group if snapped[i] < low]
+        above = [i for i in group if snapped[i] > high]
+        for i in group:
+            if low <= snapped[i] <= high:
+                snapped[i] = centre
+        pending += [below, above]
+    return snapped
+
+
 def _rates_of_every(pool: CandidatePool, every: Sequence[Candidate]) -> list[float]:
-    """expected_rates(every) for all of `pool`'s candidates: when they are the whole table
+    """comparable_rates(every) for all of `pool`'s candidates: when they are the whole table
     (nothing excluded or full, the common case), the table's, worked out once."""
     if len(every) == len(pool):
-        return pool.table_rates(every, expected_rates)
-    return expected_rates(every)
+        return pool.table_rates(every, comparable_rates)
+    return comparable_rates(every)
 
 
 def _lowest(

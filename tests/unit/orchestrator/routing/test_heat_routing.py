@@ -135,24 +135,24 @@ def test_tokens_per_joule_prefers_the_node_that_makes_more_tokens_per_joule(
     agx, nano = agx_and_nano
 
     def nodes() -> tuple[Node, Node]:
-        # The AGX decodes faster (20 tokens/s a stream against 15), the Nano draws less.
+        # Measured 20 and 15 tokens/s a stream: within RATE_TOLERANCE, so both count as 15
+        # and on speed the two are equal; the Nano draws less.
         return (
             serving("agx", agx.sample(NOW), decode_tps=20.0),
             serving("nano", nano.sample(NOW), decode_tps=15.0),
         )
 
     efficient = TokensPerJoule(random.Random(7), clock=lambda: NOW)
-    # As recorded (AGX 26.8 W, Nano 8.5 W): 20/26.8 = 0.75 against 15/8.5 = 1.76 tokens
-    # per joule. The first request goes to the Nano, where the default sends it to the
-    # faster AGX; over many, the Nano takes more than the default gives it.
+    # As recorded (AGX 26.8 W, Nano 8.5 W): 15/26.8 = 0.56 against 15/8.5 = 1.76 tokens
+    # per joule. The first request goes to the Nano; over many, the Nano takes more than
+    # the default gives it (half).
     assert route(ClusterSnapshot(1, NOW, nodes()), ROUTE, now=NOW, policy=efficient).node_id \
         == "nano"  # fmt: skip
-    assert route(ClusterSnapshot(1, NOW, nodes()), ROUTE, now=NOW, policy=default_policy()) \
-        .node_id == "agx"  # fmt: skip
     by_energy = share(efficient, *nodes())
     by_latency = share(default_policy(), *nodes())
-    assert by_energy["nano"] > by_latency["nano"]  # measured: 13 against 10 of 24
-    # The AGX idles down to 6 W: 20/6 = 3.3 tokens per joule, now the better one.
+    assert by_latency["nano"] == REQUESTS // 2
+    assert by_energy["nano"] > by_latency["nano"], by_energy
+    # The AGX idles down to 6 W: 15/6 = 2.5 tokens per joule, now the better one.
     agx.draw(6.0)
     assert route(ClusterSnapshot(1, NOW, nodes()), ROUTE, now=NOW, policy=efficient).node_id \
         == "agx"  # fmt: skip

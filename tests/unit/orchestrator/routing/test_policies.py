@@ -14,6 +14,7 @@ from common.telemetry import NodeSample
 from orchestrator.routing.candidates import Candidate
 from orchestrator.routing.policies import (
     POLICY_NAMES,
+    RATE_TOLERANCE,
     LeastExpectedLatency,
     LeastLoaded,
     PowerOfTwoChoices,
@@ -22,6 +23,7 @@ from orchestrator.routing.policies import (
     SessionAffinity,
     TokensPerJoule,
     make_policy,
+    snap_rates,
 )
 from orchestrator.routing.request import RouteRequest
 from tests.unit.orchestrator.factories import candidate
@@ -217,6 +219,78 @@ def test_lel_counts_slots() -> None:
     assert LeastExpectedLatency(random.Random(0)).choose(M, cands).node_id == "batched"
 
 
+# ---- rates that differ by noise -----------------------------------------------------------
+
+# A rate measured on a node of speed `centre` differs from it by noise: each within this factor
+# of `centre`, so any two within 1 + RATE_TOLERANCE of each other.
+NOISE = (1 + RATE_TOLERANCE) ** 0.5
+
+
+def noisy(rng: random.Random, centre: float) -> float:
+    return centre * rng.uniform(1 / NOISE, NOISE) * 0.999  # * 0.999: strictly inside
+
+
+def test_rates_within_the_tolerance_become_their_median_and_others_keep_their_own() -> None:
+    assert RATE_TOLERANCE == 0.5  # the figures below
+    assert snap_rates([8.0, 10.0, 11.5]) == [10.0, 10.0, 10.0]
+    assert snap_rates([10.0, 14.9]) == [10.0, 10.0]
+    # A node three times as fast stays three times as fast, twice as fast twice; each kind
+    # keeps its own median.
+    assert snap_rates([10.0, 11.0, 30.0, 31.0]) == [11.0, 11.0, 30.0, 30.0]
+    assert snap_rates([10.0, 20.0]) == [10.0, 20.0]
+    # Anchored at the median: an outlier within the tolerance of it does not split the rest,
+    # one beyond it keeps its own rate.
+    assert snap_rates([10.0, 10.0, 12.0, 14.5]) == [10.0] * 4
+    assert snap_rates([10.0, 10.0, 10.0, 16.0]) == [10.0, 10.0, 10.0, 16.0]
+    assert snap_rates([]) == []
+
+
+def test_lel_routes_identical_nodes_with_noisy_rates_as_least_loaded() -> None:
+    # Three identical nodes whose measured rates differ by noise, redrawn for every request:
+    # the choice is always a least-loaded node, and ties go to each of them alike (before
+    # the tolerance, every tie went to whichever node looked fastest).
+    rng = random.Random(11)
+    policy = LeastExpectedLatency(random.Random(3), wall)
+    tied_wins: Counter[str] = Counter()
+    for _ in range(600):
+        loads = [rng.randrange(3) for _ in "abc"]
+        rates = {n: noisy(rng, 10.0) for n in "abc"}
+        cands = [
+            candidate(n, load=load, slots=2, decode_tps=rates[n])
+            for n, load in zip("abc", loads, strict=True)
+        ]
+        chosen = policy.choose(M, cands)
+        assert chosen.load == min(loads)
+        if loads.count(min(loads)) == 3:
+            tied_wins["fastest" if rates[chosen.node_id] == max(rates.values()) else "other"] += 1
+    # Among three tied nodes the fastest-looking one wins a third of the time, not always.
+    assert 0.25 < tied_wins["fastest"] / sum(tied_wins.values()) < 0.42
+
+
+def test_a_node_that_looks_faster_by_noise_takes_no_more_than_its_share() -> None:
+    # The same three nodes, one of them measured steadily a little faster: requests arriving
+    # while all three hold the same load spread evenly over them.
+    policy = SessionAffinity(random.Random(5), wall)  # the default; no session keys here
+    rates = {"a": 10.0 * NOISE * 0.99, "b": 10.0, "c": 10.0 / NOISE * 1.01}
+    cands = [candidate(n, load=2, slots=2, decode_tps=r) for n, r in rates.items()]
+    counts = Counter(picks(policy, cands, 300))
+    assert set(counts) == set(rates) and min(counts.values()) > 70, counts
+
+
+def test_a_clearly_faster_kind_of_node_still_takes_more_with_noisy_rates() -> None:
+    # Two AGX-class nodes (30 tok/s) and two Nano-class (10), every rate noisy: the AGXs,
+    # three times as fast, take about three times the requests.
+    rng = random.Random(8)
+    policy = LeastExpectedLatency(random.Random(6), wall)
+    speed = {"agx1": AGX_TPS, "agx2": AGX_TPS, "nano1": NANO_TPS, "nano2": NANO_TPS}
+    loads = dict.fromkeys(speed, 0)
+    for _ in range(80):
+        cands = [candidate(n, load=loads[n], decode_tps=noisy(rng, s)) for n, s in speed.items()]
+        loads[policy.choose(M, cands).node_id] += 1
+    agx, nano = loads["agx1"] + loads["agx2"], loads["nano1"] + loads["nano2"]
+    assert 2.5 <= agx / nano <= 3.5, loads
+
+
 # ---- heat: hot and throttling nodes take less ------------------------------------------------
 
 WALL = 1_764_000_000.0  # the policies' clock, unix time, as the samples' taken_at
@@ -274,6 +348,22 @@ def test_lel_gives_a_power_capped_node_proportionally_less_work() -> None:
     loads = _fill(policy, {"cool": cool_gpu(), "capped": gpu_throttled("sw_power_cap")}, 30)
     # Weight 0.5: the capped node counts as 10 tok/s and takes half the cool one's share.
     assert loads == {"cool": 20, "capped": 10}
+
+
+def test_heat_still_sheds_among_nodes_whose_rates_differ_by_noise() -> None:
+    # Three identical nodes with noisy rates, one of them at its power cap (weight 0.5): it
+    # takes about half the others' share, however its rate happens to compare.
+    rng = random.Random(4)
+    policy = LeastExpectedLatency(random.Random(2), wall)
+    samples = {"a": cool_gpu(), "b": cool_gpu(), "capped": gpu_throttled("sw_power_cap")}
+    loads = dict.fromkeys(samples, 0)
+    for _ in range(50):
+        cands = [
+            hot(candidate(n, load=loads[n], decode_tps=noisy(rng, 20.0)), sample)
+            for n, sample in samples.items()
+        ]
+        loads[policy.choose(M, cands).node_id] += 1
+    assert 8 <= loads["capped"] <= 12 and min(loads["a"], loads["b"]) >= 19, loads
 
 
 def test_lel_thermal_throttling_takes_sharply_less_and_recovers_when_cleared() -> None:
@@ -387,20 +477,20 @@ def pc(decode_tps: float, load: int = 0) -> Candidate:
     return hot(candidate("pc", decode_tps=decode_tps, load=load), cool_gpu())
 
 
-def agx_board(decode_tps: float = AGX_TPS, load: int = 0) -> Candidate:
+def agx_board(decode_tps: float = AGX_TPS, load: int = 0, slots: int = 1) -> Candidate:
     """An AGX Orin drawing 30.1 W on the board."""
-    return hot(candidate("agx", decode_tps=decode_tps, load=load), jetson())
+    return hot(candidate("agx", decode_tps=decode_tps, load=load, slots=slots), jetson())
 
 
 def test_tokens_per_joule_takes_the_efficient_node_within_the_guard() -> None:
     policy = TokensPerJoule(random.Random(0), wall)
-    # PC 40 tok/s (1/40 = 0.025 s), AGX 30 (0.033, 1.33x): both in the guard; the AGX makes
-    # ~1.0 token per joule, the PC ~0.13.
-    assert policy.choose(M, [pc(40.0), agx_board()]).node_id == "agx"
-    # The default takes the PC.
-    assert LeastExpectedLatency(random.Random(0), wall).choose(M, [pc(40.0), agx_board()]) == (
-        pc(40.0)
-    )
+    # PC 40 tok/s idle, AGX 30 (within RATE_TOLERANCE: both count as 30) with one of its two
+    # slots busy: expected (0.5 + 1) / 30 against the PC's 1 / 30, 1.5x, in the guard. The
+    # AGX makes ~1.0 token per joule, the PC ~0.1.
+    cands = [pc(40.0), agx_board(load=1, slots=2)]
+    assert policy.choose(M, cands).node_id == "agx"
+    # The default takes the idle PC.
+    assert LeastExpectedLatency(random.Random(0), wall).choose(M, cands).node_id == "pc"
 
 
 def test_tokens_per_joule_never_queues_beyond_the_guard() -> None:

@@ -156,7 +156,8 @@ def test_above_the_threshold_the_default_draws_a_sample() -> None:
     for count, draws in ((EXACT_UP_TO, False), (EXACT_UP_TO + 1, True)):
         rng = random.Random(1)
         policy = LeastExpectedLatency(rng, wall)
-        nodes = [node(f"n{i:03d}", replica(decode_tps=10.0 + i)) for i in range(count)]
+        # Each rate twice the one before: beyond RATE_TOLERANCE, no two compare as equal.
+        nodes = [node(f"n{i:03d}", replica(decode_tps=10.0 * 2.0**i)) for i in range(count)]
         snap = ClusterSnapshot(version=1, taken_at=NOW, nodes=tuple(nodes))  # no ties
         before = rng.getstate()
         route(snap, M, now=NOW, policy=policy)
