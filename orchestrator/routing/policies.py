@@ -14,11 +14,11 @@ CandidatePool by route() instead of every candidate. The latency-scored policies
 score a random sample of SAMPLE_SIZE candidates (power of d choices) when more than
 EXACT_UP_TO replicas are ready, plus the session's node; at or below that, they score
 every candidate exactly as choose() does. A sample's decode rates are estimated against
-the whole table (CandidatePool.table_rates with expected_rates), as if it were scored in
+the whole table (CandidatePool.table_rates with comparable_rates), as if it were scored in
 full. A new policy that scores candidates with expected_seconds can do the same: in
 choose_among, take pool.eligible() below the threshold, else pool.sample(...) with the
 nodes it wants (say, those holding the request's prefix) in `include`, and pass
-pool.table_rates(sample, expected_rates) to expected_seconds.
+pool.table_rates(sample, comparable_rates) to expected_seconds.
 """
 
 from __future__ import annotations
@@ -178,6 +178,11 @@ class LeastExpectedLatency(_LatencyScored):
     hardware capability enters routing: a Jetson Orin AGX that reports 3x the tokens/s of
     a Nano takes about 3x the load before the Nano gets a request (an idle Nano scores
     1/r, the AGX with load L scores (L + 1)/3r: the AGX wins while L < 2, ties at 2).
+
+    Rates are compared with a tolerance (comparable_rates): rates within RATE_TOLERANCE
+    (1.5x) of their group's median count as that median, since one node's measured rate
+    varies that much from minute to minute. So identical nodes compare on load alone, as
+    least-loaded does, while a node clearly faster (2x, 3x) keeps its larger share.
 
     A replica that has not measured its rate yet (decode_tps 0) is estimated from its node's
     reference speed (the same small model measured on every node at start): scaled by how
