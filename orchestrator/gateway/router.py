@@ -37,25 +37,26 @@ from typing import Any, TypeAlias, TypeVar
 from llamaherd.v1 import generation_pb2 as gen_pb
 
 from common.errors import ErrorKind, FailedPrecondition, Internal, LlamaherdError, Unavailable
-from orchestrator.cluster.capacity import record_for
 from orchestrator.cluster.types import ClusterSnapshot, NodeId
 from orchestrator.dashboard.traffic import CANCELLED, OK, UNKNOWN_MODEL, RequestTrace, Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
 from orchestrator.routing.admission import (
     ClusterDraw,
+    MeasuredCaps,
     PowerAdmission,
     ReplicaLoad,
     admit,
     cluster_draw,
+    measured_caps,
     power_admission,
 )
 from orchestrator.routing.candidates import (
     EMBEDDINGS_ONLY,
     NOT_LOADED,
     Candidate,
+    CandidatePool,
     NoCandidate,
     UnknownModel,
-    candidates_for,
     route,
 )
 from orchestrator.routing.policies import RoutingPolicy
@@ -63,6 +64,8 @@ from orchestrator.routing.request import RouteRequest
 from orchestrator.worker_client import WorkerClient, WorkerClients, WorkerStream
 
 log = logging.getLogger(__name__)
+
+_CAPS_KEY = "gateway.router.MeasuredCaps"  # the snapshot's memo: one per model and task
 
 T = TypeVar("T")
 Clock = Callable[[], float]
@@ -235,24 +238,50 @@ class Router:
 
     def _admitted(self, request: RouteRequest, exclude: set[NodeId]) -> set[NodeId]:
         """The replicas at their measured capacity (orchestrator.routing.admission), to
-        leave out; raises Overloaded when every replica that could serve is at it."""
-        if not self.snapshot.capacities:
-            return set()
-        candidates, _ = candidates_for(
-            self.snapshot, request.alias, now=self.state_clock(), inflight=self.inflight,
-            exclude=exclude, task=request.task,
+        leave out; raises Overloaded when every replica that could serve is at it.
+
+        Costs what this gateway's own in-flight requests cost, not a pass over the fleet:
+        the caps and the replicas full on their reports are prepared once per snapshot
+        (MeasuredCaps), and one replica that can serve and is not full admits. Only when
+        there is none are all of them looked at, to say why (admit)."""
+        snapshot = self.snapshot
+        if not snapshot.capacities or request.alias not in snapshot.holders:
+            return set()  # no cap at all; an unknown model is routing's to refuse
+        now = self.state_clock()
+        pool = CandidatePool(
+            snapshot, request.alias, request.task, now=now, inflight=self.inflight,
+            exclude=exclude,
         )  # fmt: skip
-        loads = [self._replica_load(c) for c in candidates]
+        key = (_CAPS_KEY, request.alias, request.task)
+        caps: MeasuredCaps | None = snapshot.memo.get(key)
+        if caps is None:
+            caps = measured_caps(request.alias, pool.table.candidates, snapshot.capacities)
+            snapshot.memo[key] = caps
+        if not caps.records:
+            return set()
+        # Full replicas that cannot serve this request anyway may be among them: leaving
+        # them out too changes nothing.
+        full = caps.full(self.inflight) - exclude
+        try:
+            CandidatePool(
+                snapshot, request.alias, request.task, now=now, inflight=self.inflight,
+                exclude=exclude | full,
+            ).following(None)  # fmt: skip
+            return full  # one that is not full can take it
+        except NoCandidate:
+            pass
+        try:
+            candidates = pool.eligible()
+        except NoCandidate:
+            return set()  # none can serve at all: routing says why
+        loads = [self._replica_load(c, caps) for c in candidates]
         decision = admit(request.alias, loads, self._clock())
         if not decision.admitted:
             raise Overloaded(decision.reason, decision.retry_after_s)
         return {NodeId(n) for n in decision.full}
 
-    def _replica_load(self, candidate: Candidate) -> ReplicaLoad:
-        replica = candidate.replica
-        record = record_for(
-            self.snapshot.capacities, candidate.node_id, replica.alias, replica.config.n_ctx
-        )
+    def _replica_load(self, candidate: Candidate, caps: MeasuredCaps) -> ReplicaLoad:
+        record = caps.records.get(candidate.node_id)
         calls = self._calls.get(candidate.node_id, ())
         started = [self._call_started[c] for c in calls if c in self._call_started]
         return ReplicaLoad(candidate.node_id, candidate.load, record, min(started, default=None))

@@ -21,10 +21,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from orchestrator.cluster.capacity import CapacityRecord
 from orchestrator.cluster.types import Node, NodeId
 from orchestrator.routing.heat import MAX_AGE_S, node_watts
+
+if TYPE_CHECKING:
+    from orchestrator.routing.candidates import Candidate
 
 # Bounds of the Retry-After estimate: a client told 0 would come straight back, and an
 # estimate beyond a minute is more likely a stale measurement than a real wait.
@@ -97,6 +101,49 @@ def admit(model: str, replicas: Sequence[ReplicaLoad], now: float) -> Admission:
     held = ", ".join(_held(r) for r in full)
     reason = f"model {model!r} is at its measured capacity: {held}; retry in about {retry} s"
     return Admission(False, names, retry, reason)
+
+
+@dataclass(frozen=True)
+class MeasuredCaps:
+    """The measured caps of one model's replicas in one snapshot, prepared once so that
+    admitting a request costs what this gateway's own requests cost, not a pass over the
+    fleet: `records` holds the replicas with a measurement that applies (capacity
+    .record_for), `full_on_report` those whose reported load alone reaches their cap."""
+
+    model: str
+    records: Mapping[NodeId, CapacityRecord] = field(default_factory=dict)
+    full_on_report: frozenset[NodeId] = frozenset()
+
+    def full(self, inflight: Mapping[tuple[NodeId, str], int]) -> set[NodeId]:
+        """The replicas at their cap once this gateway's in-flight counts (fresher than
+        the reports, per (node, model)) are counted: a replica's load is the larger of
+        the two (routing.candidates.Candidate.load). Whether each can serve the request
+        at all is not checked here."""
+        full = set(self.full_on_report)
+        records = self.records
+        for (node, model), count in inflight.items():
+            record = records.get(node) if model == self.model else None
+            if record is not None and count >= max(record.max_streams, 1):
+                full.add(node)
+        return full
+
+
+def measured_caps(
+    model: str, replicas: Iterable[Candidate], capacities: Iterable[CapacityRecord]
+) -> MeasuredCaps:
+    """The MeasuredCaps of `replicas` (one model's replicas in one snapshot, with no local
+    in-flight count): a replica with a record is capped at ReplicaLoad.cap."""
+    by_key = {(r.node, r.model, r.n_ctx): r for r in reversed(tuple(capacities))}
+    records: dict[NodeId, CapacityRecord] = {}
+    full: list[NodeId] = []
+    for replica in replicas:
+        record = by_key.get((replica.node_id, model, replica.replica.config.n_ctx))
+        if record is None:
+            continue
+        records[replica.node_id] = record
+        if ReplicaLoad(replica.node_id, replica.load, record).full:
+            full.append(replica.node_id)
+    return MeasuredCaps(model, records, frozenset(full))
 
 
 def _held(replica: ReplicaLoad) -> str:

@@ -4,14 +4,19 @@ gateway takes before a request reaches a worker (no worker is called here)."""
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
 from common.errors import ErrorKind, Unavailable
-from orchestrator.cluster.capacity import CapacityRecord
+from orchestrator.cluster.capacity import CapacityRecord, record_for
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
+from orchestrator.gateway import router as router_module
 from orchestrator.gateway.errors import Overloaded, http_headers, http_status, openai_envelope
 from orchestrator.gateway.router import Router
+from orchestrator.routing import candidates
+from orchestrator.routing.admission import Admission, ReplicaLoad, admit
+from orchestrator.routing.candidates import candidates_for
 from orchestrator.routing.request import RouteRequest
 from tests.unit.orchestrator.gateway.relay_support import make_router, worker_node
 
@@ -95,3 +100,99 @@ def test_a_pinned_request_whose_node_failed_it_finds_no_other():
 
 def test_the_snapshot_without_capacities_is_the_default():
     assert ClusterSnapshot().capacities == ()
+
+
+# ---- admission's cost on a large fleet, and the same decisions as a pass over every replica --
+
+
+def _reference(router: Router, request: RouteRequest, exclude: set[NodeId]) -> Admission:
+    """Admission as a pass over every replica (what the router did before): the spec."""
+    candidates, _ = candidates_for(
+        router.snapshot, request.alias, now=router.state_clock(), inflight=router.inflight,
+        exclude=exclude, task=request.task,
+    )  # fmt: skip
+    loads = [
+        ReplicaLoad(
+            c.node_id,
+            c.load,
+            record_for(router.snapshot.capacities, c.node_id, "m", c.replica.config.n_ctx),
+        )
+        for c in candidates
+    ]
+    return admit(request.alias, loads, 0.0)
+
+
+def _fleet(size: int, rng: random.Random) -> list[Node]:
+    return [
+        worker_node(
+            f"n{i:05d}",
+            f"10.0.{i // 250}.{i % 250}:1",
+            load=rng.choice((0, 1, 2, 3)),
+            max_queue=rng.choice((1, 2, 64)),
+        )
+        for i in range(size)
+    ]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_admission_decides_as_a_pass_over_every_replica(seed: int) -> None:
+    rng = random.Random(seed)
+    size = (6, 40)[seed % 2]  # a few replicas are often all full; many, seldom
+    fleet = _fleet(size, rng)
+    router = make_router(*fleet)
+    names = [n.node_id for n in fleet]
+    records = [measured(n, rng.choice((0, 1, 2, 3, 5))) for n in rng.sample(names, size - 2)]
+    records.append(measured(names[0], 1, n_ctx=8192))  # another context: does not apply
+    with_capacities(router, *records)
+    for _ in range(60):
+        router.inflight.clear()
+        for node in rng.sample(names, rng.randrange(6)):
+            router.inflight[(NodeId(node), "m")] = rng.randrange(1, 6)
+        exclude = {NodeId(n) for n in rng.sample(names, rng.randrange(4))}
+        if rng.random() < 0.4:  # the fleet's few unmeasured ones failed this request
+            measured_nodes = {r.node for r in records}
+            exclude |= {NodeId(n) for n in names if n not in measured_nodes}
+        expected = _reference(router, ROUTE, exclude)
+        if not expected.admitted:
+            with pytest.raises(Overloaded) as refused:
+                router._admitted(ROUTE, exclude)
+            assert str(refused.value) == expected.reason
+            assert refused.value.retry_after_s == expected.retry_after_s
+            continue
+        full = router._admitted(ROUTE, exclude)
+        eligible, _ = candidates_for(
+            router.snapshot, "m", now=router.state_clock(), inflight=router.inflight,
+            exclude=exclude,
+        )  # fmt: skip
+        # The same full replicas among those that can serve (others in `full` cannot serve
+        # this request anyway), so routing chooses among the same ones.
+        assert full & {c.node_id for c in eligible} == expected.full
+        assert not full & exclude
+
+
+def test_admission_on_a_large_fleet_looks_at_this_gateways_requests_not_every_replica(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    size = 10_000
+    fleet = [worker_node(f"n{i:05d}", f"10.0.{i // 250}.{i % 250}:1", load=1) for i in range(size)]
+    router = make_router(*fleet)
+    # Every replica measured at 2 streams; n00000 reports 2 and n00001 holds 2 of this
+    # gateway's requests: both full.
+    records = [measured(n.node_id, 2) for n in fleet]
+    fleet[0] = worker_node("n00000", "10.0.0.0:1", load=2)
+    router.update(dataclasses.replace(router.snapshot, version=2, nodes=tuple(fleet),
+                                      capacities=tuple(records)))  # fmt: skip
+    router.inflight[(NodeId("n00001"), "m")] = 2
+    assert router._admitted(ROUTE, set()) == {"n00000", "n00001"}  # prepares the snapshot's caps
+
+    def every_replica(*args: object, **kwargs: object) -> None:
+        raise AssertionError("admission passed over every replica")
+
+    monkeypatch.setattr(candidates, "candidates_for", every_replica)
+    monkeypatch.setattr(router_module, "candidates_for", every_replica, raising=False)
+    monkeypatch.setattr(candidates.CandidatePool, "eligible", every_replica)
+    monkeypatch.setattr(router_module, "measured_caps", every_replica)  # prepared once
+    assert router._admitted(ROUTE, {NodeId("n00002")}) == {"n00000", "n00001"}
+    router.inflight[(NodeId("n00003"), "m")] = 2
+    assert router._admitted(ROUTE, set()) == {"n00000", "n00001", "n00003"}
+    assert router.choose(ROUTE, set()).node_id not in {"n00000", "n00001", "n00003"}
