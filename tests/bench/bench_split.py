@@ -26,6 +26,20 @@ end-to-end tokens/s (all tokens over the wave's wall time). For llamaherd's spli
 reports the CPU time per token of the head worker process, which only relays chunks from
 the child process hosting the model (worker.split.runner), and of that child.
 
+--peer-args "ARGS" adds one more llama.cpp split, llama-server with those extra arguments,
+measured in the same rounds (interleaved), and a ratio column against it beside the one
+against llama-server's defaults. What it is for: with its defaults, llama-server spends a
+split's prompt phase reading KV cache back from the helper, one synchronous GET_TENSOR round
+trip per row of V (V is stored transposed with flash attention off, 256 rows a layer): a
+context checkpoint of the sliding-window layers at the end of every prompt
+(--ctx-checkpoints, Gemma 3 has SWA layers) and saves of slots' previous prompts to its RAM
+prompt cache (--cache-ram, --cache-idle-slots). llamaherd keeps neither, and this
+benchmark's fresh prompts gain nothing from them, so `--peer-args "--ctx-checkpoints 0
+--cache-ram 0"` is llama-server doing the same work as llamaherd; its defaults are what a
+user gets.
+
+Everything measured also goes to --workdir/split.json.
+
 Peers are built in a temporary folder from the sources llama-cpp-python vendors, never
 committed (see tests/bench/bench_batching.py for the download):
 
@@ -34,19 +48,22 @@ committed (see tests/bench/bench_batching.py for the download):
     cmake --build /tmp/peer/build --target llama-server ggml-rpc-server -j
 
     .venv/bin/python tests/bench/bench_split.py --llama-server /tmp/peer/build/bin/llama-server \\
-        --rpc-server /tmp/peer/build/bin/ggml-rpc-server [--rounds 10]
+        --rpc-server /tmp/peer/build/bin/ggml-rpc-server [--rounds 10] \\
+        [--streams 1,4,8] [--peer-args "--ctx-checkpoints 0 --cache-ram 0"]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -71,6 +88,7 @@ from worker.models.builtin import resolve  # noqa: E402
 N_CTX = 1024
 RPC_PORT = 50100
 HTTP_PORT = 8090
+PEER_SPLIT = "llama.cpp RPC split"  # the reference: llama-server with its defaults
 WORDS = "amber basil cedar delta ember fjord grove harbor iris juniper kestrel lagoon".split()
 
 
@@ -219,27 +237,40 @@ def llamaherd_variants(
 
 # ---- llama.cpp -----------------------------------------------------------------------------
 def llama_cpp_variants(
-    stack: ExitStack, args: argparse.Namespace, head: Host, helper: Host, slots: int = 1
+    stack: ExitStack,
+    args: argparse.Namespace,
+    head: Host,
+    helper: Host,
+    slots: int = 1,
+    peer_args: Sequence[str] = (),
 ) -> list[Variant]:
+    """llama-server's RPC split (its defaults), one more split per `peer_args` entry (extra
+    llama-server arguments, e.g. "--ctx-checkpoints 0"), and llama-server on the head alone.
+
+    ggml's rpc-server serves one client at a time, so each split gets an rpc-server of its
+    own on the helper host (RPC_PORT, RPC_PORT + 1, ...); an idle one costs no CPU."""
     model = resolve("builtin:gemma-3-270m")
-    rpc_log = (args.workdir / "rpc-server.log").open("wb")
-    rpc = subprocess.Popen(
-        [*helper.exec_prefix(), str(args.rpc_server), "-H", helper.address,
-         "-p", str(RPC_PORT), "-t", str(args.threads)],
-        stdout=rpc_log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    stack.callback(_stop, rpc)
-    time.sleep(1.0)
     threads = str(args.threads)
+    splits: list[tuple[str, list[str]]] = []
+    for i, extra_args in enumerate(["", *peer_args]):
+        port = RPC_PORT + i
+        rpc_log = (args.workdir / f"rpc-server-{i}.log").open("wb")
+        stack.callback(rpc_log.close)
+        rpc = subprocess.Popen(
+            [*helper.exec_prefix(), str(args.rpc_server), "-H", helper.address,
+             "-p", str(port), "-t", threads],
+            stdout=rpc_log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        stack.callback(_stop, rpc)
+        name = f"{PEER_SPLIT}, {extra_args}" if extra_args else PEER_SPLIT
+        remote = ["--rpc", f"{helper.address}:{port}", "-ngl", str(args.remote_layers), "-ts", "1"]
+        splits.append((name, [*remote, *shlex.split(extra_args)]))
+    time.sleep(1.0)
     # -c is the context of all slots together: N_CTX each, as llamaherd's n_ctx.
     common = ["-m", str(model), "-c", str(N_CTX * slots), "-np", str(slots), "-t", threads,
               "-tb", threads, "-fa", "off", "--no-webui", "--host", head.address]  # fmt: skip
     variants = []
-    for offset, (name, extra) in enumerate([
-        ("llama.cpp RPC split", ["--rpc", f"{helper.address}:{RPC_PORT}",
-                                 "-ngl", str(args.remote_layers), "-ts", "1"]),
-        ("llama.cpp single node", ["-ngl", "0"]),
-    ]):  # fmt: skip
+    for offset, (name, extra) in enumerate([*splits, ("llama.cpp single node", ["-ngl", "0"])]):
         port = HTTP_PORT + offset
         log = args.workdir / f"llama-server-{offset}.log"
         with log.open("wb") as out:
@@ -334,35 +365,51 @@ def measure_round(variants: list[Variant], r: int, streams: list[int], max_token
         print(f"round {r + 1}, {n} stream(s), decode tok/s: {rates}", file=sys.stderr, flush=True)
 
 
+def references(variants: list[Variant]) -> list[Variant]:
+    """The llama.cpp RPC splits the ratios are taken against: llama-server with its
+    defaults first, then one per --peer-args."""
+    return [v for v in variants if v.name.startswith(PEER_SPLIT)]
+
+
+def _ratio_heads(refs: list[Variant]) -> str:
+    return " | ".join("vs llama.cpp RPC" + v.name.removeprefix(PEER_SPLIT) for v in refs)
+
+
+def _ratios(value: float, of: list[float]) -> str:
+    return " | ".join(f"{value / ref:.2f}x" for ref in of)
+
+
 def report(variants: list[Variant], args: argparse.Namespace, slots: int) -> None:
     by_name = {v.name: v for v in variants}
-    reference = by_name["llama.cpp RPC split"]
+    refs = references(variants)
+    columns = "---:|" * len(refs)
     print(f"\nGemma 3 270M Q4_K_M, last {args.remote_layers} of 18 layers on the helper host, "
           f"{args.threads} thread(s) per process, {slots} slot(s) per server, greedy, "
           f"{args.max_tokens} tokens per stream, {args.rounds} rounds\n")  # fmt: skip
     if 1 in args.streams:
-        ref_decode = statistics.median(reference.decode)
-        ref_ttft = statistics.median(reference.ttft)
-        print("| variant | decode tok/s (median) | vs llama.cpp RPC | TTFT ms (median) "
-              "| vs llama.cpp RPC |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|")
+        ref_decode = [statistics.median(v.decode) for v in refs]
+        ref_ttft = [statistics.median(v.ttft) for v in refs]
+        print(f"| variant | decode tok/s (median) | {_ratio_heads(refs)} | TTFT ms (median) "
+              f"| {_ratio_heads(refs)} |")  # fmt: skip
+        print(f"|---|---:|{columns}---:|{columns}")
         for v in variants:
             decode, ttft = statistics.median(v.decode), statistics.median(v.ttft)
-            print(f"| {v.name} | {decode:.1f} | {decode / ref_decode:.2f}x | {ttft:.0f} "
-                  f"| {ttft / ref_ttft:.2f}x |")  # fmt: skip
+            print(f"| {v.name} | {decode:.1f} | {_ratios(decode, ref_decode)} | {ttft:.0f} "
+                  f"| {_ratios(ttft, ref_ttft)} |")  # fmt: skip
     many = [n for n in args.streams if n > 1]
     if many:
-        print("\n| variant | streams | aggregate decode tok/s (median) | vs llama.cpp RPC "
-              "| end-to-end tok/s (median) | vs llama.cpp RPC | TTFT ms (median) |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        heads = _ratio_heads(refs)
+        print(f"\n| variant | streams | aggregate decode tok/s (median) | {heads} "
+              f"| end-to-end tok/s (median) | {heads} | TTFT ms (median) |")  # fmt: skip
+        print(f"|---|---:|---:|{columns}---:|{columns}---:|")
         for n in many:
-            ref = statistics.median(reference.waves[n])
-            ref_e2e = statistics.median(reference.e2e[n])
+            ref = [statistics.median(v.waves[n]) for v in refs]
+            ref_e2e = [statistics.median(v.e2e[n]) for v in refs]
             for v in variants:
                 decode, e2e = statistics.median(v.waves[n]), statistics.median(v.e2e[n])
                 print(
-                    f"| {v.name} | {n} | {decode:.1f} | {decode / ref:.2f}x | {e2e:.1f} "
-                    f"| {e2e / ref_e2e:.2f}x | {statistics.median(v.wave_ttft[n]):.0f} |"
+                    f"| {v.name} | {n} | {decode:.1f} | {_ratios(decode, ref)} | {e2e:.1f} "
+                    f"| {_ratios(e2e, ref_e2e)} | {statistics.median(v.wave_ttft[n]):.0f} |"
                 )
     relayed = [v for v in variants if v.head_cpu]
     if relayed:
@@ -381,6 +428,31 @@ def report(variants: list[Variant], args: argparse.Namespace, slots: int) -> Non
             if v.name.startswith("llamaherd split"):
                 same = sum(a == b for a, b in zip(v.texts, single, strict=True))
                 print(f"\n{v.name} output equal to its single-node output: {same}/{args.rounds}")
+    out = args.workdir / "split.json"
+    out.write_text(json.dumps(as_json(variants, args), indent=1))
+    print(f"\n(JSON: {out})")
+
+
+def as_json(variants: list[Variant], args: argparse.Namespace) -> dict[str, object]:
+    """Every measurement of the run, per variant (what the tables above are medians of)."""
+    return {
+        "command": " ".join(sys.argv),
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "load_average": os.getloadavg(),
+        "variants": {
+            v.name: {
+                "decode_tok_s": v.decode, "ttft_ms": v.ttft,
+                "waves": {
+                    str(n): {"decode_tok_s": v.waves[n], "e2e_tok_s": v.e2e[n],
+                             "ttft_ms": v.wave_ttft[n]}
+                    for n in v.waves
+                },
+                "head_cpu_us_per_token": {str(n): c for n, c in v.head_cpu.items()},
+                "child_cpu_us_per_token": {str(n): c for n, c in v.child_cpu.items()},
+            }
+            for v in variants
+        },
+    }  # fmt: skip
 
 
 def main() -> int:
@@ -401,6 +473,11 @@ def main() -> int:
         help="the helper's rpc_guard setting(s), comma-separated: auto, forwarder, or both "
         "(one helper host each, side by side)",
     )  # fmt: skip
+    parser.add_argument(
+        "--peer-args", action="append", default=[], metavar="ARGS",
+        help="one more llama.cpp RPC split, with these extra llama-server arguments (e.g. "
+        "\"--ctx-checkpoints 0 --cache-ram 0\"), measured beside the default one; repeatable",
+    )  # fmt: skip
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/llamaherd-bench-split"))
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +487,7 @@ def main() -> int:
     with network(1 + len(guards)) as net, ExitStack() as stack:
         head, *helpers = net.hosts
         print("starting llamaherd and llama.cpp on namespaced hosts ...", file=sys.stderr)
-        variants = llama_cpp_variants(stack, args, head, helpers[0], slots)
+        variants = llama_cpp_variants(stack, args, head, helpers[0], slots, args.peer_args)
         variants += llamaherd_variants(
             stack, args.workdir, head, dict(zip(guards, helpers, strict=True)),
             args.remote_layers, args.threads, slots,
