@@ -61,3 +61,49 @@ def _weight(session: str, node_id: str) -> bytes:
     # The separator keeps ("ab", "c") and ("a", "bc") apart.
     data = f"{session}\x1f{node_id}".encode("utf-8", "surrogatepass")
     return hashlib.blake2b(data, digest_size=8).digest()
+
+
+# How long a prefix this gateway routed to a node counts as held there without the node's
+# own report: a heartbeat and a snapshot publication (about 1 s each at most) with room.
+ROUTED_TTL_S = 5.0
+# Chains remembered per (alias, node): a node's slots hold few conversations at a time.
+ROUTED_PER_NODE = 8
+DEFAULT_ROUTED_NODES = 65_536  # (alias, node) pairs remembered, least recently routed first out
+
+
+class RoutedPrefixes:
+    """The prefix chains this gateway sent to each node in the last `ttl_s` seconds.
+
+    A request's next turn often arrives before the node's next heartbeat reports the slot
+    that now holds the conversation; until then the gateway knows better than the report
+    where that prefix is, because it sent it there. Bounded: ROUTED_PER_NODE chains per
+    (alias, node), `capacity` pairs. Times come from the caller's clock (pure: no clock of
+    its own)."""
+
+    def __init__(self, ttl_s: float = ROUTED_TTL_S, capacity: int = DEFAULT_ROUTED_NODES) -> None:
+        if capacity < 1:
+            raise ValueError(f"routed prefix capacity must be at least 1, got {capacity}")
+        self._ttl_s = ttl_s
+        self._capacity = capacity
+        self._routed: OrderedDict[tuple[str, str], list[tuple[float, frozenset[int]]]] = (
+            OrderedDict()
+        )
+
+    def record(self, alias: str, node_id: str, chain: Iterable[int], now: float) -> None:
+        """A request whose prefix chain is `chain` was sent to `node_id` at `now`."""
+        hashes = frozenset(chain)
+        if not hashes:
+            return
+        key = (alias, node_id)
+        recent = [(at, held) for at, held in self._routed.get(key, ()) if now - at < self._ttl_s]
+        recent.append((now, hashes))
+        self._routed[key] = recent[-ROUTED_PER_NODE:]
+        self._routed.move_to_end(key)
+        if len(self._routed) > self._capacity:
+            self._routed.popitem(last=False)
+
+    def recent(self, alias: str, node_id: str, now: float) -> list[frozenset[int]]:
+        """The hash sets of the chains sent to `node_id` for `alias` within the TTL."""
+        return [
+            held for at, held in self._routed.get((alias, node_id), ()) if now - at < self._ttl_s
+        ]

@@ -32,7 +32,7 @@ from typing import Protocol
 
 from common.prefix import matched_chars
 from orchestrator.cluster.types import NodeId
-from orchestrator.routing.affinity import SessionMemory, rendezvous
+from orchestrator.routing.affinity import RoutedPrefixes, SessionMemory, rendezvous
 from orchestrator.routing.candidates import Candidate, CandidatePool, ReplicaTable
 from orchestrator.routing.heat import MAX_AGE_S, WeightCache, heat_weight, node_watts
 from orchestrator.routing.request import CHARS_PER_TOKEN, RouteRequest
@@ -379,8 +379,17 @@ class PrefixCache:
     same way) and times the node's heat weight. Load guard: the cached part counts only for
     candidates within PREFIX_LOAD_GUARD (1) requests per slot of the least loaded one.
     Where no candidate within the guard holds any of the request's opening (no chain, no
-    match), it routes exactly as the default (least-expected-latency). Ties go as the
-    default's: to a session's node, else at random.
+    match), it routes exactly as the default (session-affinity).
+
+    What a node holds is what its last report says plus what this gateway sent it in the
+    last few seconds (affinity.RoutedPrefixes): a conversation's next turn often comes
+    before the heartbeat that reports its node's slot holding the reply. A request with a
+    session key returns to its session's node while that node's expected TTFT is within
+    AFFINITY_GUARD (2x) of the best, as session-affinity does: the node holds the whole
+    conversation, replies included, where another holding only the same system prompt
+    matches as deep in the hashes. Other ties go to a session's node, else at random.
+    Decode rates are compared as the default compares them (comparable_rates; a sample's
+    against its whole table).
     """
 
     name = "prefix-cache"
@@ -390,12 +399,14 @@ class PrefixCache:
         rng: random.Random,
         clock: WallClock = time.time,
         sessions: SessionMemory | None = None,
+        routed: RoutedPrefixes | None = None,
     ) -> None:
         self._rng = rng
         self._clock = clock
         self._sessions = sessions if sessions is not None else SessionMemory()
+        self._routed = routed if routed is not None else RoutedPrefixes()
         self._heat = WeightCache()
-        self._default = LeastExpectedLatency(rng, clock, self._sessions)
+        self._default = SessionAffinity(rng, clock, self._sessions)
         # (node, alias) -> (the reported hashes, as a set): one set per report, not per
         # request; a snapshot keeps the same tuple object until the node reports again.
         self._held: dict[tuple[str, str], tuple[tuple[int, ...], frozenset[int]]] = {}
@@ -404,11 +415,30 @@ class PrefixCache:
         self._indexes: dict[str, tuple[ReplicaTable, dict[int, list[NodeId]]]] = {}
 
     def choose(self, request: RouteRequest, candidates: Sequence[Candidate]) -> Candidate:
-        cached = self._cached_chars(request, candidates)
-        if not any(cached):
-            return self._default.choose(request, candidates)
+        return self._choose(request, candidates, comparable_rates(candidates))
+
+    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
+        """choose() over every candidate of a small pool. Over a large one (more than
+        EXACT_UP_TO), choose() over the nodes that hold the request's deepest hashes (at
+        most SAMPLE_SIZE, found in an index of the snapshot) plus SAMPLE_SIZE drawn at
+        random; where no node holds any, the default's choice."""
+        if len(pool) <= EXACT_UP_TO:
+            every = pool.eligible()
+            return self._choose(request, every, _rates_of_every(pool, every))
+        holders = self._holders(request, pool.table)
+        if not holders:
+            return self._remembered(request, self._default.choose_among(request, pool))
+        sample = pool.sample(self._rng, SAMPLE_SIZE, holders)
+        return self._choose(request, sample, pool.table_rates(sample, comparable_rates))
+
+    def _choose(
+        self, request: RouteRequest, candidates: Sequence[Candidate], rates: Sequence[float]
+    ) -> Candidate:
+        """The choice among `candidates`, whose comparable decode rates are `rates`."""
         now = self._clock()
-        rates = expected_rates(candidates)
+        cached = self._cached_chars(request, candidates, now)
+        if not any(cached):
+            return self._remembered(request, self._default._pick(request, candidates, rates))
         prefill = expected_prefill_rates(candidates, rates)
         prompt = request.prompt_tokens
         scored: list[tuple[float, Candidate]] = []
@@ -417,23 +447,23 @@ class PrefixCache:
             wait = cand.load_per_slot * TYPICAL_REPLY_TOKENS / (rate * weight)
             compute = prompt - min(chars // CHARS_PER_TOKEN, prompt)
             scored.append((wait + compute / (fill * weight), cand))
-        if request.session is None:
-            return _lowest_scored(scored, self._rng)
+        session = request.session
+        if session is None:
+            return self._remembered(request, _lowest_scored(scored, self._rng))
         best = min(s for s, _ in scored)
+        last = self._sessions.last(request.alias, session)
+        for score, cand in scored:
+            if cand.node_id == last and score <= AFFINITY_GUARD * best * (1 + TIE_REL_TOL):
+                self._sessions.remember(request.alias, session, cand.node_id)
+                return self._remembered(request, cand)
         tied = [c for s, c in scored if _close(s, best)]
-        return _stick(self._sessions, request, tied, request.session)
+        return self._remembered(request, _stick(self._sessions, request, tied, session))
 
-    def choose_among(self, request: RouteRequest, pool: CandidatePool) -> Candidate:
-        """choose() over every candidate of a small pool. Over a large one (more than
-        EXACT_UP_TO), choose() over the nodes that hold the request's deepest hashes (at
-        most SAMPLE_SIZE, found in an index of the snapshot) plus SAMPLE_SIZE drawn at
-        random; where no node holds any, the default's choice."""
-        if len(pool) <= EXACT_UP_TO:
-            return self.choose(request, pool.eligible())
-        holders = self._holders(request, pool.table)
-        if not holders:
-            return self._default.choose_among(request, pool)
-        return self.choose(request, pool.sample(self._rng, SAMPLE_SIZE, holders))
+    def _remembered(self, request: RouteRequest, chosen: Candidate) -> Candidate:
+        """`chosen`, with the request's prefix recorded as sent there (RoutedPrefixes)."""
+        if request.prefix_chain:
+            self._routed.record(request.alias, chosen.node_id, request.prefix_chain, self._clock())
+        return chosen
 
     def _holders(self, request: RouteRequest, table: ReplicaTable) -> list[NodeId]:
         """Up to SAMPLE_SIZE nodes of `table` reporting the request's hashes, the deepest
@@ -458,8 +488,11 @@ class PrefixCache:
                 break
         return list(found)
 
-    def _cached_chars(self, request: RouteRequest, candidates: Sequence[Candidate]) -> list[int]:
-        """Each candidate's cached characters of the request's opening, 0 beyond the guard."""
+    def _cached_chars(
+        self, request: RouteRequest, candidates: Sequence[Candidate], now: float
+    ) -> list[int]:
+        """Each candidate's cached characters of the request's opening, 0 beyond the guard:
+        by its report, or by what this gateway sent it lately."""
         chain = request.prefix_chain
         if not chain or len(candidates) < 2:
             return [0] * len(candidates)
@@ -467,11 +500,14 @@ class PrefixCache:
         limit = min(loads) + PREFIX_LOAD_GUARD
         cached: list[int] = []
         for cand, load in zip(candidates, loads, strict=True):
-            hashes = cand.replica.engine.prefix_hashes
-            if not hashes or load > limit:
+            if load > limit:
                 cached.append(0)
                 continue
-            cached.append(matched_chars(chain, self._held_set(cand, hashes)))
+            hashes = cand.replica.engine.prefix_hashes
+            held = matched_chars(chain, self._held_set(cand, hashes)) if hashes else 0
+            for sent in self._routed.recent(request.alias, cand.node_id, now):
+                held = max(held, matched_chars(chain, sent))
+            cached.append(held)
         return cached
 
     def _held_set(self, cand: Candidate, hashes: tuple[int, ...]) -> frozenset[int]:

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from orchestrator.routing.affinity import SessionMemory, rendezvous
+from orchestrator.routing.affinity import ROUTED_PER_NODE, RoutedPrefixes, SessionMemory, rendezvous
 
 
 def test_memory_returns_the_last_node_per_model_and_session() -> None:
@@ -56,3 +56,29 @@ def test_rendezvous_spreads_sessions_evenly() -> None:
     counts = Counter(rendezvous(f"user-{i}", nodes) for i in range(2000))
     assert set(counts) == set(nodes)
     assert min(counts.values()) > 400  # 500 each on average
+
+
+# ---- what this gateway sent where ------------------------------------------------------------
+
+
+def test_routed_prefixes_are_held_for_their_ttl_only() -> None:
+    routed = RoutedPrefixes(ttl_s=5.0)
+    routed.record("m", "a", (1, 2, 3), now=100.0)
+    assert routed.recent("m", "a", now=104.9) == [frozenset({1, 2, 3})]
+    assert routed.recent("m", "a", now=105.0) == []
+    assert routed.recent("m", "b", now=101.0) == [] and routed.recent("x", "a", now=101.0) == []
+
+
+def test_routed_prefixes_keep_a_few_chains_per_node_and_a_bounded_number_of_nodes() -> None:
+    routed = RoutedPrefixes(ttl_s=60.0, capacity=2)
+    for i in range(ROUTED_PER_NODE + 3):
+        routed.record("m", "a", (i,), now=float(i))
+    assert routed.recent("m", "a", now=20.0) == [
+        frozenset({i}) for i in range(3, ROUTED_PER_NODE + 3)
+    ]
+    routed.record("m", "b", (1,), now=20.0)
+    routed.record("m", "c", (1,), now=20.0)  # a, the least recently routed, is forgotten
+    assert routed.recent("m", "a", now=20.0) == []
+    assert routed.recent("m", "c", now=20.0) == [frozenset({1})]
+    routed.record("m", "d", (), now=20.0)  # no chain: nothing to remember
+    assert routed.recent("m", "b", now=20.0) == [frozenset({1})]

@@ -10,12 +10,14 @@ from collections import Counter
 
 from common.prefix import chat_chain
 from orchestrator.cluster.types import ClusterSnapshot
+from orchestrator.routing.affinity import ROUTED_TTL_S, RoutedPrefixes
 from orchestrator.routing.candidates import Candidate, route
 from orchestrator.routing.policies import (
     EXACT_UP_TO,
     PREFIX_LOAD_GUARD,
     LeastExpectedLatency,
     PrefixCache,
+    SessionAffinity,
     expected_prefill_rates,
 )
 from orchestrator.routing.request import RouteRequest, for_chat
@@ -28,6 +30,20 @@ OTHER_SYSTEM = ("system", "You translate German maintenance logs into English. "
 
 def wall() -> float:
     return WALL
+
+
+@dataclasses.dataclass
+class Clock:
+    now: float
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def by_reports(seed: int) -> PrefixCache:
+    """prefix-cache going by the nodes' reports alone: what it sends expires at once (the
+    tests that route many requests on one unchanging report)."""
+    return PrefixCache(random.Random(seed), wall, routed=RoutedPrefixes(ttl_s=0.0))
 
 
 def chat(*messages: tuple[str, str], session: str | None = None) -> RouteRequest:
@@ -74,10 +90,7 @@ def test_a_cached_node_with_a_queue_loses_to_an_idle_one_when_recomputing_is_che
 def test_no_match_anywhere_routes_exactly_as_the_default() -> None:
     rng = random.Random(7)
     request = chat(SYSTEM, ("user", "hi"))
-    ours, default = (
-        PrefixCache(random.Random(3), wall),
-        LeastExpectedLatency(random.Random(3), wall),
-    )
+    ours, default = by_reports(3), LeastExpectedLatency(random.Random(3), wall)
     for _ in range(300):
         nodes = [
             holding(candidate(n, load=rng.randrange(3), decode_tps=rng.choice([5.0, 10.0])),
@@ -106,7 +119,7 @@ def test_the_load_guard_spreads_a_hot_prefix() -> None:
     # best until its queue were ~30 requests long. Requests arrive and never finish here.
     request = chat(SYSTEM, ("user", "Status report, please."))
     loads = {"a": 0, "b": 0, "c": 0}
-    policy = PrefixCache(random.Random(0), wall)
+    policy = by_reports(0)
     for _ in range(60):
         nodes = [candidate(n, load=loads[n], decode_tps=10.0) for n in loads]
         nodes[0] = holding(nodes[0], SYSTEM, prompt_tps=20.0)
@@ -149,7 +162,7 @@ def test_prefill_rates_are_measured_or_scaled_from_decode() -> None:
 
 
 def test_a_new_report_replaces_what_a_node_held() -> None:
-    policy = PrefixCache(random.Random(0), wall)
+    policy = by_reports(0)
     request = chat(SYSTEM, ("user", "?"))
     first = [holding(candidate("a", decode_tps=10.0), SYSTEM), candidate("b", decode_tps=10.0)]
     assert policy.choose(request, first).node_id == "a"
@@ -159,6 +172,63 @@ def test_a_new_report_replaces_what_a_node_held() -> None:
         holding(candidate("b", decode_tps=10.0), SYSTEM),
     ]
     assert all(policy.choose(request, second).node_id == "b" for _ in range(10))
+
+
+def test_a_turn_sent_before_the_next_report_goes_where_its_conversation_went() -> None:
+    # No report shows any prefix yet (the heartbeat has not come): the next turn of the
+    # conversation goes where this gateway sent the turn before, within ROUTED_TTL_S; long
+    # after, with still no report of it, the memory has expired and the turn goes anywhere.
+    question = ("user", "Which board runs hottest?")
+    follow_up = chat(SYSTEM, question, ("assistant", "The AGX in rack 2."), ("user", "Why?"))
+    idle = [candidate(n, decode_tps=10.0) for n in "abc"]
+    kept_soon = kept_late = 0
+    for seed in range(60):
+        for wait, late in ((ROUTED_TTL_S / 2, False), (10 * ROUTED_TTL_S, True)):
+            clock = Clock(WALL)
+            policy = PrefixCache(random.Random(seed), clock)
+            first = policy.choose(chat(SYSTEM, question), idle).node_id
+            clock.now += wait
+            kept = policy.choose(follow_up, idle).node_id == first
+            kept_late += kept and late
+            kept_soon += kept and not late
+    assert kept_soon == 60
+    assert 10 < kept_late < 35  # a third of them, by chance
+
+
+def test_a_session_stays_on_its_node_within_twice_the_best_ttft() -> None:
+    # Every node reports the system prompt, so the hashes tell the session's node from the
+    # others no better than that (the turns it holds are not reported yet); the session key
+    # keeps the conversation where it is while that node is expected within 2x of the best.
+    policy = by_reports(1)
+    request = chat(SYSTEM, ("user", "Which board runs hottest? " * 40), session="alice")
+
+    def nodes(home_load: int = 0) -> list[Candidate]:
+        return [
+            holding(candidate(n, load=home_load if n == home else 0, slots=8, decode_tps=10.0),
+                    SYSTEM)
+            for n in "ab"
+        ]  # fmt: skip
+
+    home = "a"
+    home = policy.choose(request, nodes()).node_id
+    away = "b" if home == "a" else "a"
+    # ~260 tokens to compute at 100 tokens/s on either (2.6 s); one request in 8 slots
+    # waits 1/8 x 128 / 10 = 1.6 s more: 4.2 s against 2.6, within 2x: it stays ...
+    assert policy.choose(request, nodes(home_load=1)).node_id == home
+    # ... four in 8 slots wait 6.4 s: 9.0 s against 2.6, beyond it: it moves ...
+    assert policy.choose(request, nodes(home_load=4)).node_id == away
+    # ... and stays on its new node once the old one is idle again.
+    assert policy.choose(request, nodes()).node_id == away
+
+
+def test_without_a_match_a_session_routes_as_session_affinity() -> None:
+    request = chat(SYSTEM, ("user", "hi"), session="bob")
+    nodes = [holding(candidate(n, load=i % 2, decode_tps=10.0), OTHER_SYSTEM)
+             for i, n in enumerate("abcd")]  # fmt: skip
+    ours, default = by_reports(6), SessionAffinity(random.Random(6), wall)
+    assert [ours.choose(request, nodes).node_id for _ in range(20)] == [
+        default.choose(request, nodes).node_id for _ in range(20)
+    ]
 
 
 # ---- large fleets (choose_among) ---------------------------------------------------------------
