@@ -66,7 +66,7 @@ from orchestrator.placement.planner import (
     plan,
     store_candidates,
 )
-from orchestrator.placement.power import power_figures, refuse_over_budget, within_budget
+from orchestrator.placement.power import power_figures
 from orchestrator.placement.sources import (
     ModelStore,
     StoreModel,
@@ -294,14 +294,11 @@ class PlacementController:
             power = power_figures(
                 self._power_budget_w, nodes, self._wall_clock(), snapshot.capacities
             )
-            estimates = refuse_over_budget(estimates, power)
         links = split_links(nodes, self._link_rtt_ms, self._split_floor)
         result = plan(
             self._catalog, nodes, estimates, self._provenance, downloads, snapshot.capacities,
-            links,
+            links, power,
         )  # fmt: skip
-        if power is not None:
-            result = within_budget(result, power)
         for action in (*result.actions, *self._stale_orphans(nodes)):
             self._start(action, snapshot)
         problems = tuple(sorted(result.problems, key=lambda p: p.alias))

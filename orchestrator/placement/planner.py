@@ -39,6 +39,11 @@ Rules, in short:
   a serving replica for a hope.
 - Models not in the catalog (loaded by an operator) are never touched.
 - When an entry cannot get all its replicas, a PlacementProblem says why, node by node.
+- Under a cluster power budget (orchestrator.placement.power), a node whose new replica
+  would take the draw expected after the loads planned so far (catalog order) past the
+  budget is refused in those words, like a node without the memory: a node whose replica
+  fits is chosen over a faster one whose does not, and a split is charged for every node
+  it spans.
 - Splits (orchestrator.placement.split): an entry with split_nodes >= 2 is only ever placed
   as one replica spread over that many nodes; one with split_nodes 0 is split when it has
   no holder and no single node took it. A split head counts as a holder like any replica.
@@ -60,6 +65,7 @@ from orchestrator.cluster.types import Node, NodeId, PlacementProblem
 from orchestrator.config import CatalogEntry
 from orchestrator.placement.eligibility import HOLDING_STATES, node_refusal
 from orchestrator.placement.leases import StopLease, leases_of
+from orchestrator.placement.power import PowerFigures, PowerLedger
 from orchestrator.placement.scorers import Fit, ranked
 from orchestrator.placement.sources import (
     StoreModel,
@@ -232,6 +238,7 @@ def plan(
     downloads: Downloads | None = None,
     capacities: Sequence[CapacityRecord] = (),
     links: SplitLinks | None = None,
+    power: PowerFigures | None = None,
 ) -> Plan:
     """Loads and unloads that bring the up nodes toward the catalog, and the problems
     that stop it. The same inputs always give the same plan.
@@ -240,7 +247,10 @@ def plan(
     replica is equally unknown and the least loaded go first. `downloads` resolves store
     entries and times their fetches (see Downloads). `capacities` (llamaherd capacity)
     rank the nodes measured with power by streams per watt (scorers.most_streams_per_watt).
-    `links`: the link round trips between nodes, for splits (split.SplitLinks)."""
+    `links`: the link round trips between nodes, for splits (split.SplitLinks). `power`:
+    the cluster's power budget and draw (power.power_figures), spent as replicas are
+    planned; None: no budget."""
+    budget = PowerLedger(power) if power is not None else None
     per_watt = {(r.model, NodeId(r.node)): spw for r in capacities if (spw := r.streams_per_watt)}
     up = _Up(nodes)
     downloads = downloads or Downloads()
@@ -272,7 +282,9 @@ def plan(
             problems.append(PlacementProblem(entry.alias, model))
             continue
         fetch = _Fetch(model, disk, downloads, up, fetching) if model is not None else None
-        placed, split, problem = _fill(entry, holders, up, free, estimates, fetch, per_watt, links)
+        placed, split, problem = _fill(
+            entry, holders, up, free, estimates, fetch, per_watt, links, budget
+        )
         loads += placed
         splits += split
         if problem is not None:
@@ -340,14 +352,15 @@ def _fill(
     fetch: _Fetch | None = None,
     per_watt: Mapping[tuple[str, NodeId], float] | None = None,
     links: SplitLinks | None = None,
+    budget: PowerLedger | None = None,
 ) -> tuple[list[Load], list[LoadSplit], PlacementProblem | None]:
     """Single-node loads or a split for the replicas `entry` lacks, and the problem if short."""
     if entry.split_nodes >= 2:
-        split = _split(entry, up.nodes, free, estimates, links)
+        split = _split(entry, up.nodes, free, estimates, links, budget)
         if isinstance(split, LoadSplit):
             return [], [split], None
         return [], [], PlacementProblem(entry.alias, "cannot split: " + split)
-    loads, problem, waits = _place(entry, holders, up, free, estimates, fetch, per_watt)
+    loads, problem, waits = _place(entry, holders, up, free, estimates, fetch, per_watt, budget)
     if (
         problem is None
         or loads
@@ -358,7 +371,7 @@ def _fill(
     ):
         return loads, [], problem
     # No node holds it or can take it alone: spread one replica over several.
-    split = _split(entry, up.nodes, free, estimates, links)
+    split = _split(entry, up.nodes, free, estimates, links, budget)
     if isinstance(split, LoadSplit):
         return [], [split], None
     return [], [], PlacementProblem(entry.alias, f"{problem.reason}; cannot split: {split}")
@@ -370,12 +383,20 @@ def _split(
     free: dict[NodeId, int],
     estimates: Estimates,
     links: SplitLinks | None = None,
+    budget: PowerLedger | None = None,
 ) -> LoadSplit | str:
-    """A split of `entry` charged to `free`, or why there is none."""
+    """A split of `entry` charged to `free` (and to the power budget), or why there is
+    none."""
     mine = {n.node_id: e for n in up if (e := estimates.get((entry.alias, n.node_id))) is not None}
     result = plan_split(entry, up, mine, free, links)
     if isinstance(result, str):
         return result
+    if budget is not None:
+        spans = [part.node_id for part in result.parts]
+        refusal = budget.refusal(entry.alias, spans)
+        if refusal is not None:
+            return f"{', '.join(spans)}: {refusal}"
+        budget.charge(entry.alias, spans)
     for part in result.parts:
         free[part.node_id] -= part.reserve_bytes
     return LoadSplit(result, entry)
@@ -415,23 +436,29 @@ def _place(
     estimates: Estimates,
     fetch: _Fetch | None = None,
     per_watt: Mapping[tuple[str, NodeId], float] | None = None,
+    budget: PowerLedger | None = None,
 ) -> tuple[list[Load], PlacementProblem | None, bool]:
     """Loads for the replicas `entry` lacks, charged to `free` (and the disk of nodes that
     fetch the file), the problem if short, and whether a replica waits for a peer to fetch
     the file first."""
     chosen: list[Fit] = []
     waiting: dict[NodeId, str] = {}
-    fits = _fits(entry, up, free, estimates, fetch, per_watt or {})
+    fits = _fits(entry, up, free, estimates, fetch, per_watt or {}, budget)
     # The caller places only an entry short of replicas (holders < entry.replicas).
     for fit in ranked(fits, first=entry.replicas - holders):
         wait = fetch.waiting(fit.node_id, fit.has_file) if fetch is not None else None
         if wait is not None:
             waiting[fit.node_id] = wait
             continue
+        # It fitted the budget before this entry's earlier replicas were charged.
+        if budget is not None and budget.refusal(entry.alias, [fit.node_id]) is not None:
+            continue
         chosen.append(fit)
         free[fit.node_id] = fit.free_after
         if fetch is not None:
             fetch.charge(fit.node_id, fit.has_file)
+        if budget is not None:
+            budget.charge(entry.alias, [fit.node_id])
         if holders + len(chosen) >= entry.replicas:
             break  # before asking `ranked` for more than it needs
     loads = [Load(fit.node_id, entry) for fit in chosen]
@@ -446,7 +473,7 @@ def _place(
         for node in up.nodes
         if node.node_id not in taken
         and node.node_id not in waiting
-        and (refusal := _node_refusal(entry, node, estimates, free, fetch)) is not None
+        and (refusal := _node_refusal(entry, node, estimates, free, fetch, budget)) is not None
     }
     refusals.update(waiting)
     return (
@@ -463,6 +490,7 @@ def _fits(
     estimates: Estimates,
     fetch: _Fetch | None,
     per_watt: Mapping[tuple[str, NodeId], float],
+    budget: PowerLedger | None = None,
 ) -> list[Fit]:
     """The nodes that can take `entry` now, with the figures the scorers read: those
     _node_refusal finds no reason to refuse, found without writing the reasons (they are
@@ -486,6 +514,8 @@ def _fits(
             if fetch.overdue(alias, node) is not None or fetch.refusal(node) is not None:
                 continue
             has_file, download_s = fetch.fit(node)
+        if budget is not None and budget.refusal(alias, [node_id]) is not None:
+            continue
         spw_here = spw.get(node_id, 0.0) if spw else 0.0
         fits.append(Fit(node_id, tps[node_id], free_after, has_file, download_s, spw_here))
     return fits
@@ -497,14 +527,18 @@ def _node_refusal(
     estimates: Estimates,
     free: Mapping[NodeId, int],
     fetch: _Fetch | None,
+    budget: PowerLedger | None = None,
 ) -> str | None:
-    """Why `entry` cannot be loaded on `node` now, its download included, or None."""
+    """Why `entry` cannot be loaded on `node` now, its download and the power budget
+    included, or None."""
     refusal = fetch.overdue(entry.alias, node) if fetch is not None else None
     if refusal is None:
         need = estimates.get((entry.alias, node.node_id))
         refusal = _refusal(entry, node, need, free[node.node_id])
     if refusal is None and fetch is not None:
         refusal = fetch.refusal(node)
+    if refusal is None and budget is not None:
+        refusal = budget.refusal(entry.alias, [node.node_id])
     return refusal
 
 

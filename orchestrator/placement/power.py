@@ -1,9 +1,10 @@
 """The cluster power budget: what the cluster draws now and what a new replica would add.
 
 Pure functions of the nodes' latest telemetry, the measured capacities and the clock
-reading `now` (the registry's clock, the one the samples' `taken_at` use). Placement reads
-them through a PowerLedger (no new replica once the expected draw would pass the budget);
-admission (orchestrator.routing.admission.power_admission) reads the same ClusterDraw.
+reading `now` (the registry's clock, the one the samples' `taken_at` use). The planner
+spends the budget through a PowerLedger as it plans (no new replica once the expected draw
+would pass the budget: planner.plan's `power`); admission
+(orchestrator.routing.admission.power_admission) reads the same ClusterDraw.
 
 How draw is measured (admission.cluster_draw): a node's draw is
 orchestrator.routing.heat.node_watts, its Jetson board total or the sum of its discrete
@@ -29,16 +30,13 @@ What a new replica adds on a measured node, the first that applies:
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from common.memory import MemoryEstimate
 from common.telemetry import NodeSample
 from orchestrator.cluster.capacity import CapacityRecord
-from orchestrator.cluster.types import Node, NodeId, PlacementProblem
-from orchestrator.placement.planner import Load, LoadSplit, Plan
+from orchestrator.cluster.types import Node, NodeId
 from orchestrator.routing.admission import ClusterDraw, cluster_draw
 from orchestrator.routing.heat import fresh, node_watts
 
@@ -159,65 +157,3 @@ class PowerLedger:
         planned = self.expected_w - draw.watts
         extra = f" (+{planned:.0f} W planned this round)" if planned > 0 else ""
         return draw.text() + extra
-
-
-Estimate = MemoryEstimate | str
-
-
-def refuse_over_budget(
-    estimates: Mapping[tuple[str, NodeId], Estimate], figures: PowerFigures
-) -> dict[tuple[str, NodeId], Estimate]:
-    """`estimates` with the power refusal in place of the estimate of every (alias, node)
-    whose replica alone would take the draw past the budget: the planner then refuses that
-    node in those words (as it does a node that cannot estimate) and ranks the others, so
-    a node whose replica fits the budget is chosen over a faster one whose does not."""
-    ledger = PowerLedger(figures)
-    checked: dict[tuple[str, NodeId], Estimate] = {}
-    for (alias, node_id), estimate in estimates.items():
-        refusal = None
-        if isinstance(estimate, MemoryEstimate):
-            refusal = ledger.refusal(alias, [node_id])
-        checked[(alias, node_id)] = estimate if refusal is None else refusal
-    return checked
-
-
-def within_budget(result: Plan, figures: PowerFigures) -> Plan:
-    """`result` less the loads and splits that, charged in order (loads first), would take the
-    expected draw past the budget (each fits alone, see refuse_over_budget; several may
-    not), each dropped one named in its entry's placement problem."""
-    ledger = PowerLedger(figures)
-    dropped: dict[str, list[str]] = {}
-    loads: list[Load] = []
-    splits: list[LoadSplit] = []
-    actions: list[Load | LoadSplit] = [*result.loads, *result.splits]
-    for action in actions:
-        alias = action.entry.alias
-        nodes = (
-            [part.node_id for part in action.plan.parts]
-            if isinstance(action, LoadSplit)
-            else [action.node_id]
-        )
-        refusal = ledger.refusal(alias, nodes)
-        if refusal is not None:
-            dropped.setdefault(alias, []).append(f"{', '.join(nodes)}: {refusal}")
-            continue
-        ledger.charge(alias, nodes)
-        if isinstance(action, LoadSplit):
-            splits.append(action)
-        else:
-            loads.append(action)
-    if not dropped:
-        return result
-    problems = {p.alias: p for p in result.problems}
-    for alias, reasons in dropped.items():
-        earlier = problems.get(alias)
-        text = "; ".join(reasons)
-        problems[alias] = PlacementProblem(
-            alias, f"{earlier.reason}; {text}" if earlier is not None else text
-        )
-    return dataclasses.replace(
-        result,
-        loads=tuple(loads),
-        splits=tuple(splits),
-        problems=tuple(sorted(problems.values(), key=lambda p: p.alias)),
-    )

@@ -1,6 +1,6 @@
 """The cluster power budget in placement: the recorded Jetson and NVML boards, read through
 the real telemetry sources and driven from idle to loaded, as the nodes of real plans
-(planner.plan with the budget's refusals, power.within_budget) and of the real controller."""
+(planner.plan spending the budget as it plans) and of the real controller."""
 
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ from orchestrator.placement.power import (
     JETSON_REPLICA_W,
     PowerFigures,
     power_figures,
-    refuse_over_budget,
     telemetry_headroom,
-    within_budget,
 )
 from orchestrator.routing.admission import cluster_draw
 from orchestrator.routing.heat import MAX_AGE_S
@@ -80,8 +78,7 @@ def budgeted(
 ) -> tuple[Plan, PowerFigures]:
     """The plan as the controller makes it under `budget_w`."""
     power = power_figures(budget_w, nodes, NOW, **figures)  # type: ignore[arg-type]
-    result = plan(catalog, nodes, refuse_over_budget(needs(catalog, nodes), power))
-    return within_budget(result, power), power
+    return plan(catalog, nodes, needs(catalog, nodes), power=power), power
 
 
 def only_problem(result: Plan) -> str:
@@ -210,10 +207,30 @@ def test_several_replicas_are_charged_one_after_the_other(
     result, _ = budgeted(catalog, nodes, 35.0)
     assert [load.node_id for load in result.loads] == ["agx"]
     reason = only_problem(result)
-    assert reason.startswith("nano: power budget 35 W: the cluster draws 16 W (+15 W planned")
+    assert reason == (
+        "placed 1 of 2 replicas; nano: power budget 35 W: the cluster draws 16 W (+15 W "
+        "planned this round) and a replica here adds about 6 W (power mode 15W)"
+    )
     # With room for both, both are placed.
     result, _ = budgeted(catalog, nodes, 40.0)
     assert {load.node_id for load in result.loads} == {"agx", "nano"}
+    assert not result.problems
+
+
+def test_a_later_entry_goes_where_its_replica_still_fits_after_the_earlier_ones(
+    agx: RecordedJetson, nano: RecordedJetson
+) -> None:
+    # 16.5 W now. m takes the faster AGX (+15 W: 31.5 W); n would rank the AGX first too,
+    # but there it would reach 46.5 W, past 40 W: the Nano (+6.5 W: 38 W) takes it.
+    catalog = [entry("m"), entry("n")]
+    nodes = [
+        reporting("agx", agx.draw(8.0).sample(NOW), reference_tps=50.0, memory_free=8 * GiB),
+        reporting("nano", nano.sample(NOW), reference_tps=20.0, memory_free=8 * GiB),
+    ]
+    unbudgeted = plan(catalog, nodes, needs(catalog, nodes))
+    assert [(ld.entry.alias, ld.node_id) for ld in unbudgeted.loads] == [("m", "agx"), ("n", "agx")]
+    result, _ = budgeted(catalog, nodes, 40.0)
+    assert [(ld.entry.alias, ld.node_id) for ld in result.loads] == [("m", "agx"), ("n", "nano")]
     assert not result.problems
 
 
@@ -297,11 +314,11 @@ def test_a_split_is_charged_for_every_node_it_spans(
     assert len(plan(catalog, nodes, estimates).splits) == 1
     for budget, kept in ((40.0, 1), (35.0, 0)):
         power = power_figures(budget, nodes, NOW)
-        result = within_budget(plan(catalog, nodes, refuse_over_budget(estimates, power)), power)
+        result = plan(catalog, nodes, estimates, power=power)
         assert len(result.splits) == kept
-    assert only_problem(result).startswith(
-        "agx, nano: power budget 35 W: the cluster draws 16 W and a replica here adds about "
-        "22 W (Jetson default, power mode 15W)"
+    assert only_problem(result).endswith(
+        "; cannot split: agx, nano: power budget 35 W: the cluster draws 16 W and a replica "
+        "here adds about 22 W (Jetson default, power mode 15W)"
     )
 
 
