@@ -295,12 +295,13 @@ _PERSISTENT: dict[str, Any] = {"lifetime": "detached", "max_restarts": -1}
 
 def _following(state: Any) -> Callable[[float], Awaitable[ClusterSnapshot]]:
     """A reader of the state actor's snapshot feed (orchestrator.cluster.feed): each call
-    long-polls for up to the given seconds and gives the snapshot after the update."""
+    long-polls for up to the given seconds and gives the snapshot after the update, decoded
+    a piece at a time so that the reader's event loop (a gateway's requests) keeps running."""
     follower = SnapshotFollower()
 
     async def follow(timeout_s: float) -> ClusterSnapshot:
         blob: bytes = await state.update_after.remote(*follower.since(), timeout_s)
-        return follower.take(blob)
+        return await follower.follow(blob)
 
     return follow
 

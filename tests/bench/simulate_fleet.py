@@ -15,7 +15,8 @@ and ClusterState bookkeeping run as they do behind gRPC. From the registry's sna
 - its propagation through the feed the gateways follow (orchestrator.cluster.feed): bytes
   and time to publish, encode and take (decode and apply) a whole snapshot (a new gateway)
   and the delta after half the fleet reported (the steady state: one publication per
-  0.5 s, heartbeats once a second);
+  0.5 s, heartbeats once a second), and the longest a gateway's event loop is held while
+  it follows an update (a probe task on the loop);
 - routing: orchestrator.routing.candidates.route plus each policy of POLICIES, per
   request, on a catalog of --models models each READY on 3-5% of the nodes (goal: p99
   <= 50 us at 10,000 nodes);
@@ -57,7 +58,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -368,7 +369,6 @@ def snapshot_figures(registry: WorkerRegistry, repeats: int) -> tuple[dict[str, 
     json_s, document = _timed(lambda: json.dumps(view_to_json(view)), 1)
     proto = view_to_proto(view)
     figures = {
-        **feed_figures(snapshot, repeats),
         "build_ms": build_s * 1e3,
         "pickle_bytes": len(blob),
         "pickle_ms": pickle_s * 1e3,
@@ -386,7 +386,9 @@ def feed_figures(snapshot: ClusterSnapshot, repeats: int) -> dict[str, Any]:
     """What a gateway following the feed costs: a whole snapshot (a new gateway), then the
     delta after half the nodes reported again (new Node values, as the registry makes for
     every report); the registry's side (publish, encode) and the gateway's (take: decode
-    with the collector paused, then patch its copy). Medians of `repeats`."""
+    with the collector paused, then patch its copy), and the longest its event loop is
+    held while it follows the update piece by piece (SnapshotFollower.follow, with a probe
+    task on the same loop). Medians of `repeats`."""
     gc.collect()
     base = dataclasses.replace(snapshot, version=1)
     half = {n.node_id for n in base.nodes[::2]}
@@ -413,12 +415,17 @@ def feed_figures(snapshot: ClusterSnapshot, repeats: int) -> dict[str, Any]:
         started = clock()
         SnapshotFollower().take(whole)
         times["whole_take"].append(clock() - started)
-        gateway = SnapshotFollower()  # a gateway holding version 1
-        gateway.snapshot, gateway.epoch = base, "sim"
+        gateway = _holding(base)
         started = clock()
         patched = gateway.take(delta)
         times["delta_take"].append(clock() - started)
         if patched.nodes != after.nodes:
+            raise RuntimeError("the gateway's copy differs from the registry's snapshot")
+        followed, held = asyncio.run(_loop_held(SnapshotFollower().follow(whole)))
+        times["whole_hold"].append(held)
+        patched, held = asyncio.run(_loop_held(_holding(base).follow(delta)))
+        times["delta_hold"].append(held)
+        if followed.nodes != base.nodes or patched.nodes != after.nodes:
             raise RuntimeError("the gateway's copy differs from the registry's snapshot")
     ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
     return {
@@ -426,12 +433,45 @@ def feed_figures(snapshot: ClusterSnapshot, repeats: int) -> dict[str, Any]:
         "feed_whole_bytes": len(whole),
         "feed_whole_encode_ms": ms["whole_encode"],
         "feed_whole_take_ms": ms["whole_take"],
+        "feed_whole_hold_ms": ms["whole_hold"],
         "feed_delta_nodes": len(half),
         "feed_delta_bytes": len(delta),
         "feed_delta_encode_ms": ms["delta_encode"],
         "feed_delta_take_ms": ms["delta_take"],
+        "feed_delta_hold_ms": ms["delta_hold"],
         "feed_interval_s": PUBLISH_INTERVAL_S,
     }
+
+
+def _holding(snapshot: ClusterSnapshot) -> SnapshotFollower:
+    """A follower (a gateway) holding `snapshot` of the feed "sim"."""
+    follower = SnapshotFollower()
+    follower.snapshot, follower.epoch = snapshot, "sim"
+    return follower
+
+
+async def _loop_held(work: Awaitable[Any]) -> tuple[Any, float]:
+    """`work`'s result, and the longest the event loop went without running a probe task
+    beside it (a request arriving then would wait that long to be routed)."""
+    longest = 0.0
+    done = False
+
+    async def probe() -> None:
+        nonlocal longest
+        last = clock()
+        while not done:
+            await asyncio.sleep(0)
+            now = clock()
+            longest, last = max(longest, now - last), now
+
+    task = asyncio.create_task(probe())
+    await asyncio.sleep(0)
+    try:
+        result = await work
+    finally:
+        done = True
+        await task
+    return result, longest
 
 
 # ---- routing -------------------------------------------------------------------------------
@@ -838,7 +878,8 @@ def feed_table(sizes: dict[str, dict[str, Any]]) -> Table:
         f"feed (one publication per {PUBLISH_INTERVAL_S:g} s, half the fleet changed)"
     )
     for column in ("nodes", "before: KB", "pickle+unpickle ms", "feed whole: KB", "encode+take ms",
-                   "feed delta: nodes", "KB", "publish ms", "encode ms", "take ms"):  # fmt: skip
+                   "longest hold ms", "feed delta: nodes", "KB", "publish ms", "encode ms",
+                   "take ms", "longest hold ms"):  # fmt: skip
         table.add_column(column, justify="right")
     for count, f in sizes.items():
         s = f["snapshot"]
@@ -846,9 +887,10 @@ def feed_table(sizes: dict[str, dict[str, Any]]) -> Table:
             count, f"{s['pickle_bytes'] / 1e3:,.0f}", f"{s['pickle_ms'] + s['unpickle_ms']:,.1f}",
             f"{s['feed_whole_bytes'] / 1e3:,.0f}",
             f"{s['feed_whole_encode_ms'] + s['feed_whole_take_ms']:,.1f}",
+            f"{s['feed_whole_hold_ms']:,.1f}",
             f"{s['feed_delta_nodes']:,}", f"{s['feed_delta_bytes'] / 1e3:,.0f}",
             f"{s['feed_publish_ms']:,.1f}", f"{s['feed_delta_encode_ms']:,.1f}",
-            f"{s['feed_delta_take_ms']:,.1f}",
+            f"{s['feed_delta_take_ms']:,.1f}", f"{s['feed_delta_hold_ms']:,.1f}",
         )  # fmt: skip
     return table
 
@@ -896,6 +938,7 @@ def measure_size(count: int, args: argparse.Namespace, console: Console) -> dict
         return ingested, figures, snapshot
 
     ingested, snapshot_stats, snapshot = asyncio.run(run())
+    snapshot_stats.update(feed_figures(snapshot, args.repeats))  # runs event loops of its own
     reports = count * len(ingested.round_s)
     figures: dict[str, Any] = {
         "heartbeats": {

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -13,10 +15,10 @@ from grpc import aio
 from common.hardware import HardwareInfo
 from common.status import NodeStatus
 from orchestrator.cluster.feed import (
+    CHUNK_NODES,
     SnapshotFeed,
     SnapshotFollower,
     StaleUpdate,
-    apply,
     decode,
     encode,
 )
@@ -121,7 +123,7 @@ def test_a_delta_for_another_version_is_refused_and_the_follower_starts_over() -
     assert follower.since() == ("", -1)
     assert same(followed(feed, follower), state.snapshot(1.0))
     with pytest.raises(StaleUpdate, match="reached a reader of nothing"):
-        apply(None, decode(delta))
+        SnapshotFollower().take(delta)
 
 
 def test_an_update_that_changes_nothing_keeps_the_readers_snapshot() -> None:
@@ -145,6 +147,96 @@ def test_each_update_is_encoded_once_for_every_reader_at_the_same_version() -> N
     assert feed.encoded(feed.epoch, version) is feed.encoded(feed.epoch, version)
     with pytest.raises(ValueError, match="published after"):
         feed.publish(state.snapshot(1.0))
+
+
+def test_a_follower_on_an_event_loop_holds_the_registrys_snapshot_after_every_update() -> None:
+    """Updates of several pieces, followed on an event loop: joins, reports, nodes going
+    down and forgotten, a reader missing publications and one falling too far behind, and
+    a restarted registry; after each update the follower holds exactly the registry's
+    snapshot, as a reader taking every update whole would."""
+    rng = random.Random(7)
+    fleet = [f"node-{i:04d}" for i in range(3 * CHUNK_NODES)]
+
+    def scenario(state: ClusterState, feed: SnapshotFeed) -> Iterator[ClusterSnapshot]:
+        now = 0.0
+        for round_ in range(14):
+            now += 1.0
+            joined = fleet[: CHUNK_NODES * (1 + round_ % 3)]  # the fleet grows and shrinks
+            reported(state, *rng.sample(joined, len(joined) // 2), at=now)
+            if round_ % 4 == 3:  # silent nodes go down, long silent ones are forgotten
+                state.expire(now + 3.5)
+                state.expire(now + 61.0)
+            feed.publish(state.snapshot(now))
+            yield state.snapshot(now)
+
+    async def main() -> None:
+        state = ClusterState(down_after_s=3, forget_after_s=60)
+        feed = SnapshotFeed(history=4)
+        follower, whole = SnapshotFollower(), SnapshotFollower()
+        for step, expected in enumerate(scenario(state, feed)):
+            if step in (5, 6, 9, 10, 11, 12):  # behind by one, then too far behind
+                continue
+            assert same(await follower.follow(feed.encoded(*follower.since())), expected)
+            assert same(whole.take(feed.encoded("", -1)), expected)
+        restarted = SnapshotFeed()  # another registry: its versions start again
+        fresh = ClusterState(down_after_s=3, forget_after_s=60)
+        reported(fresh, *fleet[:5])
+        restarted.publish(fresh.snapshot(0.0))
+        taken = await follower.follow(restarted.encoded(*follower.since()))
+        assert same(taken, fresh.snapshot(0.0))
+
+    asyncio.run(main())
+
+
+def test_following_an_update_lets_the_event_loop_run_between_its_pieces() -> None:
+    """A request arriving while the gateway takes an update waits for one piece, not for
+    the whole update; and the gateway's snapshot changes at once, at the end."""
+    state = ClusterState(down_after_s=3, forget_after_s=60)
+    fleet = [f"node-{i:04d}" for i in range(4 * CHUNK_NODES)]
+    reported(state, *fleet)
+    feed, follower = SnapshotFeed(), SnapshotFollower()
+    feed.publish(state.snapshot(0.0))
+    first = follower.take(feed.encoded(*follower.since()))
+    reported(state, *fleet[::2], at=1.0)  # half the fleet reports again
+    feed.publish(state.snapshot(1.0))
+    assert len(decode(feed.encoded(*follower.since())).nodes) == 2 * CHUNK_NODES
+
+    async def main() -> list[ClusterSnapshot | None]:
+        seen: list[ClusterSnapshot | None] = []
+        done = False
+
+        async def request() -> None:  # what routing would read meanwhile
+            while not done:
+                seen.append(follower.snapshot)
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(request())
+        await asyncio.sleep(0)
+        snapshot = await follower.follow(feed.encoded(*follower.since()))
+        done = True
+        await task
+        assert same(snapshot, state.snapshot(1.0))
+        return seen
+
+    seen = asyncio.run(main())
+    assert len(seen) > 2  # it ran between the pieces (two of them), not only after
+    assert all(s is first for s in seen[:-1])
+
+
+def test_nodes_an_update_replaced_are_freed_by_the_next_one() -> None:
+    state = ClusterState(down_after_s=3, forget_after_s=60)
+    reported(state, "a", "b")
+    feed, follower = SnapshotFeed(), SnapshotFollower()
+    feed.publish(state.snapshot(0.0))
+    old = weakref.ref(followed(feed, follower).nodes[0])
+    reported(state, "a", at=1.0)
+    feed.publish(state.snapshot(1.0))
+    followed(feed, follower)
+    assert old() is not None  # kept until the next update, so readers never free it at once
+    reported(state, "b", at=2.0)
+    feed.publish(state.snapshot(2.0))
+    followed(feed, follower)
+    assert old() is None
 
 
 @pytest.fixture
