@@ -451,7 +451,7 @@ def _place(
             waiting[fit.node_id] = wait
             continue
         # It fitted the budget before this entry's earlier replicas were charged.
-        if budget is not None and budget.refusal(entry.alias, [fit.node_id]) is not None:
+        if budget is not None and not budget.fits(entry.alias, [fit.node_id]):
             continue
         chosen.append(fit)
         free[fit.node_id] = fit.free_after
@@ -514,7 +514,7 @@ def _fits(
             if fetch.overdue(alias, node) is not None or fetch.refusal(node) is not None:
                 continue
             has_file, download_s = fetch.fit(node)
-        if budget is not None and budget.refusal(alias, [node_id]) is not None:
+        if budget is not None and not budget.fits(alias, [node_id]):
             continue
         spw_here = spw.get(node_id, 0.0) if spw else 0.0
         fits.append(Fit(node_id, tps[node_id], free_after, has_file, download_s, spw_here))

@@ -140,6 +140,19 @@ class PowerLedger:
             f"here adds about {watts:.0f} W ({how})"
         )
 
+    def fits(self, alias: str, node_ids: Sequence[NodeId]) -> bool:
+        """Whether refusal() is None, without writing why: the planner asks it of every
+        candidate node, and writes the reasons only for an entry left short."""
+        budget = self.figures.budget_w
+        if self.expected_w > budget:
+            return False
+        added = 0.0
+        for node_id in node_ids:
+            found = self.figures.replica_watts(alias, node_id)
+            if found is not None:
+                added += found[0]
+        return self.expected_w + added <= budget
+
     def charge(self, alias: str, node_ids: Sequence[NodeId]) -> None:
         """Counts a replica of `alias` on `node_ids` as started."""
         added = self._added(alias, node_ids)
