@@ -7,7 +7,8 @@ agents: they notice the raylet is gone, then block for a minute trying to report
 dead GCS, deaf to SIGTERM, one of them holding a port. So the driver starts this small
 process with a pipe as its stdin. When the driver dies, for any reason, the kernel closes
 the pipe's other end; the reaper reads EOF and kills every Ray process (one that runs Ray's
-code from RAY_DIR, or calls itself ray::...) that still has a file open under the session's
+code from RAY_DIR, runs one of its modules as `python -m ray.<...>`, or calls itself
+ray::...) that still has a file open under the session's
 directory or names it on its command line: Ray's processes of that session and no other
 (each keeps its log files there), never a user's `tail -f` of those logs. Then it exits.
 
@@ -16,6 +17,7 @@ It imports neither Ray nor the rest of llamaherd, so it costs a few megabytes wh
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -52,10 +54,19 @@ def session_processes(session_dir: Path, ray_dir: Path, exclude: int) -> Iterato
 
 def _is_ray(command: list[str], ray_code: str) -> bool:
     """Ray's daemons run binaries or scripts from its package; its workers and agents
-    rename themselves ray::<what they run>."""
+    rename themselves ray::<what they run>; the Ray Client server of a head started with
+    `ray start --head` runs as `python -m ray.util.client.server` (its setup script execs
+    that), naming no file of Ray's package."""
     return bool(command) and (
-        command[0].startswith("ray::") or any(arg.startswith(ray_code) for arg in command)
+        command[0].startswith("ray::")
+        or any(arg.startswith(ray_code) for arg in command)
+        or any(_ray_module(flag, name) for flag, name in itertools.pairwise(command))
     )
+
+
+def _ray_module(flag: str, name: str) -> bool:
+    """`-m NAME` runs one of Ray's modules."""
+    return flag == "-m" and (name == "ray" or name.startswith("ray."))
 
 
 def _under(text: str, directory: str) -> bool:

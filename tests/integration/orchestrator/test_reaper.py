@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 from support.processes import wait_gone
 
+from orchestrator.reaper import reap
+
 # Holds a log file open under the session directory given, like Ray's daemons and agents.
 HOLDER = """
 import sys, time
@@ -60,6 +62,42 @@ def test_the_reaper_ends_its_sessions_ray_processes_once_the_driver_is_gone(tmp_
         assert tail.poll() is None, "a user's process reading the session's logs was ended"
     finally:
         for process in (agent, other_agent, tail, reaper):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _client_server(site: Path, log: Path) -> subprocess.Popen[str]:
+    """`python -m ray.util.client.server`, as the Ray Client server of a head started with
+    `ray start --head` runs (its command line names no file of Ray's package), holding a log
+    file open like the real one; `site` holds a stand-in `ray` package."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ray.util.client.server", str(log)],
+        cwd=site, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stdout.readline() == "ready\n"
+    return process
+
+
+def test_the_reaper_ends_its_sessions_ray_client_server(tmp_path):
+    site = tmp_path / "site-packages"
+    server = site / "ray" / "util" / "client" / "server"
+    server.mkdir(parents=True)
+    for package in (server, *list(server.parents)[:3]):
+        (package / "__init__.py").touch()
+    (server / "__main__.py").write_text(HOLDER)
+    session, other = tmp_path / "session_1", tmp_path / "session_12"
+    for directory in (session, other):
+        (directory / "logs").mkdir(parents=True)
+
+    client = _client_server(site, session / "logs" / "ray_client_server.out")
+    other_client = _client_server(site, other / "logs" / "ray_client_server.out")
+    try:
+        assert reap(session, site / "ray", timeout=5) == []
+        assert client.wait(5) == -9
+        assert other_client.poll() is None, "another session's Ray Client server was ended"
+    finally:
+        for process in (client, other_client):
             if process.poll() is None:
                 process.kill()
                 process.wait()
