@@ -53,6 +53,13 @@ BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 # A refusal does not go away by itself: retry seldom (the coordinator's token may be fixed).
 REFUSED_RETRY_S = 30.0
 REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+# What grpcio's asyncio client puts in place of the server's status when its own write fails
+# because the server has already ended the call (grpc/grpc#36066): a refusal decided on the
+# stream's metadata races the first report, and about 1 refused stream in 1,000 ends with it.
+CLIENT_WRITE_LOST = "Internal error from Core"
+# Streams opened again at once when one ended that way before registering, before the
+# outcome counts: the server's real answer (a refusal, usually) comes back on the next one.
+WRITE_LOST_RETRIES = 3
 
 
 def advertised_address(settings: WorkerSettings, port: int) -> str:
@@ -206,6 +213,24 @@ class CoordinatorLink:
         )
 
     async def _session(self) -> None:
+        """One stream until it ends. One that ends before registering with the status grpcio
+        makes up when its write of the first report loses the race with the server's end
+        of the call is opened again at once: that status hides the server's own (a
+        refusal, usually), which the operator must see, not a made-up INTERNAL."""
+        for attempt in range(WRITE_LOST_RETRIES + 1):
+            try:
+                await self._stream()
+                return
+            except aio.AioRpcError as exc:
+                if (
+                    self.registered.is_set()
+                    or not _write_lost(exc)
+                    or attempt == WRITE_LOST_RETRIES
+                ):
+                    raise
+                log.debug("coordinator %s: %s; asking again", self._target, exc.details())
+
+    async def _stream(self) -> None:
         async with aio_channel(self._target, self._tls) as channel:
             stub = cluster_pb2_grpc.CoordinatorStub(channel)
             call = stub.Heartbeat(self._reports(), metadata=self._metadata)
@@ -236,3 +261,9 @@ class CoordinatorLink:
             sequence += 1
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._interval)
+
+
+def _write_lost(exc: aio.AioRpcError) -> bool:
+    """The call's status is grpcio's own INTERNAL for a failed write, not the server's."""
+    details: str | None = exc.details()
+    return exc.code() == grpc.StatusCode.INTERNAL and details == CLIENT_WRITE_LOST

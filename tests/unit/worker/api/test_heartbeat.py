@@ -8,15 +8,20 @@ import asyncio
 import logging
 import stat
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from grpc import aio
+from llamaherd.v1 import cluster_pb2_grpc
 from pydantic import SecretStr
 
 from common.hardware import HardwareInfo
 from common.memory import GiB
 from orchestrator.cluster.registry import WorkerRegistry
+from worker.api import heartbeat
 from worker.api.heartbeat import CoordinatorLink
 from worker.config import WorkerSettings
 from worker.models.estimate import MemoryBudget
@@ -88,6 +93,80 @@ def test_a_refused_token_is_said_once_then_the_worker_gives_up(
     assert len(refusals) == 1, "said once, not at every retry"
     assert "LLAMAHERD_CLUSTER_TOKEN" in refusals[0] and "old-token" not in caplog.text
     assert any("coordinator_lost_exit_s" in m for m in caplog.messages)
+
+
+class _LosesTheServersStatus(cluster_pb2_grpc.CoordinatorStub):
+    """The real stub, except that its first `lose` Heartbeat calls end with what grpcio's
+    asyncio client reports when its write of a report loses the race with the server's end
+    of the call (grpc/grpc#36066): INTERNAL "Internal error from Core" in place of the
+    server's status. The race itself is about 1 refused stream in 1,000; this makes it
+    every time."""
+
+    lose = 1
+    calls = 0
+
+    def __init__(self, channel: aio.Channel) -> None:
+        super().__init__(channel)
+        real = self.Heartbeat  # the stub's methods are attributes it sets
+
+        def heartbeat(requests: Any, metadata: Any = None) -> Any:
+            call = real(requests, metadata=metadata)
+            type(self).calls += 1
+            return _status_lost(call) if type(self).calls <= type(self).lose else call
+
+        self.Heartbeat = heartbeat
+
+
+async def _status_lost(call: Any) -> AsyncIterator[Any]:
+    try:
+        async for reply in call:
+            yield reply
+    except aio.AioRpcError as exc:
+        raise aio.AioRpcError(
+            grpc.StatusCode.INTERNAL, exc.initial_metadata(), aio.Metadata(),
+            details="Internal error from Core",
+            debug_error_string='Failed "execute_batch": (SendMessageOperation,)',
+        ) from None  # fmt: skip
+
+
+def _refused_with_lost_statuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lose: int) -> int:
+    """A worker with the wrong token, run until it gives up, whose first `lose` streams
+    end with grpcio's made-up INTERNAL; returns how many streams it opened."""
+    monkeypatch.setattr(_LosesTheServersStatus, "lose", lose)
+    monkeypatch.setattr(_LosesTheServersStatus, "calls", 0)
+    monkeypatch.setattr(heartbeat.cluster_pb2_grpc, "CoordinatorStub", _LosesTheServersStatus)
+
+    async def scenario() -> None:
+        registry = WorkerRegistry(0.2, 1.0, 60.0, TOKEN)
+        port = await registry.start("127.0.0.1", 0)
+        try:
+            wrong = link(tmp_path, f"127.0.0.1:{port}", SecretStr("old-token"),
+                         coordinator_lost_exit_s=0.8)  # fmt: skip
+            await asyncio.wait_for(wrong.run(), 10)
+        finally:
+            await registry.stop()
+
+    asyncio.run(scenario())
+    return _LosesTheServersStatus.calls
+
+
+def test_a_refusal_whose_status_grpc_lost_is_still_said_not_taken_for_an_outage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="worker.api.heartbeat"):
+        _refused_with_lost_statuses(tmp_path, monkeypatch, lose=1)
+    assert not [m for m in caplog.messages if "unreachable" in m], caplog.text
+    refusals = [m for m in caplog.messages if "refused this worker's cluster token" in m]
+    assert len(refusals) == 1, caplog.text
+
+
+def test_a_status_grpc_keeps_losing_is_reported_after_a_few_streams(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="worker.api.heartbeat"):
+        streams = _refused_with_lost_statuses(tmp_path, monkeypatch, lose=1_000_000)
+    assert streams >= heartbeat.WRITE_LOST_RETRIES + 1
+    assert any("unreachable (INTERNAL: Internal error from Core)" in m for m in caplog.messages)
 
 
 def test_zero_means_retry_forever(tmp_path: Path) -> None:
