@@ -93,6 +93,9 @@ class Server:
     run: Callable[[str, int], Stream]  # (prompt, max_tokens) -> one streamed request
     stop: Callable[[], None]
     waves: dict[int, list[float]] = field(default_factory=dict)  # C -> aggregate tok/s
+    # C -> aggregate decode tok/s: every stream's tokens after its first, over the time from
+    # the wave's first first token to its last token (prefill left out, as bench_split.py)
+    decodes: dict[int, list[float]] = field(default_factory=dict)
     streams: dict[int, list[Stream]] = field(default_factory=dict)
 
 
@@ -244,17 +247,33 @@ def start_llama_cpp_server(
 
 # ---- measurement ------------------------------------------------------------------------
 def wave(server: Server, prompts: list[str], max_tokens: int) -> tuple[float, list[Stream]]:
+    rate, _, streams = timed_wave(server, prompts, max_tokens)
+    return rate, streams
+
+
+def timed_wave(
+    server: Server, prompts: list[str], max_tokens: int
+) -> tuple[float, float, list[Stream]]:
+    """One wave: its end-to-end tokens/s (all tokens / wall time), its aggregate decode
+    tokens/s (tokens after each stream's first / first first token to last token), and its
+    streams."""
     barrier = threading.Barrier(len(prompts))
 
-    def one(prompt: str) -> Stream:
+    def one(prompt: str) -> tuple[float, Stream]:
         barrier.wait()
-        return server.run(prompt, max_tokens)
+        return time.perf_counter(), server.run(prompt, max_tokens)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(len(prompts)) as pool:
-        streams = list(pool.map(one, prompts))
+        timed = list(pool.map(one, prompts))
     elapsed = time.perf_counter() - started
-    return sum(s.tokens for s in streams) / elapsed, streams
+    streams = [s for _, s in timed]
+    firsts = [begun + s.ttft_ms / 1e3 for begun, s in timed]
+    ends = [first + sum(s.gaps_ms) / 1e3 for first, s in zip(firsts, streams, strict=True)]
+    window = max(ends) - min(firsts)
+    decoded = sum(len(s.gaps_ms) for s in streams)
+    decode = decoded / window if window > 0 else float("nan")
+    return sum(s.tokens for s in streams) / elapsed, decode, streams
 
 
 def pct(values: list[float], q: float) -> float:
@@ -309,14 +328,15 @@ def main() -> int:
                 for server in order:
                     prompts = [prompt_for(n + i) for i in range(level)]
                     n += level
-                    rate, streams = wave(server, prompts, args.max_tokens)
+                    rate, decode, streams = timed_wave(server, prompts, args.max_tokens)
                     short = [s.tokens for s in streams if s.tokens != args.max_tokens]
                     if short:
                         print(f"warning: {server.name} gave {short} tokens", file=sys.stderr)
                     server.waves.setdefault(level, []).append(rate)
+                    server.decodes.setdefault(level, []).append(decode)
                     server.streams.setdefault(level, []).extend(streams)
-                    print(f"round {r + 1} C={level} {server.name}: {rate:.1f} tok/s",
-                          file=sys.stderr, flush=True)  # fmt: skip
+                    print(f"round {r + 1} C={level} {server.name}: {rate:.1f} tok/s, "
+                          f"decode {decode:.1f} tok/s", file=sys.stderr, flush=True)  # fmt: skip
     finally:
         for server in servers:
             server.stop()
@@ -324,17 +344,20 @@ def main() -> int:
     print(f"\nGemma 3 270M Q4_K_M, {args.slots} slots, {args.threads} threads, n_ctx "
           f"{args.n_ctx}/sequence, greedy, {args.max_tokens} tokens, {args.rounds} rounds, "
           f"cores: {os.cpu_count()}\n")  # fmt: skip
-    print("| C | server | tokens/s (median) | vs llama-server | TTFT p50 / p99 (ms) "
-          "| inter-token p50 / p99 (ms) |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|")
+    print("| C | server | tokens/s (median) | vs llama-server | decode tokens/s (median) "
+          "| vs llama-server | TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
     reference = servers[1]
     for level in levels:
         ref = statistics.median(reference.waves[level])
+        ref_decode = statistics.median(reference.decodes[level])
         for server in servers:
             rate = statistics.median(server.waves[level])
+            decode = statistics.median(server.decodes[level])
             ttfts = [s.ttft_ms for s in server.streams[level]]
             gaps = [g for s in server.streams[level] for g in s.gaps_ms]
             print(f"| {level} | {server.name} | {rate:.1f} | {rate / ref:.2f}x "
+                  f"| {decode:.1f} | {decode / ref_decode:.2f}x "
                   f"| {pct(ttfts, 0.5):.0f} / {pct(ttfts, 0.99):.0f} "
                   f"| {pct(gaps, 0.5):.0f} / {pct(gaps, 0.99):.0f} |")  # fmt: skip
     return 0

@@ -3,6 +3,13 @@
 Chain order follows llama.cpp's defaults: logit bias, penalties, grammar, then top-k, top-p,
 min-p, temperature and a seeded draw (or greedy at temperature 0). The grammar goes before
 the truncating samplers so that they choose among tokens the grammar allows.
+
+A greedy chain without penalties or grammar (logit bias at most: what a fixed-length
+benchmark or a `temperature: 0` request builds) is computed here instead, with numpy over
+the logits row llama.cpp holds: llama_sampler_sample would first copy all of a 262k
+vocabulary into a candidate array (~0.35 ms per sequence per step on one core, 3% of an
+8-sequence step of Gemma 3 270M), where an argmax takes a tenth of that. Same arithmetic
+(float32 bias added, first maximum wins), same token.
 """
 
 from __future__ import annotations
@@ -11,8 +18,10 @@ import ctypes
 import math
 import random
 import time
+from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 from llama_cpp import llama_cpp as C
 
 from common.errors import Internal, InvalidArgument
@@ -43,6 +52,9 @@ class Sampler:
         self._chain = chain
         self._context = context
         self._max_sample_s = max_sample_s
+        self._n_vocab: int = model.n_vocab
+        # Set when the chain is logit bias (optional) + greedy: the argmax is taken here.
+        self._argmax: _BiasedArgmax | None = None
         try:
             # What one request may fill: the window of repeat_last_n = -1.
             self._build(model, params, grammar, context.n_ctx_seq)
@@ -81,6 +93,8 @@ class Sampler:
                 probe_grammar(compiled, model.n_vocab, self._max_sample_s)
         if p.greedy:
             self._add(C.llama_sampler_init_greedy())
+            if not p.penalised and grammar is None:
+                self._argmax = _BiasedArgmax(bias, model.n_vocab)
             return
         if p.top_k > 0:
             self._add(C.llama_sampler_init_top_k(p.top_k))
@@ -93,7 +107,17 @@ class Sampler:
     def sample(self, index: int = -1) -> int:
         """Draws the next token from the logits at batch `index` of the context's last
         decode and advances the chain's state."""
+        if self._argmax is not None:
+            ptr = C.llama_get_logits_ith(self._context.ptr, index)
+            if not ptr:
+                raise Internal(f"llama.cpp has no logits at batch index {index}")
+            return self._accept(self._argmax(np.ctypeslib.as_array(ptr, (self._n_vocab,))))
         token: int = C.llama_sampler_sample(self._chain, self._context.ptr, index)
+        return token
+
+    def _accept(self, token: int) -> int:
+        # A no-op for logit bias and greedy; kept so the chain sees every token it "drew".
+        C.llama_sampler_accept(self._chain, token)
         return token
 
     def sample_saved(self, seq_id: int) -> int:
@@ -103,6 +127,8 @@ class Sampler:
     def sample_from(self, logits: ctypes.Array[ctypes.c_float]) -> int:
         """As sample(), from saved logits (one per vocabulary entry) instead of a context's
         last decode: what llama_sampler_sample does, with the candidates built here."""
+        if self._argmax is not None:
+            return self._accept(self._argmax(np.ctypeslib.as_array(logits)))
         n = len(logits)
         candidates = np.empty(n, dtype=_TOKEN_DATA)
         candidates["id"] = np.arange(n, dtype=np.int32)
@@ -126,6 +152,28 @@ class Sampler:
         if self._chain is not None:
             C.llama_sampler_free(self._chain)
             self._chain = None
+
+
+class _BiasedArgmax:
+    """What llama.cpp's logit-bias and greedy samplers pick from a row of logits: each bias
+    added in float32 (a token listed twice gets both), then the first maximum."""
+
+    def __init__(self, bias: Sequence[tuple[int, float]], n_vocab: int) -> None:
+        self._ids = np.array([t for t, _ in bias], dtype=np.intp)
+        self._values = np.array([b for _, b in bias], dtype=np.float32)
+        # The biased copy of the row, allocated on first use (n_vocab floats).
+        self._scratch: npt.NDArray[np.float32] | None = None
+        self._n_vocab = n_vocab
+
+    def __call__(self, logits: npt.NDArray[np.float32]) -> int:
+        if not len(self._ids):
+            return int(logits.argmax())
+        scratch = self._scratch
+        if scratch is None:
+            scratch = self._scratch = np.empty(self._n_vocab, dtype=np.float32)
+        np.copyto(scratch, logits)
+        np.add.at(scratch, self._ids, self._values)
+        return int(scratch.argmax())
 
 
 # Vocabulary entries the probe applies a grammar to; the cost for the whole vocabulary is
