@@ -17,6 +17,7 @@ It imports neither Ray nor the rest of llamaherd, so it costs a few megabytes wh
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -108,7 +109,12 @@ def _running(process: psutil.Process) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """Waits for EOF on stdin (the driver's death or exit), then reaps the session."""
+    """Waits for EOF on stdin (the driver's death or exit), then reaps the session.
+
+    The driver may also write lines: `pid N` names a starter of the session's processes (the
+    head helper of orchestrator.runtime, which is not a Ray process) to kill first, so that
+    it starts no more once the others are ended; `release` tells the reaper its watch is
+    over (a head started whole, meant to outlive the driver): it exits, reaping nothing."""
     if len(argv) != 3:
         print("usage: python -m orchestrator.reaper SESSION_DIR RAY_DIR", file=sys.stderr)
         return 2
@@ -117,9 +123,20 @@ def main(argv: list[str]) -> int:
     # reaper must outlive it to clean up after a driver that could not.
     for sig in (signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
-    while os.read(sys.stdin.fileno(), 4096):
-        pass  # nothing is ever written: the read returns b"" when the driver is gone
+    starters: list[psutil.Process] = []
+    for line in sys.stdin:  # ends at EOF: the driver is gone (or done)
+        word, _, value = line.strip().partition(" ")
+        if word == "release":
+            return 0
+        if word == "pid":
+            with contextlib.suppress(psutil.Error, ValueError):
+                starters.append(psutil.Process(int(value)))  # its start time guards reuse
     started = time.monotonic()
+    for starter in starters:
+        with contextlib.suppress(psutil.Error):
+            log.warning("ending the starter %s (pid %d)", starter.name(), starter.pid)
+            starter.kill()
+    psutil.wait_procs(starters, timeout=GONE_WITHIN_S)
     alive = reap(Path(argv[1]), Path(argv[2]))
     if alive:
         log.error("still running after SIGKILL: %s", [p.pid for p in alive])

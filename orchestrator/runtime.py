@@ -40,10 +40,12 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -748,25 +750,81 @@ def _start_head(state_dir: Path) -> HeadRecord:
     """Starts a Ray head on 127.0.0.1 as a process tree of its own: `python -m
     orchestrator.runtime head` in a new session starts Ray's daemons and exits, so they
     are nobody's children and outlive this process (`ray start --head` does the same, but
-    also starts a Ray Client server on a fixed port, which we do not need)."""
+    also starts a Ray Client server on a fixed port, which we do not need).
+
+    Its GCS is up before the rest, and outlives its starter too: so the head gets a Ray
+    temp dir of its own, and a start that fails or times out ends what it had started by
+    that directory. A reaper watches the start from outside (orchestrator.reaper, with the
+    helper's pid): if this process dies mid-start, it ends the helper and what it started;
+    a head started whole releases it, and lives on to be adopted."""
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     out = state_dir / (HEAD_RECORD + ".new")
     out.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "orchestrator.runtime", "head", str(_free_port()), str(out)]
-    log_fd = os.open(state_dir / "head.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(log_fd, "ab") as head_log:
-        done = subprocess.run(
-            command, stdin=subprocess.DEVNULL, stdout=head_log, stderr=subprocess.STDOUT,
-            start_new_session=True, timeout=START_TIMEOUT_S, check=False,
-        )  # fmt: skip
-    record = _read_record(out)
-    if done.returncode != 0 or record is None:
-        raise RuntimeError(
-            f"starting the Ray head failed (exit {done.returncode}); see {state_dir}/head.log"
-        )
+    # Short, under the system's temp dir: Ray's socket paths inside it must stay under 108
+    # bytes, which a state dir (a test's tmp_path, a deep home) need not.
+    temp_dir = tempfile.mkdtemp(prefix="llamaherd-ray-")
+    ray_dir = Path(ray.__file__).parent
+    guard = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.reaper", temp_dir, str(ray_dir)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    helper: subprocess.Popen[bytes] | None = None
+    try:
+        command = [
+            sys.executable, "-m", "orchestrator.runtime", "head", str(_free_port()), str(out),
+            temp_dir,
+        ]  # fmt: skip
+        log_fd = os.open(state_dir / "head.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(log_fd, "ab") as head_log:
+            helper = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=head_log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        _tell(guard, f"pid {helper.pid}")
+        try:
+            returncode: int | str = helper.wait(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            returncode = f"timed out after {START_TIMEOUT_S:.0f} s"
+        record = _read_record(out)
+        if returncode != 0 or record is None:
+            raise RuntimeError(
+                f"starting the Ray head failed ({returncode}); see {state_dir}/head.log"
+            )
+    except BaseException:
+        if helper is not None:
+            helper.kill()
+            helper.wait()
+        left = reap(Path(temp_dir), ray_dir, why="the Ray head's start failed")
+        if left:
+            log.warning("Ray processes still running after SIGKILL: %s", [p.pid for p in left])
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        _release(guard)
+        raise
+    _release(guard)
     out.unlink(missing_ok=True)
     log.info("started a Ray head at %s (session %s)", record.address, record.session_dir)
     return record
+
+
+def _tell(guard: subprocess.Popen[bytes], line: str) -> None:
+    stdin: IO[bytes] | None = guard.stdin
+    assert stdin is not None
+    stdin.write(line.encode() + b"\n")
+    stdin.flush()
+
+
+def _release(guard: subprocess.Popen[bytes]) -> None:
+    """Ends a start's reaper without a sweep."""
+    with contextlib.suppress(OSError):
+        _tell(guard, "release")
+    with contextlib.suppress(OSError):
+        if guard.stdin is not None:
+            guard.stdin.close()
+    try:
+        guard.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait()
 
 
 def _reap_session(record: HeadRecord | None, why: str | None = None) -> None:
@@ -790,9 +848,11 @@ def _stop_head(record: HeadRecord, state_dir: Path) -> None:
 
 
 def _head_main(argv: list[str]) -> int:
-    """`python -m orchestrator.runtime head PORT OUT`: starts a Ray head on 127.0.0.1:PORT
-    whose processes outlive this one, writes its HeadRecord to OUT (0600) and exits."""
+    """`python -m orchestrator.runtime head PORT OUT [TEMP_DIR]`: starts a Ray head on
+    127.0.0.1:PORT whose processes outlive this one, its session under TEMP_DIR (else Ray's
+    default), writes its HeadRecord to OUT (0600) and exits."""
     port, out = int(argv[0]), Path(argv[1])
+    temp_dir = argv[2] if len(argv) > 2 else None
     _loopback_only()
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     _private_ray_token()
@@ -801,8 +861,9 @@ def _head_main(argv: list[str]) -> int:
     from ray._private.parameter import RayParams
 
     params = RayParams(
-        node_ip_address="127.0.0.1", include_dashboard=False, dashboard_host="127.0.0.1"
-    )
+        node_ip_address="127.0.0.1", include_dashboard=False, dashboard_host="127.0.0.1",
+        temp_dir=temp_dir,
+    )  # fmt: skip
     params.gcs_server_port = port
     # shutdown_at_exit and spawn_reaper off: the daemons must not die with this process.
     node: Any = Node(params, head=True, shutdown_at_exit=False, spawn_reaper=False)
@@ -883,7 +944,7 @@ def _stop_reaper(reaper: subprocess.Popen[bytes]) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] != ["head"] or len(sys.argv) != 4:
-        print("usage: python -m orchestrator.runtime head PORT OUT", file=sys.stderr)
+    if sys.argv[1:2] != ["head"] or len(sys.argv) not in (4, 5):
+        print("usage: python -m orchestrator.runtime head PORT OUT [TEMP_DIR]", file=sys.stderr)
         sys.exit(2)
     sys.exit(_head_main(sys.argv[2:]))

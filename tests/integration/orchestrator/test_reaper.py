@@ -101,3 +101,38 @@ def test_the_reaper_ends_its_sessions_ray_client_server(tmp_path):
             if process.poll() is None:
                 process.kill()
                 process.wait()
+
+
+def test_a_released_reaper_reaps_nothing_and_a_named_starter_is_ended_first(tmp_path):
+    ray_dir = tmp_path / "site-packages" / "ray"
+    ray_dir.mkdir(parents=True)
+    (ray_dir / "agent.py").write_text(HOLDER)
+    starter_script = tmp_path / "starter.py"  # not Ray's: only its pid names it
+    starter_script.write_text(HOLDER)
+    session = tmp_path / "session_1"
+    (session / "logs").mkdir(parents=True)
+    agent = _hold(ray_dir / "agent.py", session / "logs" / "agent.log")
+    starter = _hold(starter_script, tmp_path / "starter.log")
+    watches = []
+    try:
+        for lines in ("release\n", f"pid {starter.pid}\n"):
+            reaper = subprocess.Popen(
+                [sys.executable, "-m", "orchestrator.reaper", str(session), str(ray_dir)],
+                stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            watches.append(reaper)
+            assert reaper.stdin is not None
+            reaper.stdin.write(lines)
+            reaper.stdin.flush()
+            if lines == "release\n":  # a head started whole: the watch is over
+                assert reaper.wait(15) == 0
+                assert agent.poll() is None and starter.poll() is None
+                continue
+            reaper.stdin.close()  # the driver died mid-start
+            assert reaper.wait(15) == 0, reaper.stderr.read() if reaper.stderr else ""
+            assert starter.wait(5) == -9 and agent.wait(5) == -9
+    finally:
+        for process in (agent, starter, *watches):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
