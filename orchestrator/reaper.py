@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -114,7 +115,8 @@ def main(argv: list[str]) -> int:
     The driver may also write lines: `pid N` names a starter of the session's processes (the
     head helper of orchestrator.runtime, which is not a Ray process) to kill first, so that
     it starts no more once the others are ended; `release` tells the reaper its watch is
-    over (a head started whole, meant to outlive the driver): it exits, reaping nothing."""
+    over (a head started whole, meant to outlive the driver): it exits, reaping nothing.
+    A reaper told of a starter watches a start's own directory, and removes it once reaped."""
     if len(argv) != 3:
         print("usage: python -m orchestrator.reaper SESSION_DIR RAY_DIR", file=sys.stderr)
         return 2
@@ -141,6 +143,8 @@ def main(argv: list[str]) -> int:
     if alive:
         log.error("still running after SIGKILL: %s", [p.pid for p in alive])
         return 1
+    if starters:  # a start's own directory, cut short: nothing in it is worth keeping
+        shutil.rmtree(argv[1], ignore_errors=True)
     log.info("session %s reaped in %.1f s", argv[1], time.monotonic() - started)
     return 0
 

@@ -48,6 +48,18 @@ def _gcs_up(mark: str) -> bool:
     return any("gcs_server" in _name(p) for p in marked(mark))
 
 
+def _gcs_temp_dir(mark: str) -> Path | None:
+    """The Ray temp dir of the marked GCS (its --log_dir is TEMP_DIR/session_.../logs)."""
+    for process in marked(mark):
+        try:
+            for arg in process.cmdline():
+                if arg.startswith("--log_dir="):
+                    return Path(arg.split("=", 1)[1]).parents[1]
+        except psutil.Error:
+            continue
+    return None
+
+
 def _name(process: psutil.Process) -> str:
     try:
         return process.name()
@@ -73,9 +85,12 @@ def test_a_coordinator_killed_mid_start_leaves_no_ray(tmp_path: Path) -> None:
     try:
         _wait_for("GCS", lambda: _gcs_up(mark) or coordinator.poll() is not None)
         assert coordinator.poll() is None, "the start ended before the GCS was seen"
+        temp_dir = _gcs_temp_dir(mark)
         coordinator.send_signal(signal.SIGKILL)  # between the GCS and the end of the start
         coordinator.wait()
         assert _left(mark) == []
+        assert temp_dir is not None and temp_dir.name.startswith("llamaherd-ray-")
+        assert not temp_dir.exists(), "the cut-short start's own Ray temp dir was left"
     finally:
         coordinator.kill()
         end_marked(mark)
