@@ -30,23 +30,31 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
 from llamaherd.v1 import generation_pb2 as gen_pb
 
 from common.errors import ErrorKind, FailedPrecondition, Internal, LlamaherdError, Unavailable
-from orchestrator.cluster.types import ClusterSnapshot, NodeId
+from orchestrator.cluster.feed import CHANGES, Changes
+from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
 from orchestrator.dashboard.traffic import CANCELLED, OK, UNKNOWN_MODEL, RequestTrace, Traffic
 from orchestrator.gateway.errors import ModelNotServed, Overloaded, UpstreamFailed
 from orchestrator.routing.admission import (
     ClusterDraw,
+    DrawTracker,
     MeasuredCaps,
     PowerAdmission,
     ReplicaLoad,
     admit,
-    cluster_draw,
     measured_caps,
     power_admission,
 )
@@ -92,6 +100,7 @@ PASSED_THROUGH = {
     ErrorKind.RESOURCE_EXHAUSTED,
 }
 SUSPECT_S = 2.0  # how long a worker that just failed a call is avoided
+UPDATE_CHUNK = 512  # changed nodes Router.follow takes between two turns of the loop
 
 
 @dataclass(frozen=True)
@@ -166,18 +175,95 @@ class Router:
         # computed once per snapshot, not per request: samples change once per heartbeat.
         self.power_draw = ClusterDraw()
         self.power = PowerAdmission()
+        self._draw = DrawTracker()
+        # What update keeps of the snapshot: the up nodes' ids, and each node's address
+        # (with how many nodes have it), so that a delta's changes cost what they touch.
+        self._up: set[NodeId] = set()
+        self._address: dict[NodeId, str] = {}
+        self.addresses: Counter[str] = Counter()  # the snapshot's workers' addresses
 
     # ---- the view ----------------------------------------------------------------------
     def update(self, snapshot: ClusterSnapshot) -> None:
-        was_up = {n.node_id for n in self.snapshot.nodes if n.up}
+        """Takes `snapshot` as the view: the power draw and admission are judged again, and
+        the calls of nodes that were up and are now down fail at once. A snapshot made
+        from a delta on the one held (its memo names the changes, orchestrator.cluster
+        .feed.Changes) costs what those changes cost; any other, a pass over its nodes
+        (the same state either way)."""
+        for _ in self._updating(snapshot):
+            pass
+
+    async def follow(self, snapshot: ClusterSnapshot) -> None:
+        """update(snapshot) on the event loop that routes: other tasks run between pieces
+        of UPDATE_CHUNK changed nodes (half of a 10,000-node fleet took 10-40 ms in one
+        go). Routing reads the new snapshot from the start; the power admission changes
+        at the end."""
+        for _ in self._updating(snapshot):
+            await asyncio.sleep(0)
+
+    def _updating(self, snapshot: ClusterSnapshot) -> Iterator[None]:
+        """update's steps: it yields between pieces of the changes."""
+        changes: Changes | None = snapshot.memo.get(CHANGES)
+        held = self.snapshot
         self.snapshot = snapshot
         self._snapshot_at = self._clock()
+        if changes is not None and changes.base == held.version:
+            was_up = {n for n in changes.removed if n in self._up}
+            nodes, now = changes.nodes, self._wall_clock()
+            self._changed((), changes.removed, was_up, now)
+            for start in range(0, len(nodes), UPDATE_CHUNK):
+                yield
+                self._changed(nodes[start : start + UPDATE_CHUNK], (), was_up, now)
+        else:
+            self._recount(snapshot.nodes)
         if self.power_budget_w is not None:
-            self.power_draw = cluster_draw(snapshot.nodes, self._wall_clock())
+            self.power_draw = self._draw.draw()
             self.power = power_admission(self.power_draw, self.power_budget_w, self.power.refusing)
-        for node in snapshot.nodes:
-            if node.node_id in was_up and not node.up:
+
+    def _recount(self, nodes: tuple[Node, ...]) -> None:
+        """update's state, from every node of the new snapshot."""
+        was_up, self._up = self._up, {n.node_id for n in nodes if n.up}
+        self._address = {n.node_id: n.address for n in nodes}
+        self.addresses = Counter(self._address.values())
+        if self.power_budget_w is not None:
+            self._draw.reset(nodes, self._wall_clock())
+        for node in nodes:
+            if not node.up and node.node_id in was_up:
                 self._fail_calls(node.node_id, f"worker {node.node_id} left: {node.down_reason}")
+
+    def _changed(
+        self,
+        nodes: Sequence[Node],
+        removed: Sequence[NodeId],
+        was_up: set[NodeId],
+        now: float,
+    ) -> None:
+        """update's state after some of a delta's changes: the nodes with ids `removed`
+        left, then `nodes` changed (`was_up`: the removed ones that were up)."""
+        up, address, addresses = self._up, self._address, self.addresses
+        for node_id in removed:
+            up.discard(node_id)
+            gone = address.pop(node_id, None)
+            if gone is not None:
+                addresses[gone] -= 1
+                if addresses[gone] <= 0:
+                    del addresses[gone]
+        for node in nodes:
+            node_id, new = node.node_id, node.address
+            old = address.get(node_id)
+            if old != new:
+                if old is not None:
+                    addresses[old] -= 1
+                    if addresses[old] <= 0:
+                        del addresses[old]
+                address[node_id] = new
+                addresses[new] += 1
+            if node.up:
+                up.add(node_id)
+            elif node_id in up or node_id in was_up:
+                up.discard(node_id)
+                self._fail_calls(node_id, f"worker {node_id} left: {node.down_reason}")
+        if self.power_budget_w is not None and not self._draw.changed(nodes, removed, now):
+            self._draw.reset(self.snapshot.nodes, now)  # the wall clock went back
 
     def state_clock(self) -> float:
         """Now, on the registry's clock (the one the snapshot's report times use)."""

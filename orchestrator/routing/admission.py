@@ -18,6 +18,8 @@ unmeasured, not counted as drawing 0 (orchestrator.placement.power says why).
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -168,8 +170,9 @@ class ClusterDraw:
 
     @property
     def watts(self) -> float:
-        """The measured nodes' draw, summed."""
-        return sum(self.per_node.values())
+        """The measured nodes' draw, summed (exactly rounded: the same whatever the order
+        of per_node, so a DrawTracker's draw equals cluster_draw's)."""
+        return math.fsum(self.per_node.values())
 
     @property
     def measured(self) -> tuple[NodeId, ...]:
@@ -201,6 +204,132 @@ def cluster_draw(nodes: Iterable[Node], now: float, max_age_s: float = MAX_AGE_S
         else:
             per_node[node.node_id] = watts
     return ClusterDraw(per_node, tuple(sorted(unmeasured)))
+
+
+# Window edges closer than this to a reading are looked at again at the next one: `fresh`
+# compares |now - taken_at| with max_age_s, and the edges taken_at ± max_age_s are rounded.
+_EDGE_S = 1e-6
+
+
+class DrawTracker:
+    """cluster_draw kept up to date a change at a time: `changed` costs what the changed
+    nodes cost (and the samples that turned stale or fresh meanwhile), not a pass over the
+    fleet, and `draw()` equals cluster_draw over the same nodes at the same `now`.
+
+    A node's draw depends on the reading's time only through its sample's freshness, the
+    window taken_at ± max_age_s, so the windows' edges wait in a heap and a sample is
+    looked at again only once the clock crosses one. Edges of samples since replaced stay
+    in the heap until it is rebuilt (when it holds twice as many as there are nodes), so
+    it stays within a small multiple of the fleet. `changed` refuses a clock that goes
+    back (False): `reset` then."""
+
+    def __init__(self, max_age_s: float = MAX_AGE_S) -> None:
+        self._max_age_s = max_age_s
+        self._now = -math.inf
+        # Up nodes reporting a draw: their sample's time and that draw (fresh or not).
+        self._reports: dict[NodeId, tuple[float, float]] = {}
+        self._per_node: dict[NodeId, float] = {}  # up nodes with a fresh draw
+        self._unmeasured: set[NodeId] = set()  # the other up nodes
+        self._sorted: list[NodeId] | None = []  # the same, sorted (None: to sort)
+        self._edges: list[tuple[float, NodeId]] = []  # a heap of the windows' edges
+
+    def reset(self, nodes: Iterable[Node], now: float) -> None:
+        """Forgets every node, then takes `nodes` (all of them) at `now`."""
+        self._reports.clear()
+        self._per_node.clear()
+        self._unmeasured.clear()
+        self._sorted = None  # sorted once, at the end, rather than kept sorted node by node
+        self._edges.clear()
+        self._now = now
+        for node in nodes:
+            self._take(node)
+        self._sorted = sorted(self._unmeasured)
+
+    def changed(self, nodes: Iterable[Node], removed: Iterable[NodeId], now: float) -> bool:
+        """The nodes with ids `removed` left, then `nodes` (new values of nodes, or new
+        ones) changed, at `now`; False (and nothing done) when `now` is before the last."""
+        if now < self._now:
+            return False
+        self._now = now
+        for node_id in removed:
+            self._forget(node_id)
+        for node in nodes:
+            self._take(node)
+        self._cross_edges()
+        return True
+
+    def draw(self) -> ClusterDraw:
+        assert self._sorted is not None
+        return ClusterDraw(dict(self._per_node), tuple(self._sorted))
+
+    def _take(self, node: Node) -> None:
+        """`node`'s new value: its report, its edges, and measured or not now."""
+        node_id, sample = node.node_id, node.telemetry
+        if not node.up:
+            self._forget(node_id)
+            return
+        watts = None if sample is None else node_watts(sample, sample.taken_at, self._max_age_s)
+        if sample is None or watts is None:
+            self._reports.pop(node_id, None)
+            self._place(node_id, None)
+            return
+        self._reports[node_id] = (sample.taken_at, watts)
+        for edge in (sample.taken_at - self._max_age_s, sample.taken_at + self._max_age_s):
+            if edge > self._now - _EDGE_S:
+                heapq.heappush(self._edges, (edge, node_id))
+        fresh = abs(self._now - sample.taken_at) <= self._max_age_s  # heat.fresh
+        self._place(node_id, watts if fresh else None)
+
+    def _place(self, node_id: NodeId, watts: float | None) -> None:
+        """An up node measured at `watts`, or unmeasured (None)."""
+        if watts is not None:
+            self._per_node[node_id] = watts
+            self._unlist(node_id)
+            return
+        self._per_node.pop(node_id, None)
+        if node_id not in self._unmeasured:
+            self._unmeasured.add(node_id)
+            if self._sorted is not None:
+                bisect.insort(self._sorted, node_id)
+
+    def _forget(self, node_id: NodeId) -> None:
+        self._reports.pop(node_id, None)
+        self._per_node.pop(node_id, None)
+        self._unlist(node_id)
+
+    def _unlist(self, node_id: NodeId) -> None:
+        if node_id in self._unmeasured:
+            self._unmeasured.remove(node_id)
+            if self._sorted is not None:
+                del self._sorted[bisect.bisect_left(self._sorted, node_id)]
+
+    def _cross_edges(self) -> None:
+        """Looks again at the samples whose window starts or ends by now."""
+        looked: set[NodeId] = set()
+        near: list[tuple[float, NodeId]] = []  # edges at about now: looked at next time too
+        edges, now = self._edges, self._now
+        while edges and edges[0][0] <= now + _EDGE_S:
+            entry = heapq.heappop(edges)
+            looked.add(entry[1])
+            if entry[0] > now - _EDGE_S:
+                near.append(entry)
+        for entry in near:
+            heapq.heappush(edges, entry)
+        for node_id in looked:
+            report = self._reports.get(node_id)
+            if report is not None:
+                taken_at, watts = report
+                fresh = abs(now - taken_at) <= self._max_age_s
+                self._place(node_id, watts if fresh else None)
+        if len(edges) > 2 * len(self._reports) + 64:  # mostly replaced samples' edges
+            m = self._max_age_s
+            self._edges = [
+                (edge, node_id)
+                for node_id, (taken_at, _) in self._reports.items()
+                for edge in (taken_at - m, taken_at + m)
+                if edge > now - _EDGE_S
+            ]
+            heapq.heapify(self._edges)
 
 
 @dataclass(frozen=True)
