@@ -51,11 +51,13 @@ import io
 import itertools
 import json
 import math
+import os
 import pickle
 import pstats
 import random
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -73,6 +75,7 @@ from rich.table import Table
 from support.samples_factory import dgpu, host_sample, jetson_sample, node_sample
 
 from common.cluster_auth import NODE_KEY_KEY
+from common.collector import frozen_heap
 from common.hardware import HardwareInfo
 from common.memory import MemoryEstimate
 from common.model_settings import ModelConfig
@@ -87,10 +90,12 @@ from orchestrator.cluster.state import ClusterState
 from orchestrator.cluster.types import ClusterSnapshot, Node, NodeId
 from orchestrator.cluster.view import cluster_view, view_to_json
 from orchestrator.config import CatalogEntry
+from orchestrator.gateway.router import Router
 from orchestrator.placement.planner import Plan, estimates_needed, plan
 from orchestrator.routing.candidates import NoCandidate, route
-from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES, make_policy
+from orchestrator.routing.policies import DEFAULT_POLICY, POLICY_NAMES, RoundRobin, make_policy
 from orchestrator.routing.request import RouteRequest
+from orchestrator.worker_client import WorkerClients
 
 GIB = 1024**3
 DECODE_TPS = 41.0  # embedded Gemma, 2 threads (platform.md)
@@ -99,6 +104,14 @@ ROUTE_GOAL_US = 50.0
 SIM_ALIAS = "gemma-3-270m"  # the model of the request simulation
 PLACEMENT_GOAL_S = 1.0
 clock = time.perf_counter
+# The gateway processes of gateway_figures: (name, power budget in W, FrozenHeap or not,
+# Router.update over every node or not). The first two are as gateways were before.
+GATEWAY_SETTINGS = (
+    ("before", None, False, True),
+    ("before, budget", 1e9, False, True),
+    ("frozen heap", None, True, False),
+    ("frozen heap, budget", 1e9, True, False),
+)
 
 
 @dataclass(frozen=True)
@@ -472,6 +485,168 @@ async def _loop_held(work: Awaitable[Any]) -> tuple[Any, float]:
         done = True
         await task
     return result, longest
+
+
+# ---- a gateway following the feed ------------------------------------------------------------
+def gateway_figures(
+    snapshot: ClusterSnapshot, updates: int, budget_w: float | None, freeze: bool, whole: bool
+) -> dict[str, Any]:
+    """A gateway process following `updates` deltas of half the fleet each (every node
+    reports once a second, a publication every 0.5 s): its own process (no registry objects
+    in its heap), fed the encoded updates through a pipe; per update, what it spends on
+    the update (take, Router.update, closing gone workers' channels) and the longest its
+    event loop went without running a probe task (full collections included), the full
+    collections (gc.callbacks) and its RSS. `freeze`: the gateway settles its heap after
+    each update (common.collector.FrozenHeap), as Gateway._follow_cluster does; `whole`:
+    its Router takes each snapshot as if whole and the channels kept are read off every
+    node (a pass over the fleet each, as before they took a delta's changes)."""
+    flags = ["freeze"] * freeze + ["whole"] * whole
+    command = [sys.executable, __file__, "--gateway-child", ",".join(flags) or "plain"]
+    if budget_w is not None:
+        command += ["--gateway-budget-w", str(budget_w)]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    feed = SnapshotFeed(epoch="sim", history=2)
+    current = dataclasses.replace(snapshot, version=1)
+    feed.publish(current)
+    _send(child.stdin, feed.encoded("", -1))
+    nodes = list(current.nodes)
+    for version in range(2, updates + 2):
+        wall = time.time()
+        for index in range(version % 2, len(nodes), 2):  # each node reports once a second
+            nodes[index] = _reported_again(nodes[index], wall)
+        current = dataclasses.replace(
+            current, version=version, taken_at=current.taken_at + 0.5, nodes=tuple(nodes)
+        )
+        feed.publish(current)
+        _send(child.stdin, feed.encoded("sim", version - 1))
+    _send(child.stdin, b"")
+    child.stdin.close()
+    result: dict[str, Any] = json.loads(child.stdout.read())
+    if child.wait() != 0:
+        raise RuntimeError(f"the gateway process failed ({child.returncode})")
+    return result
+
+
+def _reported_again(node: Node, wall: float) -> Node:
+    """`node` after one more heartbeat: a new report with a new telemetry sample."""
+    status = node.status
+    sample = status.telemetry
+    if sample is not None:
+        status = dataclasses.replace(status, telemetry=dataclasses.replace(sample, taken_at=wall))
+    return dataclasses.replace(node, status=status, last_report=node.last_report + 0.5)
+
+
+def _send(pipe: Any, blob: bytes) -> None:
+    pipe.write(len(blob).to_bytes(8, "big") + blob)
+    pipe.flush()
+
+
+def gateway_child(freeze: bool, whole: bool, budget_w: float | None) -> None:
+    """The gateway side of gateway_figures: follows the updates on stdin, prints figures."""
+    pauses: list[float] = []
+    started = [0.0]
+
+    def timed(phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            started[0] = clock()
+        else:
+            pauses.append(clock() - started[0])
+
+    gc.callbacks.append(timed)
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * page
+
+    def read(n: int) -> bytes:
+        return sys.stdin.buffer.read(n)
+
+    async def run() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        clients = WorkerClients()
+        router = Router(RoundRobin(), clients, 1, power_budget_w=budget_w)
+        follower = SnapshotFollower()
+        heap = frozen_heap()
+        longest = [0.0]
+        done = False
+
+        async def probe() -> None:
+            last = clock()
+            while not done:
+                await asyncio.sleep(0)
+                now = clock()
+                longest[0], last = max(longest[0], now - last), now
+
+        task = asyncio.create_task(probe())
+        rows: list[dict[str, float]] = []
+        while True:
+            size = int.from_bytes(await loop.run_in_executor(None, read, 8), "big")
+            if not size:
+                break
+            blob = await loop.run_in_executor(None, read, size)
+            longest[0] = 0.0
+            pauses.clear()
+            at = clock()
+            snapshot = await follower.follow(blob)
+            if whole:  # the same snapshot without what it derived: no changes named
+                snapshot = dataclasses.replace(snapshot)
+            took = clock()
+            await router.follow(snapshot)
+            updated = clock()
+            if whole:
+                await clients.keep_only(n.address for n in snapshot.nodes)
+            else:
+                await clients.keep_only(router.addresses)
+            kept = clock()
+            if freeze:
+                heap.settle()
+            settled = clock()
+            await asyncio.sleep(0.02)  # the loop runs on; a collection may come late
+            rows.append({
+                "take_ms": (took - at) * 1e3, "update_ms": (updated - took) * 1e3,
+                "keep_ms": (kept - updated) * 1e3, "settle_ms": (settled - kept) * 1e3,
+                "hold_ms": longest[0] * 1e3, "full_gcs": len(pauses),
+                "full_gc_ms": max(pauses, default=0.0) * 1e3, "rss": rss(),
+            })  # fmt: skip
+        done = True
+        await task
+        return {"updates": rows[1:], "heap_collections": heap.collections, "nodes": len(
+            router.snapshot.nodes)}  # fmt: skip
+
+    print(json.dumps(asyncio.run(run())))
+
+
+def gateway_summary(figures: dict[str, Any]) -> dict[str, float]:
+    """The figures of gateway_figures summed up: per update medians and maxima, full
+    collections per minute at two updates a second, RSS after the first tenth and at the
+    end."""
+    rows = figures["updates"]
+    warm = rows[len(rows) // 10 :]
+
+    def med(key: str) -> float:
+        return float(statistics.median(r[key] for r in warm))
+
+    full = sum(r["full_gcs"] for r in warm)
+    return {
+        "updates": len(rows),
+        "take_ms": med("take_ms"),
+        "update_ms": med("update_ms"),
+        "update_max_ms": max(r["update_ms"] for r in warm),
+        "keep_ms": med("keep_ms"),
+        "settle_max_ms": max(r["settle_ms"] for r in warm),
+        "hold_p50_ms": med("hold_ms"),
+        "hold_max_ms": max(r["hold_ms"] for r in warm),
+        "full_gcs_per_min": full / len(warm) * 120,
+        "full_gc_max_ms": max(r["full_gc_ms"] for r in warm),
+        "rss_start_mb": warm[0]["rss"] / 1e6,
+        "rss_end_mb": rows[-1]["rss"] / 1e6,
+        "rss_max_mb": max(r["rss"] for r in rows) / 1e6,
+        "heap_collections": figures["heap_collections"],
+    }
 
 
 # ---- routing -------------------------------------------------------------------------------
@@ -895,6 +1070,28 @@ def feed_table(sizes: dict[str, dict[str, Any]]) -> Table:
     return table
 
 
+def gateway_table(sizes: dict[str, dict[str, Any]]) -> Table:
+    table = Table(
+        title="a gateway process following the feed (half the fleet per update; medians "
+        "and maxima after the first tenth; full GCs per minute at 2 updates/s)"
+    )
+    for column in ("nodes", "setting", "updates", "take ms", "Router.update ms", "max",
+                   "close gone ms", "settle max ms", "longest hold p50", "max", "full GCs/min",
+                   "longest full GC ms", "RSS MB start", "end", "max"):  # fmt: skip
+        table.add_column(column, justify="right")
+    for count, f in sizes.items():
+        for name, g in f.get("gateway", {}).items():
+            table.add_row(
+                count, name, f"{g['updates']}", f"{g['take_ms']:.1f}", f"{g['update_ms']:.2f}",
+                f"{g['update_max_ms']:.1f}", f"{g['keep_ms']:.2f}", f"{g['settle_max_ms']:.2f}",
+                f"{g['hold_p50_ms']:.1f}",
+                f"{g['hold_max_ms']:.1f}", f"{g['full_gcs_per_min']:.1f}",
+                f"{g['full_gc_max_ms']:.0f}", f"{g['rss_start_mb']:.0f}",
+                f"{g['rss_end_mb']:.0f}", f"{g['rss_max_mb']:.0f}",
+            )  # fmt: skip
+    return table
+
+
 def route_table(sizes: dict[str, dict[str, Any]]) -> Table:
     table = Table(title=f"route() + policy per request, µs (goal p99 <= {ROUTE_GOAL_US:g})")
     table.add_column("nodes", justify="right")
@@ -939,6 +1136,14 @@ def measure_size(count: int, args: argparse.Namespace, console: Console) -> dict
 
     ingested, snapshot_stats, snapshot = asyncio.run(run())
     snapshot_stats.update(feed_figures(snapshot, args.repeats))  # runs event loops of its own
+    gateway: dict[str, Any] = {}
+    if args.gateway_updates:
+        for name, budget, freeze, whole in GATEWAY_SETTINGS:
+            console.log(
+                f"{count} nodes: a gateway following {args.gateway_updates} updates, {name}"
+            )
+            followed = gateway_figures(snapshot, args.gateway_updates, budget, freeze, whole)
+            gateway[name] = gateway_summary(followed)
     reports = count * len(ingested.round_s)
     figures: dict[str, Any] = {
         "heartbeats": {
@@ -948,6 +1153,7 @@ def measure_size(count: int, args: argparse.Namespace, console: Console) -> dict
             "report_bytes": ingested.report_bytes,
         },
         "snapshot": snapshot_stats,
+        "gateway": gateway,
         "routing": route_figures(
             snapshot, args.models, args.route_samples, args.route_budget_s, args.seed
         ),
@@ -978,6 +1184,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--heartbeat-s", type=float, default=1.0, help="simulated heartbeat interval")
     add("--seed", type=int, default=1)
     add("--profile", type=int, default=0, help="profile route() at this fleet size")
+    add(
+        "--gateway-updates",
+        type=int,
+        default=60,
+        help="deltas a gateway process follows per fleet size and setting (0: none)",
+    )
+    add("--gateway-budget-w", type=float, default=None, help=argparse.SUPPRESS)
+    add("--gateway-child", help=argparse.SUPPRESS)
     add("--out", type=Path, help="write the figures as JSON here")
     add("--plot", type=Path, help="write the simulation's SVG plot here")
     args = parser.parse_args(argv)
@@ -990,6 +1204,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.gateway_child is not None:  # the gateway process of gateway_figures
+        flags = args.gateway_child.split(",")
+        gateway_child("freeze" in flags, "whole" in flags, args.gateway_budget_w)
+        return {}
     console = Console(width=max(Console().width, 132))
     sizes: dict[str, dict[str, Any]] = {}
     for count in args.nodes:
@@ -999,6 +1217,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     simulation = simulation_figures(args)
     console.print(fleet_table(sizes))
     console.print(feed_table(sizes))
+    console.print(gateway_table(sizes))
     console.print(route_table(sizes))
     console.print(simulation_table(simulation, args.sim_nodes))
     command = " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
