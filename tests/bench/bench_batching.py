@@ -5,9 +5,14 @@ llama-cpp-python 0.3.36 vendors), with the same CPU flags, threads, batch size a
 per-sequence context, flash attention off. For each concurrency C, each round sends a wave
 of C simultaneous streaming requests with fresh prompts (no prefix shared beyond BOS) and
 greedy decoding of exactly --max-tokens tokens (end-of-generation tokens banned), rotating
-which server goes first. Reports per server and C: aggregate decode tokens/s (all tokens of
-the wave / wave wall time, medians over rounds), TTFT p50/p99 and inter-token latency
-p50/p99 over all requests.
+which server goes first. Reports per server and C, medians over rounds: tokens/s end to end
+(all tokens of the wave / its wall time); aggregate decode tokens/s (tokens after each
+stream's first / from the wave's first first token to its last token, as bench_split.py);
+steady decode tokens/s (tokens after the wave's last first token / from it to the last
+token: the steps where all C streams decode together); and TTFT and inter-token latency
+p50/p99 over all requests. The aggregate decode rate charges a server that gives one
+stream its first token early (its prompt prefilled alone, the others' in the next steps)
+for the other prompts' prefill; the steady rate compares the batched decode step alone.
 
 With --agreement it first measures how many of 8 concurrent greedy 64-token outputs equal
 the same prompt run alone, on llamaherd and on llama-server (llama.cpp's batched kernels
@@ -96,6 +101,11 @@ class Server:
     # C -> aggregate decode tok/s: every stream's tokens after its first, over the time from
     # the wave's first first token to its last token (prefill left out, as bench_split.py)
     decodes: dict[int, list[float]] = field(default_factory=dict)
+    # C -> steady decode tok/s: tokens after the wave's last first token, over the time from
+    # it to the last token: only the steps where all C streams decode together, so a server
+    # that starts one stream's decoding early (prefilling its prompt alone) is not charged
+    # for the other prompts' prefill, which `decodes` counts inside its window.
+    steadies: dict[int, list[float]] = field(default_factory=dict)
     streams: dict[int, list[Stream]] = field(default_factory=dict)
 
 
@@ -247,16 +257,17 @@ def start_llama_cpp_server(
 
 # ---- measurement ------------------------------------------------------------------------
 def wave(server: Server, prompts: list[str], max_tokens: int) -> tuple[float, list[Stream]]:
-    rate, _, streams = timed_wave(server, prompts, max_tokens)
+    rate, _, _, streams = timed_wave(server, prompts, max_tokens)
     return rate, streams
 
 
 def timed_wave(
     server: Server, prompts: list[str], max_tokens: int
-) -> tuple[float, float, list[Stream]]:
+) -> tuple[float, float, float, list[Stream]]:
     """One wave: its end-to-end tokens/s (all tokens / wall time), its aggregate decode
-    tokens/s (tokens after each stream's first / first first token to last token), and its
-    streams."""
+    tokens/s (tokens after each stream's first / first first token to last token), its
+    steady decode tokens/s (tokens after the last first token / from it to the last token),
+    and its streams."""
     barrier = threading.Barrier(len(prompts))
 
     def one(prompt: str) -> tuple[float, Stream]:
@@ -273,7 +284,15 @@ def timed_wave(
     window = max(ends) - min(firsts)
     decoded = sum(len(s.gaps_ms) for s in streams)
     decode = decoded / window if window > 0 else float("nan")
-    return sum(s.tokens for s in streams) / elapsed, decode, streams
+    steady_from = max(firsts)
+    stamps = [list(itertools.accumulate(s.gaps_ms, initial=0.0)) for s in streams]
+    after = sum(
+        sum(1 for ms in marks if first + ms / 1e3 > steady_from)
+        for first, marks in zip(firsts, stamps, strict=True)
+    )
+    steady_window = max(ends) - steady_from
+    steady = after / steady_window if steady_window > 0 else float("nan")
+    return sum(s.tokens for s in streams) / elapsed, decode, steady, streams
 
 
 def pct(values: list[float], q: float) -> float:
@@ -328,15 +347,17 @@ def main() -> int:
                 for server in order:
                     prompts = [prompt_for(n + i) for i in range(level)]
                     n += level
-                    rate, decode, streams = timed_wave(server, prompts, args.max_tokens)
+                    rate, decode, steady, streams = timed_wave(server, prompts, args.max_tokens)
                     short = [s.tokens for s in streams if s.tokens != args.max_tokens]
                     if short:
                         print(f"warning: {server.name} gave {short} tokens", file=sys.stderr)
                     server.waves.setdefault(level, []).append(rate)
                     server.decodes.setdefault(level, []).append(decode)
+                    server.steadies.setdefault(level, []).append(steady)
                     server.streams.setdefault(level, []).extend(streams)
                     print(f"round {r + 1} C={level} {server.name}: {rate:.1f} tok/s, "
-                          f"decode {decode:.1f} tok/s", file=sys.stderr, flush=True)  # fmt: skip
+                          f"decode {decode:.1f}, steady {steady:.1f} tok/s",
+                          file=sys.stderr, flush=True)  # fmt: skip
     finally:
         for server in servers:
             server.stop()
@@ -345,19 +366,23 @@ def main() -> int:
           f"{args.n_ctx}/sequence, greedy, {args.max_tokens} tokens, {args.rounds} rounds, "
           f"cores: {os.cpu_count()}\n")  # fmt: skip
     print("| C | server | tokens/s (median) | vs llama-server | decode tokens/s (median) "
-          "| vs llama-server | TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) |")  # fmt: skip
-    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+          "| vs llama-server | steady decode tokens/s (median) | vs llama-server "
+          "| TTFT p50 / p99 (ms) | inter-token p50 / p99 (ms) |")  # fmt: skip
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     reference = servers[1]
     for level in levels:
         ref = statistics.median(reference.waves[level])
         ref_decode = statistics.median(reference.decodes[level])
+        ref_steady = statistics.median(reference.steadies[level])
         for server in servers:
             rate = statistics.median(server.waves[level])
             decode = statistics.median(server.decodes[level])
+            steady = statistics.median(server.steadies[level])
             ttfts = [s.ttft_ms for s in server.streams[level]]
             gaps = [g for s in server.streams[level] for g in s.gaps_ms]
             print(f"| {level} | {server.name} | {rate:.1f} | {rate / ref:.2f}x "
                   f"| {decode:.1f} | {decode / ref_decode:.2f}x "
+                  f"| {steady:.1f} | {steady / ref_steady:.2f}x "
                   f"| {pct(ttfts, 0.5):.0f} / {pct(ttfts, 0.99):.0f} "
                   f"| {pct(gaps, 0.5):.0f} / {pct(gaps, 0.99):.0f} |")  # fmt: skip
     return 0
