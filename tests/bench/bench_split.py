@@ -1,8 +1,9 @@
 """A model split across two hosts, side by side: llamaherd vs. llama.cpp's own RPC split.
 
 Two network namespaces stand for two hosts (tests.support.netns; needs root). The same
-layer split of the embedded Gemma 3 270M Q4_K_M (the last --remote-layers of its 18 layers
-on the helper's CPU) runs
+layer split of the embedded Gemma 3 270M Q4_K_M (--remote-layers of its 19 offloadable
+layers on the helper's CPU, as -ngl counts them: 9 = the last 8 of its 18 blocks and the
+output layer) runs
 
   (a) through llamaherd: a worker on each host; the helper lends its CPU (StartRpcServer,
       behind its head-only guard: the kernel socket filter, or with --guards forwarder the
@@ -21,8 +22,11 @@ llama.cpp's split.
 With --streams 1,4,8, every round also runs waves of N concurrent streams on each variant
 (both sides get max(--streams) slots: n_parallel and llama-server's -np, n_ctx each), and
 reports the medians of the waves' aggregate decode tokens/s (every stream's tokens after
-its first, over the time from the wave's first first token to its last token) and
-end-to-end tokens/s (all tokens over the wave's wall time). For llamaherd's splits it also
+its first, over the time from the wave's first first token to its last token), steady
+decode tokens/s (the tokens after the wave's last first token, over the time from it to the
+last token: the batched decode step alone, where the aggregate rate also charges a stream
+that started early for the other prompts' prefill) and end-to-end tokens/s (all tokens over
+the wave's wall time). For llamaherd's splits it also
 reports the CPU time per token of the head worker process, which only relays chunks from
 the child process hosting the model (worker.split.runner), and of that child.
 
@@ -55,6 +59,7 @@ committed (see tests/bench/bench_batching.py for the download):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -105,6 +110,7 @@ class Variant:
     idle_cpu: tuple[float, float] = (0.0, 0.0)  # CPU s/s of pid and its children at rest
     # Per stream count N>1: each wave's aggregate decode and end-to-end tokens/s, TTFTs.
     waves: dict[int, list[float]] = field(default_factory=dict)
+    steady: dict[int, list[float]] = field(default_factory=dict)
     e2e: dict[int, list[float]] = field(default_factory=dict)
     wave_ttft: dict[int, list[float]] = field(default_factory=dict)
     # Per stream count: CPU µs per token of the head process and of its children.
@@ -118,6 +124,7 @@ class Wave:
 
     streams: list[Stream]
     decode_rate: float  # every stream's tokens after its first / first first token to last
+    steady_rate: float  # tokens after the last first token / from it to the last token
     e2e_rate: float  # all tokens / the wave's wall time
 
 
@@ -148,9 +155,20 @@ def wave(run: Callable[[str, int], Stream], prompts: list[str], max_tokens: int)
     streams = [s for _, s in timed]
     decoded = sum(len(s.gaps_ms) for s in streams)
     window = max(ends) - min(firsts)
+    steady_from = max(firsts)
+    steady = sum(
+        sum(
+            1
+            for at in itertools.accumulate(s.gaps_ms, initial=0.0)
+            if first + at / 1e3 > steady_from
+        )
+        for first, s in zip(firsts, streams, strict=True)
+    )
+    steady_window = max(ends) - steady_from
     return Wave(
         streams,
         decoded / window if window > 0 else float("nan"),
+        steady / steady_window if steady_window > 0 else float("nan"),
         sum(s.tokens for s in streams) / (max(ends) - begun),
     )
 
@@ -357,6 +375,7 @@ def measure_round(variants: list[Variant], r: int, streams: list[int], max_token
                 variant.texts.append(stream.text)
             else:
                 variant.waves.setdefault(n, []).append(done.decode_rate)
+                variant.steady.setdefault(n, []).append(done.steady_rate)
                 variant.e2e.setdefault(n, []).append(done.e2e_rate)
                 variant.wave_ttft.setdefault(n, []).extend(s.ttft_ms for s in done.streams)
         rates = ", ".join(
@@ -383,7 +402,8 @@ def report(variants: list[Variant], args: argparse.Namespace, slots: int) -> Non
     by_name = {v.name: v for v in variants}
     refs = references(variants)
     columns = "---:|" * len(refs)
-    print(f"\nGemma 3 270M Q4_K_M, last {args.remote_layers} of 18 layers on the helper host, "
+    print(f"\nGemma 3 270M Q4_K_M, {args.remote_layers} of 19 offloadable layers (-ngl) on "
+          f"the helper host, "
           f"{args.threads} thread(s) per process, {slots} slot(s) per server, greedy, "
           f"{args.max_tokens} tokens per stream, {args.rounds} rounds\n")  # fmt: skip
     if 1 in args.streams:
@@ -400,15 +420,19 @@ def report(variants: list[Variant], args: argparse.Namespace, slots: int) -> Non
     if many:
         heads = _ratio_heads(refs)
         print(f"\n| variant | streams | aggregate decode tok/s (median) | {heads} "
+              f"| steady decode tok/s (median) | {heads} "
               f"| end-to-end tok/s (median) | {heads} | TTFT ms (median) |")  # fmt: skip
-        print(f"|---|---:|---:|{columns}---:|{columns}---:|")
+        print(f"|---|---:|---:|{columns}---:|{columns}---:|{columns}---:|")
         for n in many:
             ref = [statistics.median(v.waves[n]) for v in refs]
+            ref_steady = [statistics.median(v.steady[n]) for v in refs]
             ref_e2e = [statistics.median(v.e2e[n]) for v in refs]
             for v in variants:
                 decode, e2e = statistics.median(v.waves[n]), statistics.median(v.e2e[n])
+                steady = statistics.median(v.steady[n])
                 print(
-                    f"| {v.name} | {n} | {decode:.1f} | {_ratios(decode, ref)} | {e2e:.1f} "
+                    f"| {v.name} | {n} | {decode:.1f} | {_ratios(decode, ref)} "
+                    f"| {steady:.1f} | {_ratios(steady, ref_steady)} | {e2e:.1f} "
                     f"| {_ratios(e2e, ref_e2e)} | {statistics.median(v.wave_ttft[n]):.0f} |"
                 )
     relayed = [v for v in variants if v.head_cpu]
@@ -443,8 +467,8 @@ def as_json(variants: list[Variant], args: argparse.Namespace) -> dict[str, obje
             v.name: {
                 "decode_tok_s": v.decode, "ttft_ms": v.ttft,
                 "waves": {
-                    str(n): {"decode_tok_s": v.waves[n], "e2e_tok_s": v.e2e[n],
-                             "ttft_ms": v.wave_ttft[n]}
+                    str(n): {"decode_tok_s": v.waves[n], "steady_tok_s": v.steady[n],
+                             "e2e_tok_s": v.e2e[n], "ttft_ms": v.wave_ttft[n]}
                     for n in v.waves
                 },
                 "head_cpu_us_per_token": {str(n): c for n, c in v.head_cpu.items()},
