@@ -267,12 +267,9 @@ class SnapshotFollower:
         changes nothing gives back the same snapshot object (and what readers derived
         from it)."""
         steps = self._taking(blob)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                snapshot: ClusterSnapshot = done.value
-                return snapshot
+        while (snapshot := _advance(steps)) is None:
+            pass
+        return snapshot
 
     async def follow(self, blob: bytes) -> ClusterSnapshot:
         """take(blob) on an event loop: the loop runs other tasks between the update's
@@ -280,13 +277,9 @@ class SnapshotFollower:
         merging them: one pass over the ids). The follower's snapshot changes at the end,
         at once; one update at a time per follower."""
         steps = self._taking(blob)
-        while True:
-            try:
-                next(steps)
-            except StopIteration as done:
-                snapshot: ClusterSnapshot = done.value
-                return snapshot
+        while (snapshot := _advance(steps)) is None:
             await asyncio.sleep(0)
+        return snapshot
 
     def _taking(self, blob: bytes) -> Generator[None, None, ClusterSnapshot]:
         """take's steps: it yields between pieces, and returns the new snapshot."""
@@ -322,3 +315,13 @@ class SnapshotFollower:
             snapshot.memo[CHANGES] = Changes(update.base, tuple(nodes), tuple(update.removed))
         self.snapshot, self.epoch = snapshot, update.epoch
         return snapshot
+
+
+def _advance(steps: Generator[None, None, ClusterSnapshot]) -> ClusterSnapshot | None:
+    """One step of SnapshotFollower._taking: None while it has more, else its snapshot."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        snapshot: ClusterSnapshot = done.value
+        return snapshot
+    return None

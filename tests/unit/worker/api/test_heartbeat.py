@@ -76,19 +76,8 @@ def test_a_worker_without_a_coordinator_gives_up_after_the_bounded_time(tmp_path
 def test_a_refused_token_is_said_once_then_the_worker_gives_up(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async def scenario() -> None:
-        registry = WorkerRegistry(0.2, 1.0, 60.0, TOKEN)
-        port = await registry.start("127.0.0.1", 0)
-        try:
-            wrong = link(tmp_path, f"127.0.0.1:{port}", SecretStr("old-token"),
-                         coordinator_lost_exit_s=0.8)  # fmt: skip
-            await asyncio.wait_for(wrong.run(), 10)
-            assert not wrong.registered.is_set() and registry.snapshot().nodes == ()
-        finally:
-            await registry.stop()
-
     with caplog.at_level(logging.INFO, logger="worker.api.heartbeat"):
-        asyncio.run(scenario())
+        asyncio.run(_run_with_the_wrong_token(tmp_path))
     refusals = [m for m in caplog.messages if "refused this worker's cluster token" in m]
     assert len(refusals) == 1, "said once, not at every retry"
     assert "LLAMAHERD_CLUSTER_TOKEN" in refusals[0] and "old-token" not in caplog.text
@@ -136,18 +125,22 @@ def _refused_with_lost_statuses(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(_LosesTheServersStatus, "calls", 0)
     monkeypatch.setattr(heartbeat.cluster_pb2_grpc, "CoordinatorStub", _LosesTheServersStatus)
 
-    async def scenario() -> None:
-        registry = WorkerRegistry(0.2, 1.0, 60.0, TOKEN)
-        port = await registry.start("127.0.0.1", 0)
-        try:
-            wrong = link(tmp_path, f"127.0.0.1:{port}", SecretStr("old-token"),
-                         coordinator_lost_exit_s=0.8)  # fmt: skip
-            await asyncio.wait_for(wrong.run(), 10)
-        finally:
-            await registry.stop()
-
-    asyncio.run(scenario())
+    asyncio.run(_run_with_the_wrong_token(tmp_path))
     return _LosesTheServersStatus.calls
+
+
+async def _run_with_the_wrong_token(tmp_path: Path) -> None:
+    """A worker with the wrong cluster token against a real registry, run until it gives
+    up; it must never have registered."""
+    registry = WorkerRegistry(0.2, 1.0, 60.0, TOKEN)
+    port = await registry.start("127.0.0.1", 0)
+    try:
+        wrong = link(tmp_path, f"127.0.0.1:{port}", SecretStr("old-token"),
+                     coordinator_lost_exit_s=0.8)  # fmt: skip
+        await asyncio.wait_for(wrong.run(), 10)
+        assert not wrong.registered.is_set() and registry.snapshot().nodes == ()
+    finally:
+        await registry.stop()
 
 
 def test_a_refusal_whose_status_grpc_lost_is_still_said_not_taken_for_an_outage(
