@@ -136,10 +136,18 @@ def record_for(
 ) -> CapacityRecord | None:
     """The measurement that applies to `node` serving `model` with `n_ctx` context: one made
     with another context does not (a reload changed what the node can hold)."""
+    return records_by_key(records).get((node, model, n_ctx))
+
+
+def records_by_key(
+    records: Iterable[CapacityRecord],
+) -> dict[tuple[str, str, int], CapacityRecord]:
+    """record_for for many lookups: each (node, model, n_ctx) and the record that applies
+    to it, the first of `records` for that key."""
+    by_key: dict[tuple[str, str, int], CapacityRecord] = {}
     for record in records:
-        if record.node == node and record.model == model and record.n_ctx == n_ctx:
-            return record
-    return None
+        by_key.setdefault((record.node, record.model, record.n_ctx), record)
+    return by_key
 
 
 def replicas_needed(target_streams: int, measured: Sequence[int]) -> int | None:

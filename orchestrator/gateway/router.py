@@ -242,19 +242,12 @@ class Router:
         up, address, addresses = self._up, self._address, self.addresses
         for node_id in removed:
             up.discard(node_id)
-            gone = address.pop(node_id, None)
-            if gone is not None:
-                addresses[gone] -= 1
-                if addresses[gone] <= 0:
-                    del addresses[gone]
+            _uncount(addresses, address.pop(node_id, None))
         for node in nodes:
             node_id, new = node.node_id, node.address
             old = address.get(node_id)
             if old != new:
-                if old is not None:
-                    addresses[old] -= 1
-                    if addresses[old] <= 0:
-                        del addresses[old]
+                _uncount(addresses, old)
                 address[node_id] = new
                 addresses[new] += 1
             if node.up:
@@ -678,3 +671,12 @@ def _add_earlier_usage(final: Chunk, earlier: Progress) -> None:
     usage.prompt_tokens = max(usage.prompt_tokens - earlier.tokens, 0)
     usage.completion_tokens += earlier.tokens
     usage.total_tokens = usage.prompt_tokens + usage.completion_tokens
+
+
+def _uncount(addresses: Counter[str], address: str | None) -> None:
+    """One node fewer at `address` (None: the node had none), forgotten at none."""
+    if address is None:
+        return
+    addresses[address] -= 1
+    if addresses[address] <= 0:
+        del addresses[address]

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from orchestrator.cluster.capacity import CapacityRecord
+from orchestrator.cluster.capacity import CapacityRecord, records_by_key
 from orchestrator.cluster.types import Node, NodeId
 from orchestrator.routing.heat import MAX_AGE_S, node_watts
 
@@ -110,7 +110,7 @@ class MeasuredCaps:
     """The measured caps of one model's replicas in one snapshot, prepared once so that
     admitting a request costs what this gateway's own requests cost, not a pass over the
     fleet: `records` holds the replicas with a measurement that applies (capacity
-    .record_for), `full_on_report` those whose reported load alone reaches their cap."""
+    .records_by_key), `full_on_report` those whose reported load alone reaches their cap."""
 
     model: str
     records: Mapping[NodeId, CapacityRecord] = field(default_factory=dict)
@@ -135,7 +135,7 @@ def measured_caps(
 ) -> MeasuredCaps:
     """The MeasuredCaps of `replicas` (one model's replicas in one snapshot, with no local
     in-flight count): a replica with a record is capped at ReplicaLoad.cap."""
-    by_key = {(r.node, r.model, r.n_ctx): r for r in reversed(tuple(capacities))}
+    by_key = records_by_key(capacities)
     records: dict[NodeId, CapacityRecord] = {}
     full: list[NodeId] = []
     for replica in replicas:

@@ -27,7 +27,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from common.prefix import matched_chars
@@ -296,14 +296,7 @@ class SessionAffinity(LeastExpectedLatency):
         if session is None:
             return super()._pick(request, candidates, rates)
         scores = expected_seconds(candidates, self._clock(), self._heat, rates)
-        best = min(scores)
-        last = self._sessions.last(request.alias, session)
-        for score, cand in zip(scores, candidates, strict=True):
-            if cand.node_id == last and score <= AFFINITY_GUARD * best * (1 + TIE_REL_TOL):
-                self._sessions.remember(request.alias, session, cand.node_id)
-                return cand
-        tied = [c for s, c in zip(scores, candidates, strict=True) if _close(s, best)]
-        return _stick(self._sessions, request, tied, session)
+        return _sticky(self._sessions, request, zip(scores, candidates, strict=True), session)
 
 
 class TokensPerJoule(_LatencyScored):
@@ -450,14 +443,7 @@ class PrefixCache:
         session = request.session
         if session is None:
             return self._remembered(request, _lowest_scored(scored, self._rng))
-        best = min(s for s, _ in scored)
-        last = self._sessions.last(request.alias, session)
-        for score, cand in scored:
-            if cand.node_id == last and score <= AFFINITY_GUARD * best * (1 + TIE_REL_TOL):
-                self._sessions.remember(request.alias, session, cand.node_id)
-                return self._remembered(request, cand)
-        tied = [c for s, c in scored if _close(s, best)]
-        return self._remembered(request, _stick(self._sessions, request, tied, session))
+        return self._remembered(request, _sticky(self._sessions, request, scored, session))
 
     def _remembered(self, request: RouteRequest, chosen: Candidate) -> Candidate:
         """`chosen`, with the request's prefix recorded as sent there (RoutedPrefixes)."""
@@ -670,6 +656,25 @@ def _lowest_scored(scored: Sequence[tuple[float, Candidate]], rng: random.Random
 
 def _close(score: float, best: float) -> bool:
     return math.isclose(score, best, rel_tol=TIE_REL_TOL)
+
+
+def _sticky(
+    sessions: SessionMemory,
+    request: RouteRequest,
+    scored: Iterable[tuple[float, Candidate]],
+    session: str,
+) -> Candidate:
+    """session-affinity's choice among (score, candidate) pairs, lower scores better: the
+    session's last node while its score is within AFFINITY_GUARD of the best, else the best
+    (ties as _stick); remembered as the session's node."""
+    pairs = list(scored)
+    best = min(score for score, _ in pairs)
+    last = sessions.last(request.alias, session)
+    for score, cand in pairs:
+        if cand.node_id == last and score <= AFFINITY_GUARD * best * (1 + TIE_REL_TOL):
+            sessions.remember(request.alias, session, cand.node_id)
+            return cand
+    return _stick(sessions, request, [c for s, c in pairs if _close(s, best)], session)
 
 
 def _stick(
